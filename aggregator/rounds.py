@@ -1,0 +1,213 @@
+"""The round loop, written once against Flower's ``Grid``.
+
+Every backend runs this same loop: the in-process simulation hands it a grid that calls the
+ClientApp directly, Flower's simulation runtime and a real SuperLink hand it theirs. One round:
+sample clients, send each the global vector and its instructions, validate and fold in each
+reply, step the server optimizer, evaluate, report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from aggregator.strategies import Strategy
+from fedcore import protocol
+from fedcore.wire import read_vector, vector_record
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """What the server needs to drive a run (independent of any scenario file format)."""
+
+    num_rounds: int
+    clients_per_round: int
+    train: protocol.TrainInstructions  # ``round`` and ``seed`` are filled per client
+    seed: int
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class ClientOutcome:
+    """One selected client's part in a round."""
+
+    client_id: int
+    node_id: int
+    accepted: bool
+    num_examples: int = 0
+    train_loss: float | None = None
+    seconds: float | None = None
+    reason: str | None = None
+
+
+@dataclass
+class RoundOutcome:
+    """What one round produced; handed to ``on_round`` before the next round starts."""
+
+    number: int
+    clients: list[ClientOutcome]
+    train_loss: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    params: np.ndarray = field(repr=False)
+
+    @property
+    def num_accepted(self) -> int:
+        """Clients whose update went into the aggregate."""
+        return sum(c.accepted for c in self.clients)
+
+
+EvaluateFn = Callable[[np.ndarray], tuple[float, float]]
+OnRound = Callable[[RoundOutcome], None]
+
+
+class RoundFailed(RuntimeError):
+    """A round could not produce a model (e.g. every update was rejected)."""
+
+
+def client_seed(seed: int, round_number: int, client_id: int) -> int:
+    """A per-client, per-round seed derived from the run seed (order-independent)."""
+    return int(np.random.SeedSequence([seed, round_number, client_id]).generate_state(1)[0])
+
+
+def sample_clients(client_ids: Iterable[int], k: int, seed: int, round_number: int) -> list[int]:
+    """Choose ``k`` distinct clients for a round, reproducibly from the run seed."""
+    ids = sorted(client_ids)
+    if k > len(ids):
+        raise RoundFailed(f"round {round_number} needs {k} clients but only {len(ids)} are connected")
+    rng = np.random.default_rng([seed, round_number])
+    return sorted(int(i) for i in rng.choice(ids, size=k, replace=False))
+
+
+def discover_clients(grid: Grid, timeout: float | None = None) -> dict[int, int]:
+    """Ask every connected node who it is; return ``{client_id: node_id}``."""
+    node_ids = list(grid.get_node_ids())
+    queries = [Message(RecordDict(), node_id, "query", group_id="discover") for node_id in node_ids]
+    clients: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error():
+            continue
+        info = reply.content.config_records[protocol.CLIENT_INFO]
+        clients[int(info["partition_id"])] = reply.metadata.src_node_id
+    return clients
+
+
+def validate_update(vector: np.ndarray, expected_size: int) -> str | None:
+    """Return why an update must be rejected, or None if it is acceptable."""
+    if vector.dtype != np.float32:
+        return f"dtype {vector.dtype}, expected float32"
+    if vector.shape != (expected_size,):
+        return f"shape {vector.shape}, expected ({expected_size},)"
+    if not np.isfinite(vector).all():
+        return "non-finite values"
+    return None
+
+
+def _outcome_of(reply: Message, client_id: int, expected_size: int) -> tuple[ClientOutcome, np.ndarray | None]:
+    node_id = reply.metadata.src_node_id
+    if reply.has_error():
+        reason = f"client error: {reply.error.reason}"
+        return ClientOutcome(client_id, node_id, accepted=False, reason=reason), None
+    metrics = reply.content.metric_records[protocol.METRICS]
+    vector = read_vector(reply.content.array_records[protocol.UPDATE])
+    outcome = ClientOutcome(
+        client_id,
+        node_id,
+        accepted=True,
+        num_examples=int(metrics["num_examples"]),
+        train_loss=float(metrics["train_loss"]),
+        seconds=float(metrics["seconds"]),
+    )
+    reason = validate_update(vector, expected_size)
+    if reason is None and outcome.num_examples <= 0:
+        reason = f"reported {outcome.num_examples} examples"
+    if reason is not None:
+        return replace(outcome, accepted=False, reason=reason), None
+    return outcome, vector
+
+
+def run_round(
+    grid: Grid,
+    clients: dict[int, int],
+    params: np.ndarray,
+    round_number: int,
+    config: FederationConfig,
+    strategy: Strategy,
+) -> tuple[np.ndarray, list[ClientOutcome]]:
+    """Run one round of training; return the new global vector and each client's outcome."""
+    chosen = sample_clients(clients, config.clients_per_round, config.seed, round_number)
+    node_to_client = {clients[c]: c for c in chosen}
+    global_record = vector_record(params)
+    messages = []
+    for client_id in chosen:
+        instructions = replace(
+            config.train, round=round_number, seed=client_seed(config.seed, round_number, client_id)
+        )
+        content = RecordDict(
+            {
+                protocol.GLOBAL: global_record,
+                protocol.CONFIG: ConfigRecord(instructions.to_config()),
+            }
+        )
+        messages.append(Message(content, clients[client_id], "train", group_id=str(round_number)))
+
+    replies = sorted(
+        grid.send_and_receive(messages, timeout=config.timeout),
+        key=lambda m: node_to_client[m.metadata.src_node_id],
+    )
+    rule = strategy.make_rule(params.size)
+    outcomes: list[ClientOutcome] = []
+    for reply in replies:
+        outcome, vector = _outcome_of(reply, node_to_client[reply.metadata.src_node_id], params.size)
+        outcomes.append(outcome)
+        if vector is not None:
+            rule.add(vector, outcome.num_examples)
+    answered = {o.client_id for o in outcomes}
+    outcomes += [
+        ClientOutcome(c, clients[c], accepted=False, reason="no reply before the timeout")
+        for c in chosen
+        if c not in answered
+    ]
+    if not any(o.accepted for o in outcomes):
+        reasons = "; ".join(f"client {o.client_id}: {o.reason}" for o in outcomes)
+        raise RoundFailed(f"round {round_number}: no update was accepted ({reasons})")
+    return strategy.server_opt.step(params, rule.result()), outcomes
+
+
+def run_federation(
+    grid: Grid,
+    config: FederationConfig,
+    initial: np.ndarray,
+    strategy: Strategy,
+    evaluate_fn: EvaluateFn,
+    on_round: OnRound | None = None,
+    first_round: int = 1,
+) -> np.ndarray:
+    """Run rounds ``first_round..config.num_rounds``; return the final global vector."""
+    clients = discover_clients(grid, timeout=config.timeout)
+    params = np.asarray(initial, dtype=np.float32)
+    for number in range(first_round, config.num_rounds + 1):
+        start = time.perf_counter()
+        params, outcomes = run_round(grid, clients, params, number, config, strategy)
+        test_loss, test_accuracy = evaluate_fn(params)
+        accepted = [o for o in outcomes if o.accepted]
+        weight = sum(o.num_examples for o in accepted)
+        train_loss = sum(o.train_loss * o.num_examples for o in accepted) / weight
+        outcome = RoundOutcome(
+            number=number,
+            clients=outcomes,
+            train_loss=train_loss,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            seconds=time.perf_counter() - start,
+            params=params,
+        )
+        if on_round is not None:
+            on_round(outcome)
+    return params

@@ -1,0 +1,30 @@
+"""The ``fedcore`` command. Subcommands import what they need lazily, so ``--help`` is quick."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from cli import runs, simulate
+
+for _key, _value in {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+app = typer.Typer(
+    name="fedcore",
+    help="Federated learning for edge devices: simulate, deploy and manage training rounds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("simulate")(simulate.simulate)
+app.add_typer(runs.app, name="runs", help="List and inspect stored runs.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,89 @@
+"""The Flower ``ClientApp`` every backend runs: answer queries, train on the local shard.
+
+``make_client_app(load_partition)`` takes the function that yields this node's training data,
+so the same handlers serve the in-process simulation, Flower's simulation runtime and a real
+SuperNode; only where the data comes from differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client_runtime.trainer import TrainConfig, train_local
+from fedcore import protocol
+from fedcore.models import build_model
+from fedcore.nn import Module
+from fedcore.wire import read_vector, vector_record
+
+LoadPartition = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+_models: dict[str, Module] = {}
+
+
+def _model_for(spec: protocol.ModelSpec) -> Module:
+    """Build a model once per process and spec; later rounds only overwrite its parameters."""
+    key = spec.key()
+    if key not in _models:
+        _models[key] = build_model(spec.name, **spec.kwargs)
+    return _models[key]
+
+
+def partition_id(context: Context) -> int:
+    """This node's data shard, from its node config (set by the simulation or ``--node-config``)."""
+    if protocol.PARTITION_ID not in context.node_config:
+        raise ValueError(f"node config has no {protocol.PARTITION_ID!r}")
+    return int(context.node_config[protocol.PARTITION_ID])
+
+
+def make_client_app(load_partition: LoadPartition) -> ClientApp:
+    """Build the ClientApp whose nodes train on ``load_partition(partition_id)``."""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        pid = partition_id(context)
+        _, y = load_partition(pid)
+        info = ConfigRecord({"partition_id": pid, "num_examples": len(y)})
+        return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        x, y = load_partition(partition_id(context))
+        instructions = protocol.TrainInstructions.from_config(
+            dict(msg.content.config_records[protocol.CONFIG])
+        )
+        model = _model_for(instructions.model)
+        model.set_flat(read_vector(msg.content.array_records[protocol.GLOBAL]))
+        result = train_local(
+            model,
+            x,
+            y,
+            TrainConfig(
+                local_epochs=instructions.local_epochs,
+                batch_size=instructions.batch_size,
+                learning_rate=instructions.learning_rate,
+                momentum=instructions.momentum,
+                weight_decay=instructions.weight_decay,
+                seed=instructions.seed,
+            ),
+        )
+        metrics = MetricRecord(
+            {
+                "num_examples": result.num_examples,
+                "train_loss": result.train_loss,
+                "seconds": result.seconds,
+            }
+        )
+        content = RecordDict(
+            {protocol.UPDATE: vector_record(model.get_flat()), protocol.METRICS: metrics}
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+__all__ = ["ArrayRecord", "LoadPartition", "make_client_app", "partition_id"]

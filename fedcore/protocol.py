@@ -1,0 +1,68 @@
+"""The names and payloads both sides of a round agree on.
+
+A train message carries the global vector (``ArrayRecord`` under ``GLOBAL``) and a
+``ConfigRecord`` under ``CONFIG`` made from ``TrainInstructions``; the reply carries the new
+local vector under ``UPDATE`` and a ``MetricRecord`` under ``METRICS``. A query reply describes
+the client (``CLIENT_INFO``). Plain dicts here, so this module needs no Flower import.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GLOBAL = "global"
+UPDATE = "update"
+CONFIG = "config"
+METRICS = "metrics"
+CLIENT_INFO = "client"
+
+PARTITION_ID = "partition-id"  # Flower's node_config key for a simulated node's data shard
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which reference model to build, and with what arguments (JSON-serialisable)."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """A stable string identifying this spec (for caches)."""
+        return json.dumps({"name": self.name, "kwargs": self.kwargs}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """What the server asks of a client in one round."""
+
+    round: int
+    model: ModelSpec
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    seed: int
+
+    def to_config(self) -> dict[str, Any]:
+        """Flatten into ``ConfigRecord``-compatible values."""
+        values = asdict(self)
+        values["model"] = self.model.key()
+        return values
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrainInstructions:
+        """Inverse of ``to_config``; a missing key raises ``KeyError`` naming it."""
+        model = json.loads(str(config["model"]))
+        return cls(
+            round=int(config["round"]),
+            model=ModelSpec(model["name"], model["kwargs"]),
+            local_epochs=int(config["local_epochs"]),
+            batch_size=int(config["batch_size"]),
+            learning_rate=float(config["learning_rate"]),
+            momentum=float(config["momentum"]),
+            weight_decay=float(config["weight_decay"]),
+            seed=int(config["seed"]),
+        )

@@ -1,0 +1,121 @@
+"""The round loop against a toy ClientApp on the in-process grid (no engine involved)."""
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from aggregator.rounds import (
+    FederationConfig,
+    RoundFailed,
+    client_seed,
+    run_federation,
+    sample_clients,
+    validate_update,
+)
+from aggregator.strategies import build_strategy
+from client_runtime.app import partition_id
+from fedcore import protocol
+from fedcore.wire import read_vector, vector_record
+from simulations.backends.inprocess import InProcessGrid
+
+SIZE = 8
+
+
+def toy_app(bad_clients: dict[int, str] | None = None) -> ClientApp:
+    """Client k returns global + k with weight k + 1; some clients misbehave on request."""
+    bad_clients = bad_clients or {}
+    app = ClientApp()
+
+    @app.query()
+    def query(msg, context):
+        info = ConfigRecord({"partition_id": partition_id(context), "num_examples": 1})
+        return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
+
+    @app.train()
+    def train(msg, context):
+        k = partition_id(context)
+        mode = bad_clients.get(k)
+        if mode == "raise":
+            raise RuntimeError("device out of memory")
+        vector = read_vector(msg.content.array_records[protocol.GLOBAL]) + np.float32(k)
+        if mode == "nan":
+            vector[0] = np.nan
+        if mode == "shape":
+            vector = vector[:-1]
+        if mode == "float64":
+            vector = vector.astype(np.float64)
+        metrics = MetricRecord({"num_examples": k + 1, "train_loss": float(k), "seconds": 0.0})
+        content = RecordDict({protocol.UPDATE: vector_record(vector), protocol.METRICS: metrics})
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def config(rounds=2, per_round=4, seed=7):
+    spec = protocol.ModelSpec("toy")
+    train = protocol.TrainInstructions(0, spec, 1, 1, 0.1, 0.0, 0.0, 0)
+    return FederationConfig(rounds, per_round, train, seed)
+
+
+def run(app, num_nodes=6, **kwargs):
+    outcomes = []
+    final = run_federation(
+        InProcessGrid(app, num_nodes),
+        config(**kwargs),
+        np.zeros(SIZE, np.float32),
+        build_strategy("fedavg"),
+        evaluate_fn=lambda p: (float(p.sum()), 0.5),
+        on_round=outcomes.append,
+    )
+    return final, outcomes
+
+
+def test_fedavg_round_is_the_example_weighted_mean():
+    final, outcomes = run(toy_app(), rounds=1, per_round=6)
+    # clients 0..5 add k with weight k+1: mean shift = sum(k(k+1)) / sum(k+1) = 70/21
+    np.testing.assert_allclose(final, np.full(SIZE, 70 / 21, np.float32), rtol=1e-6)
+    assert outcomes[0].num_accepted == 6
+    assert [c.client_id for c in outcomes[0].clients] == list(range(6))
+
+
+def test_bad_updates_are_rejected_with_reasons_and_the_round_goes_on():
+    bad = {0: "raise", 1: "nan", 2: "shape", 3: "float64"}
+    final, outcomes = run(toy_app(bad), rounds=1, per_round=6)
+    reasons = {c.client_id: c.reason for c in outcomes[0].clients if not c.accepted}
+    assert set(reasons) == {0, 1, 2, 3}
+    assert "device out of memory" in reasons[0]
+    assert "non-finite" in reasons[1]
+    assert "shape" in reasons[2]
+    assert "dtype" in reasons[3]
+    # only clients 4 and 5 count: (4*5 + 5*6) / (5 + 6)
+    np.testing.assert_allclose(final, np.full(SIZE, 50 / 11, np.float32), rtol=1e-6)
+
+
+def test_a_round_with_no_accepted_update_fails_clearly():
+    with pytest.raises(RoundFailed, match="no update was accepted"):
+        run(toy_app({k: "nan" for k in range(3)}), num_nodes=3, rounds=1, per_round=3)
+
+
+def test_same_seed_same_rounds():
+    a, outcomes_a = run(toy_app(), rounds=3, per_round=3, seed=1)
+    b, outcomes_b = run(toy_app(), rounds=3, per_round=3, seed=1)
+    np.testing.assert_array_equal(a, b)
+    chosen = [[c.client_id for c in o.clients] for o in outcomes_a]
+    assert chosen == [[c.client_id for c in o.clients] for o in outcomes_b]
+
+
+def test_sampling_and_seeds():
+    assert sample_clients(range(10), 4, 3, 1) == sample_clients(range(10), 4, 3, 1)
+    assert len(set(sample_clients(range(10), 10, 3, 1))) == 10
+    with pytest.raises(RoundFailed, match="needs 11 clients"):
+        sample_clients(range(10), 11, 3, 1)
+    assert client_seed(1, 2, 3) == client_seed(1, 2, 3) != client_seed(1, 2, 4)
+
+
+def test_validate_update():
+    good = np.zeros(4, np.float32)
+    assert validate_update(good, 4) is None
+    assert "shape" in validate_update(good, 5)
+    assert "dtype" in validate_update(good.astype(np.float16), 4)
+    assert "non-finite" in validate_update(np.array([0, np.inf, 0, 0], np.float32), 4)

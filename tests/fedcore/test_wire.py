@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+
+from fedcore import protocol
+from fedcore.wire import read_vector, vector_record
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint32])
+def test_vector_round_trip_is_exact_and_zero_copy(dtype):
+    vector = (np.arange(5000) * 3).astype(dtype)
+    view = read_vector(vector_record(vector))
+    assert view.dtype == dtype
+    np.testing.assert_array_equal(view, vector)
+    assert not view.flags.owndata  # a view of the message bytes, not a copy
+
+
+def test_read_vector_names_the_missing_key():
+    from flwr.app import ArrayRecord
+
+    with pytest.raises(ValueError, match="vector"):
+        read_vector(ArrayRecord())
+
+
+def test_train_instructions_round_trip():
+    spec = protocol.ModelSpec("mlp", {"input_dim": 64, "hidden": [32, 16], "num_classes": 10})
+    ins = protocol.TrainInstructions(3, spec, 2, 16, 0.05, 0.9, 1e-4, 1234)
+    assert protocol.TrainInstructions.from_config(ins.to_config()) == ins
