@@ -30,6 +30,8 @@ class FederationConfig:
     train: protocol.TrainInstructions  # ``round`` and ``seed`` are filled per client
     seed: int
     timeout: float | None = None
+    min_nodes: int = 0  # wait for this many nodes before the first round (0: clients_per_round)
+    connect_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,37 @@ def sample_clients(client_ids: Iterable[int], k: int, seed: int, round_number: i
     return sorted(int(i) for i in rng.choice(ids, size=k, replace=False))
 
 
-def discover_clients(grid: Grid, timeout: float | None = None) -> dict[int, int]:
-    """Ask every connected node who it is; return ``{client_id: node_id}``."""
-    node_ids = list(grid.get_node_ids())
+def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float, poll: float = 0.2) -> list[int]:
+    """Poll until ``min_nodes`` nodes are connected; ``RoundFailed`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        node_ids = list(grid.get_node_ids())
+        if len(node_ids) >= min_nodes:
+            return node_ids
+        if time.monotonic() >= deadline:
+            raise RoundFailed(
+                f"only {len(node_ids)} of the {min_nodes} nodes needed connected within {timeout:g} s"
+            )
+        time.sleep(poll)
+
+
+def discover_clients(grid: Grid, node_ids: list[int], timeout: float | None = None) -> dict[int, int]:
+    """Ask each node who it is; return ``{client_id: node_id}``.
+
+    Raises ``RoundFailed`` with the first client error when no node answers properly.
+    """
     queries = [Message(RecordDict(), node_id, "query", group_id="discover") for node_id in node_ids]
     clients: dict[int, int] = {}
+    errors: list[str] = []
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if reply.has_error():
+            errors.append(str(reply.error.reason))
             continue
         info = reply.content.config_records[protocol.CLIENT_INFO]
         clients[int(info["partition_id"])] = reply.metadata.src_node_id
+    if not clients and node_ids:
+        detail = f": {errors[0]}" if errors else ""
+        raise RoundFailed(f"none of the {len(node_ids)} nodes answered the query{detail}")
     return clients
 
 
@@ -190,7 +213,9 @@ def run_federation(
     first_round: int = 1,
 ) -> np.ndarray:
     """Run rounds ``first_round..config.num_rounds``; return the final global vector."""
-    clients = discover_clients(grid, timeout=config.timeout)
+    min_nodes = config.min_nodes or config.clients_per_round
+    node_ids = wait_for_nodes(grid, min_nodes, config.connect_timeout)
+    clients = discover_clients(grid, node_ids, timeout=config.timeout)
     params = np.asarray(initial, dtype=np.float32)
     for number in range(first_round, config.num_rounds + 1):
         start = time.perf_counter()

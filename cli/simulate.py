@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def simulate(
     def view() -> Group:
         return Group(round_table(rows), progress)
 
-    live = Live(view(), console=console, refresh_per_second=4, transient=False, disable=as_json)
+    live = None if as_json else Live(view(), console=console, refresh_per_second=4)
 
     def on_round(outcome: RoundOutcome) -> None:
         rows.append(
@@ -73,10 +74,11 @@ def simulate(
             )
         )
         progress.advance(task)
-        live.update(view())
+        if live is not None:
+            live.update(view())
 
     try:
-        with live:
+        with live or contextlib.nullcontext():
             result = run_scenario(spec, backend, on_round=on_round, store=store, flower_verbose=verbose)
     except RoundFailed as exc:
         fail(str(exc), code=FAILED)
@@ -94,6 +96,8 @@ def simulate(
     if as_json:
         print(json.dumps(summary))
         return
+    if not console.is_terminal:
+        console.print()  # Live leaves the cursor after the bar when output is not a terminal
     console.print(
         f"run {result.run_id}: final test accuracy {100 * result.final_accuracy:.2f} % "
         f"after {len(result.rounds)} rounds in {result.seconds:.1f} s (stored in {store.url})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_runtime.trainer import TrainConfig, train_local
@@ -86,4 +86,4 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
     return app
 
 
-__all__ = ["ArrayRecord", "LoadPartition", "make_client_app", "partition_id"]
+__all__ = ["LoadPartition", "make_client_app", "partition_id"]

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedcore.engine import Tensor
-from fedcore.engine.ops import softmax_cross_entropy
+from fedcore.engine import Tensor, softmax_cross_entropy
 from fedcore.nn import Module
 from fedcore.optim import SGD
 

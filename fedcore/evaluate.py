@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcore.engine import Tensor, no_grad
-from fedcore.engine.ops import softmax_cross_entropy
+from fedcore.engine import Tensor, no_grad, softmax_cross_entropy
 from fedcore.nn import Module
 
 

@@ -140,6 +140,8 @@ def _run(
         fed.num_clients,
         seed=scenario.seed,
         alpha=scenario.data.alpha,
+        min_size=scenario.data.min_size,
+        groups=data.groups_train,
     )
     spec = model_spec(scenario, data)
     server_model = build_model(spec.name, **spec.kwargs)
@@ -153,6 +155,7 @@ def _run(
         num_rounds=fed.rounds,
         clients_per_round=fed.clients_per_round,
         seed=scenario.seed,
+        min_nodes=fed.num_clients,
         train=protocol.TrainInstructions(
             round=0,
             model=spec,

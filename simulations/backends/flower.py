@@ -17,6 +17,7 @@ QUIET_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
 
@@ -37,7 +38,7 @@ def run_on_flower(
             "the flower backend needs Flower's simulation runtime: pip install 'fedcore[sim]'"
         ) from exc
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     backend_config = {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
         "init_args": {"include_dashboard": False, "logging_level": logging.ERROR},
