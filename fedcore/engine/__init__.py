@@ -1,0 +1,54 @@
+"""fedcore's training engine: versioned vars, the dependency engine, memory pool, autograd.
+
+Importing this package registers every op and attaches Tensor's operators and methods.
+"""
+
+from .autograd import VJPS, Ctx, Node, Primitive, apply, apply_inplace, defvjp
+from .backprop import backward
+from .deps import DependencyTracker, expected_version
+from .engine import (
+    ENGINES,
+    ENV_VAR,
+    Engine,
+    NaiveEngine,
+    create_engine,
+    engine_from_env,
+    get_engine,
+    set_engine,
+    use_engine,
+)
+from .errors import EngineError, MemoryBudgetError, MutationError
+from .flat import FlatLayout, find_flat, flatten_tensors
+from .losses import log_softmax, mse, softmax_cross_entropy
+from .ops import (
+    add,
+    add_,
+    flatten,
+    linear,
+    matmul,
+    mean,
+    mul,
+    mul_,
+    neg,
+    relu,
+    relu_,
+    reshape,
+    sub,
+    sum,
+    tensor,
+    unbroadcast,
+)
+from .pool import MemoryPool
+from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad
+from .var import Var
+
+__all__ = [
+    "ENGINES", "ENV_VAR", "VJPS", "Ctx", "DependencyTracker", "Engine", "EngineError",
+    "FlatLayout", "MemoryBudgetError", "MemoryPool", "MutationError", "NaiveEngine", "Node",
+    "Primitive", "Tensor", "Var", "add", "add_", "apply", "apply_inplace", "backward",
+    "create_engine", "defvjp", "enable_grad", "engine_from_env", "expected_version",
+    "find_flat", "flatten", "flatten_tensors", "get_engine", "is_grad_enabled", "linear",
+    "log_softmax", "matmul", "mean", "mse", "mul", "mul_", "neg", "no_grad", "relu", "relu_",
+    "reshape", "set_engine", "softmax_cross_entropy", "sub", "sum", "tensor", "unbroadcast",
+    "use_engine",
+]

@@ -1,0 +1,200 @@
+"""Reverse-mode autograd over engine ops: primitives, the VJP table and the tape.
+
+A `Primitive` carries its forward; its vector-Jacobian products live in the `VJPS` table, one
+function per argument (HIPS autograd's `defvjp`), so the tape machinery never needs to know
+an op's maths. Recording saves *(var, version)* pairs, never copies: when backward runs,
+a saved var whose version moved (an in-place write after it was saved) raises `MutationError`
+naming the op and the var. Forward and backward steps are both pushed through the engine with
+their read and write sets. The backward pass itself is in `fedcore.engine.backprop`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .deps import expected_version
+from .engine import get_engine
+from .errors import MutationError
+from .pool import MemoryPool
+from .tensor import Leaf, Tensor, _mode
+from .var import Var
+
+__all__ = ["VJPS", "Ctx", "Node", "Primitive", "apply", "apply_inplace", "defvjp"]
+
+VJP = Callable[["Ctx", np.ndarray], np.ndarray]
+
+#: op name -> one VJP per positional input (None: not differentiable in that input)
+VJPS: dict[str, tuple[VJP | None, ...]] = {}
+
+
+class Primitive:
+    """An op's identity and forward: `forward(ctx, *arrays, **params) -> np.ndarray`.
+
+    `saves`: indices of inputs the VJPs read; `saves_output`: the VJPs read the result.
+    `view`: the result is a view of input 0 (no allocation, shares its version).
+    `inplace`: forward writes into input 0 and returns nothing.
+    """
+
+    __slots__ = ("name", "forward", "saves", "saves_output", "view", "inplace")
+
+    def __init__(self, name: str, forward: Callable[..., Any], saves: tuple[int, ...] = (),
+                 saves_output: bool = False, view: bool = False, inplace: bool = False):
+        if inplace and 0 in saves:
+            raise ValueError(f"{name}: an in-place op cannot save the input it overwrites")
+        self.name = name
+        self.forward = forward
+        self.saves = saves
+        self.saves_output = saves_output
+        self.view = view
+        self.inplace = inplace
+
+    def __repr__(self) -> str:
+        return f"Primitive({self.name!r})"
+
+
+def defvjp(prim: Primitive | str, *vjps: VJP | None) -> None:
+    """Register the VJPs of `prim`, one per input: `vjp(ctx, g) -> gradient for that input`."""
+    VJPS[prim if isinstance(prim, str) else prim.name] = vjps
+
+
+class Ctx:
+    """Per-call scratch space shared by an op's forward and its VJPs.
+
+    Forward may stash auxiliary results on it (e.g. softmax probabilities); at backward time
+    `args` holds the saved inputs (None where not saved) and `ans` the saved output.
+    """
+
+    def __init__(self, pool: MemoryPool, params: dict[str, Any]):
+        self.pool = pool
+        self.params = params
+        self.shapes: tuple[tuple[int, ...], ...] = ()
+        self.args: tuple[np.ndarray | None, ...] = ()
+        self.ans: np.ndarray | None = None
+
+    def alloc(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        """An output buffer from the engine's pool (budget-checked before allocating)."""
+        return self.pool.alloc(shape, dtype)
+
+
+class Node:
+    """One recorded op in the graph: its parents' nodes and the (var, version) pairs it saved."""
+
+    __slots__ = ("prim", "parents", "ctx", "in_vars", "out_var", "saved")
+
+    def __init__(self, prim: Primitive, parents: tuple, ctx: Ctx, in_vars: tuple,
+                 out_var: Var | None, saved: tuple[tuple[Var, int], ...]):
+        self.prim = prim
+        self.parents = parents
+        self.ctx: Ctx | None = ctx
+        self.in_vars = in_vars
+        self.out_var = out_var
+        self.saved = saved
+
+    def check_saved(self) -> None:
+        """Raise MutationError if a saved value was written after it was saved."""
+        for var, ver in self.saved:
+            root = var._base or var
+            if root._version != ver:
+                raise MutationError(self.prim.name, var.label, ver, root._version,
+                                    root.last_writer)
+
+    def release(self) -> None:
+        """Drop saved references once backward has used them (frees memory early)."""
+        self.ctx = None
+        self.in_vars = ()
+        self.out_var = None
+        self.saved = ()
+
+    def __repr__(self) -> str:
+        return f"Node({self.prim.name})"
+
+
+def _record(prim: Primitive, inputs: tuple[Tensor, ...], in_vars: tuple[Var, ...],
+            out_var: Var, ctx: Ctx) -> Node:
+    vjps = VJPS.get(prim.name)
+    if vjps is None:
+        raise NotImplementedError(f"op '{prim.name}' has no registered VJP")
+    for i, t in enumerate(inputs):
+        if t._node is not None and (i >= len(vjps) or vjps[i] is None):
+            raise TypeError(f"op '{prim.name}' is not differentiable in argument {i}")
+    saves = prim.saves
+    kept = tuple(v if i in saves else None for i, v in enumerate(in_vars))
+    saved_vars = [in_vars[i] for i in saves]
+    if prim.saves_output:
+        saved_vars.append(out_var)
+    saved = tuple((v, expected_version(v)) for v in saved_vars)
+    return Node(prim, tuple(t._node for t in inputs), ctx, kept,
+                out_var if prim.saves_output else None, saved)
+
+
+def apply(prim: Primitive, *inputs: Tensor, **params: Any) -> Tensor:
+    """Push `prim` on `inputs` through the engine and record it if any input requires grad."""
+    eng = get_engine()
+    in_vars = tuple([t._var for t in inputs])
+    record = False
+    if _mode.enabled:
+        for t in inputs:
+            if t._node is not None:
+                record = True
+                break
+    ctx = Ctx(eng.pool, params)
+    fwd = prim.forward
+    if prim.view:
+        # Metadata only: reads the input, writes nothing, shares its buffer and version. (A
+        # threaded engine must resolve such views before their consumers run.)
+        out_var = Var(None, prim.name, base=in_vars[0])
+        writes: tuple[Var, ...] = ()
+    else:
+        out_var = Var(None, prim.name)
+        writes = (out_var,)
+    if record:
+        def fn() -> None:
+            arrays = [v.data for v in in_vars]
+            ctx.shapes = tuple([a.shape for a in arrays])
+            out_var.data = fwd(ctx, *arrays, **params)
+    else:
+        def fn() -> None:
+            out_var.data = fwd(ctx, *[v.data for v in in_vars], **params)
+    eng.push(fn, in_vars, writes, prim.name)
+    out = Tensor._wrap(out_var)
+    if record:
+        out._node = _record(prim, inputs, in_vars, out_var, ctx)
+    return out
+
+
+def apply_inplace(prim: Primitive, target: Tensor, *others: Tensor, **params: Any) -> Tensor:
+    """Push an in-place `prim` that overwrites `target`; rebase target's graph node."""
+    eng = get_engine()
+    tv = target._var
+    other_vars = tuple(o._var for o in others)
+    record = _mode.enabled and (
+        target._node is not None or any(o._node is not None for o in others)
+    )
+    root = tv._base or tv
+    aliased = any((v._base or v) is root for v in other_vars)
+    if record:
+        if type(target._node) is Leaf:
+            raise RuntimeError(
+                f"in-place op '{prim.name}' on leaf tensor '{tv.label}' that requires grad; "
+                f"use the out-of-place op, or run it under no_grad()"
+            )
+        if aliased:
+            raise RuntimeError(f"in-place op '{prim.name}': an argument aliases the target")
+    ctx = Ctx(eng.pool, params)
+    fwd = prim.forward
+    all_vars = (tv, *other_vars)
+
+    def fn() -> None:
+        arrays = [v.data for v in all_vars]
+        if record:
+            ctx.shapes = tuple([a.shape for a in arrays])
+        fwd(ctx, *arrays, **params)
+
+    reads = tuple(v for v in other_vars if (v._base or v) is not root) if aliased else other_vars
+    eng.push(fn, reads, (tv,), prim.name)
+    if record:
+        target._node = _record(prim, (target, *others), all_vars, tv, ctx)
+    return target

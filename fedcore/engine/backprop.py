@@ -1,0 +1,163 @@
+"""The backward pass: walk the recorded graph in reverse and push each node's VJPs.
+
+Gradients flow as engine vars. A VJP result may alias its upstream gradient (add passes it
+through), so a gradient is only accumulated into in place once it is a private ("owned")
+buffer; leaf gradients (e.g. views into a model's flat gradient buffer) are accumulated in place
+inside the VJP op itself. Saved values are checked against their recorded versions when each
+node's op runs, and every node drops its saved references as soon as it has run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .autograd import VJPS, Node
+from .engine import get_engine
+from .tensor import Leaf, Tensor
+from .var import Var
+
+__all__ = ["backward"]
+
+
+def _toposort(root: Any) -> list[Any]:
+    """Nodes reachable from `root`, each after every node that consumes it."""
+    order: list[Any] = []
+    seen = {root}
+    stack = [(root, iter(root.parents))]
+    while stack:
+        node, it = stack[-1]
+        for p in it:
+            if p is not None and p not in seen:
+                seen.add(p)
+                stack.append((p, iter(p.parents)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    order.reverse()
+    return order
+
+
+def backward(tensor: Tensor, grad: np.ndarray | None = None) -> None:
+    """Propagate `grad` (ones for a scalar) from `tensor` back to the leaves' `.grad`."""
+    root = tensor._node
+    if root is None:
+        raise RuntimeError("backward() on a tensor that does not require grad")
+    if grad is None:
+        if tensor.size != 1:
+            raise RuntimeError(f"backward() without grad needs a scalar, got {tensor.shape}")
+        g = np.ones(tensor.shape, np.float32)
+    else:
+        g = np.asarray(grad, dtype=np.float32)
+        if g.shape != tensor.shape:
+            raise ValueError(f"grad shape {g.shape} does not match tensor shape {tensor.shape}")
+    eng = get_engine()
+    # node -> [grad var, owned]; owned grads are private buffers safe to accumulate into
+    grads: dict[Any, list] = {root: [Var(g, "grad"), False]}
+    for node in _toposort(root):
+        entry = grads.pop(node, None)
+        if entry is None:
+            continue
+        if type(node) is Leaf:
+            _accumulate_leaf(eng, node, entry[0])
+            continue
+        for parent, gvar in zip(node.parents, _run_vjp(eng, node, entry[0]), strict=True):
+            if gvar is not None:
+                _accumulate(eng, grads, parent, gvar)
+
+
+def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
+    """Push one node's VJPs; return the new gradient vars for parents still to be reached.
+
+    A parent that is a leaf with a gradient buffer gets its VJP added straight into that
+    buffer inside the same op (MXNet's kAddTo), saving an op and a temporary per parameter.
+    """
+    ctx = node.ctx
+    prim = node.prim
+    if ctx is None:
+        raise RuntimeError(f"backward through '{prim.name}' twice: the graph was already freed")
+    vjps = VJPS[prim.name]
+    dsts: list[Var | None] = []
+    into: list[bool] = []
+    for p in node.parents:
+        t = p.ref() if type(p) is Leaf else None
+        if t is not None and t._grad is not None:
+            dsts.append(t._grad)
+            into.append(True)
+        else:
+            dsts.append(None if p is None else Var(None, "grad"))
+            into.append(False)
+    in_vars, out_var, pool = node.in_vars, node.out_var, eng.pool
+
+    def fn() -> None:
+        node.check_saved()
+        ctx.args = tuple([None if v is None else v.data for v in in_vars])
+        ctx.ans = None if out_var is None else out_var.data
+        g = gvar.data
+        for i, dst in enumerate(dsts):
+            if dst is None:
+                continue
+            gi = vjps[i](ctx, g)
+            if type(gi) is not np.ndarray:  # ufuncs turn 0-d results into numpy scalars
+                gi = np.asarray(gi)
+            if gi.shape != ctx.shapes[i]:
+                raise AssertionError(f"VJP of '{prim.name}' arg {i}: shape {gi.shape}, "
+                                     f"expected {ctx.shapes[i]}")
+            if into[i]:
+                np.add(dst.data, gi, out=dst.data)
+            else:
+                dst.data = pool.track(gi)
+
+    reads = [v for v, _ in node.saved]
+    reads.append(gvar)
+    eng.push(fn, reads, [d for d in dsts if d is not None], prim.name + "_backward")
+    node.release()
+    return [None if done else d for d, done in zip(dsts, into, strict=True)]
+
+
+def _accumulate(eng: Any, grads: dict[Any, list], parent: Any, gvar: Var) -> None:
+    entry = grads.get(parent)
+    if entry is None:
+        grads[parent] = [gvar, False]
+        return
+    acc, owned = entry
+    if owned:
+        def add_into() -> None:
+            np.add(acc.data, gvar.data, out=acc.data)
+
+        eng.push(add_into, (gvar,), (acc,), "grad_accumulate")
+        return
+    new = Var(None, "grad")
+    pool = eng.pool
+
+    def add_new() -> None:
+        a = acc.data
+        new.data = np.add(a, gvar.data, out=pool.alloc(a.shape))
+
+    eng.push(add_new, (acc, gvar), (new,), "grad_accumulate")
+    entry[0], entry[1] = new, True
+
+
+def _accumulate_leaf(eng: Any, leaf: Leaf, gvar: Var) -> None:
+    t = leaf.ref()
+    if t is None:
+        return
+    dst = t._grad
+    if dst is None:
+        dst = t._grad = Var(None, f"{t._var.name}.grad")
+        pool = eng.pool
+
+        def copy_new() -> None:
+            g = gvar.data
+            dst.data = pool.alloc(g.shape)
+            np.copyto(dst.data, g)
+
+        eng.push(copy_new, (gvar,), (dst,), "grad_accumulate")
+        return
+
+    def add_into() -> None:
+        np.add(dst.data, gvar.data, out=dst.data)
+
+    eng.push(add_into, (gvar,), (dst,), "grad_accumulate")

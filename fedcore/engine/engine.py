@@ -1,0 +1,183 @@
+"""The engine interface and the synchronous engine (MXNet's dependency engine, in numpy).
+
+Every operation is pushed with the vars it reads and the vars it writes. An engine runs an op
+once every earlier write to what it reads, and every earlier read or write of what it writes,
+has finished; when the op completes the versions of its write set are bumped. `NaiveEngine`
+runs each op immediately (for debugging and for devices with one core); a threaded engine will
+reuse `DependencyTracker` and this interface. The process-wide engine is chosen with
+`set_engine` / `use_engine`, or the environment variable FEDCORE_ENGINE (default "naive").
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from .deps import DependencyTracker, OpRecord, normalize
+from .errors import EngineError
+from .pool import MemoryPool
+from .var import Var
+
+__all__ = [
+    "ENGINES",
+    "ENV_VAR",
+    "Engine",
+    "NaiveEngine",
+    "create_engine",
+    "engine_from_env",
+    "get_engine",
+    "set_engine",
+    "use_engine",
+]
+
+ENV_VAR = "FEDCORE_ENGINE"
+
+
+class Engine(ABC):
+    """Schedules pushed operations by their read/write sets; owns the memory pool ops use."""
+
+    name = "abstract"
+
+    def __init__(self, pool: MemoryPool | None = None):
+        self.pool = pool if pool is not None else MemoryPool()
+        self.deps = DependencyTracker()
+        self.num_ops = 0
+
+    @abstractmethod
+    def push(
+        self,
+        fn: Callable[[], None],
+        reads: Sequence[Var],
+        writes: Sequence[Var],
+        name: str = "op",
+    ) -> None:
+        """Schedule `fn`, which reads `reads` and writes `writes`; bump the writes when done."""
+
+    @abstractmethod
+    def wait_for_var(self, var: Var) -> None:
+        """Block until every pushed write to `var` has completed."""
+
+    @abstractmethod
+    def wait_all(self) -> None:
+        """Block until every pushed op has completed."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ops={self.num_ops}, pool={self.pool!r})"
+
+
+class NaiveEngine(Engine):
+    """Runs every op synchronously at push time, checking its read/write sets.
+
+    A push from inside a running op (a nested push) is allowed only if it does not need a var
+    the outer op holds; otherwise it would deadlock under a threaded engine and is rejected.
+    """
+
+    name = "naive"
+
+    def __init__(self, pool: MemoryPool | None = None):
+        super().__init__(pool)
+        self._running: list[str] = []
+
+    def push(
+        self,
+        fn: Callable[[], None],
+        reads: Sequence[Var],
+        writes: Sequence[Var],
+        name: str = "op",
+    ) -> None:
+        """Run `fn` now; versions of `writes` are bumped when it returns (or raises)."""
+        rd, wr = normalize(reads, writes, name)
+        op = OpRecord(fn, rd, wr, name)
+        deps = self.deps
+        if self._running:
+            blocked = deps.blocker(op)
+            if blocked is not None:
+                raise EngineError(
+                    f"op '{name}' was pushed from inside op '{self._running[-1]}' and needs var "
+                    f"'{blocked.label}', which a running op holds: this would deadlock"
+                )
+        deps.add(op)
+        self._running.append(name)
+        self.num_ops += 1
+        try:
+            fn()
+        finally:
+            self._running.pop()
+            deps.complete(op)
+
+    def wait_for_var(self, var: Var) -> None:
+        """Nothing to wait for; waiting on a var a running op writes would deadlock, so raise."""
+        if var.root._dep_writing:
+            raise EngineError(
+                f"wait_for_var('{var.root.label}') called while an op writing it is running"
+            )
+
+    def wait_all(self) -> None:
+        """Nothing is ever pending in a synchronous engine."""
+        if self._running:
+            raise EngineError(f"wait_all() called from inside running op '{self._running[-1]}'")
+
+
+ENGINES: dict[str, type[Engine]] = {"naive": NaiveEngine}
+
+
+def create_engine(name: str, pool: MemoryPool | None = None) -> Engine:
+    """A new engine of the named kind (see ENGINES)."""
+    try:
+        cls = ENGINES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown engine {name!r}; known engines: {', '.join(sorted(ENGINES))}"
+        ) from None
+    return cls(pool)
+
+
+def engine_from_env() -> Engine:
+    """The engine named by FEDCORE_ENGINE (default "naive"); ValueError naming it if unknown."""
+    raw = os.environ.get(ENV_VAR, "")
+    name = raw.strip().lower() or "naive"
+    if name not in ENGINES:
+        raise ValueError(
+            f"{ENV_VAR}={raw!r} is not a known engine; set {ENV_VAR} to one of: "
+            f"{', '.join(sorted(ENGINES))}"
+        )
+    return create_engine(name)
+
+
+_engine: Engine | None = None
+
+
+def get_engine() -> Engine:
+    """The process-wide engine, created from FEDCORE_ENGINE on first use."""
+    global _engine
+    eng = _engine
+    if eng is None:
+        eng = _engine = engine_from_env()
+    return eng
+
+
+def set_engine(engine: Engine | None) -> Engine | None:
+    """Install `engine` process-wide (None: recreate from FEDCORE_ENGINE on next use).
+
+    Returns the previous engine. Waits for the previous engine to drain first.
+    """
+    global _engine
+    if engine is not None and not isinstance(engine, Engine):
+        raise TypeError(f"set_engine expects an Engine or None, got {type(engine).__name__}")
+    prev = _engine
+    if prev is not None and prev is not engine:
+        prev.wait_all()
+    _engine = engine
+    return prev
+
+
+@contextmanager
+def use_engine(engine: Engine) -> Iterator[Engine]:
+    """Use `engine` inside the block, then restore the previous one."""
+    prev = set_engine(engine)
+    try:
+        yield engine
+    finally:
+        set_engine(prev)

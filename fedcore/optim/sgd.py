@@ -1,0 +1,68 @@
+"""Stochastic gradient descent with momentum, Nesterov momentum and weight decay.
+
+Same update as PyTorch's SGD (dampening 0): d = g + wd * p; b = m * b + d;
+d = d + m * b (Nesterov) or d = b; p -= lr * d. Parameters and the momentum buffer are
+updated in place by one engine op per slot, with both in its write set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..engine import Tensor, Var, get_engine
+from .optimizer import Optimizer
+
+__all__ = ["SGD"]
+
+
+class SGD(Optimizer):
+    """SGD(params, lr, momentum=0.0, nesterov=False, weight_decay=0.0)."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if momentum < 0:
+            raise ValueError(f"momentum must be >= 0, got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = float(weight_decay)
+
+    def step(self) -> None:
+        """One in-place update of every parameter that has a gradient."""
+        eng = get_engine()
+        lr, m, wd, nesterov = self.lr, self.momentum, self.weight_decay, self.nesterov
+        buf = self._state("momentum") if m else None
+        scratch = self._state("scratch")
+        writes_extra: tuple[Var, ...] = (scratch,) if buf is None else (buf, scratch)
+        for pvar, gvar, off, k in self._slots():
+            def update(pvar: Var = pvar, gvar: Var = gvar, off: int = off, k: int = k) -> None:
+                p, g = pvar.data, gvar.data
+                s = scratch.data[off:off + k].reshape(p.shape)
+                d = g
+                if wd:
+                    np.multiply(p, wd, out=s)
+                    s += g
+                    d = s
+                if buf is None:
+                    np.multiply(d, lr, out=s)
+                    p -= s
+                    return
+                b = buf.data[off:off + k].reshape(p.shape)
+                b *= m
+                b += d
+                if nesterov:  # p -= lr * (d + m * b), in two passes through the scratch
+                    np.multiply(d, lr, out=s)
+                    p -= s
+                    np.multiply(b, lr * m, out=s)
+                else:
+                    np.multiply(b, lr, out=s)
+                p -= s
+
+            eng.push(update, (gvar,), (pvar, *writes_extra), "sgd_step")
+        self.step_count += 1
