@@ -82,7 +82,9 @@ def sample_clients(client_ids: Iterable[int], k: int, seed: int, round_number: i
     """Choose ``k`` distinct clients for a round, reproducibly from the run seed."""
     ids = sorted(client_ids)
     if k > len(ids):
-        raise RoundFailed(f"round {round_number} needs {k} clients but only {len(ids)} are connected")
+        raise RoundFailed(
+            f"round {round_number} needs {k} clients but only {len(ids)} are connected"
+        )
     rng = np.random.default_rng([seed, round_number])
     return sorted(int(i) for i in rng.choice(ids, size=k, replace=False))
 
@@ -96,12 +98,15 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float, poll: float = 0.2
             return node_ids
         if time.monotonic() >= deadline:
             raise RoundFailed(
-                f"only {len(node_ids)} of the {min_nodes} nodes needed connected within {timeout:g} s"
+                f"only {len(node_ids)} of the {min_nodes} nodes needed "
+                f"connected within {timeout:g} s"
             )
         time.sleep(poll)
 
 
-def discover_clients(grid: Grid, node_ids: list[int], timeout: float | None = None) -> dict[int, int]:
+def discover_clients(
+    grid: Grid, node_ids: list[int], timeout: float | None = None
+) -> dict[int, int]:
     """Ask each node who it is; return ``{client_id: node_id}``.
 
     Raises ``RoundFailed`` with the first client error when no node answers properly.
@@ -132,7 +137,9 @@ def validate_update(vector: np.ndarray, expected_size: int) -> str | None:
     return None
 
 
-def _outcome_of(reply: Message, client_id: int, expected_size: int) -> tuple[ClientOutcome, np.ndarray | None]:
+def _outcome_of(
+    reply: Message, client_id: int, expected_size: int
+) -> tuple[ClientOutcome, np.ndarray | None]:
     node_id = reply.metadata.src_node_id
     if reply.has_error():
         reason = f"client error: {reply.error.reason}"
@@ -187,7 +194,9 @@ def run_round(
     rule = strategy.make_rule(params.size)
     outcomes: list[ClientOutcome] = []
     for reply in replies:
-        outcome, vector = _outcome_of(reply, node_to_client[reply.metadata.src_node_id], params.size)
+        outcome, vector = _outcome_of(
+            reply, node_to_client[reply.metadata.src_node_id], params.size
+        )
         outcomes.append(outcome)
         if vector is not None:
             rule.add(vector, outcome.num_examples)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from cli.errors import fail
+from cli.options import Db, Json
 from cli.render import RoundRow, round_table
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
-
-DbOption = typer.Option(
-    None, "--db", help="SQLite file or SQLAlchemy URL [default: $FEDCORE_DB or ./fedcore.db]."
-)
 
 
 def _open(db: str | None):  # noqa: ANN202 - returns a Store, imported lazily
@@ -29,9 +27,7 @@ def _open(db: str | None):  # noqa: ANN202 - returns a Store, imported lazily
 
 
 @app.command("list")
-def list_runs(
-    db: str = DbOption, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
-) -> None:
+def list_runs(db: Db = None, as_json: Json = False) -> None:
     """List stored runs, newest first."""
     runs = _open(db).list_runs()
     if as_json:
@@ -47,9 +43,9 @@ def list_runs(
 
 @app.command("show")
 def show_run(
-    run_id: int = typer.Argument(..., help="Run id (see `fedcore runs list`)."),
-    db: str = DbOption,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    run_id: Annotated[int, typer.Argument(help="Run id (see `fedcore runs list`).")],
+    db: Db = None,
+    as_json: Json = False,
 ) -> None:
     """Show one run and its rounds."""
     from aggregator.store import StoreError
@@ -78,7 +74,9 @@ def show_run(
         RoundRow(r.number, r.num_selected, r.num_accepted, r.train_loss, r.test_accuracy, r.seconds)
         for r in run.rounds
     ]
-    console.print(round_table(rows, title=f"run {run.id} · {run.name} · {run.backend} · {run.status}"))
+    console.print(
+        round_table(rows, title=f"run {run.id} · {run.name} · {run.backend} · {run.status}")
+    )
     if run.error:
         console.print(f"error: {run.error}")
 

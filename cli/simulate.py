@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console, Group
@@ -12,22 +13,30 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.errors import FAILED, fail
+from cli.options import Db, Json
 from cli.render import RoundRow, round_table
 
 console = Console(highlight=False)
 
 
 def simulate(
-    scenario: Path = typer.Argument(..., help="Scenario file (TOML), e.g. simulations/quickstart.toml."),
-    backend: str = typer.Option(
-        "inprocess", "--backend", "-b", help="inprocess (fast, one process) or flower (Ray runtime)."
-    ),
-    db: str = typer.Option(
-        None, "--db", help="SQLite file or SQLAlchemy URL [default: $FEDCORE_DB or ./fedcore.db]."
-    ),
-    rounds: int = typer.Option(None, "--rounds", min=1, help="Override federation.rounds."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of tables."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show Flower's and Ray's own logs."),
+    scenario: Annotated[
+        Path, typer.Argument(help="Scenario file (TOML), e.g. simulations/quickstart.toml.")
+    ],
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", "-b", help="inprocess (fast, one process) or flower (Ray runtime)."
+        ),
+    ] = "inprocess",
+    db: Db = None,
+    rounds: Annotated[
+        int | None, typer.Option("--rounds", min=1, help="Override federation.rounds.")
+    ] = None,
+    as_json: Json = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show Flower's and Ray's own logs.")
+    ] = False,
 ) -> None:
     """Run a federated simulation and store every round."""
     from aggregator.rounds import RoundFailed, RoundOutcome
@@ -41,7 +50,9 @@ def simulate(
     try:
         spec = load_scenario(scenario)
         if rounds is not None:
-            spec = spec.model_copy(update={"federation": spec.federation.model_copy(update={"rounds": rounds})})
+            spec = spec.model_copy(
+                update={"federation": spec.federation.model_copy(update={"rounds": rounds})}
+            )
         store = Store(db)
     except (ScenarioError, StoreError) as exc:
         fail(str(exc))
@@ -79,7 +90,9 @@ def simulate(
 
     try:
         with live or contextlib.nullcontext():
-            result = run_scenario(spec, backend, on_round=on_round, store=store, flower_verbose=verbose)
+            result = run_scenario(
+                spec, backend, on_round=on_round, store=store, flower_verbose=verbose
+            )
     except RoundFailed as exc:
         fail(str(exc), code=FAILED)
 
