@@ -1,0 +1,22 @@
+"""Offline datasets for simulations: the vendored UCI digits and FedProx's SYNTHETIC(alpha, beta).
+
+``load_dataset(name, test_fraction, seed, **options)`` returns a cached, read-only `Dataset`
+whose training pool is split among clients by `simulations.partition` and whose test split is
+held out on the server.
+"""
+
+from simulations.datasets.base import Dataset, stratified_split
+from simulations.datasets.digits import load_digits
+from simulations.datasets.registry import DATASETS, dataset_options, load_dataset
+from simulations.datasets.synthetic import load_synthetic, synthetic_client
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "dataset_options",
+    "load_dataset",
+    "load_digits",
+    "load_synthetic",
+    "stratified_split",
+    "synthetic_client",
+]

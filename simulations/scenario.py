@@ -1,0 +1,424 @@
+"""Scenario files: what to simulate, as a small TOML file checked before anything runs.
+
+A scenario names the data and how it is split among clients, the model, the federation
+(clients, rounds, strategy) and local training. The layout (see ``quickstart.toml``)::
+
+    name = "quickstart"
+    seed = 42                       # seeds the split, the partition and everything downstream
+    [data]
+    dataset = "digits"              # digits | synthetic
+    partition = "dirichlet"         # iid | dirichlet | natural (natural: synthetic only)
+    alpha = 0.5                     # dirichlet only, required there
+    min_size = 10                   # dirichlet only: fewest examples a client may get
+    test_fraction = 0.2             # held out on the server
+    [data.synthetic]                # synthetic only: SYNTHETIC(alpha, beta) of FedProx
+    num_clients = 20                # generators; default (and required by natural): federation's
+    alpha = 1.0
+    beta = 1.0
+    samples_per_client = 100
+    [model]
+    name = "mlp"                    # mlp | logreg
+    hidden = [64]                   # mlp only
+    [federation]
+    num_clients = 20
+    clients_per_round = 10          # default: all clients
+    rounds = 20
+    strategy = "fedavg"
+    [train]                         # optional, every key has a default
+    local_epochs = 1
+    batch_size = 32
+    learning_rate = 0.1
+    momentum = 0.0
+    weight_decay = 0.0
+
+The models are pydantic v2 with ``strict`` types and ``extra="forbid"``, so a typo or a string
+where a number belongs is caught at load time. Every user error becomes a `ScenarioError` with
+one line naming the file and the dotted key, e.g.
+``quickstart.toml: federation.rounds: expected an integer, got 'ten'``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from simulations.datasets import DATASETS, Dataset, load_dataset
+from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
+
+KNOWN_MODELS: tuple[str, ...] = ("mlp", "logreg")
+KNOWN_STRATEGIES: tuple[str, ...] = ("fedavg",)
+# Datasets that come with their own per-client split (Dataset.groups_train), for "natural".
+NATURAL_DATASETS: tuple[str, ...] = ("synthetic",)
+DEFAULT_HIDDEN: tuple[int, ...] = (64,)
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Momentum = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class ScenarioError(Exception):
+    """A scenario file or dict is unreadable or invalid; the message is one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+def _one_of(kind: str, value: str, known: typing.Iterable[str]) -> str:
+    if value not in known:
+        raise PydanticCustomError(
+            "unknown_name", f"unknown {kind} {value!r} (known: {', '.join(known)})"
+        )
+    return value
+
+
+def _fail(key: str, message: str) -> PydanticCustomError:
+    """An error about ``key`` (dotted) found by a check that spans several fields."""
+    return PydanticCustomError("scenario", message, {"key": key})
+
+
+class SyntheticConfig(_Section):
+    """Parameters of FedProx's SYNTHETIC(alpha, beta): ``num_clients`` generators (in a
+    scenario it defaults to ``federation.num_clients``), ``samples_per_client`` examples each."""
+
+    num_clients: PositiveInt | None = None
+    alpha: NonNegativeFloat = 1.0
+    beta: NonNegativeFloat = 1.0
+    samples_per_client: PositiveInt = 100
+
+
+class DataConfig(_Section):
+    """Which dataset, how its training pool is split among clients, how much is held out."""
+
+    dataset: str
+    partition: str
+    alpha: PositiveFloat | None = None
+    min_size: NonNegativeInt = DEFAULT_MIN_SIZE
+    test_fraction: Fraction = 0.2
+    synthetic: SyntheticConfig | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _one_of("dataset", value, sorted(DATASETS))
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, value: str) -> str:
+        return _one_of("partition", value, PARTITIONS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        dirichlet = self.partition == "dirichlet"
+        if dirichlet and self.alpha is None:
+            raise _fail("data.alpha", "missing required key (the dirichlet partition needs it)")
+        if not dirichlet and self.alpha is not None:
+            raise _fail(
+                "data.alpha", f"only used by the dirichlet partition, not {self.partition!r}"
+            )
+        if not dirichlet and "min_size" in self.model_fields_set:
+            raise _fail(
+                "data.min_size", f"only used by the dirichlet partition, not {self.partition!r}"
+            )
+        if self.partition == "natural" and self.dataset not in NATURAL_DATASETS:
+            raise _fail(
+                "data.partition",
+                f"'natural' needs a dataset with its own per-client split "
+                f"({', '.join(NATURAL_DATASETS)}), not {self.dataset!r}",
+            )
+        if self.synthetic is not None and self.dataset != "synthetic":
+            raise _fail("data.synthetic", f"only for dataset 'synthetic', not {self.dataset!r}")
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Keyword options for `load_dataset` beyond test_fraction and seed."""
+        if self.dataset != "synthetic":
+            return {}
+        synthetic = (self.synthetic or SyntheticConfig()).model_dump()
+        return {key: value for key, value in synthetic.items() if value is not None}
+
+
+class ModelConfig(_Section):
+    """The model every client trains: an MLP with ``hidden`` ReLU layers, or logistic
+    regression (no hidden layer)."""
+
+    name: str
+    hidden: list[PositiveInt] | None = Field(default=None, validate_default=True)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return _one_of("model", value, KNOWN_MODELS)
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden_fits_model(cls, value: list[int] | None, info: ValidationInfo) -> list[int]:
+        name = info.data.get("name")
+        if name == "logreg":
+            if value:
+                raise PydanticCustomError("scenario", "logreg has no hidden layers")
+            return []
+        if name == "mlp" and value is not None and not value:
+            raise PydanticCustomError("scenario", "mlp needs at least one hidden layer")
+        return list(DEFAULT_HIDDEN) if value is None else value
+
+
+class FederationConfig(_Section):
+    """How many clients exist, how many train each round, for how many rounds, and how the
+    server combines their updates."""
+
+    num_clients: PositiveInt
+    clients_per_round: PositiveInt | None = Field(default=None, validate_default=True)
+    rounds: PositiveInt
+    strategy: str = "fedavg"
+
+    @field_validator("clients_per_round")
+    @classmethod
+    def _at_most_all(cls, value: int | None, info: ValidationInfo) -> int | None:
+        total = info.data.get("num_clients")
+        if value is None:
+            return total
+        if total is not None and value > total:
+            raise PydanticCustomError(
+                "scenario", f"{value} is more than federation.num_clients ({total})"
+            )
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        return _one_of("strategy", value, KNOWN_STRATEGIES)
+
+
+class TrainConfig(_Section):
+    """Local training on each selected client in each round (minibatch SGD)."""
+
+    local_epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 0.1
+    momentum: Momentum = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+
+
+class Scenario(_Section):
+    """A validated scenario. ``model_dump()`` gives plain JSON-ready data (defaults filled in)
+    to store with a run; ``Scenario.model_validate`` of that dump gives the scenario back."""
+
+    name: Annotated[str, Field(min_length=1)]
+    seed: NonNegativeInt = 0
+    data: DataConfig
+    model: ModelConfig
+    federation: FederationConfig
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_clients(cls, raw: Any) -> Any:
+        """Default ``data.synthetic.num_clients`` to ``federation.num_clients`` (made explicit
+        so a stored scenario says how its data was generated)."""
+        if not isinstance(raw, Mapping):
+            return raw
+        data, federation = raw.get("data"), raw.get("federation")
+        if not (isinstance(data, Mapping) and isinstance(federation, Mapping)):
+            return raw
+        synthetic = data.get("synthetic", {})
+        clients = federation.get("num_clients")
+        if (
+            data.get("dataset") == "synthetic"
+            and isinstance(synthetic, Mapping)
+            and "num_clients" not in synthetic
+            and type(clients) is int
+            and clients > 0
+        ):
+            synthetic = {**synthetic, "num_clients": clients}
+            raw = {**raw, "data": {**data, "synthetic": synthetic}}
+        return raw
+
+    @model_validator(mode="after")
+    def _fits_data(self) -> Self:
+        clients = self.federation.num_clients
+        synthetic = self.data.synthetic
+        if self.data.partition == "natural" and synthetic and synthetic.num_clients != clients:
+            raise _fail(
+                "data.synthetic.num_clients",
+                f"the natural partition needs one generator per client: {synthetic.num_clients} "
+                f"!= federation.num_clients ({clients})",
+            )
+        n = self.load_data().num_train
+        if clients > n:
+            raise _fail(
+                "federation.num_clients",
+                f"more clients than examples: {clients} clients, but {self.data.dataset!r} has "
+                f"{n} training examples",
+            )
+        if self.data.partition == "dirichlet" and clients * self.data.min_size > n:
+            raise _fail(
+                "data.min_size",
+                f"{clients} clients x {self.data.min_size} examples is more than the {n} "
+                f"training examples of {self.data.dataset!r}",
+            )
+        return self
+
+    def load_data(self) -> Dataset:
+        """The scenario's dataset (cached: cheap to call again)."""
+        return load_dataset(
+            self.data.dataset, self.data.test_fraction, self.seed, **self.data.options
+        )
+
+    def client_indices(self, dataset: Dataset | None = None) -> list[np.ndarray]:
+        """One index array into ``dataset.x_train`` per client, per the scenario's partition
+        (seeded by ``seed``; passes the dataset's groups, which ``natural`` needs)."""
+        dataset = self.load_data() if dataset is None else dataset
+        return partition(
+            dataset.y_train,
+            self.data.partition,
+            self.federation.num_clients,
+            self.seed,
+            alpha=self.data.alpha,
+            min_size=self.data.min_size,
+            groups=dataset.groups_train,
+        )
+
+
+def load_scenario(path: str | os.PathLike[str]) -> Scenario:
+    """Read and validate a scenario TOML file; any problem raises a one-line `ScenarioError`."""
+    source = os.fspath(path)
+    try:
+        with Path(path).open("rb") as file:
+            raw = tomllib.load(file)
+    except FileNotFoundError:
+        raise ScenarioError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{source}: is a directory, not a scenario file") from None
+    except OSError as error:
+        raise ScenarioError(f"{source}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{source}: invalid TOML: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(f"{source}: invalid TOML: {_one_line(str(error))}") from None
+    return scenario_from_dict(raw, source=source)
+
+
+def scenario_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Scenario:
+    """Validate a scenario given as nested dicts (what the TOML parser yields)."""
+    if not isinstance(data, Mapping):
+        raise ScenarioError(f"{source}: expected a table of keys, got {_describe(data)}")
+    try:
+        return Scenario.model_validate(dict(data))
+    except ValidationError as error:
+        raise ScenarioError(_format(error, source)) from None
+
+
+# --- error messages ---------------------------------------------------------------------------
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "model_type": "a table",
+    "dict_type": "a table",
+}
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+def _format(error: ValidationError, source: str) -> str:
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    ctx = first.get("ctx") or {}
+    key = ctx.get("key") or _dotted(first["loc"])
+    message = _describe_error(first)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    where = f"{key}: " if key else ""
+    return _one_line(f"{source}: {where}{message}{more}")
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "missing":
+        return "missing required key"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_describe(value)}"
+    if kind in _BOUNDS:
+        name, sign = _BOUNDS[kind]
+        bound = ctx.get(name)
+        shown = f"{bound:g}" if isinstance(bound, int | float) else bound
+        return f"must be {sign} {shown}, got {_describe(value)}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + part)
+    return "".join(parts)
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (for 'unknown key' messages)."""
+    model: type[BaseModel] | None = Scenario
+    for part in loc:
+        field = model.model_fields.get(part) if model and isinstance(part, str) else None
+        model = _section_type(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _section_type(arg)
+            if found:
+                return found
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
