@@ -42,7 +42,7 @@ def simulate(
     from aggregator.rounds import RoundFailed, RoundOutcome
     from aggregator.store import Store, StoreError
     from simulations.backends import BACKENDS
-    from simulations.harness import run_scenario
+    from simulations.harness import prepare_scenario, run_scenario
     from simulations.scenario import ScenarioError, load_scenario
 
     if backend not in BACKENDS:
@@ -53,6 +53,7 @@ def simulate(
             spec = spec.model_copy(
                 update={"federation": spec.federation.model_copy(update={"rounds": rounds})}
             )
+        prepared = prepare_scenario(spec)
         store = Store(db)
     except (ScenarioError, StoreError) as exc:
         fail(str(exc))
@@ -91,7 +92,7 @@ def simulate(
     try:
         with live or contextlib.nullcontext():
             result = run_scenario(
-                spec, backend, on_round=on_round, store=store, flower_verbose=verbose
+                prepared, backend, on_round=on_round, store=store, flower_verbose=verbose
             )
     except RoundFailed as exc:
         fail(str(exc), code=FAILED)

@@ -24,7 +24,7 @@ from fedcore.models import build_model
 from simulations.backends import BACKENDS
 from simulations.datasets import Dataset, load_dataset
 from simulations.partition import partition
-from simulations.scenario import Scenario
+from simulations.scenario import Scenario, ScenarioError
 
 
 @dataclass
@@ -91,65 +91,35 @@ def dataset_args(scenario: Scenario) -> dict[str, Any]:
     }
 
 
-def run_scenario(
-    scenario: Scenario,
-    backend: str = "inprocess",
-    on_round: Callable[[RoundOutcome], None] | None = None,
-    store: Store | None = None,
-    flower_verbose: bool = False,
-) -> SimulationResult:
-    """Run ``scenario`` on ``backend`` and return every round's outcome and the final model.
+@dataclass
+class PreparedScenario:
+    """Everything a run needs, built (and checked) before anything is stored or started."""
 
-    With a ``store``, the run and each round are committed as they complete, and the run is
-    marked ``completed`` or ``failed`` at the end.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    run_id = None
-    if store is not None:
-        run_id = store.create_run(
-            scenario.name, backend, scenario.seed, scenario.model_dump(mode="json")
-        )
-    try:
-        result = _run(scenario, backend, on_round, store, run_id, flower_verbose)
-    except BaseException as exc:
-        if store is not None and run_id is not None:
-            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    if store is not None and run_id is not None:
-        store.finish_run(run_id, "completed")
-    result.run_id = run_id
-    return result
+    scenario: Scenario
+    data: Dataset = field(repr=False)
+    loader: PartitionLoader = field(repr=False)
+    spec: protocol.ModelSpec
+    config: FederationConfig
 
 
-def _run(
-    scenario: Scenario,
-    backend: str,
-    on_round: Callable[[RoundOutcome], None] | None,
-    store: Store | None,
-    run_id: int | None,
-    flower_verbose: bool,
-) -> SimulationResult:
-    start = time.perf_counter()
+def prepare_scenario(scenario: Scenario) -> PreparedScenario:
+    """Load the data, partition it and size the model; ``ScenarioError`` if that cannot work."""
     args = dataset_args(scenario)
     data = load_dataset(**args)
     fed = scenario.federation
-    parts = partition(
-        data.y_train,
-        scenario.data.partition,
-        fed.num_clients,
-        seed=scenario.seed,
-        alpha=scenario.data.alpha,
-        min_size=scenario.data.min_size,
-        groups=data.groups_train,
-    )
+    try:
+        parts = partition(
+            data.y_train,
+            scenario.data.partition,
+            fed.num_clients,
+            seed=scenario.seed,
+            alpha=scenario.data.alpha,
+            min_size=scenario.data.min_size,
+            groups=data.groups_train,
+        )
+    except ValueError as exc:  # e.g. no Dirichlet draw gives every client min_size examples
+        raise ScenarioError(f"{scenario.name}: data.partition: {exc}") from exc
     spec = model_spec(scenario, data)
-    server_model = build_model(spec.name, **spec.kwargs)
-
-    def evaluate_global(params: np.ndarray) -> tuple[float, float]:
-        server_model.set_flat(params)
-        return evaluate(server_model, data.x_test, data.y_test)
-
     train = scenario.train
     config = FederationConfig(
         num_rounds=fed.rounds,
@@ -167,6 +137,57 @@ def _run(
             seed=scenario.seed,
         ),
     )
+    return PreparedScenario(scenario, data, PartitionLoader(args, parts), spec, config)
+
+
+def run_scenario(
+    scenario: Scenario | PreparedScenario,
+    backend: str = "inprocess",
+    on_round: Callable[[RoundOutcome], None] | None = None,
+    store: Store | None = None,
+    flower_verbose: bool = False,
+) -> SimulationResult:
+    """Run ``scenario`` on ``backend`` and return every round's outcome and the final model.
+
+    With a ``store``, the run and each round are committed as they complete, and the run is
+    marked ``completed`` or ``failed`` at the end. Nothing is stored for a scenario that
+    ``prepare_scenario`` rejects.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    prepared = scenario if isinstance(scenario, PreparedScenario) else prepare_scenario(scenario)
+    spec = prepared.scenario
+    run_id = None
+    if store is not None:
+        run_id = store.create_run(spec.name, backend, spec.seed, spec.model_dump(mode="json"))
+    try:
+        result = _run(prepared, backend, on_round, store, run_id, flower_verbose)
+    except BaseException as exc:
+        if store is not None and run_id is not None:
+            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if store is not None and run_id is not None:
+        store.finish_run(run_id, "completed")
+    result.run_id = run_id
+    return result
+
+
+def _run(
+    prepared: PreparedScenario,
+    backend: str,
+    on_round: Callable[[RoundOutcome], None] | None,
+    store: Store | None,
+    run_id: int | None,
+    flower_verbose: bool,
+) -> SimulationResult:
+    start = time.perf_counter()
+    scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
+    server_model = build_model(spec.name, **spec.kwargs)
+
+    def evaluate_global(params: np.ndarray) -> tuple[float, float]:
+        server_model.set_flat(params)
+        return evaluate(server_model, data.x_test, data.y_test)
+
     rounds: list[RoundOutcome] = []
 
     def record(outcome: RoundOutcome) -> None:
@@ -176,10 +197,15 @@ def _run(
         if on_round is not None:
             on_round(outcome)
 
+    fed = scenario.federation
     app = FederationApp(
-        config, server_model.get_flat(), build_strategy(fed.strategy), evaluate_global, record
+        prepared.config,
+        server_model.get_flat(),
+        build_strategy(fed.strategy),
+        evaluate_global,
+        record,
     )
-    client_app = make_client_app(PartitionLoader(args, parts))
+    client_app = make_client_app(prepared.loader)
     if backend == "inprocess":
         from flwr.app import Context, RecordDict
 
