@@ -39,7 +39,7 @@ from .ops import (
     unbroadcast,
 )
 from .pool import MemoryPool
-from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad
+from .tensor import Tensor, default_float, enable_grad, float64_mode, is_grad_enabled, no_grad
 from .var import Var
 
 __all__ = [
@@ -52,3 +52,6 @@ __all__ = [
     "reshape", "set_engine", "softmax_cross_entropy", "sub", "sum", "tensor", "unbroadcast",
     "use_engine",
 ]
+
+# -- layer ops (conv, pooling, activations, normalisation, embedding, recurrent) ------------
+__all__ += ["default_float", "float64_mode"]

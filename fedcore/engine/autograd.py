@@ -19,7 +19,7 @@ from .deps import expected_version
 from .engine import get_engine
 from .errors import MutationError
 from .pool import MemoryPool
-from .tensor import Leaf, Tensor, _mode
+from .tensor import Leaf, Tensor, _mode, default_float
 from .var import Var
 
 __all__ = ["VJPS", "Ctx", "Node", "Primitive", "apply", "apply_inplace", "defvjp"]
@@ -70,13 +70,15 @@ class Ctx:
     def __init__(self, pool: MemoryPool, params: dict[str, Any]):
         self.pool = pool
         self.params = params
+        self.dtype = default_float()  # captured at push time: workers may run the op later
         self.shapes: tuple[tuple[int, ...], ...] = ()
         self.args: tuple[np.ndarray | None, ...] = ()
         self.ans: np.ndarray | None = None
 
-    def alloc(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
-        """An output buffer from the engine's pool (budget-checked before allocating)."""
-        return self.pool.alloc(shape, dtype)
+    def alloc(self, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
+        """An output buffer from the engine's pool (budget-checked before allocating); float32
+        by default, float64 when the op was pushed inside `float64_mode()`."""
+        return self.pool.alloc(shape, self.dtype if dtype is None else dtype)
 
 
 class Node:

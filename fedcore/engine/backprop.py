@@ -48,9 +48,9 @@ def backward(tensor: Tensor, grad: np.ndarray | None = None) -> None:
     if grad is None:
         if tensor.size != 1:
             raise RuntimeError(f"backward() without grad needs a scalar, got {tensor.shape}")
-        g = np.ones(tensor.shape, np.float32)
+        g = np.ones(tensor.shape, tensor.dtype)
     else:
-        g = np.asarray(grad, dtype=np.float32)
+        g = np.asarray(grad, dtype=tensor.dtype)
         if g.shape != tensor.shape:
             raise ValueError(f"grad shape {g.shape} does not match tensor shape {tensor.shape}")
     eng = get_engine()
@@ -134,7 +134,7 @@ def _accumulate(eng: Any, grads: dict[Any, list], parent: Any, gvar: Var) -> Non
 
     def add_new() -> None:
         a = acc.data
-        new.data = np.add(a, gvar.data, out=pool.alloc(a.shape))
+        new.data = np.add(a, gvar.data, out=pool.alloc(a.shape, a.dtype))
 
     eng.push(add_new, (acc, gvar), (new,), "grad_accumulate")
     entry[0], entry[1] = new, True
@@ -151,7 +151,7 @@ def _accumulate_leaf(eng: Any, leaf: Leaf, gvar: Var) -> None:
 
         def copy_new() -> None:
             g = gvar.data
-            dst.data = pool.alloc(g.shape)
+            dst.data = pool.alloc(g.shape, g.dtype)
             np.copyto(dst.data, g)
 
         eng.push(copy_new, (gvar,), (dst,), "grad_accumulate")

@@ -17,7 +17,9 @@ import numpy as np
 from .engine import get_engine
 from .var import Var
 
-__all__ = ["Leaf", "Tensor", "enable_grad", "is_grad_enabled", "no_grad"]
+__all__ = [
+    "Leaf", "Tensor", "default_float", "enable_grad", "float64_mode", "is_grad_enabled", "no_grad",
+]
 
 
 class _GradMode(threading.local):
@@ -54,6 +56,38 @@ class enable_grad(no_grad):  # noqa: N801
     _enabled = True
 
 
+class _Precision:
+    """The float dtype new tensors and op outputs get: process-wide (ops may run on workers)."""
+
+    dtype: type = np.float32
+
+
+_precision = _Precision()
+
+
+def default_float() -> type:
+    """The float dtype tensors are created in: float32, or float64 inside `float64_mode()`."""
+    return _precision.dtype
+
+
+class float64_mode(ContextDecorator):  # noqa: N801 - a context manager, like no_grad
+    """Create tensors and run ops in float64 inside the block (tight finite-difference checks).
+
+    Process-wide rather than per-thread, because engine ops may run on worker threads. Flat
+    parameter buffers stay float32, so build models outside it (or check layers unflattened).
+    """
+
+    def _recreate_cm(self) -> float64_mode:
+        return type(self)()
+
+    def __enter__(self) -> None:
+        self._prev = _precision.dtype
+        _precision.dtype = np.float64
+
+    def __exit__(self, *exc: object) -> None:
+        _precision.dtype = self._prev
+
+
 class Leaf:
     """Graph node of a leaf tensor that requires grad: backward accumulates into its `.grad`.
 
@@ -68,12 +102,14 @@ class Leaf:
 
 
 def as_array(data: Any) -> np.ndarray:
-    """Coerce to the engine's dtypes: floats to float32, integers to int64 (no copy if already)."""
+    """Coerce to the engine's dtypes: floats to float32 (float64 in `float64_mode`), integers
+    to int64 (no copy if already)."""
     arr = np.asarray(data)
     kind = arr.dtype.kind
     if kind == "f" or kind == "c":
-        if arr.dtype != np.float32:
-            arr = arr.astype(np.float32)
+        ftype = _precision.dtype
+        if arr.dtype != ftype:
+            arr = arr.astype(ftype)
     elif kind in "iu":
         if arr.dtype != np.int64:
             arr = arr.astype(np.int64)
@@ -182,8 +218,10 @@ class Tensor:
     def requires_grad(self, value: bool) -> None:
         if not self.is_leaf:
             raise RuntimeError("requires_grad can only be changed on leaf tensors")
-        if value and self._var.data.dtype != np.float32:
-            raise ValueError(f"only float32 tensors can require grad, not {self.dtype}")
+        if value and self._var.data.dtype.kind != "f":
+            raise ValueError(
+                f"only float32 (or float64_mode) tensors can require grad, not {self.dtype}"
+            )
         self._node = Leaf(self) if value else None
 
     @property
@@ -210,7 +248,7 @@ class Tensor:
         if value is None:
             self._grad = None
             return
-        arr = np.asarray(value, dtype=np.float32)
+        arr = np.asarray(value, dtype=self.dtype)
         if arr.shape != self.shape:
             raise ValueError(f"grad shape {arr.shape} does not match tensor shape {self.shape}")
         if self._grad is None:
