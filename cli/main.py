@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from cli import runs, simulate
+from cli import profiles, runs, simulate
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.command("simulate")(simulate.simulate)
 app.add_typer(runs.app, name="runs", help="List and inspect stored runs.")
+app.add_typer(profiles.app, name="profiles", help="Device classes: list, show, detect.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,44 @@
+"""The house plan's import rules, checked in fresh interpreters (DESIGN.md: rooms and doors)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("sqlalchemy", "cupy", "matplotlib", "ray", "cli", "aggregator", "simulations")
+
+
+def imported_after(modules: list[str]) -> set[str]:
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        "fedcore",
+        "fedcore.engine",
+        "fedcore.nn",
+        "fedcore.optim",
+        "fedcore.models",
+        "device_profiles",
+        "client_runtime.app",
+        "client_runtime.trainer",
+    ],
+)
+def test_device_packages_stay_light(package):
+    assert not imported_after([package]) & set(HEAVY)
+
+
+def test_fedcore_core_does_not_need_flower():
+    assert "flwr" not in imported_after(["fedcore.engine", "fedcore.nn", "fedcore.optim"])
+
+
+def test_aggregator_never_imports_the_client_runtime():
+    assert "client_runtime" not in imported_after(["aggregator.rounds", "aggregator.store"])
