@@ -1,4 +1,5 @@
-"""Offline datasets for simulations: the vendored UCI digits and FedProx's SYNTHETIC(alpha, beta).
+"""Offline datasets for simulations: the vendored UCI digits, MNIST-5k and Shakespeare (word-level
+next-word prediction, one client per role), and FedProx's SYNTHETIC(alpha, beta).
 
 ``load_dataset(name, test_fraction, seed, **options)`` returns a cached, read-only `Dataset`
 whose training pool is split among clients by `simulations.partition` and whose test split is
@@ -7,7 +8,9 @@ held out on the server.
 
 from simulations.datasets.base import Dataset, stratified_split
 from simulations.datasets.digits import load_digits
+from simulations.datasets.mnist import load_mnist5k
 from simulations.datasets.registry import DATASETS, dataset_options, load_dataset
+from simulations.datasets.shakespeare import load_shakespeare
 from simulations.datasets.synthetic import load_synthetic, synthetic_client
 
 __all__ = [
@@ -16,6 +19,8 @@ __all__ = [
     "dataset_options",
     "load_dataset",
     "load_digits",
+    "load_mnist5k",
+    "load_shakespeare",
     "load_synthetic",
     "stratified_split",
     "synthetic_client",

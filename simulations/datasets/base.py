@@ -13,10 +13,14 @@ class Dataset:
     test split that the server holds out for evaluation.
 
     Arrays are read-only because loaded datasets are cached and shared by every client in a
-    process; copy before changing them. ``x_*`` are float32 with one row per example (flat
-    features, ``input_shape`` is a row's shape); ``y_*`` are int64 labels in
-    ``[0, num_classes)``. ``groups_*`` name the client that generated each example for
-    datasets with a natural per-client split (``synthetic``), else ``None``.
+    process; copy before changing them. ``x_*`` have one flat row per example: float32
+    features for classifiers, int64 token ids ``(N, T)`` for language models; ``input_shape``
+    is the shape a row stands for (``(28, 28, 1)`` for MNIST images stored as 784 features).
+    ``y_*`` are int64 in ``[0, num_classes)``: one label per example ``(N,)``, or one target
+    per position ``(N, T)`` for language models (the next token; ``num_classes`` is then the
+    vocabulary size and ``vocab`` its words by id). ``groups_*`` name the client that
+    generated each example for datasets with a natural per-client split (``synthetic``,
+    ``shakespeare``), else ``None``.
     """
 
     name: str
@@ -28,6 +32,7 @@ class Dataset:
     input_shape: tuple[int, ...]
     groups_train: np.ndarray | None = None
     groups_test: np.ndarray | None = None
+    vocab: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for field in ("x_train", "y_train", "x_test", "y_test", "groups_train", "groups_test"):
@@ -36,6 +41,11 @@ class Dataset:
                 array.setflags(write=False)
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError(f"dataset {self.name!r}: x and y lengths differ")
+
+    @property
+    def sequence_targets(self) -> bool:
+        """True for language models: a target per position, ``y`` shaped ``(N, T)``."""
+        return self.y_train.ndim == 2
 
     @property
     def num_train(self) -> int:

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 from simulations.datasets.base import Dataset
 from simulations.datasets.digits import load_digits
+from simulations.datasets.mnist import load_mnist5k
+from simulations.datasets.shakespeare import load_shakespeare
 from simulations.datasets.synthetic import load_synthetic
 
 Loader = Callable[..., Dataset]
@@ -15,6 +17,8 @@ Loader = Callable[..., Dataset]
 # name -> loader(test_fraction, seed, **options). Options are keyword-only loader parameters.
 DATASETS: dict[str, Loader] = {
     "digits": load_digits,
+    "mnist5k": load_mnist5k,
+    "shakespeare": load_shakespeare,
     "synthetic": load_synthetic,
 }
 

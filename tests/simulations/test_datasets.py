@@ -17,8 +17,9 @@ from simulations.datasets.digits import read_digits_csv
 
 
 def test_registry_names() -> None:
-    assert set(DATASETS) == {"digits", "synthetic"}
-    assert dataset_options("digits") == ()
+    assert set(DATASETS) == {"digits", "mnist5k", "shakespeare", "synthetic"}
+    assert dataset_options("digits") == () == dataset_options("mnist5k")
+    assert dataset_options("shakespeare") == ("num_clients", "vocab_size", "seq_len")
     assert set(dataset_options("synthetic")) == {
         "num_clients",
         "alpha",
@@ -71,7 +72,8 @@ def test_cached_arrays_are_read_only() -> None:
 
 
 def test_unknown_dataset_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown dataset 'mnist' \(known: digits, synthetic\)"):
+    known = r"\(known: digits, mnist5k, shakespeare, synthetic\)"
+    with pytest.raises(ValueError, match=rf"unknown dataset 'mnist' {known}"):
         load_dataset("mnist")
 
 
