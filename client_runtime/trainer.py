@@ -40,6 +40,9 @@ class TrainResult:
 def train_local(model: Module, x: np.ndarray, y: np.ndarray, config: TrainConfig) -> TrainResult:
     """Train ``model`` in place on ``(x, y)``; return the mean loss over all steps.
 
+    ``y`` holds a label per example ``(N,)`` or a target per position ``(N, T)`` (language
+    models, whose logits are ``(N*T, V)``); ``num_examples`` counts rows of ``x`` either way.
+
     Batches are reshuffled every epoch from ``config.seed`` so a client's work is reproducible.
     The optimizer state (momentum) is local to the round, as in FedAvg.
     """
@@ -62,7 +65,8 @@ def train_local(model: Module, x: np.ndarray, y: np.ndarray, config: TrainConfig
         for lo in range(0, len(order), config.batch_size):
             idx = order[lo : lo + config.batch_size]
             optimizer.zero_grad()
-            loss = softmax_cross_entropy(model(Tensor(x[idx])), y[idx])
+            # Sequence targets (N, T) meet logits (N*T, V) flattened, row-major.
+            loss = softmax_cross_entropy(model(Tensor(x[idx])), y[idx].reshape(-1))
             loss.backward()
             optimizer.step()
             loss_sum += float(loss.data)
