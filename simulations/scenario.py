@@ -6,9 +6,9 @@ A scenario names the data and how it is split among clients, the model, the fede
     name = "quickstart"
     seed = 42                       # seeds the split, the partition and everything downstream
     [data]
-    dataset = "digits"              # digits | synthetic
-    partition = "dirichlet"         # iid | dirichlet | natural (natural: synthetic only)
-    alpha = 0.5                     # dirichlet only, required there
+    dataset = "digits"              # digits | mnist5k | shakespeare | synthetic
+    partition = "dirichlet"         # iid | dirichlet | natural (natural: synthetic, shakespeare)
+    alpha = 0.5                     # dirichlet only, required there (not for shakespeare)
     min_size = 10                   # dirichlet only: fewest examples a client may get
     test_fraction = 0.2             # held out on the server
     [data.synthetic]                # synthetic only: SYNTHETIC(alpha, beta) of FedProx
@@ -16,6 +16,10 @@ A scenario names the data and how it is split among clients, the model, the fede
     alpha = 1.0
     beta = 1.0
     samples_per_client = 100
+    [data.shakespeare]              # shakespeare only: next-word prediction, a client per role
+    num_clients = 20                # roles; default (and required by natural): federation's
+    vocab_size = 2000               # <unk>, <eos> and the most frequent words
+    seq_len = 20                    # words per example
     [model]
     name = "mlp"                    # mlp | logreg
     hidden = [64]                   # mlp only
@@ -63,13 +67,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from simulations.datasets import DATASETS, Dataset, load_dataset
+from simulations.datasets import DATASETS, Dataset, dataset_options, load_dataset
+from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
 
 KNOWN_MODELS: tuple[str, ...] = ("mlp", "logreg")
 KNOWN_STRATEGIES: tuple[str, ...] = ("fedavg",)
 # Datasets that come with their own per-client split (Dataset.groups_train), for "natural".
-NATURAL_DATASETS: tuple[str, ...] = ("synthetic",)
+# Each has a [data.<name>] table whose num_clients defaults to federation.num_clients.
+NATURAL_DATASETS: tuple[str, ...] = ("synthetic", "shakespeare")
 DEFAULT_HIDDEN: tuple[int, ...] = (64,)
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -107,6 +113,16 @@ class SyntheticConfig(_Section):
     samples_per_client: PositiveInt = 100
 
 
+class ShakespeareConfig(_Section):
+    """Word-level Shakespeare: the text of the ``num_clients`` roles with the most words (in a
+    scenario it defaults to ``federation.num_clients``), in windows of ``seq_len`` words over
+    the ``vocab_size`` most frequent words (``<unk>`` and ``<eos>`` included)."""
+
+    num_clients: PositiveInt | None = None
+    vocab_size: Annotated[int, Field(ge=3)] = DEFAULT_VOCAB_SIZE
+    seq_len: PositiveInt = DEFAULT_SEQ_LEN
+
+
 class DataConfig(_Section):
     """Which dataset, how its training pool is split among clients, how much is held out."""
 
@@ -116,6 +132,7 @@ class DataConfig(_Section):
     min_size: NonNegativeInt = DEFAULT_MIN_SIZE
     test_fraction: Fraction = 0.2
     synthetic: SyntheticConfig | None = None
+    shakespeare: ShakespeareConfig | None = None
 
     @field_validator("dataset")
     @classmethod
@@ -146,17 +163,27 @@ class DataConfig(_Section):
                 f"'natural' needs a dataset with its own per-client split "
                 f"({', '.join(NATURAL_DATASETS)}), not {self.dataset!r}",
             )
-        if self.synthetic is not None and self.dataset != "synthetic":
-            raise _fail("data.synthetic", f"only for dataset 'synthetic', not {self.dataset!r}")
+        for name in NATURAL_DATASETS:
+            if getattr(self, name) is not None and self.dataset != name:
+                raise _fail(f"data.{name}", f"only for dataset {name!r}, not {self.dataset!r}")
         return self
 
     @property
     def options(self) -> dict[str, Any]:
         """Keyword options for `load_dataset` beyond test_fraction and seed."""
-        if self.dataset != "synthetic":
+        section = self.dataset_section
+        if section is None:
             return {}
-        synthetic = (self.synthetic or SyntheticConfig()).model_dump()
-        return {key: value for key, value in synthetic.items() if value is not None}
+        return {key: value for key, value in section.model_dump().items() if value is not None}
+
+    @property
+    def dataset_section(self) -> SyntheticConfig | ShakespeareConfig | None:
+        """The dataset's own options table (defaults filled in), or None if it has none."""
+        if self.dataset == "synthetic":
+            return self.synthetic or SyntheticConfig()
+        if self.dataset == "shakespeare":
+            return self.shakespeare or ShakespeareConfig()
+        return None
 
 
 class ModelConfig(_Section):
@@ -234,38 +261,55 @@ class Scenario(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _synthetic_clients(cls, raw: Any) -> Any:
-        """Default ``data.synthetic.num_clients`` to ``federation.num_clients`` (made explicit
-        so a stored scenario says how its data was generated)."""
+    def _natural_clients(cls, raw: Any) -> Any:
+        """Default ``data.<dataset>.num_clients`` (synthetic, shakespeare) to
+        ``federation.num_clients`` (made explicit so a stored scenario says how its data was
+        made)."""
         if not isinstance(raw, Mapping):
             return raw
         data, federation = raw.get("data"), raw.get("federation")
         if not (isinstance(data, Mapping) and isinstance(federation, Mapping)):
             return raw
-        synthetic = data.get("synthetic", {})
+        name = data.get("dataset")
+        if name not in NATURAL_DATASETS:
+            return raw
+        section = data.get(name, {})
         clients = federation.get("num_clients")
         if (
-            data.get("dataset") == "synthetic"
-            and isinstance(synthetic, Mapping)
-            and "num_clients" not in synthetic
+            isinstance(section, Mapping)
+            and "num_clients" not in section
             and type(clients) is int
             and clients > 0
         ):
-            synthetic = {**synthetic, "num_clients": clients}
-            raw = {**raw, "data": {**data, "synthetic": synthetic}}
+            section = {**section, "num_clients": clients}
+            raw = {**raw, "data": {**data, name: section}}
         return raw
 
     @model_validator(mode="after")
     def _fits_data(self) -> Self:
         clients = self.federation.num_clients
-        synthetic = self.data.synthetic
-        if self.data.partition == "natural" and synthetic and synthetic.num_clients != clients:
+        name, section = self.data.dataset, self.data.dataset_section
+        if self.data.partition == "natural" and section and section.num_clients != clients:
+            what = "generator" if name == "synthetic" else "role"
             raise _fail(
-                "data.synthetic.num_clients",
-                f"the natural partition needs one generator per client: {synthetic.num_clients} "
+                f"data.{name}.num_clients",
+                f"the natural partition needs one {what} per client: {section.num_clients} "
                 f"!= federation.num_clients ({clients})",
             )
-        n = self.load_data().num_train
+        try:
+            data = self.load_data()
+        except ValueError as error:  # an option beyond what the data has, e.g. vocab_size
+            option, _, rest = str(error).partition(" ")
+            if option in dataset_options(name):
+                raise _fail(f"data.{name}.{option}", rest) from None
+            raise _fail("data.dataset", str(error)) from None
+        if self.data.partition == "dirichlet" and data.sequence_targets:
+            raise _fail(
+                "data.partition",
+                f"'dirichlet' skews class labels; {name!r} has a target per word "
+                "(use iid or natural)",
+            )
+        n = data.num_train
         if clients > n:
             raise _fail(
                 "federation.num_clients",

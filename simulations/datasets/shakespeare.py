@@ -29,6 +29,8 @@ from simulations.datasets.base import Dataset, stratified_split
 UNK, EOS = "<unk>", "<eos>"
 SPECIALS = (UNK, EOS)
 MIN_SEQUENCES = 5  # a role needs this many windows to be a client (enough to split)
+DEFAULT_VOCAB_SIZE = 2000
+DEFAULT_SEQ_LEN = 20
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
 
 
@@ -93,7 +95,7 @@ def role_words() -> dict[tuple[str, str], tuple[str, ...]]:
     return {role: tuple(words) for role, words in per_role.items()}
 
 
-def roles(num_clients: int, seq_len: int = 20) -> list[tuple[str, str]]:
+def roles(num_clients: int, seq_len: int = DEFAULT_SEQ_LEN) -> list[tuple[str, str]]:
     """``(play, speaker)`` of clients ``0 .. num_clients - 1``: the roles with the most words.
 
     Ties are broken by play, then name; roles too short for ``MIN_SEQUENCES`` windows are
@@ -108,8 +110,8 @@ def roles(num_clients: int, seq_len: int = 20) -> list[tuple[str, str]]:
     eligible = [r for r in ranked if (len(words[r]) - 1) // seq_len >= MIN_SEQUENCES]
     if num_clients > len(eligible):
         raise ValueError(
-            f"only {len(eligible)} roles have {MIN_SEQUENCES} windows of {seq_len} words, "
-            f"not {num_clients}"
+            f"num_clients must be <= {len(eligible)} (the roles with at least {MIN_SEQUENCES} "
+            f"windows of {seq_len} words), got {num_clients}"
         )
     return eligible[:num_clients]
 
@@ -119,8 +121,8 @@ def load_shakespeare(
     seed: int = 0,
     *,
     num_clients: int = 20,
-    vocab_size: int = 2000,
-    seq_len: int = 20,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    seq_len: int = DEFAULT_SEQ_LEN,
 ) -> Dataset:
     """The text of the ``num_clients`` roles with the most words (see `roles`), as next-word
     windows; role ``k`` is group ``k`` for the ``natural`` partition.

@@ -149,7 +149,8 @@ def test_shakespeare_deterministic_and_seed_dependent() -> None:
 
 
 def test_shakespeare_option_errors() -> None:
-    with pytest.raises(ValueError, match=r"only \d+ roles have 5 windows of 20 words, not 5000"):
+    limit = r"num_clients must be <= \d+ \(the roles with at least 5 windows of 20 words\)"
+    with pytest.raises(ValueError, match=rf"{limit}, got 5000"):
         load_dataset("shakespeare", num_clients=5000)
     with pytest.raises(ValueError, match="vocab_size must be in"):
         load_dataset("shakespeare", num_clients=2, vocab_size=10**6)

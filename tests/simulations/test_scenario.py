@@ -134,7 +134,10 @@ ERRORS = [
         "data.synthetic.gamma: unknown key (allowed: num_clients, alpha, beta, samples_per_client)",
     ),
     # unknown names
-    ({"data.dataset": "mnist"}, "data.dataset: unknown dataset 'mnist' (known: digits, synthetic)"),
+    (
+        {"data.dataset": "mnist"},
+        "data.dataset: unknown dataset 'mnist' (known: digits, mnist5k, shakespeare, synthetic)",
+    ),
     ({"model.name": "cnn"}, "model.name: unknown model 'cnn' (known: mlp, logreg)"),
     (
         {"federation.strategy": "fedprox"},
@@ -165,7 +168,8 @@ ERRORS = [
     ),
     (
         {"data.partition": "natural", "data.alpha": DELETE},
-        "data.partition: 'natural' needs a dataset with its own per-client split (synthetic)",
+        "data.partition: 'natural' needs a dataset with its own per-client split (synthetic, "
+        "shakespeare)",
     ),
     ({"data.synthetic": {"alpha": 1.0}}, "data.synthetic: only for dataset 'synthetic', not"),
     (
