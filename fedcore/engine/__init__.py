@@ -54,4 +54,19 @@ __all__ = [
 ]
 
 # -- layer ops (conv, pooling, activations, normalisation, embedding, recurrent) ------------
-__all__ += ["default_float", "float64_mode"]
+from .conv import avg_pool2d, conv2d, conv_output_size, max_pool2d  # noqa: E402
+from .norm import (  # noqa: E402
+    batch_moments,
+    batch_norm,
+    batch_norm_apply,
+    layer_norm,
+    running_moments_update_,
+)
+from .ops_nn import dropout, embedding, gelu, sigmoid, softmax, tanh  # noqa: E402
+from .rnn import gru, lstm  # noqa: E402
+
+__all__ += [
+    "avg_pool2d", "batch_moments", "batch_norm", "batch_norm_apply", "conv2d",
+    "conv_output_size", "default_float", "dropout", "embedding", "float64_mode", "gelu", "gru",
+    "layer_norm", "lstm", "max_pool2d", "running_moments_update_", "sigmoid", "softmax", "tanh",
+]

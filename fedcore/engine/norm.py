@@ -1,0 +1,220 @@
+"""Batch and layer normalisation, channels-last (the normalised features are the last axis).
+
+Batch norm is three primitives so every read and write is visible to the engine (and to a
+tracer replaying the step): `batch_moments` (differentiable) gives a (2, C) [mean, biased
+var] array over every axis but the last; `batch_norm_apply` normalises with given moments
+(the batch's in training, the running ones in evaluation); `running_moments_update_` is an
+in-place, non-differentiable op blending the batch moments into a running-statistics buffer
+(unbiased variance, as PyTorch does). Layer norm is one fused primitive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp
+from .checks import check_same_dtype
+from .ops import Operand, tensor
+from .tensor import Tensor, no_grad
+
+__all__ = [
+    "batch_moments", "batch_norm", "batch_norm_apply", "layer_norm", "running_moments_update_",
+]
+
+
+def _feature_check(op: str, x: np.ndarray, **params: np.ndarray) -> int:
+    """The feature count (last axis of x); every param must be (C,)."""
+    if x.ndim < 2:
+        raise ValueError(f"{op}: input must be at least 2-D (..., C), got shape {x.shape}")
+    check_same_dtype(op, input=x, **params)
+    c = x.shape[-1]
+    for name, p in params.items():
+        if p.shape != (c,):
+            raise ValueError(f"{op}: {name} {p.shape} does not match input {x.shape} "
+                             f"({c} features)")
+    return c
+
+
+# -- batch norm ----------------------------------------------------------------------------
+def _moments_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
+    if x.ndim < 2:
+        raise ValueError(f"batch_moments: input must be at least 2-D (..., C), got {x.shape}")
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] < 2:
+        raise ValueError(f"batch_moments: need more than one value per feature, got {x.shape}")
+    out = ctx.alloc((2, x.shape[-1]), x.dtype)
+    np.mean(x2, axis=0, out=out[0])
+    xc = x2 - out[0]
+    np.square(xc, out=xc)
+    np.mean(xc, axis=0, out=out[1])
+    return out
+
+
+def _moments_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    # d mean / dx = 1/M; d var / dx = 2 (x - mean) / M
+    x = ctx.args[0]
+    m = x.size // x.shape[-1]
+    mean = ctx.ans[0]
+    dx = np.subtract(x, mean)
+    dx *= g[1] * (2.0 / m)
+    dx += g[0] * (1.0 / m)
+    return dx
+
+
+batch_moments_p = Primitive("batch_moments", _moments_fwd, saves=(0,), saves_output=True)
+defvjp(batch_moments_p, _moments_vjp)
+
+
+def _bn_apply_fwd(ctx: Ctx, x: np.ndarray, stats: np.ndarray, gamma: np.ndarray,
+                  beta: np.ndarray, eps: float) -> np.ndarray:
+    c = _feature_check("batch_norm", x, gamma=gamma, beta=beta)
+    if stats.shape != (2, c):
+        raise ValueError(f"batch_norm: statistics {stats.shape} must be (2, {c}) [mean, var] "
+                         f"for input {x.shape}")
+    rstd = stats[1] + eps
+    np.sqrt(rstd, out=rstd)
+    np.divide(1.0, rstd, out=rstd)
+    ctx.rstd = rstd
+    scale = rstd * gamma
+    out = np.subtract(x, stats[0], out=ctx.alloc(x.shape, x.dtype))
+    out *= scale
+    out += beta
+    return out
+
+
+def _bn_sums(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of g, sum of g * (x - mean)) over all but the last axis, computed once."""
+    sums = getattr(ctx, "sums", None)
+    if sums is None:
+        x, stats = ctx.args[0], ctx.args[1]
+        c = x.shape[-1]
+        g2 = g.reshape(-1, c)
+        xc = np.subtract(x.reshape(-1, c), stats[0])
+        xc *= g2
+        sums = ctx.sums = (np.add.reduce(g2, axis=0), np.add.reduce(xc, axis=0))
+    return sums
+
+
+def _bn_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    return np.multiply(g, ctx.rstd * ctx.args[2])
+
+
+def _bn_vjp_stats(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    sg, sgx = _bn_sums(ctx, g)
+    scale = ctx.rstd * ctx.args[2]
+    out = np.empty((2, g.shape[-1]), g.dtype)
+    np.multiply(sg, -scale, out=out[0])
+    np.multiply(sgx, scale * ctx.rstd * ctx.rstd * -0.5, out=out[1])
+    return out
+
+
+def _bn_vjp_gamma(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    return _bn_sums(ctx, g)[1] * ctx.rstd
+
+
+def _bn_vjp_beta(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    return _bn_sums(ctx, g)[0].copy()
+
+
+batch_norm_apply_p = Primitive("batch_norm", _bn_apply_fwd, saves=(0, 1, 2))
+defvjp(batch_norm_apply_p, _bn_vjp_x, _bn_vjp_stats, _bn_vjp_gamma, _bn_vjp_beta)
+
+
+def _running_update_fwd(ctx: Ctx, running: np.ndarray, stats: np.ndarray, momentum: float,
+                        count: int) -> None:
+    if running.shape != stats.shape:
+        raise ValueError(f"running_moments_update_: running {running.shape} vs batch "
+                         f"{stats.shape}")
+    running *= 1.0 - momentum
+    running[0] += momentum * stats[0]
+    running[1] += (momentum * count / max(count - 1, 1)) * stats[1]
+
+
+running_moments_update_p = Primitive("running_moments_update_", _running_update_fwd,
+                                     inplace=True)
+defvjp(running_moments_update_p, None, None)
+
+
+def batch_moments(x: Operand) -> Tensor:
+    """(2, C) [mean, biased variance] of `x` over every axis but the last."""
+    return apply(batch_moments_p, tensor(x))
+
+
+def batch_norm_apply(x: Operand, stats: Operand, gamma: Operand, beta: Operand,
+                     eps: float = 1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * gamma + beta, with `stats` = [mean, var] of shape (2, C)."""
+    return apply(batch_norm_apply_p, tensor(x), tensor(stats), tensor(gamma), tensor(beta),
+                 eps=float(eps))
+
+
+def running_moments_update_(running: Tensor, stats: Operand, momentum: float,
+                            count: int) -> Tensor:
+    """running = (1 - momentum) * running + momentum * [mean, var * count / (count - 1)]."""
+    with no_grad():
+        return apply_inplace(running_moments_update_p, running, tensor(stats).detach(),
+                             momentum=float(momentum), count=int(count))
+
+
+def batch_norm(x: Operand, gamma: Operand, beta: Operand, running: Tensor | None = None,
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalisation over every axis but the last (channels-last).
+
+    Training normalises with the batch's moments and, when `running` (a (2, C) [mean, var]
+    buffer) is given, blends them into it in place. Evaluation normalises with `running`.
+    """
+    xt = tensor(x)
+    if not training:
+        if running is None:
+            raise ValueError("batch_norm: evaluation mode needs running statistics")
+        return batch_norm_apply(xt, running.detach(), gamma, beta, eps)
+    stats = batch_moments(xt)
+    if running is not None:
+        count = xt.size // xt.shape[-1]
+        running_moments_update_(running, stats, momentum, count)
+    return batch_norm_apply(xt, stats, gamma, beta, eps)
+
+
+# -- layer norm ----------------------------------------------------------------------------
+def _ln_fwd(ctx: Ctx, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+            eps: float) -> np.ndarray:
+    _feature_check("layer_norm", x, gamma=gamma, beta=beta)
+    xhat = ctx.alloc(x.shape, x.dtype)
+    np.subtract(x, x.mean(axis=-1, keepdims=True), out=xhat)
+    var = np.square(xhat).mean(axis=-1, keepdims=True)
+    var += eps
+    np.sqrt(var, out=var)
+    rstd = np.divide(1.0, var, out=var)
+    xhat *= rstd
+    ctx.xhat, ctx.rstd = xhat, rstd
+    out = np.multiply(xhat, gamma, out=ctx.alloc(x.shape, x.dtype))
+    out += beta
+    return out
+
+
+def _ln_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    # dx = rstd * (gg - mean(gg) - xhat * mean(gg * xhat)), gg = g * gamma
+    xhat = ctx.xhat
+    gg = np.multiply(g, ctx.args[1])
+    m2 = np.multiply(gg, xhat).mean(axis=-1, keepdims=True)
+    gg -= gg.mean(axis=-1, keepdims=True)
+    gg -= xhat * m2
+    gg *= ctx.rstd
+    return gg
+
+
+def _ln_vjp_gamma(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    c = g.shape[-1]
+    return np.add.reduce((g * ctx.xhat).reshape(-1, c), axis=0)
+
+
+def _ln_vjp_beta(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    return np.add.reduce(g.reshape(-1, g.shape[-1]), axis=0)
+
+
+layer_norm_p = Primitive("layer_norm", _ln_fwd, saves=(1,))
+defvjp(layer_norm_p, _ln_vjp_x, _ln_vjp_gamma, _ln_vjp_beta)
+
+
+def layer_norm(x: Operand, gamma: Operand, beta: Operand, eps: float = 1e-5) -> Tensor:
+    """Normalise each row over the last axis, then scale by gamma and shift by beta."""
+    return apply(layer_norm_p, tensor(x), tensor(gamma), tensor(beta), eps=float(eps))

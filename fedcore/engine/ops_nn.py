@@ -1,0 +1,219 @@
+"""Activations, softmax, dropout and embedding lookup as engine primitives.
+
+Each VJP reads the least it can: tanh, sigmoid and softmax save their *output* (their
+derivatives are functions of it), GELU saves its input and recomputes the inner tanh, dropout
+keeps a one-byte mask. Sigmoid is computed as 0.5 * tanh(x / 2) + 0.5, which never overflows.
+Embedding's gradient is a scatter-add of the output gradient rows into the looked-up rows
+(`np.add.at`), so repeated tokens accumulate correctly and untouched rows stay zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .autograd import Ctx, Primitive, apply, defvjp
+from .checks import check_float
+from .ops import Operand, tensor
+from .tensor import Tensor
+
+__all__ = ["dropout", "embedding", "gelu", "sigmoid", "softmax", "tanh"]
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+# -- tanh, sigmoid ---------------------------------------------------------------------------
+def _tanh_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
+    check_float("tanh", "input", x)
+    return np.tanh(x, out=ctx.alloc(x.shape, x.dtype))
+
+
+def _tanh_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    y = ctx.ans
+    out = np.multiply(y, y)
+    np.subtract(1.0, out, out=out)
+    out *= g
+    return out
+
+
+def _sigmoid_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
+    check_float("sigmoid", "input", x)
+    out = np.multiply(x, 0.5, out=ctx.alloc(x.shape, x.dtype))
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
+
+
+def _sigmoid_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    y = ctx.ans
+    out = np.subtract(1.0, y)
+    out *= y
+    out *= g
+    return out
+
+
+tanh_p = Primitive("tanh", _tanh_fwd, saves_output=True)
+defvjp(tanh_p, _tanh_vjp)
+sigmoid_p = Primitive("sigmoid", _sigmoid_fwd, saves_output=True)
+defvjp(sigmoid_p, _sigmoid_vjp)
+
+
+def tanh(x: Operand) -> Tensor:
+    """Elementwise hyperbolic tangent."""
+    return apply(tanh_p, tensor(x))
+
+
+def sigmoid(x: Operand) -> Tensor:
+    """Elementwise logistic function 1 / (1 + exp(-x)), computed without overflow."""
+    return apply(sigmoid_p, tensor(x))
+
+
+# -- GELU (tanh approximation) --------------------------------------------------------------
+def _gelu_inner(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """tanh(c * (x + a * x^3)) into `out`."""
+    np.multiply(x, x, out=out)
+    out *= _GELU_A
+    out += 1.0
+    out *= x
+    out *= _GELU_C
+    return np.tanh(out, out=out)
+
+
+def _gelu_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
+    check_float("gelu", "input", x)
+    out = _gelu_inner(x, ctx.alloc(x.shape, x.dtype))
+    out += 1.0
+    out *= x
+    out *= 0.5
+    return out
+
+
+def _gelu_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    x = ctx.args[0]
+    t = _gelu_inner(x, np.empty_like(x))
+    # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)
+    d = np.multiply(x, x)
+    d *= 3 * _GELU_A
+    d += 1.0
+    d *= x
+    d *= _GELU_C * 0.5
+    sq = np.multiply(t, t)
+    np.subtract(1.0, sq, out=sq)
+    d *= sq
+    t += 1.0
+    t *= 0.5
+    d += t
+    d *= g
+    return d
+
+
+gelu_p = Primitive("gelu", _gelu_fwd, saves=(0,))
+defvjp(gelu_p, _gelu_vjp)
+
+
+def gelu(x: Operand) -> Tensor:
+    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return apply(gelu_p, tensor(x))
+
+
+# -- softmax -------------------------------------------------------------------------------
+def _softmax_fwd(ctx: Ctx, x: np.ndarray, axis: int) -> np.ndarray:
+    check_float("softmax", "input", x)
+    out = ctx.alloc(x.shape, x.dtype)
+    np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
+    return out
+
+
+def _softmax_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    y = ctx.ans
+    s = np.multiply(g, y).sum(axis=ctx.params["axis"], keepdims=True)
+    out = np.subtract(g, s)  # y * (g - sum(g * y)), never writing the saved output
+    out *= y
+    return out
+
+
+softmax_p = Primitive("softmax", _softmax_fwd, saves_output=True)
+defvjp(softmax_p, _softmax_vjp)
+
+
+def softmax(x: Operand, axis: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) along `axis`, max-shifted for stability."""
+    return apply(softmax_p, tensor(x), axis=axis)
+
+
+# -- dropout -------------------------------------------------------------------------------
+def _dropout_fwd(ctx: Ctx, x: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    check_float("dropout", "input", x)
+    keep = ctx.alloc(x.shape, np.bool_)
+    u = rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64)
+    np.greater_equal(u, p, out=keep)
+    del u
+    out = np.multiply(x, keep, out=ctx.alloc(x.shape, x.dtype))
+    out *= 1.0 / (1.0 - p)
+    ctx.keep = keep
+    return out
+
+
+def _dropout_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    out = np.multiply(g, ctx.keep)
+    out *= 1.0 / (1.0 - ctx.params["p"])
+    return out
+
+
+dropout_p = Primitive("dropout", _dropout_fwd)
+defvjp(dropout_p, _dropout_vjp)
+
+
+def dropout(x: Operand, p: float = 0.5, rng: np.random.Generator | int | None = None,
+            training: bool = True) -> Tensor:
+    """Zero each element with probability `p` and scale the rest by 1/(1-p) (inverted dropout).
+
+    `rng` is a numpy Generator (or a seed) drawn from on every call, so a seeded layer gives
+    the same masks run after run; in evaluation (`training=False`) or with p == 0 this is the
+    identity and returns `x` itself.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    t = tensor(x)
+    if not training or p == 0.0:
+        return t
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    return apply(dropout_p, t, p=float(p), rng=gen)
+
+
+# -- embedding -----------------------------------------------------------------------------
+def _embedding_fwd(ctx: Ctx, idx: np.ndarray, w: np.ndarray) -> np.ndarray:
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices {idx.shape} must be integers, got {idx.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-D (num_embeddings, dim), got {w.shape}")
+    check_float("embedding", "weight", w)
+    if idx.size and (idx.min() < 0 or idx.max() >= w.shape[0]):
+        raise IndexError(f"embedding: indices {idx.shape} must lie in [0, {w.shape[0]}) for "
+                         f"weight {w.shape}, got range [{idx.min()}, {idx.max()}]")
+    out = ctx.alloc((*idx.shape, w.shape[1]), w.dtype)
+    np.take(w, idx, axis=0, out=out)
+    return out
+
+
+def _embedding_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    idx = ctx.args[0]
+    vocab, dim = ctx.shapes[1]
+    dw = ctx.alloc((vocab, dim), g.dtype)
+    dw.fill(0)
+    np.add.at(dw, idx.reshape(-1), g.reshape(-1, dim))
+    return dw
+
+
+embedding_p = Primitive("embedding", _embedding_fwd, saves=(0,))
+defvjp(embedding_p, None, _embedding_vjp_w)
+
+
+def embedding(indices: Operand, weight: Operand) -> Tensor:
+    """Rows of `weight` (num_embeddings, dim) picked by integer `indices`: (*indices, dim)."""
+    return apply(embedding_p, tensor(indices), tensor(weight))

@@ -1,0 +1,302 @@
+"""LSTM and GRU over whole sequences, each as ONE primitive with backward through time.
+
+Batch-first: x is (B, T, E), the output is every hidden state (B, T, H). The input projection
+of all T steps is one (B*T, E) x (E, G*H) matmul; each step then does one fused gate matmul
+h @ w_hh (H, G*H) and a handful of in-place ufuncs on slices of a preallocated gate buffer.
+Backward walks the steps in reverse, producing the gate gradients of every step into one
+(B, T, G*H) buffer; all weight gradients and the input gradient are then one matmul each,
+not T small ones. Only the recurrent dh = dgates @ w_hh.T is sequential.
+
+LSTM gates are ordered (input, forget, output, cell) so the three sigmoids are one slice;
+GRU follows PyTorch: (reset, update, new) with n = tanh(x_n + r * (h @ w_hn + b_hn)).
+Initial states are inputs (differentiable); pass None for zeros. `state_out`, a list, receives
+copies of the final states for truncated backpropagation through time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .autograd import Ctx, Primitive, apply, defvjp
+from .checks import check_ndim, check_same_dtype
+from .ops import Operand, tensor
+from .tensor import Tensor
+
+__all__ = ["gru", "lstm"]
+
+
+def _sigmoid_(a: np.ndarray) -> None:
+    """Logistic function in place, as 0.5 * tanh(a / 2) + 0.5 (no overflow)."""
+    a *= 0.5
+    np.tanh(a, out=a)
+    a *= 0.5
+    a += 0.5
+
+
+def _check(op: str, ngates: int, x: np.ndarray, states: dict[str, np.ndarray],
+           w_ih: np.ndarray, w_hh: np.ndarray, biases: dict[str, np.ndarray]) -> int:
+    """Validate shapes and dtypes; return the hidden size."""
+    check_ndim(op, "input", x, 3, "(batch, time, features)")
+    check_ndim(op, "w_hh", w_hh, 2, f"(hidden, {ngates} * hidden)")
+    check_ndim(op, "w_ih", w_ih, 2, f"(features, {ngates} * hidden)")
+    check_same_dtype(op, input=x, w_ih=w_ih, w_hh=w_hh, **biases, **states)
+    b, _, e = x.shape
+    h = w_hh.shape[0]
+    if w_hh.shape != (h, ngates * h):
+        raise ValueError(f"{op}: w_hh {w_hh.shape} must be (hidden, {ngates} * hidden)")
+    if w_ih.shape != (e, ngates * h):
+        raise ValueError(f"{op}: input {x.shape} has {e} features but w_ih {w_ih.shape} "
+                         f"expects ({e}, {ngates * h}) for hidden size {h}")
+    for name, bias in biases.items():
+        if bias.shape != (ngates * h,):
+            raise ValueError(f"{op}: {name} {bias.shape} must be ({ngates * h},) for "
+                             f"w_hh {w_hh.shape}")
+    for name, s in states.items():
+        if s.shape[0] and s.shape != (b, h):
+            raise ValueError(f"{op}: {name} {s.shape} must be (batch, hidden) = {(b, h)} for "
+                             f"input {x.shape}")
+    return h
+
+
+def _state(ctx: Ctx, s: np.ndarray, b: int, h: int) -> np.ndarray:
+    """The initial state: `s`, or zeros for the (0, H) "no state given" placeholder."""
+    if s.shape[0]:
+        return s
+    z = ctx.alloc((b, h), s.dtype)
+    z.fill(0)
+    return z
+
+
+def _project(ctx: Ctx, x: np.ndarray, w_ih: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """x @ w_ih + bias for all steps at once: (B, T, G*H)."""
+    b, t, e = x.shape
+    xp = ctx.alloc((b, t, w_ih.shape[1]), x.dtype)
+    np.matmul(x.reshape(b * t, e), w_ih, out=xp.reshape(b * t, -1))
+    xp += bias
+    return xp
+
+
+def _prev_states(h0: np.ndarray, hs: np.ndarray) -> np.ndarray:
+    """(B*T, H) matrix of the state each step started from: h0, h_0, ..., h_{T-2}."""
+    prev = np.empty_like(hs)
+    prev[:, 0] = h0
+    prev[:, 1:] = hs[:, :-1]
+    return prev.reshape(-1, hs.shape[2])
+
+
+def _input_grads(ctx: Ctx, which: int) -> np.ndarray:
+    """Gradients that are one matmul (or reduction) of the per-step gate gradients."""
+    x, w_ih = ctx.args[0], ctx.args[ctx.w_ih_index]
+    d_in = ctx.d_in.reshape(-1, ctx.d_in.shape[2])
+    if which == 0:  # input
+        return (d_in @ w_ih.T).reshape(x.shape)
+    if which == 1:  # w_ih
+        return x.reshape(-1, x.shape[2]).T @ d_in
+    d_rec = ctx.d_rec.reshape(-1, ctx.d_rec.shape[2])
+    if which == 2:  # w_hh
+        return _prev_states(ctx.h0, ctx.ans).T @ d_rec
+    if which == 3:  # input-side bias
+        return np.add.reduce(d_in, axis=0)
+    return np.add.reduce(d_rec, axis=0)  # recurrent-side bias (GRU)
+
+
+# -- LSTM ----------------------------------------------------------------------------------
+def _lstm_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_ih: np.ndarray,
+              w_hh: np.ndarray, bias: np.ndarray, state_out: list | None) -> np.ndarray:
+    hid = _check("lstm", 4, x, {"h0": h0, "c0": c0}, w_ih, w_hh, {"bias": bias})
+    b, steps, _ = x.shape
+    h, c = _state(ctx, h0, b, hid), _state(ctx, c0, b, hid)
+    ctx.h0, ctx.c0, ctx.w_ih_index = h, c, 3
+    xp = _project(ctx, x, w_ih, bias)
+    gates = ctx.alloc((steps, b, 4 * hid), x.dtype)  # activated (i, f, o, g) per step
+    cs = ctx.alloc((steps, b, hid), x.dtype)
+    tcs = ctx.alloc((steps, b, hid), x.dtype)  # tanh(c)
+    hs = ctx.alloc((b, steps, hid), x.dtype)
+    h3 = 3 * hid
+    for t in range(steps):
+        gt = gates[t]
+        np.matmul(h, w_hh, out=gt)
+        gt += xp[:, t]
+        _sigmoid_(gt[:, :h3])
+        np.tanh(gt[:, h3:], out=gt[:, h3:])
+        ct, tct = cs[t], tcs[t]
+        np.multiply(gt[:, hid:2 * hid], c, out=ct)
+        np.multiply(gt[:, :hid], gt[:, h3:], out=tct)
+        ct += tct
+        np.tanh(ct, out=tct)
+        h = np.multiply(gt[:, 2 * hid:h3], tct, out=hs[:, t])
+        c = ct
+    ctx.gates, ctx.cs, ctx.tcs = gates, cs, tcs
+    if state_out is not None:
+        state_out[:] = [h.copy(), c.copy()]
+    return hs
+
+
+def _lstm_bptt(ctx: Ctx, g: np.ndarray) -> None:
+    """Reverse pass over the steps: fills ctx.d_in (B, T, 4H) and the initial-state grads."""
+    if getattr(ctx, "d_in", None) is not None:
+        return
+    w_hh = ctx.args[4]
+    gates, cs, tcs = ctx.gates, ctx.cs, ctx.tcs
+    steps, b, hid4 = gates.shape
+    hid, h3 = hid4 // 4, 3 * (hid4 // 4)
+    dg = ctx.alloc((b, steps, hid4), g.dtype)
+    dh = np.zeros((b, hid), g.dtype)
+    dc = np.zeros((b, hid), g.dtype)
+    tmp = np.empty((b, hid), g.dtype)
+    tmp3 = np.empty((b, h3), g.dtype)
+    w_hh_t = w_hh.T
+    for t in range(steps - 1, -1, -1):
+        gt, dgt, tct = gates[t], dg[:, t], tcs[t]
+        dh += g[:, t]
+        np.multiply(dh, tct, out=dgt[:, 2 * hid:h3])  # d o (before the sigmoid's derivative)
+        np.multiply(tct, tct, out=tmp)
+        np.subtract(1.0, tmp, out=tmp)
+        tmp *= gt[:, 2 * hid:h3]
+        tmp *= dh
+        dc += tmp  # through h = o * tanh(c)
+        np.multiply(dc, gt[:, h3:], out=dgt[:, :hid])  # d i
+        np.multiply(dc, cs[t - 1] if t else ctx.c0, out=dgt[:, hid:2 * hid])  # d f
+        np.multiply(dc, gt[:, :hid], out=dgt[:, h3:])  # d g
+        dc *= gt[:, hid:2 * hid]
+        np.subtract(1.0, gt[:, :h3], out=tmp3)  # sigmoid' = s (1 - s)
+        tmp3 *= gt[:, :h3]
+        dgt[:, :h3] *= tmp3
+        np.multiply(gt[:, h3:], gt[:, h3:], out=tmp)  # tanh' = 1 - g^2
+        np.subtract(1.0, tmp, out=tmp)
+        dgt[:, h3:] *= tmp
+        np.matmul(dgt, w_hh_t, out=dh)
+    ctx.d_in = ctx.d_rec = dg
+    ctx.dh0, ctx.dc0 = dh, dc
+
+
+def _lstm_vjp(which: str):  # noqa: ANN202 - a VJP factory
+    def vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+        _lstm_bptt(ctx, g)
+        if which == "h0":
+            return ctx.dh0
+        if which == "c0":
+            return ctx.dc0
+        return _input_grads(ctx, {"x": 0, "w_ih": 1, "w_hh": 2, "b": 3}[which])
+    return vjp
+
+
+lstm_p = Primitive("lstm", _lstm_fwd, saves=(0, 1, 2, 3, 4), saves_output=True)
+defvjp(lstm_p, *(_lstm_vjp(w) for w in ("x", "h0", "c0", "w_ih", "w_hh", "b")))
+
+
+def _placeholder(like: Tensor) -> Tensor:
+    return tensor(np.zeros((0, 0), like.dtype))
+
+
+def lstm(x: Operand, w_ih: Operand, w_hh: Operand, bias: Operand, h0: Operand | None = None,
+         c0: Operand | None = None, state_out: list | None = None) -> Tensor:
+    """Run an LSTM over batch-first `x` (B, T, E); returns all hidden states (B, T, H).
+
+    w_ih (E, 4H), w_hh (H, 4H), bias (4H,), gates ordered (i, f, o, g); h0/c0 (B, H) or None.
+    """
+    w = tensor(w_hh)
+    h = _placeholder(w) if h0 is None else tensor(h0)
+    c = _placeholder(w) if c0 is None else tensor(c0)
+    return apply(lstm_p, tensor(x), h, c, tensor(w_ih), w, tensor(bias), state_out=state_out)
+
+
+# -- GRU -----------------------------------------------------------------------------------
+def _gru_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray,
+             b_ih: np.ndarray, b_hh: np.ndarray, state_out: list | None) -> np.ndarray:
+    hid = _check("gru", 3, x, {"h0": h0}, w_ih, w_hh, {"b_ih": b_ih, "b_hh": b_hh})
+    b, steps, _ = x.shape
+    h = ctx.h0 = _state(ctx, h0, b, hid)
+    ctx.w_ih_index = 2
+    xp = _project(ctx, x, w_ih, b_ih)
+    gates = ctx.alloc((steps, b, 3 * hid), x.dtype)  # activated (r, z, n) per step
+    hpn = ctx.alloc((steps, b, hid), x.dtype)  # h @ w_hn + b_hn, needed by dr
+    hp = np.empty((b, 3 * hid), x.dtype)
+    hs = ctx.alloc((b, steps, hid), x.dtype)
+    h2 = 2 * hid
+    for t in range(steps):
+        gt, xt = gates[t], xp[:, t]
+        np.matmul(h, w_hh, out=hp)
+        hp += b_hh
+        np.add(xt[:, :h2], hp[:, :h2], out=gt[:, :h2])
+        _sigmoid_(gt[:, :h2])
+        n = gt[:, h2:]
+        hpn[t] = hp[:, h2:]
+        np.multiply(gt[:, :hid], hp[:, h2:], out=n)
+        n += xt[:, h2:]
+        np.tanh(n, out=n)
+        hn = hs[:, t]
+        np.subtract(h, n, out=hn)  # h' = n + z (h - n)
+        hn *= gt[:, hid:h2]
+        hn += n
+        h = hn
+    ctx.gates, ctx.hpn = gates, hpn
+    if state_out is not None:
+        state_out[:] = [h.copy()]
+    return hs
+
+
+def _gru_bptt(ctx: Ctx, g: np.ndarray) -> None:
+    """Reverse pass: ctx.d_in (B, T, 3H) for x @ w_ih, ctx.d_rec for h @ w_hh, ctx.dh0."""
+    if getattr(ctx, "d_in", None) is not None:
+        return
+    w_hh_t = ctx.args[3].T
+    gates, hpn, hs = ctx.gates, ctx.hpn, ctx.ans
+    steps, b, hid3 = gates.shape
+    hid, h2 = hid3 // 3, 2 * (hid3 // 3)
+    d_in = ctx.alloc((b, steps, hid3), g.dtype)
+    d_rec = ctx.alloc((b, steps, hid3), g.dtype)
+    dh = np.zeros((b, hid), g.dtype)
+    tmp = np.empty((b, hid), g.dtype)
+    for t in range(steps - 1, -1, -1):
+        gt, di, dr = gates[t], d_in[:, t], d_rec[:, t]
+        r, z, n = gt[:, :hid], gt[:, hid:h2], gt[:, h2:]
+        hprev = hs[:, t - 1] if t else ctx.h0
+        dh += g[:, t]
+        dn = di[:, h2:]  # dn_pre = dh (1 - z) (1 - n^2)
+        np.subtract(1.0, z, out=dn)
+        dn *= dh
+        np.multiply(n, n, out=tmp)
+        np.subtract(1.0, tmp, out=tmp)
+        dn *= tmp
+        dz = di[:, hid:h2]  # dz_pre = dh (hprev - n) z (1 - z)
+        np.subtract(hprev, n, out=dz)
+        dz *= dh
+        np.subtract(1.0, z, out=tmp)
+        tmp *= z
+        dz *= tmp
+        np.multiply(dn, r, out=dr[:, h2:])  # through r * (h @ w_hn + b_hn)
+        drr = di[:, :hid]  # dr_pre = dn_pre * hpn * r (1 - r)
+        np.multiply(dn, hpn[t], out=drr)
+        np.subtract(1.0, r, out=tmp)
+        tmp *= r
+        drr *= tmp
+        dr[:, :h2] = di[:, :h2]
+        dh *= z
+        dh += np.matmul(dr, w_hh_t, out=tmp)
+    ctx.d_in, ctx.d_rec, ctx.dh0 = d_in, d_rec, dh
+
+
+def _gru_vjp(which: str):  # noqa: ANN202 - a VJP factory
+    def vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+        _gru_bptt(ctx, g)
+        if which == "h0":
+            return ctx.dh0
+        return _input_grads(ctx, {"x": 0, "w_ih": 1, "w_hh": 2, "b_ih": 3, "b_hh": 4}[which])
+    return vjp
+
+
+gru_p = Primitive("gru", _gru_fwd, saves=(0, 1, 2, 3), saves_output=True)
+defvjp(gru_p, *(_gru_vjp(w) for w in ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")))
+
+
+def gru(x: Operand, w_ih: Operand, w_hh: Operand, b_ih: Operand, b_hh: Operand,
+        h0: Operand | None = None, state_out: list | None = None) -> Tensor:
+    """Run a GRU over batch-first `x` (B, T, E); returns all hidden states (B, T, H).
+
+    w_ih (E, 3H), w_hh (H, 3H), biases (3H,), gates ordered (r, z, n) as in PyTorch.
+    """
+    w = tensor(w_hh)
+    h = _placeholder(w) if h0 is None else tensor(h0)
+    return apply(gru_p, tensor(x), h, tensor(w_ih), w, tensor(b_ih), tensor(b_hh),
+                 state_out=state_out)
