@@ -1,4 +1,4 @@
-"""Basic layers: Dense, ReLU, Flatten, Sequential."""
+"""Basic layers: Dense, ReLU, Flatten, Reshape, Sequential."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..engine import Tensor, flatten, linear, matmul, relu, relu_
+from ..engine import Tensor, flatten, linear, matmul, relu, relu_, reshape
 from ..engine.ops import Operand
 from .module import Module, Parameter
 
-__all__ = ["Dense", "Flatten", "ReLU", "Sequential"]
+__all__ = ["Dense", "Flatten", "ReLU", "Reshape", "Sequential"]
 
 INITS = ("he", "glorot")
 
@@ -76,6 +76,21 @@ class Flatten(Module):
     def forward(self, x: Operand) -> Tensor:
         """Flatten all but the batch axis."""
         return flatten(x)
+
+
+class Reshape(Module):
+    """Reshape to (batch, *shape) as a view, e.g. flat pixels (N, 784) -> (N, 28, 28, 1)."""
+
+    def __init__(self, *shape: int):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: Operand) -> Tensor:
+        """View `x` with the batch axis kept and the rest reshaped."""
+        return reshape(x, -1, *self.shape)
+
+    def extra_repr(self) -> str:
+        return ", ".join(map(str, self.shape))
 
 
 class Sequential(Module):
