@@ -21,8 +21,10 @@ A scenario names the data and how it is split among clients, the model, the fede
     vocab_size = 2000               # <unk>, <eos> and the most frequent words
     seq_len = 20                    # words per example
     [model]
-    name = "mlp"                    # mlp | logreg
-    hidden = [64]                   # mlp only
+    name = "mlp"                    # mlp | logreg | cnn | lstm (fedcore.models.MODELS)
+    hidden = [64]                   # mlp: hidden widths; lstm: one width (hidden = 128)
+    # channels = [16, 32]           # cnn: channels of each conv block
+    # embed_dim = 64                # lstm: word-embedding width
     [federation]
     num_clients = 20
     clients_per_round = 10          # default: all clients
@@ -43,6 +45,7 @@ one line naming the file and the dotted key, e.g.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tomllib
 import types
@@ -67,16 +70,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from fedcore.models import MODELS
 from simulations.datasets import DATASETS, Dataset, dataset_options, load_dataset
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
 
-KNOWN_MODELS: tuple[str, ...] = ("mlp", "logreg")
 KNOWN_STRATEGIES: tuple[str, ...] = ("fedavg",)
 # Datasets that come with their own per-client split (Dataset.groups_train), for "natural".
 # Each has a [data.<name>] table whose num_clients defaults to federation.num_clients.
 NATURAL_DATASETS: tuple[str, ...] = ("synthetic", "shakespeare")
-DEFAULT_HIDDEN: tuple[int, ...] = (64,)
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Momentum = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -187,28 +189,118 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The model every client trains: an MLP with ``hidden`` ReLU layers, or logistic
-    regression (no hidden layer)."""
+    """The model every client trains: a name in the model registry (``fedcore.models.MODELS``)
+    and its hyperparameters. Each key is passed to the builder's keyword of the same name and
+    is only allowed for models whose builder takes it; a key left out gets the builder's default
+    (filled in, so a stored scenario says what was built). Sizes (input shape, classes,
+    vocabulary) come from the dataset, see `simulations.harness.model_spec`.
+    """
 
     name: str
-    hidden: list[PositiveInt] | None = Field(default=None, validate_default=True)
+    hidden: list[PositiveInt] | None = None  # mlp: hidden widths; lstm: one width (or an int)
+    channels: list[PositiveInt] | None = None  # cnn: output channels of each conv block
+    embed_dim: PositiveInt | None = None  # lstm: word-embedding width
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        return _one_of("model", value, KNOWN_MODELS)
+        return _one_of("model", value, MODELS)
 
-    @field_validator("hidden")
+    @field_validator("hidden", mode="before")
     @classmethod
-    def _hidden_fits_model(cls, value: list[int] | None, info: ValidationInfo) -> list[int]:
+    def _one_width(cls, value: Any, info: ValidationInfo) -> Any:
+        """A model with one hidden width (lstm) may say ``hidden = 128`` for ``[128]``."""
         name = info.data.get("name")
-        if name == "logreg":
-            if value:
-                raise PydanticCustomError("scenario", "logreg has no hidden layers")
-            return []
-        if name == "mlp" and value is not None and not value:
-            raise PydanticCustomError("scenario", "mlp needs at least one hidden layer")
-        return list(DEFAULT_HIDDEN) if value is None else value
+        if type(value) is int and name in MODELS and _one_width_key(name, "hidden"):
+            return [value]
+        return value
+
+    @model_validator(mode="after")
+    def _fits_model(self) -> Self:
+        params = builder_parameters(self.name)
+        keys = model_keys(self.name)
+        for key in _HYPERPARAMETERS:
+            value = getattr(self, key)
+            if key not in keys:
+                if value is not None:
+                    takes = f"its keys: {', '.join(keys)}" if keys else "it has none"
+                    raise _fail(f"model.{key}", f"not used by model {self.name!r} ({takes})")
+                continue
+            default = params[key].default
+            if value is None and default is inspect.Parameter.empty:
+                raise _fail(f"model.{key}", f"missing required key (model {self.name!r} needs it)")
+            if value is None:
+                value = [default] if _one_width_key(self.name, key) else default
+                value = list(value) if isinstance(value, tuple | list) else value
+                self.__dict__[key] = value
+            if isinstance(value, list) and not value:
+                noun = _WIDTH_OF.get(key, "value")
+                raise _fail(f"model.{key}", f"{self.name} needs at least one {noun}")
+            if isinstance(value, list) and len(value) > 1 and _one_width_key(self.name, key):
+                raise _fail(
+                    f"model.{key}", f"{self.name} takes one width (e.g. {key} = {value[0]})"
+                )
+        return self
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The builder keywords this config sets (one-width keys as an int)."""
+        out: dict[str, Any] = {}
+        for key in model_keys(self.name):
+            value = getattr(self, key)
+            out[key] = value[0] if _one_width_key(self.name, key) else value
+        return out
+
+
+# Builder keywords that a scenario never sets: they come from the dataset and the seed.
+DATA_ARGUMENTS: tuple[str, ...] = ("input_dim", "input_shape", "num_classes", "vocab_size", "seed")
+_HYPERPARAMETERS: tuple[str, ...] = tuple(k for k in ModelConfig.model_fields if k != "name")
+_WIDTH_OF = {"hidden": "hidden layer", "channels": "conv block"}
+
+
+def builder_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of model ``name``'s builder in the registry."""
+    return dict(inspect.signature(MODELS[name]).parameters)
+
+
+def model_keys(name: str) -> tuple[str, ...]:
+    """The ``[model]`` keys (besides name) that model ``name`` takes."""
+    params = builder_parameters(name)
+    return tuple(key for key in _HYPERPARAMETERS if key in params)
+
+
+def model_misfit(name: str, data: Dataset) -> str | None:
+    """Why model ``name`` cannot learn ``data`` (one line), or None if it can.
+
+    A builder that takes ``vocab_size`` is a language model and needs token sequences; any
+    other needs a label per example; one that takes ``input_shape`` needs images (H, W, C).
+    """
+    params = builder_parameters(name)
+    language_models = [m for m in MODELS if "vocab_size" in builder_parameters(m)]
+    if "vocab_size" in params and not data.sequence_targets:
+        return (
+            f"{name!r} is a language model: it needs token sequences (e.g. dataset "
+            f"'shakespeare'), not {data.name!r}"
+        )
+    if "vocab_size" not in params and data.sequence_targets:
+        use = f" (use {' or '.join(language_models)})" if language_models else ""
+        return f"{name!r} predicts a label per example, {data.name!r} a word per position{use}"
+    if "input_shape" in params and len(data.input_shape) != 3:
+        return (
+            f"{name!r} needs images (input_shape height, width, channels), {data.name!r} has "
+            f"rows of shape {tuple(data.input_shape)}"
+        )
+    return None
+
+
+def _one_width_key(name: str, key: str) -> bool:
+    """True when the builder takes a single int for ``key`` (lstm's ``hidden``), not a list."""
+    param = builder_parameters(name).get(key)
+    if param is None:
+        return False
+    if param.default is not inspect.Parameter.empty:
+        return type(param.default) is int
+    return str(param.annotation) == "int"
 
 
 class FederationConfig(_Section):
@@ -303,6 +395,9 @@ class Scenario(_Section):
             if option in dataset_options(name):
                 raise _fail(f"data.{name}.{option}", rest) from None
             raise _fail("data.dataset", str(error)) from None
+        misfit = model_misfit(self.model.name, data)
+        if misfit:
+            raise _fail("model.name", misfit)
         if self.data.partition == "dirichlet" and data.sequence_targets:
             raise _fail(
                 "data.partition",

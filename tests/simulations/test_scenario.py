@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from fedcore.models import MODELS
 from simulations.scenario import (
-    KNOWN_MODELS,
     KNOWN_STRATEGIES,
     Scenario,
     ScenarioError,
@@ -84,7 +84,7 @@ def test_defaults_are_filled_in() -> None:
     assert s.train.local_epochs == 1 and s.train.momentum == 0.0
     assert s.data.test_fraction == 0.2 and s.data.min_size == 10
     logreg = scenario_from_dict(_with({"model": {"name": "logreg"}}))
-    assert logreg.model.hidden == []
+    assert logreg.model.hidden is None and logreg.model.hyperparameters == {}
     assert scenario_from_dict(_with({"model": {"name": "mlp"}})).model.hidden == [64]
 
 
@@ -102,7 +102,7 @@ def test_synthetic_generators_default_to_the_federation_size() -> None:
 
 
 def test_known_names() -> None:
-    assert KNOWN_MODELS == ("mlp", "logreg") and KNOWN_STRATEGIES == ("fedavg",)
+    assert {"mlp", "logreg"} <= set(MODELS) and KNOWN_STRATEGIES == ("fedavg",)
 
 
 # (changes to BASE, the exact "key: message" expected after "<source>: ") -- or a prefix of it.
@@ -138,7 +138,7 @@ ERRORS = [
         {"data.dataset": "mnist"},
         "data.dataset: unknown dataset 'mnist' (known: digits, mnist5k, shakespeare, synthetic)",
     ),
-    ({"model.name": "cnn"}, "model.name: unknown model 'cnn' (known: mlp, logreg)"),
+    ({"model.name": "resnet"}, f"model.name: unknown model 'resnet' (known: {', '.join(MODELS)})"),
     (
         {"federation.strategy": "fedprox"},
         "federation.strategy: unknown strategy 'fedprox' (known: fedavg)",
@@ -176,7 +176,10 @@ ERRORS = [
         {"data": {"dataset": "synthetic", "partition": "natural", "synthetic": {"num_clients": 9}}},
         "data.synthetic.num_clients: the natural partition needs one generator per client",
     ),
-    ({"model": {"name": "logreg", "hidden": [8]}}, "model.hidden: logreg has no hidden layers"),
+    (
+        {"model": {"name": "logreg", "hidden": [8]}},
+        "model.hidden: not used by model 'logreg' (it has none)",
+    ),
     ({"model.hidden": []}, "model.hidden: mlp needs at least one hidden layer"),
     # ranges
     ({"federation.rounds": 0}, "federation.rounds: must be > 0, got 0"),
