@@ -16,9 +16,10 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from aggregator.strategies import Strategy
+from aggregator.strategies import AggregationError, Strategy
+from aggregator.updates import Rejected, decode_reply
 from fedcore import protocol
-from fedcore.wire import read_vector, vector_record
+from fedcore.wire import vector_record
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ClientOutcome:
     train_loss: float | None = None
     seconds: float | None = None
     reason: str | None = None
+    bytes_up: int = 0  # update bytes on the wire (after compression)
+    bytes_down: int = 0  # global model bytes sent to the client
 
 
 @dataclass
@@ -58,11 +61,27 @@ class RoundOutcome:
     test_accuracy: float
     seconds: float
     params: np.ndarray = field(repr=False)
+    epsilon: float | None = None  # differential privacy spent so far, if any
 
     @property
     def num_accepted(self) -> int:
         """Clients whose update went into the aggregate."""
         return sum(c.accepted for c in self.clients)
+
+    @property
+    def num_selected(self) -> int:
+        """Distinct clients asked to train (a duplicate reply adds an outcome, not a client)."""
+        return len({c.client_id for c in self.clients})
+
+    @property
+    def bytes_up(self) -> int:
+        """Update bytes received this round."""
+        return sum(c.bytes_up for c in self.clients)
+
+    @property
+    def bytes_down(self) -> int:
+        """Global model bytes sent this round."""
+        return sum(c.bytes_down for c in self.clients)
 
 
 EvaluateFn = Callable[[np.ndarray], tuple[float, float]]
@@ -127,7 +146,7 @@ def discover_clients(
 
 
 def validate_update(vector: np.ndarray, expected_size: int) -> str | None:
-    """Return why an update must be rejected, or None if it is acceptable."""
+    """Return why a dense update must be rejected (dtype, shape, NaN/inf), or None."""
     if vector.dtype != np.float32:
         return f"dtype {vector.dtype}, expected float32"
     if vector.shape != (expected_size,):
@@ -137,29 +156,13 @@ def validate_update(vector: np.ndarray, expected_size: int) -> str | None:
     return None
 
 
-def _outcome_of(
-    reply: Message, client_id: int, expected_size: int
-) -> tuple[ClientOutcome, np.ndarray | None]:
-    node_id = reply.metadata.src_node_id
-    if reply.has_error():
-        reason = f"client error: {reply.error.reason}"
-        return ClientOutcome(client_id, node_id, accepted=False, reason=reason), None
-    metrics = reply.content.metric_records[protocol.METRICS]
-    vector = read_vector(reply.content.array_records[protocol.UPDATE])
-    outcome = ClientOutcome(
-        client_id,
-        node_id,
-        accepted=True,
-        num_examples=int(metrics["num_examples"]),
-        train_loss=float(metrics["train_loss"]),
-        seconds=float(metrics["seconds"]),
+def _instructions(config: FederationConfig, strategy: Strategy, round_number: int, client: int):
+    return replace(
+        config.train,
+        round=round_number,
+        seed=client_seed(config.seed, round_number, client),
+        **strategy.client_options,
     )
-    reason = validate_update(vector, expected_size)
-    if reason is None and outcome.num_examples <= 0:
-        reason = f"reported {outcome.num_examples} examples"
-    if reason is not None:
-        return replace(outcome, accepted=False, reason=reason), None
-    return outcome, vector
 
 
 def run_round(
@@ -170,15 +173,19 @@ def run_round(
     config: FederationConfig,
     strategy: Strategy,
 ) -> tuple[np.ndarray, list[ClientOutcome]]:
-    """Run one round of training; return the new global vector and each client's outcome."""
+    """Run one round of training; return the new global vector and each client's outcome.
+
+    Replies are decoded, validated and folded in one at a time; a bad reply (client error,
+    missing records, wrong shape or dtype, NaN/inf, oversized, outlier norm, a second reply
+    from the same client) is rejected with its reason and the round goes on without it.
+    """
     chosen = sample_clients(clients, config.clients_per_round, config.seed, round_number)
     node_to_client = {clients[c]: c for c in chosen}
     global_record = vector_record(params)
+    bytes_down = sum(len(a.data) for a in global_record.values())
     messages = []
     for client_id in chosen:
-        instructions = replace(
-            config.train, round=round_number, seed=client_seed(config.seed, round_number, client_id)
-        )
+        instructions = _instructions(config, strategy, round_number, client_id)
         content = RecordDict(
             {
                 protocol.GLOBAL: global_record,
@@ -188,28 +195,49 @@ def run_round(
         messages.append(Message(content, clients[client_id], "train", group_id=str(round_number)))
 
     replies = sorted(
-        grid.send_and_receive(messages, timeout=config.timeout),
+        (m for m in grid.send_and_receive(messages, timeout=config.timeout)
+         if m.metadata.src_node_id in node_to_client),
         key=lambda m: node_to_client[m.metadata.src_node_id],
     )
-    rule = strategy.make_rule(params.size)
+    aggregation = strategy.start_round(params, round_number)
     outcomes: list[ClientOutcome] = []
+    answered: set[int] = set()
     for reply in replies:
-        outcome, vector = _outcome_of(
-            reply, node_to_client[reply.metadata.src_node_id], params.size
+        client_id = node_to_client[reply.metadata.src_node_id]
+        outcome = ClientOutcome(
+            client_id, reply.metadata.src_node_id, accepted=False, bytes_down=bytes_down
         )
+        try:
+            if client_id in answered:
+                raise Rejected("duplicate reply (the client's first reply counts)")
+            answered.add(client_id)
+            update = decode_reply(reply, params.size)
+            outcome = replace(
+                outcome,
+                num_examples=update.num_examples,
+                train_loss=update.train_loss,
+                seconds=update.seconds,
+                bytes_up=update.bytes_up,
+            )
+            aggregation.offer(update)
+            outcome = replace(outcome, accepted=True)
+        except Rejected as exc:
+            outcome = replace(outcome, reason=str(exc))
         outcomes.append(outcome)
-        if vector is not None:
-            rule.add(vector, outcome.num_examples)
-    answered = {o.client_id for o in outcomes}
+        del reply
     outcomes += [
-        ClientOutcome(c, clients[c], accepted=False, reason="no reply before the timeout")
+        ClientOutcome(c, clients[c], accepted=False, reason="no reply before the timeout",
+                      bytes_down=bytes_down)
         for c in chosen
         if c not in answered
     ]
     if not any(o.accepted for o in outcomes):
         reasons = "; ".join(f"client {o.client_id}: {o.reason}" for o in outcomes)
         raise RoundFailed(f"round {round_number}: no update was accepted ({reasons})")
-    return strategy.server_opt.step(params, rule.result()), outcomes
+    try:
+        return aggregation.finish(), outcomes
+    except AggregationError as exc:
+        raise RoundFailed(f"round {round_number}: {exc}") from exc
 
 
 def run_federation(
@@ -241,6 +269,7 @@ def run_federation(
             test_accuracy=test_accuracy,
             seconds=time.perf_counter() - start,
             params=params,
+            epsilon=strategy.privacy_spent(),
         )
         if on_round is not None:
             on_round(outcome)

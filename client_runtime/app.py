@@ -13,6 +13,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_runtime.compression import compress_update
 from client_runtime.trainer import TrainConfig, train_local
 from fedcore import protocol
 from fedcore.models import build_model
@@ -57,7 +58,8 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
             dict(msg.content.config_records[protocol.CONFIG])
         )
         model = _model_for(instructions.model)
-        model.set_flat(read_vector(msg.content.array_records[protocol.GLOBAL]))
+        global_vector = read_vector(msg.content.array_records[protocol.GLOBAL])
+        model.set_flat(global_vector)
         result = train_local(
             model,
             x,
@@ -69,6 +71,7 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
                 momentum=instructions.momentum,
                 weight_decay=instructions.weight_decay,
                 seed=instructions.seed,
+                proximal_mu=instructions.proximal_mu,
             ),
         )
         metrics = MetricRecord(
@@ -78,9 +81,18 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
                 "seconds": result.seconds,
             }
         )
-        content = RecordDict(
-            {protocol.UPDATE: vector_record(model.get_flat()), protocol.METRICS: metrics}
-        )
+        content = RecordDict({protocol.METRICS: metrics})
+        if instructions.compression == "none":
+            content[protocol.UPDATE] = vector_record(model.get_flat())
+        else:
+            content[protocol.UPDATE], content[protocol.CODEC] = compress_update(
+                model.get_flat(),
+                global_vector,
+                instructions.compression,
+                instructions.compression_options,
+                context.state,
+                seed=instructions.seed,
+            )
         return Message(content, reply_to=msg)
 
     return app

@@ -26,6 +26,7 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
+    proximal_mu: float = 0.0  # FedProx: after each step, p -= lr * mu * (p - p_start)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def train_local(model: Module, x: np.ndarray, y: np.ndarray, config: TrainConfig
         weight_decay=config.weight_decay,
     )
     model.train()
+    anchor = model.get_flat() if config.proximal_mu else None
     loss_sum, steps = 0.0, 0
     for _ in range(config.local_epochs):
         order = rng.permutation(len(y))
@@ -69,6 +71,10 @@ def train_local(model: Module, x: np.ndarray, y: np.ndarray, config: TrainConfig
             loss = softmax_cross_entropy(model(Tensor(x[idx])), y[idx].reshape(-1))
             loss.backward()
             optimizer.step()
+            if anchor is not None:  # FedProx's proximal term, applied as a decoupled step
+                flat = model.get_flat()
+                flat -= np.float32(config.learning_rate * config.proximal_mu) * (flat - anchor)
+                model.set_flat(flat)
             loss_sum += float(loss.data)
             steps += 1
     return TrainResult(

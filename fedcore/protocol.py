@@ -3,7 +3,8 @@
 A train message carries the global vector (``ArrayRecord`` under ``GLOBAL``) and a
 ``ConfigRecord`` under ``CONFIG`` made from ``TrainInstructions``; the reply carries the new
 local vector under ``UPDATE`` and a ``MetricRecord`` under ``METRICS``. A query reply describes
-the client (``CLIENT_INFO``). Plain dicts here, so this module needs no Flower import.
+the client (``CLIENT_INFO``). A compressed reply carries the codec's arrays under ``UPDATE``
+and its name and options under ``CODEC`` (see ``fedcore.compression``). Plain dicts here, so this module needs no Flower import.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ UPDATE = "update"
 CONFIG = "config"
 METRICS = "metrics"
 CLIENT_INFO = "client"
+CODEC = "codec"  # ConfigRecord of a compressed reply: {"name": codec, **options}
 
 PARTITION_ID = "partition-id"  # Flower's node_config key for a simulated node's data shard
 
@@ -45,11 +47,15 @@ class TrainInstructions:
     momentum: float
     weight_decay: float
     seed: int
+    proximal_mu: float = 0.0  # FedProx: pull towards the global model during local training
+    compression: str = "none"  # how to send the update back (fedcore.compression.CODECS)
+    compression_options: dict[str, Any] = field(default_factory=dict)
 
     def to_config(self) -> dict[str, Any]:
         """Flatten into ``ConfigRecord``-compatible values."""
         values = asdict(self)
         values["model"] = self.model.key()
+        values["compression_options"] = json.dumps(self.compression_options, sort_keys=True)
         return values
 
     @classmethod
@@ -65,4 +71,7 @@ class TrainInstructions:
             momentum=float(config["momentum"]),
             weight_decay=float(config["weight_decay"]),
             seed=int(config["seed"]),
+            proximal_mu=float(config.get("proximal_mu", 0.0)),
+            compression=str(config.get("compression", "none")),
+            compression_options=json.loads(str(config.get("compression_options", "{}"))),
         )

@@ -91,12 +91,15 @@ class Store:
             row = Round(
                 run_id=run_id,
                 number=outcome.number,
-                num_selected=len(outcome.clients),
+                num_selected=outcome.num_selected,
                 num_accepted=outcome.num_accepted,
                 train_loss=outcome.train_loss,
                 test_loss=outcome.test_loss,
                 test_accuracy=outcome.test_accuracy,
                 seconds=outcome.seconds,
+                bytes_up=outcome.bytes_up,
+                bytes_down=outcome.bytes_down,
+                epsilon=outcome.epsilon,
             )
             row.clients = [
                 ClientResult(
@@ -107,6 +110,8 @@ class Store:
                     train_loss=c.train_loss,
                     seconds=c.seconds,
                     reason=c.reason,
+                    bytes_up=c.bytes_up,
+                    bytes_down=c.bytes_down,
                 )
                 for c in outcome.clients
             ]

@@ -1,11 +1,34 @@
-"""Strategies as composition: an aggregation rule followed by a server optimizer step.
+"""Strategies as composition: an aggregation rule x a server optimizer x wrappers.
 
-A named strategy is one line in ``STRATEGIES``. FedAvg is the weighted mean with the plain
-server step; the FedOpt family and robust rules plug into the same two slots.
+A named strategy is a few lines in ``base.py``. FedAvg is the weighted mean with the plain
+server step; the FedOpt family, robust rules, q-FedAvg and differential privacy plug into the
+same slots.
 """
 
-from aggregator.strategies.base import Strategy, build_strategy, known_strategies
-from aggregator.strategies.rules import WeightedMean
-from aggregator.strategies.server_opt import PlainStep
+from aggregator.strategies.base import (
+    STRATEGIES,
+    RoundAggregation,
+    Strategy,
+    StrategyContext,
+    build_strategy,
+    known_strategies,
+    strategy_options,
+)
+from aggregator.strategies.rules import AggregationError, QFedAvg, WeightedMean
+from aggregator.strategies.server_opt import AdaptiveStep, MomentumStep, PlainStep
 
-__all__ = ["PlainStep", "Strategy", "WeightedMean", "build_strategy", "known_strategies"]
+__all__ = [
+    "STRATEGIES",
+    "AdaptiveStep",
+    "AggregationError",
+    "MomentumStep",
+    "PlainStep",
+    "QFedAvg",
+    "RoundAggregation",
+    "Strategy",
+    "StrategyContext",
+    "WeightedMean",
+    "build_strategy",
+    "known_strategies",
+    "strategy_options",
+]

@@ -1,26 +1,112 @@
-"""A strategy = an aggregation rule x a server optimizer, looked up by name."""
+"""A strategy = an aggregation rule x a server optimizer x wrappers, looked up by name.
+
+Each named strategy below is a few lines of composition; its options (hyperparameters) come
+from a scenario's ``[federation.strategy_options]`` and are checked against the defaults
+listed with it. Every strategy also has the validation wrapper (``max_norm_factor``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from aggregator.strategies.rules import WeightedMean
-from aggregator.strategies.server_opt import PlainStep
+import numpy as np
+
+from aggregator.backend import Backend, select_backend
+from aggregator.strategies.privacy import DifferentialPrivacy
+from aggregator.strategies.robust import Bulyan, CoordinateMedian, MultiKrum, TrimmedMean
+from aggregator.strategies.rules import QFedAvg, WeightedMean
+from aggregator.strategies.server_opt import AdaptiveStep, MomentumStep, PlainStep
+from aggregator.updates import ClientUpdate, NormGuard, delta_norm
+
+COMMON_OPTIONS: dict[str, Any] = {"max_norm_factor": 10.0}
 
 
 @dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy may depend on besides its options."""
+
+    num_clients: int = 10
+    clients_per_round: int = 10
+    seed: int = 0
+    backend: Backend | None = None
+
+
+@dataclass
 class Strategy:
     """How one round's accepted updates become the next global model."""
 
     name: str
-    make_rule: Callable[[int], WeightedMean]
-    server_opt: PlainStep
+    make_rule: Callable[[int, Backend], Any]
+    server_opt: Any = field(default_factory=PlainStep)
+    backend: Backend = field(default_factory=select_backend)
+    guard: NormGuard = field(default_factory=NormGuard)
+    privacy: DifferentialPrivacy | None = None
+    client_options: dict[str, Any] = field(default_factory=dict)  # sent with instructions
+
+    def start_round(self, global_vector: np.ndarray, round_number: int) -> RoundAggregation:
+        """A fresh aggregation for one round around ``global_vector`` (host, float32)."""
+        return RoundAggregation(self, global_vector, round_number)
+
+    def privacy_spent(self) -> float | None:
+        """Epsilon spent so far (None without differential privacy)."""
+        return self.privacy.spent() if self.privacy is not None else None
 
 
-STRATEGIES: dict[str, Callable[[], Strategy]] = {
-    "fedavg": lambda: Strategy("fedavg", WeightedMean, PlainStep()),
-}
+class RoundAggregation:
+    """One round: ``offer`` each decoded update (may raise ``Rejected``), then ``finish``."""
+
+    def __init__(self, strategy: Strategy, global_vector: np.ndarray, round_number: int):
+        self.strategy, self.round = strategy, round_number
+        self.global_host = np.ascontiguousarray(global_vector, dtype=np.float32)
+        backend = strategy.backend
+        self.global_b = backend.asarray(self.global_host)
+        self.rule = strategy.make_rule(self.global_host.size, backend)
+        if hasattr(self.rule, "bind_global"):
+            self.rule.bind_global(self.global_host)
+
+    def offer(self, update: ClientUpdate) -> None:
+        """Validate the update's norm, clip it if private, fold it into the rule."""
+        norm = delta_norm(update, self.global_host)
+        self.strategy.guard.check(norm)
+        privacy = self.strategy.privacy
+        scale = privacy.scale(norm) if privacy is not None else 1.0
+        self.rule.add(update, update.num_examples, scale)
+
+    def finish(self) -> np.ndarray:
+        """The next global model (host float32)."""
+        s = self.strategy
+        aggregate = self.rule.result(self.global_b)
+        if s.privacy is not None:
+            aggregate = s.privacy.finish(aggregate, s.backend)
+        new = s.server_opt.step(self.global_b, aggregate, self.round)
+        return np.asarray(s.backend.to_numpy(new), dtype=np.float32)
+
+
+Builder = Callable[[dict[str, Any], StrategyContext], Strategy]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A named strategy: its option defaults and how to compose it."""
+
+    defaults: dict[str, Any]
+    build: Builder
+    doc: str
+
+
+STRATEGIES: dict[str, StrategySpec] = {}
+
+
+def register(name: str, defaults: dict[str, Any], doc: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``build(options, context)`` under ``name``."""
+
+    def wrap(build: Builder) -> Builder:
+        STRATEGIES[name] = StrategySpec({**COMMON_OPTIONS, **defaults}, build, doc)
+        return build
+
+    return wrap
 
 
 def known_strategies() -> tuple[str, ...]:
@@ -28,8 +114,128 @@ def known_strategies() -> tuple[str, ...]:
     return tuple(sorted(STRATEGIES))
 
 
-def build_strategy(name: str) -> Strategy:
-    """Return a fresh strategy by name; unknown names list the known ones."""
+def strategy_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` checked against strategy ``name`` and completed with its defaults."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(known_strategies())}")
-    return STRATEGIES[name]()
+    defaults = STRATEGIES[name].defaults
+    merged = dict(defaults)
+    for key, value in (options or {}).items():
+        if key not in defaults:
+            raise ValueError(
+                f"unknown option {key!r} for strategy {name!r} (allowed: {', '.join(defaults)})"
+            )
+        default = defaults[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"option {key!r} must be a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(value, int):
+            raise ValueError(f"option {key!r} must be an integer, got {value!r}")
+        merged[key] = type(default)(value)
+    return merged
+
+
+def build_strategy(
+    name: str, options: dict[str, Any] | None = None, context: StrategyContext | None = None
+) -> Strategy:
+    """A fresh strategy by name; unknown names or options raise ``ValueError``."""
+    merged = strategy_options(name, options)
+    context = context or StrategyContext()
+    strategy = STRATEGIES[name].build(merged, context)
+    strategy.name = name
+    strategy.guard = NormGuard(merged["max_norm_factor"])
+    strategy.backend = context.backend or strategy.backend
+    return strategy
+
+
+def _mean(size: int, backend: Backend) -> WeightedMean:
+    return WeightedMean(size, backend)
+
+
+@register("fedavg", {}, "example-weighted mean (McMahan et al., 2017)")
+def _fedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    return Strategy("fedavg", _mean)
+
+
+@register("fedprox", {"proximal_mu": 0.01}, "FedAvg + the clients' proximal term (Li et al.)")
+def _fedprox(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    return Strategy("fedprox", _mean, client_options={"proximal_mu": o["proximal_mu"]})
+
+
+@register("fedavgm", {"server_learning_rate": 1.0, "server_momentum": 0.9}, "mean + momentum")
+def _fedavgm(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    opt = MomentumStep(o["server_learning_rate"], o["server_momentum"])
+    return Strategy("fedavgm", _mean, opt)
+
+
+def _fedopt(kind: str, eta: float, beta_2: float = 0.99) -> None:
+    defaults = {"eta": eta, "beta_1": 0.9, "beta_2": beta_2, "tau": 1e-3}
+    if kind == "adagrad":
+        defaults = {"eta": eta, "tau": 1e-3}
+
+    @register(f"fed{kind}", defaults, f"mean + server {kind} (Reddi et al., 2021)")
+    def build(o: dict[str, Any], c: StrategyContext) -> Strategy:
+        return Strategy(f"fed{kind}", _mean, AdaptiveStep(kind, **{k: o[k] for k in defaults}))
+
+
+_fedopt("adam", 0.1)
+_fedopt("yogi", 0.01)
+_fedopt("adagrad", 0.1)
+
+
+@register("fedmedian", {}, "coordinate-wise median (Yin et al., 2018)")
+def _fedmedian(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    return Strategy("fedmedian", CoordinateMedian)
+
+
+@register("fedtrimmedavg", {"beta": 0.2}, "coordinate-wise trimmed mean")
+def _fedtrimmedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    return Strategy("fedtrimmedavg", lambda n, b: TrimmedMean(n, b, beta=o["beta"]))
+
+
+@register("krum", {"num_malicious": 0}, "Krum (Blanchard et al., 2017)")
+def _krum(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    return Strategy("krum", lambda n, b: MultiKrum(n, b, o["num_malicious"], select=1))
+
+
+@register("multikrum", {"num_malicious": 0, "select": 1}, "Multi-Krum: mean of the best m")
+def _multikrum(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    return Strategy("multikrum", lambda n, b: MultiKrum(n, b, o["num_malicious"], o["select"]))
+
+
+@register("bulyan", {"num_malicious": 0}, "Bulyan (El Mhamdi et al., 2018)")
+def _bulyan(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    return Strategy("bulyan", lambda n, b: Bulyan(n, b, o["num_malicious"]))
+
+
+@register("qfedavg", {"q": 0.1, "client_learning_rate": 0.1}, "q-FedAvg: fair (Li et al., 2020)")
+def _qfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    return Strategy("qfedavg", lambda n, b: QFedAvg(n, b, o["q"], o["client_learning_rate"]))
+
+
+_DP = {"noise_multiplier": 1.0, "target_delta": 1e-5}
+
+
+@register("dpfedavg", {**_DP, "clipping_norm": 1.0}, "central DP, fixed clipping")
+def _dpfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    privacy = DifferentialPrivacy(
+        o["noise_multiplier"], o["clipping_norm"], c.clients_per_round, c.num_clients,
+        o["target_delta"], seed=c.seed,
+    )
+    return Strategy("dpfedavg", lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy)
+
+
+@register(
+    "dpfedavg-adaptive",
+    {**_DP, "noise_multiplier": 0.1, "initial_clipping_norm": 0.1, "target_quantile": 0.5,
+     "clip_lr": 0.2},
+    "central DP, adaptive clipping (Andrew et al., 2021)",
+)
+def _dpfedavg_adaptive(o: dict[str, Any], c: StrategyContext) -> Strategy:
+    privacy = DifferentialPrivacy(
+        o["noise_multiplier"], o["initial_clipping_norm"], c.clients_per_round, c.num_clients,
+        o["target_delta"], adaptive=True, target_quantile=o["target_quantile"],
+        clip_lr=o["clip_lr"], seed=c.seed,
+    )
+    return Strategy(
+        "dpfedavg-adaptive", lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy
+    )

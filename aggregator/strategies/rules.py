@@ -1,35 +1,98 @@
-"""Aggregation rules: how accepted client vectors become one vector.
+"""Aggregation rules: how one round's accepted updates become one vector.
 
-Rules are streaming accumulators: ``add`` folds in one update as it arrives, so the server holds
-one model's worth of state whatever the number of clients.
+Streaming rules (``WeightedMean``, ``QFedAvg``) fold each update in as it arrives and hold one
+model's worth of state on the backend whatever the number of clients. Robust rules
+(``robust.py``) need every update at once and keep them on the backend, reduced in column
+chunks. Every rule: ``add(update, weight, scale)`` then ``result(global)``; ``scale`` shrinks
+the update's delta to the global model (differential-privacy clipping).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from aggregator.backend import Backend
+from aggregator.updates import ClientUpdate
+
+
+class AggregationError(ValueError):
+    """A rule cannot produce a result from what it was given."""
 
 
 class WeightedMean:
-    """Running weighted sum of client vectors (weights = examples), in float64 for stability."""
+    """Running ``sum(w * local) / sum(w)`` in float32 with a fused multiply-add per update."""
 
-    def __init__(self, size: int) -> None:
-        self._sum = np.zeros(size, dtype=np.float64)
+    streaming = True
+
+    def __init__(self, size: int, backend: Backend, uniform: bool = False) -> None:
+        self.backend = backend
+        self.uniform = uniform
+        self._acc = backend.zeros(size)
         self._weight = 0.0
+        self._global_coef = 0.0  # compressed deltas and clipping leave the global part out
+        self.count = 0
 
-    def add(self, vector: np.ndarray, weight: float) -> None:
-        """Fold in one update with weight ``weight`` (> 0)."""
+    def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
+        """Fold in one update with weight ``weight`` (> 0; 1 when ``uniform``)."""
+        weight = 1.0 if self.uniform else float(weight)
         if weight <= 0:
             raise ValueError(f"update weight must be positive, got {weight}")
-        self._sum += weight * vector.astype(np.float64, copy=False)
+        self._global_coef += update.fold(self.backend, self._acc, weight, scale)
         self._weight += weight
+        self.count += 1
 
     @property
     def count_weight(self) -> float:
         """Total weight folded in so far."""
         return self._weight
 
-    def result(self) -> np.ndarray:
-        """The weighted mean as float32; raises if nothing was added."""
+    def result(self, global_vector: Any) -> Any:
+        """The weighted mean (float32, on the backend); raises if nothing was added."""
         if self._weight == 0:
-            raise ValueError("no update was accepted this round")
-        return (self._sum / self._weight).astype(np.float32)
+            raise AggregationError("no update was accepted this round")
+        out = self._acc
+        if self._global_coef:
+            out = out + self.backend.xp.asarray(self._global_coef, dtype=out.dtype) * (
+                global_vector
+            )
+        return out / self.backend.xp.asarray(self._weight, dtype=out.dtype)
+
+
+class QFedAvg:
+    """q-FedAvg (Li et al., 2020), streamed: clients with a higher loss weigh more.
+
+    With ``L = 1 / client_learning_rate`` and ``d_k = L (global - local_k)``:
+    ``next = global - sum(loss_k^q d_k) / sum(q loss_k^(q-1) |d_k|^2 + L loss_k^q)``,
+    as Flower's ``QFedAvg``. The result is the next model (use the plain server step).
+    """
+
+    streaming = True
+
+    def __init__(self, size: int, backend: Backend, q: float = 0.1, client_lr: float = 0.1):
+        if client_lr <= 0:
+            raise ValueError(f"client_learning_rate must be > 0, got {client_lr}")
+        self.q, self.lipschitz = float(q), 1.0 / float(client_lr)
+        self._sum = WeightedMean(size, backend)
+        self._h = 0.0
+        self.count = 0
+
+    def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
+        """Fold in one update; its weight comes from its loss, not its examples."""
+        loss = update.train_loss + 1e-10
+        lq = float(np.float_power(loss, self.q))
+        norm2 = (self.lipschitz * scale * update.norm) ** 2
+        self._h += self.q * float(np.float_power(loss, self.q - 1)) * norm2 + self.lipschitz * lq
+        self._sum.add(update, lq, scale)
+        self.count += 1
+
+    def result(self, global_vector: Any) -> Any:
+        """``global - L (W global - sum(w_k local_k)) / h`` with ``w_k = loss_k^q``."""
+        if self.count == 0:
+            raise AggregationError("no update was accepted this round")
+        xp = self._sum.backend.xp
+        weight = self._sum.count_weight
+        mean = self._sum.result(global_vector)  # sum(w_k local_k) / W
+        step = xp.asarray(self.lipschitz * weight / self._h, dtype=xp.float32)
+        return global_vector - step * (global_vector - mean)

@@ -1,0 +1,166 @@
+"""The array backend the server averages on: numpy or CuPy through the Array API.
+
+``select_backend("auto")`` picks CuPy when a GPU is usable and numpy otherwise; ``"cpu"`` and
+``"gpu"`` force one (``$FEDCORE_DEVICE`` sets the default). Everything the rules and server
+optimizers compute goes through ``backend.xp``, an Array API namespace from
+``array-api-compat`` (or ``array-api-strict`` in the tests, which proves the code uses nothing
+CuPy lacks). CuPy is imported only when a GPU is asked for or probed, never on a device.
+
+The one hot loop, ``acc += w * x`` over each arriving update, has a native kernel per backend:
+a single-threaded BLAS ``saxpy`` on the CPU (one read of ``x``, no temporary; multi-threaded
+BLAS spins badly on a shared machine), a fused elementwise kernel on the GPU, and the plain
+Array API expression elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+DEVICE_ENV = "FEDCORE_DEVICE"
+DEVICES = ("auto", "cpu", "gpu")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested device cannot be used here (e.g. ``gpu`` without CuPy or a GPU)."""
+
+
+@dataclass
+class Backend:
+    """An Array API namespace plus the few host/device moves the server needs."""
+
+    name: str  # numpy | cupy | array_api_strict
+    xp: Any = field(repr=False)
+    _axpy: Callable[[Any, float, Any], None] | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> str:
+        """``gpu`` for CuPy, ``cpu`` otherwise."""
+        return "gpu" if self.name == "cupy" else "cpu"
+
+    def asarray(self, host: np.ndarray) -> Any:
+        """Put a host array on the backend (zero-copy on numpy, one copy on a GPU)."""
+        if self.name == "numpy":
+            return host
+        return self.xp.asarray(host)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """Bring a backend array back to the host as numpy."""
+        if isinstance(array, np.ndarray):
+            return array
+        if self.name == "cupy":
+            return array.get()
+        return np.asarray(array)
+
+    def zeros(self, size: int) -> Any:
+        """A zeroed float32 vector on the backend."""
+        return self.xp.zeros(size, dtype=self.xp.float32)
+
+    def axpy(self, acc: Any, weight: float, x: Any) -> None:
+        """``acc += weight * x`` in place (float32)."""
+        if self._axpy is not None:
+            self._axpy(acc, weight, x)
+        else:
+            acc += self.xp.asarray(weight, dtype=self.xp.float32) * x
+
+
+def _numpy_axpy() -> Callable[[Any, float, Any], None]:
+    """BLAS saxpy pinned to one thread, or numpy ufuncs into a scratch buffer."""
+    scratch: dict[int, np.ndarray] = {}
+
+    def ufunc_axpy(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
+        tmp = scratch.get(x.size)
+        if tmp is None:
+            scratch.clear()
+            tmp = scratch[x.size] = np.empty(x.size, np.float32)
+        np.multiply(x, np.float32(weight), out=tmp)
+        np.add(acc, tmp, out=acc)
+
+    try:
+        from scipy.linalg.blas import saxpy
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - both come with the server's dependencies
+        return ufunc_axpy
+    libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+
+    def blas_axpy(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
+        if x.dtype != np.float32 or not (x.flags.c_contiguous and acc.flags.c_contiguous):
+            ufunc_axpy(acc, weight, x)
+            return
+        before = [lib.num_threads for lib in libs]
+        for lib in libs:
+            lib.set_num_threads(1)
+        try:
+            out = saxpy(x, acc, a=weight)
+        finally:
+            for lib, n in zip(libs, before, strict=True):
+                lib.set_num_threads(n)
+        if out is not acc and not np.shares_memory(out, acc):  # pragma: no cover
+            np.copyto(acc, out)
+
+    return blas_axpy
+
+
+def _cupy_axpy(cp: Any) -> Callable[[Any, float, Any], None]:  # pragma: no cover - needs a GPU
+    kernel = cp.ElementwiseKernel("T x, T w", "T acc", "acc += w * x", "fedcore_axpy")
+
+    def axpy(acc: Any, weight: float, x: Any) -> None:
+        kernel(x, cp.float32(weight), acc)
+
+    return axpy
+
+
+@cache
+def gpu_available() -> bool:
+    """Whether CuPy imports and sees at least one usable GPU (never raises)."""
+    try:
+        import cupy  # noqa: F401 - lazily, only on the server
+
+        return int(cupy.cuda.runtime.getDeviceCount()) > 0
+    except Exception:  # ImportError, CUDA driver errors, ...
+        return False
+
+
+@cache
+def _make(name: str) -> Backend:
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+
+        return Backend("numpy", xp, _numpy_axpy())
+    if name == "cupy":  # pragma: no cover - needs a GPU
+        import array_api_compat.cupy as xp
+        import cupy
+
+        return Backend("cupy", xp, _cupy_axpy(cupy))
+    if name == "array_api_strict":
+        import array_api_strict as xp
+
+        return Backend("array_api_strict", xp)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+def select_backend(device: str | None = None) -> Backend:
+    """The backend for ``device`` (auto | cpu | gpu; default ``$FEDCORE_DEVICE`` or auto).
+
+    ``gpu`` raises ``BackendUnavailable`` when CuPy or a GPU is missing; ``auto`` falls back
+    to numpy. ``strict`` gives ``array-api-strict`` (for tests).
+    """
+    device = (device or os.environ.get(DEVICE_ENV) or "auto").lower()
+    if device == "strict":
+        return _make("array_api_strict")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; known: {', '.join(DEVICES)}")
+    if device == "cpu":
+        return _make("numpy")
+    if device == "gpu":
+        if not gpu_available():
+            raise BackendUnavailable(
+                "device 'gpu' needs CuPy and a usable GPU: pip install 'fedcore[gpu]'"
+            )
+        return _make("cupy")
+    return _make("cupy") if gpu_available() else _make("numpy")
