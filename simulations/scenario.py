@@ -294,9 +294,9 @@ def model_misfit(name: str, data: Dataset) -> str | None:
 
 
 def _one_width_key(name: str, key: str) -> bool:
-    """True when the builder takes a single int for ``key`` (lstm's ``hidden``), not a list."""
+    """True when the builder takes a single int for list key ``key`` (lstm's ``hidden``)."""
     param = builder_parameters(name).get(key)
-    if param is None:
+    if param is None or key not in _WIDTH_OF:
         return False
     if param.default is not inspect.Parameter.empty:
         return type(param.default) is int
