@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from aggregator.strategies import AggregationError, Strategy
-from aggregator.updates import Rejected, decode_reply
+from aggregator.updates import ClientUpdate, Rejected, decode_reply
 from fedcore import protocol
 from fedcore.wire import vector_record
 
@@ -195,12 +195,16 @@ def run_round(
         messages.append(Message(content, clients[client_id], "train", group_id=str(round_number)))
 
     replies = sorted(
-        (m for m in grid.send_and_receive(messages, timeout=config.timeout)
-         if m.metadata.src_node_id in node_to_client),
+        (
+            m
+            for m in grid.send_and_receive(messages, timeout=config.timeout)
+            if m.metadata.src_node_id in node_to_client
+        ),
         key=lambda m: node_to_client[m.metadata.src_node_id],
     )
     aggregation = strategy.start_round(params, round_number)
     outcomes: list[ClientOutcome] = []
+    decoded: list[tuple[int, ClientUpdate]] = []  # (index in outcomes, update)
     answered: set[int] = set()
     for reply in replies:
         client_id = node_to_client[reply.metadata.src_node_id]
@@ -219,15 +223,21 @@ def run_round(
                 seconds=update.seconds,
                 bytes_up=update.bytes_up,
             )
-            aggregation.offer(update)
-            outcome = replace(outcome, accepted=True)
+            decoded.append((len(outcomes), update))
         except Rejected as exc:
             outcome = replace(outcome, reason=str(exc))
         outcomes.append(outcome)
-        del reply
+    reasons = aggregation.offer_all([update for _, update in decoded])
+    for (index, _), reason in zip(decoded, reasons, strict=True):
+        outcomes[index] = replace(outcomes[index], accepted=reason is None, reason=reason)
     outcomes += [
-        ClientOutcome(c, clients[c], accepted=False, reason="no reply before the timeout",
-                      bytes_down=bytes_down)
+        ClientOutcome(
+            c,
+            clients[c],
+            accepted=False,
+            reason="no reply before the timeout",
+            bytes_down=bytes_down,
+        )
         for c in chosen
         if c not in answered
     ]

@@ -140,6 +140,11 @@ def _check_dense(vector: np.ndarray, size: int) -> np.ndarray:
 
 def delta_norm(update: ClientUpdate, global_vector: np.ndarray) -> float:
     """``||local - global||`` in one chunked pass; ``Rejected`` for NaN/inf or overflow."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _delta_norm(update, global_vector)
+
+
+def _delta_norm(update: ClientUpdate, global_vector: np.ndarray) -> float:
     if update.values is not None:
         total, v = 0.0, update.values
         tmp = np.empty(min(_CHUNK, v.size), np.float32)
@@ -162,8 +167,10 @@ def delta_norm(update: ClientUpdate, global_vector: np.ndarray) -> float:
 class NormGuard:
     """Reject updates far larger than usual: ``norm > factor * median`` of recent norms.
 
-    The reference is the median of the last ``window`` accepted norms (this round's included);
-    with fewer than ``min_history`` of them nothing is rejected for its norm. ``factor <= 0``
+    The reference is the median of the last ``window`` accepted norms plus, when the round's
+    updates are judged together (``RoundAggregation.offer_all``), all of this round's norms, so
+    the first round is protected too; with fewer than ``min_history`` norms nothing is
+    rejected for its norm. ``factor <= 0``
     switches the check off.
     """
 
@@ -172,12 +179,19 @@ class NormGuard:
         self.min_history = min_history
         self.norms: deque[float] = deque(maxlen=window)
 
-    def check(self, norm: float) -> None:
-        """Raise ``Rejected`` if ``norm`` is an outlier; otherwise remember it."""
-        if self.factor > 0 and len(self.norms) >= self.min_history:
-            limit = self.factor * float(np.median(np.fromiter(self.norms, float)))
-            if norm > limit and norm > 0:
-                raise Rejected(
-                    f"update norm {norm:.4g} exceeds {self.factor:g} x median norm ({limit:.4g})"
-                )
+    def limit(self, round_norms: list[float] = ()) -> float:
+        """The largest acceptable norm given recent history and this round's norms."""
+        pool = [*self.norms, *round_norms]
+        if self.factor <= 0 or len(pool) < self.min_history:
+            return math.inf
+        return self.factor * float(np.median(pool))
+
+    def check(self, norm: float, limit: float | None = None) -> None:
+        """Raise ``Rejected`` if ``norm`` is above ``limit`` (default: from history alone);
+        otherwise remember it."""
+        limit = self.limit() if limit is None else limit
+        if norm > limit and norm > 0:
+            raise Rejected(
+                f"update norm {norm:.4g} exceeds {self.factor:g} x median norm ({limit:.4g})"
+            )
         self.norms.append(norm)

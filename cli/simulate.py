@@ -37,6 +37,10 @@ def simulate(
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Show Flower's and Ray's own logs.")
     ] = False,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="Where the server averages: auto (GPU if usable), cpu, gpu."),
+    ] = "auto",
 ) -> None:
     """Run a federated simulation and store every round."""
     from aggregator.rounds import RoundFailed, RoundOutcome
@@ -47,6 +51,12 @@ def simulate(
 
     if backend not in BACKENDS:
         fail(f"--backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    from aggregator.backend import BackendUnavailable, select_backend
+
+    try:
+        select_backend(device)
+    except (ValueError, BackendUnavailable) as exc:
+        fail(f"--device: {exc}")
     try:
         spec = load_scenario(scenario)
         if rounds is not None:
@@ -92,7 +102,12 @@ def simulate(
     try:
         with live or contextlib.nullcontext():
             result = run_scenario(
-                prepared, backend, on_round=on_round, store=store, flower_verbose=verbose
+                prepared,
+                backend,
+                on_round=on_round,
+                store=store,
+                flower_verbose=verbose,
+                device=device,
             )
     except RoundFailed as exc:
         fail(str(exc), code=FAILED)

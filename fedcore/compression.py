@@ -112,7 +112,9 @@ def _dequantize(arrays: dict[str, np.ndarray], size: int, block: int, levels: in
     blocks = -(-size // block)
     packed = -(-size // 2) if levels == 15 else size
     if q.dtype != np.uint8 or q.shape != (packed,):
-        raise ValueError(f"quantized payload: expected {packed} uint8 codes, got {q.shape} {q.dtype}")
+        raise ValueError(
+            f"quantized payload: expected {packed} uint8 codes, got {q.shape} {q.dtype}"
+        )
     if lo.shape != (blocks,) or step.shape != (blocks,):
         raise ValueError(f"quantized payload: expected {blocks} blocks of {block}")
     if lo.dtype != np.float32 or step.dtype != np.float32:

@@ -4,7 +4,8 @@ A train message carries the global vector (``ArrayRecord`` under ``GLOBAL``) and
 ``ConfigRecord`` under ``CONFIG`` made from ``TrainInstructions``; the reply carries the new
 local vector under ``UPDATE`` and a ``MetricRecord`` under ``METRICS``. A query reply describes
 the client (``CLIENT_INFO``). A compressed reply carries the codec's arrays under ``UPDATE``
-and its name and options under ``CODEC`` (see ``fedcore.compression``). Plain dicts here, so this module needs no Flower import.
+and its name and options under ``CODEC`` (see ``fedcore.compression``). Plain dicts here, so
+this module needs no Flower import.
 """
 
 from __future__ import annotations

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.backend import select_backend
 from aggregator.rounds import FederationConfig, RoundOutcome
 from aggregator.serverapp import FederationApp
 from aggregator.store import Store
-from aggregator.strategies import build_strategy
+from aggregator.strategies import StrategyContext, build_strategy
 from client_runtime.app import make_client_app
 from fedcore import protocol
 from fedcore.evaluate import evaluate
@@ -148,6 +149,8 @@ def prepare_scenario(scenario: Scenario) -> PreparedScenario:
             momentum=train.momentum,
             weight_decay=train.weight_decay,
             seed=scenario.seed,
+            compression=fed.compression,
+            compression_options=dict(fed.compression_options),
         ),
     )
     return PreparedScenario(scenario, data, PartitionLoader(args, parts), spec, config)
@@ -159,6 +162,7 @@ def run_scenario(
     on_round: Callable[[RoundOutcome], None] | None = None,
     store: Store | None = None,
     flower_verbose: bool = False,
+    device: str | None = None,
 ) -> SimulationResult:
     """Run ``scenario`` on ``backend`` and return every round's outcome and the final model.
 
@@ -174,7 +178,7 @@ def run_scenario(
     if store is not None:
         run_id = store.create_run(spec.name, backend, spec.seed, spec.model_dump(mode="json"))
     try:
-        result = _run(prepared, backend, on_round, store, run_id, flower_verbose)
+        result = _run(prepared, backend, on_round, store, run_id, flower_verbose, device)
     except BaseException as exc:
         if store is not None and run_id is not None:
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -192,6 +196,7 @@ def _run(
     store: Store | None,
     run_id: int | None,
     flower_verbose: bool,
+    device: str | None = None,
 ) -> SimulationResult:
     start = time.perf_counter()
     scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
@@ -214,7 +219,13 @@ def _run(
     app = FederationApp(
         prepared.config,
         server_model.get_flat(),
-        build_strategy(fed.strategy),
+        build_strategy(
+            fed.strategy,
+            dict(fed.strategy_options),
+            StrategyContext(
+                fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(device)
+            ),
+        ),
         evaluate_global,
         record,
     )

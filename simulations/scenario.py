@@ -29,7 +29,11 @@ A scenario names the data and how it is split among clients, the model, the fede
     num_clients = 20
     clients_per_round = 10          # default: all clients
     rounds = 20
-    strategy = "fedavg"
+    strategy = "fedavg"             # aggregator.strategies.known_strategies(): fedadam, krum, ...
+    compression = "none"            # none | int8 | int4 | topk (client -> server updates)
+    [federation.strategy_options]   # the strategy's hyperparameters, e.g. eta = 0.01 (fedadam),
+    max_norm_factor = 10.0          # num_malicious = 2 (krum); every strategy: max_norm_factor
+    [federation.compression_options]  # int8/int4: block = 1024; topk: ratio = 0.01
     [train]                         # optional, every key has a default
     local_epochs = 1
     batch_size = 32
@@ -70,12 +74,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from aggregator.strategies import known_strategies, strategy_options
+from fedcore.compression import CODECS, codec_options
 from fedcore.models import MODELS
 from simulations.datasets import DATASETS, Dataset, dataset_options, load_dataset
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
 
-KNOWN_STRATEGIES: tuple[str, ...] = ("fedavg",)
+KNOWN_STRATEGIES: tuple[str, ...] = known_strategies()  # the aggregator's registry
+KNOWN_CODECS: tuple[str, ...] = tuple(CODECS)
 # Datasets that come with their own per-client split (Dataset.groups_train), for "natural".
 # Each has a [data.<name>] table whose num_clients defaults to federation.num_clients.
 NATURAL_DATASETS: tuple[str, ...] = ("synthetic", "shakespeare")
@@ -311,6 +318,9 @@ class FederationConfig(_Section):
     clients_per_round: PositiveInt | None = Field(default=None, validate_default=True)
     rounds: PositiveInt
     strategy: str = "fedavg"
+    strategy_options: dict[str, int | float] = Field(default_factory=dict)
+    compression: str = "none"
+    compression_options: dict[str, int | float] = Field(default_factory=dict)
 
     @field_validator("clients_per_round")
     @classmethod
@@ -328,6 +338,24 @@ class FederationConfig(_Section):
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         return _one_of("strategy", value, KNOWN_STRATEGIES)
+
+    @field_validator("compression")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        return _one_of("compression", value, KNOWN_CODECS)
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> Self:
+        """Strategy and compression options are checked by the aggregator and the codecs."""
+        try:
+            strategy_options(self.strategy, self.strategy_options)
+        except ValueError as error:
+            raise _fail("federation.strategy_options", str(error)) from None
+        try:
+            codec_options(self.compression, self.compression_options)
+        except ValueError as error:
+            raise _fail("federation.compression_options", str(error)) from None
+        return self
 
 
 class TrainConfig(_Section):

@@ -7,6 +7,7 @@ listed with it. Every strategy also has the validation wrapper (``max_norm_facto
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from aggregator.strategies.privacy import DifferentialPrivacy
 from aggregator.strategies.robust import Bulyan, CoordinateMedian, MultiKrum, TrimmedMean
 from aggregator.strategies.rules import QFedAvg, WeightedMean
 from aggregator.strategies.server_opt import AdaptiveStep, MomentumStep, PlainStep
-from aggregator.updates import ClientUpdate, NormGuard, delta_norm
+from aggregator.updates import ClientUpdate, NormGuard, Rejected, delta_norm
 
 COMMON_OPTIONS: dict[str, Any] = {"max_norm_factor": 10.0}
 
@@ -66,13 +67,33 @@ class RoundAggregation:
         if hasattr(self.rule, "bind_global"):
             self.rule.bind_global(self.global_host)
 
-    def offer(self, update: ClientUpdate) -> None:
+    def offer(self, update: ClientUpdate, limit: float | None = None) -> None:
         """Validate the update's norm, clip it if private, fold it into the rule."""
-        norm = delta_norm(update, self.global_host)
-        self.strategy.guard.check(norm)
+        norm = delta_norm(update, self.global_host) if math.isnan(update.norm) else update.norm
+        self.strategy.guard.check(norm, limit)
         privacy = self.strategy.privacy
         scale = privacy.scale(norm) if privacy is not None else 1.0
         self.rule.add(update, update.num_examples, scale)
+
+    def offer_all(self, updates: list[ClientUpdate]) -> list[str | None]:
+        """Judge a batch together (the norm threshold sees all of its norms), fold the good
+        ones in order; return each update's rejection reason or None."""
+        reasons: list[str | None] = []
+        for update in updates:
+            try:
+                delta_norm(update, self.global_host)
+                reasons.append(None)
+            except Rejected as exc:
+                reasons.append(str(exc))
+        norms = [u.norm for u, r in zip(updates, reasons, strict=True) if r is None]
+        limit = self.strategy.guard.limit(norms)
+        for i, update in enumerate(updates):
+            if reasons[i] is None:
+                try:
+                    self.offer(update, limit)
+                except Rejected as exc:
+                    reasons[i] = str(exc)
+        return reasons
 
     def finish(self) -> np.ndarray:
         """The next global model (host float32)."""
@@ -218,23 +239,38 @@ _DP = {"noise_multiplier": 1.0, "target_delta": 1e-5}
 @register("dpfedavg", {**_DP, "clipping_norm": 1.0}, "central DP, fixed clipping")
 def _dpfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
     privacy = DifferentialPrivacy(
-        o["noise_multiplier"], o["clipping_norm"], c.clients_per_round, c.num_clients,
-        o["target_delta"], seed=c.seed,
+        o["noise_multiplier"],
+        o["clipping_norm"],
+        c.clients_per_round,
+        c.num_clients,
+        o["target_delta"],
+        seed=c.seed,
     )
     return Strategy("dpfedavg", lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy)
 
 
 @register(
     "dpfedavg-adaptive",
-    {**_DP, "noise_multiplier": 0.1, "initial_clipping_norm": 0.1, "target_quantile": 0.5,
-     "clip_lr": 0.2},
+    {
+        **_DP,
+        "noise_multiplier": 0.1,
+        "initial_clipping_norm": 0.1,
+        "target_quantile": 0.5,
+        "clip_lr": 0.2,
+    },
     "central DP, adaptive clipping (Andrew et al., 2021)",
 )
 def _dpfedavg_adaptive(o: dict[str, Any], c: StrategyContext) -> Strategy:
     privacy = DifferentialPrivacy(
-        o["noise_multiplier"], o["initial_clipping_norm"], c.clients_per_round, c.num_clients,
-        o["target_delta"], adaptive=True, target_quantile=o["target_quantile"],
-        clip_lr=o["clip_lr"], seed=c.seed,
+        o["noise_multiplier"],
+        o["initial_clipping_norm"],
+        c.clients_per_round,
+        c.num_clients,
+        o["target_delta"],
+        adaptive=True,
+        target_quantile=o["target_quantile"],
+        clip_lr=o["clip_lr"],
+        seed=c.seed,
     )
     return Strategy(
         "dpfedavg-adaptive", lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy

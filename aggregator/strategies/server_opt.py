@@ -34,9 +34,9 @@ class MomentumStep:
             return aggregate
         grad = global_vector - aggregate
         if self.server_momentum > 0.0:
-            self._buffer = grad if self._buffer is None else self.server_momentum * (
-                self._buffer
-            ) + grad
+            self._buffer = (
+                grad if self._buffer is None else self.server_momentum * (self._buffer) + grad
+            )
             grad = self._buffer
         return global_vector - self.server_learning_rate * grad
 

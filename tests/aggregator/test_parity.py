@@ -65,8 +65,9 @@ def test_same_next_global_model_as_flower(name, device):
     ours = build_strategy(
         name,
         {**options, "max_norm_factor": 0.0},
-        StrategyContext(num_clients=CLIENTS, clients_per_round=CLIENTS,
-                        backend=select_backend(device)),
+        StrategyContext(
+            num_clients=CLIENTS, clients_per_round=CLIENTS, backend=select_backend(device)
+        ),
     )
     rng = np.random.default_rng(1)
     global_vector, _ = client_vectors(0, SIZE, seed=2)
@@ -74,9 +75,10 @@ def test_same_next_global_model_as_flower(name, device):
         _, vectors = client_vectors(CLIENTS, SIZE, seed=10 + rnd, center=global_vector + 0.05)
         weights = [int(w) for w in rng.integers(5, 60, CLIENTS)]
         _set_current(flower, global_vector)
-        expected, _ = flower.aggregate_train(
-            rnd, [reply(v, w, node=i + 1) for i, (v, w) in enumerate(zip(vectors, weights))]
-        )
+        replies = [
+            reply(v, w, node=i + 1) for i, (v, w) in enumerate(zip(vectors, weights, strict=True))
+        ]
+        expected, _ = flower.aggregate_train(rnd, replies)
         aggregation = ours.start_round(global_vector, rnd)
         for i, (v, w) in enumerate(zip(vectors, weights, strict=True)):
             aggregation.offer(decode_reply(reply(v, w, node=i + 1), SIZE))

@@ -45,8 +45,18 @@ def toy_app(bad_clients: dict[int, str] | None = None) -> ClientApp:
             vector = vector[:-1]
         if mode == "float64":
             vector = vector.astype(np.float64)
+        if mode == "oversized":
+            vector = np.zeros(4096, np.float32)
+        if mode == "inf":
+            vector[-1] = np.inf
+        if mode == "scaled":
+            vector = vector * np.float32(1e6)
         metrics = MetricRecord({"num_examples": k + 1, "train_loss": float(k), "seconds": 0.0})
         content = RecordDict({protocol.UPDATE: vector_record(vector), protocol.METRICS: metrics})
+        if mode == "no_metrics":
+            del content[protocol.METRICS]
+        if mode == "no_update":
+            del content[protocol.UPDATE]
         return Message(content, reply_to=msg)
 
     return app
@@ -58,10 +68,18 @@ def config(rounds=2, per_round=4, seed=7):
     return FederationConfig(rounds, per_round, train, seed)
 
 
-def run(app, num_nodes=6, **kwargs):
+class TwiceGrid(InProcessGrid):
+    """A grid on which the first client's reply arrives twice."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        return [*replies, replies[-1]]
+
+
+def run(app, num_nodes=6, grid=InProcessGrid, **kwargs):
     outcomes = []
     final = run_federation(
-        InProcessGrid(app, num_nodes),
+        grid(app, num_nodes),
         config(**kwargs),
         np.zeros(SIZE, np.float32),
         build_strategy("fedavg"),
@@ -119,3 +137,22 @@ def test_validate_update():
     assert "shape" in validate_update(good, 5)
     assert "dtype" in validate_update(good.astype(np.float16), 4)
     assert "non-finite" in validate_update(np.array([0, np.inf, 0, 0], np.float32), 4)
+
+
+def test_every_kind_of_bad_reply_is_rejected_and_nothing_accumulated_is_lost():
+    bad = {0: "no_metrics", 1: "no_update", 2: "oversized", 3: "inf", 4: "scaled"}
+    final, outcomes = run(toy_app(bad), num_nodes=9, grid=TwiceGrid, rounds=1, per_round=9)
+    clients = outcomes[0].clients
+    reasons = {c.client_id: c.reason for c in clients if not c.accepted and c.client_id < 5}
+    assert "metric record" in reasons[0]
+    assert "array record" in reasons[1]
+    assert "oversized" in reasons[2]
+    assert "non-finite" in reasons[3]
+    assert "median norm" in reasons[4]
+    duplicates = [c for c in clients if c.reason and "duplicate" in c.reason]
+    assert len(duplicates) == 1 and outcomes[0].num_selected == 9
+    assert outcomes[0].num_accepted == 4  # clients 5..8, each counted once
+    expected = sum(k * (k + 1) for k in range(5, 9)) / sum(k + 1 for k in range(5, 9))
+    np.testing.assert_allclose(final, np.full(SIZE, expected, np.float32), rtol=1e-6)
+    assert all(c.bytes_down == SIZE * 4 + 128 for c in clients)
+    assert all(c.bytes_up > 0 for c in clients if c.accepted)

@@ -102,7 +102,7 @@ def test_synthetic_generators_default_to_the_federation_size() -> None:
 
 
 def test_known_names() -> None:
-    assert {"mlp", "logreg"} <= set(MODELS) and KNOWN_STRATEGIES == ("fedavg",)
+    assert {"mlp", "logreg"} <= set(MODELS) and {"fedavg", "fedadam"} <= set(KNOWN_STRATEGIES)
 
 
 # (changes to BASE, the exact "key: message" expected after "<source>: ") -- or a prefix of it.
@@ -140,8 +140,8 @@ ERRORS = [
     ),
     ({"model.name": "resnet"}, f"model.name: unknown model 'resnet' (known: {', '.join(MODELS)})"),
     (
-        {"federation.strategy": "fedprox"},
-        "federation.strategy: unknown strategy 'fedprox' (known: fedavg)",
+        {"federation.strategy": "fedmagic"},
+        "federation.strategy: unknown strategy 'fedmagic' (known: bulyan, dpfedavg",
     ),
     (
         {"data.partition": "shards"},
