@@ -11,17 +11,27 @@ that passed.
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedcore import compression, protocol
 from fedcore.wire import VECTOR_KEY, array_view
 
-_CHUNK = 1 << 18  # elements per norm chunk: the scratch stays in L2
+_CHUNK = 1 << 17  # elements per norm chunk: the scratch stays in L2
+_SCRATCH = threading.local()
+
+
+def _scratch() -> np.ndarray:
+    """A per-thread float32 chunk buffer, allocated once."""
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None:
+        buffer = _SCRATCH.buffer = np.empty(_CHUNK, np.float32)
+    return buffer
 
 
 class Rejected(ValueError):
@@ -81,8 +91,12 @@ class ClientUpdate:
         return weight
 
 
-def _record_bytes(reply: Message) -> int:
-    return sum(len(a.data) for rec in reply.content.array_records.values() for a in rec.values())
+def _record(content: Any, key: str, kind: type, what: str) -> Any:
+    """``content[key]`` if it is a ``kind`` record (RecordDict item access builds nothing)."""
+    record = content[key] if key in content else None
+    if not isinstance(record, kind):
+        raise Rejected(f"reply has no {key!r} {what} record")
+    return record
 
 
 def decode_reply(reply: Message, size: int, max_bytes: int | None = None) -> ClientUpdate:
@@ -90,11 +104,8 @@ def decode_reply(reply: Message, size: int, max_bytes: int | None = None) -> Cli
     if reply.has_error():
         raise Rejected(f"client error: {reply.error.reason}")
     content = reply.content
-    if protocol.METRICS not in content.metric_records:
-        raise Rejected(f"reply has no {protocol.METRICS!r} metric record")
-    if protocol.UPDATE not in content.array_records:
-        raise Rejected(f"reply has no {protocol.UPDATE!r} array record")
-    metrics = content.metric_records[protocol.METRICS]
+    metrics = _record(content, protocol.METRICS, MetricRecord, "metric")
+    record = _record(content, protocol.UPDATE, ArrayRecord, "array")
     try:
         num_examples = int(metrics["num_examples"])
         train_loss = float(metrics["train_loss"])
@@ -103,12 +114,13 @@ def decode_reply(reply: Message, size: int, max_bytes: int | None = None) -> Cli
         raise Rejected(f"bad metrics: {type(exc).__name__}: {exc}") from None
     if num_examples <= 0:
         raise Rejected(f"reported {num_examples} examples")
-    nbytes = _record_bytes(reply)
+    nbytes = sum(len(array.data) for array in record.values())
     limit = max_bytes if max_bytes is not None else 2 * 4 * size + 4096
     if nbytes > limit:
         raise Rejected(f"oversized update: {nbytes} bytes on the wire, limit {limit}")
-    record = content.array_records[protocol.UPDATE]
-    codec_config = dict(content.config_records.get(protocol.CODEC, {"name": "none"}))
+    codec_config = {"name": "none"}
+    if protocol.CODEC in content:
+        codec_config = dict(_record(content, protocol.CODEC, ConfigRecord, "config"))
     codec = str(codec_config.pop("name", "none"))
     update = ClientUpdate(num_examples, train_loss, seconds, nbytes)
     try:
@@ -147,7 +159,7 @@ def delta_norm(update: ClientUpdate, global_vector: np.ndarray) -> float:
 def _delta_norm(update: ClientUpdate, global_vector: np.ndarray) -> float:
     if update.values is not None:
         total, v = 0.0, update.values
-        tmp = np.empty(min(_CHUNK, v.size), np.float32)
+        tmp = _scratch()
         for lo in range(0, v.size, _CHUNK):
             t = tmp[: min(_CHUNK, v.size - lo)]
             np.subtract(v[lo : lo + t.size], global_vector[lo : lo + t.size], out=t)

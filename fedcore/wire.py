@@ -8,6 +8,7 @@ Flower is imported lazily so that a device that only trains never pays for it.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,6 +44,6 @@ def array_view(array: Array) -> np.ndarray:
     else:
         header_len, start = int.from_bytes(data[8:12], "little"), 12
     dtype = np.dtype(array.dtype)
-    count = int(np.prod(array.shape, dtype=np.int64))
+    count = math.prod(array.shape)
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=start + header_len)
     return flat.reshape(array.shape)
