@@ -3,8 +3,8 @@
 Convolution is strided im2col plus ONE GEMM: a zero-copy `as_strided` window view of the
 (padded) input is copied once into a (N*Ho*Wo, KH*KW*C) matrix and multiplied by the weight
 viewed as (KH*KW*C, C_out); the result is already NHWC, so no transposes anywhere. The column
-matrix is kept for the weight gradient (no second im2col); the input gradient is one GEMM back
-to columns and a col2im scatter of KH*KW strided adds. Weights are (KH, KW, C_in, C_out).
+matrix is kept for the weight gradient (no second im2col); the input gradient is one small GEMM
+per kernel tap, added into the shifted input window. Weights are (KH, KW, C_in, C_out).
 
 Pooling works on the KH*KW strided "offset" views of the input (each (N, Ho, Wo, C)), so it
 needs no window copy: max pooling keeps a uint8 argmax per output (first maximum wins, as in
@@ -76,6 +76,22 @@ def _windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
     return as_strided(xp, shape, strides, writeable=False)
 
 
+def _im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+            out_hw: tuple[int, int], cols: np.ndarray) -> None:
+    """Copy every window of `xp` into the (N*Ho*Wo, KH*KW*C) matrix `cols`, row-major.
+
+    One 6-D strided copy, whose contiguous inner runs are KW*C long; with few channels those
+    runs are tiny, and KH*KW per-tap copies (runs of Wo*C in the source) are ~3x faster.
+    """
+    n, c = xp.shape[0], xp.shape[3]
+    cols6 = cols.reshape(n, *out_hw, *kernel, c)
+    if c >= 4:
+        np.copyto(cols6, _windows(xp, kernel, stride, out_hw))
+        return
+    for t, view in enumerate(_offsets(xp, kernel, stride, out_hw)):
+        np.copyto(cols6[:, :, :, t // kernel[1], t % kernel[1]], view)
+
+
 def _offsets(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
              out_hw: tuple[int, int]) -> list[np.ndarray]:
     """The KH*KW views xp[:, i::sh, j::sw] cut to (N, Ho, Wo, C), row-major over (i, j)."""
@@ -113,7 +129,7 @@ def _conv2d_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray,
     xp = _pad(ctx, x, padding, 0.0)
     k = kh * kw * c
     cols = ctx.alloc((n * ho * wo, k), x.dtype)
-    np.copyto(cols.reshape(n, ho, wo, kh, kw, c), _windows(xp, (kh, kw), stride, (ho, wo)))
+    _im2col(xp, (kh, kw), stride, (ho, wo), cols)
     out = ctx.alloc((n, ho, wo, cout), x.dtype)
     out2 = out.reshape(-1, cout)
     np.matmul(cols, w.reshape(k, cout), out=out2)
@@ -122,23 +138,36 @@ def _conv2d_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray,
     return out
 
 
+def _span(k: int, pad: int, stride: int, n_in: int, n_out: int) -> tuple[int, int, int]:
+    """Outputs [lo, hi) whose kernel tap `k` lands inside the input, and that first input row."""
+    lo = max(0, -((k - pad) // stride))  # ceil((pad - k) / stride)
+    hi = min(n_out, (n_in - 1 + pad - k) // stride + 1)
+    return lo, hi, lo * stride + k - pad
+
+
 def _conv2d_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    xshape, (kh, kw, cin, cout) = ctx.shapes[0], ctx.shapes[1]
-    n, h, w_, _ = xshape
-    stride, padding = ctx.params["stride"], ctx.params["padding"]
-    (sh, sw), (ph, pw) = stride, padding
+    # One (M, C_out) x (C_out, C_in) GEMM per kernel tap into a reused buffer, added into the
+    # shifted input window: every add runs over contiguous (W, C) rows, unlike a col2im of one
+    # big column-gradient matrix (strided 6-D adds, twice as slow here).
+    (n, h, w_, cin), (kh, kw, _, cout) = ctx.shapes[0], ctx.shapes[1]
+    (sh, sw), (ph, pw) = ctx.params["stride"], ctx.params["padding"]
     ho, wo = g.shape[1], g.shape[2]
     w = ctx.args[1]
-    dcols = np.ascontiguousarray(g).reshape(-1, cout) @ w.reshape(-1, cout).T
-    d6 = dcols.reshape(n, ho, wo, kh, kw, cin)
-    if (kh, kw) == (1, 1) and stride == (1, 1):
-        return _crop(ctx, d6.reshape(n, ho, wo, cin), xshape, padding)
-    dxp = ctx.alloc((n, h + 2 * ph, w_ + 2 * pw, cin), g.dtype)
-    dxp.fill(0)
+    g2 = np.ascontiguousarray(g).reshape(-1, cout)
+    dx = ctx.alloc((n, h, w_, cin), g.dtype)
+    dx.fill(0)
+    tap = np.empty((n * ho * wo, cin), g.dtype)
+    tap4 = tap.reshape(n, ho, wo, cin)
     for i in range(kh):
+        ylo, yhi, y0 = _span(i, ph, sh, h, ho)
         for j in range(kw):
-            dxp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += d6[:, :, :, i, j]
-    return _crop(ctx, dxp, xshape, padding)
+            xlo, xhi, x0 = _span(j, pw, sw, w_, wo)
+            if yhi <= ylo or xhi <= xlo:
+                continue
+            np.matmul(g2, w[i, j].T, out=tap)
+            dx[:, y0:y0 + sh * (yhi - ylo - 1) + 1:sh, x0:x0 + sw * (xhi - xlo - 1) + 1:sw] += \
+                tap4[:, ylo:yhi, xlo:xhi]
+    return dx
 
 
 def _conv2d_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
@@ -147,7 +176,8 @@ def _conv2d_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
 
 
 def _conv2d_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    return np.add.reduce(g.reshape(-1, g.shape[3]), axis=0)
+    g2 = np.ascontiguousarray(g).reshape(-1, g.shape[3])
+    return np.ones(g2.shape[0], g.dtype) @ g2  # a GEMV: ~3x faster than add.reduce(axis=0)
 
 
 conv2d_p = Primitive("conv2d", _conv2d_fwd, saves=(1,))
@@ -191,11 +221,15 @@ def _max_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tupl
     out = ctx.alloc(shape, x.dtype)
     idx = ctx.alloc(shape, np.uint8)
     mask = np.empty(shape, np.bool_)
+    mask_u8 = mask.view(np.uint8)
     np.copyto(out, views[0])
     idx.fill(0)
     for t in range(1, len(views)):
-        np.greater(views[t], out, out=mask)  # strictly greater: the first maximum wins
-        np.copyto(idx, t, where=mask)
+        # idx = t where strictly greater (the first maximum wins), as max(idx, mask * t): t
+        # exceeds every earlier index, and masked copies (copyto where=) are ~5x slower
+        np.greater(views[t], out, out=mask)
+        np.multiply(mask_u8, t, out=mask_u8)
+        np.maximum(idx, mask_u8, out=idx)
         np.maximum(out, views[t], out=out)
     ctx.argmax = idx
     return out

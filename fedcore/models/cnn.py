@@ -35,7 +35,7 @@ def _input_shape(input_shape: Sequence[int] | None, input_dim: int | None) -> tu
 def cnn(num_classes: int = 10, input_shape: Sequence[int] | None = None,
         channels: Sequence[int] = (32, 64), hidden: int = 128, seed: int = 0,
         input_dim: int | None = None) -> Sequential:
-    """[conv3x3(pad 1) -> ReLU -> maxpool 2] x 2 -> dense(hidden) -> ReLU -> dense(classes).
+    """[conv3x3(pad 1) -> maxpool 2 -> ReLU] x 2 -> dense(hidden) -> ReLU -> dense(classes).
 
     Input is NHWC (N, H, W, C) or flat (N, H*W*C), reshaped inside; `input_shape` defaults to
     28x28x1 (or a square image of `input_dim` pixels, which is what a scenario passes), so
@@ -47,7 +47,9 @@ def cnn(num_classes: int = 10, input_shape: Sequence[int] | None = None,
     rng = np.random.default_rng(seed)
     layers: list = [Reshape(h, w, c)]
     for width in channels:
-        layers += [Conv2d(c, width, 3, padding=1, rng=rng), ReLU(inplace=True), MaxPool2d(2)]
+        # max pooling commutes with the monotone ReLU: pooling first runs ReLU (forward and
+        # backward) on a quarter of the activations; the function computed is the same
+        layers += [Conv2d(c, width, 3, padding=1, rng=rng), MaxPool2d(2), ReLU(inplace=True)]
         h, w, c = conv_output_size(h, 2, 2, 0), conv_output_size(w, 2, 2, 0), width
         if h < 1 or w < 1:
             raise ValueError(f"cnn: input_shape {_input_shape(input_shape, input_dim)} is too "

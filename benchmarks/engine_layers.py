@@ -1,0 +1,177 @@
+"""Training-step time of fedcore's reference CNN and LSTM against PyTorch, side by side.
+
+    python -m benchmarks.engine_layers [--reps 40] [--case cnn lstm] [--threads N]
+
+Both frameworks get the same model, the same initial weights (copied from fedcore into torch,
+so the first losses must agree: a correctness check of the comparison itself), the same batch
+and SGD with momentum. Repetitions are interleaved (fedcore, torch, fedcore, ...) so machine
+load hits both alike, and medians are reported. torch uses as many threads as numpy's BLAS
+(threadpoolctl), printed with the load average. Needs the `bench` extra (torch==2.13.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from fedcore.engine import softmax_cross_entropy
+from fedcore.models import build_model
+from fedcore.optim import SGD
+
+TARGETS = {"cnn": 0.9, "lstm": 1.2}
+
+
+def blas_threads(requested: int | None) -> int:
+    """Set (if requested) and return numpy's BLAS thread count."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count() or 1))
+    if requested:
+        threadpool_limits(requested, user_api="blas")
+    info = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return int(info[0]["num_threads"]) if info else 1
+
+
+# -- the two cases: fedcore model, the same model in torch, data ----------------------------
+def cnn_case(torch):  # noqa: ANN001,ANN201 - torch is imported lazily
+    nn = torch.nn
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 64)
+    ours = build_model("cnn", num_classes=10, seed=0)
+    theirs = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(7 * 7 * 64, 128), nn.ReLU(), nn.Linear(128, 10))
+    p = dict(ours.named_parameters())
+    with torch.no_grad():
+        for i, name in ((0, "1"), (3, "4")):  # conv (KH, KW, Cin, Cout) -> (Cout, Cin, KH, KW)
+            theirs[i].weight.copy_(torch.from_numpy(p[f"{name}.weight"].data.transpose(3, 2, 0, 1)))
+            theirs[i].bias.copy_(torch.from_numpy(p[f"{name}.bias"].data))
+        # our flatten is (h, w, c), torch's is (c, h, w): permute the dense weight's rows
+        w1 = p["8.weight"].data.reshape(7, 7, 64, 128).transpose(3, 2, 0, 1).reshape(128, -1)
+        theirs[7].weight.copy_(torch.from_numpy(np.ascontiguousarray(w1)))
+        theirs[7].bias.copy_(torch.from_numpy(p["8.bias"].data))
+        theirs[9].weight.copy_(torch.from_numpy(p["10.weight"].data.T.copy()))
+        theirs[9].bias.copy_(torch.from_numpy(p["10.bias"].data))
+    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    return ours, theirs, (x, y), (tx, torch.from_numpy(y)), 0.01
+
+
+def lstm_case(torch):  # noqa: ANN001,ANN201
+    nn = torch.nn
+    vocab, embed, hidden, seq, batch = 2000, 128, 256, 35, 20
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, vocab, (batch, seq))
+    y = rng.integers(0, vocab, (batch, seq))
+    ours = build_model("lstm", vocab_size=vocab, embed_dim=embed, hidden=hidden, seed=0)
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, embed)
+            self.rnn = nn.LSTM(embed, hidden, batch_first=True)
+            self.head = nn.Linear(hidden, vocab)
+
+        def forward(self, t):  # noqa: ANN001,ANN202
+            hs, _ = self.rnn(self.embed(t))
+            return self.head(hs.reshape(-1, hidden))
+
+    theirs = LM()
+    order = np.r_[0:2 * hidden, 3 * hidden:4 * hidden, 2 * hidden:3 * hidden]  # ifog -> ifgo
+    with torch.no_grad():
+        theirs.embed.weight.copy_(torch.from_numpy(ours.embed.weight.data))
+        theirs.rnn.weight_ih_l0.copy_(torch.from_numpy(ours.rnn.w_ih.data[:, order].T.copy()))
+        theirs.rnn.weight_hh_l0.copy_(torch.from_numpy(ours.rnn.w_hh.data[:, order].T.copy()))
+        theirs.rnn.bias_ih_l0.copy_(torch.from_numpy(ours.rnn.bias.data[order]))
+        theirs.rnn.bias_hh_l0.zero_()
+        theirs.head.weight.copy_(torch.from_numpy(ours.head.weight.data.T.copy()))
+        theirs.head.bias.copy_(torch.from_numpy(ours.head.bias.data))
+    return ours, theirs, (x, y.reshape(-1)), (torch.from_numpy(x), torch.from_numpy(y.reshape(-1))), 0.5
+
+
+CASES = {"cnn": cnn_case, "lstm": lstm_case}
+
+
+def steps(torch, case: str) -> tuple[Callable[[], float], Callable[[], float]]:  # noqa: ANN001
+    """(fedcore step, torch step), each returning its loss."""
+    ours, theirs, (x, y), (tx, ty), lr = CASES[case](torch)
+    opt = SGD(ours.parameters(), lr=lr, momentum=0.9)
+    topt = torch.optim.SGD(theirs.parameters(), lr=lr, momentum=0.9)
+    ce = torch.nn.functional.cross_entropy
+
+    def fedcore_step() -> float:
+        opt.zero_grad()
+        loss = softmax_cross_entropy(ours(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def torch_step() -> float:
+        topt.zero_grad()
+        loss = ce(theirs(tx), ty)
+        loss.backward()
+        topt.step()
+        return loss.item()
+
+    return fedcore_step, torch_step
+
+
+def timed(fn: Callable[[], float]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_case(torch, case: str, reps: int, warmup: int = 5) -> dict:  # noqa: ANN001
+    """Interleaved timings of one case; medians in milliseconds."""
+    ours, theirs = steps(torch, case)
+    first = (ours(), theirs())
+    for _ in range(warmup):
+        ours()
+        theirs()
+    t_ours, t_theirs = [], []
+    for i in range(reps):
+        pair = [(ours, t_ours), (theirs, t_theirs)]
+        for fn, acc in (pair if i % 2 == 0 else pair[::-1]):  # alternate who goes first
+            acc.append(timed(fn))
+    med_o, med_t = float(np.median(t_ours)) * 1e3, float(np.median(t_theirs)) * 1e3
+    return {"case": case, "fedcore_ms": med_o, "torch_ms": med_t, "ratio": med_o / med_t,
+            "fedcore_iqr": np.percentile(t_ours, [25, 75]) * 1e3,
+            "torch_iqr": np.percentile(t_theirs, [25, 75]) * 1e3, "first_losses": first}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the chosen cases and print medians, ratios and targets."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--case", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    ap.add_argument("--threads", type=int, default=None, help="BLAS and torch threads")
+    args = ap.parse_args(argv)
+    threads = blas_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    load0 = os.getloadavg()
+    print(f"numpy {np.__version__} (BLAS threads {threads}), torch {torch.__version__} "
+          f"(threads {torch.get_num_threads()}), {os.cpu_count()} CPUs, "
+          f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    for case in args.case:
+        r = run_case(torch, case, args.reps)
+        fo, fi = r["fedcore_iqr"], r["torch_iqr"]
+        ok = "ok" if r["ratio"] <= TARGETS[case] else "ABOVE TARGET"
+        print(f"{case:5s} fedcore {r['fedcore_ms']:7.2f} ms [IQR {fo[0]:.1f}-{fo[1]:.1f}]  "
+              f"torch {r['torch_ms']:7.2f} ms [IQR {fi[0]:.1f}-{fi[1]:.1f}]  "
+              f"ratio {r['ratio']:.2f} (target <= {TARGETS[case]}: {ok})  "
+              f"first losses {r['first_losses'][0]:.5f} / {r['first_losses'][1]:.5f}")
+    load1 = os.getloadavg()
+    print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
