@@ -92,7 +92,8 @@ def lstm_case(torch):  # noqa: ANN001,ANN201
         theirs.rnn.bias_hh_l0.zero_()
         theirs.head.weight.copy_(torch.from_numpy(ours.head.weight.data.T.copy()))
         theirs.head.bias.copy_(torch.from_numpy(ours.head.bias.data))
-    return ours, theirs, (x, y.reshape(-1)), (torch.from_numpy(x), torch.from_numpy(y.reshape(-1))), 0.5
+    ty = torch.from_numpy(y.reshape(-1))
+    return ours, theirs, (x, y.reshape(-1)), (torch.from_numpy(x), ty), 0.5
 
 
 CASES = {"cnn": cnn_case, "lstm": lstm_case}
