@@ -1,0 +1,252 @@
+"""The server side of SecAgg+ as an explicit state machine over one round.
+
+advertise -> share -> masked -> unmask -> done. For the current stage, ``requests()`` gives
+each live client its message, ``receive(node, reply)`` checks and files a reply (a malformed,
+replayed or foreign one drops that client, with the reason), ``fail(node, reason)`` records a
+client that errored or timed out, and ``close_stage()`` moves on. The sets of clients alive
+after each stage are Bonawitz et al.'s U1 (advertised keys), U2 (shared keys), U3 (sent a
+masked input) and U4 (helped unmask). Masked inputs are summed as they arrive (one vector of
+state). ``result()`` reconstructs, from the shares U4 hands in, the self-mask seeds of U3 and
+the pairwise secret keys of U2 \\ U3, removes those masks and returns the exact sum of U3's
+encoded inputs, or raises ``Aborted``: never a wrong sum.
+
+Transport-free: the Flower round loop (``aggregator.secagg.round``) and the scale benchmark
+drive the same object.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aggregator.secagg import unmask
+from fedcore.secagg import graph, keys, shamir
+from fedcore.secagg.errors import Aborted, ProtocolViolation
+from fedcore.secagg.fixedpoint import TAIL, FixedPoint
+from fedcore.secagg.messages import (
+    KeysReply,
+    MaskReply,
+    MaskRequest,
+    Setup,
+    ShareReply,
+    ShareRequest,
+    UnmaskReply,
+    UnmaskRequest,
+)
+from fedcore.secagg.params import SecAggParams
+
+STAGES = ("advertise", "share", "masked", "unmask", "done")
+_REPLY = {"advertise": KeysReply, "share": ShareReply, "masked": MaskReply, "unmask": UnmaskReply}
+
+
+@dataclass
+class Dropout:
+    """A client that left the round: at which stage, and why."""
+
+    stage: str
+    reason: str
+
+
+@dataclass
+class ServerState:
+    """What the server has learnt so far in the round (all public or ciphertext)."""
+
+    c_pk: dict[int, bytes] = field(default_factory=dict)
+    s_pk: dict[int, bytes] = field(default_factory=dict)
+    commitments: dict[int, bytes] = field(default_factory=dict)
+    inbox: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    shares: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    rejected_shares: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+
+class SecAggServer:
+    """One round of SecAgg+ among ``participants`` (node ids; index = position + 1)."""
+
+    def __init__(
+        self,
+        participants: Sequence[int],
+        params: SecAggParams,
+        encoding: FixedPoint,
+        vector_size: int,
+        round_number: int = 0,
+        session: bytes | None = None,
+        graph_seed: bytes | None = None,
+    ) -> None:
+        if len(set(participants)) != len(participants) or len(participants) != params.n:
+            raise ValueError(f"need {params.n} distinct participants, got {len(participants)}")
+        self.nodes = list(participants)
+        self.index = {node: i + 1 for i, node in enumerate(self.nodes)}
+        self.params = params
+        self.encoding = encoding
+        self.vector_size = vector_size
+        self.setup = Setup(
+            session=session or os.urandom(16),
+            round=round_number,
+            participants=tuple(self.nodes),
+            k=params.k,
+            t=params.t,
+            graph_seed=graph_seed or os.urandom(32),
+            clip=encoding.clip,
+            frac_bits=encoding.frac_bits,
+            max_weight=encoding.max_weight,
+            vector_size=vector_size,
+        )
+        table = graph.neighbours(params.n, params.k, self.setup.graph_seed) + 1
+        self.neighbours = {i + 1: frozenset(int(j) for j in row) for i, row in enumerate(table)}
+        self.stage = "advertise"
+        self.alive: set[int] = set(self.index.values())  # indices still in the round
+        self.replied: set[int] = set()
+        self.survivors: dict[str, frozenset[int]] = {}  # U1..U4 by the stage that made them
+        self.dropouts: dict[int, Dropout] = {}  # by index
+        self.known = ServerState()
+        self.total = np.zeros(vector_size + TAIL, dtype=np.uint32)
+
+    @property
+    def session(self) -> bytes:
+        """This round's random session id."""
+        return self.setup.session
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def _drop(self, index: int, reason: str) -> None:
+        if index in self.alive:
+            self.alive.discard(index)
+            self.dropouts[index] = Dropout(self.stage, reason)
+
+    def fail(self, node: int, reason: str) -> None:
+        """Count ``node`` as dropped in this stage (error reply, timeout, bad message)."""
+        if node in self.index:
+            self._drop(self.index[node], reason)
+
+    def requests(self) -> dict[int, object]:
+        """The message for each live client in the current stage, by node id."""
+        make = {
+            "advertise": lambda i: self.setup,
+            "share": self._share_request,
+            "masked": self._mask_request,
+            "unmask": self._unmask_request,
+        }[self.stage]
+        return {self.nodes[i - 1]: make(i) for i in sorted(self.alive)}
+
+    def receive(self, node: int, reply: object) -> None:
+        """File one client's reply to the current stage; a bad one drops the client."""
+        index = self.index.get(node)
+        if index is None or index not in self.alive or index in self.replied:
+            return  # not asked, already dropped, or a duplicate: ignore
+        try:
+            expected = _REPLY[self.stage]
+            if not isinstance(reply, expected):
+                raise ProtocolViolation(f"expected {expected.__name__}")
+            if reply.session != self.session:
+                raise ProtocolViolation("reply is for another round (session mismatch)")
+            getattr(self, f"_receive_{self.stage}")(index, reply)
+        except ProtocolViolation as exc:
+            self._drop(index, f"rejected {self.stage} reply: {exc}")
+            return
+        self.replied.add(index)
+
+    def close_stage(self) -> None:
+        """End the current stage: drop who did not answer, check thresholds, move on."""
+        stage = self.stage
+        for index in sorted(self.alive - self.replied):
+            self._drop(index, "no reply")
+        if stage in ("advertise", "share"):
+            self._prune()
+        t = self.params.t
+        if len(self.alive) < t:
+            raise Aborted(
+                f"secure aggregation aborted after stage {stage!r}: {len(self.alive)} of "
+                f"{self.params.n} clients left, threshold t = {t}"
+            )
+        self.survivors[stage] = frozenset(self.alive)
+        self.replied = set()
+        self.stage = STAGES[STAGES.index(stage) + 1]
+
+    def _prune(self) -> None:
+        """Drop clients with fewer than t live neighbours (they could not be unmasked)."""
+        changed = True
+        while changed:
+            changed = False
+            for index in sorted(self.alive):
+                live = len(self.neighbours[index] & self.alive)
+                if live < self.params.t:
+                    self._drop(index, f"only {live} live neighbours, threshold {self.params.t}")
+                    changed = True
+
+    # -- stage 0: advertise keys -----------------------------------------------------------
+    def _receive_advertise(self, index: int, reply: KeysReply) -> None:
+        if len(reply.c_pk) != keys.KEY_BYTES or len(reply.s_pk) != keys.KEY_BYTES:
+            raise ProtocolViolation("public keys must be 32 bytes")
+        if reply.c_pk == reply.s_pk:
+            raise ProtocolViolation("the two public keys are equal")
+        self.known.c_pk[index], self.known.s_pk[index] = reply.c_pk, reply.s_pk
+
+    # -- stage 1: share keys ---------------------------------------------------------------
+    def _share_request(self, index: int) -> ShareRequest:
+        peers = tuple(sorted(self.neighbours[index] & self.alive))
+        return ShareRequest(
+            self.session,
+            peers,
+            tuple(self.known.c_pk[j] for j in peers),
+            tuple(self.known.s_pk[j] for j in peers),
+        )
+
+    def _receive_share(self, index: int, reply: ShareReply) -> None:
+        expected = set(self.neighbours[index] & self.survivors["advertise"])
+        if set(reply.recipients) != expected or len(reply.recipients) != len(expected):
+            raise ProtocolViolation("share recipients are not the client's live neighbours")
+        if len(reply.ciphertexts) != len(reply.recipients):
+            raise ProtocolViolation("one ciphertext per recipient expected")
+        if len(reply.commitment) != 32:
+            raise ProtocolViolation("seed commitment must be 32 bytes")
+        self.known.commitments[index] = reply.commitment
+        for recipient, sealed in zip(reply.recipients, reply.ciphertexts, strict=True):
+            self.known.inbox.setdefault(recipient, []).append((index, sealed))
+
+    # -- stage 2: masked input -------------------------------------------------------------
+    def _mask_request(self, index: int) -> MaskRequest:
+        mail = [(s, c) for s, c in self.known.inbox.get(index, []) if s in self.alive]
+        return MaskRequest(self.session, tuple(s for s, _ in mail), tuple(c for _, c in mail))
+
+    def _receive_masked(self, index: int, reply: MaskReply) -> None:
+        vector = reply.masked
+        if vector.dtype != np.uint32 or vector.shape != self.total.shape:
+            raise ProtocolViolation(
+                f"masked vector is {vector.dtype}{list(vector.shape)}, "
+                f"expected uint32[{self.total.size}]"
+            )
+        self.known.rejected_shares[index] = reply.rejected
+        np.add(self.total, vector, out=self.total)
+
+    # -- stage 3: unmasking ----------------------------------------------------------------
+    def _unmask_request(self, index: int) -> UnmaskRequest:
+        shared = self.neighbours[index] & self.survivors["share"]
+        survivors = shared & self.survivors["masked"]
+        dropped = shared - survivors
+        return UnmaskRequest(self.session, tuple(sorted(survivors)), tuple(sorted(dropped)))
+
+    def _receive_unmask(self, index: int, reply: UnmaskReply) -> None:
+        request = self._unmask_request(index)
+        allowed = set(request.survivors) | set(request.dropped)
+        if not set(reply.owners) <= allowed or len(set(reply.owners)) != len(reply.owners):
+            raise ProtocolViolation("shares offered for clients that were not asked about")
+        if len(reply.shares) != 4 * shamir.CHUNKS * len(reply.owners):
+            raise ProtocolViolation("share payload has the wrong length")
+        rows = np.frombuffer(reply.shares, "<u4").reshape(-1, shamir.CHUNKS)
+        if (rows >= shamir.PRIME).any():
+            raise ProtocolViolation("share values outside the field")
+        for owner, row in zip(reply.owners, rows, strict=True):
+            self.known.shares.setdefault(owner, []).append((index, row.tobytes()))
+
+    # -- the sum ---------------------------------------------------------------------------
+    def result(self) -> np.ndarray:
+        """The exact sum (uint32) of the encoded inputs of U3; ``Aborted`` if impossible."""
+        if self.stage != "done":
+            raise RuntimeError(f"result() called at stage {self.stage!r}")
+        masked = self.survivors["masked"]
+        dropped = self.survivors["share"] - masked
+        seeds, secret_keys = unmask.reconstruct(self, masked, dropped)
+        unmask.remove_masks(self, seeds, secret_keys)
+        return self.total

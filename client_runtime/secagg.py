@@ -1,0 +1,339 @@
+"""The client side of SecAgg+: a state machine over the four stages, and its ClientApp handlers.
+
+``SecAggClient`` is the protocol alone (no Flower): idle -> advertised -> shared -> masked ->
+done. Each stage checks that the server's request is for this round (session), in order, well
+formed and safe to answer (Bonawitz et al.'s checks: enough neighbours, never both shares of
+one client), and raises ``ProtocolViolation`` with the reason otherwise; the handler then
+answers with an error and the server counts this client as dropped. ``register_secagg``
+adds the four handlers to a ``ClientApp``; the client's state lives in ``context.state``
+between messages, as Flower keeps a node's context for the run on every backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from fedcore.secagg import aead, graph, keys, shamir
+from fedcore.secagg.errors import DecryptionFailed, ProtocolViolation
+from fedcore.secagg.fixedpoint import FixedPoint
+from fedcore.secagg.messages import (
+    KeysReply,
+    MaskReply,
+    MaskRequest,
+    Setup,
+    ShareReply,
+    ShareRequest,
+    UnmaskReply,
+    UnmaskRequest,
+)
+from fedcore.secagg.prg import apply_mask
+
+if TYPE_CHECKING:
+    from flwr.app import Context, Message
+    from flwr.clientapp import ClientApp
+
+STATE_RECORD = "secagg_state"
+SHARE_WORDS = shamir.CHUNKS
+_PLAINTEXT_BYTES = 8 + 2 * 4 * SHARE_WORDS
+
+
+class TrainOutput(NamedTuple):
+    """What local training hands to the masking step."""
+
+    params: np.ndarray  # the new local parameters (float32, flat)
+    num_examples: int
+    loss: float
+    seconds: float
+
+
+@dataclass
+class ClientState:
+    """Everything a client remembers between stages (bytes, ints and tuples only)."""
+
+    stage: str = "idle"
+    session: bytes = b""
+    round: int = 0
+    index: int = 0  # 1-based position in the participant list = Shamir share point
+    n: int = 0
+    k: int = 0
+    t: int = 0
+    neighbours: tuple[int, ...] = ()  # graph neighbours (indices)
+    clip: float = 0.0
+    frac_bits: int = 0
+    max_weight: float = 0.0
+    vector_size: int = 0
+    c_sk: bytes = b""
+    s_sk: bytes = b""
+    seed: bytes = b""  # the self-mask seed b
+    peers: tuple[int, ...] = ()  # neighbours that advertised keys (U1), with their keys
+    peer_c_pks: tuple[bytes, ...] = ()
+    peer_s_pks: tuple[bytes, ...] = ()
+    senders: tuple[int, ...] = ()  # neighbours that shared keys (U2): masked with
+    owners: tuple[int, ...] = ()  # whose shares this client holds
+    shares_s: bytes = b""  # len(owners) x 16 '<u4' words each
+    shares_b: bytes = b""
+    rejected: tuple[int, ...] = field(default=())
+
+    def to_config(self) -> dict[str, Any]:
+        """ConfigRecord-ready values."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> ClientState:
+        """Inverse of ``to_config``."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _expect(condition: bool, reason: str) -> None:
+    if not condition:
+        raise ProtocolViolation(reason)
+
+
+class SecAggClient:
+    """One client's part in one round of SecAgg+ (see the module docstring)."""
+
+    def __init__(self, node_id: int, state: ClientState | None = None) -> None:
+        self.node_id = node_id
+        self.state = state or ClientState()
+
+    def _require(self, stage: str, session: bytes) -> None:
+        s = self.state
+        _expect(s.stage == stage, f"message out of order: client is at stage {s.stage!r}")
+        _expect(session == s.session, "message is for another round (session mismatch)")
+
+    # -- stage 0 ---------------------------------------------------------------------------
+    def advertise(self, setup: Setup) -> KeysReply:
+        """Check the round's setup, make fresh key pairs, return the public keys."""
+        s = self.state
+        _expect(
+            not (s.stage != "idle" and setup.session == s.session),
+            "setup replayed: this round's keys were already advertised",
+        )
+        _expect(len(setup.session) >= 16, "session id too short")
+        n = len(setup.participants)
+        _expect(2 <= n <= shamir.MAX_HOLDERS, f"{n} participants (need 2..{shamir.MAX_HOLDERS})")
+        _expect(len(set(setup.participants)) == n, "participant list has duplicates")
+        _expect(self.node_id in setup.participants, "this node is not a participant")
+        _expect(graph.effective_degree(n, setup.k) == setup.k, f"invalid degree k={setup.k}")
+        _expect(1 <= setup.t <= setup.k, f"threshold t={setup.t} outside 1..{setup.k}")
+        _expect(len(setup.graph_seed) == 32, "graph seed must be 32 bytes")
+        _expect(setup.vector_size >= 1, "empty vector")
+        encoding_ok = 1 <= setup.frac_bits <= 30 and setup.clip > 0 and setup.max_weight > 0
+        _expect(encoding_ok, "invalid fixed-point encoding")
+        index = setup.participants.index(self.node_id) + 1
+        nbrs = graph.neighbours_of(index - 1, n, setup.k, setup.graph_seed) + 1
+        c, sk = keys.KeyPair.generate(), keys.KeyPair.generate()
+        self.state = ClientState(
+            stage="advertised",
+            session=setup.session,
+            round=setup.round,
+            index=index,
+            n=n,
+            k=setup.k,
+            t=setup.t,
+            neighbours=tuple(int(j) for j in nbrs),
+            clip=setup.clip,
+            frac_bits=setup.frac_bits,
+            max_weight=setup.max_weight,
+            vector_size=setup.vector_size,
+            c_sk=c.private,
+            s_sk=sk.private,
+        )
+        return KeysReply(setup.session, c.public, sk.public)
+
+    # -- stage 1 ---------------------------------------------------------------------------
+    def share_keys(self, request: ShareRequest) -> ShareReply:
+        """Shamir-share the pairwise secret key and a fresh self-mask seed among the
+        neighbours that advertised, one AEAD ciphertext per neighbour."""
+        self._require("advertised", request.session)
+        s = self.state
+        peers = request.neighbours
+        _expect(len(set(peers)) == len(peers), "neighbour list has duplicates")
+        _expect(set(peers) <= set(s.neighbours), "a listed client is not a graph neighbour")
+        _expect(len(request.c_pks) == len(peers) == len(request.s_pks), "key lists mismatch")
+        all_keys = [*request.c_pks, *request.s_pks]
+        _expect(all(len(k) == keys.KEY_BYTES for k in all_keys), "malformed public key")
+        _expect(len(set(all_keys)) == len(all_keys), "public keys are not all distinct")
+        _expect(len(peers) >= s.t, f"only {len(peers)} neighbours advertised keys; t = {s.t}")
+        seed = os.urandom(32)
+        shares = shamir.split([s.s_sk, seed], peers, s.t)  # (2, len(peers), 16)
+        ciphertexts = []
+        for j, (peer, c_pk) in enumerate(zip(peers, request.c_pks, strict=True)):
+            key = keys.agree(s.c_sk, c_pk, s.session, keys.PURPOSE_SHARES)
+            plaintext = (
+                s.index.to_bytes(4, "big")
+                + peer.to_bytes(4, "big")
+                + shares[0, j].astype("<u4").tobytes()
+                + shares[1, j].astype("<u4").tobytes()
+            )
+            ciphertexts.append(
+                aead.seal(key, plaintext, aead.associated_data(s.session, s.index, peer))
+            )
+        self.state = dataclasses.replace(
+            s,
+            stage="shared",
+            seed=seed,
+            peers=peers,
+            peer_c_pks=request.c_pks,
+            peer_s_pks=request.s_pks,
+        )
+        return ShareReply(
+            s.session, peers, tuple(ciphertexts), keys.commitment(s.session, s.index, seed)
+        )
+
+    # -- stage 2 ---------------------------------------------------------------------------
+    def open_shares(self, request: MaskRequest) -> None:
+        """Check the masked-input request and decrypt the shares addressed to this client;
+        ciphertexts that fail authentication are dropped and reported in the reply."""
+        self._require("shared", request.session)
+        s = self.state
+        senders = request.senders
+        _expect(len(set(senders)) == len(senders), "sender list has duplicates")
+        _expect(set(senders) <= set(s.peers), "a sender did not advertise keys to this client")
+        _expect(len(request.ciphertexts) == len(senders), "ciphertext list mismatch")
+        _expect(len(senders) >= s.t, f"only {len(senders)} neighbours shared keys; t = {s.t}")
+        c_pk = dict(zip(s.peers, s.peer_c_pks, strict=True))
+        owners, shares_s, shares_b, rejected = [], [], [], []
+        for sender, sealed in zip(senders, request.ciphertexts, strict=True):
+            try:
+                key = keys.agree(s.c_sk, c_pk[sender], s.session, keys.PURPOSE_SHARES)
+                ad = aead.associated_data(s.session, sender, s.index)
+                plain = aead.open_sealed(key, sealed, ad)
+                _check_plaintext(plain, sender, s.index)
+            except (DecryptionFailed, ProtocolViolation, keys.InvalidKey):
+                rejected.append(sender)
+                continue
+            owners.append(sender)
+            shares_s.append(plain[8 : 8 + 4 * SHARE_WORDS])
+            shares_b.append(plain[8 + 4 * SHARE_WORDS :])
+        self.state = dataclasses.replace(
+            s,
+            senders=senders,
+            owners=tuple(owners),
+            shares_s=b"".join(shares_s),
+            shares_b=b"".join(shares_b),
+            rejected=tuple(rejected),
+        )
+
+    def mask(self, update: np.ndarray, num_examples: float, loss: float) -> MaskReply:
+        """Encode the update and add the self mask and one pairwise mask per sender."""
+        s = self.state
+        _expect(s.stage == "shared" and bool(s.senders), "mask() before open_shares()")
+        size = s.vector_size
+        _expect(update.size == size, f"update of {update.size} values, expected {size}")
+        encoding = FixedPoint(s.clip, s.frac_bits, s.max_weight)
+        masked = encoding.encode(update, num_examples, loss)
+        scratch = np.empty(masked.size + 4, dtype=np.uint32)
+        self_key = keys.derive_key(
+            s.seed, s.session, keys.PURPOSE_SELF, s.index.to_bytes(4, "big")
+        )
+        apply_mask(masked, self_key, +1, scratch)
+        s_pk = dict(zip(s.peers, s.peer_s_pks, strict=True))
+        for peer in s.senders:
+            key = keys.agree(s.s_sk, s_pk[peer], s.session, keys.PURPOSE_PAIRWISE)
+            apply_mask(masked, key, +1 if s.index < peer else -1, scratch)
+        self.state = dataclasses.replace(s, stage="masked")
+        return MaskReply(s.session, s.rejected, masked)
+
+    def masked_input(
+        self, request: MaskRequest, train: Callable[[], tuple[np.ndarray, float, float]]
+    ) -> MaskReply:
+        """Open shares, run ``train() -> (update, num_examples, loss)``, mask the update."""
+        self.open_shares(request)
+        update, num_examples, loss = train()
+        return self.mask(update, num_examples, loss)
+
+    # -- stage 3 ---------------------------------------------------------------------------
+    def unmask(self, request: UnmaskRequest) -> UnmaskReply:
+        """Reveal self-mask seed shares of survivors and secret-key shares of dropped
+        neighbours, never both for one client; then forget this round's secrets."""
+        self._require("masked", request.session)
+        s = self.state
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        _expect(len(survivors) == len(request.survivors), "survivor list has duplicates")
+        _expect(len(dropped) == len(request.dropped), "dropout list has duplicates")
+        _expect(not survivors & dropped, "a client is listed both as survivor and dropped")
+        _expect((survivors | dropped) <= set(s.senders), "a listed client did not share keys")
+        _expect(len(survivors) + 1 >= s.t, f"only {len(survivors)} neighbours survived; t = {s.t}")
+        held_s = np.frombuffer(s.shares_s, "<u4").reshape(-1, SHARE_WORDS)
+        held_b = np.frombuffer(s.shares_b, "<u4").reshape(-1, SHARE_WORDS)
+        owners, rows = [], []
+        for row, owner in enumerate(s.owners):
+            if owner in survivors:
+                owners.append(owner)
+                rows.append(held_b[row])
+            elif owner in dropped:
+                owners.append(owner)
+                rows.append(held_s[row])
+        shares = np.stack(rows).astype("<u4").tobytes() if rows else b""
+        self.state = ClientState(stage="done", session=s.session, round=s.round, index=s.index)
+        return UnmaskReply(s.session, tuple(owners), shares)
+
+
+def _check_plaintext(plain: bytes, sender: int, recipient: int) -> None:
+    _expect(len(plain) == _PLAINTEXT_BYTES, "share plaintext has the wrong length")
+    _expect(int.from_bytes(plain[:4], "big") == sender, "share claims another sender")
+    _expect(int.from_bytes(plain[4:8], "big") == recipient, "share is for another client")
+    values = np.frombuffer(plain[8:], "<u4")
+    _expect(bool((values < shamir.PRIME).all()), "share values outside the field")
+
+
+# --- Flower ClientApp handlers --------------------------------------------------------------
+
+TrainFn = Callable[["Message", "Context"], TrainOutput]
+
+
+def _load(context: Context) -> SecAggClient:
+    record = context.state.config_records.get(STATE_RECORD)
+    state = ClientState.from_config(dict(record)) if record is not None else None
+    return SecAggClient(context.node_id, state)
+
+
+def _save(context: Context, client: SecAggClient) -> None:
+    from flwr.app import ConfigRecord
+
+    context.state.config_records[STATE_RECORD] = ConfigRecord(client.state.to_config())
+
+
+def register_secagg(app: ClientApp, train: TrainFn) -> None:
+    """Add the four SecAgg+ stage handlers to ``app``; ``train(msg, context)`` runs local
+    training on the masked-input message (global vector + instructions)."""
+    from flwr.app import Message, MetricRecord
+
+    from fedcore import protocol
+    from fedcore.secagg import messages as m
+    from fedcore.wire import read_vector
+
+    def stage(kind: type, run: Callable[[SecAggClient, Any, Message, Context], Any]) -> Callable:
+        def handler(msg: Message, context: Context) -> Message:
+            client = _load(context)
+            request = m.from_content(kind, msg.content)
+            reply, extra = run(client, request, msg, context)
+            _save(context, client)
+            return Message(m.to_content(reply, **extra), reply_to=msg)
+
+        return handler
+
+    def masked(client: SecAggClient, request: MaskRequest, msg: Message, context: Context):
+        client.open_shares(request)
+        out = train(msg, context)
+        base = read_vector(msg.content.array_records[protocol.GLOBAL])
+        update = np.asarray(out.params, dtype=np.float32) - base
+        reply = client.mask(update, out.num_examples, out.loss)
+        return reply, {protocol.METRICS: MetricRecord({"seconds": out.seconds})}
+
+    app.query("secagg_advertise")(stage(Setup, lambda c, r, *_: (c.advertise(r), {})))
+    app.query("secagg_share")(stage(ShareRequest, lambda c, r, *_: (c.share_keys(r), {})))
+    app.train("secagg_masked")(stage(MaskRequest, masked))
+    app.query("secagg_unmask")(stage(UnmaskRequest, lambda c, r, *_: (c.unmask(r), {})))
+
+
+__all__ = ["ClientState", "SecAggClient", "TrainOutput", "register_secagg"]

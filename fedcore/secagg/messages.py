@@ -1,0 +1,218 @@
+"""The four stages' messages, as plain dataclasses and as Flower records.
+
+Stage (message type)                   server -> client        client -> server
+advertise keys  (query.secagg_advertise) ``Setup``               ``KeysReply``
+share keys      (query.secagg_share)     ``ShareRequest``        ``ShareReply``
+masked input    (train.secagg_masked)    ``MaskRequest`` + the   ``MaskReply`` + the masked
+                                         global vector and the   vector (uint32 ArrayRecord)
+                                         train instructions
+unmasking       (query.secagg_unmask)    ``UnmaskRequest``       ``UnmaskReply``
+
+Every message names its stage and the round's random session id; a message for another stage
+or session is a ``ProtocolViolation``. Clients are named by their 1-based index in
+``Setup.participants`` (which is also their Shamir share point). Values are ints, floats,
+bytes and lists of those, so each message is one ``ConfigRecord``; Flower is imported lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from fedcore.secagg.errors import ProtocolViolation
+
+if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
+RECORD = "secagg"  # ConfigRecord name inside a message's RecordDict
+MASKED = "secagg_masked"  # ArrayRecord name of the masked vector
+TYPES = {
+    "advertise": "query.secagg_advertise",
+    "share": "query.secagg_share",
+    "masked": "train.secagg_masked",
+    "unmask": "query.secagg_unmask",
+}
+
+
+@dataclass(frozen=True)
+class _Message:
+    STAGE: ClassVar[str] = ""
+    session: bytes
+
+    def to_config(self) -> dict[str, Any]:
+        """ConfigRecord-ready values, with the stage name under ``"stage"``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return {"stage": self.STAGE, **values}
+
+    @classmethod
+    def from_config(cls, config: typing.Mapping[str, Any]) -> typing.Self:
+        """Parse and type-check; anything unexpected raises ``ProtocolViolation``."""
+        stage = config.get("stage")
+        if stage != cls.STAGE:
+            raise ProtocolViolation(f"expected a {cls.STAGE!r} message, got stage {stage!r}")
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            if f.name not in config:
+                raise ProtocolViolation(f"{cls.STAGE} message lacks {f.name!r}")
+            values[f.name] = _checked(cls.STAGE, f.name, config[f.name], hints[f.name])
+        return cls(**values)
+
+
+def _checked(stage: str, name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple) or not all(_is(v, item) for v in value):
+            raise ProtocolViolation(f"{stage}.{name}: expected a list of {item.__name__}")
+        return tuple(value)
+    if not _is(value, hint):
+        raise ProtocolViolation(f"{stage}.{name}: expected {hint.__name__}, got {type(value)}")
+    return float(value) if hint is float else value
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+@dataclass(frozen=True)
+class Setup(_Message):
+    """Stage 0 request: who takes part, the graph, the threshold and the encoding."""
+
+    STAGE: ClassVar[str] = "advertise"
+    round: int
+    participants: tuple[int, ...]  # node ids; a client's index is its position + 1
+    k: int
+    t: int
+    graph_seed: bytes
+    clip: float
+    frac_bits: int
+    max_weight: float
+    vector_size: int  # d: the plain update's length (the masked vector has d + 2 words)
+
+
+@dataclass(frozen=True)
+class KeysReply(_Message):
+    """Stage 0 reply: the client's two fresh X25519 public keys."""
+
+    STAGE: ClassVar[str] = "advertise"
+    c_pk: bytes
+    s_pk: bytes
+
+
+@dataclass(frozen=True)
+class ShareRequest(_Message):
+    """Stage 1 request: the public keys of the client's neighbours that advertised."""
+
+    STAGE: ClassVar[str] = "share"
+    neighbours: tuple[int, ...]
+    c_pks: tuple[bytes, ...]
+    s_pks: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ShareReply(_Message):
+    """Stage 1 reply: one AEAD ciphertext of shares per neighbour, and a seed commitment."""
+
+    STAGE: ClassVar[str] = "share"
+    recipients: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+    commitment: bytes
+
+
+@dataclass(frozen=True)
+class MaskRequest(_Message):
+    """Stage 2 request: the ciphertexts addressed to the client, by sender."""
+
+    STAGE: ClassVar[str] = "masked"
+    senders: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class MaskReply(_Message):
+    """Stage 2 reply: the masked vector (uint32, d + 2 words) and senders whose shares failed."""
+
+    STAGE: ClassVar[str] = "masked"
+    rejected: tuple[int, ...]
+    masked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32), compare=False)
+
+    def to_config(self) -> dict[str, Any]:
+        """The config part (the vector travels in an ArrayRecord)."""
+        return {"stage": self.STAGE, "session": self.session, "rejected": list(self.rejected)}
+
+    @classmethod
+    def from_config(cls, config: typing.Mapping[str, Any]) -> MaskReply:
+        """Parse the config part; the caller attaches the vector."""
+        if config.get("stage") != cls.STAGE:
+            raise ProtocolViolation(f"expected a masked message, got {config.get('stage')!r}")
+        session = _checked(cls.STAGE, "session", config.get("session"), bytes)
+        rejected = _checked(cls.STAGE, "rejected", config.get("rejected"), tuple[int, ...])
+        return cls(session, rejected)
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Stage 3 request: which neighbours survived (reveal b shares), which dropped (s shares)."""
+
+    STAGE: ClassVar[str] = "unmask"
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskReply(_Message):
+    """Stage 3 reply: for each owner, the share (16 field elements, '<u4' bytes) asked for."""
+
+    STAGE: ClassVar[str] = "unmask"
+    owners: tuple[int, ...]
+    shares: bytes
+
+
+# --- Flower records ---------------------------------------------------------------------------
+
+
+def to_content(message: _Message, **extra: Any) -> RecordDict:
+    """A RecordDict holding ``message`` (and the masked vector of a ``MaskReply``).
+
+    ``extra`` records (e.g. the global vector) are added under their keyword names.
+    """
+    from flwr.app import ConfigRecord, RecordDict
+
+    from fedcore.wire import vector_record
+
+    content = RecordDict({RECORD: ConfigRecord(message.to_config())})
+    if isinstance(message, MaskReply):
+        content[MASKED] = vector_record(message.masked)
+    for name, record in extra.items():
+        content[name] = record
+    return content
+
+
+def from_content(kind: type[_Message], content: RecordDict) -> Any:
+    """Parse a stage message of type ``kind`` from a RecordDict (``ProtocolViolation`` if bad)."""
+    from fedcore.wire import read_vector
+
+    if RECORD not in content.config_records:
+        raise ProtocolViolation(f"message has no {RECORD!r} record")
+    message = kind.from_config(content.config_records[RECORD])
+    if kind is MaskReply:
+        if MASKED not in content.array_records:
+            raise ProtocolViolation("masked reply carries no vector")
+        try:
+            vector = read_vector(content.array_records[MASKED])
+        except ValueError as exc:
+            raise ProtocolViolation(f"masked vector unreadable: {exc}") from exc
+        message = dataclasses.replace(message, masked=vector)
+    return message
