@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from aggregator.secagg.config import SecAggConfig
 from aggregator.strategies import AggregationError, Strategy
 from aggregator.updates import ClientUpdate, Rejected, decode_reply
 from fedcore import protocol
@@ -33,6 +34,7 @@ class FederationConfig:
     timeout: float | None = None
     min_nodes: int = 0  # wait for this many nodes before the first round (0: clients_per_round)
     connect_timeout: float = 120.0
+    secagg: SecAggConfig | None = None  # secure aggregation (SecAgg+) for every round
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,12 @@ def run_round(
     Replies are decoded, validated and folded in one at a time; a bad reply (client error,
     missing records, wrong shape or dtype, NaN/inf, oversized, outlier norm, a second reply
     from the same client) is rejected with its reason and the round goes on without it.
+    With ``config.secagg`` the round runs SecAgg+ instead (``aggregator.secagg.round``).
     """
+    if config.secagg is not None:
+        from aggregator.secagg.round import run_secagg_round
+
+        return run_secagg_round(grid, clients, params, round_number, config, strategy)
     chosen = sample_clients(clients, config.clients_per_round, config.seed, round_number)
     node_to_client = {clients[c]: c for c in chosen}
     global_record = vector_record(params)

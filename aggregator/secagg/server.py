@@ -6,9 +6,10 @@ replayed or foreign one drops that client, with the reason), ``fail(node, reason
 client that errored or timed out, and ``close_stage()`` moves on. The sets of clients alive
 after each stage are Bonawitz et al.'s U1 (advertised keys), U2 (shared keys), U3 (sent a
 masked input) and U4 (helped unmask). Masked inputs are summed as they arrive (one vector of
-state). ``result()`` reconstructs, from the shares U4 hands in, the self-mask seeds of U3 and
-the pairwise secret keys of U2 \\ U3, removes those masks and returns the exact sum of U3's
-encoded inputs, or raises ``Aborted``: never a wrong sum.
+state, on the array backend when one is given). ``result()`` reconstructs, from the shares U4
+hands in, the self-mask seeds of U3 and the pairwise secret keys of U2 \\ U3, removes those
+masks and returns the exact sum of U3's encoded inputs, or raises ``Aborted``: never a wrong
+sum.
 
 Transport-free: the Flower round loop (``aggregator.secagg.round``) and the scale benchmark
 drive the same object.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +76,7 @@ class SecAggServer:
         round_number: int = 0,
         session: bytes | None = None,
         graph_seed: bytes | None = None,
+        backend: Any = None,
     ) -> None:
         if len(set(participants)) != len(participants) or len(participants) != params.n:
             raise ValueError(f"need {params.n} distinct participants, got {len(participants)}")
@@ -102,7 +105,12 @@ class SecAggServer:
         self.survivors: dict[str, frozenset[int]] = {}  # U1..U4 by the stage that made them
         self.dropouts: dict[int, Dropout] = {}  # by index
         self.known = ServerState()
-        self.total = np.zeros(vector_size + TAIL, dtype=np.uint32)
+        self.backend = backend  # aggregator.backend.Backend; None: plain numpy
+        size = vector_size + TAIL
+        if backend is None:
+            self.total = np.zeros(size, dtype=np.uint32)
+        else:
+            self.total = backend.xp.zeros(size, dtype=backend.xp.uint32)
 
     @property
     def session(self) -> bytes:
@@ -212,13 +220,16 @@ class SecAggServer:
 
     def _receive_masked(self, index: int, reply: MaskReply) -> None:
         vector = reply.masked
-        if vector.dtype != np.uint32 or vector.shape != self.total.shape:
+        size = self.vector_size + TAIL
+        if vector.dtype != np.uint32 or vector.shape != (size,):
             raise ProtocolViolation(
-                f"masked vector is {vector.dtype}{list(vector.shape)}, "
-                f"expected uint32[{self.total.size}]"
+                f"masked vector is {vector.dtype}{list(vector.shape)}, expected uint32[{size}]"
             )
         self.known.rejected_shares[index] = reply.rejected
-        np.add(self.total, vector, out=self.total)
+        if self.backend is None:
+            np.add(self.total, vector, out=self.total)
+        else:
+            self.total += self.backend.asarray(vector)
 
     # -- stage 3: unmasking ----------------------------------------------------------------
     def _unmask_request(self, index: int) -> UnmaskRequest:
@@ -248,5 +259,8 @@ class SecAggServer:
         masked = self.survivors["masked"]
         dropped = self.survivors["share"] - masked
         seeds, secret_keys = unmask.reconstruct(self, masked, dropped)
-        unmask.remove_masks(self, seeds, secret_keys)
-        return self.total
+        correction = unmask.masks_to_remove(self, seeds, secret_keys)
+        if self.backend is None:
+            return np.subtract(self.total, correction, out=self.total)
+        total = self.total - self.backend.asarray(correction)
+        return np.asarray(self.backend.to_numpy(total), dtype=np.uint32)

@@ -17,6 +17,7 @@ import numpy as np
 
 from fedcore.secagg import keys, shamir
 from fedcore.secagg.errors import Aborted, InvalidKey
+from fedcore.secagg.fixedpoint import TAIL
 from fedcore.secagg.prg import apply_mask
 
 if TYPE_CHECKING:
@@ -81,19 +82,21 @@ def reconstruct(
     return seeds, secret_keys
 
 
-def remove_masks(
+def masks_to_remove(
     server: SecAggServer, seeds: dict[int, bytes], secret_keys: dict[int, bytes]
-) -> None:
-    """Subtract the survivors' self masks and the dropped clients' pairwise masks in place."""
-    total = server.total
-    scratch = np.empty(total.size + 4, dtype=np.uint32)
+) -> np.ndarray:
+    """The sum (host uint32) of the survivors' self masks and of the pairwise masks they
+    share with dropped clients, as the survivors added them: subtract it from the total."""
+    correction = np.zeros(server.vector_size + TAIL, dtype=np.uint32)
+    scratch = np.empty(correction.size + 4, dtype=np.uint32)
     session = server.session
     for owner, seed in seeds.items():
         key = keys.derive_key(seed, session, keys.PURPOSE_SELF, owner.to_bytes(4, "big"))
-        apply_mask(total, key, -1, scratch)
+        apply_mask(correction, key, +1, scratch)
     masked = server.survivors["masked"]
     for owner, secret in secret_keys.items():
         for peer in sorted(server.neighbours[owner] & masked):
             key = keys.agree(secret, server.known.s_pk[peer], session, keys.PURPOSE_PAIRWISE)
             # the survivor added +mask if its index is lower than the dropped client's
-            apply_mask(total, key, -1 if peer < owner else +1, scratch)
+            apply_mask(correction, key, +1 if peer < owner else -1, scratch)
+    return correction
