@@ -14,7 +14,7 @@ def test_registry_lists_and_builds():
     assert model(np.zeros((2, 10), np.float32)).shape == (2, 3)
     assert model.num_parameters() == 10 * 8 + 8 + 8 * 6 + 6 + 6 * 3 + 3
     assert build_model("logreg", input_dim=5, num_classes=2).num_parameters() == 12
-    with pytest.raises(ValueError, match="unknown model 'resnet'.*logreg, mlp"):
+    with pytest.raises(ValueError, match="unknown model 'resnet'.*cnn, logreg, lstm, mlp"):
         build_model("resnet")
     with pytest.raises(ValueError, match="already registered"):
         register_model("mlp")(mlp)
