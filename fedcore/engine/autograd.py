@@ -132,8 +132,19 @@ def _record(prim: Primitive, inputs: tuple[Tensor, ...], in_vars: tuple[Var, ...
                 out_var if prim.saves_output else None, saved)
 
 
+class _Tracing:
+    """Where `fedcore.engine.hybrid` installs its tracer while it traces a training step."""
+
+    hook: Any = None
+
+
+_tracing = _Tracing()
+
+
 def apply(prim: Primitive, *inputs: Tensor, **params: Any) -> Tensor:
     """Push `prim` on `inputs` through the engine and record it if any input requires grad."""
+    if _tracing.hook is not None:  # fedcore.engine.hybrid is tracing a step
+        return _tracing.hook.apply(prim, inputs, params)
     eng = get_engine()
     in_vars = tuple([t._var for t in inputs])
     record = False
@@ -160,7 +171,11 @@ def apply(prim: Primitive, *inputs: Tensor, **params: Any) -> Tensor:
     else:
         def fn() -> None:
             out_var.data = fwd(ctx, *[v.data for v in in_vars], **params)
-    eng.push(fn, in_vars, writes, prim.name)
+    if writes or not eng.asynchronous:
+        eng.push(fn, in_vars, writes, prim.name)
+    else:  # a view under an asynchronous engine: resolve it now, consumers need the array
+        eng.wait_for_var(in_vars[0])
+        fn()
     out = Tensor._wrap(out_var)
     if record:
         out._node = _record(prim, inputs, in_vars, out_var, ctx)
@@ -169,6 +184,8 @@ def apply(prim: Primitive, *inputs: Tensor, **params: Any) -> Tensor:
 
 def apply_inplace(prim: Primitive, target: Tensor, *others: Tensor, **params: Any) -> Tensor:
     """Push an in-place `prim` that overwrites `target`; rebase target's graph node."""
+    if _tracing.hook is not None:
+        return _tracing.hook.apply_inplace(prim, target, others, params)
     eng = get_engine()
     tv = target._var
     other_vars = tuple(o._var for o in others)

@@ -105,8 +105,8 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
             if gi.shape != ctx.shapes[i]:
                 raise AssertionError(f"VJP of '{prim.name}' arg {i}: shape {gi.shape}, "
                                      f"expected {ctx.shapes[i]}")
-            if into[i]:
-                np.add(dst.data, gi, out=dst.data)
+            if into[i]:  # the temporary counts toward the peak while it lives
+                np.add(dst.data, pool.track(gi), out=dst.data)
             else:
                 dst.data = pool.track(gi)
 

@@ -59,8 +59,7 @@ def normalize(
 
 def expected_version(var: Var) -> int:
     """The version `var` will have once every write pushed so far has completed."""
-    root = var._base or var
-    return root._version + root._dep_pending_writes
+    return (var._base or var)._dep_expected
 
 
 class DependencyTracker:
@@ -87,6 +86,7 @@ class DependencyTracker:
                 v._dep_reads += 1
         for v in op.writes:
             v._dep_pending_writes += 1
+            v._dep_expected += 1
             if v._dep_writing or v._dep_reads or v._dep_queue:
                 _enqueue(v, op, True)
                 wait += 1

@@ -3,9 +3,10 @@
 Every operation is pushed with the vars it reads and the vars it writes. An engine runs an op
 once every earlier write to what it reads, and every earlier read or write of what it writes,
 has finished; when the op completes the versions of its write set are bumped. `NaiveEngine`
-runs each op immediately (for debugging and for devices with one core); a threaded engine will
-reuse `DependencyTracker` and this interface. The process-wide engine is chosen with
-`set_engine` / `use_engine`, or the environment variable FEDCORE_ENGINE (default "naive").
+runs each op immediately (for debugging and for devices with one core); `ThreadedEngine`
+(`fedcore.engine.threaded`) reuses `DependencyTracker` and this interface to run independent
+ops on a small worker pool. The process-wide engine is chosen with `set_engine` /
+`use_engine`, or the environment variable FEDCORE_ENGINE ("naive", the default, or "threaded").
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "ENV_VAR",
     "Engine",
     "NaiveEngine",
+    "ThreadedEngine",
     "create_engine",
     "engine_from_env",
     "get_engine",
@@ -39,6 +41,8 @@ class Engine(ABC):
     """Schedules pushed operations by their read/write sets; owns the memory pool ops use."""
 
     name = "abstract"
+    #: True when push() may return before the op has run (callers then wait for results)
+    asynchronous = False
 
     def __init__(self, pool: MemoryPool | None = None):
         self.pool = pool if pool is not None else MemoryPool()
@@ -62,6 +66,23 @@ class Engine(ABC):
     @abstractmethod
     def wait_all(self) -> None:
         """Block until every pushed op has completed."""
+
+    def delete_var(self, var: Var) -> None:
+        """Drop `var`'s buffer once every op pushed so far that uses it has finished.
+
+        Pushed as a write, so it runs after the var's pending readers and writers (MXNet's
+        DeleteVariable); a buffer from the pool stops being counted right then.
+        """
+        root = var._base or var
+        pool = self.pool
+
+        def delete() -> None:
+            arr = root.data
+            root.data = None
+            if arr is not None and pool.owns(arr):
+                pool.free(arr)
+
+        self.push(delete, (), (root,), f"delete_var({root.label})")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(ops={self.num_ops}, pool={self.pool!r})"
@@ -103,6 +124,9 @@ class NaiveEngine(Engine):
         self.num_ops += 1
         try:
             fn()
+        except BaseException as exc:
+            _note_op(exc, name)
+            raise
         finally:
             self._running.pop()
             deps.complete(op)
@@ -120,7 +144,16 @@ class NaiveEngine(Engine):
             raise EngineError(f"wait_all() called from inside running op '{self._running[-1]}'")
 
 
-ENGINES: dict[str, type[Engine]] = {"naive": NaiveEngine}
+def _note_op(exc: BaseException, name: str) -> None:
+    """Name the engine op an exception came from (a PEP 678 note; the type is kept)."""
+    note = f"raised inside engine op '{name}'"
+    if note not in getattr(exc, "__notes__", ()):
+        exc.add_note(note)
+
+
+from .threaded import ThreadedEngine  # noqa: E402 - it subclasses Engine
+
+ENGINES: dict[str, type[Engine]] = {"naive": NaiveEngine, "threaded": ThreadedEngine}
 
 
 def create_engine(name: str, pool: MemoryPool | None = None) -> Engine:

@@ -59,11 +59,13 @@ def flatten_tensors(tensors: Sequence[Tensor], names: Sequence[str]) -> FlatLayo
     old_vars = [t._var for t in tensors]
     old_grads = [t._grad for t in tensors if t._grad is not None]
 
+    olds = [(t._var, t._grad) for t in tensors]  # the op may run after the swap below
+
     def copy_in() -> None:
-        for t, off, k in zip(tensors, offsets, sizes, strict=True):
-            proot.data[off:off + k] = t._var.data.ravel()
-            if t._grad is not None:
-                groot.data[off:off + k] = t._grad.data.ravel()
+        for (v, g), off, k in zip(olds, offsets, sizes, strict=True):
+            proot.data[off:off + k] = v.data.ravel()
+            if g is not None:
+                groot.data[off:off + k] = g.data.ravel()
 
     eng.push(copy_in, old_vars + old_grads, (proot, groot), "flatten_parameters")
     for t, n, off, k, shape in zip(tensors, names, offsets, sizes, shapes, strict=True):

@@ -149,6 +149,14 @@ class Tensor:
         get_engine().wait_for_var(self._var)
         return self._var.data
 
+    def _ready(self) -> np.ndarray:
+        """The array, waiting for the op that produces it if an async engine has not run it."""
+        arr = self._var.data
+        if arr is None:
+            get_engine().wait_for_var(self._var)
+            arr = self._var.data
+        return arr
+
     @property
     def var(self) -> Var:
         """The engine var holding the data."""
@@ -160,19 +168,19 @@ class Tensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self._var.data.shape
+        return self._ready().shape
 
     @property
     def dtype(self) -> np.dtype:
-        return self._var.data.dtype
+        return self._ready().dtype
 
     @property
     def ndim(self) -> int:
-        return self._var.data.ndim
+        return self._ready().ndim
 
     @property
     def size(self) -> int:
-        return self._var.data.size
+        return self._ready().size
 
     @property
     def version(self) -> int:
@@ -180,7 +188,7 @@ class Tensor:
         return self._var.version
 
     def __len__(self) -> int:
-        return len(self._var.data)
+        return len(self._ready())
 
     def numpy(self) -> np.ndarray:
         """A copy of the data as a numpy array."""

@@ -36,6 +36,8 @@ class Var:
         "_dep_writing",
         "_dep_pending_writes",
         "_dep_queue",
+        "_dep_expected",
+        "_dep_error",
         "meta",
         "__weakref__",
     )
@@ -52,6 +54,10 @@ class Var:
         self._dep_writing = False
         self._dep_pending_writes = 0
         self._dep_queue = None
+        # version once every pushed write has completed, kept as ONE attribute so another
+        # thread reads it atomically (version + pending writes would be two reads)
+        self._dep_expected = 0
+        self._dep_error = None  # (op name, exception) of a failed threaded op that wrote it
         self.meta = None  # engine-level metadata of a root buffer (e.g. a FlatLayout)
 
     @property
@@ -73,6 +79,7 @@ class Var:
         """Record one completed write to this var (and so to its root); return the new version."""
         root = self._base or self
         root._version += 1
+        root._dep_expected += 1
         root.last_writer = writer
         return root._version
 
@@ -105,6 +112,7 @@ class Var:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["data"], state["name"], state["base"])
         self.uid, self._version, self.meta = state["uid"], state["version"], state["meta"]
+        self._dep_expected = self._version
         if state["geometry"] is not None:
             offset, shape, strides, dtype = state["geometry"]
             self.data = np.ndarray(shape, np.dtype(dtype), buffer=self._base.data,
