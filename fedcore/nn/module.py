@@ -148,6 +148,20 @@ class Module:
 
         get_engine().push(zero, (), (groot,), "zero_grad")
 
+    def hybridize(self, budget_bytes: int | None = None, *, optimizer: Any,
+                  loss_fn: Any = None) -> Any:
+        """Compile one training step into a planned, allocation-free replay (a `TrainStep`).
+
+        `step = model.hybridize(optimizer=opt)` then `loss = step(x, y)` runs forward,
+        `loss_fn` (default softmax cross-entropy), backward and `optimizer`'s update. With
+        `budget_bytes` the planner recomputes activations until the step fits, or raises
+        `PlanBudgetError` naming the smallest budget that would. See `fedcore.engine.hybrid`.
+        """
+        from ..engine.hybrid import compile_step
+        from ..engine.losses import softmax_cross_entropy
+
+        return compile_step(self, loss_fn or softmax_cross_entropy, optimizer, budget_bytes)
+
     def extra_repr(self) -> str:
         """Extra text inside this module's repr."""
         return ""

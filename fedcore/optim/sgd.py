@@ -14,7 +14,33 @@ import numpy as np
 from ..engine import Tensor, Var, get_engine
 from .optimizer import Optimizer
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "sgd_update"]
+
+
+def sgd_update(p: np.ndarray, g: np.ndarray, b: np.ndarray | None, s: np.ndarray, lr: float,
+               m: float, wd: float, nesterov: bool) -> None:
+    """One in-place SGD update of `p` (momentum buffer `b`, scratch `s` of p's shape).
+
+    Shared by the eager step and the hybridized (planned) step, so both round identically.
+    """
+    d = g
+    if wd:
+        np.multiply(p, wd, out=s)
+        s += g
+        d = s
+    if b is None:
+        np.multiply(d, lr, out=s)
+        p -= s
+        return
+    b *= m
+    b += d
+    if nesterov:  # p -= lr * (d + m * b), in two passes through the scratch
+        np.multiply(d, lr, out=s)
+        p -= s
+        np.multiply(b, lr * m, out=s)
+    else:
+        np.multiply(b, lr, out=s)
+    p -= s
 
 
 class SGD(Optimizer):
@@ -42,27 +68,10 @@ class SGD(Optimizer):
         writes_extra: tuple[Var, ...] = (scratch,) if buf is None else (buf, scratch)
         for pvar, gvar, off, k in self._slots():
             def update(pvar: Var = pvar, gvar: Var = gvar, off: int = off, k: int = k) -> None:
-                p, g = pvar.data, gvar.data
-                s = scratch.data[off:off + k].reshape(p.shape)
-                d = g
-                if wd:
-                    np.multiply(p, wd, out=s)
-                    s += g
-                    d = s
-                if buf is None:
-                    np.multiply(d, lr, out=s)
-                    p -= s
-                    return
-                b = buf.data[off:off + k].reshape(p.shape)
-                b *= m
-                b += d
-                if nesterov:  # p -= lr * (d + m * b), in two passes through the scratch
-                    np.multiply(d, lr, out=s)
-                    p -= s
-                    np.multiply(b, lr * m, out=s)
-                else:
-                    np.multiply(b, lr, out=s)
-                p -= s
+                p = pvar.data
+                b = None if buf is None else buf.data[off:off + k].reshape(p.shape)
+                sgd_update(p, gvar.data, b, scratch.data[off:off + k].reshape(p.shape),
+                           lr, m, wd, nesterov)
 
             eng.push(update, (gvar,), (pvar, *writes_extra), "sgd_step")
         self.step_count += 1

@@ -1,0 +1,117 @@
+"""Running primitives that have no planned kernel: their own forward and VJPs.
+
+A fallback forward gets a `ReplayCtx` whose `alloc` hands back, in order, the planned buffers
+for the allocations the forward made while it was traced, so its output and any buffers it
+keeps for backward (a dropout mask, a cached im2col) live in the arena. Its VJPs run as in eager
+mode, on the same ctx, and their results are copied into the planned gradient buffer; those
+results are fresh numpy arrays, the one per-step allocation a fallback op still makes. A
+fallback op is never recomputed (it may draw random numbers or keep state on its ctx), so its
+outputs are always kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..autograd import VJPS, Ctx
+from ..engine import get_engine
+from .graph import FwdOp
+from .kernels import Vjp
+
+__all__ = ["ReplayCtx", "fallback_fwd", "fallback_vjp"]
+
+Build = Callable[[list[np.ndarray], list[np.ndarray], list[np.ndarray]], Callable[[], None]]
+
+
+class ReplayCtx(Ctx):
+    """A Ctx whose allocations come from the plan (in trace order), not from the pool."""
+
+    def __init__(self, op: FwdOp):
+        super().__init__(get_engine().pool, op.params)
+        self.shapes = op.meta.in_shapes
+        self.bufs: list[np.ndarray] = []
+        self.next = 0
+
+    def alloc(self, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
+        i = self.next
+        self.next = i + 1
+        if i < len(self.bufs):
+            b = self.bufs[i]
+            if b.shape == tuple(shape) and (dtype is None or b.dtype == np.dtype(dtype)):
+                return b
+        return super().alloc(shape, dtype)  # the op changed its mind: a counted allocation
+
+
+def _ctx(op: FwdOp) -> ReplayCtx:
+    if op.state is None:
+        op.state = ReplayCtx(op)
+    return op.state
+
+
+def fallback_fwd(op: FwdOp) -> tuple[Build, list, list[tuple[int, int]]]:
+    """(build, scratch, in-place options) for running `op`'s own forward."""
+    prim, params = op.prim, op.params
+
+    def build(ins: list[np.ndarray], outs: list[np.ndarray], scr: list[np.ndarray]) -> Any:
+        ctx = _ctx(op)
+        aux = iter(outs[1:])
+        ctx.bufs = [outs[0] if i == op.result_alloc else next(aux)
+                    for i in range(len(op.allocs))]
+        fwd, out = prim.forward, outs[0]
+        if prim.inplace:
+            x0, rest = ins[0], ins[1:]
+
+            def run_inplace() -> None:
+                ctx.next = 0
+                if out is not x0:
+                    np.copyto(out, x0)
+                fwd(ctx, out, *rest, **params)
+
+            return run_inplace
+
+        def run() -> None:
+            ctx.next = 0
+            res = fwd(ctx, *ins, **params)
+            if res is not out:
+                np.copyto(out, res)
+
+        return run
+
+    m = op.meta
+    same = m.in_shapes and m.in_shapes[0] == m.out_shape and m.in_dtypes[0] == m.out_dtype
+    inplace = [(0, 0)] if prim.inplace and same and not op.side_effect else []
+    return build, [], inplace
+
+
+def fallback_vjp(op: FwdOp, i: int) -> Vjp | None:
+    """The registered VJP of `op` for input `i`, run on the forward's ctx."""
+    vjps = VJPS.get(op.name, ())
+    f = vjps[i] if i < len(vjps) else None
+    if f is None:
+        return None
+    saves = op.prim.saves
+    has_ans = op.prim.saves_output
+    needs = ("g", *(f"in{k}" for k in saves), *(("out",) if has_ans else ()),
+             *(f"aux{j}" for j in range(len(op.outs) - 1)))
+    nargs = len(op.ins)
+
+    def build(ins: list[np.ndarray], o: np.ndarray, scr: list[np.ndarray]) -> Any:
+        ctx = _ctx(op)
+        g = ins[0]
+        args: list[np.ndarray | None] = [None] * nargs
+        for k, a in zip(saves, ins[1:1 + len(saves)], strict=True):
+            args[k] = a
+        targs = tuple(args)
+        ans = ins[1 + len(saves)] if has_ans else None
+
+        def run() -> None:
+            ctx.args = targs
+            ctx.ans = ans
+            np.copyto(o, f(ctx, g))
+
+        return run
+
+    return Vjp(needs, build)
