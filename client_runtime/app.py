@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_runtime.compression import compress_update
+from client_runtime.secagg import TrainOutput, register_secagg
 from client_runtime.trainer import TrainConfig, train_local
 from fedcore import protocol
 from fedcore.models import build_model
@@ -51,8 +52,7 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
         info = ConfigRecord({"partition_id": pid, "num_examples": len(y)})
         return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
+    def local_training(msg: Message, context: Context):
         x, y = load_partition(partition_id(context))
         instructions = protocol.TrainInstructions.from_config(
             dict(msg.content.config_records[protocol.CONFIG])
@@ -74,6 +74,11 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
                 proximal_mu=instructions.proximal_mu,
             ),
         )
+        return model, result, instructions, global_vector
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        model, result, instructions, global_vector = local_training(msg, context)
         metrics = MetricRecord(
             {
                 "num_examples": result.num_examples,
@@ -95,6 +100,11 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
             )
         return Message(content, reply_to=msg)
 
+    def secagg_training(msg: Message, context: Context) -> TrainOutput:
+        model, result, _, _ = local_training(msg, context)
+        return TrainOutput(model.get_flat(), result.num_examples, result.train_loss, result.seconds)
+
+    register_secagg(app, secagg_training)  # the four SecAgg+ stage handlers
     return app
 
 

@@ -11,13 +11,16 @@ between messages, as Flower keeps a node's context for the run on every backend.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedcore.secagg import aead, graph, keys, shamir
 from fedcore.secagg.errors import DecryptionFailed, ProtocolViolation
@@ -74,22 +77,38 @@ class ClientState:
     peers: tuple[int, ...] = ()  # neighbours that advertised keys (U1), with their keys
     peer_c_pks: tuple[bytes, ...] = ()
     peer_s_pks: tuple[bytes, ...] = ()
+    share_keys: tuple[bytes, ...] = ()  # AEAD keys agreed with each peer (both directions)
     senders: tuple[int, ...] = ()  # neighbours that shared keys (U2): masked with
     owners: tuple[int, ...] = ()  # whose shares this client holds
     shares_s: bytes = b""  # len(owners) x 16 '<u4' words each
     shares_b: bytes = b""
     rejected: tuple[int, ...] = field(default=())
 
-    def to_config(self) -> dict[str, Any]:
-        """ConfigRecord-ready values."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
+    def to_bytes(self) -> bytes:
+        """A compact JSON encoding (byte strings in base64) to keep in ``context.state``."""
+        values = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bytes):
+                value = base64.b64encode(value).decode()
+            elif isinstance(value, tuple):
+                value = [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in value]
+            values[f.name] = value
+        return json.dumps(values, separators=(",", ":")).encode()
 
     @classmethod
-    def from_config(cls, values: dict[str, Any]) -> ClientState:
-        """Inverse of ``to_config``."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    def from_bytes(cls, data: bytes) -> ClientState:
+        """Inverse of ``to_bytes``."""
+        values = json.loads(data)
+        for f in dataclasses.fields(cls):
+            value, kind = values.get(f.name), str(f.type)
+            if kind == "bytes":
+                values[f.name] = base64.b64decode(value)
+            elif kind == "tuple[bytes, ...]":
+                values[f.name] = tuple(base64.b64decode(v) for v in value)
+            elif isinstance(value, list):
+                values[f.name] = tuple(value)
+        return cls(**values)
 
 
 def _expect(condition: bool, reason: str) -> None:
@@ -103,6 +122,13 @@ class SecAggClient:
     def __init__(self, node_id: int, state: ClientState | None = None) -> None:
         self.node_id = node_id
         self.state = state or ClientState()
+        self._parsed: dict[bytes, X25519PrivateKey] = {}
+
+    def _key(self, raw: bytes) -> X25519PrivateKey:
+        """A private key parsed once per client object (X25519 parsing is not free)."""
+        if raw not in self._parsed:
+            self._parsed[raw] = keys.load_private(raw)
+        return self._parsed[raw]
 
     def _require(self, stage: str, session: bytes) -> None:
         s = self.state
@@ -165,9 +191,11 @@ class SecAggClient:
         _expect(len(peers) >= s.t, f"only {len(peers)} neighbours advertised keys; t = {s.t}")
         seed = os.urandom(32)
         shares = shamir.split([s.s_sk, seed], peers, s.t)  # (2, len(peers), 16)
-        ciphertexts = []
+        ciphertexts, share_keys = [], []
+        c_sk = self._key(s.c_sk)
         for j, (peer, c_pk) in enumerate(zip(peers, request.c_pks, strict=True)):
-            key = keys.agree(s.c_sk, c_pk, s.session, keys.PURPOSE_SHARES)
+            key = keys.agree(c_sk, c_pk, s.session, keys.PURPOSE_SHARES)
+            share_keys.append(key)
             plaintext = (
                 s.index.to_bytes(4, "big")
                 + peer.to_bytes(4, "big")
@@ -184,6 +212,7 @@ class SecAggClient:
             peers=peers,
             peer_c_pks=request.c_pks,
             peer_s_pks=request.s_pks,
+            share_keys=tuple(share_keys),
         )
         return ShareReply(
             s.session, peers, tuple(ciphertexts), keys.commitment(s.session, s.index, seed)
@@ -200,15 +229,14 @@ class SecAggClient:
         _expect(set(senders) <= set(s.peers), "a sender did not advertise keys to this client")
         _expect(len(request.ciphertexts) == len(senders), "ciphertext list mismatch")
         _expect(len(senders) >= s.t, f"only {len(senders)} neighbours shared keys; t = {s.t}")
-        c_pk = dict(zip(s.peers, s.peer_c_pks, strict=True))
+        share_key = dict(zip(s.peers, s.share_keys, strict=True))
         owners, shares_s, shares_b, rejected = [], [], [], []
         for sender, sealed in zip(senders, request.ciphertexts, strict=True):
             try:
-                key = keys.agree(s.c_sk, c_pk[sender], s.session, keys.PURPOSE_SHARES)
                 ad = aead.associated_data(s.session, sender, s.index)
-                plain = aead.open_sealed(key, sealed, ad)
+                plain = aead.open_sealed(share_key[sender], sealed, ad)
                 _check_plaintext(plain, sender, s.index)
-            except (DecryptionFailed, ProtocolViolation, keys.InvalidKey):
+            except (DecryptionFailed, ProtocolViolation):
                 rejected.append(sender)
                 continue
             owners.append(sender)
@@ -237,8 +265,9 @@ class SecAggClient:
         )
         apply_mask(masked, self_key, +1, scratch)
         s_pk = dict(zip(s.peers, s.peer_s_pks, strict=True))
+        s_sk = self._key(s.s_sk)
         for peer in s.senders:
-            key = keys.agree(s.s_sk, s_pk[peer], s.session, keys.PURPOSE_PAIRWISE)
+            key = keys.agree(s_sk, s_pk[peer], s.session, keys.PURPOSE_PAIRWISE)
             apply_mask(masked, key, +1 if s.index < peer else -1, scratch)
         self.state = dataclasses.replace(s, stage="masked")
         return MaskReply(s.session, s.rejected, masked)
@@ -293,14 +322,14 @@ TrainFn = Callable[["Message", "Context"], TrainOutput]
 
 def _load(context: Context) -> SecAggClient:
     record = context.state.config_records.get(STATE_RECORD)
-    state = ClientState.from_config(dict(record)) if record is not None else None
+    state = ClientState.from_bytes(record["state"]) if record is not None else None
     return SecAggClient(context.node_id, state)
 
 
 def _save(context: Context, client: SecAggClient) -> None:
     from flwr.app import ConfigRecord
 
-    context.state.config_records[STATE_RECORD] = ConfigRecord(client.state.to_config())
+    context.state.config_records[STATE_RECORD] = ConfigRecord({"state": client.state.to_bytes()})
 
 
 def register_secagg(app: ClientApp, train: TrainFn) -> None:

@@ -50,18 +50,24 @@ def derive_key(secret: bytes, session: bytes, purpose: bytes, context: bytes = b
     return hkdf.derive(secret)
 
 
-def agree(private: bytes, peer_public: bytes, session: bytes, purpose: bytes) -> bytes:
+def load_private(private: bytes) -> X25519PrivateKey:
+    """Parse a raw private key once (``agree`` then skips the parsing)."""
+    _check(private, "private key")
+    return X25519PrivateKey.from_private_bytes(private)
+
+
+def agree(
+    private: bytes | X25519PrivateKey, peer_public: bytes, session: bytes, purpose: bytes
+) -> bytes:
     """The 32-byte key that ``private`` and the owner of ``peer_public`` both derive.
 
     X25519 is symmetric, so ``agree(a.private, b.public) == agree(b.private, a.public)``.
     A low-order (all-zero shared secret) peer key raises ``InvalidKey``.
     """
-    _check(private, "private key")
+    sk = load_private(private) if isinstance(private, bytes | bytearray) else private
     _check(peer_public, "public key")
     try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:  # cryptography rejects low-order points
         raise InvalidKey(f"key agreement failed: {exc}") from exc
     return derive_key(shared, session, purpose)

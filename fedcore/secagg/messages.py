@@ -17,6 +17,7 @@ bytes and lists of those, so each message is one ``ConfigRecord``; Flower is imp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -55,7 +56,7 @@ class _Message:
         stage = config.get("stage")
         if stage != cls.STAGE:
             raise ProtocolViolation(f"expected a {cls.STAGE!r} message, got stage {stage!r}")
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if not f.init:
@@ -64,6 +65,11 @@ class _Message:
                 raise ProtocolViolation(f"{cls.STAGE} message lacks {f.name!r}")
             values[f.name] = _checked(cls.STAGE, f.name, config[f.name], hints[f.name])
         return cls(**values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _checked(stage: str, name: str, value: Any, hint: Any) -> Any:
