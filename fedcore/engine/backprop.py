@@ -15,6 +15,7 @@ import numpy as np
 
 from .autograd import VJPS, Node
 from .engine import get_engine
+from .errors import MutationError
 from .tensor import Leaf, Tensor
 from .var import Var
 
@@ -66,6 +67,8 @@ def backward(tensor: Tensor, grad: np.ndarray | None = None) -> None:
         for parent, gvar in zip(node.parents, _run_vjp(eng, node, entry[0]), strict=True):
             if gvar is not None:
                 _accumulate(eng, grads, parent, gvar)
+    if eng.asynchronous:  # a sync point, as in eager mode: a MutationError surfaces here
+        eng.wait_all()
 
 
 def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
@@ -91,8 +94,10 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
             into.append(False)
     in_vars, out_var, pool = node.in_vars, node.out_var, eng.pool
 
+    saved = node.saved  # captured: release() below runs before an async engine runs fn
+
     def fn() -> None:
-        node.check_saved()
+        _check_saved(prim.name, saved)
         ctx.args = tuple([None if v is None else v.data for v in in_vars])
         ctx.ans = None if out_var is None else out_var.data
         g = gvar.data
@@ -115,6 +120,14 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
     eng.push(fn, reads, [d for d in dsts if d is not None], prim.name + "_backward")
     node.release()
     return [None if done else d for d, done in zip(dsts, into, strict=True)]
+
+
+def _check_saved(op: str, saved: tuple[tuple[Var, int], ...]) -> None:
+    """Raise MutationError if a saved value was written after it was saved (Node.check_saved)."""
+    for var, ver in saved:
+        root = var._base or var
+        if root._version != ver:
+            raise MutationError(op, var.label, ver, root._version, root.last_writer)
 
 
 def _accumulate(eng: Any, grads: dict[Any, list], parent: Any, gvar: Var) -> None:

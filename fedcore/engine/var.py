@@ -99,6 +99,9 @@ class Var:
 
     # -- copy / pickle: a view must stay a view of the (copied) root buffer -------------------
     def __getstate__(self) -> dict:
+        from .engine import get_engine  # late: the engine module imports this one
+
+        get_engine().wait_for_var(self)  # an async engine may still be writing it
         data, geometry, base = self.data, None, self._base
         if base is not None and data is not None and base.data is not None \
                 and base.data.flags.c_contiguous:

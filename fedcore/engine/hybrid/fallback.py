@@ -5,12 +5,13 @@ for the allocations the forward made while it was traced, so its output and any 
 keeps for backward (a dropout mask, a cached im2col) live in the arena. Its VJPs run as in eager
 mode, on the same ctx, and their results are copied into the planned gradient buffer; those
 results are fresh numpy arrays, the one per-step allocation a fallback op still makes. A
-fallback op is never recomputed (it may draw random numbers or keep state on its ctx), so its
-outputs are always kept.
+fallback op is only recomputed when listed in `RECOMPUTABLE` (a pure function of its inputs);
+any other (dropout draws random numbers) is run once per step and its outputs are kept.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,20 @@ from ..engine import get_engine
 from .graph import FwdOp
 from .kernels import Vjp
 
-__all__ = ["ReplayCtx", "fallback_fwd", "fallback_vjp"]
+__all__ = ["RECOMPUTABLE", "ReplayCtx", "fallback_cost", "fallback_fwd", "fallback_vjp"]
+
+#: primitives without a planned kernel whose forward is a pure function of its inputs and
+#: params, so the planner may run it again in backward (never dropout: it draws randoms)
+RECOMPUTABLE = {"conv2d", "max_pool2d", "avg_pool2d", "tanh", "sigmoid", "gelu", "softmax",
+                "batch_moments", "batch_norm", "layer_norm", "embedding"}
+
+
+def fallback_cost(m: Any) -> float:
+    """Flops guess: 2 * outputs * reduction size when input 1 is a weight, else outputs."""
+    out = math.prod(m.out_shape)
+    if len(m.in_shapes) > 1 and len(m.in_shapes[1]) >= 2:
+        return 2.0 * out * math.prod(m.in_shapes[1][:-1])
+    return float(out)
 
 Build = Callable[[list[np.ndarray], list[np.ndarray], list[np.ndarray]], Callable[[], None]]
 
@@ -58,14 +72,18 @@ def fallback_fwd(op: FwdOp) -> tuple[Build, list, list[tuple[int, int]]]:
     def build(ins: list[np.ndarray], outs: list[np.ndarray], scr: list[np.ndarray]) -> Any:
         ctx = _ctx(op)
         aux = iter(outs[1:])
-        ctx.bufs = [outs[0] if i == op.result_alloc else next(aux)
-                    for i in range(len(op.allocs))]
+        bufs = [outs[0] if i == op.result_alloc else next(aux) for i in range(len(op.allocs))]
         fwd, out = prim.forward, outs[0]
+        state = ctx.__dict__
+        fresh = dict(state)  # each run starts from a clean ctx, as eager makes a new one
+        fresh["bufs"] = bufs  # this instance's buffers (a recomputation has its own)
+
         if prim.inplace:
             x0, rest = ins[0], ins[1:]
 
             def run_inplace() -> None:
-                ctx.next = 0
+                state.clear()
+                state.update(fresh)
                 if out is not x0:
                     np.copyto(out, x0)
                 fwd(ctx, out, *rest, **params)
@@ -73,7 +91,8 @@ def fallback_fwd(op: FwdOp) -> tuple[Build, list, list[tuple[int, int]]]:
             return run_inplace
 
         def run() -> None:
-            ctx.next = 0
+            state.clear()
+            state.update(fresh)
             res = fwd(ctx, *ins, **params)
             if res is not out:
                 np.copyto(out, res)

@@ -10,7 +10,6 @@ the memory planner can place it wherever it fits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .autodiff import BwdStep
-from .fallback import fallback_fwd, fallback_vjp
+from .fallback import fallback_cost, fallback_fwd, fallback_vjp
 from .graph import FwdOp, Graph
 from .kernels import ALIAS, Meta, Vjp
 
@@ -117,7 +116,7 @@ def _prep_fwd(op: FwdOp) -> _Fwd:
         return _Fwd(None, [], [], 0.0)
     if op.spec is None:
         build, scratch, inplace = fallback_fwd(op)
-        return _Fwd(build, scratch, inplace, float(math.prod(op.meta.out_shape)))
+        return _Fwd(build, scratch, inplace, fallback_cost(op.meta))
     spec, m = op.spec, op.meta
     inplace = [(0, j) for j in spec.fwd_inplace
                if m.in_shapes[j] == m.out_shape and m.in_dtypes[j] == m.out_dtype]

@@ -22,6 +22,7 @@ from ..engine import get_engine
 from ..errors import MutationError
 from ..tensor import Tensor, _mode
 from ..var import Var
+from .fallback import RECOMPUTABLE
 from .graph import FwdOp, Graph, Value
 from .kernels import KERNELS, Meta
 
@@ -209,7 +210,7 @@ class Tracer:
                     tuple(res.shape), res.dtype, params)
         spec = None if prim.view else KERNELS.get(prim.name)
         op = FwdOp(len(self.ops), prim, params, vids, (), meta, spec, record, parents,
-                   recomputable=spec is not None)
+                   recomputable=spec is not None or prim.name in RECOMPUTABLE)
         self.ops.append(op)
         return op
 
