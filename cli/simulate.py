@@ -41,6 +41,10 @@ def simulate(
         str,
         typer.Option("--device", help="Where the server averages: auto (GPU if usable), cpu, gpu."),
     ] = "auto",
+    secagg: Annotated[
+        bool | None,
+        typer.Option("--secagg/--no-secagg", help="Override secure aggregation (SecAgg+)."),
+    ] = None,
 ) -> None:
     """Run a federated simulation and store every round."""
     from aggregator.rounds import RoundFailed, RoundOutcome
@@ -59,6 +63,10 @@ def simulate(
         fail(f"--device: {exc}")
     try:
         spec = load_scenario(scenario)
+        if secagg is not None:
+            from simulations.secagg_section import with_secagg
+
+            spec = with_secagg(spec, secagg)
         if rounds is not None:
             spec = spec.model_copy(
                 update={"federation": spec.federation.model_copy(update={"rounds": rounds})}

@@ -26,6 +26,7 @@ from simulations.backends import BACKENDS
 from simulations.datasets import Dataset, load_dataset
 from simulations.partition import partition
 from simulations.scenario import Scenario, ScenarioError, builder_parameters, model_misfit
+from simulations.secagg_section import secagg_config
 
 
 @dataclass
@@ -152,6 +153,7 @@ def prepare_scenario(scenario: Scenario) -> PreparedScenario:
             compression=fed.compression,
             compression_options=dict(fed.compression_options),
         ),
+        secagg=secagg_config(scenario, max(len(part) for part in parts)),
     )
     return PreparedScenario(scenario, data, PartitionLoader(args, parts), spec, config)
 

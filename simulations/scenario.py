@@ -31,6 +31,7 @@ A scenario names the data and how it is split among clients, the model, the fede
     rounds = 20
     strategy = "fedavg"             # aggregator.strategies.known_strategies(): fedadam, krum, ...
     compression = "none"            # none | int8 | int4 | topk (client -> server updates)
+    secagg = false                  # SecAgg+; a [secagg] table tunes it (secagg_section.py)
     [federation.strategy_options]   # the strategy's hyperparameters, e.g. eta = 0.01 (fedadam),
     max_norm_factor = 10.0          # num_malicious = 2 (krum); every strategy: max_norm_factor
     [federation.compression_options]  # int8/int4: block = 1024; topk: ratio = 0.01
@@ -80,6 +81,7 @@ from fedcore.models import MODELS
 from simulations.datasets import DATASETS, Dataset, dataset_options, load_dataset
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
+from simulations.secagg_section import SecAggSection, secagg_misfit
 
 KNOWN_STRATEGIES: tuple[str, ...] = known_strategies()  # the aggregator's registry
 KNOWN_CODECS: tuple[str, ...] = tuple(CODECS)
@@ -321,6 +323,7 @@ class FederationConfig(_Section):
     strategy_options: dict[str, int | float] = Field(default_factory=dict)
     compression: str = "none"
     compression_options: dict[str, int | float] = Field(default_factory=dict)
+    secagg: bool = False  # secure aggregation (SecAgg+); see also the [secagg] table
 
     @field_validator("clients_per_round")
     @classmethod
@@ -378,6 +381,7 @@ class Scenario(_Section):
     model: ModelConfig
     federation: FederationConfig
     train: TrainConfig = TrainConfig()
+    secagg: SecAggSection | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -445,6 +449,9 @@ class Scenario(_Section):
                 f"{clients} clients x {self.data.min_size} examples is more than the {n} "
                 f"training examples of {self.data.dataset!r}",
             )
+        misfit = secagg_misfit(self)
+        if misfit:
+            raise _fail(*misfit)
         return self
 
     def load_data(self) -> Dataset:

@@ -1,0 +1,106 @@
+"""Secure aggregation in scenario files: ``federation.secagg`` and the ``[secagg]`` table.
+
+Either switches SecAgg+ on for every round (per run, ``fedcore simulate --secagg`` /
+``--no-secagg`` override the file)::
+
+    [federation]
+    secagg = true           # defaults for everything below
+
+    [secagg]                # optional overrides (the table alone also switches it on)
+    k = 8                   # neighbours per client (default: derived from n, see below)
+    t = 5                   # shares needed to unmask (default: derived)
+    dropout = 0.1           # fraction of clients that may drop out
+    corruption = 0.05       # fraction that may collude with the server
+    security_bits = 40      # privacy failure probability <= 2^-40 per round
+    correctness_bits = 20   # abort probability <= 2^-20 per round
+    clip = 8.0              # bound on each coordinate of an update (local - global)
+    max_weight = 120        # examples a client's weight counts at most (default: the largest
+                            # partition of the scenario, so FedAvg weights are exact)
+
+n is ``federation.clients_per_round``; the derivation of k and t is in
+``fedcore.secagg.params``. Only strategies that need just the weighted sum of the updates work
+(fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad), with ``compression = "none"``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from aggregator.secagg.config import SecAggConfig
+
+if TYPE_CHECKING:
+    from simulations.scenario import Scenario
+
+SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class SecAggSection(BaseModel):
+    """The ``[secagg]`` table: overrides of the SecAgg+ parameters (all optional)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    k: PositiveInt | None = None
+    t: PositiveInt | None = None
+    dropout: Fraction = SecAggConfig.dropout
+    corruption: Fraction = SecAggConfig.corruption
+    security_bits: PositiveFloat = SecAggConfig.security_bits
+    correctness_bits: PositiveFloat = SecAggConfig.correctness_bits
+    clip: PositiveFloat = SecAggConfig.clip
+    max_weight: PositiveFloat | None = None
+
+
+def secagg_enabled(scenario: Scenario) -> bool:
+    """Whether the scenario runs secure aggregation."""
+    return scenario.federation.secagg or scenario.secagg is not None
+
+
+def secagg_config(scenario: Scenario, largest_partition: int | None = None) -> SecAggConfig | None:
+    """The round loop's settings for ``scenario`` (None when secure aggregation is off)."""
+    if not secagg_enabled(scenario):
+        return None
+    section = scenario.secagg or SecAggSection()
+    values: dict[str, Any] = section.model_dump()
+    if values["max_weight"] is None:
+        values["max_weight"] = float(largest_partition or SecAggConfig.max_weight)
+    return SecAggConfig(**values)
+
+
+def secagg_misfit(scenario: Scenario) -> tuple[str, str] | None:
+    """``(dotted key, reason)`` if the scenario cannot run secure aggregation, else None."""
+    fed = scenario.federation
+    if scenario.secagg is not None and "secagg" in fed.model_fields_set and not fed.secagg:
+        return "federation.secagg", "false, but a [secagg] table is given"
+    if not secagg_enabled(scenario):
+        return None
+    if fed.strategy not in SECAGG_STRATEGIES:
+        return "federation.strategy", (
+            f"{fed.strategy!r} needs individual updates; secure aggregation works with "
+            f"{', '.join(SECAGG_STRATEGIES)}"
+        )
+    if fed.compression != "none":
+        return "federation.compression", "secure aggregation sends dense masked vectors: none"
+    n = fed.clients_per_round or fed.num_clients
+    if n < 2:
+        return "federation.clients_per_round", "secure aggregation needs at least 2 clients"
+    section = scenario.secagg or SecAggSection()
+    if section.k is not None and section.t is not None and section.t > section.k:
+        return "secagg.t", f"{section.t} is more than secagg.k ({section.k})"
+    try:
+        secagg_config(scenario).params_for(n)  # type: ignore[union-attr]
+    except ValueError as exc:
+        return "secagg", str(exc)
+    return None
+
+
+def with_secagg(scenario: Scenario, on: bool) -> Scenario:
+    """``scenario`` with secure aggregation switched on or off (validated again)."""
+    from simulations.scenario import scenario_from_dict
+
+    raw = scenario.model_dump(mode="json")
+    raw["federation"]["secagg"] = on
+    if not on or raw.get("secagg") is None:
+        raw.pop("secagg", None)
+    return scenario_from_dict(raw, source=scenario.name)
