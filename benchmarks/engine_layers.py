@@ -5,8 +5,9 @@
 Both frameworks get the same model, the same initial weights (copied from fedcore into torch,
 so the first losses must agree: a correctness check of the comparison itself), the same batch
 and SGD with momentum. Repetitions are interleaved (fedcore, torch, fedcore, ...) so machine
-load hits both alike, and medians are reported. torch and fedcore's intra-op threads use as many
-threads as numpy's BLAS (threadpoolctl), printed with the load average. Needs the `bench` extra (torch==2.13.0).
+load hits both alike, and medians are reported. torch and fedcore's intra-op threads use as
+many threads as numpy's BLAS (threadpoolctl), printed with the load average. Needs the `bench`
+extra (torch==2.13.0).
 """
 
 from __future__ import annotations
