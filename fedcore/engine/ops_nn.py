@@ -3,8 +3,9 @@
 Each VJP reads the least it can: tanh, sigmoid and softmax save their *output* (their
 derivatives are functions of it), GELU saves its input and recomputes the inner tanh, dropout
 keeps a one-byte mask. Sigmoid is computed as 0.5 * tanh(x / 2) + 0.5, which never overflows.
-Embedding's gradient is a scatter-add of the output gradient rows into the looked-up rows
-(`np.add.at`), so repeated tokens accumulate correctly and untouched rows stay zero.
+Embedding's gradient scatters the output gradient rows into the looked-up rows: first
+occurrences by assignment, repeats by `np.add.at`, so repeated tokens accumulate correctly and
+untouched rows stay zero.
 """
 
 from __future__ import annotations
@@ -206,7 +207,18 @@ def _embedding_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     vocab, dim = ctx.shapes[1]
     dw = ctx.alloc((vocab, dim), g.dtype)
     dw.fill(0)
-    np.add.at(dw, idx.reshape(-1), g.reshape(-1, dim))
+    ids, rows = idx.reshape(-1), g.reshape(-1, dim)
+    # each id's first occurrence is a plain (fast) row assignment; only repeats need the
+    # unbuffered scatter-add, which is ~3x slower per row
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    first = np.empty(ids.shape, np.bool_)
+    first[:1] = True
+    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=first[1:])
+    dw[sorted_ids[first]] = rows[order[first]]
+    repeats = order[~first]
+    if repeats.size:
+        np.add.at(dw, ids[repeats], rows[repeats])
     return dw
 
 
