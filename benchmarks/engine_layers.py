@@ -16,6 +16,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from typing import Any  # torch is imported lazily, so its types are Any here
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def blas_threads(requested: int | None) -> int:
 
 
 # -- the two cases: fedcore model, the same model in torch, data ----------------------------
-def cnn_case(torch):  # noqa: ANN001,ANN201 - torch is imported lazily
+def cnn_case(torch: Any) -> tuple:
     nn = torch.nn
     rng = np.random.default_rng(0)
     x = rng.random((64, 28, 28, 1), dtype=np.float32)
@@ -64,7 +65,7 @@ def cnn_case(torch):  # noqa: ANN001,ANN201 - torch is imported lazily
     return ours, theirs, (x, y), (tx, torch.from_numpy(y)), 0.01
 
 
-def lstm_case(torch):  # noqa: ANN001,ANN201
+def lstm_case(torch: Any) -> tuple:
     nn = torch.nn
     vocab, embed, hidden, seq, batch = 2000, 128, 256, 35, 20
     rng = np.random.default_rng(0)
@@ -79,7 +80,7 @@ def lstm_case(torch):  # noqa: ANN001,ANN201
             self.rnn = nn.LSTM(embed, hidden, batch_first=True)
             self.head = nn.Linear(hidden, vocab)
 
-        def forward(self, t):  # noqa: ANN001,ANN202
+        def forward(self, t: Any) -> Any:
             hs, _ = self.rnn(self.embed(t))
             return self.head(hs.reshape(-1, hidden))
 
@@ -100,7 +101,7 @@ def lstm_case(torch):  # noqa: ANN001,ANN201
 CASES = {"cnn": cnn_case, "lstm": lstm_case}
 
 
-def steps(torch, case: str) -> tuple[Callable[[], float], Callable[[], float]]:  # noqa: ANN001
+def steps(torch: Any, case: str) -> tuple[Callable[[], float], Callable[[], float]]:
     """(fedcore step, torch step), each returning its loss."""
     ours, theirs, (x, y), (tx, ty), lr = CASES[case](torch)
     opt = SGD(ours.parameters(), lr=lr, momentum=0.9)
@@ -130,7 +131,7 @@ def timed(fn: Callable[[], float]) -> float:
     return time.perf_counter() - t0
 
 
-def run_case(torch, case: str, reps: int, warmup: int = 5) -> dict:  # noqa: ANN001
+def run_case(torch: Any, case: str, reps: int, warmup: int = 5) -> dict:
     """Interleaved timings of one case; medians in milliseconds."""
     ours, theirs = steps(torch, case)
     first = (ours(), theirs())

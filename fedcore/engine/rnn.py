@@ -15,6 +15,8 @@ copies of the final states for truncated backpropagation through time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, defvjp
@@ -192,7 +194,7 @@ def _lstm_bptt(ctx: Ctx, g: np.ndarray) -> None:
     ctx.dh0, ctx.dc0 = dh, dc
 
 
-def _lstm_vjp(which: str):  # noqa: ANN202 - a VJP factory
+def _lstm_vjp(which: str) -> Callable[[Ctx, np.ndarray], np.ndarray]:
     def vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
         _lstm_bptt(ctx, g)
         if which == "h0":
@@ -299,7 +301,7 @@ def _gru_bptt(ctx: Ctx, g: np.ndarray) -> None:
     ctx.d_in, ctx.d_rec, ctx.dh0 = d_in, d_rec, dh
 
 
-def _gru_vjp(which: str):  # noqa: ANN202 - a VJP factory
+def _gru_vjp(which: str) -> Callable[[Ctx, np.ndarray], np.ndarray]:
     def vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
         _gru_bptt(ctx, g)
         if which == "h0":
