@@ -63,3 +63,17 @@ def test_bad_databases_give_one_line_errors(db, match):
 def test_missing_run(tmp_path):
     with pytest.raises(StoreError, match="no run with id 42"):
         Store(str(tmp_path / "x.db")).get_run(42)
+
+
+def test_an_older_database_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE client_results (id INTEGER PRIMARY KEY, round_id INTEGER, "
+                   "client_id INTEGER, node_id VARCHAR(40), accepted BOOLEAN, "
+                   "num_examples INTEGER, train_loss FLOAT, seconds FLOAT, reason TEXT)")
+    Store(str(path))
+    with sqlite3.connect(path) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(client_results)")}
+    assert {"bytes_up", "bytes_down"} <= columns
