@@ -83,3 +83,33 @@ def test_lstm_language_model_learns_a_sequence_rule():
         losses.append(loss.item())
     assert losses[0] > 2.0  # about log(12) at the start
     assert np.mean(losses[-5:]) < 0.2, losses[-5:]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("cnn", dict(input_dim=64, num_classes=10, channels=(4, 8), hidden=16)),
+    ("lstm", dict(vocab_size=50, embed_dim=8, hidden=16)),
+])
+@pytest.mark.parametrize("engine_name", ["naive", "threaded"])
+def test_hybridized_and_threaded_steps_equal_eager(name, kwargs, engine_name):
+    from fedcore.engine import create_engine, use_engine
+
+    rng = np.random.default_rng(0)
+    if name == "cnn":
+        data = (rng.random((16, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 16))
+    else:
+        data = (rng.integers(0, 50, (4, 7)), rng.integers(0, 50, 28))
+    eager = build_model(name, seed=0, **kwargs)
+    eager_opt = Adam(eager.parameters(), lr=0.01)
+    eager_losses = []
+    for _ in range(3):
+        eager_opt.zero_grad()
+        loss = softmax_cross_entropy(eager(data[0]), data[1])
+        loss.backward()
+        eager_opt.step()
+        eager_losses.append(loss.item())
+    with use_engine(create_engine(engine_name)):
+        model = build_model(name, seed=0, **kwargs)
+        step = model.hybridize(optimizer=Adam(model.parameters(), lr=0.01))
+        losses = [float(step(*data)) for _ in range(3)]
+        np.testing.assert_array_equal(losses, eager_losses)
+        np.testing.assert_array_equal(model.get_flat(), eager.get_flat())
