@@ -259,15 +259,20 @@ class Tensor:
         arr = np.asarray(value, dtype=self.dtype)
         if arr.shape != self.shape:
             raise ValueError(f"grad shape {arr.shape} does not match tensor shape {self.shape}")
-        if self._grad is None:
-            self._grad = Var(arr.copy(), f"{self.name}.grad")
+        eng = get_engine()
+        if self._grad is None:  # a pool buffer, so gradients count toward live bytes
+            buf = eng.pool.alloc(arr.shape, arr.dtype, what=f"gradient of '{self.name}'")
+            np.copyto(buf, arr)
+            self._grad = Var(buf, f"{self.name}.grad")
             return
         dst = self._grad
+        if eng.asynchronous and arr is value:  # the caller may reuse it before the copy runs
+            arr = arr.copy()
 
         def fn() -> None:
             np.copyto(dst.data, arr)
 
-        get_engine().push(fn, (), (dst,), "set_grad")
+        eng.push(fn, (), (dst,), "set_grad")
 
     def backward(self, grad: np.ndarray | None = None) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's `.grad` (scalar self unless `grad`)."""

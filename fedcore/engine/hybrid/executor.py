@@ -32,7 +32,7 @@ from .tracer import Tracer, trace
 
 __all__ = ["BoundPlan", "TrainStep", "compile_step"]
 
-SGD_CHUNK = 1 << 18  # elements per SGD update chunk: bounds the update's scratch to 1 MiB
+SGD_CHUNK = 1 << 20  # elements per SGD update chunk (without a budget; see _compile)
 
 
 class BoundPlan:
@@ -218,6 +218,7 @@ class TrainStep:
         own = 0 if self._arena is None else self._arena.nbytes
         persistent = pool.live_bytes - own
         plan = choose(graph, steps, head, tail, persistent, self.budget_bytes)
+        gc.collect()  # planning leaves cyclic garbage behind: return it before the arena
         self.traces += 1
         if len(self._plans) >= self.max_plans:
             self._plans.pop(next(iter(self._plans)))

@@ -213,46 +213,51 @@ def choose(graph: Graph, steps: list[BwdStep], head: list[Instr], tail: list[Ins
     """The cheapest plan whose peak fits `budget` (everything kept when it is None)."""
     prep = prepare(graph, steps)
     cands = sorted(v for v in prep.saved if _droppable(graph, v))
-    cache: dict[frozenset[int], Plan] = {}
+    # only (peak, cost) is kept per policy tried: programs are big, the chosen one is rebuilt
+    cache: dict[frozenset[int], tuple[int, float]] = {}
 
-    def evaluate(keep: set[int], policy: tuple[int, int]) -> Plan:
+    def build(keep: set[int], policy: tuple[int, int]) -> Plan:
+        prog = build_program(graph, prep, keep, head, tail)
+        return Plan(prog, allocate(prog, graph), persistent, keep, policy)
+
+    def evaluate(keep: set[int]) -> tuple[int, float]:
         key = frozenset(keep)
-        plan = cache.get(key)
-        if plan is None:
-            prog = build_program(graph, prep, keep, head, tail)
-            plan = cache[key] = Plan(prog, allocate(prog, graph), persistent, keep, policy)
-        return plan
+        got = cache.get(key)
+        if got is None:
+            plan = build(keep, (0, 0))
+            got = cache[key] = (plan.peak_bytes, plan.recompute_flops)
+        return got
 
-    full = evaluate(set(cands), (1, 0))
+    full = build(set(cands), (1, 0))
     if budget is None or full.peak_bytes <= budget:
         return full
+    min_peak = full.peak_bytes
+    del full
     m = len(cands)
 
     def keepset(k: int, t: int) -> set[int]:
         head_c = cands[:m - t]
         return {c for j, c in enumerate(head_c, 1) if j % k == 0} | set(cands[m - t:])
 
-    best: Plan | None = None
-    min_peak = full.peak_bytes
+    best: tuple[float, int, int, int] | None = None  # (cost, peak, k, t)
     for k in _strides(m):
-        lo = evaluate(keepset(k, 0), (k, 0))
-        min_peak = min(min_peak, lo.peak_bytes)
-        if lo.peak_bytes > budget:
+        peak, _ = evaluate(keepset(k, 0))
+        min_peak = min(min_peak, peak)
+        if peak > budget:
             continue
         lo_t, hi_t = 0, m
         while lo_t < hi_t:
             mid = (lo_t + hi_t + 1) // 2
-            if evaluate(keepset(k, mid), (k, mid)).peak_bytes <= budget:
+            if evaluate(keepset(k, mid))[0] <= budget:
                 lo_t = mid
             else:
                 hi_t = mid - 1
-        cand = evaluate(keepset(k, lo_t), (k, lo_t))
-        if best is None or (cand.recompute_flops, cand.peak_bytes) < \
-                (best.recompute_flops, best.peak_bytes):
-            best = cand
+        peak, cost = evaluate(keepset(k, lo_t))
+        if best is None or (cost, peak) < best[:2]:
+            best = (cost, peak, k, lo_t)
     if best is None:
         raise PlanBudgetError(budget, min_peak, persistent)
-    return best
+    return build(keepset(best[2], best[3]), (best[2], best[3]))
 
 
 def _strides(m: int) -> list[int]:
