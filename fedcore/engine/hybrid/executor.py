@@ -70,6 +70,8 @@ class BoundPlan:
                                           [arrays[x] for x in ins.outs], scr))
         self.loss = arrays[prog.loss]
         self._bound_inputs: list[np.ndarray] | None = None
+        self.reads: list[Var] = []
+        self.writes: list[Var] = []
 
     def bind_inputs(self, inputs: list[np.ndarray]) -> None:
         """Point the instructions that read step inputs at `inputs` (no-op if unchanged)."""
@@ -162,14 +164,25 @@ class TrainStep:
         entry = self._plans.get(self._last_sig)
         return None if entry is None else entry[1]
 
-    def _writes(self) -> list[Var]:
-        roots = {id(r): r for p in self._params for r in (p._var.root,)}
+    def _deps(self, graph: Any) -> tuple[list[Var], list[Var]]:
+        """(reads, writes) of a replay: buffers it reads, and everything it updates."""
+        writes: dict[int, Var] = {id(self._arena_var): self._arena_var}
         for p in self._params:
-            if p._grad is not None:
-                roots[id(p._grad.root)] = p._grad.root
-        for v in self.optimizer._states.values():
-            roots[id(v)] = v
-        return [*roots.values(), self._arena_var]
+            for v in (p._var, p._grad):
+                if v is not None:
+                    writes[id(v.root)] = v.root
+        if isinstance(self.optimizer, SGD):
+            for v in self.optimizer._states.values():
+                writes[id(v)] = v
+        reads: dict[int, Var] = {}
+        for op in graph.ops:
+            if op.side_effect:
+                r = graph.values[op.outs[0]].var.root
+                writes[id(r)] = r
+        for v in graph.values:
+            if v.var is not None and id(v.var.root) not in writes:
+                reads[id(v.var.root)] = v.var.root
+        return list(reads.values()), list(writes.values())
 
     def __call__(self, *inputs: Any) -> float:
         """Run one step on `inputs` (e.g. x, y); returns the loss before the update."""
@@ -186,7 +199,7 @@ class TrainStep:
             bound.bind_inputs(arrays)
             bound.run()
 
-        eng.push(replay, (), self._writes(), "hybrid_step")
+        eng.push(replay, bound.reads, bound.writes, "hybrid_step")
         if not isinstance(self.optimizer, SGD):
             self.optimizer.step()
         eng.wait_for_var(self._arena_var)
@@ -225,9 +238,14 @@ class TrainStep:
         need = plan.layout.arena_bytes
         if self._arena is None or self._arena.nbytes < need:
             self._grow(need)
-        entry = (graph, plan, BoundPlan(plan, self._arena, graph))
+        entry = (graph, plan, self._bind(plan, graph))
         self._plans[sig] = entry
         return entry
+
+    def _bind(self, plan: Plan, graph: Any) -> BoundPlan:
+        bound = BoundPlan(plan, self._arena, graph)
+        bound.reads, bound.writes = self._deps(graph)
+        return bound
 
     def _grow(self, nbytes: int) -> None:
         """A bigger arena (the old one is freed first) and every cached plan rebound to it."""
@@ -241,7 +259,7 @@ class TrainStep:
         self._arena = pool.alloc((nbytes,), np.uint8, what="hybridize arena")
         self._arena_var.data = self._arena
         for sig, (graph, plan, _) in list(self._plans.items()):
-            self._plans[sig] = (graph, plan, BoundPlan(plan, self._arena, graph))
+            self._plans[sig] = (graph, plan, self._bind(plan, graph))
 
 
 def compile_step(model: Any, loss_fn: Callable[..., Tensor], optimizer: Optimizer,

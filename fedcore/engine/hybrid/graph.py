@@ -39,6 +39,7 @@ class Value:
     grad: np.ndarray | None = None  # params that require grad: the gradient view
     input_index: int = -1
     requires_grad: bool = False
+    var: Any = None  # const: the engine var it came from (module buffers are ordered by it)
 
     @property
     def nbytes(self) -> int:

@@ -29,6 +29,7 @@ __all__ = ["ALIAS", "KERNELS", "Meta", "Spec", "Vjp", "register_kernel"]
 Shape = tuple[int, ...]
 Fn = Callable[[], None]
 ALIAS = "alias"  # a VJP whose result is the upstream gradient itself (same shape)
+_SUM, _MAX = np.add.reduce, np.maximum.reduce  # what np.sum / np.max call, minus a wrapper
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _unb_axes(gshape: Shape, shape: Shape) -> tuple[tuple[int, ...], Shape]:
 
 def _sum_into(src: np.ndarray, out: np.ndarray, gshape: Shape, shape: Shape) -> Fn:
     axes, kd = _unb_axes(gshape, shape)
-    return partial(np.sum, src, axis=axes, keepdims=True, out=out.reshape(kd))
+    return partial(_SUM, src, axis=axes, keepdims=True, out=out.reshape(kd))
 
 
 def _unbroadcast_vjp(m: Meta, i: int, negate: bool = False) -> Vjp | str:
@@ -169,7 +170,7 @@ class LinearSpec(MatmulSpec):
     def vjp(self, m, i):
         if i < 2:
             return super().vjp(m, i)
-        return Vjp(("g",), lambda ins, o, s: partial(np.sum, ins[0], axis=0, out=o))
+        return Vjp(("g",), lambda ins, o, s: partial(_SUM, ins[0], axis=0, out=o))
 
 
 # -- elementwise ---------------------------------------------------------------------------
@@ -285,10 +286,10 @@ class LogSoftmaxSpec(Spec):
         axis = m.params["axis"]
 
         def run() -> None:
-            np.max(x, axis=axis, keepdims=True, out=mx)
+            _MAX(x, axis=axis, keepdims=True, out=mx)
             np.subtract(x, mx, out=out)
             np.exp(out, out=ex)
-            np.sum(ex, axis=axis, keepdims=True, out=lse)
+            _SUM(ex, axis=axis, keepdims=True, out=lse)
             np.log(lse, out=lse)
             np.subtract(out, lse, out=out)
 
@@ -303,7 +304,7 @@ class LogSoftmaxSpec(Spec):
             ex, gs = s
 
             def run() -> None:  # eager: g - np.exp(ans) * g.sum(axis, keepdims=True)
-                np.sum(g, axis=axis, keepdims=True, out=gs)
+                _SUM(g, axis=axis, keepdims=True, out=gs)
                 np.exp(ans, out=ex)
                 np.multiply(ex, gs, out=ex)
                 np.subtract(g, ex, out=o)
@@ -341,16 +342,16 @@ class XentSpec(Spec):
 
         def run() -> None:
             _check_labels(logits, labels)
-            np.max(logits, axis=1, keepdims=True, out=norm)
+            _MAX(logits, axis=1, keepdims=True, out=norm)
             np.subtract(logits, norm, out=probs)
             np.add(rows_c, labels, out=idx)
             np.take(flat, idx, out=picked)
-            pk = picked.sum(dtype=np.float64)
+            pk = _SUM(picked, dtype=np.float64)
             np.exp(probs, out=probs)
-            np.sum(probs, axis=1, keepdims=True, out=norm)
+            _SUM(probs, axis=1, keepdims=True, out=norm)
             np.divide(probs, norm, out=probs)
             np.log(norm, out=lognorm)
-            out[...] = (lognorm.sum(dtype=np.float64) - pk) / max(n, 1)
+            out[...] = (_SUM(lognorm, axis=None, dtype=np.float64) - pk) / max(n, 1)
 
         return run
 

@@ -99,7 +99,7 @@ class Tracer:
                 f"hybridize: tensor '{var.label}' requires grad but is not a parameter of "
                 f"the model; register it as a Parameter or detach() it")
         else:
-            v = self._new(arr, "const", var.name, array=arr)
+            v = self._new(arr, "const", var.name, array=arr, var=var)
         self.by_uid[var.uid] = v.id
         return v.id
 
@@ -168,7 +168,7 @@ class Tracer:
         if side_effect:
             op.recomputable = False
             out = self._new(res, "const", prim.name, producer=op.index,
-                            array=_data(target._var))
+                            array=_data(target._var), var=target._var)
         else:
             out = self._new(res, "temp", prim.name, producer=op.index, requires_grad=record)
         op.outs = (out.id,)

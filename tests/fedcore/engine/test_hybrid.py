@@ -266,3 +266,37 @@ def test_pure_layers_without_kernels_are_recomputed_under_a_budget():
                step.plan.program.instrs[i].phase == "re"
                for i in range(len(step.plan.program.instrs)))
     assert losses == ref_losses and np.array_equal(flat, ref_flat)
+
+
+def test_norm_layers_module_buffers_and_another_optimizer_match_eager():
+    from fedcore.nn import ReLU, Sequential
+    from fedcore.nn.norm import BatchNorm, LayerNorm
+    from fedcore.optim.adam import Adam
+
+    def make():
+        m = Sequential(Dense(20, 16, seed=0), BatchNorm(16), ReLU(), Dense(16, 16, seed=1),
+                       LayerNorm(16), ReLU(), Dense(16, 5, seed=2))
+        m.flatten_parameters()
+        return m
+
+    data = batches(3)
+    runs = []
+    for hybridized in (False, True):
+        model = make()
+        opt = Adam(model.parameters(), lr=0.01)
+        if hybridized:
+            step = compile_step(model, softmax_cross_entropy, opt)
+            losses = [step(x, y) for x, y in data]
+        else:
+            losses = []
+            for x, y in data:
+                opt.zero_grad()
+                loss = softmax_cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        runs.append((losses, model.get_flat(), model[1].running.data.copy()))
+    (el, ef, er), (hl, hf, hr) = runs
+    np.testing.assert_allclose(hl, el, rtol=1e-6)
+    np.testing.assert_allclose(hf, ef, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(hr, er, rtol=1e-6, atol=1e-7)  # running stats updated once
