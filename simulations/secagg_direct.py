@@ -92,7 +92,7 @@ def run_direct(
             requests = server.requests()
             server_seconds += time.perf_counter() - start
             for node, request in requests.items():
-                i = nodes.index(node) if n < 64 else node - 1000
+                i = node - 1000
                 if i in drop.get(stage, set()):
                     continue
                 tick = time.perf_counter()

@@ -2,15 +2,15 @@
 
 Reconstruction is vectorised over all owners at once (``shamir.reconstruct``) and checked:
 a self-mask seed against the commitment its owner sent, a secret key against its public
-key. A check that fails (a lying share holder) is retried on other t-subsets of the shares
-when there are more than t; otherwise the round aborts. Mask removal is one AES-CTR keystream
-and one in-place uint32 add per mask over the whole vector: for n survivors and m dropouts,
-n + (about) m * k keystreams, no Python loop over elements.
+key. A check that fails (a lying share holder) is retried on the other cyclic windows of t
+shares when there are more than t (so one liar is always outvoted); otherwise the round
+aborts. Mask removal is one AES-CTR keystream and one in-place uint32 add per mask over the
+whole vector: for n survivors and m dropouts, n + (about) m * k keystreams, no Python loop
+over elements.
 """
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +23,7 @@ from fedcore.secagg.prg import apply_mask
 if TYPE_CHECKING:
     from aggregator.secagg.server import SecAggServer
 
-RETRIES = 8
+RETRIES = 64
 
 
 def _valid(server: SecAggServer, owner: int, secret: bytes | None, is_seed: bool) -> bool:
@@ -63,20 +63,20 @@ def reconstruct(
         return {}, {}
     first = [server.known.shares[u][:t] for u in owners]
     secrets = dict(zip(owners, _batch(first), strict=True))
-    rng = random.Random(0)
     for owner in owners:
         is_seed = owner in survivors
         pool = server.known.shares[owner]
-        tries = 0
+        shift = 0
         while not _valid(server, owner, secrets[owner], is_seed):
-            if len(pool) == t or tries == RETRIES:
+            shift += 1  # next cyclic window of t shares: one liar among > t is always skipped
+            if shift >= len(pool) or shift > RETRIES:
                 kind = "self-mask seed" if is_seed else "secret key"
                 raise Aborted(
                     f"secure aggregation aborted: the shares of client {owner}'s {kind} are "
                     f"inconsistent (a share holder lied or a share was corrupted)"
                 )
-            secrets[owner] = _batch([rng.sample(pool, t)])[0]
-            tries += 1
+            window = (pool[shift:] + pool[:shift])[:t]
+            secrets[owner] = _batch([window])[0]
     seeds = {u: s for u, s in secrets.items() if u in survivors and s is not None}
     secret_keys = {u: s for u, s in secrets.items() if u in dropped and s is not None}
     return seeds, secret_keys

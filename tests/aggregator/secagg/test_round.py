@@ -1,0 +1,162 @@
+"""SecAgg+ inside the real round loop, on the in-process Flower grid, with a toy ClientApp."""
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from aggregator.rounds import FederationConfig, RoundFailed, run_federation
+from aggregator.secagg import SecAggConfig
+from aggregator.secagg.round import SecAggAborted
+from aggregator.strategies import build_strategy
+from client_runtime.app import partition_id
+from client_runtime.secagg import STATE_RECORD, ClientState, TrainOutput, register_secagg
+from fedcore import protocol
+from fedcore.secagg.fixedpoint import FixedPoint
+from fedcore.wire import read_vector, vector_record
+from simulations.backends.inprocess import InProcessGrid
+
+SIZE = 300
+
+
+def shift(k):
+    return np.float32(0.01 * (k + 1))
+
+
+def toy_app(log=None):
+    """Client k adds 0.01 (k + 1) to the global vector, with weight k + 1 and loss k / 10."""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg, context):
+        info = ConfigRecord({"partition_id": partition_id(context), "num_examples": 1})
+        return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
+
+    def local(msg, context):
+        k = partition_id(context)
+        base = read_vector(msg.content.array_records[protocol.GLOBAL])
+        return TrainOutput(base + shift(k), k + 1, k / 10, 0.0)
+
+    @app.train()
+    def train(msg, context):
+        out = local(msg, context)
+        metrics = {"num_examples": out.num_examples, "train_loss": out.loss, "seconds": 0.0}
+        content = RecordDict(
+            {protocol.UPDATE: vector_record(out.params), protocol.METRICS: MetricRecord(metrics)}
+        )
+        return Message(content, reply_to=msg)
+
+    register_secagg(app, local)
+    if log is None:
+        return app
+
+    def logged(msg, context):  # keep what each client sent, and its secrets at that moment
+        reply = app(msg, context)
+        record = context.state.config_records.get(STATE_RECORD)
+        state = ClientState.from_bytes(record["state"]) if record else None
+        log.append((partition_id(context), msg.metadata.message_type, reply, state))
+        return reply
+
+    return logged
+
+
+class DroppingGrid(InProcessGrid):
+    """Nodes in ``drop[message_type]`` never answer messages of that type (they vanish)."""
+
+    def __init__(self, app, num_nodes, drop):
+        super().__init__(app, num_nodes)
+        self.drop = drop
+        contexts = self._contexts.items()
+        self.partition = {n: c.node_config[protocol.PARTITION_ID] for n, c in contexts}
+
+    def send_and_receive(self, messages, *, timeout=None):
+        def vanishes(m):
+            meta = m.metadata
+            return self.partition[meta.dst_node_id] in self.drop.get(meta.message_type, ())
+
+        return super().send_and_receive([m for m in messages if not vanishes(m)], timeout=timeout)
+
+
+def run(app, nodes=8, per_round=8, rounds=1, secagg=None, strategy="fedavg", grid=None):
+    train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), 1, 1, 0.1, 0.0, 0.0, 0)
+    config = FederationConfig(rounds, per_round, train, seed=3, secagg=secagg)
+    outcomes = []
+    final = run_federation(
+        grid or InProcessGrid(app, nodes),
+        config,
+        np.zeros(SIZE, np.float32),
+        build_strategy(strategy),
+        lambda p: (0.0, 0.0),
+        outcomes.append,
+    )
+    return final, outcomes
+
+
+def expected_mean(clients, max_weight=8.0, n=8):
+    enc = FixedPoint.for_round(n, SecAggConfig.clip, max_weight)
+    w = np.array([enc.weight_units(k + 1) for k in clients], np.float64)
+    value = sum(float(shift(k)) * wk for k, wk in zip(clients, w, strict=True)) / w.sum()
+    return value, enc.error_bound(n, w.sum())
+
+
+def test_secure_fedavg_matches_plain_fedavg():
+    plain, plain_outcomes = run(toy_app(), rounds=2)
+    secure, outcomes = run(toy_app(), rounds=2, secagg=SecAggConfig(max_weight=8))
+    value, bound = expected_mean(range(8))
+    np.testing.assert_allclose(secure, 2 * value, atol=2 * bound)
+    np.testing.assert_allclose(secure, plain, atol=1e-6)
+    assert outcomes[-1].num_accepted == 8
+    assert outcomes[-1].train_loss == pytest.approx(plain_outcomes[-1].train_loss, abs=1e-6)
+    assert all(c.bytes_up < 1.1 * 4 * SIZE + 3000 for c in outcomes[-1].clients)
+
+
+@pytest.mark.parametrize(
+    "message_type",
+    ["query.secagg_advertise", "query.secagg_share", "train.secagg_masked", "query.secagg_unmask"],
+)
+def test_dropouts_at_each_stage(message_type):
+    grid = DroppingGrid(toy_app(), 8, {message_type: {1, 6}})
+    final, outcomes = run(None, grid=grid, secagg=SecAggConfig(t=4, max_weight=8))
+    summed = [k for k in range(8) if message_type == "query.secagg_unmask" or k not in (1, 6)]
+    value, bound = expected_mean(summed)
+    np.testing.assert_allclose(final, value, atol=bound)
+    rejected = {c.client_id: c.reason for c in outcomes[0].clients if not c.accepted}
+    assert set(rejected) == ({1, 6} if len(summed) == 6 else set())
+    assert all("no reply" in reason for reason in rejected.values())
+
+
+def test_too_many_dropouts_abort_the_round_clearly():
+    grid = DroppingGrid(toy_app(), 8, {"train.secagg_masked": {0, 1, 2, 3, 4}})
+    with pytest.raises(SecAggAborted, match="3 of 8 clients left, threshold t = 6"):
+        run(None, grid=grid, secagg=SecAggConfig(t=6))
+
+
+def test_no_key_seed_or_plain_update_reaches_the_server():
+    log = []
+    run(toy_app(log), secagg=SecAggConfig(max_weight=8))
+    secrets, sent = set(), []
+    for _, _, reply, state in log:
+        if state is not None:
+            secrets |= {s for s in (state.c_sk, state.s_sk, state.seed, *state.share_keys) if s}
+        content = reply.content
+        for record in content.array_records.values():
+            sent += [bytes(a.data) for a in record.values()]
+        for record in content.config_records.values():
+            for value in record.values():
+                sent += [v for v in (value if isinstance(value, list) else [value])
+                         if isinstance(v, bytes)]  # fmt: skip
+    assert len(secrets) > 8 * 3
+    enc = FixedPoint.for_round(8, SecAggConfig.clip, 8)
+    plain = [np.full(64, shift(k), np.float32).tobytes() for k in range(8)]
+    for k in range(8):
+        plain.append(enc.encode(np.full(64, shift(k), np.float32), k + 1, 0)[:60].tobytes())
+    blob = b"|".join(sent)
+    assert not any(secret in blob for secret in secrets)
+    assert not any(p in blob for p in plain)
+    masked_types = {t for _, t, r, _ in log if "secagg_masked" in r.content.array_records}
+    assert masked_types == {"train.secagg_masked"}
+
+
+def test_strategies_that_need_individual_updates_are_refused():
+    with pytest.raises(RoundFailed, match="needs individual updates"):
+        run(toy_app(), secagg=SecAggConfig(), strategy="fedmedian")
