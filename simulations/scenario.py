@@ -81,7 +81,7 @@ from fedcore.models import MODELS
 from simulations.datasets import DATASETS, Dataset, dataset_options, load_dataset
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
-from simulations.secagg_section import SecAggSection, secagg_misfit
+from simulations.secagg_section import SecAggSection, secagg_misfit, switch_on_with_table
 
 KNOWN_STRATEGIES: tuple[str, ...] = known_strategies()  # the aggregator's registry
 KNOWN_CODECS: tuple[str, ...] = tuple(CODECS)
@@ -382,6 +382,12 @@ class Scenario(_Section):
     federation: FederationConfig
     train: TrainConfig = TrainConfig()
     secagg: SecAggSection | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secagg_switch(cls, raw: Any) -> Any:
+        """A ``[secagg]`` table switches ``federation.secagg`` on."""
+        return switch_on_with_table(raw)
 
     @model_validator(mode="before")
     @classmethod

@@ -24,9 +24,11 @@ n is ``federation.clients_per_round``; the derivation of k and t is in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic_core import PydanticCustomError
 
 from aggregator.secagg.config import SecAggConfig
 
@@ -52,6 +54,21 @@ class SecAggSection(BaseModel):
     max_weight: PositiveFloat | None = None
 
 
+def switch_on_with_table(raw: Any) -> Any:
+    """Before validation: a ``[secagg]`` table sets ``federation.secagg = true`` (so a stored
+    scenario says so); an explicit ``false`` next to the table is a contradiction."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("secagg"), Mapping):
+        return raw
+    federation = raw.get("federation")
+    if not isinstance(federation, Mapping):
+        return raw
+    if federation.get("secagg", True) is False:
+        raise PydanticCustomError(
+            "scenario", "false, but a [secagg] table is given", {"key": "federation.secagg"}
+        )
+    return {**raw, "federation": {**federation, "secagg": True}}
+
+
 def secagg_enabled(scenario: Scenario) -> bool:
     """Whether the scenario runs secure aggregation."""
     return scenario.federation.secagg or scenario.secagg is not None
@@ -71,8 +88,6 @@ def secagg_config(scenario: Scenario, largest_partition: int | None = None) -> S
 def secagg_misfit(scenario: Scenario) -> tuple[str, str] | None:
     """``(dotted key, reason)`` if the scenario cannot run secure aggregation, else None."""
     fed = scenario.federation
-    if scenario.secagg is not None and "secagg" in fed.model_fields_set and not fed.secagg:
-        return "federation.secagg", "false, but a [secagg] table is given"
     if not secagg_enabled(scenario):
         return None
     if fed.strategy not in SECAGG_STRATEGIES:

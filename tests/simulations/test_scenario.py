@@ -122,7 +122,7 @@ ERRORS = [
     ({"model.hidden": 64}, "model.hidden: expected a list, got 64"),
     ({"model": "mlp"}, "model: expected a table, got 'mlp'"),
     # unknown keys
-    ({"seeds": 1}, "seeds: unknown key (allowed: name, seed, data, model, federation, train, secagg)"),
+    ({"seeds": 1}, "seeds: unknown key (allowed: name, seed, data, model, federation, train,"),
     ({"train.lr": 0.1}, "train.lr: unknown key (allowed: local_epochs, batch_size,"),
     (
         {
