@@ -1,5 +1,8 @@
 """Parity with Flower: the same replies give the same next global model (1e-6 relative).
 
+FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg, Krum, MultiKrum,
+Bulyan and QFedAvg.
+
 Each case feeds identical hand-built reply messages to Flower's ``aggregate_train`` and to
 our composition (on numpy and on array-api-strict), for three rounds so that server-optimizer
 state (momentum, Adam moments) is compared too.
@@ -46,6 +49,10 @@ CASES = {
         {"num_malicious": 1, "select": 3},
     ),
     "bulyan": (lambda: fl.Bulyan(weighted_by_key=KEY, num_malicious_nodes=1), {"num_malicious": 1}),
+    "qfedavg": (
+        lambda: fl.QFedAvg(client_learning_rate=0.1, q=0.2, weighted_by_key=KEY),
+        {"q": 0.2, "client_learning_rate": 0.1},
+    ),
 }
 
 
@@ -53,6 +60,8 @@ def _set_current(flower, global_vector):
     """What Flower's ``configure_train`` would remember (it needs a grid to be called)."""
     if isinstance(flower, FedOpt):
         flower.current_arrays = {VECTOR_KEY: global_vector.copy()}
+    elif isinstance(flower, fl.QFedAvg):
+        flower.current_arrays = ArrayRecord({VECTOR_KEY: Array(global_vector.copy())})
     elif isinstance(flower, fl.FedAvgM) and flower.current_arrays is None:
         flower.current_arrays = ArrayRecord({VECTOR_KEY: Array(global_vector.copy())})
 
@@ -75,13 +84,14 @@ def test_same_next_global_model_as_flower(name, device):
         _, vectors = client_vectors(CLIENTS, SIZE, seed=10 + rnd, center=global_vector + 0.05)
         weights = [int(w) for w in rng.integers(5, 60, CLIENTS)]
         _set_current(flower, global_vector)
-        replies = [
-            reply(v, w, node=i + 1) for i, (v, w) in enumerate(zip(vectors, weights, strict=True))
-        ]
-        expected, _ = flower.aggregate_train(rnd, replies)
+        pairs = list(zip(vectors, weights, strict=True))
+        losses = [0.5 + i / 10 for i in range(CLIENTS)]  # q-FedAvg weighs by loss
+        expected, _ = flower.aggregate_train(
+            rnd, [reply(v, w, losses[i], node=i + 1) for i, (v, w) in enumerate(pairs)]
+        )
         aggregation = ours.start_round(global_vector, rnd)
-        for i, (v, w) in enumerate(zip(vectors, weights, strict=True)):
-            aggregation.offer(decode_reply(reply(v, w, node=i + 1), SIZE))
+        for i, (v, w) in enumerate(pairs):
+            aggregation.offer(decode_reply(reply(v, w, losses[i], node=i + 1), SIZE))
         got = aggregation.finish()
         want = expected[VECTOR_KEY].numpy()
         assert got.dtype == np.float32 and got.shape == want.shape
