@@ -161,9 +161,16 @@ def w_mlp_rss(kind: str, steps: int) -> dict:
         opt = SGD(fm.parameters(), lr=0.01, momentum=0.9)
         step = fm.hybridize(optimizer=opt) if kind == "fedcore hybrid" else \
             fed_eager_step(fm, opt)
+    pool_peak = None
     for i in range(steps):
+        if i == 1 and kind != "pytorch":  # after the first step (the trace, for hybrid)
+            from fedcore.engine import get_engine
+
+            get_engine().pool.reset_peak()
         step(*data[i % len(data)])
-    return {"peak_rss": maxrss(), "import_baseline_rss": baseline}
+    if kind != "pytorch":
+        pool_peak = get_engine().pool.peak_bytes
+    return {"peak_rss": maxrss(), "import_baseline_rss": baseline, "pool_peak": pool_peak}
 
 
 def _deep(budget: int | None, seed: int = 0) -> tuple[Any, Any, Any]:
@@ -282,9 +289,11 @@ def main() -> None:
     rss = {k: run_worker(["mlp_rss", k, str(a.rss_steps)], t)
            for k in ("fedcore eager", "fedcore hybrid", "pytorch")}
     for k, v in rss.items():
+        pool = "" if v["pool_peak"] is None else f"; engine pool peak per step " \
+            f"{mib(v['pool_peak'])}"
         print(f"  peak RSS {k:15s} {mib(v['peak_rss']):>10s} (import baseline "
               f"{mib(v['import_baseline_rss'])})   ratio to PyTorch "
-              f"{v['peak_rss'] / rss['pytorch']['peak_rss']:.3f}")
+              f"{v['peak_rss'] / rss['pytorch']['peak_rss']:.3f}{pool}")
     if not a.skip_deep:
         _deep_report(a, t)
     print(f"\nload average after: {os.getloadavg()}")

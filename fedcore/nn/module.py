@@ -155,7 +155,9 @@ class Module:
         `step = model.hybridize(optimizer=opt)` then `loss = step(x, y)` runs forward,
         `loss_fn` (default softmax cross-entropy), backward and `optimizer`'s update. With
         `budget_bytes` the planner recomputes activations until the step fits, or raises
-        `PlanBudgetError` naming the smallest budget that would. See `fedcore.engine.hybrid`.
+        `PlanBudgetError` naming the smallest budget that would. A batch of a new shape (a
+        smaller last batch) is traced and planned once more, then cached: it never falls back
+        to eager. See `fedcore.engine.hybrid`.
         """
         from ..engine.hybrid import compile_step
         from ..engine.losses import softmax_cross_entropy

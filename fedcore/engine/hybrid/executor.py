@@ -32,7 +32,7 @@ from .tracer import Tracer, trace
 
 __all__ = ["BoundPlan", "TrainStep", "compile_step"]
 
-SGD_CHUNK = 1 << 20  # elements per SGD update chunk (without a budget; see _compile)
+SGD_CHUNK = 1 << 18  # elements per SGD update chunk: a 1 MiB scratch at most
 
 
 class BoundPlan:
