@@ -30,6 +30,7 @@ def imported_after(modules: list[str]) -> set[str]:
         "device_profiles",
         "client_runtime.app",
         "client_runtime.trainer",
+        "client_runtime.secagg",
     ],
 )
 def test_device_packages_stay_light(package):
@@ -37,7 +38,9 @@ def test_device_packages_stay_light(package):
 
 
 def test_fedcore_core_does_not_need_flower():
-    assert "flwr" not in imported_after(["fedcore.engine", "fedcore.nn", "fedcore.optim"])
+    assert "flwr" not in imported_after(
+        ["fedcore.engine", "fedcore.nn", "fedcore.optim", "fedcore.secagg", "client_runtime.secagg"]
+    )
 
 
 def test_aggregator_never_imports_the_client_runtime():

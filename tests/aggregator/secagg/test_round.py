@@ -5,10 +5,11 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from aggregator.backend import select_backend
 from aggregator.rounds import FederationConfig, RoundFailed, run_federation
 from aggregator.secagg import SecAggConfig
 from aggregator.secagg.round import SecAggAborted
-from aggregator.strategies import build_strategy
+from aggregator.strategies import StrategyContext, build_strategy
 from client_runtime.app import partition_id
 from client_runtime.secagg import STATE_RECORD, ClientState, TrainOutput, register_secagg
 from fedcore import protocol
@@ -77,15 +78,15 @@ class DroppingGrid(InProcessGrid):
         return super().send_and_receive([m for m in messages if not vanishes(m)], timeout=timeout)
 
 
-def run(app, nodes=8, per_round=8, rounds=1, secagg=None, strategy="fedavg", grid=None):
+def run(app, nodes=8, rounds=1, secagg=None, strategy="fedavg", grid=None, device="cpu"):
     train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), 1, 1, 0.1, 0.0, 0.0, 0)
-    config = FederationConfig(rounds, per_round, train, seed=3, secagg=secagg)
+    config = FederationConfig(rounds, nodes, train, seed=3, secagg=secagg)
     outcomes = []
     final = run_federation(
         grid or InProcessGrid(app, nodes),
         config,
         np.zeros(SIZE, np.float32),
-        build_strategy(strategy),
+        build_strategy(strategy, context=StrategyContext(backend=select_backend(device))),
         lambda p: (0.0, 0.0),
         outcomes.append,
     )
@@ -99,9 +100,10 @@ def expected_mean(clients, max_weight=8.0, n=8):
     return value, enc.error_bound(n, w.sum())
 
 
-def test_secure_fedavg_matches_plain_fedavg():
+@pytest.mark.parametrize("device", ["cpu", "strict"])  # numpy and array-api-strict backends
+def test_secure_fedavg_matches_plain_fedavg(device):
     plain, plain_outcomes = run(toy_app(), rounds=2)
-    secure, outcomes = run(toy_app(), rounds=2, secagg=SecAggConfig(max_weight=8))
+    secure, outcomes = run(toy_app(), rounds=2, secagg=SecAggConfig(max_weight=8), device=device)
     value, bound = expected_mean(range(8))
     np.testing.assert_allclose(secure, 2 * value, atol=2 * bound)
     np.testing.assert_allclose(secure, plain, atol=1e-6)
