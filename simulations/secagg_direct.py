@@ -19,7 +19,6 @@ import numpy as np
 from aggregator.secagg.server import SecAggServer
 from client_runtime.secagg import SecAggClient
 from fedcore.secagg.fixedpoint import FixedPoint
-from fedcore.secagg.messages import MaskReply
 from fedcore.secagg.params import SecAggParams
 
 UpdateFn = Callable[[int], tuple[np.ndarray, float, float]]  # i -> (update, examples, loss)
@@ -109,8 +108,6 @@ def run_direct(
                 tick = time.perf_counter()
                 server.receive(node, reply)
                 server_seconds += time.perf_counter() - tick
-                if isinstance(reply, MaskReply):
-                    del reply  # the server keeps only its running sum
             tick = time.perf_counter()
             server.close_stage()
             server_seconds += time.perf_counter() - tick
@@ -120,8 +117,9 @@ def run_direct(
         server_seconds += time.perf_counter() - tick
         stage_seconds["result"] = time.perf_counter() - tick
     except Exception as exc:  # Aborted, mostly: report it with the costs so far
-        return DirectRound(server, None, exc, server_seconds, client_seconds, client_bytes,
-                           stage_seconds)  # fmt: skip
+        return DirectRound(
+            server, None, exc, server_seconds, client_seconds, client_bytes, stage_seconds
+        )
     return DirectRound(
         server, total, None, server_seconds, client_seconds, client_bytes, stage_seconds
     )

@@ -76,8 +76,8 @@ def test_fewer_than_t_survivors_abort_with_a_clear_error():
     n = 10
     params = derive_params(n)  # complete graph, t = 8
     _, _, update_of = make_updates(n, 16, 2)
-    outcome = run_direct(n, 16, update_of, params, FixedPoint.for_round(n, 1.0, 60),
-                         {"masked": {0, 1, 2}})  # fmt: skip
+    encoding = FixedPoint.for_round(n, 1.0, 60)
+    outcome = run_direct(n, 16, update_of, params, encoding, {"masked": {0, 1, 2}})
     assert isinstance(outcome.error, Aborted)
     assert "7 of 10 clients left, threshold t = 8" in str(outcome.error)
     assert outcome.total is None
@@ -87,8 +87,8 @@ def test_too_few_shares_to_unmask_abort_instead_of_a_wrong_sum():
     n = 6
     params = SecAggParams(n, 5, 4)
     _, _, update_of = make_updates(n, 16, 3)
-    outcome = run_direct(n, 16, update_of, params, FixedPoint.for_round(n, 1.0, 60),
-                         {"unmask": {0, 1}})  # fmt: skip
+    encoding = FixedPoint.for_round(n, 1.0, 60)
+    outcome = run_direct(n, 16, update_of, params, encoding, {"unmask": {0, 1}})
     assert isinstance(outcome.error, Aborted)
 
 

@@ -145,8 +145,8 @@ def test_no_key_seed_or_plain_update_reaches_the_server():
             sent += [bytes(a.data) for a in record.values()]
         for record in content.config_records.values():
             for value in record.values():
-                sent += [v for v in (value if isinstance(value, list) else [value])
-                         if isinstance(v, bytes)]  # fmt: skip
+                items = value if isinstance(value, list) else [value]
+                sent += [v for v in items if isinstance(v, bytes)]
     assert len(secrets) > 8 * 3
     enc = FixedPoint.for_round(8, SecAggConfig.clip, 8)
     plain = [np.full(64, shift(k), np.float32).tobytes() for k in range(8)]
