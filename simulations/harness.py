@@ -25,7 +25,7 @@ from fedcore.models import build_model
 from simulations.backends import BACKENDS
 from simulations.datasets import Dataset, load_dataset
 from simulations.partition import partition
-from simulations.scenario import Scenario, ScenarioError, builder_parameters, model_misfit
+from simulations.scenario import Scenario, ScenarioError, model_arguments, model_misfit
 from simulations.secagg_section import secagg_config
 
 
@@ -72,28 +72,16 @@ class PartitionLoader:
 
 
 def model_spec(scenario: Scenario, data: Dataset) -> protocol.ModelSpec:
-    """The model a scenario asks for, sized for its dataset.
+    """The model a scenario asks for, sized for its dataset (see `model_arguments`).
 
-    The builder gets those of ``input_dim`` (features per row), ``input_shape`` (the shape a
-    row stands for, e.g. (28, 28, 1)), ``num_classes``, ``vocab_size`` and ``seed`` that it
-    takes, plus the scenario's ``[model]`` hyperparameters. ``ScenarioError`` naming
-    ``model.name`` if the model cannot learn this data (e.g. an LSTM on digits).
+    ``ScenarioError`` naming ``model.name`` if the model cannot learn this data (e.g. an LSTM
+    on digits, a CNN on text).
     """
     name = scenario.model.name
     misfit = model_misfit(name, data)
     if misfit:
         raise ScenarioError(f"{scenario.name}: model.name: {misfit}")
-    sizes: dict[str, Any] = {
-        "input_dim": int(np.prod(data.input_shape)),
-        "input_shape": [int(n) for n in data.input_shape],
-        "num_classes": data.num_classes,
-        "vocab_size": data.num_classes,
-        "seed": scenario.seed,
-    }
-    params = builder_parameters(name)
-    kwargs = {key: value for key, value in sizes.items() if key in params}
-    kwargs.update(scenario.model.hyperparameters)
-    return protocol.ModelSpec(name, kwargs)
+    return protocol.ModelSpec(name, model_arguments(scenario.model, data, scenario.seed))
 
 
 def dataset_args(scenario: Scenario) -> dict[str, Any]:

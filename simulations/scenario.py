@@ -77,7 +77,7 @@ from pydantic_core import PydanticCustomError
 
 from aggregator.strategies import known_strategies, strategy_options
 from fedcore.compression import CODECS, codec_options
-from fedcore.models import MODELS
+from fedcore.models import MODELS, build_model
 from simulations.datasets import DATASETS, Dataset, dataset_options, load_dataset
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
@@ -164,7 +164,7 @@ class DataConfig(_Section):
             raise _fail(
                 "data.alpha", f"only used by the dirichlet partition, not {self.partition!r}"
             )
-        if not dirichlet and "min_size" in self.model_fields_set:
+        if not dirichlet and self.min_size != DEFAULT_MIN_SIZE:  # the default: as if not given
             raise _fail(
                 "data.min_size", f"only used by the dirichlet partition, not {self.partition!r}"
             )
@@ -221,6 +221,8 @@ class ModelConfig(_Section):
         """A model with one hidden width (lstm) may say ``hidden = 128`` for ``[128]``."""
         name = info.data.get("name")
         if type(value) is int and name in MODELS and _one_width_key(name, "hidden"):
+            if value <= 0:
+                raise PydanticCustomError("scenario", f"must be > 0, got {value}")
             return [value]
         return value
 
@@ -261,8 +263,6 @@ class ModelConfig(_Section):
         return out
 
 
-# Builder keywords that a scenario never sets: they come from the dataset and the seed.
-DATA_ARGUMENTS: tuple[str, ...] = ("input_dim", "input_shape", "num_classes", "vocab_size", "seed")
 _HYPERPARAMETERS: tuple[str, ...] = tuple(k for k in ModelConfig.model_fields if k != "name")
 _WIDTH_OF = {"hidden": "hidden layer", "channels": "conv block"}
 
@@ -282,7 +282,8 @@ def model_misfit(name: str, data: Dataset) -> str | None:
     """Why model ``name`` cannot learn ``data`` (one line), or None if it can.
 
     A builder that takes ``vocab_size`` is a language model and needs token sequences; any
-    other needs a label per example; one that takes ``input_shape`` needs images (H, W, C).
+    other needs a label per example; one that takes ``input_shape`` needs images: rows that
+    stand for (H, W) or (H, W, C), or square ones (8x8 digits as 64 features).
     """
     params = builder_parameters(name)
     language_models = [m for m in MODELS if "vocab_size" in builder_parameters(m)]
@@ -294,12 +295,37 @@ def model_misfit(name: str, data: Dataset) -> str | None:
     if "vocab_size" not in params and data.sequence_targets:
         use = f" (use {' or '.join(language_models)})" if language_models else ""
         return f"{name!r} predicts a label per example, {data.name!r} a word per position{use}"
-    if "input_shape" in params and len(data.input_shape) != 3:
+    if "input_shape" in params and not _image_like(data.input_shape):
         return (
             f"{name!r} needs images (input_shape height, width, channels), {data.name!r} has "
             f"rows of shape {tuple(data.input_shape)}"
         )
     return None
+
+
+def model_arguments(model: ModelConfig, data: Dataset, seed: int) -> dict[str, Any]:
+    """The builder keywords for ``model`` sized for ``data`` (JSON-ready).
+
+    A language model gets ``vocab_size``; any other ``num_classes`` and, those it takes,
+    ``input_dim`` (features per row) and ``input_shape`` (the image a row stands for, when
+    the data says). Then ``seed`` and the ``[model]`` hyperparameters.
+    """
+    params = builder_parameters(model.name)
+    if "vocab_size" in params:
+        sizes: dict[str, Any] = {"vocab_size": data.num_classes}
+    else:
+        sizes = {"num_classes": data.num_classes, "input_dim": int(np.prod(data.input_shape))}
+        if len(data.input_shape) > 1:
+            sizes["input_shape"] = [int(n) for n in data.input_shape]
+    sizes["seed"] = seed
+    kwargs = {key: value for key, value in sizes.items() if key in params}
+    return {**kwargs, **model.hyperparameters}
+
+
+def _image_like(shape: tuple[int, ...]) -> bool:
+    if len(shape) in (2, 3):
+        return True
+    return len(shape) == 1 and int(np.sqrt(shape[0])) ** 2 == shape[0]
 
 
 def _one_width_key(name: str, key: str) -> bool:
@@ -436,6 +462,7 @@ class Scenario(_Section):
         misfit = model_misfit(self.model.name, data)
         if misfit:
             raise _fail("model.name", misfit)
+        self._try_building(data)
         if self.data.partition == "dirichlet" and data.sequence_targets:
             raise _fail(
                 "data.partition",
@@ -459,6 +486,18 @@ class Scenario(_Section):
         if misfit:
             raise _fail(*misfit)
         return self
+
+    def _try_building(self, data: Dataset) -> None:
+        """Build the model once, so a bad hyperparameter fails here, naming its key."""
+        name = self.model.name
+        try:
+            build_model(name, **model_arguments(self.model, data, self.seed))
+        except (ValueError, TypeError) as error:
+            text = str(error).removeprefix(f"{name}: ")
+            key, _, rest = text.partition(" ")
+            if key in model_keys(name):
+                raise _fail(f"model.{key}", rest) from None
+            raise _fail("model", text) from None
 
     def load_data(self) -> Dataset:
         """The scenario's dataset (cached: cheap to call again)."""
