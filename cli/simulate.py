@@ -60,7 +60,9 @@ def simulate(
     try:
         select_backend(device)
     except (ValueError, BackendUnavailable) as exc:
-        fail(f"--device: {exc}")
+        from rich.markup import escape
+
+        fail(f"--device: {escape(str(exc))}")
     try:
         spec = load_scenario(scenario)
         if secagg is not None:
