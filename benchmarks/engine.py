@@ -266,7 +266,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1, help="BLAS threads for every framework")
     p.add_argument("--reps", type=int, default=200, help="interleaved reps for the MLP")
-    p.add_argument("--deep-reps", type=int, default=7, help="interleaved reps for the deep MLP")
+    p.add_argument("--deep-reps", type=int, default=9, help="interleaved reps for the deep MLP")
     p.add_argument("--rss-steps", type=int, default=50)
     p.add_argument("--skip-deep", action="store_true")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
