@@ -1,6 +1,6 @@
 """Engine benchmark: fedcore (eager and hybridized) against PyTorch, side by side.
 
-    python -m benchmarks.engine [--threads 1] [--reps 200] [--deep-reps 7]
+    python -m benchmarks.engine [--threads 1] [--reps 200] [--deep-reps 9]
 
 (a) MLP 784-512-256-10, batch 128, SGD momentum 0.9: step time of fedcore eager, fedcore
     hybridized and PyTorch in ONE process, repetitions interleaved (the order rotates each
