@@ -1,10 +1,12 @@
 """The client side of SecAgg+: a state machine over the four stages, and its ClientApp handlers.
 
-``SecAggClient`` is the protocol alone (no Flower): idle -> advertised -> shared -> masked ->
-done. Each stage checks that the server's request is for this round (session), in order, well
-formed and safe to answer (Bonawitz et al.'s checks: enough neighbours, never both shares of
-one client), and raises ``ProtocolViolation`` with the reason otherwise; the handler then
-answers with an error and the server counts this client as dropped. ``register_secagg``
+``SecAggClient`` is the protocol alone (no Flower): idle -> shared -> masked -> done for each
+round, plus a key ring of advertised key pairs kept across rounds (stage 0 fills it; the
+share-keys request names the slot to use, and a slot serves once). Each stage checks that the
+server's request is for this round (session), in order, well formed and safe to answer
+(Bonawitz et al.'s checks: enough neighbours, never both shares of one client), and raises
+``ProtocolViolation`` with the reason otherwise; the handler then answers with an error and
+the server counts this client as dropped. ``register_secagg``
 adds the four handlers to a ``ClientApp``; the client's state lives in ``context.state``
 between messages, as Flower keeps a node's context for the run on every backend.
 """
@@ -27,9 +29,9 @@ from fedcore.secagg.errors import DecryptionFailed, ProtocolViolation
 from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.secagg.messages import (
     KeysReply,
+    KeysRequest,
     MaskReply,
     MaskRequest,
-    Setup,
     ShareReply,
     ShareRequest,
     UnmaskReply,
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
 
 STATE_RECORD = "secagg_state"
+MAX_KEYS_AHEAD = 32  # unused key pairs a client keeps at most
+_KEYRING = ("next_slot", "slots", "slot_c_sks", "slot_s_sks", "used_sessions")
 SHARE_WORDS = shamir.CHUNKS
 _PLAINTEXT_BYTES = 8 + 2 * 4 * SHARE_WORDS
 
@@ -57,8 +61,14 @@ class TrainOutput(NamedTuple):
 
 @dataclass
 class ClientState:
-    """Everything a client remembers between stages (bytes, ints and tuples only)."""
+    """Everything a client remembers between stages (bytes, ints and tuples only): its key
+    ring (advertised, unused key pairs by slot) and the current round's state."""
 
+    next_slot: int = 0
+    slots: tuple[int, ...] = ()  # unused advertised key slots, ascending
+    slot_c_sks: tuple[bytes, ...] = ()
+    slot_s_sks: tuple[bytes, ...] = ()
+    used_sessions: tuple[bytes, ...] = ()  # the last few rounds answered (replays)
     stage: str = "idle"
     session: bytes = b""
     round: int = 0
@@ -136,14 +146,48 @@ class SecAggClient:
         _expect(session == s.session, "message is for another round (session mismatch)")
 
     # -- stage 0 ---------------------------------------------------------------------------
-    def advertise(self, setup: Setup) -> KeysReply:
-        """Check the round's setup, make fresh key pairs, return the public keys."""
+    def advertise(self, request: KeysRequest) -> KeysReply:
+        """Make ``request.count`` fresh key pairs for coming rounds; return their public keys.
+
+        Unused older pairs are discarded: the server asks only when it holds none of them."""
+        _expect(1 <= request.count <= MAX_KEYS_AHEAD, f"asked for {request.count} key pairs")
+        # the server holds none of this client's unused keys: start the ring afresh
+        self.state = dataclasses.replace(self.state, slots=(), slot_c_sks=(), slot_s_sks=())
+        slots, c_pks, s_pks = self._new_keys(request.count)
+        return KeysReply(request.session, slots, c_pks, s_pks)
+
+    def _new_keys(self, count: int) -> tuple[tuple[int, ...], tuple[bytes, ...], tuple[bytes, ...]]:
         s = self.state
-        _expect(
-            not (s.stage != "idle" and setup.session == s.session),
-            "setup replayed: this round's keys were already advertised",
+        room = max(0, MAX_KEYS_AHEAD - len(s.slots))
+        count = min(count, room)
+        pairs = [(keys.KeyPair.generate(), keys.KeyPair.generate()) for _ in range(count)]
+        slots = tuple(range(s.next_slot, s.next_slot + count))
+        self.state = dataclasses.replace(
+            s,
+            next_slot=s.next_slot + count,
+            slots=s.slots + slots,
+            slot_c_sks=s.slot_c_sks + tuple(c.private for c, _ in pairs),
+            slot_s_sks=s.slot_s_sks + tuple(k.private for _, k in pairs),
         )
+        return slots, tuple(c.public for c, _ in pairs), tuple(k.public for _, k in pairs)
+
+    def _take_slot(self, slot: int) -> tuple[bytes, bytes]:
+        """The key pairs of ``slot``, used once: it and every older slot are forgotten."""
+        s = self.state
+        _expect(slot in s.slots, f"key slot {slot} is unknown or already used")
+        at = s.slots.index(slot)
+        self.state = dataclasses.replace(
+            s,
+            slots=s.slots[at + 1 :],
+            slot_c_sks=s.slot_c_sks[at + 1 :],
+            slot_s_sks=s.slot_s_sks[at + 1 :],
+        )
+        return s.slot_c_sks[at], s.slot_s_sks[at]
+
+    def _check_setup(self, setup: ShareRequest) -> int:
+        """Validate the round's parameters; return this client's index."""
         _expect(len(setup.session) >= 16, "session id too short")
+        _expect(setup.session not in self.state.used_sessions, "replayed: round already joined")
         n = len(setup.participants)
         _expect(2 <= n <= shamir.MAX_HOLDERS, f"{n} participants (need 2..{shamir.MAX_HOLDERS})")
         _expect(len(set(setup.participants)) == n, "participant list has duplicates")
@@ -154,41 +198,46 @@ class SecAggClient:
         _expect(setup.vector_size >= 1, "empty vector")
         encoding_ok = 1 <= setup.frac_bits <= 30 and setup.clip > 0 and setup.max_weight > 0
         _expect(encoding_ok, "invalid fixed-point encoding")
-        index = setup.participants.index(self.node_id) + 1
-        nbrs = graph.neighbours_of(index - 1, n, setup.k, setup.graph_seed) + 1
-        c, sk = keys.KeyPair.generate(), keys.KeyPair.generate()
-        self.state = ClientState(
-            stage="advertised",
-            session=setup.session,
-            round=setup.round,
-            index=index,
-            n=n,
-            k=setup.k,
-            t=setup.t,
-            neighbours=tuple(int(j) for j in nbrs),
-            clip=setup.clip,
-            frac_bits=setup.frac_bits,
-            max_weight=setup.max_weight,
-            vector_size=setup.vector_size,
-            c_sk=c.private,
-            s_sk=sk.private,
-        )
-        return KeysReply(setup.session, c.public, sk.public)
+        return setup.participants.index(self.node_id) + 1
 
     # -- stage 1 ---------------------------------------------------------------------------
     def share_keys(self, request: ShareRequest) -> ShareReply:
-        """Shamir-share the pairwise secret key and a fresh self-mask seed among the
-        neighbours that advertised, one AEAD ciphertext per neighbour."""
-        self._require("advertised", request.session)
-        s = self.state
+        """Join the round: check its setup, take the key pair of the slot the server names,
+        and Shamir-share the pairwise secret key and a fresh self-mask seed among the
+        neighbours, one AEAD ciphertext per neighbour."""
+        index = self._check_setup(request)
+        n, t = len(request.participants), request.t
+        graph_nbrs = graph.neighbours_of(index - 1, n, request.k, request.graph_seed)
+        nbrs = tuple(int(j) + 1 for j in graph_nbrs)
         peers = request.neighbours
         _expect(len(set(peers)) == len(peers), "neighbour list has duplicates")
-        _expect(set(peers) <= set(s.neighbours), "a listed client is not a graph neighbour")
+        _expect(set(peers) <= set(nbrs), "a listed client is not a graph neighbour")
         _expect(len(request.c_pks) == len(peers) == len(request.s_pks), "key lists mismatch")
         all_keys = [*request.c_pks, *request.s_pks]
         _expect(all(len(k) == keys.KEY_BYTES for k in all_keys), "malformed public key")
         _expect(len(set(all_keys)) == len(all_keys), "public keys are not all distinct")
-        _expect(len(peers) >= s.t, f"only {len(peers)} neighbours advertised keys; t = {s.t}")
+        _expect(len(peers) >= t, f"only {len(peers)} neighbours advertised keys; t = {t}")
+        c_sk_raw, s_sk_raw = self._take_slot(request.slot)
+        keyring = {f: getattr(self.state, f) for f in _KEYRING}
+        keyring["used_sessions"] = (*self.state.used_sessions, request.session)[-8:]
+        self.state = ClientState(  # a fresh round: nothing of an earlier one carries over
+            **keyring,
+            stage="joined",
+            session=request.session,
+            round=request.round,
+            index=index,
+            n=n,
+            k=request.k,
+            t=t,
+            neighbours=nbrs,
+            clip=request.clip,
+            frac_bits=request.frac_bits,
+            max_weight=request.max_weight,
+            vector_size=request.vector_size,
+            c_sk=c_sk_raw,
+            s_sk=s_sk_raw,
+        )
+        s = self.state
         seed = os.urandom(32)
         shares = shamir.split([s.s_sk, seed], peers, s.t)  # (2, len(peers), 16)
         ciphertexts, share_keys = [], []
@@ -303,8 +352,12 @@ class SecAggClient:
                 owners.append(owner)
                 rows.append(held_s[row])
         shares = np.stack(rows).astype("<u4").tobytes() if rows else b""
-        self.state = ClientState(stage="done", session=s.session, round=s.round, index=s.index)
-        return UnmaskReply(s.session, tuple(owners), shares)
+        self.state = dataclasses.replace(
+            ClientState(stage="done", session=s.session, round=s.round, index=s.index),
+            **{f: getattr(s, f) for f in _KEYRING},
+        )
+        slots, c_pks, s_pks = self._new_keys(max(0, min(request.more_keys, MAX_KEYS_AHEAD)))
+        return UnmaskReply(s.session, tuple(owners), shares, slots, c_pks, s_pks)
 
 
 def _check_plaintext(plain: bytes, sender: int, recipient: int) -> None:
@@ -359,7 +412,7 @@ def register_secagg(app: ClientApp, train: TrainFn) -> None:
         reply = client.mask(update, out.num_examples, out.loss)
         return reply, {protocol.METRICS: MetricRecord({"seconds": out.seconds})}
 
-    app.query("secagg_advertise")(stage(Setup, lambda c, r, *_: (c.advertise(r), {})))
+    app.query("secagg_advertise")(stage(KeysRequest, lambda c, r, *_: (c.advertise(r), {})))
     app.query("secagg_share")(stage(ShareRequest, lambda c, r, *_: (c.share_keys(r), {})))
     app.train("secagg_masked")(stage(MaskRequest, masked))
     app.query("secagg_unmask")(stage(UnmaskRequest, lambda c, r, *_: (c.unmask(r), {})))

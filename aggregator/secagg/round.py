@@ -1,9 +1,11 @@
-"""One secure-aggregation round on Flower's ``Grid``: four ``send_and_receive`` calls.
+"""One secure-aggregation round on Flower's ``Grid``: three or four ``send_and_receive`` calls.
 
 ``run_round`` in ``aggregator.rounds`` hands over here when the run has a ``SecAggConfig``.
 Each stage sends every live client its message (types in ``fedcore.secagg.messages.TYPES``),
 files the replies with the ``SecAggServer`` (an error reply, a malformed reply or no reply
-drops that client, with the reason), and closes the stage. The masked-input stage carries the
+drops that client, with the reason), and closes the stage. The advertise stage is skipped when
+every participant advertised a key pair for this round earlier in the run (the key book is
+kept per grid and run). The masked-input stage carries the
 global vector and the train instructions, so training happens there; the reply is the masked
 uint32 vector. The decoded sum is the example-weighted mean update, which the strategy's
 server optimizer turns into the next global model, as in plain FedAvg.
@@ -15,6 +17,7 @@ and central DP clips each one, which is exactly what the server may no longer se
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +32,7 @@ from aggregator.rounds import (
     sample_clients,
 )
 from aggregator.secagg.config import SecAggConfig
-from aggregator.secagg.server import STAGES, SecAggServer
+from aggregator.secagg.server import STAGES, KeyBook, SecAggServer
 from aggregator.strategies import Strategy, WeightedMean
 from fedcore import protocol
 from fedcore.secagg import messages
@@ -46,6 +49,18 @@ REPLIES = {
 
 class SecAggAborted(RoundFailed):
     """A secure-aggregation round could not produce a correct sum and was abandoned."""
+
+
+_books: weakref.WeakKeyDictionary[Any, tuple[int, KeyBook]] = weakref.WeakKeyDictionary()
+
+
+def key_book(grid: Any) -> KeyBook:
+    """The keys advertised ahead in this grid's run (a fresh book for a new run)."""
+    run_id = grid.run.run_id
+    entry = _books.get(grid)
+    if entry is None or entry[0] != run_id:
+        entry = _books[grid] = (run_id, KeyBook())
+    return entry[1]
 
 
 def check_strategy(strategy: Strategy) -> None:
@@ -93,6 +108,7 @@ def run_secagg_round(
         params.size,
         round_number,
         backend=strategy.backend,
+        book=key_book(grid),
     )
     global_record = vector_record(params)
     bytes_down = sum(len(a.data) for a in global_record.values())
@@ -115,6 +131,9 @@ def run_secagg_round(
     try:
         for stage in STAGES[:4]:
             requests = server.requests()
+            if not requests:  # every client advertised its keys in an earlier round
+                server.close_stage()
+                continue
             outgoing = [
                 Message(
                     messages.to_content(request, **(extra(node) if stage == "masked" else {})),

@@ -17,6 +17,7 @@ drive the same object.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from fedcore.secagg.errors import Aborted, ProtocolViolation
 from fedcore.secagg.fixedpoint import TAIL, FixedPoint
 from fedcore.secagg.messages import (
     KeysReply,
+    KeysRequest,
     MaskReply,
     MaskRequest,
     Setup,
@@ -41,6 +43,7 @@ from fedcore.secagg.messages import (
 from fedcore.secagg.params import SecAggParams
 
 STAGES = ("advertise", "share", "masked", "unmask", "done")
+KEYS_AHEAD = 8  # key pairs a client advertises at a time
 _REPLY = {"advertise": KeysReply, "share": ShareReply, "masked": MaskReply, "unmask": UnmaskReply}
 
 
@@ -52,10 +55,57 @@ class Dropout:
     reason: str
 
 
+class KeyBook:
+    """Public keys clients advertised for coming rounds, by node: unused (slot, c_pk, s_pk).
+
+    Kept by the round loop across the rounds of a run, so that a client that has taken part
+    before needs no advertise stage. A client that drops out is forgotten (it advertises
+    again next time), so a book out of step with a client costs one round, never a wrong sum.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[int, list[tuple[int, bytes, bytes]]] = {}
+
+    def count(self, node: int) -> int:
+        """Unused key pairs known for ``node``."""
+        return len(self._keys.get(node, ()))
+
+    def take(self, node: int) -> tuple[int, bytes, bytes] | None:
+        """The oldest unused key pair of ``node`` (removed), or None."""
+        queue = self._keys.get(node)
+        return queue.pop(0) if queue else None
+
+    def add(self, node: int, slots: Sequence[int], c_pks: Sequence[bytes], s_pks: Sequence[bytes]):
+        """Record newly advertised key pairs (slots ascending, after the known ones)."""
+        queue = self._keys.setdefault(node, [])
+        last = queue[-1][0] if queue else -1
+        for slot, c_pk, s_pk in zip(slots, c_pks, s_pks, strict=True):
+            if slot > last:
+                queue.append((slot, c_pk, s_pk))
+                last = slot
+
+    def forget(self, node: int) -> None:
+        """Drop everything known about ``node``."""
+        self._keys.pop(node, None)
+
+
+def check_keys(slots: Sequence[int], c_pks: Sequence[bytes], s_pks: Sequence[bytes]) -> None:
+    """``ProtocolViolation`` unless the advertised keys are well formed."""
+    if not len(slots) == len(c_pks) == len(s_pks):
+        raise ProtocolViolation("advertised key lists differ in length")
+    if list(slots) != sorted(set(slots)) or any(slot < 0 for slot in slots):
+        raise ProtocolViolation("key slots must be distinct, ascending and >= 0")
+    if any(len(k) != keys.KEY_BYTES for k in (*c_pks, *s_pks)):
+        raise ProtocolViolation("public keys must be 32 bytes")
+    if len({*c_pks, *s_pks}) != 2 * len(slots):
+        raise ProtocolViolation("advertised public keys are not all distinct")
+
+
 @dataclass
 class ServerState:
     """What the server has learnt so far in the round (all public or ciphertext)."""
 
+    slot: dict[int, int] = field(default_factory=dict)  # the key slot each client uses now
     c_pk: dict[int, bytes] = field(default_factory=dict)
     s_pk: dict[int, bytes] = field(default_factory=dict)
     commitments: dict[int, bytes] = field(default_factory=dict)
@@ -77,6 +127,8 @@ class SecAggServer:
         session: bytes | None = None,
         graph_seed: bytes | None = None,
         backend: Any = None,
+        book: KeyBook | None = None,
+        keys_ahead: int = KEYS_AHEAD,
     ) -> None:
         if len(set(participants)) != len(participants) or len(participants) != params.n:
             raise ValueError(f"need {params.n} distinct participants, got {len(participants)}")
@@ -105,12 +157,22 @@ class SecAggServer:
         self.survivors: dict[str, frozenset[int]] = {}  # U1..U4 by the stage that made them
         self.dropouts: dict[int, Dropout] = {}  # by index
         self.known = ServerState()
+        self.book = book if book is not None else KeyBook()
+        self.keys_ahead = keys_ahead
+        for index, node in enumerate(self.nodes, start=1):  # keys advertised in earlier rounds
+            entry = self.book.take(node)
+            if entry is not None:
+                self.known.slot[index], self.known.c_pk[index], self.known.s_pk[index] = entry
         self.backend = backend  # aggregator.backend.Backend; None: plain numpy
         size = vector_size + TAIL
         if backend is None:
             self.total = np.zeros(size, dtype=np.uint32)
         else:
             self.total = backend.xp.zeros(size, dtype=backend.xp.uint32)
+
+    @property
+    def _setup_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self.setup, f.name) for f in dataclasses.fields(self.setup)}
 
     @property
     def session(self) -> bytes:
@@ -122,6 +184,7 @@ class SecAggServer:
         if index in self.alive:
             self.alive.discard(index)
             self.dropouts[index] = Dropout(self.stage, reason)
+            self.book.forget(self.nodes[index - 1])
 
     def fail(self, node: int, reason: str) -> None:
         """Count ``node`` as dropped in this stage (error reply, timeout, bad message)."""
@@ -130,8 +193,10 @@ class SecAggServer:
 
     def requests(self) -> dict[int, object]:
         """The message for each live client in the current stage, by node id."""
+        if self.stage == "advertise":  # only clients without a key pair for this round
+            ask = KeysRequest(self.session, self.keys_ahead)
+            return {self.nodes[i - 1]: ask for i in sorted(self.alive - set(self.known.slot))}
         make = {
-            "advertise": lambda i: self.setup,
             "share": self._share_request,
             "masked": self._mask_request,
             "unmask": self._unmask_request,
@@ -158,7 +223,8 @@ class SecAggServer:
     def close_stage(self) -> None:
         """End the current stage: drop who did not answer, check thresholds, move on."""
         stage = self.stage
-        for index in sorted(self.alive - self.replied):
+        answered = self.replied | (set(self.known.slot) if stage == "advertise" else set())
+        for index in sorted(self.alive - answered):
             self._drop(index, "no reply")
         if stage in ("advertise", "share"):
             self._prune()
@@ -185,20 +251,28 @@ class SecAggServer:
 
     # -- stage 0: advertise keys -----------------------------------------------------------
     def _receive_advertise(self, index: int, reply: KeysReply) -> None:
-        if len(reply.c_pk) != keys.KEY_BYTES or len(reply.s_pk) != keys.KEY_BYTES:
-            raise ProtocolViolation("public keys must be 32 bytes")
-        if reply.c_pk == reply.s_pk:
-            raise ProtocolViolation("the two public keys are equal")
-        self.known.c_pk[index], self.known.s_pk[index] = reply.c_pk, reply.s_pk
+        if index in self.known.slot:
+            raise ProtocolViolation("keys advertised unasked")
+        check_keys(reply.slots, reply.c_pks, reply.s_pks)
+        if not reply.slots:
+            raise ProtocolViolation("no key pair advertised")
+        known = self.known
+        known.slot[index], known.c_pk[index], known.s_pk[index] = (
+            reply.slots[0],
+            reply.c_pks[0],
+            reply.s_pks[0],
+        )
+        self.book.add(self.nodes[index - 1], reply.slots[1:], reply.c_pks[1:], reply.s_pks[1:])
 
     # -- stage 1: share keys ---------------------------------------------------------------
     def _share_request(self, index: int) -> ShareRequest:
         peers = tuple(sorted(self.neighbours[index] & self.alive))
         return ShareRequest(
-            self.session,
-            peers,
-            tuple(self.known.c_pk[j] for j in peers),
-            tuple(self.known.s_pk[j] for j in peers),
+            **self._setup_fields,
+            slot=self.known.slot[index],
+            neighbours=peers,
+            c_pks=tuple(self.known.c_pk[j] for j in peers),
+            s_pks=tuple(self.known.s_pk[j] for j in peers),
         )
 
     def _receive_share(self, index: int, reply: ShareReply) -> None:
@@ -236,7 +310,9 @@ class SecAggServer:
         shared = self.neighbours[index] & self.survivors["share"]
         survivors = shared & self.survivors["masked"]
         dropped = shared - survivors
-        return UnmaskRequest(self.session, tuple(sorted(survivors)), tuple(sorted(dropped)))
+        low = self.book.count(self.nodes[index - 1]) < 2
+        more = self.keys_ahead if low else 0
+        return UnmaskRequest(self.session, tuple(sorted(survivors)), tuple(sorted(dropped)), more)
 
     def _receive_unmask(self, index: int, reply: UnmaskReply) -> None:
         request = self._unmask_request(index)
@@ -248,6 +324,10 @@ class SecAggServer:
         rows = np.frombuffer(reply.shares, "<u4").reshape(-1, shamir.CHUNKS)
         if (rows >= shamir.PRIME).any():
             raise ProtocolViolation("share values outside the field")
+        check_keys(reply.slots, reply.c_pks, reply.s_pks)
+        if len(reply.slots) > request.more_keys:
+            raise ProtocolViolation("more key pairs advertised than asked for")
+        self.book.add(self.nodes[index - 1], reply.slots, reply.c_pks, reply.s_pks)
         for owner, row in zip(reply.owners, rows, strict=True):
             self.known.shares.setdefault(owner, []).append((index, row.tobytes()))
 

@@ -1,12 +1,18 @@
 """The four stages' messages, as plain dataclasses and as Flower records.
 
 Stage (message type)                   server -> client        client -> server
-advertise keys  (query.secagg_advertise) ``Setup``               ``KeysReply``
+advertise keys  (query.secagg_advertise) ``KeysRequest``         ``KeysReply``
 share keys      (query.secagg_share)     ``ShareRequest``        ``ShareReply``
+                                         (with the ``Setup``)
 masked input    (train.secagg_masked)    ``MaskRequest`` + the   ``MaskReply`` + the masked
                                          global vector and the   vector (uint32 ArrayRecord)
                                          train instructions
 unmasking       (query.secagg_unmask)    ``UnmaskRequest``       ``UnmaskReply``
+
+Keys are advertised ahead: a client hands in key pairs for several rounds at once, by key
+slot, and tops them up in its unmask reply when the server asks; each slot serves one round
+only. So the advertise stage runs only for clients the server holds no unused slot of (all of
+them in a run's first round), and a steady round has three stages, like a plain round plus two.
 
 Every message names its stage and the round's random session id; a message for another stage
 or session is a ``ProtocolViolation``. Clients are named by their 1-based index in
@@ -62,6 +68,8 @@ class _Message:
             if not f.init:
                 continue
             if f.name not in config:
+                if f.default is not dataclasses.MISSING:
+                    continue
                 raise ProtocolViolation(f"{cls.STAGE} message lacks {f.name!r}")
             values[f.name] = _checked(cls.STAGE, f.name, config[f.name], hints[f.name])
         return cls(**values)
@@ -93,10 +101,28 @@ def _is(value: Any, kind: type) -> bool:
 
 
 @dataclass(frozen=True)
-class Setup(_Message):
-    """Stage 0 request: who takes part, the graph, the threshold and the encoding."""
+class KeysRequest(_Message):
+    """Stage 0 request: advertise ``count`` fresh key pairs, for this round and the next ones."""
 
     STAGE: ClassVar[str] = "advertise"
+    count: int
+
+
+@dataclass(frozen=True)
+class KeysReply(_Message):
+    """Stage 0 reply: fresh X25519 public keys (c for shares, s for masks) by key slot."""
+
+    STAGE: ClassVar[str] = "advertise"
+    slots: tuple[int, ...]
+    c_pks: tuple[bytes, ...]
+    s_pks: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Setup(_Message):
+    """The round's public parameters: who takes part, the graph, threshold and encoding."""
+
+    STAGE: ClassVar[str] = "setup"
     round: int
     participants: tuple[int, ...]  # node ids; a client's index is its position + 1
     k: int
@@ -109,19 +135,12 @@ class Setup(_Message):
 
 
 @dataclass(frozen=True)
-class KeysReply(_Message):
-    """Stage 0 reply: the client's two fresh X25519 public keys."""
-
-    STAGE: ClassVar[str] = "advertise"
-    c_pk: bytes
-    s_pk: bytes
-
-
-@dataclass(frozen=True)
-class ShareRequest(_Message):
-    """Stage 1 request: the public keys of the client's neighbours that advertised."""
+class ShareRequest(Setup):
+    """Stage 1 request: the setup, which of the client's advertised key slots to use, and
+    the public keys of its neighbours (for their slots)."""
 
     STAGE: ClassVar[str] = "share"
+    slot: int
     neighbours: tuple[int, ...]
     c_pks: tuple[bytes, ...]
     s_pks: tuple[bytes, ...]
@@ -170,20 +189,26 @@ class MaskReply(_Message):
 
 @dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """Stage 3 request: which neighbours survived (reveal b shares), which dropped (s shares)."""
+    """Stage 3 request: which neighbours survived (reveal b shares), which dropped (s shares),
+    and how many fresh key pairs to advertise for later rounds (0: none needed)."""
 
     STAGE: ClassVar[str] = "unmask"
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    more_keys: int = 0
 
 
 @dataclass(frozen=True)
 class UnmaskReply(_Message):
-    """Stage 3 reply: for each owner, the share (16 field elements, '<u4' bytes) asked for."""
+    """Stage 3 reply: for each owner, the share (16 field elements, '<u4' bytes) asked for;
+    and the fresh public keys asked for, by slot."""
 
     STAGE: ClassVar[str] = "unmask"
     owners: tuple[int, ...]
     shares: bytes
+    slots: tuple[int, ...] = ()
+    c_pks: tuple[bytes, ...] = ()
+    s_pks: tuple[bytes, ...] = ()
 
 
 # --- Flower records ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from aggregator.secagg.server import SecAggServer
 from client_runtime.secagg import ClientState, SecAggClient
 from fedcore.secagg.errors import ProtocolViolation
 from fedcore.secagg.fixedpoint import FixedPoint
-from fedcore.secagg.messages import MaskRequest, ShareRequest, UnmaskRequest
+from fedcore.secagg.messages import KeysRequest, MaskRequest, UnmaskRequest
 from fedcore.secagg.params import SecAggParams
 
 N, D = 5, 2000
@@ -47,27 +47,46 @@ def test_stages_must_come_in_order_and_for_this_round():
     server, clients = setup_round()
     client = clients[11]
     with pytest.raises(ProtocolViolation, match="out of order"):
-        client.share_keys(ShareRequest(server.session, (), (), ()))
+        client.open_shares(MaskRequest(server.session, (), ()))
     step(server, clients)
-    with pytest.raises(ProtocolViolation, match="replayed"):
-        client.advertise(server.setup)
     request = server.requests()[11]
+    with pytest.raises(ProtocolViolation, match="slot 99 is unknown"):
+        client.share_keys(dataclasses.replace(request, slot=99))
+    client.share_keys(request)
+    with pytest.raises(ProtocolViolation, match="replayed"):
+        client.share_keys(request)
     with pytest.raises(ProtocolViolation, match="another round"):
-        client.share_keys(dataclasses.replace(request, session=b"x" * 16))
+        client.open_shares(MaskRequest(b"x" * 16, (), ()))
     with pytest.raises(ProtocolViolation, match="out of order"):
         client.unmask(UnmaskRequest(server.session, (), ()))
 
 
+def test_a_key_slot_serves_one_round_only():
+    server, clients = setup_round()
+    reply = clients[11].advertise(KeysRequest(server.session, 3))
+    assert reply.slots == (0, 1, 2) and len(set(reply.c_pks + reply.s_pks)) == 6
+    step(server, clients)  # the server's own advertise stage: slots start afresh
+    request = server.requests()[11]
+    assert request.slot == 3
+    clients[11].share_keys(request)
+    assert 3 not in clients[11].state.slots
+    with pytest.raises(ProtocolViolation, match="too many|asked for"):
+        clients[11].advertise(KeysRequest(server.session, 10_000))
+
+
 def test_unsafe_requests_are_refused():
     server, clients = setup_round()
-    outsider = SecAggClient(99)
-    with pytest.raises(ProtocolViolation, match="not a participant"):
-        outsider.advertise(server.setup)
     step(server, clients)
+    outsider = SecAggClient(99)
+    outsider.advertise(KeysRequest(server.session, 1))
+    with pytest.raises(ProtocolViolation, match="not a participant"):
+        outsider.share_keys(dataclasses.replace(server.requests()[11], slot=0))
     request = server.requests()[11]
     with pytest.raises(ProtocolViolation, match="not all distinct"):
         clients[11].share_keys(dataclasses.replace(request, s_pks=request.c_pks))
-    few = ShareRequest(server.session, request.neighbours[:1], request.c_pks[:1], request.s_pks[:1])
+    few = dataclasses.replace(
+        request, neighbours=request.neighbours[:1], c_pks=request.c_pks[:1], s_pks=request.s_pks[:1]
+    )
     with pytest.raises(ProtocolViolation, match="only 1 neighbours"):
         clients[11].share_keys(few)
     step(server, clients)
@@ -125,3 +144,4 @@ def test_state_survives_serialisation_and_forgets_secrets_when_done():
     step(server, clients)
     done = clients[33].state
     assert done.stage == "done" and not (done.c_sk or done.s_sk or done.seed or done.shares_b)
+    assert len(done.slots) == len(server.book._keys[33]) > 0  # topped up for later rounds

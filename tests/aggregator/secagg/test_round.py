@@ -162,3 +162,32 @@ def test_no_key_seed_or_plain_update_reaches_the_server():
 def test_strategies_that_need_individual_updates_are_refused():
     with pytest.raises(RoundFailed, match="needs individual updates"):
         run(toy_app(), secagg=SecAggConfig(), strategy="fedmedian")
+
+
+def test_keys_are_advertised_ahead_and_a_client_that_lost_them_rejoins():
+    log = []
+    grid = InProcessGrid(toy_app(log), 8)
+    node = next(n for n, c in grid._contexts.items() if partition_id(c) == 5)
+    train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), 1, 1, 0.1, 0.0, 0.0, 0)
+    config = FederationConfig(4, 8, train, seed=3, secagg=SecAggConfig(t=4, max_weight=8))
+    outcomes = []
+
+    def on_round(outcome):
+        outcomes.append(outcome)
+        if outcome.number == 2:  # client 5 restarts and forgets its advertised keys
+            grid._contexts[node].state.config_records.pop(STATE_RECORD)
+        log.append(("end", outcome.number, None, None))
+
+    strategy = build_strategy("fedavg")
+    run_federation(grid, config, np.zeros(SIZE, np.float32), strategy, lambda p: (0, 0), on_round)
+    rounds = [[]]
+    for k, kind, _, _ in log:
+        if k == "end":
+            rounds.append([])
+        else:
+            rounds[-1].append(kind)
+    advertised = [sum(kind == "query.secagg_advertise" for kind in r) for r in rounds[:4]]
+    assert advertised == [8, 0, 0, 1]  # all at first, then only the client that lost its keys
+    lost = {c.client_id: c.reason for c in outcomes[2].clients if not c.accepted}
+    assert list(lost) == [5] and "key slot" in lost[5]
+    assert outcomes[3].num_accepted == 8
