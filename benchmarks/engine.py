@@ -1,6 +1,6 @@
 """Engine benchmark: fedcore (eager and hybridized) against PyTorch, side by side.
 
-    python -m benchmarks.engine [--threads 1] [--reps 200] [--deep-reps 9]
+    python -m benchmarks.engine [--threads 1] [--reps 200] [--deep-reps 11]
 
 (a) MLP 784-512-256-10, batch 128, SGD momentum 0.9: step time of fedcore eager, fedcore
     hybridized and PyTorch in ONE process, repetitions interleaved (the order rotates each
@@ -96,6 +96,18 @@ def torch_step(model: Any, opt: Any) -> Any:
     return step
 
 
+def _timed(f: Any, *args: Any) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for one call."""
+    w, c = time.perf_counter(), time.process_time()
+    f(*args)
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def _medians(times: dict[str, list[tuple[float, float]]]) -> dict:
+    return {"median_s": {k: statistics.median(t[0] for t in v) for k, v in times.items()},
+            "median_cpu_s": {k: statistics.median(t[1] for t in v) for k, v in times.items()}}
+
+
 # -- workers (each runs in its own subprocess) -----------------------------------------------
 def w_mlp_time(reps: int) -> dict:
     import numpy as np
@@ -121,17 +133,14 @@ def w_mlp_time(reps: int) -> dict:
     for _ in range(10):
         for f, d in runs.values():
             f(*d[0])
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     names = list(runs)
     for r in range(reps):
         for k in names[r % 3:] + names[:r % 3]:
             f, d = runs[k]
             x, y = d[r % len(d)]
-            t = time.perf_counter()
-            f(x, y)
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"median_s": med, "losses_first4": losses, "eager_ops_per_step": eager_ops,
+            times[k].append(_timed(f, x, y))
+    return {**_medians(times), "losses_first4": losses, "eager_ops_per_step": eager_ops,
             "hybrid_instrs_per_step": len(hyb.plan.program.instrs),
             "loss_max_diff_fedcore_vs_torch": float(np.max(np.abs(
                 np.array(losses["fedcore hybrid"]) - np.array(losses["pytorch"]))))}
@@ -209,18 +218,15 @@ def w_deep_time(reps: int, steps: int) -> dict:
                 if i == 1:
                     eng.pool.reset_peak()
                 losses[k].append(step(*data[i % 2]))
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     names = list(runs)
     for r in range(reps):
         for k in names[r % 2:] + names[:r % 2]:
             eng, _, step = runs[k]
             with use_engine(eng):
-                t = time.perf_counter()
-                step(*data[r % 2])
-                times[k].append(time.perf_counter() - t)
+                times[k].append(_timed(step, *data[r % 2]))
     info = {k: _plan_info(*v) for k, v in runs.items()}
-    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "losses": losses,
-            "plans": info}
+    return {**_medians(times), "losses": losses, "plans": info}
 
 
 def w_deep_rss(steps: int) -> dict:
@@ -266,7 +272,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1, help="BLAS threads for every framework")
     p.add_argument("--reps", type=int, default=200, help="interleaved reps for the MLP")
-    p.add_argument("--deep-reps", type=int, default=9, help="interleaved reps for the deep MLP")
+    p.add_argument("--deep-reps", type=int, default=11, help="interleaved reps for the deep MLP")
     p.add_argument("--rss-steps", type=int, default=50)
     p.add_argument("--skip-deep", action="store_true")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -277,12 +283,13 @@ def main() -> None:
     print(f"fedcore engine benchmark: BLAS/OpenMP threads = {t} for every framework; "
           f"{os.cpu_count()} cores; load average before: {os.getloadavg()}")
     r = run_worker(["mlp_time", str(a.reps)], t)
-    med = r["median_s"]
-    tt = med["pytorch"]
+    med, cpu = r["median_s"], r["median_cpu_s"]
+    tt, tc = med["pytorch"], cpu["pytorch"]
     print(f"\n(a) MLP 784-512-256-10, batch 128, SGD momentum 0.9 — {a.reps} interleaved reps, "
-          f"medians")
+          f"medians of wall time (and of process CPU time, which other load does not inflate)")
     for k, v in med.items():
-        print(f"  {k:15s} {v * 1e3:7.3f} ms/step   ratio to PyTorch {v / tt:5.2f}")
+        print(f"  {k:15s} {v * 1e3:7.3f} ms/step   ratio to PyTorch {v / tt:5.2f}   "
+              f"(CPU {cpu[k] * 1e3:7.3f} ms, ratio {cpu[k] / tc:5.2f})")
     print(f"  eager engine ops per step: {r['eager_ops_per_step']}; hybridized instructions "
           f"per step: {r['hybrid_instrs_per_step']}; max |loss diff| fedcore vs torch over "
           f"4 steps: {r['loss_max_diff_fedcore_vs_torch']:.2e}")
@@ -301,16 +308,19 @@ def main() -> None:
 
 def _deep_report(a: argparse.Namespace, t: int) -> None:
     r = run_worker(["deep_time", str(a.deep_reps), "3"], t)
-    med = r["median_s"]
+    med, cpu = r["median_s"], r["median_cpu_s"]
     nb, b = med["no budget"], med["96 MiB budget"]
+    nbc, bc = cpu["no budget"], cpu["96 MiB budget"]
     pb = r["plans"]["96 MiB budget"]
     print(f"\n(b) deep MLP, 64 hidden layers of 256, batch 2048, hybridized — {a.deep_reps} "
           f"interleaved reps, medians")
     full = r["plans"]["no budget"]
-    print(f"  no budget      {nb:7.3f} s/step   plan peak {mib(full['plan_peak'])}")
-    print(f"  96 MiB budget  {b:7.3f} s/step   ratio {b / nb:.3f} (target <= 1.35)   policy "
-          f"(k, tail) {pb['policy']}, {pb['dropped_activations']} activations dropped, "
-          f"{pb['recompute_gflop']:.1f} GFLOP recomputed")
+    print(f"  no budget      {nb:7.3f} s/step (CPU {nbc:.3f} s)   plan peak "
+          f"{mib(full['plan_peak'])}")
+    print(f"  96 MiB budget  {b:7.3f} s/step (CPU {bc:.3f} s)   ratio {b / nb:.3f} "
+          f"(CPU {bc / nbc:.3f}; target <= 1.35)")
+    print(f"  budgeted plan: policy (k, tail) {pb['policy']}, {pb['dropped_activations']} "
+          f"activations dropped, {pb['recompute_gflop']:.1f} GFLOP recomputed per step")
     same = r["losses"]["no budget"] == r["losses"]["96 MiB budget"]
     print(f"  losses, no budget: {r['losses']['no budget']}\n  losses, budgeted:  "
           f"{r['losses']['96 MiB budget']}   identical: {same}")
