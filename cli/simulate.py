@@ -132,12 +132,18 @@ def simulate(
         "seconds": round(result.seconds, 3),
         "db": store.url,
     }
+    language_model = prepared.data.sequence_targets  # accuracy is next-word accuracy
+    if language_model:
+        from fedcore.evaluate import perplexity
+
+        summary["final_test_perplexity"] = perplexity(result.rounds[-1].test_loss)
     if as_json:
         print(json.dumps(summary))
         return
     if not console.is_terminal:
         console.print()  # Live leaves the cursor after the bar when output is not a terminal
+    ppl = f", perplexity {summary['final_test_perplexity']:.1f}" if language_model else ""
     console.print(
-        f"run {result.run_id}: final test accuracy {100 * result.final_accuracy:.2f} % "
+        f"run {result.run_id}: final test accuracy {100 * result.final_accuracy:.2f} %{ppl} "
         f"after {len(result.rounds)} rounds in {result.seconds:.1f} s (stored in {store.url})"
     )

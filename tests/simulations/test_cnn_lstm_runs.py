@@ -7,9 +7,11 @@ the test split, so a run takes seconds; the full examples are in ``simulations/e
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
+import pytest
 
 from fedcore.evaluate import perplexity
 from simulations.datasets import Dataset
@@ -82,3 +84,25 @@ def test_lstm_on_shakespeare_learns() -> None:
     unigram = math.exp(-np.log(counts / counts.sum())[data.y_test.ravel()].mean())
     assert perplexity(losses[-1]) < 0.95 * unigram
     assert 0.0 < result.final_accuracy < 1.0
+
+
+def test_simulate_reports_perplexity_for_a_language_model(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    path = tmp_path / "lm.toml"
+    path.write_text(
+        'name = "lm"\n'
+        '[data]\ndataset = "shakespeare"\npartition = "natural"\n'
+        "[data.shakespeare]\nvocab_size = 50\nseq_len = 5\n"
+        '[model]\nname = "lstm"\nembed_dim = 8\nhidden = 8\n'
+        "[federation]\nnum_clients = 2\nrounds = 1\n"
+    )
+    db = str(tmp_path / "runs.db")
+    result = CliRunner().invoke(app, ["simulate", str(path), "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["final_test_perplexity"] == pytest.approx(math.exp(summary["final_test_loss"]))
+    text = CliRunner().invoke(app, ["simulate", str(path), "--db", db])
+    assert text.exit_code == 0 and "perplexity" in text.output
