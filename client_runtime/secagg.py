@@ -13,18 +13,16 @@ between messages, as Flower keeps a node's context for the run on every backend.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedcore.secagg import aead, graph, keys, shamir
+from fedcore.secagg import aead, codec, graph, keys, shamir
 from fedcore.secagg.errors import DecryptionFailed, ProtocolViolation
 from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.secagg.messages import (
@@ -92,33 +90,16 @@ class ClientState:
     owners: tuple[int, ...] = ()  # whose shares this client holds
     shares_s: bytes = b""  # len(owners) x 16 '<u4' words each
     shares_b: bytes = b""
-    rejected: tuple[int, ...] = field(default=())
+    rejected: tuple[int, ...] = ()
 
     def to_bytes(self) -> bytes:
-        """A compact JSON encoding (byte strings in base64) to keep in ``context.state``."""
-        values = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bytes):
-                value = base64.b64encode(value).decode()
-            elif isinstance(value, tuple):
-                value = [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in value]
-            values[f.name] = value
-        return json.dumps(values, separators=(",", ":")).encode()
+        """A compact binary encoding (``fedcore.secagg.codec``) to keep in ``context.state``."""
+        return codec.pack(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ClientState:
         """Inverse of ``to_bytes``."""
-        values = json.loads(data)
-        for f in dataclasses.fields(cls):
-            value, kind = values.get(f.name), str(f.type)
-            if kind == "bytes":
-                values[f.name] = base64.b64decode(value)
-            elif kind == "tuple[bytes, ...]":
-                values[f.name] = tuple(base64.b64decode(v) for v in value)
-            elif isinstance(value, list):
-                values[f.name] = tuple(value)
-        return cls(**values)
+        return codec.unpack(cls, data)
 
 
 def _expect(condition: bool, reason: str) -> None:
@@ -374,7 +355,7 @@ TrainFn = Callable[["Message", "Context"], TrainOutput]
 
 
 def _load(context: Context) -> SecAggClient:
-    record = context.state.config_records.get(STATE_RECORD)
+    record = context.state.get(STATE_RECORD)  # (``.config_records`` copies every record)
     state = ClientState.from_bytes(record["state"]) if record is not None else None
     return SecAggClient(context.node_id, state)
 
@@ -382,7 +363,7 @@ def _load(context: Context) -> SecAggClient:
 def _save(context: Context, client: SecAggClient) -> None:
     from flwr.app import ConfigRecord
 
-    context.state.config_records[STATE_RECORD] = ConfigRecord({"state": client.state.to_bytes()})
+    context.state[STATE_RECORD] = ConfigRecord({"state": client.state.to_bytes()})
 
 
 def register_secagg(app: ClientApp, train: TrainFn) -> None:
@@ -407,7 +388,7 @@ def register_secagg(app: ClientApp, train: TrainFn) -> None:
     def masked(client: SecAggClient, request: MaskRequest, msg: Message, context: Context):
         client.open_shares(request)
         out = train(msg, context)
-        base = read_vector(msg.content.array_records[protocol.GLOBAL])
+        base = read_vector(msg.content[protocol.GLOBAL])
         update = np.asarray(out.params, dtype=np.float32) - base
         reply = client.mask(update, out.num_examples, out.loss)
         return reply, {protocol.METRICS: MetricRecord({"seconds": out.seconds})}

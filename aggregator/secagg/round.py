@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from aggregator.rounds import (
     ClientOutcome,
@@ -76,11 +76,14 @@ def check_strategy(strategy: Strategy) -> None:
 
 def record_bytes(content: RecordDict) -> int:
     """Payload bytes of a message: array data, byte strings, 8 per number."""
-    size = sum(len(a.data) for record in content.array_records.values() for a in record.values())
-    for record in content.config_records.values():
-        for value in record.values():
-            items = value if isinstance(value, list) else [value]
-            size += sum(len(v) if isinstance(v, bytes | str) else 8 for v in items)
+    size = 0
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            size += sum(len(a.data) for a in record.values())
+        elif isinstance(record, ConfigRecord):
+            for value in record.values():
+                items = value if isinstance(value, list) else [value]
+                size += sum(len(v) if isinstance(v, bytes | str) else 8 for v in items)
     return size
 
 
@@ -156,8 +159,8 @@ def run_secagg_round(
                     server.fail(node, f"rejected {stage} reply: {exc}")
                     continue
                 bytes_up[node] += record_bytes(reply.content)
-                metrics = reply.content.metric_records.get(protocol.METRICS)
-                if metrics is not None and "seconds" in metrics:
+                metrics = reply.content.get(protocol.METRICS)
+                if isinstance(metrics, MetricRecord) and "seconds" in metrics:
                     seconds[node] = float(metrics["seconds"])
                 server.receive(node, parsed)
             server.close_stage()

@@ -16,20 +16,20 @@ them in a run's first round), and a steady round has three stages, like a plain 
 
 Every message names its stage and the round's random session id; a message for another stage
 or session is a ``ProtocolViolation``. Clients are named by their 1-based index in
-``Setup.participants`` (which is also their Shamir share point). Values are ints, floats,
-bytes and lists of those, so each message is one ``ConfigRecord``; Flower is imported lazily.
+``Setup.participants`` (which is also their Shamir share point). Each message is one
+``ConfigRecord`` holding its stage name and its fields packed by ``codec`` (ints, floats,
+bytes and lists of those); Flower is imported lazily.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from fedcore.secagg import codec
 from fedcore.secagg.errors import ProtocolViolation
 
 if TYPE_CHECKING:
@@ -51,53 +51,19 @@ class _Message:
     session: bytes
 
     def to_config(self) -> dict[str, Any]:
-        """ConfigRecord-ready values, with the stage name under ``"stage"``."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-        return {"stage": self.STAGE, **values}
+        """ConfigRecord-ready values: the stage name and the packed message."""
+        return {"stage": self.STAGE, "body": codec.pack(self)}
 
     @classmethod
-    def from_config(cls, config: typing.Mapping[str, Any]) -> typing.Self:
+    def from_config(cls, config: typing.Mapping[str, Any], **extra: Any) -> typing.Self:
         """Parse and type-check; anything unexpected raises ``ProtocolViolation``."""
         stage = config.get("stage")
         if stage != cls.STAGE:
             raise ProtocolViolation(f"expected a {cls.STAGE!r} message, got stage {stage!r}")
-        hints = _hints(cls)
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if not f.init:
-                continue
-            if f.name not in config:
-                if f.default is not dataclasses.MISSING:
-                    continue
-                raise ProtocolViolation(f"{cls.STAGE} message lacks {f.name!r}")
-            values[f.name] = _checked(cls.STAGE, f.name, config[f.name], hints[f.name])
-        return cls(**values)
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _checked(stage: str, name: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if not isinstance(value, list | tuple) or not all(_is(v, item) for v in value):
-            raise ProtocolViolation(f"{stage}.{name}: expected a list of {item.__name__}")
-        return tuple(value)
-    if not _is(value, hint):
-        raise ProtocolViolation(f"{stage}.{name}: expected {hint.__name__}, got {type(value)}")
-    return float(value) if hint is float else value
-
-
-def _is(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
+        body = config.get("body")
+        if not isinstance(body, bytes):
+            raise ProtocolViolation(f"{cls.STAGE} message has no body")
+        return codec.unpack(cls, body, **extra)
 
 
 @dataclass(frozen=True)
@@ -171,20 +137,9 @@ class MaskReply(_Message):
 
     STAGE: ClassVar[str] = "masked"
     rejected: tuple[int, ...]
-    masked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32), compare=False)
-
-    def to_config(self) -> dict[str, Any]:
-        """The config part (the vector travels in an ArrayRecord)."""
-        return {"stage": self.STAGE, "session": self.session, "rejected": list(self.rejected)}
-
-    @classmethod
-    def from_config(cls, config: typing.Mapping[str, Any]) -> MaskReply:
-        """Parse the config part; the caller attaches the vector."""
-        if config.get("stage") != cls.STAGE:
-            raise ProtocolViolation(f"expected a masked message, got {config.get('stage')!r}")
-        session = _checked(cls.STAGE, "session", config.get("session"), bytes)
-        rejected = _checked(cls.STAGE, "rejected", config.get("rejected"), tuple[int, ...])
-        return cls(session, rejected)
+    masked: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, np.uint32), compare=False, metadata={"wire": False}
+    )
 
 
 @dataclass(frozen=True)
@@ -233,17 +188,20 @@ def to_content(message: _Message, **extra: Any) -> RecordDict:
 
 def from_content(kind: type[_Message], content: RecordDict) -> Any:
     """Parse a stage message of type ``kind`` from a RecordDict (``ProtocolViolation`` if bad)."""
+    from flwr.app import ArrayRecord, ConfigRecord
+
     from fedcore.wire import read_vector
 
-    if RECORD not in content.config_records:
+    config = content.get(RECORD)  # not content.config_records: that view copies every record
+    if not isinstance(config, ConfigRecord):
         raise ProtocolViolation(f"message has no {RECORD!r} record")
-    message = kind.from_config(content.config_records[RECORD])
-    if kind is MaskReply:
-        if MASKED not in content.array_records:
-            raise ProtocolViolation("masked reply carries no vector")
-        try:
-            vector = read_vector(content.array_records[MASKED])
-        except ValueError as exc:
-            raise ProtocolViolation(f"masked vector unreadable: {exc}") from exc
-        message = dataclasses.replace(message, masked=vector)
-    return message
+    if kind is not MaskReply:
+        return kind.from_config(config)
+    record = content.get(MASKED)
+    if not isinstance(record, ArrayRecord):
+        raise ProtocolViolation("masked reply carries no vector")
+    try:
+        vector = read_vector(record)
+    except ValueError as exc:
+        raise ProtocolViolation(f"masked vector unreadable: {exc}") from exc
+    return kind.from_config(config, masked=vector)
