@@ -64,6 +64,7 @@ class RoundOutcome:
     seconds: float
     params: np.ndarray = field(repr=False)
     epsilon: float | None = None  # differential privacy spent so far, if any
+    server_state: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # resumable
 
     @property
     def num_accepted(self) -> int:
@@ -88,6 +89,15 @@ class RoundOutcome:
 
 EvaluateFn = Callable[[np.ndarray], tuple[float, float]]
 OnRound = Callable[[RoundOutcome], None]
+BeforeRound = Callable[[int, "FederationConfig"], "FederationConfig"]
+
+
+class StopRun(Exception):
+    """Raised by ``before_round``/``on_round`` to end a run early (``paused`` or ``aborted``)."""
+
+    def __init__(self, status: str, message: str = "") -> None:
+        super().__init__(message or status)
+        self.status = status
 
 
 class RoundFailed(RuntimeError):
@@ -265,13 +275,20 @@ def run_federation(
     evaluate_fn: EvaluateFn,
     on_round: OnRound | None = None,
     first_round: int = 1,
+    before_round: BeforeRound | None = None,
 ) -> np.ndarray:
-    """Run rounds ``first_round..config.num_rounds``; return the final global vector."""
+    """Run rounds ``first_round..config.num_rounds``; return the final global vector.
+
+    ``before_round(number, config)`` may return a changed config for that round on (an
+    operator's ``set`` command) or raise ``StopRun``; ``on_round`` sees each finished round.
+    """
     min_nodes = config.min_nodes or config.clients_per_round
     node_ids = wait_for_nodes(grid, min_nodes, config.connect_timeout)
     clients = discover_clients(grid, node_ids, timeout=config.timeout)
     params = np.asarray(initial, dtype=np.float32)
     for number in range(first_round, config.num_rounds + 1):
+        if before_round is not None:
+            config = before_round(number, config)
         start = time.perf_counter()
         params, outcomes = run_round(grid, clients, params, number, config, strategy)
         test_loss, test_accuracy = evaluate_fn(params)
@@ -287,6 +304,7 @@ def run_federation(
             seconds=time.perf_counter() - start,
             params=params,
             epsilon=strategy.privacy_spent(),
+            server_state=strategy.state_dict(),
         )
         if on_round is not None:
             on_round(outcome)

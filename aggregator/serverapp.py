@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from aggregator.rounds import EvaluateFn, FederationConfig, OnRound, run_federation
+from aggregator.rounds import BeforeRound, EvaluateFn, FederationConfig, OnRound, run_federation
 from aggregator.strategies import Strategy
 
 
@@ -25,8 +25,12 @@ class FederationApp:
         strategy: Strategy,
         evaluate_fn: EvaluateFn,
         on_round: OnRound | None = None,
+        first_round: int = 1,
+        before_round: BeforeRound | None = None,
     ) -> None:
         self.config = config
+        self.first_round = first_round
+        self.before_round = before_round
         self.initial = initial
         self.strategy = strategy
         self.evaluate_fn = evaluate_fn
@@ -39,7 +43,14 @@ class FederationApp:
     def _main(self, grid: Grid, context: Context) -> None:
         try:
             self.final = run_federation(
-                grid, self.config, self.initial, self.strategy, self.evaluate_fn, self.on_round
+                grid,
+                self.config,
+                self.initial,
+                self.strategy,
+                self.evaluate_fn,
+                self.on_round,
+                first_round=self.first_round,
+                before_round=self.before_round,
             )
         except BaseException as exc:  # handed back to the caller by result()
             self.error = exc

@@ -207,3 +207,12 @@ class NormGuard:
                 f"update norm {norm:.4g} exceeds {self.factor:g} x median norm ({limit:.4g})"
             )
         self.norms.append(norm)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Recent accepted norms, for checkpoints (the threshold depends on them)."""
+        return {"norms": np.asarray(self.norms, dtype=np.float64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the recent norms from a checkpoint."""
+        self.norms.clear()
+        self.norms.extend(float(n) for n in state.get("norms", ()))

@@ -50,7 +50,8 @@ def simulate(
     from aggregator.rounds import RoundFailed, RoundOutcome
     from aggregator.store import Store, StoreError
     from simulations.backends import BACKENDS
-    from simulations.harness import prepare_scenario, run_scenario
+    from simulations.harness import prepare_scenario
+    from simulations.lifecycle import run_scenario
     from simulations.scenario import ScenarioError, load_scenario
 
     if backend not in BACKENDS:

@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from aggregator.backend import select_backend
-from aggregator.rounds import FederationConfig, RoundOutcome
+from aggregator.rounds import BeforeRound, FederationConfig, RoundOutcome
 from aggregator.serverapp import FederationApp
-from aggregator.store import Store
 from aggregator.strategies import StrategyContext, build_strategy
 from client_runtime.app import make_client_app
 from fedcore import protocol
@@ -94,6 +93,15 @@ def dataset_args(scenario: Scenario) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumed run picks up: the last committed round, its model and server state."""
+
+    round: int
+    params: np.ndarray = field(repr=False)
+    server_state: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+
 @dataclass
 class PreparedScenario:
     """Everything a run needs, built (and checked) before anything is stored or started."""
@@ -146,48 +154,22 @@ def prepare_scenario(scenario: Scenario) -> PreparedScenario:
     return PreparedScenario(scenario, data, PartitionLoader(args, parts), spec, config)
 
 
-def run_scenario(
-    scenario: Scenario | PreparedScenario,
+def simulate(
+    prepared: PreparedScenario,
     backend: str = "inprocess",
     on_round: Callable[[RoundOutcome], None] | None = None,
-    store: Store | None = None,
-    flower_verbose: bool = False,
+    *,
     device: str | None = None,
+    flower_verbose: bool = False,
+    resume_from: Resume | None = None,
+    before_round: BeforeRound | None = None,
 ) -> SimulationResult:
-    """Run ``scenario`` on ``backend`` and return every round's outcome and the final model.
+    """Run a prepared scenario on ``backend``; ``resume_from`` continues after a checkpoint.
 
-    With a ``store``, the run and each round are committed as they complete, and the run is
-    marked ``completed`` or ``failed`` at the end. Nothing is stored for a scenario that
-    ``prepare_scenario`` rejects.
+    The result lists the rounds run by this call (after ``resume_from.round`` if given).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    prepared = scenario if isinstance(scenario, PreparedScenario) else prepare_scenario(scenario)
-    spec = prepared.scenario
-    run_id = None
-    if store is not None:
-        run_id = store.create_run(spec.name, backend, spec.seed, spec.model_dump(mode="json"))
-    try:
-        result = _run(prepared, backend, on_round, store, run_id, flower_verbose, device)
-    except BaseException as exc:
-        if store is not None and run_id is not None:
-            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    if store is not None and run_id is not None:
-        store.finish_run(run_id, "completed")
-    result.run_id = run_id
-    return result
-
-
-def _run(
-    prepared: PreparedScenario,
-    backend: str,
-    on_round: Callable[[RoundOutcome], None] | None,
-    store: Store | None,
-    run_id: int | None,
-    flower_verbose: bool,
-    device: str | None = None,
-) -> SimulationResult:
     start = time.perf_counter()
     scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
     server_model = build_model(spec.name, **spec.kwargs)
@@ -200,24 +182,29 @@ def _run(
 
     def record(outcome: RoundOutcome) -> None:
         rounds.append(outcome)
-        if store is not None and run_id is not None:
-            store.record_round(run_id, outcome)
         if on_round is not None:
             on_round(outcome)
 
     fed = scenario.federation
+    strategy = build_strategy(
+        fed.strategy,
+        dict(fed.strategy_options),
+        StrategyContext(
+            fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(device)
+        ),
+    )
+    initial = server_model.get_flat()
+    if resume_from is not None:
+        initial = resume_from.params
+        strategy.load_state_dict(resume_from.server_state)
     app = FederationApp(
         prepared.config,
-        server_model.get_flat(),
-        build_strategy(
-            fed.strategy,
-            dict(fed.strategy_options),
-            StrategyContext(
-                fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(device)
-            ),
-        ),
+        initial,
+        strategy,
         evaluate_global,
         record,
+        first_round=1 if resume_from is None else resume_from.round + 1,
+        before_round=before_round,
     )
     client_app = make_client_app(prepared.loader)
     if backend == "inprocess":

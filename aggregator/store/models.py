@@ -1,11 +1,31 @@
-"""The store's tables: runs, their rounds, and each client's part in a round."""
+"""The store's tables: runs, their rounds (with checkpoint digests), each client's part in a
+round, and the control commands an operator queues for a running aggregator.
+
+The schema is versioned by Alembic (``aggregator/store/migrations``); change it only together
+with a new migration.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+RUN_STATUSES = ("running", "paused", "completed", "failed", "aborted")
+FINISHED = ("completed", "failed", "aborted")
+COMMANDS = ("pause", "abort", "set")
 
 
 def utcnow() -> datetime:
@@ -26,11 +46,13 @@ class Run(Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default="running")
     backend: Mapped[str] = mapped_column(String(40))
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
     config: Mapped[dict] = mapped_column(JSON)
+    model_spec: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)  # host:pid driving it
 
     rounds: Mapped[list[Round]] = relationship(
         back_populates="run", order_by="Round.number", cascade="all, delete-orphan"
@@ -38,9 +60,10 @@ class Run(Base):
 
 
 class Round(Base):
-    """One completed round of a run."""
+    """One committed round of a run; its checkpoint file was durable before the commit."""
 
     __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("run_id", "number", name="uq_rounds_run_number"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
@@ -51,9 +74,11 @@ class Round(Base):
     test_loss: Mapped[float] = mapped_column(Float)
     test_accuracy: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
-    bytes_up: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_down: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
     epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="rounds")
@@ -71,12 +96,27 @@ class ClientResult(Base):
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
     client_id: Mapped[int] = mapped_column(Integer)
     node_id: Mapped[str] = mapped_column(String(40))
+    device_class: Mapped[str | None] = mapped_column(String(80), nullable=True)
     accepted: Mapped[bool] = mapped_column(Boolean)
     num_examples: Mapped[int] = mapped_column(Integer)
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    bytes_up: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_down: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
 
     round: Mapped[Round] = relationship(back_populates="clients")
+
+
+class Control(Base):
+    """An operator's command for a run, applied by the aggregator at the next round boundary."""
+
+    __tablename__ = "controls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    command: Mapped[str] = mapped_column(String(20))
+    payload: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    applied_round: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -1,26 +1,32 @@
 """The run store: every round is committed in one transaction as it completes.
 
-SQLite by default (a file, in WAL mode so readers see rounds while a run writes), any other
-SQLAlchemy URL (PostgreSQL) by ``url``. Connection problems surface as ``StoreError`` with one
-line that names the URL, never as a driver traceback.
+SQLite by default (a file, in WAL mode so the CLI can read while a run writes), any other
+SQLAlchemy URL (PostgreSQL) by ``db``. Each round's checkpoint is written and fsynced before
+its row is committed, so a visible round always has its model. Problems surface as
+``StoreError`` with one line that names the URL or id, never as a driver traceback.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, select, text
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.rounds import RoundOutcome
-from aggregator.store.models import Base, ClientResult, Round, Run, utcnow
+from aggregator.store.checkpoints import Checkpoint, checkpoint_path, read_checkpoint
+from aggregator.store.checkpoints import write_checkpoint as write_checkpoint_file
+from aggregator.store.models import FINISHED, ClientResult, Control, Round, Run, utcnow
+from aggregator.store.schema import schema_state, upgrade
 
 DEFAULT_DB = "fedcore.db"
 DB_ENV = "FEDCORE_DB"
+CHECKPOINTS_ENV = "FEDCORE_CHECKPOINTS"
 
 
 class StoreError(RuntimeError):
@@ -42,72 +48,139 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a committed round survives power loss
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Add columns that newer versions introduced (e.g. bytes on the wire) to old tables.
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    Every such column is nullable or has a default, so ``ALTER TABLE ... ADD COLUMN`` is
-    enough until the schema needs real migrations (Alembic).
-    """
-    existing = inspect(engine)
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                default = " DEFAULT 0" if column.default is not None else ""
-                connection.execute(
-                    text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
-                )
+
+def this_process() -> str:
+    """``host:pid`` of the process driving a run."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Store:
-    """Runs, rounds and client results in a SQL database."""
+    """Runs, rounds, client results, checkpoints and control commands in a SQL database."""
 
-    def __init__(self, db: str | None = None) -> None:
+    def __init__(
+        self, db: str | None = None, checkpoints: str | None = None, migrate: bool = False
+    ) -> None:
         self.url = resolve_url(db)
         try:
             url = make_url(self.url)
         except ArgumentError as exc:
             raise StoreError(f"invalid database URL {self.url!r}") from exc
-        if url.get_backend_name() == "sqlite" and url.database:
+        sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (
+            None,
+            "",
+            ":memory:",
+        )
+        if sqlite_file:
             parent = Path(url.database).expanduser().parent
             if not parent.is_dir():
                 raise StoreError(f"database directory does not exist: {parent}")
+        shown = url.render_as_string(hide_password=True)
         try:
-            self.engine: Engine = create_engine(url)
+            self.engine: Engine = create_engine(url, pool_pre_ping=True)
             if url.get_backend_name() == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
-        except (SQLAlchemyError, ImportError) as exc:
-            first_line = (
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            )
+            state = schema_state(self.engine)
+            if state.kind == "empty" or (migrate and state.kind == "behind"):
+                upgrade(self.engine)
+        except (SQLAlchemyError, ImportError, OSError) as exc:
+            raise StoreError(f"cannot open database {shown}: {_first_line(exc)}") from exc
+        if state.kind == "behind" and not migrate:
             raise StoreError(
-                f"cannot open database {url.render_as_string()}: {first_line}"
-            ) from exc
+                f"database {shown} has schema {state.revision}, this fedcore needs {state.head}: "
+                f"run `fedcore db upgrade --db {self.url}` first"
+            )
+        if state.kind == "ahead":
+            raise StoreError(
+                f"database {shown} has schema {state.revision}, newer than this fedcore knows "
+                f"({state.head}): upgrade fedcore"
+            )
+        if state.kind == "foreign":
+            raise StoreError(f"database {shown} has tables but is not a fedcore store")
+        if checkpoints is None:
+            checkpoints = os.environ.get(CHECKPOINTS_ENV)
+        if checkpoints is None:
+            base = Path(url.database).expanduser() if sqlite_file else Path("fedcore")
+            checkpoints = str(base.with_name(base.stem + "-checkpoints"))
+        self.checkpoint_root = Path(checkpoints)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""
         return self._sessions()
 
-    def create_run(self, name: str, backend: str, seed: int, config: dict[str, Any]) -> int:
-        """Insert a new running run; return its id."""
+    def _run(self, s: Session, run_id: int) -> Run:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise StoreError(f"no run with id {run_id}")
+        return run
+
+    # -- runs ---------------------------------------------------------------------------------
+    def create_run(
+        self,
+        name: str,
+        backend: str,
+        seed: int,
+        config: dict[str, Any],
+        model_spec: dict[str, Any] | None = None,
+    ) -> int:
+        """Insert a new running run owned by this process; return its id."""
         with self.session() as s, s.begin():
-            run = Run(name=name, backend=backend, seed=seed, config=config, status="running")
+            run = Run(
+                name=name,
+                backend=backend,
+                seed=seed,
+                config=config,
+                model_spec=model_spec,
+                status="running",
+                owner=this_process(),
+            )
             s.add(run)
             s.flush()
             return run.id
 
+    def claim_run(self, run_id: int, backend: str) -> Run:
+        """Take over a paused or interrupted run to resume it; refuse a finished one."""
+        with self.session() as s, s.begin():
+            run = self._run(s, run_id)
+            if run.status in FINISHED:
+                raise StoreError(f"run {run_id} is {run.status}: there is nothing to resume")
+            run.status, run.owner, run.backend, run.error = "running", this_process(), backend, None
+            return run
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        """Record how a run ended (``completed``, ``failed``, ``aborted``) or ``paused``."""
+        with self.session() as s, s.begin():
+            run = self._run(s, run_id)
+            run.status, run.error = status, error
+            run.finished_at = utcnow() if status in FINISHED else None
+            run.owner = None
+
+    def get_run(self, run_id: int) -> Run:
+        """Load one run with its rounds and their clients; ``StoreError`` if there is none."""
+        with self.session() as s:
+            run = self._run(s, run_id)
+            _ = [len(r.clients) for r in run.rounds]  # load while the session is open
+            return run
+
+    def list_runs(self) -> list[Run]:
+        """All runs, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Run).order_by(Run.id.desc())))
+
+    # -- rounds and checkpoints ---------------------------------------------------------------
     def record_round(self, run_id: int, outcome: RoundOutcome) -> None:
-        """Commit one round and its clients' results together."""
+        """Write the round's checkpoint durably, then commit the round and its clients."""
+        path = checkpoint_path(self.checkpoint_root, run_id, outcome.number)
+        sha = write_checkpoint_file(path, outcome.params, outcome.server_state)
         with self.session() as s, s.begin():
             row = Round(
                 run_id=run_id,
@@ -121,11 +194,14 @@ class Store:
                 bytes_up=outcome.bytes_up,
                 bytes_down=outcome.bytes_down,
                 epsilon=outcome.epsilon,
+                checkpoint_path=str(path),
+                checkpoint_sha256=sha,
             )
             row.clients = [
                 ClientResult(
                     client_id=c.client_id,
                     node_id=str(c.node_id),
+                    device_class=getattr(c, "device_class", None),
                     accepted=c.accepted,
                     num_examples=c.num_examples,
                     train_loss=c.train_loss,
@@ -138,24 +214,61 @@ class Store:
             ]
             s.add(row)
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
-        """Mark a run finished (``completed`` or ``failed``)."""
+    def get_round(self, run_id: int, number: int | None = None) -> Round:
+        """Round ``number`` of a run (default: the last committed one), with its clients."""
+        with self.session() as s:
+            run = self._run(s, run_id)
+            query = select(Round).where(Round.run_id == run_id)
+            if number is None:
+                row = s.scalars(query.order_by(Round.number.desc()).limit(1)).first()
+                if row is None:
+                    raise StoreError(f"run {run_id} has no committed round yet")
+            else:
+                row = s.scalars(query.where(Round.number == number)).first()
+                if row is None:
+                    last = len(run.rounds)
+                    raise StoreError(f"run {run_id} has no round {number} (rounds: 1..{last})")
+            _ = len(row.clients)
+            return row
+
+    def load_checkpoint(self, run_id: int, number: int | None = None) -> tuple[Round, Checkpoint]:
+        """A round's row and its checkpoint, verified against the recorded SHA-256."""
+        row = self.get_round(run_id, number)
+        if row.checkpoint_path is None:
+            raise StoreError(f"run {run_id} round {row.number} has no checkpoint")
+        return row, read_checkpoint(Path(row.checkpoint_path), row.checkpoint_sha256)
+
+    # -- control commands ---------------------------------------------------------------------
+    def queue_control(self, run_id: int, command: str, payload: dict | None = None) -> int:
+        """Queue ``pause``, ``abort`` or ``set`` for the run's next round boundary.
+
+        A paused run has no aggregator to read the queue: aborting it takes effect at once.
+        """
         with self.session() as s, s.begin():
-            run = s.get(Run, run_id)
-            if run is None:
-                raise StoreError(f"no run with id {run_id}")
-            run.status, run.error, run.finished_at = status, error, utcnow()
+            run = self._run(s, run_id)
+            if run.status in FINISHED:
+                raise StoreError(f"run {run_id} is {run.status}: it takes no more commands")
+            if command == "pause" and run.status == "paused":
+                raise StoreError(f"run {run_id} is already paused")
+            if command == "abort" and run.status == "paused":
+                run.status, run.finished_at = "aborted", utcnow()
+            control = Control(run_id=run_id, command=command, payload=payload)
+            if run.status == "aborted":
+                control.applied_at = utcnow()
+            s.add(control)
+            s.flush()
+            return control.id
 
-    def get_run(self, run_id: int) -> Run:
-        """Load one run with its rounds; ``StoreError`` if there is none."""
-        with self.session() as s:
-            run = s.get(Run, run_id)
-            if run is None:
-                raise StoreError(f"no run with id {run_id}")
-            _ = [len(r.clients) for r in run.rounds]  # load while the session is open
-            return run
-
-    def list_runs(self) -> list[Run]:
-        """All runs, newest first."""
-        with self.session() as s:
-            return list(s.scalars(select(Run).order_by(Run.id.desc())))
+    def take_controls(self, run_id: int, round_number: int) -> list[Control]:
+        """The run's pending commands, marked applied at ``round_number`` (one transaction)."""
+        with self.session() as s, s.begin():
+            pending = list(
+                s.scalars(
+                    select(Control)
+                    .where(Control.run_id == run_id, Control.applied_at.is_(None))
+                    .order_by(Control.id)
+                )
+            )
+            for control in pending:
+                control.applied_at, control.applied_round = utcnow(), round_number
+            return pending

@@ -50,6 +50,26 @@ class Strategy:
         """A fresh aggregation for one round around ``global_vector`` (host, float32)."""
         return RoundAggregation(self, global_vector, round_number)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything that carries across rounds (server optimizer, norm history, privacy),
+        as named host arrays for a checkpoint."""
+        state: dict[str, np.ndarray] = {}
+        for prefix, part in self._stateful_parts():
+            state.update({f"{prefix}.{k}": v for k, v in part.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` saved, so a resumed run continues bit for bit."""
+        for prefix, part in self._stateful_parts():
+            head = prefix + "."
+            part.load_state_dict(
+                {k.removeprefix(head): v for k, v in state.items() if k.startswith(head)}
+            )
+
+    def _stateful_parts(self) -> list[tuple[str, Any]]:
+        parts = [("opt", self.server_opt), ("guard", self.guard), ("dp", self.privacy)]
+        return [(p, part) for p, part in parts if part is not None]
+
     def privacy_spent(self) -> float | None:
         """Epsilon spent so far (None without differential privacy)."""
         return self.privacy.spent() if self.privacy is not None else None

@@ -36,6 +36,7 @@ class DifferentialPrivacy:
     seed: int = 0
     _clipped: int = field(default=0, repr=False)
     _seen: int = field(default=0, repr=False)
+    _releases: int = field(default=0, repr=False)
     _accountant: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,13 +75,34 @@ class DifferentialPrivacy:
             fraction = noisy / self._seen
             self.clipping_norm *= math.exp(-self.clip_lr * (fraction - self.target_quantile))
         self._clipped = self._seen = 0
+        self._account(1)
+        return aggregate
+
+    def _account(self, releases: int) -> None:
+        self._releases += releases
         if self._accountant is not None:
             from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
-            self._accountant.compose(
-                GaussianPrivacyEvent(self.noise_multiplier, self.num_sampled, self.population)
-            )
-        return aggregate
+            event = GaussianPrivacyEvent(self.noise_multiplier, self.num_sampled, self.population)
+            for _ in range(releases):
+                self._accountant.compose(event)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Clipping norm, releases so far and the noise generator's state, for checkpoints."""
+        return {
+            "clipping_norm": np.array([self.clipping_norm], dtype=np.float64),
+            "releases": np.array([self._releases], dtype=np.int64),
+            "rng": _pcg64_words(self._rng),
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from a checkpoint: re-compose the releases so epsilon continues."""
+        self.clipping_norm = float(state["clipping_norm"][0])
+        self._rng = _pcg64_from_words(state["rng"])
+        self._releases = 0
+        if self._accountant is not None:
+            self._accountant = _accountant(self.target_delta, self.population)
+        self._account(int(state["releases"][0]))
 
     def spent(self) -> float | None:
         """Epsilon spent so far at ``target_delta`` (None without noise: no guarantee)."""
@@ -110,3 +132,27 @@ def _accountant(target_delta: float, population: int) -> Any:
         raise RuntimeError(
             "differential privacy accounting needs dp-accounting: pip install 'fedcore[dp]'"
         ) from exc
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _pcg64_words(rng: np.random.Generator) -> np.ndarray:
+    """A PCG64 generator's full state as six uint64 words (safetensors holds no big ints)."""
+    st = rng.bit_generator.state
+    state, inc = st["state"]["state"], st["state"]["inc"]
+    words = [state & _MASK64, state >> 64, inc & _MASK64, inc >> 64]
+    return np.array([*words, st["has_uint32"], st["uinteger"]], dtype=np.uint64)
+
+
+def _pcg64_from_words(words: np.ndarray) -> np.random.Generator:
+    """Inverse of ``_pcg64_words``."""
+    w = [int(x) for x in words]
+    bit_generator = np.random.PCG64()
+    bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": w[0] | (w[1] << 64), "inc": w[2] | (w[3] << 64)},
+        "has_uint32": w[4],
+        "uinteger": w[5],
+    }
+    return np.random.Generator(bit_generator)

@@ -11,6 +11,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+
+def _host(array: Any) -> np.ndarray:
+    """A backend array as host numpy (CuPy arrays have ``.get()``)."""
+    return np.asarray(array.get() if hasattr(array, "get") else array)
+
+
+def _like(reference: Any, host: Any) -> Any:
+    """``host`` on the same backend as ``reference``."""
+    from array_api_compat import array_namespace
+
+    return array_namespace(reference).asarray(host)
+
 
 class PlainStep:
     """FedAvg's server step: the aggregate becomes the new global model."""
@@ -18,6 +32,13 @@ class PlainStep:
     def step(self, global_vector: Any, aggregate: Any, round_number: int) -> Any:
         """Return the next global vector."""
         return aggregate
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """No state: FedAvg's step is memoryless."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Nothing to restore."""
 
 
 @dataclass
@@ -33,12 +54,22 @@ class MomentumStep:
         if self.server_momentum == 0.0 and self.server_learning_rate == 1.0:
             return aggregate
         grad = global_vector - aggregate
+        if self._buffer is not None:
+            self._buffer = _like(grad, self._buffer)  # a restored host buffer, on this backend
         if self.server_momentum > 0.0:
             self._buffer = (
                 grad if self._buffer is None else self.server_momentum * (self._buffer) + grad
             )
             grad = self._buffer
         return global_vector - self.server_learning_rate * grad
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The momentum buffer (host copy), for checkpoints."""
+        return {} if self._buffer is None else {"buffer": _host(self._buffer)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the momentum buffer from a checkpoint."""
+        self._buffer = state["buffer"] if "buffer" in state else None
 
 
 @dataclass
@@ -65,10 +96,10 @@ class AdaptiveStep:
 
         xp = array_namespace(global_vector)
         delta = aggregate - global_vector
-        m = self._m if self._m is not None else xp.zeros_like(delta)
+        m = xp.asarray(self._m) if self._m is not None else xp.zeros_like(delta)
         self._m = self.beta_1 * m + (1 - self.beta_1) * delta
         square = delta * delta
-        v = self._v if self._v is not None else xp.zeros_like(delta)
+        v = xp.asarray(self._v) if self._v is not None else xp.zeros_like(delta)
         if self.kind == "adam":
             self._v = self.beta_2 * v + (1 - self.beta_2) * square
         elif self.kind == "yogi":
@@ -80,3 +111,14 @@ class AdaptiveStep:
             t = round_number + 1.0
             eta = self.eta * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         return global_vector + eta * self._m / (xp.sqrt(self._v) + self.tau)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """First and second moments (host copies), for checkpoints."""
+        if self._m is None:
+            return {}
+        return {"m": _host(self._m), "v": _host(self._v)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the moments from a checkpoint."""
+        self._m = state.get("m")
+        self._v = state.get("v")

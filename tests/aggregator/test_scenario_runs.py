@@ -3,7 +3,7 @@
 import pytest
 
 from aggregator.store import Store
-from simulations.harness import run_scenario
+from simulations.lifecycle import run_scenario
 from simulations.scenario import ScenarioError, scenario_from_dict
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from simulations.harness import run_scenario
+from simulations.lifecycle import run_scenario
 from tests.simulations.test_harness import small_scenario
 
 pytest.importorskip("ray", reason="Flower's simulation runtime needs fedcore[sim]")

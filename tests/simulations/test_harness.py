@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from aggregator.store import Store
-from simulations.harness import PartitionLoader, run_scenario
+from simulations.harness import PartitionLoader
+from simulations.lifecycle import run_scenario
 from simulations.scenario import scenario_from_dict
 
 

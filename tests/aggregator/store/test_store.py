@@ -1,41 +1,135 @@
+"""The store on SQLite and PostgreSQL: runs, rounds, checkpoints, controls, migrations."""
+
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from aggregator.rounds import ClientOutcome, RoundOutcome
 from aggregator.store import Store, StoreError, resolve_url
+from aggregator.store.checkpoints import CheckpointError
+from aggregator.store.schema import head_revision, upgrade
 
 
-def outcome(number: int) -> RoundOutcome:
+def outcome(number: int, value: float = 0.0) -> RoundOutcome:
     clients = [
         ClientOutcome(0, 2**63 + 5, True, 10, 0.5, 0.1),
         ClientOutcome(1, 7, False, reason="non-finite values"),
     ]
-    return RoundOutcome(number, clients, 0.5, 0.4, 0.9, 1.5, np.zeros(3, np.float32))
+    params = np.full(3, value, np.float32)
+    state = {"opt.m": np.arange(3, dtype=np.float32)}
+    return RoundOutcome(number, clients, 0.5, 0.4, 0.9, 1.5, params, server_state=state)
 
 
-def test_runs_rounds_and_clients_survive_reopening(tmp_path):
-    path = tmp_path / "runs.db"
-    store = Store(str(path))
-    run_id = store.create_run("demo", "inprocess", 3, {"a": 1})
-    store.record_round(run_id, outcome(1))
-    store.record_round(run_id, outcome(2))
+def test_runs_rounds_clients_and_checkpoints_survive_reopening(db_url, tmp_path):
+    store = Store(db_url, checkpoints=str(tmp_path / "ck"))
+    run_id = store.create_run("demo", "inprocess", 2**40, {"a": 1}, {"name": "mlp"})
+    store.record_round(run_id, outcome(1, 1.0))
+    store.record_round(run_id, outcome(2, 2.0))
     store.finish_run(run_id, "completed")
     store.engine.dispose()
 
-    run = Store(str(path)).get_run(run_id)
-    assert (run.name, run.status, run.seed, run.config) == ("demo", "completed", 3, {"a": 1})
+    again = Store(db_url, checkpoints=str(tmp_path / "ck"))
+    run = again.get_run(run_id)
+    assert (run.name, run.status, run.seed, run.config) == ("demo", "completed", 2**40, {"a": 1})
     assert [r.number for r in run.rounds] == [1, 2]
     assert run.rounds[0].num_accepted == 1
     clients = run.rounds[0].clients
     assert clients[0].node_id == str(2**63 + 5)  # uint64 node ids survive
     assert clients[1].reason == "non-finite values"
-    assert run.finished_at is not None
+    assert run.finished_at is not None and run.owner is None
+    row, checkpoint = again.load_checkpoint(run_id)
+    assert row.number == 2 and len(row.checkpoint_sha256) == 64
+    np.testing.assert_array_equal(checkpoint.params, np.full(3, 2.0, np.float32))
+    np.testing.assert_array_equal(checkpoint.server_state["opt.m"], np.arange(3))
+
+
+def test_a_tampered_checkpoint_is_refused(db_url, tmp_path):
+    store = Store(db_url, checkpoints=str(tmp_path / "ck"))
+    run_id = store.create_run("demo", "inprocess", 1, {})
+    store.record_round(run_id, outcome(1, 1.0))
+    path = store.get_round(run_id, 1).checkpoint_path
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        store.load_checkpoint(run_id, 1)
+
+
+def test_round_lookups(db_url, tmp_path):
+    store = Store(db_url, checkpoints=str(tmp_path / "ck"))
+    run_id = store.create_run("demo", "inprocess", 1, {})
+    with pytest.raises(StoreError, match="no committed round"):
+        store.get_round(run_id)
+    store.record_round(run_id, outcome(1))
+    with pytest.raises(StoreError, match="has no round 7"):
+        store.get_round(run_id, 7)
+    with pytest.raises(StoreError, match="no run with id 99"):
+        store.get_run(99)
+
+
+def test_controls_are_taken_once_and_conflicts_refused(db_url, tmp_path):
+    store = Store(db_url, checkpoints=str(tmp_path / "ck"))
+    run_id = store.create_run("demo", "inprocess", 1, {})
+    store.queue_control(run_id, "set", {"learning_rate": 0.01})
+    store.queue_control(run_id, "pause")
+    taken = store.take_controls(run_id, 3)
+    assert [c.command for c in taken] == ["set", "pause"] and taken[0].payload["learning_rate"]
+    assert store.take_controls(run_id, 4) == []
+    store.finish_run(run_id, "paused")
+    with pytest.raises(StoreError, match="already paused"):
+        store.queue_control(run_id, "pause")
+    store.queue_control(run_id, "abort")  # a paused run has no aggregator: aborted at once
+    assert store.get_run(run_id).status == "aborted"
+    with pytest.raises(StoreError, match="is aborted"):
+        store.claim_run(run_id, "inprocess")
+    with pytest.raises(StoreError, match="is aborted"):
+        store.queue_control(run_id, "pause")
+
+
+def test_an_older_schema_is_refused_until_upgraded_and_keeps_its_data(db_url, tmp_path):
+    engine = sa.create_engine(db_url)
+    upgrade(engine, "0001")
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO runs (id, name, status, backend, seed, config, created_at) "
+            "VALUES (1, 'old', 'completed', 'inprocess', 3, '{}', CURRENT_TIMESTAMP)"
+        )
+    engine.dispose()
+    with pytest.raises(StoreError, match="fedcore db upgrade") as info:
+        Store(db_url)
+    assert "\n" not in str(info.value)
+    store = Store(db_url, migrate=True)
+    assert store.get_run(1).name == "old"
+    assert store.get_run(1).model_spec is None  # a column added by 0002
+
+
+def test_a_newer_or_foreign_schema_is_refused(db_url):
+    engine = sa.create_engine(db_url)
+    upgrade(engine)
+    with engine.begin() as c:
+        c.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(StoreError, match="newer than this fedcore"):
+        Store(db_url)
+    with engine.begin() as c:
+        c.exec_driver_sql("DROP TABLE alembic_version")
+    with pytest.raises(StoreError, match="not a fedcore store"):
+        Store(db_url)
+    engine.dispose()
+
+
+def test_fresh_stores_start_at_head(db_url):
+    store = Store(db_url)
+    with store.engine.connect() as c:
+        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
+            head_revision()
+        )
 
 
 def test_sqlite_is_in_wal_mode(tmp_path):
     store = Store(str(tmp_path / "wal.db"))
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert store.checkpoint_root == tmp_path / "wal-checkpoints"
 
 
 def test_url_resolution(monkeypatch, tmp_path):
@@ -52,28 +146,10 @@ def test_url_resolution(monkeypatch, tmp_path):
     [
         ("/no/such/dir/x.db", "directory does not exist"),
         ("nosuchdialect://x/y", "cannot open database|invalid database URL"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot open database"),
     ],
 )
 def test_bad_databases_give_one_line_errors(db, match):
     with pytest.raises(StoreError, match=match) as info:
         Store(db)
     assert "\n" not in str(info.value)
-
-
-def test_missing_run(tmp_path):
-    with pytest.raises(StoreError, match="no run with id 42"):
-        Store(str(tmp_path / "x.db")).get_run(42)
-
-
-def test_an_older_database_gains_the_new_columns(tmp_path):
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE client_results (id INTEGER PRIMARY KEY, round_id INTEGER, "
-                   "client_id INTEGER, node_id VARCHAR(40), accepted BOOLEAN, "
-                   "num_examples INTEGER, train_loss FLOAT, seconds FLOAT, reason TEXT)")
-    Store(str(path))
-    with sqlite3.connect(path) as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(client_results)")}
-    assert {"bytes_up", "bytes_down"} <= columns

@@ -1,0 +1,160 @@
+"""Runs in the store: start one, apply operators' commands between rounds, resume after a stop.
+
+``run_scenario`` records a new run; ``resume_run`` continues a paused or crashed one from its
+last committed round (checkpointed model and server state, same seed), so it ends with the same
+final model as an uninterrupted run. Commands queued with ``fedcore runs pause|abort|set`` are
+applied by ``StoreHooks.before_round`` at the next round boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from aggregator.rounds import FederationConfig, RoundOutcome, StopRun
+from aggregator.store import Store, StoreError
+from simulations.harness import PreparedScenario, Resume, SimulationResult, prepare_scenario
+from simulations.harness import simulate as simulate_prepared
+from simulations.scenario import Scenario, scenario_from_dict
+
+# ``fedcore runs set`` keys -> where they live in the round config
+SETTABLE_TRAIN = ("learning_rate", "local_epochs", "batch_size", "momentum", "weight_decay")
+SETTABLE = (*SETTABLE_TRAIN, "clients_per_round")
+
+
+def apply_settings(config: FederationConfig, settings: dict[str, Any]) -> FederationConfig:
+    """A round config with an operator's ``set`` values applied (keys from ``SETTABLE``)."""
+    unknown = sorted(set(settings) - set(SETTABLE))
+    if unknown:
+        raise ValueError(f"cannot set {unknown[0]!r}; settable: {', '.join(SETTABLE)}")
+    train = {k: v for k, v in settings.items() if k in SETTABLE_TRAIN}
+    if train:
+        config = replace(config, train=replace(config.train, **train))
+    if "clients_per_round" in settings:
+        config = replace(config, clients_per_round=int(settings["clients_per_round"]))
+    return config
+
+
+class StoreHooks:
+    """Round callbacks that commit each round and apply queued commands."""
+
+    def __init__(
+        self, store: Store, run_id: int, on_round: Callable[[RoundOutcome], None] | None
+    ) -> None:
+        self.store, self.run_id, self.on_round = store, run_id, on_round
+
+    def record(self, outcome: RoundOutcome) -> None:
+        """Commit the round (checkpoint first), then tell the caller."""
+        self.store.record_round(self.run_id, outcome)
+        if self.on_round is not None:
+            self.on_round(outcome)
+
+    def before_round(self, number: int, config: FederationConfig) -> FederationConfig:
+        """Apply the commands queued since the last round: set, then pause or abort."""
+        for control in self.store.take_controls(self.run_id, number - 1):
+            if control.command == "set":
+                config = apply_settings(config, control.payload or {})
+            elif control.command in ("pause", "abort"):
+                status = "paused" if control.command == "pause" else "aborted"
+                raise StopRun(status, f"run {self.run_id} {status} before round {number}")
+        return config
+
+
+def _finish(store: Store, run_id: int, run: Callable[[], SimulationResult]) -> SimulationResult:
+    """Run ``run`` and record how it ended: completed, paused, aborted or failed."""
+    try:
+        result = run()
+    except StopRun as stop:
+        store.finish_run(run_id, stop.status)
+        raise
+    except BaseException as exc:
+        store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    store.finish_run(run_id, "completed")
+    result.run_id = run_id
+    return result
+
+
+def run_scenario(
+    scenario: Scenario | PreparedScenario,
+    backend: str = "inprocess",
+    on_round: Callable[[RoundOutcome], None] | None = None,
+    store: Store | None = None,
+    flower_verbose: bool = False,
+    device: str | None = None,
+) -> SimulationResult:
+    """Run ``scenario`` on ``backend``; with a ``store``, record the run and every round.
+
+    Nothing is stored for a scenario that ``prepare_scenario`` rejects.
+    """
+    prepared = scenario if isinstance(scenario, PreparedScenario) else prepare_scenario(scenario)
+    if store is None:
+        return simulate_prepared(
+            prepared, backend, on_round, device=device, flower_verbose=flower_verbose
+        )
+    spec = prepared.scenario
+    run_id = store.create_run(
+        spec.name,
+        backend,
+        spec.seed,
+        spec.model_dump(mode="json"),
+        {
+            "name": prepared.spec.name,
+            "kwargs": prepared.spec.kwargs,
+            "input_shape": list(prepared.data.input_shape),
+        },
+    )
+    hooks = StoreHooks(store, run_id, on_round)
+    return _finish(
+        store,
+        run_id,
+        lambda: simulate_prepared(
+            prepared,
+            backend,
+            hooks.record,
+            device=device,
+            flower_verbose=flower_verbose,
+            before_round=hooks.before_round,
+        ),
+    )
+
+
+def prepare_stored_run(store: Store, run_id: int) -> tuple[PreparedScenario, Resume | None]:
+    """Rebuild a stored run's scenario and find where it stopped (None: before round 1)."""
+    run = store.get_run(run_id)
+    prepared = prepare_scenario(scenario_from_dict(run.config, source=f"run {run_id}"))
+    if not run.rounds:
+        return prepared, None
+    last, checkpoint = store.load_checkpoint(run_id)
+    return prepared, Resume(last.number, checkpoint.params, checkpoint.server_state)
+
+
+def resume_run(
+    store: Store,
+    run_id: int,
+    backend: str | None = None,
+    on_round: Callable[[RoundOutcome], None] | None = None,
+    flower_verbose: bool = False,
+    device: str | None = None,
+) -> SimulationResult:
+    """Continue a paused or interrupted run from its last committed round."""
+    prepared, resume = prepare_stored_run(store, run_id)
+    if resume is not None and resume.round >= prepared.config.num_rounds:
+        store.finish_run(run_id, "completed")
+        raise StoreError(f"run {run_id} had already run all {resume.round} rounds")
+    run = store.claim_run(run_id, backend or store.get_run(run_id).backend)
+    hooks = StoreHooks(store, run_id, on_round)
+    return _finish(
+        store,
+        run_id,
+        lambda: simulate_prepared(
+            prepared,
+            run.backend,
+            hooks.record,
+            device=device,
+            flower_verbose=flower_verbose,
+            resume_from=resume,
+            before_round=hooks.before_round,
+        ),
+    )
