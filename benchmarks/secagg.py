@@ -1,7 +1,7 @@
 """Secure aggregation cost: fedcore's SecAgg+ against Flower's SecAgg+ workflow, and at scale.
 
-``python -m benchmarks.secagg [--rounds 5] [--clients 20] [--size 100000] [--skip-ray]
-[--scale-clients 1000] [--scale-size 1000000] [--skip-scale]``
+``python -m benchmarks.secagg [--rounds 5] [--inprocess-rounds 11] [--clients 20]
+[--size 100000] [--skip-ray] [--scale-clients 1000] [--scale-size 1000000] [--skip-scale]``
 
 1. *Added round time*, 20 clients x 100k parameters, the same toy training everywhere
    (global + noise, the way Flower's examples fit): each runtime runs plain rounds and secure
@@ -278,7 +278,8 @@ def added(result: dict) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each kind on Ray")
+    parser.add_argument("--inprocess-rounds", type=int, default=11)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--scale-clients", type=int, default=1000)
@@ -301,8 +302,10 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     print(f"secure aggregation, {args.clients} clients x {args.size:,} parameters, "
-          f"{args.rounds} rounds each (first dropped), medians")
-    results = {"fedcore in-process": part_fedcore_inprocess(args.clients, args.size, args.rounds)}
+          f"{args.rounds} rounds of each kind on Ray, {args.inprocess_rounds} in-process "
+          "(first dropped), medians")
+    inprocess = part_fedcore_inprocess(args.clients, args.size, args.inprocess_rounds)
+    results = {"fedcore in-process": inprocess}
     if not args.skip_ray:
         results["flower SecAgg+ (Ray)"] = run_part_in_subprocess("flower-ray", args)
         results["fedcore SecAgg+ (Ray)"] = run_part_in_subprocess("fedcore-ray", args)
