@@ -6,7 +6,7 @@
 - ``aead``: AES-256-GCM for shares relayed by the server;
 - ``fixedpoint``: weighted float updates <-> Z_2^32 (range and error bound documented there);
 - ``graph``: the seeded Harary neighbour graph; ``params``: n, k, t and their derivation;
-- ``messages``: the four stages' messages and their Flower records.
+- ``messages``: the four stages' messages and their Flower records (packed by ``codec``).
 
 The client side lives in ``client_runtime.secagg``, the server side in ``aggregator.secagg``.
 Depends on numpy and cryptography only (Flower lazily, in ``messages``).
