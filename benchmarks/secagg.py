@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ NOISE = np.float32(0.01)
 # --- fedcore: toy ClientApp and the round loop ------------------------------------------------
 
 
-def fedcore_client_app():
+def fedcore_client_app() -> Any:
     """A ClientApp with fedcore's handlers around toy training (global + noise)."""
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp

@@ -385,7 +385,9 @@ def register_secagg(app: ClientApp, train: TrainFn) -> None:
 
         return handler
 
-    def masked(client: SecAggClient, request: MaskRequest, msg: Message, context: Context):
+    def masked(
+        client: SecAggClient, request: MaskRequest, msg: Message, context: Context
+    ) -> tuple[MaskReply, dict[str, Any]]:
         client.open_shares(request)
         out = train(msg, context)
         base = read_vector(msg.content[protocol.GLOBAL])

@@ -75,7 +75,9 @@ class KeyBook:
         queue = self._keys.get(node)
         return queue.pop(0) if queue else None
 
-    def add(self, node: int, slots: Sequence[int], c_pks: Sequence[bytes], s_pks: Sequence[bytes]):
+    def add(
+        self, node: int, slots: Sequence[int], c_pks: Sequence[bytes], s_pks: Sequence[bytes]
+    ) -> None:
         """Record newly advertised key pairs (slots ascending, after the known ones)."""
         queue = self._keys.setdefault(node, [])
         last = queue[-1][0] if queue else -1
