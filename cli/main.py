@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from cli import profiles, runs, simulate
+from cli import db, models, profiles, rounds, runs, simulate
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -24,6 +24,9 @@ app = typer.Typer(
 )
 app.command("simulate")(simulate.simulate)
 app.add_typer(runs.app, name="runs", help="List and inspect stored runs.")
+app.add_typer(rounds.app, name="rounds", help="The rounds of a run, and one round's clients.")
+app.add_typer(models.app, name="models", help="Export a run's model (safetensors, npz, ONNX).")
+app.add_typer(db.app, name="db", help="The store's schema: status and upgrade.")
 app.add_typer(profiles.app, name="profiles", help="Device classes: list, show, detect.")
 
 

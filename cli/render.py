@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from rich.table import Table
 
@@ -18,6 +19,30 @@ class RoundRow:
     train_loss: float
     test_accuracy: float
     seconds: float
+
+    @classmethod
+    def of_outcome(cls, outcome: Any) -> RoundRow:
+        """From a live ``RoundOutcome``."""
+        return cls(
+            outcome.number,
+            outcome.num_selected,
+            outcome.num_accepted,
+            outcome.train_loss,
+            outcome.test_accuracy,
+            outcome.seconds,
+        )
+
+    @classmethod
+    def of_stored(cls, row: Any) -> RoundRow:
+        """From a stored ``Round`` row."""
+        return cls(
+            row.number,
+            row.num_selected,
+            row.num_accepted,
+            row.train_loss,
+            row.test_accuracy,
+            row.seconds,
+        )
 
 
 def round_table(rows: Iterable[RoundRow], title: str | None = None) -> Table:

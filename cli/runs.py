@@ -1,94 +1,232 @@
-"""``fedcore runs``: list and inspect the runs in the store."""
+"""``fedcore runs``: list, inspect, pause, resume, abort, re-configure and export runs.
+
+Pause, abort and set are queued in the store and applied by the aggregator at the next round
+boundary; resume continues a paused or interrupted run from its last committed round.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import fail
+from cli.errors import FAILED, fail, stopped
+from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json
 from cli.render import RoundRow, round_table
+from cli.store_access import open_store, round_dict, run_dict
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
 
-
-def _open(db: str | None):  # noqa: ANN202 - returns a Store, imported lazily
-    from aggregator.store import Store, StoreError
-
-    try:
-        return Store(db)
-    except StoreError as exc:
-        fail(str(exc))
+RunId = Annotated[int, typer.Argument(help="Run id (see `fedcore runs list`).")]
 
 
 @app.command("list")
 def list_runs(db: Db = None, as_json: Json = False) -> None:
     """List stored runs, newest first."""
-    runs = _open(db).list_runs()
+    runs = open_store(db).list_runs()
     if as_json:
-        print(json.dumps([_run_dict(r) for r in runs]))
+        print(json.dumps([run_dict(r) for r in runs]))
         return
     table = Table()
-    for column in ("id", "name", "backend", "status", "created"):
+    for column in ("id", "name", "backend", "status", "rounds", "created"):
         table.add_column(column)
     for r in runs:
-        table.add_row(str(r.id), r.name, r.backend, r.status, f"{r.created_at:%Y-%m-%d %H:%M:%S}")
+        data = run_dict(r)
+        done = f"{data['rounds']}/{data['num_rounds']}" if data["num_rounds"] else data["rounds"]
+        table.add_row(
+            str(r.id), r.name, r.backend, r.status, str(done), f"{r.created_at:%Y-%m-%d %H:%M:%S}"
+        )
     console.print(table)
 
 
 @app.command("show")
-def show_run(
-    run_id: Annotated[int, typer.Argument(help="Run id (see `fedcore runs list`).")],
-    db: Db = None,
-    as_json: Json = False,
-) -> None:
+def show_run(run_id: RunId, db: Db = None, as_json: Json = False) -> None:
     """Show one run and its rounds."""
     from aggregator.store import StoreError
 
     try:
-        run = _open(db).get_run(run_id)
+        run = open_store(db).get_run(run_id)
     except StoreError as exc:
         fail(str(exc))
     if as_json:
-        data = _run_dict(run)
-        data["rounds"] = [
-            {
-                "number": r.number,
-                "selected": r.num_selected,
-                "accepted": r.num_accepted,
-                "train_loss": r.train_loss,
-                "test_loss": r.test_loss,
-                "test_accuracy": r.test_accuracy,
-                "seconds": r.seconds,
-            }
-            for r in run.rounds
-        ]
-        print(json.dumps(data))
+        print(json.dumps({**run_dict(run), "rounds": [round_dict(r) for r in run.rounds]}))
         return
-    rows = [
-        RoundRow(r.number, r.num_selected, r.num_accepted, r.train_loss, r.test_accuracy, r.seconds)
-        for r in run.rounds
-    ]
+    rows = [RoundRow.of_stored(r) for r in run.rounds]
     console.print(
         round_table(rows, title=f"run {run.id} · {run.name} · {run.backend} · {run.status}")
     )
+    rejected = [(r.number, c) for r in run.rounds for c in r.clients if not c.accepted]
+    for number, c in rejected[:20]:
+        console.print(f"round {number}: client {c.client_id} rejected: {c.reason}")
+    if len(rejected) > 20:
+        console.print(f"… and {len(rejected) - 20} more rejections (`fedcore rounds show`)")
     if run.error:
         console.print(f"error: {run.error}")
 
 
-def _run_dict(run) -> dict:  # noqa: ANN001 - a store Run row
-    return {
-        "id": run.id,
-        "name": run.name,
-        "backend": run.backend,
-        "status": run.status,
-        "seed": run.seed,
-        "created_at": run.created_at.isoformat(),
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "error": run.error,
-    }
+def _queue(run_id: int, db: str | None, command: str, payload: dict | None = None) -> None:
+    from aggregator.store import StoreError
+
+    try:
+        open_store(db).queue_control(run_id, command, payload)
+    except StoreError as exc:
+        fail(str(exc))
+
+
+@app.command("pause")
+def pause_run(run_id: RunId, db: Db = None) -> None:
+    """Pause a running run at the next round boundary (it keeps its state)."""
+    _queue(run_id, db, "pause")
+    console.print(f"run {run_id}: pause queued for the next round boundary")
+
+
+@app.command("abort")
+def abort_run(run_id: RunId, db: Db = None) -> None:
+    """Abort a run at the next round boundary (a paused run is aborted at once)."""
+    _queue(run_id, db, "abort")
+    console.print(f"run {run_id}: abort queued")
+
+
+@app.command("set")
+def set_config(
+    run_id: RunId,
+    settings: Annotated[
+        list[str], typer.Argument(help="KEY=VALUE pairs, e.g. learning_rate=0.01 local_epochs=2.")
+    ],
+    db: Db = None,
+) -> None:
+    """Change the training config from the next round on."""
+    from simulations.lifecycle import SETTABLE
+
+    payload: dict[str, float | int] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SETTABLE:
+            fail(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(SETTABLE)}")
+        try:
+            number = float(value)
+        except ValueError:
+            fail(f"{key}: expected a number, got {value!r}")
+        is_int = key in ("local_epochs", "batch_size", "clients_per_round")
+        if (
+            number <= 0
+            and key not in ("momentum", "weight_decay")
+            or is_int
+            and number != int(number)
+        ):
+            fail(f"{key}: expected a positive {'integer' if is_int else 'number'}, got {value!r}")
+        payload[key] = int(number) if is_int else number
+    _queue(run_id, db, "set", payload)
+    console.print(f"run {run_id}: {payload} queued for the next round")
+
+
+@app.command("resume")
+def resume(
+    run_id: RunId,
+    db: Db = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", "-b", help="Resume on another backend.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Continue a paused or interrupted run from its last committed round."""
+    from aggregator.rounds import RoundFailed, StopRun
+    from aggregator.store import StoreError
+    from aggregator.store.checkpoints import CheckpointError
+    from simulations.backends import BACKENDS
+    from simulations.lifecycle import resume_run
+    from simulations.scenario import ScenarioError
+
+    if backend is not None and backend not in BACKENDS:
+        fail(f"--backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    store = open_store(db)
+    try:
+        run = store.get_run(run_id)
+        if run.status in ("completed", "failed", "aborted"):
+            fail(f"run {run_id} is {run.status}: there is nothing to resume")
+        total = run.config["federation"]["rounds"]
+        title = f"{run.name} (resume run {run_id})"
+        with RoundProgress(title, total, done=len(run.rounds), quiet=as_json) as ui:
+            result = resume_run(store, run_id, backend, on_round=ui.on_round)
+    except (StoreError, CheckpointError, ScenarioError) as exc:
+        fail(str(exc))
+    except RoundFailed as exc:
+        fail(str(exc), code=FAILED)
+    except StopRun as stop:
+        stopped(str(stop))
+    from cli.simulate import run_summary
+
+    summary = run_summary(result, store.url, False)
+    summary["rounds"] = len(store.get_run(run_id).rounds)
+    print_summary(summary, as_json)
+
+
+@app.command("export")
+def export_run(
+    run_id: RunId,
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write ('-': stdout).")] = Path(
+        "-"
+    ),
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json or csv.")] = "json",
+    db: Db = None,
+) -> None:
+    """Export a run's rounds and per-client results (JSON, or CSV with one row per client)."""
+    from aggregator.store import StoreError
+
+    if fmt not in ("json", "csv"):
+        fail(f"--format: expected json or csv, got {fmt!r}")
+    try:
+        run = open_store(db).get_run(run_id)
+    except StoreError as exc:
+        fail(str(exc))
+    if str(out) != "-" and not out.parent.is_dir():
+        fail(f"--out: directory does not exist: {out.parent}")
+    stream = sys.stdout if str(out) == "-" else open(out, "w", newline="")  # noqa: SIM115
+    try:
+        if fmt == "json":
+            data = {**run_dict(run), "config": run.config}
+            data["rounds"] = [round_dict(r, clients=True) for r in run.rounds]
+            json.dump(data, stream, indent=1)
+            stream.write("\n")
+        else:
+            writer = csv.writer(stream)
+            header = [
+                "round",
+                "client_id",
+                "accepted",
+                "num_examples",
+                "train_loss",
+                "seconds",
+                "bytes_up",
+                "bytes_down",
+                "reason",
+                "round_test_accuracy",
+            ]
+            writer.writerow(header)
+            for r in run.rounds:
+                for c in r.clients:
+                    writer.writerow(
+                        [
+                            r.number,
+                            c.client_id,
+                            c.accepted,
+                            c.num_examples,
+                            c.train_loss,
+                            c.seconds,
+                            c.bytes_up,
+                            c.bytes_down,
+                            c.reason or "",
+                            r.test_accuracy,
+                        ]
+                    )
+    finally:
+        if stream is not sys.stdout:
+            stream.close()

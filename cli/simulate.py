@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.errors import FAILED, fail
+from cli.errors import FAILED, fail, stopped
+from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json
-from cli.render import RoundRow, round_table
-
-console = Console(highlight=False)
 
 
 def simulate(
@@ -47,7 +40,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Run a federated simulation and store every round."""
-    from aggregator.rounds import RoundFailed, RoundOutcome
+    from aggregator.rounds import RoundFailed, StopRun
     from aggregator.store import Store, StoreError
     from simulations.backends import BACKENDS
     from simulations.harness import prepare_scenario
@@ -79,72 +72,40 @@ def simulate(
     except (ScenarioError, StoreError) as exc:
         fail(str(exc))
 
-    rows: list[RoundRow] = []
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=as_json,
-    )
-    task = progress.add_task(f"{spec.name} ({backend})", total=spec.federation.rounds)
-
-    def view() -> Group:
-        return Group(round_table(rows), progress)
-
-    live = None if as_json else Live(view(), console=console, refresh_per_second=4)
-
-    def on_round(outcome: RoundOutcome) -> None:
-        rows.append(
-            RoundRow(
-                outcome.number,
-                len(outcome.clients),
-                outcome.num_accepted,
-                outcome.train_loss,
-                outcome.test_accuracy,
-                outcome.seconds,
-            )
-        )
-        progress.advance(task)
-        if live is not None:
-            live.update(view())
-
     try:
-        with live or contextlib.nullcontext():
+        with RoundProgress(f"{spec.name} ({backend})", spec.federation.rounds, quiet=as_json) as ui:
             result = run_scenario(
                 prepared,
                 backend,
-                on_round=on_round,
+                on_round=ui.on_round,
                 store=store,
                 flower_verbose=verbose,
                 device=device,
             )
     except RoundFailed as exc:
         fail(str(exc), code=FAILED)
+    except StopRun as stop:
+        stopped(f"{stop}; `fedcore runs resume` continues a paused run")
+    print_summary(run_summary(result, store.url, prepared.data.sequence_targets), as_json)
 
-    summary = {
+
+def run_summary(result: Any, db_url: str, language_model: bool) -> dict[str, Any]:
+    """What a finished simulation reports (a ``SimulationResult``)."""
+    last = result.rounds[-1] if result.rounds else None
+    summary: dict[str, Any] = {
         "run_id": result.run_id,
-        "scenario": spec.name,
-        "backend": backend,
+        "status": "completed",
+        "scenario": result.scenario.name,
+        "backend": result.backend,
         "rounds": len(result.rounds),
-        "final_test_accuracy": result.final_accuracy,
-        "final_test_loss": result.rounds[-1].test_loss,
+        "last_round": last.number if last else None,
+        "final_test_accuracy": last.test_accuracy if last else None,
+        "final_test_loss": last.test_loss if last else None,
         "seconds": round(result.seconds, 3),
-        "db": store.url,
+        "db": db_url,
     }
-    language_model = prepared.data.sequence_targets  # accuracy is next-word accuracy
-    if language_model:
+    if language_model and last is not None:  # accuracy is next-word accuracy
         from fedcore.evaluate import perplexity
 
-        summary["final_test_perplexity"] = perplexity(result.rounds[-1].test_loss)
-    if as_json:
-        print(json.dumps(summary))
-        return
-    if not console.is_terminal:
-        console.print()  # Live leaves the cursor after the bar when output is not a terminal
-    ppl = f", perplexity {summary['final_test_perplexity']:.1f}" if language_model else ""
-    console.print(
-        f"run {result.run_id}: final test accuracy {100 * result.final_accuracy:.2f} %{ppl} "
-        f"after {len(result.rounds)} rounds in {result.seconds:.1f} s (stored in {store.url})"
-    )
+        summary["final_test_perplexity"] = perplexity(last.test_loss)
+    return summary

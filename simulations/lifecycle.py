@@ -54,7 +54,13 @@ class StoreHooks:
         """Apply the commands queued since the last round: set, then pause or abort."""
         for control in self.store.take_controls(self.run_id, number - 1):
             if control.command == "set":
-                config = apply_settings(config, control.payload or {})
+                settings = control.payload or {}
+                config = apply_settings(config, settings)
+                train = {k: v for k, v in settings.items() if k in SETTABLE_TRAIN}
+                federation = {k: v for k, v in settings.items() if k not in SETTABLE_TRAIN}
+                for section, values in (("train", train), ("federation", federation)):
+                    if values:
+                        self.store.update_run_config(self.run_id, section, values)
             elif control.command in ("pause", "abort"):
                 status = "paused" if control.command == "pause" else "aborted"
                 raise StopRun(status, f"run {self.run_id} {status} before round {number}")
@@ -139,11 +145,11 @@ def resume_run(
     device: str | None = None,
 ) -> SimulationResult:
     """Continue a paused or interrupted run from its last committed round."""
+    run = store.claim_run(run_id, backend or store.get_run(run_id).backend)
     prepared, resume = prepare_stored_run(store, run_id)
     if resume is not None and resume.round >= prepared.config.num_rounds:
-        store.finish_run(run_id, "completed")
+        store.finish_run(run_id, "completed")  # it crashed after its last commit
         raise StoreError(f"run {run_id} had already run all {resume.round} rounds")
-    run = store.claim_run(run_id, backend or store.get_run(run_id).backend)
     hooks = StoreHooks(store, run_id, on_round)
     return _finish(
         store,

@@ -16,13 +16,13 @@ from typing import Any
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from aggregator.rounds import RoundOutcome
 from aggregator.store.checkpoints import Checkpoint, checkpoint_path, read_checkpoint
 from aggregator.store.checkpoints import write_checkpoint as write_checkpoint_file
 from aggregator.store.models import FINISHED, ClientResult, Control, Round, Run, utcnow
-from aggregator.store.schema import schema_state, upgrade
+from aggregator.store.schema import SchemaState, schema_state, upgrade
 
 DEFAULT_DB = "fedcore.db"
 DB_ENV = "FEDCORE_DB"
@@ -63,6 +63,20 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _alive(owner: str | None) -> bool:
+    """Whether ``host:pid`` names another live process on this host (a run still in progress)."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Store:
     """Runs, rounds, client results, checkpoints and control commands in a SQL database."""
 
@@ -90,7 +104,7 @@ class Store:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             state = schema_state(self.engine)
             if state.kind == "empty" or (migrate and state.kind == "behind"):
-                upgrade(self.engine)
+                state = self._upgrade()
         except (SQLAlchemyError, ImportError, OSError) as exc:
             raise StoreError(f"cannot open database {shown}: {_first_line(exc)}") from exc
         if state.kind == "behind" and not migrate:
@@ -112,6 +126,17 @@ class Store:
             checkpoints = str(base.with_name(base.stem + "-checkpoints"))
         self.checkpoint_root = Path(checkpoints)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _upgrade(self) -> SchemaState:
+        """Migrate to head; if another process created the schema meanwhile, accept theirs."""
+        try:
+            upgrade(self.engine)
+        except SQLAlchemyError:
+            state = schema_state(self.engine)
+            if state.kind != "current":
+                raise
+            return state
+        return schema_state(self.engine)
 
     def session(self) -> Session:
         """A new ORM session (use as a context manager)."""
@@ -153,6 +178,8 @@ class Store:
             run = self._run(s, run_id)
             if run.status in FINISHED:
                 raise StoreError(f"run {run_id} is {run.status}: there is nothing to resume")
+            if run.status == "running" and _alive(run.owner):
+                raise StoreError(f"run {run_id} is still running (driven by {run.owner})")
             run.status, run.owner, run.backend, run.error = "running", this_process(), backend, None
             return run
 
@@ -172,9 +199,10 @@ class Store:
             return run
 
     def list_runs(self) -> list[Run]:
-        """All runs, newest first."""
+        """All runs, newest first (with their rounds loaded)."""
         with self.session() as s:
-            return list(s.scalars(select(Run).order_by(Run.id.desc())))
+            query = select(Run).options(selectinload(Run.rounds)).order_by(Run.id.desc())
+            return list(s.scalars(query))
 
     # -- rounds and checkpoints ---------------------------------------------------------------
     def record_round(self, run_id: int, outcome: RoundOutcome) -> None:
@@ -258,6 +286,14 @@ class Store:
             s.add(control)
             s.flush()
             return control.id
+
+    def update_run_config(self, run_id: int, section: str, values: dict[str, Any]) -> None:
+        """Merge ``values`` into the stored scenario's ``section`` (so a resume keeps them)."""
+        with self.session() as s, s.begin():
+            run = self._run(s, run_id)
+            config = dict(run.config)
+            config[section] = {**config.get(section, {}), **values}
+            run.config = config  # a new dict: JSON columns track assignment, not mutation
 
     def take_controls(self, run_id: int, round_number: int) -> list[Control]:
         """The run's pending commands, marked applied at ``round_number`` (one transaction)."""

@@ -1,0 +1,46 @@
+"""``fedcore db``: the store's schema version, and applying migrations."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+
+from cli.errors import fail
+from cli.options import Db, Json
+from cli.store_access import open_store
+
+app = typer.Typer(no_args_is_help=True)
+console = Console(highlight=False)
+
+
+@app.command("upgrade")
+def upgrade(db: Db = None) -> None:
+    """Apply the migrations a store is missing (a new store is created at the newest schema)."""
+    store = open_store(db, migrate=True)
+    console.print(f"{store.url}: schema is current")
+
+
+@app.command("status")
+def status(db: Db = None, as_json: Json = False) -> None:
+    """Show the store's schema revision against the one this fedcore needs."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from aggregator.store import resolve_url
+    from aggregator.store.schema import schema_state
+
+    url = resolve_url(db)
+    try:
+        state = schema_state(create_engine(url))
+    except (SQLAlchemyError, ImportError) as exc:
+        fail(f"cannot open database {url}: {str(exc).strip().splitlines()[0]}")
+    if as_json:
+        print(
+            json.dumps(
+                {"url": url, "state": state.kind, "revision": state.revision, "head": state.head}
+            )
+        )
+        return
+    console.print(f"{url}: {state.kind} (revision {state.revision}, this fedcore: {state.head})")

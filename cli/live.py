@@ -1,0 +1,69 @@
+"""A live round table with a progress bar, and the end-of-run summary, for simulate and resume."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cli.render import RoundRow, round_table
+
+console = Console(highlight=False)
+
+
+class RoundProgress:
+    """Context manager: shows rounds as they finish; ``on_round`` is the round callback."""
+
+    def __init__(self, title: str, total: int, done: int = 0, quiet: bool = False) -> None:
+        self.rows: list[RoundRow] = []
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        )
+        self.task = self.progress.add_task(title, total=total, completed=done)
+        self.live = None if quiet else Live(self._view(), console=console, refresh_per_second=4)
+
+    def _view(self) -> Group:
+        return Group(round_table(self.rows), self.progress)
+
+    def on_round(self, outcome: Any) -> None:
+        """Add a finished round (an ``aggregator.rounds.RoundOutcome``)."""
+        self.rows.append(RoundRow.of_outcome(outcome))
+        self.progress.advance(self.task)
+        if self.live is not None:
+            self.live.update(self._view())
+
+    def __enter__(self) -> RoundProgress:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+            if not console.is_terminal:
+                console.print()  # Live leaves the cursor after the bar when not a terminal
+
+
+def print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """The end of a run: one JSON line for scripts, or one sentence for people."""
+    if as_json:
+        print(json.dumps(summary))
+        return
+    ppl = summary.get("final_test_perplexity")
+    ppl_text = f", perplexity {ppl:.1f}" if ppl is not None else ""
+    accuracy = summary.get("final_test_accuracy")
+    accuracy_text = f"final test accuracy {100 * accuracy:.2f} %" if accuracy is not None else ""
+    console.print(
+        f"run {summary['run_id']}: {summary['status']}; {accuracy_text}{ppl_text} "
+        f"after round {summary['last_round']} in {summary['seconds']:.1f} s "
+        f"(stored in {summary['db']})"
+    )

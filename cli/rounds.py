@@ -1,0 +1,72 @@
+"""``fedcore rounds``: the rounds of a run, and one round's clients with their outcomes."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import fail
+from cli.options import Db, Json
+from cli.render import RoundRow, round_table
+from cli.store_access import open_store, round_dict
+
+app = typer.Typer(no_args_is_help=True)
+console = Console(highlight=False)
+
+
+@app.command("list")
+def list_rounds(
+    run_id: Annotated[int, typer.Argument(help="Run id.")], db: Db = None, as_json: Json = False
+) -> None:
+    """One line per committed round of a run."""
+    from aggregator.store import StoreError
+
+    try:
+        run = open_store(db).get_run(run_id)
+    except StoreError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps([round_dict(r) for r in run.rounds]))
+        return
+    console.print(round_table([RoundRow.of_stored(r) for r in run.rounds], title=f"run {run_id}"))
+
+
+@app.command("show")
+def show_round(
+    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    number: Annotated[int, typer.Argument(help="Round number.")],
+    db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """One round: its metrics, checkpoint digest, and every selected client's outcome."""
+    from aggregator.store import StoreError
+
+    try:
+        row = open_store(db).get_round(run_id, number)
+    except StoreError as exc:
+        fail(str(exc))
+    data = round_dict(row, clients=True)
+    if as_json:
+        print(json.dumps(data))
+        return
+    console.print(
+        f"run {run_id} round {number}: test accuracy {100 * row.test_accuracy:.2f} %, "
+        f"train loss {row.train_loss:.4f}, {row.num_accepted}/{row.num_selected} accepted, "
+        f"{row.seconds:.2f} s, up {row.bytes_up} B, down {row.bytes_down} B"
+    )
+    console.print(f"checkpoint sha256 {row.checkpoint_sha256}")
+    table = Table()
+    for column in ("client", "examples", "train loss", "seconds", "bytes up", "outcome"):
+        table.add_column(column, justify="left" if column == "outcome" else "right")
+    for c in data["clients"]:
+        loss = f"{c['train_loss']:.4f}" if c["train_loss"] is not None else "-"
+        secs = f"{c['seconds']:.2f}" if c["seconds"] is not None else "-"
+        verdict = "accepted" if c["accepted"] else f"rejected: {c['reason']}"
+        table.add_row(
+            str(c["client_id"]), str(c["num_examples"]), loss, secs, str(c["bytes_up"]), verdict
+        )
+    console.print(table)
