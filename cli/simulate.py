@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,6 +50,8 @@ def simulate(
 
     if backend not in BACKENDS:
         fail(f"--backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "flower" and importlib.util.find_spec("ray") is None:
+        fail("--backend flower needs Flower's simulation runtime: pip install 'fedcore[sim]'")
     from aggregator.backend import BackendUnavailable, select_backend
 
     try:
