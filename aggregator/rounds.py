@@ -8,8 +8,9 @@ reply, step the server optimizer, evaluate, report.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -21,6 +22,8 @@ from aggregator.strategies import AggregationError, Strategy
 from aggregator.updates import ClientUpdate, Rejected, decode_reply
 from fedcore import protocol
 from fedcore.wire import vector_record
+
+ClientDirectory = Callable[[int], Mapping[int, int]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class FederationConfig:
     min_nodes: int = 0  # wait for this many nodes before the first round (0: clients_per_round)
     connect_timeout: float = 120.0
     secagg: SecAggConfig | None = None  # secure aggregation (SecAgg+) for every round
+    # Who may be selected in round n, ``{client_id: node_id}``, when the server knows its
+    # clients (a simulated population); None: ask every connected node once (``query``).
+    directory: ClientDirectory | None = None
+    over_selection: float = 1.0  # select ceil(k * this), keep the first k replies
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class ClientOutcome:
     reason: str | None = None
     bytes_up: int = 0  # update bytes on the wire (after compression)
     bytes_down: int = 0  # global model bytes sent to the client
+    device_class: str | None = None  # as the client reported it (or a simulation assigned)
+    metrics: dict[str, float] = field(default_factory=dict)  # extra numeric reply metrics
 
 
 @dataclass
@@ -65,6 +74,7 @@ class RoundOutcome:
     params: np.ndarray = field(repr=False)
     epsilon: float | None = None  # differential privacy spent so far, if any
     server_state: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # resumable
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. simulated seconds, energy
 
     @property
     def num_accepted(self) -> int:
@@ -179,7 +189,7 @@ def _instructions(config: FederationConfig, strategy: Strategy, round_number: in
 
 def run_round(
     grid: Grid,
-    clients: dict[int, int],
+    clients: Mapping[int, int],
     params: np.ndarray,
     round_number: int,
     config: FederationConfig,
@@ -196,7 +206,12 @@ def run_round(
         from aggregator.secagg.round import run_secagg_round
 
         return run_secagg_round(grid, clients, params, round_number, config, strategy)
-    chosen = sample_clients(clients, config.clients_per_round, config.seed, round_number)
+    k = config.clients_per_round
+    wanted = max(k, math.ceil(k * config.over_selection))
+    # A population may have fewer available clients than k this round: take them all.
+    floor = 0 if config.directory is not None else k
+    wanted = min(wanted, max(floor, len(clients)))
+    chosen = sample_clients(clients, wanted, config.seed, round_number)
     node_to_client = {clients[c]: c for c in chosen}
     global_record = vector_record(params)
     bytes_down = sum(len(a.data) for a in global_record.values())
@@ -211,14 +226,13 @@ def run_round(
         )
         messages.append(Message(content, clients[client_id], "train", group_id=str(round_number)))
 
-    replies = sorted(
-        (
-            m
-            for m in grid.send_and_receive(messages, timeout=config.timeout)
-            if m.metadata.src_node_id in node_to_client
-        ),
-        key=lambda m: node_to_client[m.metadata.src_node_id],
-    )
+    arrived = [  # in arrival order: with over-selection the first k good replies count
+        m
+        for m in grid.send_and_receive(messages, timeout=config.timeout)
+        if m.metadata.src_node_id in node_to_client
+    ]
+    surplus = _surplus(arrived, k) if wanted > k else set()
+    replies = sorted(arrived, key=lambda m: node_to_client[m.metadata.src_node_id])
     aggregation = strategy.start_round(params, round_number)
     outcomes: list[ClientOutcome] = []
     decoded: list[tuple[int, ClientUpdate]] = []  # (index in outcomes, update)
@@ -232,6 +246,9 @@ def run_round(
             if client_id in answered:
                 raise Rejected("duplicate reply (the client's first reply counts)")
             answered.add(client_id)
+            outcome = replace(outcome, **_reported(reply))
+            if id(reply) in surplus:
+                raise Rejected(f"over-selected: {k} other replies arrived first")
             update = decode_reply(reply, params.size)
             outcome = replace(
                 outcome,
@@ -267,6 +284,36 @@ def run_round(
         raise RoundFailed(f"round {round_number}: {exc}") from exc
 
 
+_KNOWN_METRICS = ("num_examples", "train_loss", "seconds")
+
+
+def _reported(reply: Message) -> dict:
+    """The device class and extra numeric metrics a reply carries (nothing for an error)."""
+    if reply.has_error():
+        return {}
+    content = reply.content
+    found: dict = {}
+    if protocol.CLIENT_INFO in content.config_records:
+        device = content.config_records[protocol.CLIENT_INFO].get("device_class")
+        if device is not None:
+            found["device_class"] = str(device)
+    if protocol.METRICS in content.metric_records:
+        extra = {
+            key: float(value)
+            for key, value in content.metric_records[protocol.METRICS].items()
+            if key not in _KNOWN_METRICS and isinstance(value, int | float)
+        }
+        if extra:
+            found["metrics"] = extra
+    return found
+
+
+def _surplus(arrived: list[Message], k: int) -> set[int]:
+    """``id()`` of the good replies after the first ``k`` (over-selection keeps the first)."""
+    good = [m for m in arrived if not m.has_error()]
+    return {id(m) for m in good[k:]}
+
+
 def run_federation(
     grid: Grid,
     config: FederationConfig,
@@ -282,13 +329,17 @@ def run_federation(
     ``before_round(number, config)`` may return a changed config for that round on (an
     operator's ``set`` command) or raise ``StopRun``; ``on_round`` sees each finished round.
     """
-    min_nodes = config.min_nodes or config.clients_per_round
-    node_ids = wait_for_nodes(grid, min_nodes, config.connect_timeout)
-    clients = discover_clients(grid, node_ids, timeout=config.timeout)
+    clients: Mapping[int, int] = {}
+    if config.directory is None:
+        min_nodes = config.min_nodes or config.clients_per_round
+        node_ids = wait_for_nodes(grid, min_nodes, config.connect_timeout)
+        clients = discover_clients(grid, node_ids, timeout=config.timeout)
     params = np.asarray(initial, dtype=np.float32)
     for number in range(first_round, config.num_rounds + 1):
         if before_round is not None:
             config = before_round(number, config)
+        if config.directory is not None:  # the known population: who is available now
+            clients = config.directory(number)
         start = time.perf_counter()
         params, outcomes = run_round(grid, clients, params, number, config, strategy)
         test_loss, test_accuracy = evaluate_fn(params)

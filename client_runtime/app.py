@@ -14,8 +14,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_runtime.compression import compress_update
+from client_runtime.device import train_on_device
 from client_runtime.secagg import TrainOutput, register_secagg
-from client_runtime.trainer import TrainConfig, train_local
+from client_runtime.trainer import TrainConfig
 from fedcore import protocol
 from fedcore.models import build_model
 from fedcore.nn import Module
@@ -60,20 +61,16 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
         model = _model_for(instructions.model)
         global_vector = read_vector(msg.content.array_records[protocol.GLOBAL])
         model.set_flat(global_vector)
-        result = train_local(
-            model,
-            x,
-            y,
-            TrainConfig(
-                local_epochs=instructions.local_epochs,
-                batch_size=instructions.batch_size,
-                learning_rate=instructions.learning_rate,
-                momentum=instructions.momentum,
-                weight_decay=instructions.weight_decay,
-                seed=instructions.seed,
-                proximal_mu=instructions.proximal_mu,
-            ),
+        config = TrainConfig(
+            local_epochs=instructions.local_epochs,
+            batch_size=instructions.batch_size,
+            learning_rate=instructions.learning_rate,
+            momentum=instructions.momentum,
+            weight_decay=instructions.weight_decay,
+            seed=instructions.seed,
+            proximal_mu=instructions.proximal_mu,
         )
+        result = train_on_device(model, x, y, config, context.node_config)
         return model, result, instructions, global_vector
 
     @app.train()
@@ -84,9 +81,13 @@ def make_client_app(load_partition: LoadPartition) -> ClientApp:
                 "num_examples": result.num_examples,
                 "train_loss": result.train_loss,
                 "seconds": result.seconds,
+                **result.costs,
             }
         )
         content = RecordDict({protocol.METRICS: metrics})
+        if protocol.DEVICE in context.node_config:
+            device = str(context.node_config[protocol.DEVICE])
+            content[protocol.CLIENT_INFO] = ConfigRecord({"device_class": device})
         if instructions.compression == "none":
             content[protocol.UPDATE] = vector_record(model.get_flat())
         else:

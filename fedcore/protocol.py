@@ -22,6 +22,9 @@ CLIENT_INFO = "client"
 CODEC = "codec"  # ConfigRecord of a compressed reply: {"name": codec, **options}
 
 PARTITION_ID = "partition-id"  # Flower's node_config key for a simulated node's data shard
+DEVICE = "device"  # node_config: the device class (catalog name) a simulated node stands for
+MEMORY_BUDGET = "memory-budget"  # node_config: bytes the engine may use (default: the device's)
+ADAPT_BATCH = "adapt-batch"  # node_config: halve the batch until training fits the budget
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ class Round(Base):
     epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
     checkpoint_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # e.g. simulated time
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="rounds")
@@ -104,6 +105,7 @@ class ClientResult(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # extra reply metrics
 
     round: Mapped[Round] = relationship(back_populates="clients")
 

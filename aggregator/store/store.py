@@ -224,6 +224,7 @@ class Store:
                 epsilon=outcome.epsilon,
                 checkpoint_path=str(path),
                 checkpoint_sha256=sha,
+                metrics=dict(getattr(outcome, "metrics", {})) or None,
             )
             row.clients = [
                 ClientResult(
@@ -237,6 +238,7 @@ class Store:
                     reason=c.reason,
                     bytes_up=c.bytes_up,
                     bytes_down=c.bytes_down,
+                    metrics=dict(getattr(c, "metrics", {})) or None,
                 )
                 for c in outcome.clients
             ]

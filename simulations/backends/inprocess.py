@@ -7,7 +7,8 @@ is gone. Messages are not serialised, so the round trip costs what the handlers 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -21,27 +22,63 @@ from fedcore import protocol
 
 
 class InProcessGrid(Grid):
-    """A grid of ``num_nodes`` simulated nodes served by one ``ClientApp`` in this process."""
+    """A grid of ``num_nodes`` simulated nodes served by one ``ClientApp`` in this process.
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, seed: int = 0) -> None:
+    Node ``i`` (partition ``i``) has node id ``base + i``; its ``Context`` is built on its first
+    message, so a population of 100,000 costs nothing until its clients are asked to train.
+    ``node_config(i)`` says what node ``i`` is told (default: its partition); ``network``
+    (``simulations.clock.SimulatedNetwork``) adds dropouts, simulated time and a deadline.
+    """
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        seed: int = 0,
+        *,
+        node_config: Callable[[int], dict[str, Any]] | None = None,
+        network: Any = None,
+        base: int | None = None,
+    ) -> None:
         rng = random.Random(seed)
         self._client_app = client_app
         self._run = Run.create_empty(run_id=rng.getrandbits(63))
+        self._num_nodes = num_nodes
+        self._base = rng.getrandbits(62) if base is None else base
+        self._node_config = node_config
+        self._network = network
         self._contexts: dict[int, Context] = {}
-        for partition in range(num_nodes):
-            node_id = rng.getrandbits(63)
-            self._contexts[node_id] = Context(
-                run_id=self._run.run_id,
-                node_id=node_id,
-                node_config={protocol.PARTITION_ID: partition, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
         self._replies: dict[str, Message] = {}
         # Flower's runtimes set the process-wide task identity before any Message is built.
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = self._run.run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
+
+    def node_id(self, partition: int) -> int:
+        """The node id of partition ``partition``."""
+        return self._base + partition
+
+    def context(self, node_id: int) -> Context | None:
+        """Node ``node_id``'s context (built now if it has none yet), or None if no such node."""
+        return self._context(node_id)
+
+    def _context(self, node_id: int) -> Context | None:
+        context = self._contexts.get(node_id)
+        partition = node_id - self._base
+        if context is None and 0 <= partition < self._num_nodes:
+            config = (
+                self._node_config(partition)
+                if self._node_config is not None
+                else {protocol.PARTITION_ID: partition, "num-partitions": self._num_nodes}
+            )
+            context = self._contexts[node_id] = Context(
+                run_id=self._run.run_id,
+                node_id=node_id,
+                node_config=config,
+                state=RecordDict(),
+                run_config={},
+            )
+        return context
 
     def set_run(self, run: Run) -> None:
         """Adopt ``run`` as the run these messages belong to."""
@@ -64,8 +101,8 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        """All simulated nodes."""
-        return list(self._contexts)
+        """All simulated nodes (a range: nothing is built per node)."""
+        return range(self._base, self._base + self._num_nodes)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver each message to its node now; keep the reply for ``pull_messages``."""
@@ -84,11 +121,21 @@ class InProcessGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Deliver every message and return every reply (nothing is ever late in-process)."""
-        return self.pull_messages(self.push_messages(messages))
+        """Deliver every message and return every reply (nothing is ever late in-process,
+        except in simulated time: with a network, replies come in simulated arrival order)."""
+        if self._network is None:
+            return self.pull_messages(self.push_messages(messages))
+        timed: list[tuple[float, int, Message]] = []
+        for msg in messages:
+            reply = self._network.dropped(msg)
+            arrival = 0.0
+            if reply is None:
+                reply, arrival = self._network.stamp(msg, self._deliver(msg))
+            timed.append((arrival, len(timed), reply))
+        return [reply for _, _, reply in sorted(timed, key=lambda t: t[:2])]
 
     def _deliver(self, msg: Message) -> Message:
-        context = self._contexts.get(msg.metadata.dst_node_id)
+        context = self._context(msg.metadata.dst_node_id)
         if context is None:
             reason = f"no node with id {msg.metadata.dst_node_id}"
             return Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=msg)

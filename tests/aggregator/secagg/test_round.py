@@ -67,8 +67,7 @@ class DroppingGrid(InProcessGrid):
     def __init__(self, app, num_nodes, drop):
         super().__init__(app, num_nodes)
         self.drop = drop
-        contexts = self._contexts.items()
-        self.partition = {n: c.node_config[protocol.PARTITION_ID] for n, c in contexts}
+        self.partition = {self.node_id(i): i for i in range(num_nodes)}
 
     def send_and_receive(self, messages, *, timeout=None):
         def vanishes(m):
@@ -167,7 +166,7 @@ def test_strategies_that_need_individual_updates_are_refused():
 def test_keys_are_advertised_ahead_and_a_client_that_lost_them_rejoins():
     log = []
     grid = InProcessGrid(toy_app(log), 8)
-    node = next(n for n, c in grid._contexts.items() if partition_id(c) == 5)
+    node = grid.node_id(5)
     train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), 1, 1, 0.1, 0.0, 0.0, 0)
     config = FederationConfig(4, 8, train, seed=3, secagg=SecAggConfig(t=4, max_weight=8))
     outcomes = []
@@ -175,7 +174,7 @@ def test_keys_are_advertised_ahead_and_a_client_that_lost_them_rejoins():
     def on_round(outcome):
         outcomes.append(outcome)
         if outcome.number == 2:  # client 5 restarts and forgets its advertised keys
-            grid._contexts[node].state.config_records.pop(STATE_RECORD)
+            grid.context(node).state.config_records.pop(STATE_RECORD)
         log.append(("end", outcome.number, None, None))
 
     strategy = build_strategy("fedavg")

@@ -1,0 +1,86 @@
+"""What local training costs in float32 operations, counted analytically from layer shapes.
+
+The engine has no FLOP counter, so ``forward_flops`` walks a model's leaf layers in order and
+counts multiply-adds as 2 FLOPs (dense, convolution, recurrent gates) plus one FLOP per
+element for activations, pooling windows and normalisation. A training step costs about
+three forward passes (forward, then the gradients w.r.t. inputs and weights):
+``training_flops = 3 * forward_flops * examples * epochs``. Layers the walk does not know
+count as zero and keep the shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from fedcore.nn import Module
+
+TRAIN_FACTOR = 3.0  # forward + backward (inputs) + backward (weights)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    a, b = value
+    return int(a), int(b)
+
+
+def _window(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _layer(module: Module, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+    """FLOPs of one leaf layer for one example of ``shape``, and its output shape."""
+    kind = type(module).__name__
+    size = math.prod(shape)
+    if kind == "Dense":
+        rows = size // shape[-1]
+        out = (*shape[:-1], module.out_features)
+        return 2.0 * rows * module.in_features * module.out_features, out
+    if kind == "Conv2d":
+        h, w, _ = shape
+        kh, kw = module.kernel_size
+        (sh, sw), (ph, pw) = _pair(module.stride), _pair(module.padding)
+        ho, wo = _window(h, kh, sh, ph), _window(w, kw, sw, pw)
+        flops = 2.0 * ho * wo * kh * kw * module.in_channels * module.out_channels
+        return flops, (ho, wo, module.out_channels)
+    if kind in ("MaxPool2d", "AvgPool2d"):
+        h, w, c = shape
+        (kh, kw), (sh, sw) = _pair(module.kernel_size), _pair(module.stride)
+        ph, pw = _pair(module.padding)
+        ho, wo = _window(h, kh, sh, ph), _window(w, kw, sw, pw)
+        return float(ho * wo * c * kh * kw), (ho, wo, c)
+    if kind == "Flatten":
+        return 0.0, (size,)
+    if kind == "Reshape":
+        return 0.0, tuple(module.shape)
+    if kind == "Embedding":
+        return 0.0, (*shape, module.dim)
+    if kind in ("LSTM", "GRU"):
+        gates = 4 if kind == "LSTM" else 3
+        steps = size // shape[-1]
+        hidden = module.hidden_size
+        matmul = 2.0 * steps * gates * hidden * (module.input_size + hidden)
+        return matmul + 10.0 * steps * hidden, (*shape[:-1], hidden)
+    if kind in ("BatchNorm", "LayerNorm"):
+        return 5.0 * size, shape
+    return float(size), shape  # activations, dropout: one op per element
+
+
+def forward_flops(model: Module, input_shape: Sequence[int]) -> float:
+    """FLOPs of one forward pass of one example of ``input_shape`` (no batch axis)."""
+    shape = tuple(int(n) for n in input_shape)
+    total = 0.0
+    for _, module in model.named_modules():
+        if module._modules:  # containers: their leaves are visited in order
+            continue
+        flops, shape = _layer(module, shape)
+        total += flops
+    return total
+
+
+def training_flops(
+    model: Module, input_shape: Sequence[int], examples: int, epochs: int = 1
+) -> float:
+    """FLOPs of ``epochs`` of training over ``examples`` examples (see module docstring)."""
+    return TRAIN_FACTOR * forward_flops(model, input_shape) * examples * epochs

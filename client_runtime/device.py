@@ -1,0 +1,86 @@
+"""Training under a device's memory budget, reporting what it cost (FLOPs, bytes, batch).
+
+A node whose ``node_config`` names a device class (``protocol.DEVICE``, a catalog name) trains
+with the engine's memory pool capped at that device's budget (or ``protocol.MEMORY_BUDGET``
+bytes). If a step does not fit, the client either halves its batch size and starts the round
+over (``protocol.ADAPT_BATCH``), or fails with ``DoesNotFit``, which the server records as the
+rejection reason. Without a device the budget is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from client_runtime.cost import training_flops
+from client_runtime.trainer import TrainConfig, train_local
+from fedcore import protocol
+from fedcore.engine import MemoryBudgetError, get_engine
+from fedcore.nn import Module
+
+
+class DoesNotFit(RuntimeError):
+    """Training cannot fit the device's memory budget, even at the smallest batch allowed."""
+
+
+@dataclass(frozen=True)
+class DeviceTrainResult:
+    """``TrainResult`` plus the costs a simulation turns into time and energy."""
+
+    num_examples: int
+    train_loss: float
+    seconds: float
+    costs: dict[str, float] = field(default_factory=dict)
+
+
+def device_budget(node_config: Mapping[str, Any]) -> int | None:
+    """The engine budget in bytes for this node, or None (no device named)."""
+    if protocol.MEMORY_BUDGET in node_config:
+        return int(node_config[protocol.MEMORY_BUDGET])
+    if protocol.DEVICE not in node_config:
+        return None
+    from device_profiles import get_profile
+
+    return get_profile(str(node_config[protocol.DEVICE])).memory_budget_bytes
+
+
+def train_on_device(
+    model: Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    node_config: Mapping[str, Any],
+) -> DeviceTrainResult:
+    """Train like ``train_local``, under the node's memory budget; report FLOPs and bytes."""
+    budget = device_budget(node_config)
+    adapt = bool(node_config.get(protocol.ADAPT_BATCH, False))
+    pool = get_engine().pool
+    previous = pool.budget_bytes
+    start = model.get_flat().copy() if budget is not None else None
+    try:
+        while True:
+            pool.reset_peak()
+            pool.budget_bytes = budget
+            try:
+                result = train_local(model, x, y, config)
+                break
+            except MemoryBudgetError as exc:
+                if not adapt or config.batch_size == 1:
+                    device = node_config.get(protocol.DEVICE, "this device")
+                    raise DoesNotFit(
+                        f"memory: does not fit {device} at batch size {config.batch_size} "
+                        f"({budget} bytes): {exc}"
+                    ) from None
+                model.set_flat(start)
+                config = replace(config, batch_size=max(1, config.batch_size // 2))
+    finally:
+        pool.budget_bytes = previous
+    costs = {
+        "flops": training_flops(model, x.shape[1:], len(y), config.local_epochs),
+        "peak_bytes": float(pool.peak_bytes),
+        "batch_size": float(config.batch_size),
+    }
+    return DeviceTrainResult(result.num_examples, result.train_loss, result.seconds, costs)

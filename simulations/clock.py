@@ -1,0 +1,119 @@
+"""The virtual clock: device profiles turn a client's FLOPs and bytes into seconds and joules.
+
+A client's local time = FLOPs it trained (reported by ``client_runtime.device``) / its device's
+sustained FLOP/s + bytes up and down / its bandwidth. A round lasts until its slowest accepted
+client reports, or until the deadline when someone missed it. ``SimulatedNetwork`` is what the
+in-process grid consults around each train message: it drops clients out mid-round, stamps each
+reply with its simulated times and energy, turns replies later than the deadline into errors,
+and orders replies by simulated arrival (so over-selection keeps the first that report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode
+
+from fedcore import protocol
+from simulations.population import NODE_BASE, Population
+
+DEADLINE = "missed the deadline"
+DROPPED = "dropped out mid-round"
+
+
+@dataclass(frozen=True)
+class ClientTime:
+    """One client's simulated round: seconds computing and transferring, energy drawn."""
+
+    compute_s: float
+    network_s: float
+    energy_j: float
+
+    @property
+    def total_s(self) -> float:
+        """Seconds from receiving the global model to the server having the update."""
+        return self.compute_s + self.network_s
+
+    def metrics(self) -> dict[str, float]:
+        """As reply metrics (``sim_*`` keys)."""
+        return {
+            "sim_seconds": self.total_s,
+            "sim_compute_s": self.compute_s,
+            "sim_network_s": self.network_s,
+            "energy_j": self.energy_j,
+        }
+
+
+def client_time(device: str, flops: float, bytes_up: float, bytes_down: float) -> ClientTime:
+    """Simulated time and energy of one client on device class ``device``.
+
+    Energy: the device's training power over compute and transfer time (radios and SoC both
+    busy; a conservative single-power model).
+    """
+    from device_profiles import get_profile
+
+    profile = get_profile(device)
+    compute = profile.compute_seconds(flops)
+    network = profile.transfer_seconds(bytes_up, bytes_down)
+    return ClientTime(compute, network, profile.energy_joules(compute + network))
+
+
+@dataclass
+class VirtualClock:
+    """Simulated seconds since the run started, and the time of day they correspond to."""
+
+    start_hour: float = 0.0
+    now_s: float = 0.0
+    history: list[float] = field(default_factory=list)  # each round's simulated length
+
+    @property
+    def hour(self) -> float:
+        """Simulated time of day, 0 <= hour < 24."""
+        return (self.start_hour + self.now_s / 3600.0) % 24.0
+
+    def advance(self, seconds: float) -> None:
+        """Move on by one round of ``seconds``."""
+        self.history.append(seconds)
+        self.now_s += seconds
+
+
+def _bytes(record: Any) -> int:
+    return sum(len(array.data) for array in record.values())
+
+
+class SimulatedNetwork:
+    """Dropouts, simulated timing and the deadline, applied around each train message."""
+
+    def __init__(self, population: Population, deadline_s: float | None = None) -> None:
+        self.population = population
+        self.deadline_s = deadline_s
+
+    def dropped(self, msg: Message) -> Message | None:
+        """An error reply if the addressee drops out of this round, else None."""
+        if msg.metadata.message_type != "train" or not msg.metadata.group_id.isdigit():
+            return None
+        client = msg.metadata.dst_node_id - NODE_BASE
+        if self.population.drops_out(int(msg.metadata.group_id), client):
+            return Message(Error(ErrorCode.NODE_UNAVAILABLE, DROPPED), reply_to=msg)
+        return None
+
+    def stamp(self, msg: Message, reply: Message) -> tuple[Message, float]:
+        """Add simulated times to a train reply; return it (or a deadline error) and its
+        simulated arrival in seconds after the round started."""
+        if msg.metadata.message_type != "train" or reply.has_error():
+            return reply, 0.0
+        metrics = reply.content.metric_records.get(protocol.METRICS)
+        info = reply.content.config_records.get(protocol.CLIENT_INFO)
+        if metrics is None or info is None or "flops" not in metrics:
+            return reply, 0.0
+        down = _bytes(msg.content.array_records[protocol.GLOBAL])
+        up = _bytes(reply.content.array_records[protocol.UPDATE])
+        timing = client_time(str(info["device_class"]), float(metrics["flops"]), up, down)
+        for key, value in timing.metrics().items():
+            metrics[key] = value
+        if self.deadline_s is not None and timing.total_s > self.deadline_s:
+            reason = f"{DEADLINE} ({timing.total_s:.1f} s > {self.deadline_s:g} s)"
+            return Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=msg), timing.total_s
+        return reply, timing.total_s
