@@ -16,10 +16,15 @@ console = Console(highlight=False)
 
 
 @app.command("upgrade")
-def upgrade(db: Db = None) -> None:
+def upgrade(db: Db = None, as_json: Json = False) -> None:
     """Apply the migrations a store is missing (a new store is created at the newest schema)."""
+    from aggregator.store.schema import head_revision
+
     store = open_store(db, migrate=True)
-    console.print(f"{store.url}: schema is current")
+    if as_json:
+        print(json.dumps({"url": store.url, "state": "current", "revision": head_revision()}))
+        return
+    console.print(f"{store.url}: schema is current ({head_revision()})")
 
 
 @app.command("status")

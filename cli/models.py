@@ -7,6 +7,7 @@ command reports success.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 from cli.errors import FAILED, fail
-from cli.options import Db
+from cli.options import Db, Json
 from cli.store_access import open_store
 
 app = typer.Typer(no_args_is_help=True)
@@ -34,6 +35,7 @@ def export_model(
         int | None, typer.Option("--round", "-r", help="Round to export [default: the last].")
     ] = None,
     db: Db = None,
+    as_json: Json = False,
 ) -> None:
     """Export a run's model after a round (checksum-verified) as safetensors, npz or ONNX."""
     from aggregator.store import StoreError
@@ -59,6 +61,20 @@ def export_model(
         tensors = {name: p.data.copy() for name, p in model.named_parameters()}
         _save_tensors(tensors, out, fmt)
         detail = f"{len(tensors)} tensors"
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "round": row.number,
+                    "format": fmt,
+                    "out": str(out),
+                    "checkpoint_sha256": row.checkpoint_sha256,
+                    "detail": detail,
+                }
+            )
+        )
+        return
     console.print(f"run {run_id} round {row.number} -> {out} ({fmt}, {detail})")
 
 

@@ -72,27 +72,44 @@ def show_run(run_id: RunId, db: Db = None, as_json: Json = False) -> None:
         console.print(f"error: {run.error}")
 
 
-def _queue(run_id: int, db: str | None, command: str, payload: dict | None = None) -> None:
+def _queue(run_id: int, db: str | None, command: str, payload: dict | None, as_json: bool) -> None:
+    """Queue a command; report the run's status after it (a paused run aborts at once)."""
     from aggregator.store import StoreError
 
     try:
-        open_store(db).queue_control(run_id, command, payload)
+        store = open_store(db)
+        control_id = store.queue_control(run_id, command, payload)
+        status = store.get_run(run_id).status
     except StoreError as exc:
         fail(str(exc))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "command": command,
+                    "payload": payload,
+                    "control_id": control_id,
+                    "status": status,
+                }
+            )
+        )
+        return
+    what = f"{command} {payload}" if payload else command
+    when = "applied" if status == "aborted" else "queued for the next round boundary"
+    console.print(f"run {run_id}: {what} {when} (status: {status})")
 
 
 @app.command("pause")
-def pause_run(run_id: RunId, db: Db = None) -> None:
+def pause_run(run_id: RunId, db: Db = None, as_json: Json = False) -> None:
     """Pause a running run at the next round boundary (it keeps its state)."""
-    _queue(run_id, db, "pause")
-    console.print(f"run {run_id}: pause queued for the next round boundary")
+    _queue(run_id, db, "pause", None, as_json)
 
 
 @app.command("abort")
-def abort_run(run_id: RunId, db: Db = None) -> None:
+def abort_run(run_id: RunId, db: Db = None, as_json: Json = False) -> None:
     """Abort a run at the next round boundary (a paused run is aborted at once)."""
-    _queue(run_id, db, "abort")
-    console.print(f"run {run_id}: abort queued")
+    _queue(run_id, db, "abort", None, as_json)
 
 
 @app.command("set")
@@ -102,6 +119,7 @@ def set_config(
         list[str], typer.Argument(help="KEY=VALUE pairs, e.g. learning_rate=0.01 local_epochs=2.")
     ],
     db: Db = None,
+    as_json: Json = False,
 ) -> None:
     """Change the training config from the next round on."""
     from simulations.lifecycle import SETTABLE
@@ -124,8 +142,7 @@ def set_config(
         ):
             fail(f"{key}: expected a positive {'integer' if is_int else 'number'}, got {value!r}")
         payload[key] = int(number) if is_int else number
-    _queue(run_id, db, "set", payload)
-    console.print(f"run {run_id}: {payload} queued for the next round")
+    _queue(run_id, db, "set", payload, as_json)
 
 
 @app.command("resume")
