@@ -26,6 +26,7 @@ from simulations.datasets import Dataset, load_dataset
 from simulations.partition import partition
 from simulations.scenario import Scenario, ScenarioError, model_arguments, model_misfit
 from simulations.secagg_section import secagg_config
+from simulations.world import GeneratedLoader, World, grid_options
 
 
 @dataclass
@@ -111,6 +112,7 @@ class PreparedScenario:
     loader: PartitionLoader = field(repr=False)
     spec: protocol.ModelSpec
     config: FederationConfig
+    world: World | None = None  # the simulated population and its clock, if any
 
 
 def prepare_scenario(scenario: Scenario) -> PreparedScenario:
@@ -118,8 +120,14 @@ def prepare_scenario(scenario: Scenario) -> PreparedScenario:
     args = dataset_args(scenario)
     data = load_dataset(**args)
     fed = scenario.federation
+    world = World.of(scenario) if scenario.population is not None else None
+    if world is not None and scenario.population.generate:
+        loader: Any = GeneratedLoader.of(scenario, data)
+        parts = [np.arange(loader.samples)]
+    else:
+        loader = None
     try:
-        parts = partition(
+        parts = parts if loader is not None else partition(
             data.y_train,
             scenario.data.partition,
             fed.num_clients,
@@ -151,7 +159,10 @@ def prepare_scenario(scenario: Scenario) -> PreparedScenario:
         ),
         secagg=secagg_config(scenario, max(len(part) for part in parts)),
     )
-    return PreparedScenario(scenario, data, PartitionLoader(args, parts), spec, config)
+    if world is not None:
+        config = world.federation_config(config)
+    loader = loader if loader is not None else PartitionLoader(args, parts)
+    return PreparedScenario(scenario, data, loader, spec, config, world)
 
 
 def simulate(
@@ -180,7 +191,11 @@ def simulate(
 
     rounds: list[RoundOutcome] = []
 
+    world = prepared.world
+
     def record(outcome: RoundOutcome) -> None:
+        if world is not None:  # device classes, simulated time and energy; the clock moves
+            world.annotate(outcome)
         rounds.append(outcome)
         if on_round is not None:
             on_round(outcome)
@@ -212,10 +227,15 @@ def simulate(
 
         from simulations.backends.inprocess import InProcessGrid
 
-        grid = InProcessGrid(client_app, fed.num_clients, seed=scenario.seed)
+        grid = InProcessGrid(client_app, fed.num_clients, seed=scenario.seed, **grid_options(world))
         context = Context(grid.run.run_id, 0, {}, RecordDict(), {})
         app.server_app(grid, context)
     else:
+        if world is not None:
+            raise ScenarioError(
+                f"{scenario.name}: population: simulated devices run on the inprocess backend "
+                "only (Flower's runtime numbers its own nodes)"
+            )
         from simulations.backends.flower import run_on_flower
 
         run_on_flower(app.server_app, client_app, fed.num_clients, verbose=flower_verbose)

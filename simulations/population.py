@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
@@ -171,3 +171,33 @@ class Population:
             protocol.DEVICE: self.device_of(client_id),
             protocol.ADAPT_BATCH: self.section.adapt_batch,
         }
+
+
+def population_defaults(raw: Any) -> Any:
+    """Scenario pre-check: ``population.size`` and ``federation.num_clients`` are one number
+    (either may give it); a population smaller than ``clients_per_round`` names the size."""
+    if not isinstance(raw, Mapping):
+        return raw
+    population, federation = raw.get("population"), raw.get("federation")
+    if not isinstance(population, Mapping) or not isinstance(federation, Mapping):
+        return raw
+    size, clients = population.get("size"), federation.get("num_clients")
+    if type(size) is int and clients is None:
+        federation = {**federation, "num_clients": size}
+    elif type(clients) is int and size is None:
+        population = {**population, "size": clients}
+    elif size != clients:
+        raise PydanticCustomError(
+            "scenario",
+            f"{size!r} != federation.num_clients ({clients!r}): give one of them",
+            {"key": "population.size"},
+        )
+    per_round = federation.get("clients_per_round")
+    size = population.get("size")
+    if type(size) is int and type(per_round) is int and 0 < size < per_round:
+        raise PydanticCustomError(
+            "scenario",
+            f"a population of {size} is smaller than federation.clients_per_round ({per_round})",
+            {"key": "population.size"},
+        )
+    return {**raw, "population": population, "federation": federation}

@@ -81,6 +81,7 @@ from fedcore.models import MODELS, build_model
 from simulations.datasets import DATASETS, Dataset, dataset_options, load_dataset
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
+from simulations.population import PopulationSection, population_defaults
 from simulations.secagg_section import SecAggSection, secagg_misfit, switch_on_with_table
 
 KNOWN_STRATEGIES: tuple[str, ...] = known_strategies()  # the aggregator's registry
@@ -408,6 +409,13 @@ class Scenario(_Section):
     federation: FederationConfig
     train: TrainConfig = TrainConfig()
     secagg: SecAggSection | None = None
+    population: PopulationSection | None = None  # simulated devices (simulations/population.py)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _population_size(cls, raw: Any) -> Any:
+        """``population.size`` is ``federation.num_clients`` (either may give it)."""
+        return population_defaults(raw)
 
     @model_validator(mode="before")
     @classmethod
@@ -429,6 +437,9 @@ class Scenario(_Section):
         name = data.get("dataset")
         if name not in NATURAL_DATASETS:
             return raw
+        population = raw.get("population")
+        if isinstance(population, Mapping) and population.get("generate") is True:
+            return raw  # generated clients: data.<name>.num_clients is the test set's
         section = data.get(name, {})
         clients = federation.get("num_clients")
         if (
@@ -445,7 +456,18 @@ class Scenario(_Section):
     def _fits_data(self) -> Self:
         clients = self.federation.num_clients
         name, section = self.data.dataset, self.data.dataset_section
-        if self.data.partition == "natural" and section and section.num_clients != clients:
+        generated = self.population is not None and self.population.generate
+        if generated and name != "synthetic":
+            raise _fail("population.generate", f"only synthetic data is generated, not {name!r}")
+        if generated and (section is None or section.num_clients is None):
+            raise _fail(
+                "data.synthetic.num_clients",
+                "required with population.generate (the generators of the server's test set)",
+            )
+        if generated:
+            clients = 1  # each client makes its own data; the dataset is the server's test set
+        natural = self.data.partition == "natural" and not generated
+        if natural and section and section.num_clients != clients:
             what = "generator" if name == "synthetic" else "role"
             raise _fail(
                 f"data.{name}.num_clients",

@@ -1,0 +1,131 @@
+"""A simulated world for one run: the population, its virtual clock and network, wired in.
+
+The round loop stays generic: it gets a client directory (who is available in round n, from the
+population and the clock's time of day) instead of querying every node, the in-process grid gets
+each node's config (device class) and the simulated network, and each finished round is
+annotated here with device classes, simulated seconds and energy before it is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aggregator.rounds import FederationConfig, RoundOutcome
+from simulations.clock import DEADLINE, SimulatedNetwork, VirtualClock
+from simulations.population import Directory, Population
+
+if TYPE_CHECKING:  # avoids an import cycle with scenario.py
+    from simulations.datasets import Dataset
+    from simulations.scenario import Scenario
+
+
+@dataclass
+class World:
+    """Population, clock and network of one simulated run."""
+
+    population: Population
+    clock: VirtualClock
+    network: SimulatedNetwork
+    available: dict[int, int] = field(default_factory=dict)  # round -> available clients
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> World:
+        """The world a scenario's ``[population]`` describes."""
+        section = scenario.population
+        assert section is not None and section.size is not None
+        population = Population(section, section.size, scenario.seed)
+        return cls(
+            population,
+            VirtualClock(start_hour=section.availability.start_hour),
+            SimulatedNetwork(population, section.deadline_s),
+        )
+
+    def directory(self, round_number: int) -> Directory:
+        """Who may be selected in this round (``FederationConfig.directory``)."""
+        found = self.population.directory(round_number, self.clock.hour)
+        self.available[round_number] = len(found)
+        return found
+
+    def federation_config(self, config: FederationConfig) -> FederationConfig:
+        """``config`` with the known directory and the population's over-selection."""
+        return replace(
+            config,
+            directory=self.directory,
+            over_selection=self.population.section.over_selection,
+            min_nodes=0,
+        )
+
+    def annotate(self, outcome: RoundOutcome) -> None:
+        """Fill in device classes and the round's simulated figures; advance the clock."""
+        outcome.clients = [
+            c if c.device_class else replace(c, device_class=self.population.device_of(c.client_id))
+            for c in outcome.clients
+        ]
+        accepted = [c.metrics for c in outcome.clients if c.accepted and c.metrics]
+        missed = any(c.reason and DEADLINE in c.reason for c in outcome.clients)
+        deadline = self.network.deadline_s
+        slowest = max((m.get("sim_seconds", 0.0) for m in accepted), default=0.0)
+        length = deadline if missed and deadline is not None else slowest
+        self.clock.advance(length)
+        outcome.metrics = {
+            **outcome.metrics,
+            "sim_round_s": length,
+            "sim_clock_s": self.clock.now_s,
+            "available": float(self.available.get(outcome.number, 0)),
+            "energy_j": sum(c.metrics.get("energy_j", 0.0) for c in outcome.clients),
+            "compute_s_mean": _mean(m.get("sim_compute_s", 0.0) for m in accepted),
+            "network_s_mean": _mean(m.get("sim_network_s", 0.0) for m in accepted),
+        }
+
+
+def _mean(values: Any) -> float:
+    items = list(values)
+    return float(sum(items) / len(items)) if items else 0.0
+
+
+def grid_options(world: World | None) -> dict[str, Any]:
+    """Keyword arguments of ``InProcessGrid`` for this world (none without one)."""
+    if world is None:
+        return {}
+    from simulations.population import NODE_BASE
+
+    return {
+        "node_config": world.population.node_config,
+        "network": world.network,
+        "base": NODE_BASE,
+    }
+
+
+class GeneratedLoader:
+    """``client_id -> (x, y)`` generated on demand from FedProx's SYNTHETIC(alpha, beta).
+
+    Client ``k`` is generator ``k``. The first ``data.synthetic.num_clients`` generators also
+    make the server's test set: those clients train on their training rows only (so no client
+    trains on a test example); every other client generates its examples when asked. Nothing
+    is cached: memory grows with the clients of a round, not with the population.
+    """
+
+    def __init__(
+        self, alpha: float, beta: float, samples: int, seed: int, pooled: Dataset
+    ) -> None:
+        self.alpha, self.beta, self.samples, self.seed = alpha, beta, samples, seed
+        self.pooled = pooled
+
+    @classmethod
+    def of(cls, scenario: Scenario, pooled: Dataset) -> GeneratedLoader:
+        """The loader of a scenario with ``population.generate`` (synthetic data)."""
+        section = scenario.data.synthetic
+        assert section is not None
+        return cls(section.alpha, section.beta, section.samples_per_client, scenario.seed, pooled)
+
+    def __call__(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
+        from simulations.datasets.synthetic import synthetic_client
+
+        groups = self.pooled.groups_train
+        if groups is not None and client_id <= int(groups.max()):
+            rows = np.flatnonzero(groups == client_id)
+            return self.pooled.x_train[rows], self.pooled.y_train[rows]
+        return synthetic_client(client_id, self.alpha, self.beta, self.samples, self.seed)
