@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -67,3 +68,5 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
         f"after round {summary['last_round']} in {summary['seconds']:.1f} s "
         f"(stored in {summary['db']})"
     )
+    if summary.get("report"):
+        console.print(f"report: {Path(summary['report'][0]).parent}")

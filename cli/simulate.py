@@ -39,6 +39,14 @@ def simulate(
         bool | None,
         typer.Option("--secagg/--no-secagg", help="Override secure aggregation (SecAgg+)."),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Folder for metrics.json, rounds.csv and PNG plots (default: next to the "
+            "run's checkpoints, <checkpoints>/run-<id>/report).",
+        ),
+    ] = None,
 ) -> None:
     """Run a federated simulation and store every round."""
     from aggregator.rounds import RoundFailed, StopRun
@@ -89,7 +97,13 @@ def simulate(
         fail(str(exc), code=FAILED)
     except StopRun as stop:
         stopped(f"{stop}; `fedcore runs resume` continues a paused run")
-    print_summary(run_summary(result, store.url, prepared.data.sequence_targets), as_json)
+    from simulations.reports import write_report
+
+    folder = report or store.checkpoint_root / f"run-{result.run_id}" / "report"
+    written = write_report(result, folder)
+    summary = run_summary(result, store.url, prepared.data.sequence_targets)
+    summary["report"] = [str(path) for path in written]
+    print_summary(summary, as_json)
 
 
 def run_summary(result: Any, db_url: str, language_model: bool) -> dict[str, Any]:
