@@ -1,0 +1,142 @@
+"""Populations, the virtual clock, memory feasibility, FLOP counting and reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from client_runtime.cost import forward_flops, training_flops
+from client_runtime.device import DoesNotFit, train_on_device
+from client_runtime.trainer import TrainConfig
+from fedcore.models import build_model
+from simulations.clock import client_time
+from simulations.harness import prepare_scenario, simulate
+from simulations.population import Population, PopulationSection
+from simulations.reports import write_report
+from simulations.scenario import ScenarioError, scenario_from_dict
+
+
+def scenario(**population):
+    raw = {
+        "name": "pop",
+        "seed": 3,
+        "data": {"dataset": "digits", "partition": "iid"},
+        "model": {"name": "logreg"},
+        "federation": {"clients_per_round": 6, "rounds": 2},
+        "train": {"batch_size": 16},
+        "population": {"size": 30, "devices": {"android-mid": 50, "rpi-zero-2w": 50}},
+    }
+    raw["population"].update(population)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "text"),
+    [
+        ({"devices": {"nokia-3310": 100}}, "population.devices.nokia-3310", "unknown device"),
+        ({"devices": {"android-mid": 60, "rpi-4-2gb": 30}}, "population.devices", "sum to 100"),
+        ({"size": 4}, "population.size", "smaller than federation.clients_per_round"),
+        ({"dropout": 1.5}, "population.dropout", "must be <"),
+        ({"deadline_s": -1.0}, "population.deadline_s", "must be >"),
+        ({"availability": {"kind": "sometimes"}}, "population.availability.kind", ""),
+    ],
+)
+def test_bad_population_is_one_line_naming_the_field(change, key, text):
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_dict(scenario(**change))
+    message = str(info.value)
+    assert f": {key}: " in message and text in message and "\n" not in message
+
+
+def test_device_mix_and_availability_follow_the_section():
+    section = PopulationSection(
+        devices={"android-mid": 70, "rpi-4-2gb": 30},
+        availability={"kind": "probability", "probability": 0.5},
+    )
+    population = Population(section, 10_000, seed=1)
+    share = np.bincount(population.device_index(np.arange(10_000))) / 10_000
+    assert abs(share[0] - 0.7) < 0.002 and abs(share[1] - 0.3) < 0.002
+    available = population.available(1, hour=0.0)
+    assert 0.45 < len(available) / 10_000 < 0.55
+    assert not np.array_equal(available, population.available(2, hour=0.0))
+    charging = Population(
+        PopulationSection(devices={"android-mid": 100}, availability={"kind": "charging"}), 1000, 1
+    )
+    assert len(charging.available(1, hour=23.0)) > len(charging.available(1, hour=14.0)) == 0
+
+
+def test_flops_are_counted_from_layer_shapes():
+    assert forward_flops(build_model("logreg", input_dim=60, num_classes=10), (60,)) == 1200
+    cnn = build_model("cnn", num_classes=10, input_shape=[8, 8, 1], channels=[2, 4], hidden=8)
+    conv1 = 2 * 8 * 8 * 9 * 1 * 2
+    pool1 = 4 * 4 * 2 * 4
+    conv2 = 2 * 4 * 4 * 9 * 2 * 4
+    pool2 = 2 * 2 * 4 * 4
+    dense = 2 * 16 * 8 + 8 + 2 * 8 * 10
+    relus = 4 * 4 * 2 + 2 * 2 * 4
+    assert forward_flops(cnn, (64,)) == conv1 + pool1 + conv2 + pool2 + dense + relus
+    assert training_flops(cnn, (64,), 10, 2) == 3 * 20 * forward_flops(cnn, (64,))
+
+
+def test_a_client_that_does_not_fit_halves_its_batch_or_fails():
+    model = build_model("cnn", num_classes=10, input_shape=[8, 8, 1], channels=[4, 8], hidden=16)
+    x = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    y = np.arange(64) % 10
+    node = {"device": "rpi-zero-2w", "memory-budget": 60_000}
+    with pytest.raises(DoesNotFit, match="memory: does not fit rpi-zero-2w"):
+        train_on_device(model, x, y, TrainConfig(1, 32, 0.1), node)
+    result = train_on_device(model, x, y, TrainConfig(1, 32, 0.1), {**node, "adapt-batch": True})
+    assert result.costs["batch_size"] < 32 and result.costs["peak_bytes"] <= 60_000
+
+
+def test_client_time_uses_the_profile():
+    slow, fast = (
+        client_time("rpi-zero-2w", 1e9, 1e6, 1e6),
+        client_time("iphone-15-pro", 1e9, 1e6, 1e6),
+    )
+    assert slow.compute_s > fast.compute_s > 0 and slow.energy_j > 0
+
+
+def test_population_run_records_devices_time_energy_and_reports(tmp_path):
+    spec = scenario_from_dict(scenario(dropout=0.2, over_selection=1.5, deadline_s=1e6))
+    result = simulate(prepare_scenario(spec))
+    assert len(result.rounds) == 2
+    clients = [c for r in result.rounds for c in r.clients]
+    assert {c.device_class for c in clients} <= {"android-mid", "rpi-zero-2w"}
+    assert all(r.num_accepted <= 6 and r.num_selected == 9 for r in result.rounds)
+    accepted = [c for c in clients if c.accepted]
+    assert all(c.metrics["sim_seconds"] > 0 and c.metrics["energy_j"] > 0 for c in accepted)
+    kinds = {c.reason.split(":")[0] for c in clients if c.reason}
+    assert kinds <= {"client error", "over-selected"}
+    last = result.rounds[-1].metrics
+    assert last["sim_clock_s"] > last["sim_round_s"] > 0 and last["available"] == 30
+    paths = write_report(result, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["rounds"]) == 2 and set(metrics["device_classes"]) <= {
+        "android-mid",
+        "rpi-zero-2w",
+    }
+    assert (tmp_path / "rounds.csv").read_text().startswith("round,selected,accepted")
+    pytest.importorskip("matplotlib")
+    assert {p.name for p in paths} >= {"accuracy.png", "device_classes.png", "time_breakdown.png"}
+
+
+def test_deadline_turns_slow_clients_into_rejections():
+    spec = scenario_from_dict(scenario(deadline_s=1e-9))
+    with pytest.raises(Exception, match="missed the deadline"):
+        simulate(prepare_scenario(spec))
+
+
+def test_generated_population_does_not_need_the_whole_population_in_memory():
+    raw = scenario(size=50_000, generate=True)
+    raw["data"] = {
+        "dataset": "synthetic",
+        "partition": "natural",
+        "synthetic": {"num_clients": 20, "samples_per_client": 20},
+    }
+    raw["federation"]["rounds"] = 1
+    result = simulate(prepare_scenario(scenario_from_dict(raw)))
+    ids = [c.client_id for c in result.rounds[0].clients]
+    assert len(ids) == 6 and max(ids) < 50_000
