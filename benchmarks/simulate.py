@@ -102,6 +102,14 @@ def _softmax_grad(
     return x.T @ p, p.sum(axis=0), loss
 
 
+def initial_weights(features: int, classes: int) -> list[np.ndarray]:
+    """The same starting point as fedcore's ``logreg`` (Glorot-uniform weight, zero bias)."""
+    from fedcore.models import logreg
+
+    params = dict(logreg(features, classes, seed=SEED).named_parameters())
+    return [np.array(p.data if hasattr(p, "data") else p, np.float32) for p in params.values()]
+
+
 def flower_apps(clients: int, rounds: int, out: dict[str, Any]) -> tuple[Any, Any]:
     """A plain-numpy ClientApp and a ServerApp running Flower's ``FedAvg``."""
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -156,9 +164,7 @@ def flower_apps(clients: int, rounds: int, out: dict[str, Any]) -> tuple[Any, An
             min_evaluate_nodes=0,
             min_available_nodes=clients,
         )
-        initial = ArrayRecord(
-            [np.zeros((features, classes), np.float32), np.zeros(classes, np.float32)]
-        )
+        initial = ArrayRecord(initial_weights(features, classes))
         strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, evaluate_fn=central)
 
     return server_app, client_app
@@ -299,8 +305,12 @@ def measure(args: list[str]) -> dict[str, Any]:
         time.sleep(0.05)
     wall = time.perf_counter() - start
     output = proc.stdout.read() if proc.stdout else ""
-    time.sleep(0.5)
     left = watch.survivors()
+    for _ in range(100):  # give Ray's processes up to 10 s to exit after the driver
+        if not left:
+            break
+        time.sleep(0.1)
+        left = watch.survivors()
     for session in _ray_sessions() - before:
         shutil.rmtree(session, ignore_errors=True)
     lines = [line for line in output.splitlines() if line.startswith(RESULT)]
