@@ -29,6 +29,10 @@ __all__ = ["avg_pool2d", "conv2d", "conv_output_size", "max_pool2d"]
 
 Pair = int | tuple[int, int]
 
+#: below this many columns (KH*KW*C_in) the im2col GEMM is memory-bound, so an extra column
+#: of ones that makes it add the bias costs nothing, and saves a pass over the output
+FOLD_BIAS_BELOW = 64
+
 
 def _pair(op: str, name: str, v: Pair) -> tuple[int, int]:
     pair = (v, v) if isinstance(v, int | np.integer) else tuple(v)
@@ -89,7 +93,9 @@ def _im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
     Split over the batch across the op threads.
     """
     n, c = xp.shape[0], xp.shape[3]
-    cols6 = cols.reshape(n, *out_hw, *kernel, c)
+    (kh, kw), (ho, wo), (row, item) = kernel, out_hw, cols.strides  # rows may have a spare column
+    cols6 = as_strided(cols, (n, ho, wo, kh, kw, c),
+                       (ho * wo * row, wo * row, row, kw * c * item, c * item, item))
 
     def job(lo: int, hi: int) -> None:
         src, dst = xp[lo:hi], cols6[lo:hi]
@@ -138,14 +144,23 @@ def _conv2d_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray,
     ho, wo = _geometry("conv2d", x, (kh, kw), stride, padding)
     xp = _pad(ctx, x, padding, 0.0)
     k = kh * kw * c
-    cols = ctx.alloc((n * ho * wo, k), x.dtype)
+    fold = k < FOLD_BIAS_BELOW
+    cols = ctx.alloc((n * ho * wo, k + fold), x.dtype)
     _im2col(xp, (kh, kw), stride, (ho, wo), cols)
     out = ctx.alloc((n, ho, wo, cout), x.dtype)
     out2 = out.reshape(-1, cout)
-    np.matmul(cols, w.reshape(k, cout), out=out2)
-    parallel_range(out2.shape[0], lambda lo, hi: np.add(out2[lo:hi], b, out=out2[lo:hi]),
-                   work=out2.size)
+    if fold:  # a column of ones times a bias row: the GEMM adds the bias (and sums its grad)
+        cols[:, k] = 1.0
+        wb = np.empty((k + 1, cout), x.dtype)
+        wb[:k] = w.reshape(k, cout)
+        wb[k] = b
+        np.matmul(cols, wb, out=out2)
+    else:
+        np.matmul(cols, w.reshape(k, cout), out=out2)
+        parallel_range(out2.shape[0], lambda lo, hi: np.add(out2[lo:hi], b, out=out2[lo:hi]),
+                       work=out2.size)
     ctx.cols = cols  # the weight gradient's operand: no second im2col in backward
+    ctx.dwb = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     return out
 
 
@@ -183,12 +198,23 @@ def _conv2d_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     return dx
 
 
+def _conv2d_dwb(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    """cols.T @ g, once per backward: the weight gradient, plus the bias's as a last row
+    when the bias was folded into the GEMM."""
+    dwb = getattr(ctx, "dwb", None)
+    if dwb is None:
+        dwb = ctx.dwb = ctx.cols.T @ np.ascontiguousarray(g).reshape(-1, g.shape[3])
+    return dwb
+
+
 def _conv2d_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    cout = g.shape[3]
-    return (ctx.cols.T @ np.ascontiguousarray(g).reshape(-1, cout)).reshape(ctx.shapes[1])
+    kh, kw, cin, cout = ctx.shapes[1]
+    return _conv2d_dwb(ctx, g)[:kh * kw * cin].reshape(ctx.shapes[1])
 
 
 def _conv2d_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    if ctx.cols.shape[1] > np.prod(ctx.shapes[1][:3]):  # folded: the GEMM's last row
+        return _conv2d_dwb(ctx, g)[-1].copy()
     g2 = np.ascontiguousarray(g).reshape(-1, g.shape[3])
     return np.ones(g2.shape[0], g.dtype) @ g2  # a GEMV: ~3x faster than add.reduce(axis=0)
 

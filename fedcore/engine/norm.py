@@ -75,6 +75,7 @@ def _bn_apply_fwd(ctx: Ctx, x: np.ndarray, stats: np.ndarray, gamma: np.ndarray,
     np.sqrt(rstd, out=rstd)
     np.divide(1.0, rstd, out=rstd)
     ctx.rstd = rstd
+    ctx.sums = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     scale = rstd * gamma
     out = np.subtract(x, stats[0], out=ctx.alloc(x.shape, x.dtype))
     out *= scale

@@ -146,6 +146,7 @@ def _lstm_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_ih: np.
             h = np.multiply(gt[:, 2 * hid:h3], tct, out=hs[:, t])
             c = ct
     ctx.gates, ctx.cs, ctx.tcs = gates, cs, tcs
+    ctx.d_in = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     if state_out is not None:
         state_out[:] = [h.copy(), c.copy()]
     return hs
@@ -255,6 +256,7 @@ def _gru_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, w_ih: np.ndarray, w_hh: np
         hn += n
         h = hn
     ctx.gates, ctx.hpn = gates, hpn
+    ctx.d_in = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     if state_out is not None:
         state_out[:] = [h.copy()]
     return hs

@@ -35,6 +35,7 @@ def randn(*shape: int) -> np.ndarray:
     ((2, 4, 4, 2), 1, 1, 0),
     ((1, 6, 6, 1), 3, 2, 0),  # the last row/column is never read
     ((1, 3, 3, 2), 2, 1, 2),  # padding larger than half the kernel
+    ((1, 4, 4, 8), 3, 1, 1),  # 72 columns: the bias is added after the GEMM, not folded in
 ])
 def test_conv2d(xshape, kernel, stride, padding):
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
