@@ -125,10 +125,13 @@ def steps(torch: Any, case: str) -> tuple[Callable[[], float], Callable[[], floa
     return fedcore_step, torch_step
 
 
-def timed(fn: Callable[[], float]) -> float:
-    t0 = time.perf_counter()
+def timed(fn: Callable[[], float]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call. CPU time is the load-robust figure
+    with one thread (time spent descheduled by other users' jobs is not counted); with more
+    threads it sums them and only wall time is comparable."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_case(torch: Any, case: str, reps: int, warmup: int = 5) -> dict:
@@ -143,10 +146,13 @@ def run_case(torch: Any, case: str, reps: int, warmup: int = 5) -> dict:
         pair = [(ours, t_ours), (theirs, t_theirs)]
         for fn, acc in (pair if i % 2 == 0 else pair[::-1]):  # alternate who goes first
             acc.append(timed(fn))
-    med_o, med_t = float(np.median(t_ours)) * 1e3, float(np.median(t_theirs)) * 1e3
+    wall_o, wall_t = np.array(t_ours)[:, 0], np.array(t_theirs)[:, 0]
+    cpu_o, cpu_t = np.median(np.array(t_ours)[:, 1]), np.median(np.array(t_theirs)[:, 1])
+    med_o, med_t = float(np.median(wall_o)) * 1e3, float(np.median(wall_t)) * 1e3
     return {"case": case, "fedcore_ms": med_o, "torch_ms": med_t, "ratio": med_o / med_t,
-            "fedcore_iqr": np.percentile(t_ours, [25, 75]) * 1e3,
-            "torch_iqr": np.percentile(t_theirs, [25, 75]) * 1e3, "first_losses": first}
+            "fedcore_iqr": np.percentile(wall_o, [25, 75]) * 1e3,
+            "torch_iqr": np.percentile(wall_t, [25, 75]) * 1e3, "first_losses": first,
+            "cpu_ms": (cpu_o * 1e3, cpu_t * 1e3), "cpu_ratio": cpu_o / cpu_t}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
               f"torch {r['torch_ms']:7.2f} ms [IQR {fi[0]:.1f}-{fi[1]:.1f}]  "
               f"ratio {r['ratio']:.2f} (target <= {TARGETS[case]}: {ok})  "
               f"first losses {r['first_losses'][0]:.5f} / {r['first_losses'][1]:.5f}")
+        if threads == 1:
+            co, ct = r["cpu_ms"]
+            print(f"      CPU time: fedcore {co:7.2f} ms  torch {ct:7.2f} ms  "
+                  f"ratio {r['cpu_ratio']:.2f}")
     load1 = os.getloadavg()
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 
