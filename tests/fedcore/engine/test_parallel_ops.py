@@ -58,3 +58,24 @@ def test_worker_errors_propagate(threads):
 
     with pytest.raises(RuntimeError, match="worker failed"):
         parallel_range(4, boom)
+
+
+def test_lstm_with_threads_matches_single_threaded(threads):
+    from fedcore.engine import lstm
+
+    rng = np.random.default_rng(1)
+    b, t, e, h = 16, 16, 8, 256  # enough work for the projection and BPTT precompute to split
+    arrays = (rng.standard_normal((b, t, e)), rng.standard_normal((e, 4 * h)) * 0.1,
+              rng.standard_normal((h, 4 * h)) * 0.05, rng.standard_normal(4 * h))
+
+    def run() -> list[np.ndarray]:
+        ts = [Tensor(a.astype(np.float32), requires_grad=True) for a in arrays]
+        out = lstm(*ts)
+        (out * out).backward(np.ones(out.shape, np.float32))
+        return [out.data.copy(), *(x.grad.copy() for x in ts)]
+
+    threads(1)
+    single = run()
+    threads(2)
+    for a, b_ in zip(single, run(), strict=True):
+        np.testing.assert_array_equal(a, b_)
