@@ -16,6 +16,7 @@ A scenario names the data and how it is split among clients, the model, the fede
     alpha = 1.0
     beta = 1.0
     samples_per_client = 100
+    shared_task = false             # true: one labelling task for all (+ N(0, alpha)), learnable
     [data.shakespeare]              # shakespeare only: next-word prediction, a client per role
     num_clients = 20                # roles; default (and required by natural): federation's
     vocab_size = 2000               # <unk>, <eos> and the most frequent words
@@ -123,6 +124,7 @@ class SyntheticConfig(_Section):
     alpha: NonNegativeFloat = 1.0
     beta: NonNegativeFloat = 1.0
     samples_per_client: PositiveInt = 100
+    shared_task: bool = False  # one W, b for all clients (+ N(0, alpha)): a learnable federation
 
 
 class ShakespeareConfig(_Section):

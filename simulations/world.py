@@ -109,17 +109,31 @@ class GeneratedLoader:
     """
 
     def __init__(
-        self, alpha: float, beta: float, samples: int, seed: int, pooled: Dataset
+        self,
+        alpha: float,
+        beta: float,
+        samples: int,
+        seed: int,
+        pooled: Dataset,
+        shared_task: bool = False,
     ) -> None:
         self.alpha, self.beta, self.samples, self.seed = alpha, beta, samples, seed
         self.pooled = pooled
+        self.shared_task = shared_task
 
     @classmethod
     def of(cls, scenario: Scenario, pooled: Dataset) -> GeneratedLoader:
         """The loader of a scenario with ``population.generate`` (synthetic data)."""
         section = scenario.data.synthetic
         assert section is not None
-        return cls(section.alpha, section.beta, section.samples_per_client, scenario.seed, pooled)
+        return cls(
+            section.alpha,
+            section.beta,
+            section.samples_per_client,
+            scenario.seed,
+            pooled,
+            section.shared_task,
+        )
 
     def __call__(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
         from simulations.datasets.synthetic import synthetic_client
@@ -128,4 +142,6 @@ class GeneratedLoader:
         if groups is not None and client_id <= int(groups.max()):
             rows = np.flatnonzero(groups == client_id)
             return self.pooled.x_train[rows], self.pooled.y_train[rows]
-        return synthetic_client(client_id, self.alpha, self.beta, self.samples, self.seed)
+        return synthetic_client(
+            client_id, self.alpha, self.beta, self.samples, self.seed, self.shared_task
+        )

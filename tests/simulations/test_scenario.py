@@ -131,7 +131,8 @@ ERRORS = [
             "data.alpha": DELETE,
             "data.synthetic": {"gamma": 1.0},
         },
-        "data.synthetic.gamma: unknown key (allowed: num_clients, alpha, beta, samples_per_client)",
+        "data.synthetic.gamma: unknown key (allowed: num_clients, alpha, beta, samples_per_client, "
+        "shared_task)",
     ),
     # unknown names
     (
