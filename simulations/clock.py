@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
 
@@ -84,20 +85,42 @@ def _bytes(record: Any) -> int:
 
 
 class SimulatedNetwork:
-    """Dropouts, simulated timing and the deadline, applied around each train message."""
+    """Dropouts, simulated timing and the deadline, applied around each train message.
+
+    Clients that drop out or miss the deadline still drew energy: a drop-out trains (so its
+    FLOPs are known) and drops at a seeded random point of its round, a late client computes
+    until the deadline, when the server stops waiting. Their joules wait in ``spent``, keyed by
+    (round, client), for ``World.annotate`` to put on the rejected clients.
+    """
 
     def __init__(self, population: Population, deadline_s: float | None = None) -> None:
         self.population = population
         self.deadline_s = deadline_s
+        self.spent: dict[tuple[int, int], float] = {}
 
     def dropped(self, msg: Message) -> Message | None:
-        """An error reply if the addressee drops out of this round, else None."""
+        """Always None: drop-outs are decided in `stamp`, once their training cost is known."""
+        return None
+
+    def _drops_at(self, msg: Message) -> float | None:
+        """The share of its round after which the addressee drops out, or None if it stays."""
         if msg.metadata.message_type != "train" or not msg.metadata.group_id.isdigit():
             return None
-        client = msg.metadata.dst_node_id - NODE_BASE
-        if self.population.drops_out(int(msg.metadata.group_id), client):
-            return Message(Error(ErrorCode.NODE_UNAVAILABLE, DROPPED), reply_to=msg)
-        return None
+        number, client = int(msg.metadata.group_id), msg.metadata.dst_node_id - NODE_BASE
+        if not self.population.drops_out(number, client):
+            return None
+        return float(np.random.default_rng([self.population.seed, 5, number, client]).random())
+
+    def _lost(self, msg: Message, device: str, seconds: float, reason: str) -> Message:
+        from device_profiles import get_profile
+
+        key = (int(msg.metadata.group_id), msg.metadata.dst_node_id - NODE_BASE)
+        self.spent[key] = get_profile(device).energy_joules(seconds)
+        return Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=msg)
+
+    def take_spent(self, number: int, client: int) -> float | None:
+        """Joules a rejected client drew in round ``number`` (once), or None."""
+        return self.spent.pop((number, client), None)
 
     def stamp(self, msg: Message, reply: Message) -> tuple[Message, float]:
         """Add simulated times to a train reply; return it (or a deadline error) and its
@@ -106,14 +129,22 @@ class SimulatedNetwork:
             return reply, 0.0
         metrics = reply.content.metric_records.get(protocol.METRICS)
         info = reply.content.config_records.get(protocol.CLIENT_INFO)
+        drops_at = self._drops_at(msg)
         if metrics is None or info is None or "flops" not in metrics:
+            if drops_at is not None:
+                reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, DROPPED), reply_to=msg)
             return reply, 0.0
         down = _bytes(msg.content.array_records[protocol.GLOBAL])
         up = _bytes(reply.content.array_records[protocol.UPDATE])
         timing = client_time(str(info["device_class"]), float(metrics["flops"]), up, down)
         for key, value in timing.metrics().items():
             metrics[key] = value
-        if self.deadline_s is not None and timing.total_s > self.deadline_s:
-            reason = f"{DEADLINE} ({timing.total_s:.1f} s > {self.deadline_s:g} s)"
-            return Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=msg), timing.total_s
+        device = str(info["device_class"])
+        deadline = self.deadline_s
+        if drops_at is not None and (deadline is None or drops_at * timing.total_s <= deadline):
+            seconds = drops_at * timing.total_s
+            return self._lost(msg, device, seconds, DROPPED), seconds
+        if deadline is not None and timing.total_s > deadline:
+            reason = f"{DEADLINE} ({timing.total_s:.1f} s > {deadline:g} s)"
+            return self._lost(msg, device, deadline, reason), timing.total_s
         return reply, timing.total_s

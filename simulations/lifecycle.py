@@ -133,6 +133,9 @@ def prepare_stored_run(store: Store, run_id: int) -> tuple[PreparedScenario, Res
     if not run.rounds:
         return prepared, None
     last, checkpoint = store.load_checkpoint(run_id)
+    if prepared.world is not None:  # the virtual clock goes on from the stored sim_clock_s
+        done = sorted((r for r in run.rounds if r.number <= last.number), key=lambda r: r.number)
+        prepared.world.restore_clock([r.metrics for r in done])
     return prepared, Resume(last.number, checkpoint.params, checkpoint.server_state)
 
 

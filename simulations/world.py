@@ -64,6 +64,9 @@ class World:
             c if c.device_class else replace(c, device_class=self.population.device_of(c.client_id))
             for c in outcome.clients
         ]
+        outcome.clients = [self._spent(outcome.number, c) for c in outcome.clients]
+        for key in [k for k in self.network.spent if k[0] <= outcome.number]:
+            del self.network.spent[key]
         accepted = [c.metrics for c in outcome.clients if c.accepted and c.metrics]
         missed = any(c.reason and DEADLINE in c.reason for c in outcome.clients)
         deadline = self.network.deadline_s
@@ -79,6 +82,21 @@ class World:
             "compute_s_mean": _mean(m.get("sim_compute_s", 0.0) for m in accepted),
             "network_s_mean": _mean(m.get("sim_network_s", 0.0) for m in accepted),
         }
+
+    def _spent(self, number: int, client: Any) -> Any:
+        """``client`` with the energy it drew before it dropped out or was cut off."""
+        if client.accepted:
+            return client
+        joules = self.network.take_spent(number, client.client_id)
+        if joules is None:
+            return client
+        return replace(client, metrics={**client.metrics, "energy_j": joules})
+
+    def restore_clock(self, rounds_metrics: list[dict[str, Any] | None]) -> None:
+        """Set the clock as it was after the stored rounds (their ``metrics``, in order)."""
+        stored = [m for m in rounds_metrics if m and "sim_clock_s" in m]
+        self.clock.history = [float(m.get("sim_round_s", 0.0)) for m in stored]
+        self.clock.now_s = float(stored[-1]["sim_clock_s"]) if stored else 0.0
 
 
 def _mean(values: Any) -> float:

@@ -7,13 +7,16 @@ import json
 import numpy as np
 import pytest
 
+from aggregator.rounds import ClientOutcome, RoundOutcome, StopRun
+from aggregator.store import Store
 from client_runtime.cost import forward_flops, training_flops
 from client_runtime.device import DoesNotFit, train_on_device
 from client_runtime.trainer import TrainConfig
 from fedcore.models import build_model
-from simulations.clock import client_time
+from simulations.clock import DEADLINE, DROPPED, client_time
 from simulations.harness import prepare_scenario, simulate
-from simulations.population import Population, PopulationSection
+from simulations.lifecycle import prepare_stored_run, resume_run, run_scenario
+from simulations.population import NODE_BASE, Population, PopulationSection
 from simulations.reports import write_report
 from simulations.scenario import ScenarioError, scenario_from_dict
 
@@ -124,6 +127,50 @@ def test_population_run_records_devices_time_energy_and_reports(tmp_path):
     assert (tmp_path / "rounds.csv").read_text().startswith("round,selected,accepted")
     pytest.importorskip("matplotlib")
     assert {p.name for p in paths} >= {"accuracy.png", "device_classes.png", "time_breakdown.png"}
+
+
+def test_dropped_and_late_clients_still_count_their_energy():
+    spec = scenario_from_dict(scenario(dropout=0.5, over_selection=1.5, deadline_s=1e6))
+    result = simulate(prepare_scenario(spec))
+    clients = [c for r in result.rounds for c in r.clients]
+    dropped = [c for c in clients if c.reason and DROPPED in c.reason]
+    assert dropped and all(c.metrics["energy_j"] > 0 for c in dropped)
+    for r in result.rounds:
+        drawn = sum(c.metrics.get("energy_j", 0.0) for c in r.clients)
+        assert r.metrics["energy_j"] == pytest.approx(drawn)
+        assert drawn > sum(c.metrics.get("energy_j", 0.0) for c in r.clients if c.accepted)
+
+
+def test_late_clients_draw_energy_until_the_deadline():
+    world = prepare_scenario(scenario_from_dict(scenario(deadline_s=1e-6))).world
+    assert world is not None
+    late = ClientOutcome(4, NODE_BASE + 4, False, reason=DEADLINE)
+    outcome = RoundOutcome(1, [late], 0.0, 0.0, 0.0, 0.0, np.zeros(1))
+    world.network.spent[(1, 4)] = 2.5
+    world.annotate(outcome)
+    assert outcome.clients[0].metrics["energy_j"] == 2.5 and outcome.metrics["energy_j"] == 2.5
+    assert world.network.spent == {}
+
+
+def test_resume_restores_the_virtual_clock(tmp_path):
+    store = Store(str(tmp_path / "runs.db"))
+    raw = scenario()
+    raw["federation"]["rounds"] = 3
+    spec = scenario_from_dict(raw)
+
+    def operator(outcome):
+        if outcome.number == 2:
+            store.queue_control(1, "pause")
+
+    with pytest.raises(StopRun):
+        run_scenario(spec, store=store, on_round=operator)
+    stored = [r.metrics["sim_clock_s"] for r in store.get_run(1).rounds]
+    prepared, resume = prepare_stored_run(store, 1)
+    assert resume is not None and resume.round == 2
+    assert prepared.world is not None and prepared.world.clock.now_s == stored[-1] > 0
+    assert len(prepared.world.clock.history) == 2
+    result = resume_run(store, 1)
+    assert result.rounds[0].metrics["sim_clock_s"] > stored[-1]
 
 
 def test_deadline_turns_slow_clients_into_rejections():
