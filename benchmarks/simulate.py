@@ -311,8 +311,10 @@ def measure(args: list[str]) -> dict[str, Any]:
             break
         time.sleep(0.1)
         left = watch.survivors()
-    for session in _ray_sessions() - before:
-        shutil.rmtree(session, ignore_errors=True)
+    ours = {str(pid) for pid in watch.seen}
+    for session in _ray_sessions() - before:  # only this run's: named after its driver's pid
+        if session.name.rsplit("_", 1)[-1] in ours:  # (other users' Ray may run meanwhile)
+            shutil.rmtree(session, ignore_errors=True)
     lines = [line for line in output.splitlines() if line.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"worker {args} failed (exit {proc.returncode})")
