@@ -134,8 +134,15 @@ def timed(fn: Callable[[], float]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_case(torch: Any, case: str, reps: int, warmup: int = 5) -> dict:
-    """Interleaved timings of one case; medians in milliseconds."""
+def run_case(torch: Any, case: str, reps: int, gap: float, warmup: int = 5) -> dict:
+    """Interleaved timings of one case; medians in milliseconds.
+
+    Each timed step follows a pause of `gap` seconds and one untimed step of the same
+    framework. Idle worker threads keep spinning for a while after a call (OpenBLAS's for up
+    to ~0.1 s, OpenMP's too): without the pause, one framework's spinning threads would steal
+    a core from the other's next step. The untimed step wakes the framework's own threads, so
+    the timed one is a steady-state training step.
+    """
     ours, theirs = steps(torch, case)
     first = (ours(), theirs())
     for _ in range(warmup):
@@ -145,6 +152,8 @@ def run_case(torch: Any, case: str, reps: int, warmup: int = 5) -> dict:
     for i in range(reps):
         pair = [(ours, t_ours), (theirs, t_theirs)]
         for fn, acc in (pair if i % 2 == 0 else pair[::-1]):  # alternate who goes first
+            time.sleep(gap)
+            fn()
             acc.append(timed(fn))
     wall_o, wall_t = np.array(t_ours)[:, 0], np.array(t_theirs)[:, 0]
     cpu_o, cpu_t = np.median(np.array(t_ours)[:, 1]), np.median(np.array(t_theirs)[:, 1])
@@ -161,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--case", nargs="+", choices=sorted(CASES), default=sorted(CASES))
     ap.add_argument("--threads", type=int, default=None, help="BLAS and torch threads")
+    ap.add_argument("--gap", type=float, default=0.2,
+                    help="seconds of pause before each timed step (lets spinning threads sleep)")
     args = ap.parse_args(argv)
     threads = blas_threads(args.threads)
     set_num_threads(threads)  # fedcore's intra-op threads (im2col, pooling) match too
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(threads {torch.get_num_threads()}), {os.cpu_count()} CPUs, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     for case in args.case:
-        r = run_case(torch, case, args.reps)
+        r = run_case(torch, case, args.reps, args.gap)
         fo, fi = r["fedcore_iqr"], r["torch_iqr"]
         ok = "ok" if r["ratio"] <= TARGETS[case] else "ABOVE TARGET"
         print(f"{case:5s} fedcore {r['fedcore_ms']:7.2f} ms [IQR {fo[0]:.1f}-{fo[1]:.1f}]  "
