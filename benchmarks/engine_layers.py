@@ -5,9 +5,8 @@
 Both frameworks get the same model, the same initial weights (copied from fedcore into torch,
 so the first losses must agree: a correctness check of the comparison itself), the same batch
 and SGD with momentum. Repetitions are interleaved (fedcore, torch, fedcore, ...) so machine
-load hits both alike, and medians are reported. torch and fedcore's intra-op threads use as
-many threads as numpy's BLAS (threadpoolctl), printed with the load average. Needs the `bench`
-extra (torch==2.13.0).
+load hits both alike, and medians are reported. torch uses as many threads as numpy's BLAS
+(threadpoolctl), printed with the load average. Needs the `bench` extra (torch==2.13.0).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any  # torch is imported lazily, so its types are Any here
 
 import numpy as np
 
-from fedcore.engine import get_num_threads, set_num_threads, softmax_cross_entropy
+from fedcore.engine import softmax_cross_entropy
 from fedcore.models import build_model
 from fedcore.optim import SGD
 
@@ -174,13 +173,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="seconds of pause before each timed step (lets spinning threads sleep)")
     args = ap.parse_args(argv)
     threads = blas_threads(args.threads)
-    set_num_threads(threads)  # fedcore's intra-op threads (im2col, pooling) match too
     import torch
 
     torch.set_num_threads(threads)
     load0 = os.getloadavg()
-    print(f"numpy {np.__version__} (BLAS threads {threads}, fedcore op threads "
-          f"{get_num_threads()}), torch {torch.__version__} "
+    print(f"numpy {np.__version__} (BLAS threads {threads}), torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}), {os.cpu_count()} CPUs, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     for case in args.case:

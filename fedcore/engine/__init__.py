@@ -63,12 +63,10 @@ from .norm import (  # noqa: E402
     running_moments_update_,
 )
 from .ops_nn import dropout, embedding, gelu, sigmoid, softmax, tanh  # noqa: E402
-from .parallel import get_num_threads, set_num_threads  # noqa: E402
 from .rnn import gru, lstm  # noqa: E402
 
 __all__ += [
     "avg_pool2d", "batch_moments", "batch_norm", "batch_norm_apply", "conv2d",
-    "conv_output_size", "default_float", "dropout", "embedding", "float64_mode", "gelu",
-    "get_num_threads", "gru", "layer_norm", "lstm", "max_pool2d", "running_moments_update_",
-    "set_num_threads", "sigmoid", "softmax", "tanh",
+    "conv_output_size", "default_float", "dropout", "embedding", "float64_mode", "gelu", "gru",
+    "layer_norm", "lstm", "max_pool2d", "running_moments_update_", "sigmoid", "softmax", "tanh",
 ]

@@ -22,7 +22,6 @@ from numpy.lib.stride_tricks import as_strided
 from .autograd import Ctx, Primitive, apply, defvjp
 from .checks import check_float, check_ndim, check_same_dtype
 from .ops import Operand, tensor
-from .parallel import parallel_range
 from .tensor import Tensor
 
 __all__ = ["avg_pool2d", "conv2d", "conv_output_size", "max_pool2d"]
@@ -90,22 +89,17 @@ def _im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
 
     One 6-D strided copy, whose contiguous inner runs are KW*C long; with few channels those
     runs are tiny, and KH*KW per-tap copies (runs of Wo*C in the source) are ~3x faster.
-    Split over the batch across the op threads.
     """
     n, c = xp.shape[0], xp.shape[3]
     (kh, kw), (ho, wo), (row, item) = kernel, out_hw, cols.strides  # rows may have a spare column
     cols6 = as_strided(cols, (n, ho, wo, kh, kw, c),
                        (ho * wo * row, wo * row, row, kw * c * item, c * item, item))
 
-    def job(lo: int, hi: int) -> None:
-        src, dst = xp[lo:hi], cols6[lo:hi]
-        if c >= 4:
-            np.copyto(dst, _windows(src, kernel, stride, out_hw))
-            return
-        for t, view in enumerate(_offsets(src, kernel, stride, out_hw)):
-            np.copyto(dst[:, :, :, t // kernel[1], t % kernel[1]], view)
-
-    parallel_range(n, job, work=cols.size)
+    if c >= 4:
+        np.copyto(cols6, _windows(xp, kernel, stride, out_hw))
+        return
+    for t, view in enumerate(_offsets(xp, kernel, stride, out_hw)):
+        np.copyto(cols6[:, :, :, t // kw, t % kw], view)
 
 
 def _offsets(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
@@ -157,8 +151,7 @@ def _conv2d_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray,
         np.matmul(cols, wb, out=out2)
     else:
         np.matmul(cols, w.reshape(k, cout), out=out2)
-        parallel_range(out2.shape[0], lambda lo, hi: np.add(out2[lo:hi], b, out=out2[lo:hi]),
-                       work=out2.size)
+        out2 += b
     ctx.cols = cols  # the weight gradient's operand: no second im2col in backward
     ctx.dwb = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     return out
@@ -191,10 +184,8 @@ def _conv2d_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
             if yhi <= ylo or xhi <= xlo:
                 continue
             np.matmul(g2, w[i, j].T, out=tap)
-            dst = dx[:, y0:y0 + sh * (yhi - ylo - 1) + 1:sh, x0:x0 + sw * (xhi - xlo - 1) + 1:sw]
-            src = tap4[:, ylo:yhi, xlo:xhi]
-            parallel_range(n, lambda lo, hi, dst=dst, src=src: np.add(
-                dst[lo:hi], src[lo:hi], out=dst[lo:hi]), work=src.size)
+            dx[:, y0:y0 + sh * (yhi - ylo - 1) + 1:sh, x0:x0 + sw * (xhi - xlo - 1) + 1:sw] += \
+                tap4[:, ylo:yhi, xlo:xhi]
     return dx
 
 
@@ -259,45 +250,37 @@ def _max_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tupl
     out = ctx.alloc(shape, x.dtype)
     idx = ctx.alloc(shape, np.uint8)
 
-    def job(lo: int, hi: int) -> None:
-        views = _offsets(xp[lo:hi], kernel, stride, (ho, wo))
-        o, ix = out[lo:hi], idx[lo:hi]
-        mask = np.empty(o.shape, np.bool_)
-        mask_u8 = mask.view(np.uint8)
-        np.copyto(o, views[0])
-        ix.fill(0)
-        for t in range(1, len(views)):
-            # ix = t where strictly greater (the first maximum wins), as max(ix, mask * t): t
-            # exceeds every earlier index, and masked copies (copyto where=) are ~5x slower
-            np.greater(views[t], o, out=mask)
-            np.multiply(mask_u8, t, out=mask_u8)
-            np.maximum(ix, mask_u8, out=ix)
-            np.maximum(o, views[t], out=o)
-
-    parallel_range(shape[0], job, work=xp.size)
+    views = _offsets(xp, kernel, stride, (ho, wo))
+    mask = np.empty(shape, np.bool_)
+    mask_u8 = mask.view(np.uint8)
+    np.copyto(out, views[0])
+    idx.fill(0)
+    for t in range(1, len(views)):
+        # idx = t where strictly greater (the first maximum wins), as max(idx, mask * t): t
+        # exceeds every earlier index, and masked copies (copyto where=) are ~5x slower
+        np.greater(views[t], out, out=mask)
+        np.multiply(mask_u8, t, out=mask_u8)
+        np.maximum(idx, mask_u8, out=idx)
+        np.maximum(out, views[t], out=out)
     ctx.argmax = idx
     return out
 
 
-def _pool_scatter(ctx: Ctx, g: np.ndarray, weight: Callable[[int, int, int], Any],
+def _pool_scatter(ctx: Ctx, g: np.ndarray, weight: Callable[[int], Any],
                   exclusive: bool) -> np.ndarray:
-    """Route g back through the offset views: weight(t, lo, hi) scales g[lo:hi] for tap t."""
+    """Route g back through the offset views: weight(t) scales g for tap t."""
     kernel, stride, padding = ctx.params["kernel"], ctx.params["stride"], ctx.params["padding"]
     n, h, w, c = ctx.shapes[0]
     ho, wo = g.shape[1], g.shape[2]
     dxp = ctx.alloc((n, h + 2 * padding[0], w + 2 * padding[1], c), g.dtype)
 
-    def job(lo: int, hi: int) -> None:
-        gs, d = g[lo:hi], dxp[lo:hi]
-        if not exclusive:
-            d.fill(0)
-        for t, view in enumerate(_offsets(d, kernel, stride, (ho, wo))):
-            if exclusive:
-                np.multiply(gs, weight(t, lo, hi), out=view)
-            else:
-                view += gs * weight(t, lo, hi)
-
-    parallel_range(n, job, work=dxp.size)
+    if not exclusive:
+        dxp.fill(0)
+    for t, view in enumerate(_offsets(dxp, kernel, stride, (ho, wo))):
+        if exclusive:
+            np.multiply(g, weight(t), out=view)
+        else:
+            view += g * weight(t)
     return _crop(ctx, dxp, ctx.shapes[0], padding)
 
 
@@ -308,7 +291,7 @@ def _exclusive(ctx: Ctx, g: np.ndarray) -> bool:
 
 def _max_pool_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     idx = ctx.argmax
-    return _pool_scatter(ctx, g, lambda t, lo, hi: idx[lo:hi] == t, _exclusive(ctx, g))
+    return _pool_scatter(ctx, g, lambda t: idx == t, _exclusive(ctx, g))
 
 
 def _avg_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
@@ -317,22 +300,18 @@ def _avg_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tupl
     xp = _pad(ctx, x, padding, 0.0)
     out = ctx.alloc((x.shape[0], ho, wo, x.shape[3]), x.dtype)
 
-    def job(lo: int, hi: int) -> None:
-        views = _offsets(xp[lo:hi], kernel, stride, (ho, wo))
-        o = out[lo:hi]
-        np.copyto(o, views[0])
-        for v in views[1:]:
-            o += v
-        o *= 1.0 / len(views)
-
-    parallel_range(x.shape[0], job, work=xp.size)
+    views = _offsets(xp, kernel, stride, (ho, wo))
+    np.copyto(out, views[0])
+    for v in views[1:]:
+        out += v
+    out *= 1.0 / len(views)
     return out
 
 
 def _avg_pool_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     kernel = ctx.params["kernel"]
     scale = 1.0 / (kernel[0] * kernel[1])
-    return _pool_scatter(ctx, g, lambda t, lo, hi: scale, _exclusive(ctx, g))
+    return _pool_scatter(ctx, g, lambda t: scale, _exclusive(ctx, g))
 
 
 max_pool2d_p = Primitive("max_pool2d", _max_pool_fwd)

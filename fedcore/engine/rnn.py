@@ -22,7 +22,6 @@ import numpy as np
 from .autograd import Ctx, Primitive, apply, defvjp
 from .checks import check_ndim, check_same_dtype
 from .ops import Operand, tensor
-from .parallel import parallel_range
 from .tensor import Tensor
 
 __all__ = ["gru", "lstm"]
@@ -75,7 +74,7 @@ def _project(ctx: Ctx, x: np.ndarray, w_ih: np.ndarray, bias: np.ndarray) -> np.
     b, t, e = x.shape
     xp = ctx.alloc((b, t, w_ih.shape[1]), x.dtype)
     np.matmul(x.reshape(b * t, e), w_ih, out=xp.reshape(b * t, -1))
-    parallel_range(b, lambda lo, hi: np.add(xp[lo:hi], bias, out=xp[lo:hi]), work=xp.size)
+    xp += bias
     return xp
 
 
@@ -169,17 +168,13 @@ def _lstm_bptt(ctx: Ctx, g: np.ndarray) -> None:
     deriv = ctx.alloc(gates.shape, g.dtype)  # sigmoid' = s (1 - s), tanh' = 1 - g^2
     odtc = ctx.alloc(tcs.shape, g.dtype)  # o * (1 - tanh(c)^2): dh -> dc
 
-    def precompute(lo: int, hi: int) -> None:  # steps [lo, hi), split over the op threads
-        gs, der, od, tc = gates[lo:hi], deriv[lo:hi], odtc[lo:hi], tcs[lo:hi]
-        np.subtract(1.0, gs, out=der)
-        der *= gs
-        np.multiply(gs[..., h3:], gs[..., h3:], out=der[..., h3:])
-        np.subtract(1.0, der[..., h3:], out=der[..., h3:])
-        np.multiply(tc, tc, out=od)
-        np.subtract(1.0, od, out=od)
-        od *= gs[..., 2 * hid:h3]
-
-    parallel_range(steps, precompute, work=gates.size)
+    np.subtract(1.0, gates, out=deriv)
+    deriv *= gates
+    np.multiply(gates[..., h3:], gates[..., h3:], out=deriv[..., h3:])
+    np.subtract(1.0, deriv[..., h3:], out=deriv[..., h3:])
+    np.multiply(tcs, tcs, out=odtc)
+    np.subtract(1.0, odtc, out=odtc)
+    odtc *= gates[..., 2 * hid:h3]
     dg = ctx.alloc((b, steps, hid4), g.dtype)
     dh = np.zeros((b, hid), g.dtype)
     dc = np.zeros((b, hid), g.dtype)
