@@ -42,6 +42,33 @@ class Dataset:
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError(f"dataset {self.name!r}: x and y lengths differ")
 
+    @classmethod
+    def from_split(
+        cls,
+        name: str,
+        x: np.ndarray,
+        y: np.ndarray,
+        split: tuple[np.ndarray, np.ndarray],
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        groups: np.ndarray | None = None,
+        vocab: tuple[str, ...] | None = None,
+    ) -> Dataset:
+        """Index every example array by ``split = (train_idx, test_idx)``."""
+        train, test = split
+        return cls(
+            name=name,
+            x_train=x[train],
+            y_train=y[train],
+            x_test=x[test],
+            y_test=y[test],
+            num_classes=num_classes,
+            input_shape=input_shape,
+            groups_train=None if groups is None else groups[train],
+            groups_test=None if groups is None else groups[test],
+            vocab=vocab,
+        )
+
     @property
     def sequence_targets(self) -> bool:
         """True for language models: a target per position, ``y`` shaped ``(N, T)``."""

@@ -26,12 +26,4 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     pixels, labels = read_digits_csv()
     x = (pixels / MAX_INTENSITY).astype(np.float32)
     train, test = stratified_split(labels, test_fraction, seed)
-    return Dataset(
-        name="digits",
-        x_train=x[train],
-        y_train=labels[train],
-        x_test=x[test],
-        y_test=labels[test],
-        num_classes=10,
-        input_shape=(NUM_PIXELS,),
-    )
+    return Dataset.from_split("digits", x, labels, (train, test), 10, (NUM_PIXELS,))

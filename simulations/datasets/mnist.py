@@ -33,12 +33,4 @@ def load_mnist5k(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     x = (images.reshape(len(images), -1) / np.float32(MAX_INTENSITY)).astype(np.float32)
     y = labels.astype(np.int64)
     train, test = stratified_split(y, test_fraction, seed)
-    return Dataset(
-        name="mnist5k",
-        x_train=x[train],
-        y_train=y[train],
-        x_test=x[test],
-        y_test=y[test],
-        num_classes=10,
-        input_shape=IMAGE_SHAPE,
-    )
+    return Dataset.from_split("mnist5k", x, y, (train, test), 10, IMAGE_SHAPE)

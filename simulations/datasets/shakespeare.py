@@ -142,15 +142,6 @@ def load_shakespeare(
         groups.append(np.full(len(x), k, dtype=np.int64))
     x, y, group = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
     train, test = stratified_split(group, test_fraction, seed)
-    return Dataset(
-        name="shakespeare",
-        x_train=x[train],
-        y_train=y[train],
-        x_test=x[test],
-        y_test=y[test],
-        num_classes=vocab_size,
-        input_shape=(seq_len,),
-        groups_train=group[train],
-        groups_test=group[test],
-        vocab=vocab,
+    return Dataset.from_split(
+        "shakespeare", x, y, (train, test), vocab_size, (seq_len,), groups=group, vocab=vocab
     )

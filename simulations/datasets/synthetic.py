@@ -85,14 +85,6 @@ def load_synthetic(
     y = np.concatenate([p[1] for p in parts])
     groups = np.repeat(np.arange(num_clients, dtype=np.int64), samples_per_client)
     train, test = stratified_split(groups * NUM_CLASSES + y, test_fraction, seed)
-    return Dataset(
-        name="synthetic",
-        x_train=x[train],
-        y_train=y[train],
-        x_test=x[test],
-        y_test=y[test],
-        num_classes=NUM_CLASSES,
-        input_shape=(NUM_FEATURES,),
-        groups_train=groups[train],
-        groups_test=groups[test],
+    return Dataset.from_split(
+        "synthetic", x, y, (train, test), NUM_CLASSES, (NUM_FEATURES,), groups=groups
     )
