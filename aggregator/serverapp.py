@@ -7,6 +7,8 @@ runtimes run the app in a thread of their own and only log what it raises.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -27,8 +29,10 @@ class FederationApp:
         on_round: OnRound | None = None,
         first_round: int = 1,
         before_round: BeforeRound | None = None,
+        prepare_grid: Callable[[Grid], Grid] | None = None,
     ) -> None:
         self.config = config
+        self.prepare_grid = prepare_grid  # e.g. a simulated network around the runtime's grid
         self.first_round = first_round
         self.before_round = before_round
         self.initial = initial
@@ -42,6 +46,8 @@ class FederationApp:
 
     def _main(self, grid: Grid, context: Context) -> None:
         try:
+            if self.prepare_grid is not None:
+                grid = self.prepare_grid(grid)
             self.final = run_federation(
                 grid,
                 self.config,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from client_runtime.compression import compress_update
 from client_runtime.device import train_on_device
@@ -42,9 +43,10 @@ def partition_id(context: Context) -> int:
     return int(context.node_config[protocol.PARTITION_ID])
 
 
-def make_client_app(load_partition: LoadPartition) -> ClientApp:
-    """Build the ClientApp whose nodes train on ``load_partition(partition_id)``."""
-    app = ClientApp()
+def make_client_app(load_partition: LoadPartition, mods: list[Mod] | None = None) -> ClientApp:
+    """Build the ClientApp whose nodes train on ``load_partition(partition_id)``; ``mods``
+    (Flower ClientApp mods) wrap every handler."""
+    app = ClientApp(mods=mods)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

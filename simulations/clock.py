@@ -3,9 +3,10 @@
 A client's local time = FLOPs it trained (reported by ``client_runtime.device``) / its device's
 sustained FLOP/s + bytes up and down / its bandwidth. A round lasts until its slowest accepted
 client reports, or until the deadline when someone missed it. ``SimulatedNetwork`` is what the
-in-process grid consults around each train message: it drops clients out mid-round, stamps each
-reply with its simulated times and energy, turns replies later than the deadline into errors,
-and orders replies by simulated arrival (so over-selection keeps the first that report).
+simulated grid (``simulations.backends.simulated``) consults around each train message: it
+drops clients out mid-round, stamps each reply with its simulated times and energy, and turns
+replies later than the deadline into errors; the grid orders replies by simulated arrival (so
+over-selection keeps the first that report).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
 
 from fedcore import protocol
-from simulations.population import NODE_BASE, Population
+from simulations.population import NodeMap, Population
 
 DEADLINE = "missed the deadline"
 DROPPED = "dropped out mid-round"
@@ -93,20 +94,22 @@ class SimulatedNetwork:
     (round, client), for ``World.annotate`` to put on the rejected clients.
     """
 
-    def __init__(self, population: Population, deadline_s: float | None = None) -> None:
+    def __init__(
+        self,
+        population: Population,
+        deadline_s: float | None = None,
+        nodes: NodeMap | None = None,
+    ) -> None:
         self.population = population
         self.deadline_s = deadline_s
+        self.nodes = nodes or NodeMap()
         self.spent: dict[tuple[int, int], float] = {}
-
-    def dropped(self, msg: Message) -> Message | None:
-        """Always None: drop-outs are decided in `stamp`, once their training cost is known."""
-        return None
 
     def _drops_at(self, msg: Message) -> float | None:
         """The share of its round after which the addressee drops out, or None if it stays."""
         if msg.metadata.message_type != "train" or not msg.metadata.group_id.isdigit():
             return None
-        number, client = int(msg.metadata.group_id), msg.metadata.dst_node_id - NODE_BASE
+        number, client = int(msg.metadata.group_id), self.nodes.client(msg.metadata.dst_node_id)
         if not self.population.drops_out(number, client):
             return None
         return float(np.random.default_rng([self.population.seed, 5, number, client]).random())
@@ -114,7 +117,7 @@ class SimulatedNetwork:
     def _lost(self, msg: Message, device: str, seconds: float, reason: str) -> Message:
         from device_profiles import get_profile
 
-        key = (int(msg.metadata.group_id), msg.metadata.dst_node_id - NODE_BASE)
+        key = (int(msg.metadata.group_id), self.nodes.client(msg.metadata.dst_node_id))
         self.spent[key] = get_profile(device).energy_joules(seconds)
         return Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=msg)
 

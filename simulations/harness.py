@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from simulations.datasets import Dataset, load_dataset
 from simulations.partition import partition
 from simulations.scenario import Scenario, ScenarioError, model_arguments, model_misfit
 from simulations.secagg_section import secagg_config
-from simulations.world import GeneratedLoader, World, grid_options
+from simulations.world import GeneratedLoader, World
 
 
 @dataclass
@@ -127,14 +128,18 @@ def prepare_scenario(scenario: Scenario) -> PreparedScenario:
     else:
         loader = None
     try:
-        parts = parts if loader is not None else partition(
-            data.y_train,
-            scenario.data.partition,
-            fed.num_clients,
-            seed=scenario.seed,
-            alpha=scenario.data.alpha,
-            min_size=scenario.data.min_size,
-            groups=data.groups_train,
+        parts = (
+            parts
+            if loader is not None
+            else partition(
+                data.y_train,
+                scenario.data.partition,
+                fed.num_clients,
+                seed=scenario.seed,
+                alpha=scenario.data.alpha,
+                min_size=scenario.data.min_size,
+                groups=data.groups_train,
+            )
         )
     except ValueError as exc:  # e.g. no Dirichlet draw gives every client min_size examples
         raise ScenarioError(f"{scenario.name}: data.partition: {exc}") from exc
@@ -212,6 +217,9 @@ def simulate(
     if resume_from is not None:
         initial = resume_from.params
         strategy.load_state_dict(resume_from.server_state)
+    prepare_grid = None
+    if world is not None:  # the population's network around either backend's grid
+        prepare_grid = partial(world.attach, discover=backend != "inprocess")
     app = FederationApp(
         prepared.config,
         initial,
@@ -220,22 +228,22 @@ def simulate(
         record,
         first_round=1 if resume_from is None else resume_from.round + 1,
         before_round=before_round,
+        prepare_grid=prepare_grid,
     )
-    client_app = make_client_app(prepared.loader)
+    client_app = make_client_app(
+        prepared.loader, mods=[world.device_mod()] if world is not None else None
+    )
     if backend == "inprocess":
         from flwr.app import Context, RecordDict
 
         from simulations.backends.inprocess import InProcessGrid
+        from simulations.population import NODE_BASE
 
-        grid = InProcessGrid(client_app, fed.num_clients, seed=scenario.seed, **grid_options(world))
+        base = NODE_BASE if world is not None else None
+        grid = InProcessGrid(client_app, fed.num_clients, seed=scenario.seed, base=base)
         context = Context(grid.run.run_id, 0, {}, RecordDict(), {})
         app.server_app(grid, context)
     else:
-        if world is not None:
-            raise ScenarioError(
-                f"{scenario.name}: population: simulated devices run on the inprocess backend "
-                "only (Flower's runtime numbers its own nodes)"
-            )
         from simulations.backends.flower import run_on_flower
 
         run_on_flower(app.server_app, client_app, fed.num_clients, verbose=flower_verbose)

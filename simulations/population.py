@@ -79,28 +79,58 @@ class PopulationSection(_Section):
                 )
         total = sum(value.values())
         if abs(total - 100.0) > 1e-6:
-            raise PydanticCustomError(
-                "scenario", f"the mix must sum to 100 %, got {total:g} %"
-            )
+            raise PydanticCustomError("scenario", f"the mix must sum to 100 %, got {total:g} %")
         return value
 
 
 def node_id_of(client_id: int) -> int:
-    """The simulated node that stands for ``client_id``."""
+    """The in-process node that stands for ``client_id``."""
     return NODE_BASE + int(client_id)
+
+
+class NodeMap:
+    """Client id <-> node id of a simulated population.
+
+    In-process, client ``c`` is node ``NODE_BASE + c``. A runtime that numbers its own nodes
+    (Flower's simulation runtime) is asked once who is who, and ``bind`` keeps its answer.
+    """
+
+    def __init__(self) -> None:
+        self._node: dict[int, int] | None = None
+        self._client: dict[int, int] = {}
+
+    def bind(self, found: Mapping[int, int]) -> None:
+        """Use the nodes that reported themselves, ``{client_id: node_id}``."""
+        self._node = {int(c): int(n) for c, n in found.items()}
+        self._client = {n: c for c, n in self._node.items()}
+
+    def node(self, client_id: int) -> int:
+        """The node of ``client_id`` (``KeyError`` if a bound runtime has no such client)."""
+        return node_id_of(client_id) if self._node is None else self._node[int(client_id)]
+
+    def client(self, node_id: int) -> int:
+        """The client id of ``node_id``."""
+        return int(node_id) - NODE_BASE if self._node is None else self._client[int(node_id)]
+
+    def present(self, ids: np.ndarray) -> np.ndarray:
+        """The clients of ``ids`` that have a node (all of them in-process)."""
+        if self._node is None:
+            return ids
+        return ids[np.isin(ids, np.fromiter(self._node, dtype=np.int64))]
 
 
 class Directory(Mapping[int, int]):
     """``{client_id: node_id}`` over a sorted id array, without building a dict."""
 
-    def __init__(self, ids: np.ndarray) -> None:
+    def __init__(self, ids: np.ndarray, nodes: NodeMap | None = None) -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
+        self.nodes = nodes or NodeMap()
 
     def __getitem__(self, client_id: int) -> int:
         i = int(np.searchsorted(self.ids, client_id))
         if i >= len(self.ids) or self.ids[i] != client_id:
             raise KeyError(client_id)
-        return node_id_of(client_id)
+        return self.nodes.node(client_id)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.ids.tolist())
@@ -150,9 +180,10 @@ class Population:
             mask &= draw < model.probability
         return np.flatnonzero(mask).astype(np.int64)
 
-    def directory(self, round_number: int, hour: float) -> Directory:
-        """The available clients of a round as a ``{client_id: node_id}`` mapping."""
-        return Directory(self.available(round_number, hour))
+    def directory(self, round_number: int, hour: float, nodes: NodeMap | None = None) -> Directory:
+        """The available clients of a round (that have a node) as ``{client_id: node_id}``."""
+        nodes = nodes or NodeMap()
+        return Directory(nodes.present(self.available(round_number, hour)), nodes)
 
     def drops_out(self, round_number: int, client_id: int) -> bool:
         """Whether this client drops out mid-round in this round (seeded, order-free)."""

@@ -1,13 +1,17 @@
 """A simulated world for one run: the population, its virtual clock and network, wired in.
 
 The round loop stays generic: it gets a client directory (who is available in round n, from the
-population and the clock's time of day) instead of querying every node, the in-process grid gets
-each node's config (device class) and the simulated network, and each finished round is
-annotated here with device classes, simulated seconds and energy before it is stored.
+population and the clock's time of day) instead of querying every node each round; the grid of
+either backend is wrapped in the simulated network (``attach``); each node learns its device
+class from a ClientApp mod (``device_mod``); and each finished round is annotated here with
+device classes, simulated seconds and energy before it is stored. In-process, client ``c`` is
+node ``NODE_BASE + c``; Flower's runtime numbers its own nodes, so they are asked once who they
+are (``attach(grid, discover=True)``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +19,12 @@ import numpy as np
 
 from aggregator.rounds import FederationConfig, RoundOutcome
 from simulations.clock import DEADLINE, SimulatedNetwork, VirtualClock
-from simulations.population import Directory, Population
+from simulations.population import Directory, NodeMap, Population
 
 if TYPE_CHECKING:  # avoids an import cycle with scenario.py
+    from flwr.app import Context, Message
+    from flwr.serverapp import Grid
+
     from simulations.datasets import Dataset
     from simulations.scenario import Scenario
 
@@ -29,6 +36,7 @@ class World:
     population: Population
     clock: VirtualClock
     network: SimulatedNetwork
+    nodes: NodeMap = field(default_factory=NodeMap)  # the network's map, shared
     available: dict[int, int] = field(default_factory=dict)  # round -> available clients
 
     @classmethod
@@ -37,15 +45,33 @@ class World:
         section = scenario.population
         assert section is not None and section.size is not None
         population = Population(section, section.size, scenario.seed)
+        nodes = NodeMap()
         return cls(
             population,
             VirtualClock(start_hour=section.availability.start_hour),
-            SimulatedNetwork(population, section.deadline_s),
+            SimulatedNetwork(population, section.deadline_s, nodes),
+            nodes,
         )
+
+    def attach(self, grid: Grid, discover: bool = False, timeout: float = 120.0) -> Grid:
+        """``grid`` behind the simulated network; with ``discover``, first ask each of the
+        population's nodes (waiting up to ``timeout`` s for all to connect) who it is."""
+        from simulations.backends.simulated import SimulatedGrid
+
+        if discover:
+            from aggregator.rounds import discover_clients, wait_for_nodes
+
+            node_ids = wait_for_nodes(grid, self.population.size, timeout)
+            self.nodes.bind(discover_clients(grid, node_ids))
+        return SimulatedGrid(grid, self.network)
+
+    def device_mod(self) -> Callable[[Message, Context, Callable], Message]:
+        """A ClientApp mod telling each node its device class (from its partition id)."""
+        return _DeviceMod(self.population)
 
     def directory(self, round_number: int) -> Directory:
         """Who may be selected in this round (``FederationConfig.directory``)."""
-        found = self.population.directory(round_number, self.clock.hour)
+        found = self.population.directory(round_number, self.clock.hour, self.nodes)
         self.available[round_number] = len(found)
         return found
 
@@ -104,17 +130,19 @@ def _mean(values: Any) -> float:
     return float(sum(items) / len(items)) if items else 0.0
 
 
-def grid_options(world: World | None) -> dict[str, Any]:
-    """Keyword arguments of ``InProcessGrid`` for this world (none without one)."""
-    if world is None:
-        return {}
-    from simulations.population import NODE_BASE
+@dataclass(frozen=True)
+class _DeviceMod:
+    """The node config a simulated client is told, set before its ClientApp runs (picklable,
+    so Flower's Ray workers get it along with the app)."""
 
-    return {
-        "node_config": world.population.node_config,
-        "network": world.network,
-        "base": NODE_BASE,
-    }
+    population: Population
+
+    def __call__(self, msg: Message, context: Context, call_next: Callable) -> Message:
+        from fedcore import protocol
+
+        client = int(context.node_config[protocol.PARTITION_ID])
+        context.node_config = {**context.node_config, **self.population.node_config(client)}
+        return call_next(msg, context)
 
 
 class GeneratedLoader:

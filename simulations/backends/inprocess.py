@@ -26,8 +26,8 @@ class InProcessGrid(Grid):
 
     Node ``i`` (partition ``i``) has node id ``base + i``; its ``Context`` is built on its first
     message, so a population of 100,000 costs nothing until its clients are asked to train.
-    ``node_config(i)`` says what node ``i`` is told (default: its partition); ``network``
-    (``simulations.clock.SimulatedNetwork``) adds dropouts, simulated time and a deadline.
+    ``node_config(i)`` says what node ``i`` is told (default: its partition). A simulated
+    population's network wraps this grid (``simulations.backends.simulated``).
     """
 
     def __init__(
@@ -37,7 +37,6 @@ class InProcessGrid(Grid):
         seed: int = 0,
         *,
         node_config: Callable[[int], dict[str, Any]] | None = None,
-        network: Any = None,
         base: int | None = None,
     ) -> None:
         rng = random.Random(seed)
@@ -46,7 +45,6 @@ class InProcessGrid(Grid):
         self._num_nodes = num_nodes
         self._base = rng.getrandbits(62) if base is None else base
         self._node_config = node_config
-        self._network = network
         self._contexts: dict[int, Context] = {}
         self._replies: dict[str, Message] = {}
         # Flower's runtimes set the process-wide task identity before any Message is built.
@@ -121,18 +119,8 @@ class InProcessGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Deliver every message and return every reply (nothing is ever late in-process,
-        except in simulated time: with a network, replies come in simulated arrival order)."""
-        if self._network is None:
-            return self.pull_messages(self.push_messages(messages))
-        timed: list[tuple[float, int, Message]] = []
-        for msg in messages:
-            reply = self._network.dropped(msg)
-            arrival = 0.0
-            if reply is None:
-                reply, arrival = self._network.stamp(msg, self._deliver(msg))
-            timed.append((arrival, len(timed), reply))
-        return [reply for _, _, reply in sorted(timed, key=lambda t: t[:2])]
+        """Deliver every message and return every reply (nothing is ever late in-process)."""
+        return self.pull_messages(self.push_messages(messages))
 
     def _deliver(self, msg: Message) -> Message:
         context = self._context(msg.metadata.dst_node_id)

@@ -190,3 +190,21 @@ def test_generated_population_does_not_need_the_whole_population_in_memory():
     result = simulate(prepare_scenario(scenario_from_dict(raw)))
     ids = [c.client_id for c in result.rounds[0].clients]
     assert len(ids) == 6 and max(ids) < 50_000
+
+
+def test_a_runtime_that_numbers_its_own_nodes_is_asked_who_is_who():
+    from client_runtime.app import make_client_app
+    from simulations.backends.inprocess import InProcessGrid
+
+    prepared = prepare_scenario(scenario_from_dict(scenario()))
+    world = prepared.world
+    assert world is not None
+    app = make_client_app(prepared.loader, mods=[world.device_mod()])
+    inner = InProcessGrid(app, 30, seed=5)  # random node ids, like Flower's runtime
+    grid = world.attach(inner, discover=True)
+    directory = world.directory(1)
+    assert len(directory) == 30
+    assert {directory[c] for c in directory} == set(grid.get_node_ids())
+    assert all(world.nodes.client(directory[c]) == c for c in directory)
+    context = inner.context(directory[7])
+    assert context is not None and context.node_config["partition-id"] == 7
