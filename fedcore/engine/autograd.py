@@ -22,12 +22,20 @@ from .pool import MemoryPool
 from .tensor import Leaf, Tensor, _mode, default_float
 from .var import Var
 
-__all__ = ["VJPS", "Ctx", "Node", "Primitive", "apply", "apply_inplace", "defvjp"]
+__all__ = ["VJPS", "VJPS_INTO", "Ctx", "Node", "Primitive", "apply", "apply_inplace", "defvjp",
+           "defvjp_into"]
 
 VJP = Callable[["Ctx", np.ndarray], np.ndarray]
 
 #: op name -> one VJP per positional input (None: not differentiable in that input)
 VJPS: dict[str, tuple[VJP | None, ...]] = {}
+
+VJPInto = Callable[["Ctx", np.ndarray, np.ndarray], None]
+
+#: op name -> optional "store" forms of some VJPs: `vjp_into(ctx, g, out)` writes exactly what
+#: the VJP returns into `out` (e.g. a weight gradient GEMM with out=). Backward uses them when
+#: the destination gradient is known to be zero (right after zero_grad): no temporary, no add.
+VJPS_INTO: dict[str, tuple[VJPInto | None, ...]] = {}
 
 
 class Primitive:
@@ -58,6 +66,11 @@ class Primitive:
 def defvjp(prim: Primitive | str, *vjps: VJP | None) -> None:
     """Register the VJPs of `prim`, one per input: `vjp(ctx, g) -> gradient for that input`."""
     VJPS[prim if isinstance(prim, str) else prim.name] = vjps
+
+
+def defvjp_into(prim: Primitive | str, *fns: VJPInto | None) -> None:
+    """Register store forms of `prim`'s VJPs, one per input (None: use the VJP and copy)."""
+    VJPS_INTO[prim if isinstance(prim, str) else prim.name] = fns
 
 
 class Ctx:

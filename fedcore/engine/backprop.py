@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .autograd import VJPS, Node
+from .autograd import VJPS, VJPS_INTO, Node
 from .engine import get_engine
 from .errors import MutationError
 from .tensor import Leaf, Tensor
@@ -82,6 +82,7 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
     if ctx is None:
         raise RuntimeError(f"backward through '{prim.name}' twice: the graph was already freed")
     vjps = VJPS[prim.name]
+    stores = VJPS_INTO.get(prim.name, ())
     dsts: list[Var | None] = []
     into: list[bool] = []
     for p in node.parents:
@@ -103,6 +104,9 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
         g = gvar.data
         for i, dst in enumerate(dsts):
             if dst is None:
+                continue
+            if into[i] and i < len(stores) and stores[i] is not None and dst.claim_zero():
+                stores[i](ctx, g, dst.data)  # the gradient buffer was zero: store, no add
                 continue
             gi = vjps[i](ctx, g)
             if type(gi) is not np.ndarray:  # ufuncs turn 0-d results into numpy scalars

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp
+from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp, defvjp_into
 from .tensor import Tensor, as_array, is_grad_enabled
 
 __all__ = [
@@ -60,6 +60,8 @@ def _matmul_fwd(ctx: Ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 matmul_p = Primitive("matmul", _matmul_fwd, saves=(0, 1))
 defvjp(matmul_p, lambda ctx, g: g @ ctx.args[1].T, lambda ctx, g: ctx.args[0].T @ g)
+defvjp_into(matmul_p, lambda ctx, g, out: np.matmul(g, ctx.args[1].T, out=out),
+            lambda ctx, g, out: np.matmul(ctx.args[0].T, g, out=out))
 
 
 def _linear_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,6 +76,9 @@ defvjp(linear_p,
        lambda ctx, g: g @ ctx.args[1].T,
        lambda ctx, g: ctx.args[0].T @ g,
        lambda ctx, g: g.sum(axis=0))
+defvjp_into(linear_p, None,
+            lambda ctx, g, out: np.matmul(ctx.args[0].T, g, out=out),
+            lambda ctx, g, out: np.sum(g, axis=0, out=out))
 
 
 def matmul(a: Operand, b: Operand) -> Tensor:

@@ -249,6 +249,7 @@ class Tensor:
         if g is None:
             return None
         get_engine().wait_for_var(g)
+        g.forget_zero()  # the caller may write the array directly, unseen by versions
         return g.data
 
     @grad.setter

@@ -39,6 +39,7 @@ class Var:
         "_dep_expected",
         "_dep_error",
         "meta",
+        "_zeroed",
         "__weakref__",
     )
 
@@ -59,6 +60,9 @@ class Var:
         self._dep_expected = 0
         self._dep_error = None  # (op name, exception) of a failed threaded op that wrote it
         self.meta = None  # engine-level metadata of a root buffer (e.g. a FlatLayout)
+        # [version, byte ranges]: the root buffer was zero-filled and, while its version still
+        # equals `version`, only the listed ranges were written since (see `claim_zero`)
+        self._zeroed: list | None = None
 
     @property
     def root(self) -> Var:
@@ -86,6 +90,43 @@ class Var:
     def view(self, data: np.ndarray, name: str = "") -> Var:
         """A new var for `data`, a view of this var's buffer, sharing version and dependencies."""
         return Var(data, name or self.name, base=self)
+
+    def mark_zeroed(self) -> None:
+        """Record, from inside the op that zero-fills this whole (root) buffer, that it is zero.
+
+        Call it while the op runs: the engine bumps the version once when the op completes.
+        """
+        root = self._base or self
+        root._zeroed = [root._version + 1, []]
+
+    def claim_zero(self) -> bool:
+        """From inside an op that writes this var: True if its bytes are still all zero since
+        the last `mark_zeroed` (no write to them, and no other write to the buffer, since), in
+        which case the caller may store a result instead of adding it; the range is then
+        recorded as written. False whenever that is not certain."""
+        root = self._base or self
+        z = root._zeroed
+        if z is None:
+            return False
+        ver = root._version
+        if z[0] != ver and z[0] != ver + 1:  # ver + 1: claimed earlier by this same op
+            root._zeroed = None
+            return False
+        a = self.data
+        if a is None or not a.flags.c_contiguous:
+            return False
+        start = a.__array_interface__["data"][0]
+        end = start + a.nbytes
+        for s, e in z[1]:
+            if s < end and start < e:
+                return False
+        z[1].append((start, end))
+        z[0] = ver + 1  # the version once this op (a write of the buffer) completes
+        return True
+
+    def forget_zero(self) -> None:
+        """Drop what `mark_zeroed` knew (the buffer may be written outside the engine)."""
+        (self._base or self)._zeroed = None
 
     @property
     def nbytes(self) -> int:

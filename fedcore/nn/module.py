@@ -145,6 +145,7 @@ class Module:
 
         def zero() -> None:
             groot.data.fill(0)
+            groot.mark_zeroed()
 
         get_engine().push(zero, (), (groot,), "zero_grad")
 

@@ -84,6 +84,8 @@ class Optimizer:
         for g in grads:
             def zero(g: Var = g) -> None:
                 g.data.fill(0)
+                if g._base is None:
+                    g.mark_zeroed()
 
             eng.push(zero, (), (g,), "zero_grad")
 

@@ -156,3 +156,28 @@ def test_graph_frees_saved_buffers_after_backward(engine):
     loss.backward()
     del loss
     assert engine.pool.live_bytes == w.grad.nbytes  # only the accumulated gradient is left
+
+
+def _mlp_grads(model: object, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    softmax_cross_entropy(model(x), y).backward()
+    return model.grad_flat().copy()
+
+
+def test_gradients_stored_after_zero_grad_still_accumulate_otherwise():
+    """After zero_grad backward may store weight gradients instead of adding them to zeros;
+    without zero_grad, or after a direct write through .grad, it must still add."""
+    x, y = randn(8, 6), rng.integers(0, 3, 8)
+    model = mlp(6, 3, hidden=(5,), seed=1)
+    opt = SGD(model.parameters(), lr=0.1)
+    opt.zero_grad()
+    once = _mlp_grads(model, x, y)
+    twice = _mlp_grads(model, x, y)  # no zero_grad: accumulates
+    np.testing.assert_allclose(twice, 2 * once, rtol=1e-6)
+    model.zero_grad()
+    np.testing.assert_array_equal(_mlp_grads(model, x, y), once)
+    opt.zero_grad()
+    w = model.parameters()[0]
+    w.grad[...] = 1.0  # written outside the engine: backward must add to it
+    g = _mlp_grads(model, x, y)
+    np.testing.assert_allclose(g[:w.size], once[:w.size] + 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(g[w.size:], once[w.size:])
