@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, defvjp
+from .blas import serial_blas
 from .checks import check_ndim, check_same_dtype
 from .ops import Operand, tensor
 from .tensor import Tensor
@@ -132,7 +133,7 @@ def _lstm_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_ih: np.
     tcs = ctx.alloc((steps, b, hid), x.dtype)  # tanh(c)
     hs = ctx.alloc((b, steps, hid), x.dtype)
     h3 = 3 * hid
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"), serial_blas():
         for t in range(steps):
             gt = gates[t]
             np.matmul(h, w_hh, out=gt)
@@ -180,18 +181,19 @@ def _lstm_bptt(ctx: Ctx, g: np.ndarray) -> None:
     dc = np.zeros((b, hid), g.dtype)
     tmp = np.empty((b, hid), g.dtype)
     w_hh_t = w_hh.T
-    for t in range(steps - 1, -1, -1):
-        gt, dgt = gates[t], dg[:, t]
-        dh += g[:, t]
-        np.multiply(dh, tcs[t], out=dgt[:, 2 * hid:h3])  # d o
-        np.multiply(dh, odtc[t], out=tmp)
-        dc += tmp
-        np.multiply(dc, gt[:, h3:], out=dgt[:, :hid])  # d i
-        np.multiply(dc, cs[t - 1] if t else ctx.c0, out=dgt[:, hid:2 * hid])  # d f
-        np.multiply(dc, gt[:, :hid], out=dgt[:, h3:])  # d g
-        dc *= gt[:, hid:2 * hid]
-        dgt *= deriv[t]  # through the activations
-        np.matmul(dgt, w_hh_t, out=dh)
+    with serial_blas():
+        for t in range(steps - 1, -1, -1):
+            gt, dgt = gates[t], dg[:, t]
+            dh += g[:, t]
+            np.multiply(dh, tcs[t], out=dgt[:, 2 * hid:h3])  # d o
+            np.multiply(dh, odtc[t], out=tmp)
+            dc += tmp
+            np.multiply(dc, gt[:, h3:], out=dgt[:, :hid])  # d i
+            np.multiply(dc, cs[t - 1] if t else ctx.c0, out=dgt[:, hid:2 * hid])  # d f
+            np.multiply(dc, gt[:, :hid], out=dgt[:, h3:])  # d g
+            dc *= gt[:, hid:2 * hid]
+            dgt *= deriv[t]  # through the activations
+            np.matmul(dgt, w_hh_t, out=dh)
     ctx.d_in = ctx.d_rec = dg
     ctx.dh0, ctx.dc0 = dh, dc
 
@@ -240,22 +242,23 @@ def _gru_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, w_ih: np.ndarray, w_hh: np
     hp = np.empty((b, 3 * hid), x.dtype)
     hs = ctx.alloc((b, steps, hid), x.dtype)
     h2 = 2 * hid
-    for t in range(steps):
-        gt, xt = gates[t], xp[:, t]
-        np.matmul(h, w_hh, out=hp)
-        hp += b_hh
-        np.add(xt[:, :h2], hp[:, :h2], out=gt[:, :h2])
-        _sigmoid_(gt[:, :h2])
-        n = gt[:, h2:]
-        hpn[t] = hp[:, h2:]
-        np.multiply(gt[:, :hid], hp[:, h2:], out=n)
-        n += xt[:, h2:]
-        np.tanh(n, out=n)
-        hn = hs[:, t]
-        np.subtract(h, n, out=hn)  # h' = n + z (h - n)
-        hn *= gt[:, hid:h2]
-        hn += n
-        h = hn
+    with serial_blas():
+        for t in range(steps):
+            gt, xt = gates[t], xp[:, t]
+            np.matmul(h, w_hh, out=hp)
+            hp += b_hh
+            np.add(xt[:, :h2], hp[:, :h2], out=gt[:, :h2])
+            _sigmoid_(gt[:, :h2])
+            n = gt[:, h2:]
+            hpn[t] = hp[:, h2:]
+            np.multiply(gt[:, :hid], hp[:, h2:], out=n)
+            n += xt[:, h2:]
+            np.tanh(n, out=n)
+            hn = hs[:, t]
+            np.subtract(h, n, out=hn)  # h' = n + z (h - n)
+            hn *= gt[:, hid:h2]
+            hn += n
+            h = hn
     ctx.gates, ctx.hpn = gates, hpn
     ctx.d_in = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     if state_out is not None:
@@ -275,32 +278,33 @@ def _gru_bptt(ctx: Ctx, g: np.ndarray) -> None:
     d_rec = ctx.alloc((b, steps, hid3), g.dtype)
     dh = np.zeros((b, hid), g.dtype)
     tmp = np.empty((b, hid), g.dtype)
-    for t in range(steps - 1, -1, -1):
-        gt, di, dr = gates[t], d_in[:, t], d_rec[:, t]
-        r, z, n = gt[:, :hid], gt[:, hid:h2], gt[:, h2:]
-        hprev = hs[:, t - 1] if t else ctx.h0
-        dh += g[:, t]
-        dn = di[:, h2:]  # dn_pre = dh (1 - z) (1 - n^2)
-        np.subtract(1.0, z, out=dn)
-        dn *= dh
-        np.multiply(n, n, out=tmp)
-        np.subtract(1.0, tmp, out=tmp)
-        dn *= tmp
-        dz = di[:, hid:h2]  # dz_pre = dh (hprev - n) z (1 - z)
-        np.subtract(hprev, n, out=dz)
-        dz *= dh
-        np.subtract(1.0, z, out=tmp)
-        tmp *= z
-        dz *= tmp
-        np.multiply(dn, r, out=dr[:, h2:])  # through r * (h @ w_hn + b_hn)
-        drr = di[:, :hid]  # dr_pre = dn_pre * hpn * r (1 - r)
-        np.multiply(dn, hpn[t], out=drr)
-        np.subtract(1.0, r, out=tmp)
-        tmp *= r
-        drr *= tmp
-        dr[:, :h2] = di[:, :h2]
-        dh *= z
-        dh += np.matmul(dr, w_hh_t, out=tmp)
+    with serial_blas():
+        for t in range(steps - 1, -1, -1):
+            gt, di, dr = gates[t], d_in[:, t], d_rec[:, t]
+            r, z, n = gt[:, :hid], gt[:, hid:h2], gt[:, h2:]
+            hprev = hs[:, t - 1] if t else ctx.h0
+            dh += g[:, t]
+            dn = di[:, h2:]  # dn_pre = dh (1 - z) (1 - n^2)
+            np.subtract(1.0, z, out=dn)
+            dn *= dh
+            np.multiply(n, n, out=tmp)
+            np.subtract(1.0, tmp, out=tmp)
+            dn *= tmp
+            dz = di[:, hid:h2]  # dz_pre = dh (hprev - n) z (1 - z)
+            np.subtract(hprev, n, out=dz)
+            dz *= dh
+            np.subtract(1.0, z, out=tmp)
+            tmp *= z
+            dz *= tmp
+            np.multiply(dn, r, out=dr[:, h2:])  # through r * (h @ w_hn + b_hn)
+            drr = di[:, :hid]  # dr_pre = dn_pre * hpn * r (1 - r)
+            np.multiply(dn, hpn[t], out=drr)
+            np.subtract(1.0, r, out=tmp)
+            tmp *= r
+            drr *= tmp
+            dr[:, :h2] = di[:, :h2]
+            dh *= z
+            dh += np.matmul(dr, w_hh_t, out=tmp)
     ctx.d_in, ctx.d_rec, ctx.dh0 = d_in, d_rec, dh
 
 
