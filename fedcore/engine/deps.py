@@ -46,15 +46,24 @@ def normalize(
     A write already implies exclusive access, so listing the var in both sets is a caller bug
     (MXNet rejects it the same way); views of one buffer count as the same var.
     """
-    w = dict.fromkeys([v._base or v for v in writes])
-    r = dict.fromkeys([v._base or v for v in reads])
-    if w and r and not r.keys().isdisjoint(w):
-        both = next(v for v in r if v in w)
-        raise EngineError(
-            f"op '{name}' lists var '{both.label}' (or a view of it) in both its read and write "
-            f"sets; list it in the write set only"
-        )
-    return tuple(r), tuple(w)
+    if len(writes) == 1:  # the common shapes first: one write, a few reads
+        v = writes[0]
+        w: tuple[Var, ...] = (v._base or v,)
+    else:
+        w = tuple(dict.fromkeys([v._base or v for v in writes]))
+    if len(reads) == 1:
+        v = reads[0]
+        r: tuple[Var, ...] = (v._base or v,)
+    else:
+        r = tuple(dict.fromkeys([v._base or v for v in reads]))
+    if w and r:
+        for v in r:
+            if v in w:
+                raise EngineError(
+                    f"op '{name}' lists var '{v.label}' (or a view of it) in both its read and "
+                    f"write sets; list it in the write set only"
+                )
+    return r, w
 
 
 def expected_version(var: Var) -> int:
