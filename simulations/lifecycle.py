@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aggregator.rounds import FederationConfig, RoundOutcome, StopRun
-from aggregator.store import Store, StoreError
 from simulations.harness import PreparedScenario, Resume, SimulationResult, prepare_scenario
 from simulations.harness import simulate as simulate_prepared
 from simulations.scenario import Scenario, scenario_from_dict
+
+if TYPE_CHECKING:  # SQLAlchemy is imported only by a run that is stored
+    from aggregator.store import Store
 
 # ``fedcore runs set`` keys -> where they live in the round config
 SETTABLE_TRAIN = ("learning_rate", "local_epochs", "batch_size", "momentum", "weight_decay")
@@ -148,6 +150,8 @@ def resume_run(
     device: str | None = None,
 ) -> SimulationResult:
     """Continue a paused or interrupted run from its last committed round."""
+    from aggregator.store import StoreError
+
     run = store.claim_run(run_id, backend or store.get_run(run_id).backend)
     prepared, resume = prepare_stored_run(store, run_id)
     if resume is not None and resume.round >= prepared.config.num_rounds:

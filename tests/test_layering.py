@@ -45,3 +45,9 @@ def test_fedcore_core_does_not_need_flower():
 
 def test_aggregator_never_imports_the_client_runtime():
     assert "client_runtime" not in imported_after(["aggregator.rounds", "aggregator.store"])
+
+
+def test_an_unstored_simulation_imports_no_store_and_no_ray():
+    """The in-process path (``benchmarks.simulate``'s fedcore run) pays for what it uses."""
+    loaded = imported_after(["simulations.lifecycle", "simulations.scenario"])
+    assert not loaded & {"sqlalchemy", "alembic", "ray", "matplotlib", "cupy"}

@@ -1,5 +1,9 @@
 """The store on SQLite and PostgreSQL: runs, rounds, checkpoints, controls, migrations."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -7,7 +11,13 @@ import sqlalchemy as sa
 from aggregator.rounds import ClientOutcome, RoundOutcome
 from aggregator.store import Store, StoreError, resolve_url
 from aggregator.store.checkpoints import CheckpointError
-from aggregator.store.schema import head_revision, upgrade
+from aggregator.store.schema import (
+    HEAD_REVISION,
+    SchemaState,
+    head_revision,
+    schema_state,
+    upgrade,
+)
 
 
 def outcome(number: int, value: float = 0.0) -> RoundOutcome:
@@ -123,6 +133,33 @@ def test_fresh_stores_start_at_head(db_url):
         assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == (
             head_revision()
         )
+
+
+def test_the_cheap_head_is_alembics_head():
+    assert HEAD_REVISION == head_revision()
+
+
+def test_opening_a_current_store_does_not_import_alembic(tmp_path):
+    db = str(tmp_path / "current.db")
+    Store(db).engine.dispose()  # created (and migrated) here
+    code = (
+        "import json, sys\n"
+        "from aggregator.store import Store\n"
+        f"Store({db!r}).create_run('x', 'inprocess', 0, {{}})\n"
+        "print(json.dumps('alembic' in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) is False
+
+
+def test_schema_states_without_and_with_alembic(db_url):
+    engine = sa.create_engine(db_url)
+    assert schema_state(engine).kind == "empty"
+    upgrade(engine, "0002")
+    assert (schema_state(engine).kind, schema_state(engine).revision) == ("behind", "0002")
+    upgrade(engine)
+    assert schema_state(engine) == SchemaState("current", HEAD_REVISION, HEAD_REVISION)
+    engine.dispose()
 
 
 def test_sqlite_is_in_wal_mode(tmp_path):
