@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
 
+SIM_SECONDS = "sim_round_s"  # a simulated population's round length (``simulations.world``)
+ENERGY = "energy_j"  # and the energy its clients drew that round
+
 
 @dataclass(frozen=True)
 class RoundRow:
-    """What the round table shows (built from a live outcome or a stored round)."""
+    """What the round table shows (built from a live outcome or a stored round).
+
+    ``sim_seconds`` and ``energy_j`` come from a simulated population's virtual clock and
+    device profiles; a run without one has neither (None).
+    """
 
     number: int
     selected: int
@@ -19,6 +26,8 @@ class RoundRow:
     train_loss: float
     test_accuracy: float
     seconds: float
+    sim_seconds: float | None = None
+    energy_j: float | None = None
 
     @classmethod
     def of_outcome(cls, outcome: Any) -> RoundRow:
@@ -30,6 +39,7 @@ class RoundRow:
             outcome.train_loss,
             outcome.test_accuracy,
             outcome.seconds,
+            *_simulated(outcome.metrics),
         )
 
     @classmethod
@@ -42,24 +52,64 @@ class RoundRow:
             row.train_loss,
             row.test_accuracy,
             row.seconds,
+            *_simulated(row.metrics),
         )
 
 
+def _simulated(metrics: Mapping[str, float] | None) -> tuple[float | None, float | None]:
+    """(simulated round seconds, energy in joules) from a round's metrics, None where absent."""
+    metrics = metrics or {}
+    sim, energy = metrics.get(SIM_SECONDS), metrics.get(ENERGY)
+    return (
+        float(sim) if sim is not None else None,
+        float(energy) if energy is not None else None,
+    )
+
+
 def round_table(rows: Iterable[RoundRow], title: str | None = None) -> Table:
-    """The per-round table: round, clients, train loss, test accuracy, seconds."""
+    """The per-round table: round, clients, train loss, test accuracy, seconds, and for a
+    simulated population also the simulated round time and the clients' energy."""
+    rows = list(rows)
+    simulated = any(r.sim_seconds is not None for r in rows)
+    energy = any(r.energy_j is not None for r in rows)
     table = Table(title=title, title_justify="left")
     table.add_column("round", justify="right")
     table.add_column("clients", justify="right")
     table.add_column("train loss", justify="right")
     table.add_column("test acc", justify="right")
     table.add_column("seconds", justify="right")
+    if simulated:
+        table.add_column("sim time", justify="right")
+    if energy:
+        table.add_column("energy J", justify="right")
     for r in rows:
         clients = f"{r.accepted}/{r.selected}" if r.accepted != r.selected else str(r.selected)
-        table.add_row(
+        cells = [
             str(r.number),
             clients,
             f"{r.train_loss:.4f}",
             f"{100 * r.test_accuracy:.2f} %",
             f"{r.seconds:.2f}",
-        )
+        ]
+        if simulated:
+            cells.append(_duration(r.sim_seconds))
+        if energy:
+            cells.append(_number(r.energy_j) if r.energy_j is not None else "-")
+        table.add_row(*cells)
     return table
+
+
+def _number(value: float) -> str:
+    """Three significant digits for small values (``0.0332``), one decimal for large ones."""
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _duration(seconds: float | None) -> str:
+    """Simulated seconds as ``0.00207 s``, ``42 s``, ``3.5 min`` or ``1.2 h``; ``-`` if unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{_number(seconds)} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

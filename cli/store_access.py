@@ -47,6 +47,7 @@ def round_dict(row: Any, clients: bool = False) -> dict[str, Any]:
         "bytes_down": row.bytes_down,
         "epsilon": row.epsilon,
         "checkpoint_sha256": row.checkpoint_sha256,
+        "metrics": row.metrics or {},  # a simulated population's time, energy, availability
     }
     if clients:
         data["clients"] = [
