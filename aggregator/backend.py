@@ -2,9 +2,10 @@
 
 ``select_backend("auto")`` picks CuPy when a GPU is usable and numpy otherwise; ``"cpu"`` and
 ``"gpu"`` force one (``$FEDCORE_DEVICE`` sets the default). Everything the rules and server
-optimizers compute goes through ``backend.xp``, an Array API namespace from
-``array-api-compat`` (or ``array-api-strict`` in the tests, which proves the code uses nothing
-CuPy lacks). CuPy is imported only when a GPU is asked for or probed, never on a device.
+optimizers compute goes through ``backend.xp``, an Array API namespace: numpy itself (2.1+
+implements the standard), CuPy through ``array-api-compat``, or ``array-api-strict`` in the
+tests, which proves the code uses nothing CuPy lacks. CuPy is imported only when a GPU is
+asked for or probed, never on a device.
 
 The one hot loop, ``acc += w * x`` over each arriving update, has a native kernel per backend:
 a BLAS ``saxpy`` on the CPU (one read of ``x``, no temporary), a fused elementwise kernel on
@@ -72,9 +73,17 @@ class Backend:
             acc += self.xp.asarray(weight, dtype=self.xp.float32) * x
 
 
+BLAS_MIN_SIZE = 1 << 16  # below this, numpy's own ufuncs are as fast and need no SciPy
+
+
 def _numpy_axpy() -> Callable[..., None]:
-    """BLAS saxpy on ``threads`` threads, or numpy ufuncs into a scratch buffer."""
+    """BLAS saxpy on ``threads`` threads for large vectors; numpy ufuncs for small ones.
+
+    SciPy's BLAS and threadpoolctl (about 0.3 s to import) are loaded on the first vector of
+    at least ``BLAS_MIN_SIZE`` elements, so a small model's run never pays for them.
+    """
     scratch: dict[int, np.ndarray] = {}
+    blas: list[Callable[..., None]] = []
 
     def ufunc_axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
         tmp = scratch.get(x.size)
@@ -84,16 +93,30 @@ def _numpy_axpy() -> Callable[..., None]:
         np.multiply(x, np.float32(weight), out=tmp)
         np.add(acc, tmp, out=acc)
 
+    def axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
+        if x.size < BLAS_MIN_SIZE:
+            ufunc_axpy(acc, weight, x)
+            return
+        if not blas:
+            blas.append(_blas_axpy(ufunc_axpy))
+        blas[0](acc, weight, x, threads)
+
+    return axpy
+
+
+def _blas_axpy(fallback: Callable[..., None]) -> Callable[..., None]:
+    """SciPy's saxpy with the BLAS pool set to ``threads`` per call (``fallback`` without
+    SciPy, or for non-contiguous or non-float32 input)."""
     try:
         from scipy.linalg.blas import saxpy
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - both come with the server's dependencies
-        return ufunc_axpy
+        return fallback
     libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
 
     def blas_axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
         if x.dtype != np.float32 or not (x.flags.c_contiguous and acc.flags.c_contiguous):
-            ufunc_axpy(acc, weight, x)
+            fallback(acc, weight, x)
             return
         before = [lib.num_threads for lib in libs]
         for lib in libs:
@@ -129,12 +152,29 @@ def gpu_available() -> bool:
         return False
 
 
+def _numpy_namespace() -> Any:
+    """numpy itself when it implements the Array API 2023.12 (numpy >= 2.1), else the
+    ``array-api-compat`` wrapper (which costs ~0.25 s of imports: numpy.ma, f2py)."""
+    if getattr(np, "__array_api_version__", "") >= "2023.12":
+        return np
+    import array_api_compat.numpy as xp  # pragma: no cover - numpy < 2.1
+
+    return xp
+
+
+def namespace_of(array: Any) -> Any:
+    """The Array API namespace of ``array`` (numpy's own for numpy arrays when it can)."""
+    if isinstance(array, np.ndarray | np.generic):
+        return _numpy_namespace()
+    from array_api_compat import array_namespace
+
+    return array_namespace(array)
+
+
 @cache
 def _make(name: str) -> Backend:
     if name == "numpy":
-        import array_api_compat.numpy as xp
-
-        return Backend("numpy", xp, _numpy_axpy())
+        return Backend("numpy", _numpy_namespace(), _numpy_axpy())
     if name == "cupy":  # pragma: no cover - needs a GPU
         import array_api_compat.cupy as xp
         import cupy

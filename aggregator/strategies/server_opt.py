@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.backend import namespace_of
+
 
 def _host(array: Any) -> np.ndarray:
     """A backend array as host numpy (CuPy arrays have ``.get()``)."""
@@ -21,9 +23,7 @@ def _host(array: Any) -> np.ndarray:
 
 def _like(reference: Any, host: Any) -> Any:
     """``host`` on the same backend as ``reference``."""
-    from array_api_compat import array_namespace
-
-    return array_namespace(reference).asarray(host)
+    return namespace_of(reference).asarray(host)
 
 
 class PlainStep:
@@ -92,9 +92,7 @@ class AdaptiveStep:
 
     def step(self, global_vector: Any, aggregate: Any, round_number: int) -> Any:
         """Return ``global + eta * m / (sqrt(v) + tau)`` (Adam: eta bias-corrected)."""
-        from array_api_compat import array_namespace
-
-        xp = array_namespace(global_vector)
+        xp = namespace_of(global_vector)
         delta = aggregate - global_vector
         m = xp.asarray(self._m) if self._m is not None else xp.zeros_like(delta)
         self._m = self.beta_1 * m + (1 - self.beta_1) * delta
