@@ -11,7 +11,7 @@ this module needs no Flower import.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 GLOBAL = "global"
@@ -57,7 +57,7 @@ class TrainInstructions:
 
     def to_config(self) -> dict[str, Any]:
         """Flatten into ``ConfigRecord``-compatible values."""
-        values = asdict(self)
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy
         values["model"] = self.model.key()
         values["compression_options"] = json.dumps(self.compression_options, sort_keys=True)
         return values
