@@ -37,7 +37,11 @@ class RoundProgress:
 
     def on_round(self, outcome: Any) -> None:
         """Add a finished round (an ``aggregator.rounds.RoundOutcome``)."""
-        self.rows.append(RoundRow.of_outcome(outcome))
+        self.add(RoundRow.of_outcome(outcome))
+
+    def add(self, row: RoundRow) -> None:
+        """Add a finished round's row (e.g. a stored round another process committed)."""
+        self.rows.append(row)
         self.progress.advance(self.task)
         if self.live is not None:
             self.live.update(self._view())

@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from cli import db, models, profiles, rounds, runs, simulate
+from cli import client, db, models, profiles, rounds, runs, server, simulate
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -23,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("simulate")(simulate.simulate)
+app.command("server")(server.server)
+app.command("client")(client.client)
 app.add_typer(runs.app, name="runs", help="List and inspect stored runs.")
 app.add_typer(rounds.app, name="rounds", help="The rounds of a run, and one round's clients.")
 app.add_typer(models.app, name="models", help="Export a run's model (safetensors, npz, ONNX).")

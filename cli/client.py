@@ -1,0 +1,158 @@
+"""``fedcore client``: this device joins a SuperLink as a Flower SuperNode.
+
+The node's data is given as options and checked here (unknown data set or device class,
+missing file, partition out of range, unreachable SuperLink: one line, exit 2); they become
+the SuperNode's ``--node-config``, which ``deploy.clientapp`` reads for every message. The
+SuperNode serves runs until Ctrl-C, or until the SuperLink has been gone ``--max-wait`` s.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.errors import FAILED, err_console, fail
+
+INTERRUPTED = 130
+
+
+def client(
+    superlink: Annotated[
+        str, typer.Option("--superlink", help="HOST:PORT of the SuperLink (`fedcore server`).")
+    ],
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="A vendored data set this device holds a shard of."),
+    ] = None,
+    partition_id: Annotated[
+        int | None,
+        typer.Option(
+            "--partition-id", min=0, help="Which shard (with --dataset); with --data: client id."
+        ),
+    ] = None,
+    num_partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--num-partitions",
+            min=1,
+            help="Into how many shards the data set is cut (default: federation.num_clients).",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="This device's own examples: an .npz with arrays x and y."),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="Device class (see `fedcore profiles list`): its memory budget."
+        ),
+    ] = None,
+    root_certificates: Annotated[
+        Path | None,
+        typer.Option("--root-certificates", help="TLS: the CA certificate of the SuperLink."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            min=1,
+            max=65535,
+            help="Local port of the SuperNode's runtime API (default: a free one).",
+        ),
+    ] = None,
+    max_wait: Annotated[
+        float,
+        typer.Option("--max-wait", min=1, help="Stop after the SuperLink is gone this long (s)."),
+    ] = 120.0,
+    logs: Annotated[
+        Path | None,
+        typer.Option("--logs", help="Keep the SuperNode's log in this folder."),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show the SuperNode's own log here.")
+    ] = False,
+) -> None:
+    """Join a federation from this device: start a Flower SuperNode with this device's data."""
+    from deploy import processes as p
+    from deploy.node import DATA, DATASET, NUM_PARTITIONS, NodeConfigError, NodeData
+    from fedcore import protocol
+
+    values: dict[str, str | int] = {}
+    for key, value in (
+        (DATASET, dataset),
+        (protocol.PARTITION_ID, partition_id),
+        (NUM_PARTITIONS, num_partitions),
+        (DATA, None if data is None else str(data.expanduser().resolve())),
+        (protocol.DEVICE, device),
+    ):
+        if value is not None:
+            values[key] = value
+    try:
+        node = NodeData.parse(values)
+        node.check()
+    except NodeConfigError as exc:
+        fail(_as_options(str(exc)))
+    try:
+        host, link_port = p.split_address(superlink)
+    except ValueError as exc:
+        fail(f"--superlink: {exc}")
+    if root_certificates is not None and not root_certificates.is_file():
+        fail(f"--root-certificates: no such file: {root_certificates}")
+    why = p.reachable(host, link_port)
+    if why is not None:
+        fail(f"--superlink: cannot reach a SuperLink at {superlink}: {why}")
+
+    work = logs.resolve() if logs is not None else Path(tempfile.mkdtemp(prefix="fedcore-client-"))
+    work.mkdir(parents=True, exist_ok=True)
+    runtime_port = port or p.free_port()
+    args = p.supernode_args(superlink, values, runtime_port, root_certificates, max_wait)
+    log = None if verbose else work / "supernode.log"
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    node_process = p.FlowerProcess("flower-supernode", args, p.flower_env(work / "flwr-home"), log)
+    err_console.print(f"device joined {superlink} ({_describe(node)}); Ctrl-C to leave")
+    try:
+        code = node_process.popen.wait()
+    except KeyboardInterrupt:
+        node_process.stop()
+        err_console.print("left the federation")
+        raise typer.Exit(INTERRUPTED) from None
+    finally:
+        node_process.stop()
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0:
+        fail(f"flower-supernode exited ({code}): {node_process.tail(3)} (log: {log})", FAILED)
+    if logs is None:
+        shutil.rmtree(work, ignore_errors=True)
+    err_console.print(f"the SuperLink at {superlink} is gone; left the federation")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM: leave like Ctrl-C, so the SuperNode is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
+def _describe(node: object) -> str:
+    """One phrase for the node's data and device class."""
+    from deploy.node import NodeData
+
+    assert isinstance(node, NodeData)
+    if node.data is not None:
+        what = f"data {node.data}"
+    else:
+        parts = f" of {node.num_partitions}" if node.num_partitions else ""
+        what = f"{node.dataset} partition {node.partition_id}{parts}"
+    return what + (f", device {node.device}" if node.device else "")
+
+
+def _as_options(message: str) -> str:
+    """Name the command's options, not the node-config keys, in an error message."""
+    for key in ("partition-id", "num-partitions", "dataset", "data", "device"):
+        message = message.replace(f"node config: {key}", f"--{key}")
+        message = message.replace(f"'{key}'", f"--{key}")
+    return message.replace("node config: ", "").replace("node config ", "")

@@ -1,0 +1,301 @@
+"""``fedcore server SCENARIO``: a real Flower SuperLink running the scenario on real devices.
+
+It checks the scenario and the store, records a new run (backend ``deployment``), starts
+``flower-superlink`` (no runtime ``uv sync``; state, logs and the app in a work folder),
+writes the Flower App (``deploy.appdir``) and submits it with ``flwr run --stream``. The
+ServerApp commits each round to the store; this command shows them as they land and stops
+the SuperLink when the run ends, fails, or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.errors import FAILED, err_console, fail, stopped
+from cli.live import RoundProgress, print_summary
+from cli.options import Db, Json
+
+if TYPE_CHECKING:
+    from aggregator.store import Store
+    from deploy.processes import FlowerProcess, Tls
+
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
+
+
+def server(
+    scenario: Annotated[
+        Path, typer.Argument(help="Scenario file (TOML), e.g. deploy/examples/digits.toml.")
+    ],
+    address: Annotated[
+        str,
+        typer.Option(
+            "--address",
+            help="HOST:PORT the SuperLink listens on (devices and `flwr` connect here); "
+            "0.0.0.0:PORT for devices on the network.",
+        ),
+    ] = "127.0.0.1:9092",
+    db: Db = None,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            "--connect-timeout", min=1, help="Seconds to wait for federation.num_clients devices."
+        ),
+    ] = 600.0,
+    round_timeout: Annotated[
+        float,
+        typer.Option(
+            "--round-timeout", min=0, help="Seconds a round waits for replies (0: no limit)."
+        ),
+    ] = 600.0,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option("--ssl-certfile", help="TLS: the SuperLink's certificate.")
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option("--ssl-keyfile", help="TLS: the SuperLink's private key.")
+    ] = None,
+    ssl_ca_certfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-ca-certfile", help="TLS: the CA certificate that signed it."),
+    ] = None,
+    logs: Annotated[
+        Path | None,
+        typer.Option(
+            "--logs",
+            help="Keep the SuperLink's and `flwr run`'s logs, its state and the app in this "
+            "folder (default: a temporary folder, kept only if the run fails).",
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Run a scenario on real devices: start a Flower SuperLink and submit the scenario."""
+    from aggregator.store import Store, StoreError
+    from deploy.processes import port_in_use, split_address
+    from deploy.serverapp import create_stored_run, load_deployable
+    from deploy.settings import DeploySettings, SettingsError
+    from simulations.harness import prepare_scenario
+    from simulations.scenario import ScenarioError, load_scenario
+
+    try:
+        host, port = split_address(address)
+    except ValueError as exc:
+        fail(f"--address: {exc}")
+    tls = _server_tls(ssl_certfile, ssl_keyfile, ssl_ca_certfile)
+    try:
+        load_scenario(scenario)  # the file's own errors, named as simulate names them
+        text = scenario.read_text(encoding="utf-8")
+        prepared = prepare_scenario(load_deployable(text, source=str(scenario)))
+    except (ScenarioError, SettingsError) as exc:
+        fail(str(exc))
+    if port_in_use(host, port):
+        fail(f"--address: {address} is in use (another SuperLink?); pick another port")
+    try:
+        store = Store(_absolute_db(db))
+    except StoreError as exc:
+        fail(str(exc))
+    run_id = create_stored_run(store, prepared)
+    settings = DeploySettings(
+        scenario=text,
+        db=store.url,
+        checkpoints=str(store.checkpoint_root.expanduser().resolve()),
+        run_id=run_id,
+        connect_timeout=connect_timeout,
+        round_timeout=round_timeout or None,
+    )
+    work = logs.resolve() if logs is not None else Path(tempfile.mkdtemp(prefix="fedcore-server-"))
+    work.mkdir(parents=True, exist_ok=True)
+    fed = prepared.scenario.federation
+    start = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    error: str | None = None
+    try:
+        with _Deployment(work, host, port, tls) as deployment:
+            deployment.start(settings)
+            if not as_json:
+                _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)
+            title = f"{prepared.scenario.name} (deployment on {address})"
+            with RoundProgress(title, fed.rounds, quiet=as_json) as ui:
+                error = deployment.follow(store, run_id, ui)
+    except KeyboardInterrupt:
+        _wait_until_finished(store, run_id)  # the ServerApp records its own end if it can
+        _finish_if_running(store, run_id, "aborted", "fedcore server was interrupted")
+        status = store.get_run(run_id).status
+        err_console.print(f"interrupted: run {run_id} {status}; logs in {work}")
+        raise typer.Exit(INTERRUPTED) from None
+    except _StartError as exc:
+        error = str(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _finish_if_running(store, run_id, "failed", error or "the ServerApp stopped early")
+    run = store.get_run(run_id)
+    if run.status == "failed":
+        fail(f"run {run_id} failed: {run.error or error} (logs in {work})", code=FAILED)
+    if run.status in ("paused", "aborted"):
+        stopped(f"run {run_id} {run.status} (a deployed run cannot be resumed yet)")
+    if logs is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print_summary(_summary(run, store.url, address, time.perf_counter() - start), as_json)
+
+
+class _StartError(RuntimeError):
+    """The SuperLink or ``flwr run`` did not start."""
+
+
+class _Deployment:
+    """The SuperLink and the submitted run: started in order, stopped in reverse."""
+
+    def __init__(self, work: Path, host: str, port: int, tls: Tls | None) -> None:
+        self.work, self.host, self.port, self.tls = work, host, port, tls
+        self.home = work / "flwr-home"
+        self.superlink: FlowerProcess | None = None
+        self.submitted: FlowerProcess | None = None
+
+    def __enter__(self) -> _Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in (self.submitted, self.superlink):
+            if process is not None:
+                process.stop()
+
+    def start(self, settings: Any) -> None:
+        """Start the SuperLink, wait until it listens, submit the app with ``flwr run``."""
+        from deploy import processes as p
+        from deploy.appdir import write_app
+
+        env = p.flower_env(self.home)
+        state = self.work / "superlink-state.db"
+        args = p.superlink_args(self.host, self.port, state, self.tls)
+        self.superlink = p.FlowerProcess("flower-superlink", args, env, self.work / "superlink.log")
+        try:
+            self.superlink.wait_listening(self.host, self.port)
+        except p.ProcessError as exc:
+            raise _StartError(str(exc)) from None
+        app = write_app(self.work / "app", settings.run_config())
+        control = _local_address(self.host, self.port)
+        p.write_connection(self.home, control, None if self.tls is None else self.tls.ca_certfile)
+        self.submitted = p.FlowerProcess(
+            "flwr run", p.flwr_run_args(app), env, self.work / "flwr-run.log"
+        )
+
+    def follow(self, store: Store, run_id: int, ui: RoundProgress, poll: float = 0.5) -> str | None:
+        """Show stored rounds as they commit until the run ends; why it stopped early, or None."""
+        from cli.render import RoundRow
+
+        assert self.superlink is not None and self.submitted is not None
+        shown = 0
+        while True:
+            run = store.get_run(run_id)
+            for row in sorted(run.rounds, key=lambda r: r.number)[shown:]:
+                ui.add(RoundRow.of_stored(row))
+                shown += 1
+            if run.status != "running":
+                self._let_flwr_run_finish()
+                return None
+            if not self.submitted.running():
+                time.sleep(1.0)  # the ServerApp may still be committing its last words
+                if store.get_run(run_id).status != "running":
+                    continue
+                return f"`flwr run` exited ({self.submitted.popen.returncode}): " + (
+                    self.submitted.tail(3) or "no output"
+                )
+            if not self.superlink.running():
+                return f"the SuperLink exited ({self.superlink.popen.returncode}): " + (
+                    self.superlink.tail(3) or "no output"
+                )
+            time.sleep(poll)
+
+    def _let_flwr_run_finish(self, timeout: float = 10.0) -> None:
+        """``flwr run --stream`` leaves once the SuperLink has sent the run's last logs."""
+        assert self.submitted is not None
+        deadline = time.monotonic() + timeout
+        while self.submitted.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM: leave like Ctrl-C, so the SuperLink is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
+def _server_tls(certfile: Path | None, keyfile: Path | None, ca: Path | None) -> Tls | None:
+    """The SuperLink's certificates: none (insecure) or all three, each an existing file."""
+    from deploy.processes import Tls
+
+    given = {"--ssl-certfile": certfile, "--ssl-keyfile": keyfile, "--ssl-ca-certfile": ca}
+    if not any(given.values()):
+        return None
+    for option, path in given.items():
+        if path is None:
+            fail(f"{option}: TLS needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
+        if not path.is_file():
+            fail(f"{option}: no such file: {path}")
+    assert certfile is not None and keyfile is not None and ca is not None
+    return Tls(ca.resolve(), certfile.resolve(), keyfile.resolve())
+
+
+def _absolute_db(db: str | None) -> str:
+    """``--db`` with a SQLite path made absolute (the ServerApp runs in another folder)."""
+    import os
+
+    from aggregator.store import DB_ENV, DEFAULT_DB
+
+    value = db or os.environ.get(DB_ENV) or DEFAULT_DB
+    return value if "://" in value else str(Path(value).expanduser().resolve())
+
+
+def _local_address(host: str, port: int) -> str:
+    """Where ``flwr run`` on this machine reaches a SuperLink bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _hint(address: str, dataset: str, devices: int, tls: Tls | None) -> None:
+    """How to connect the devices the run waits for."""
+    cert = " --root-certificates CA.pem" if tls is not None else ""
+    err_console.print(
+        f"SuperLink on {address}: waiting for {devices} device(s). On each device run:\n"
+        f"  fedcore client --superlink {address}{cert} --dataset {dataset} "
+        f"--partition-id I --num-partitions {devices}   (or --data FILE.npz)"
+    )
+
+
+def _wait_until_finished(store: Store, run_id: int, timeout: float = 5.0) -> None:
+    """Give a stopping ServerApp ``timeout`` s to record how its run ended."""
+    deadline = time.monotonic() + timeout
+    while store.get_run(run_id).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _finish_if_running(store: Store, run_id: int, status: str, error: str) -> None:
+    """Record how a run ended when the ServerApp could not (it died or never started)."""
+    if store.get_run(run_id).status == "running":
+        store.finish_run(run_id, status, error=error)
+
+
+def _summary(run: Any, db_url: str, address: str, seconds: float) -> dict[str, Any]:
+    """What a finished deployed run reports (the keys ``fedcore simulate --json`` has)."""
+    rounds = sorted(run.rounds, key=lambda r: r.number)
+    last = rounds[-1] if rounds else None
+    return {
+        "run_id": run.id,
+        "status": run.status,
+        "scenario": run.name,
+        "backend": run.backend,
+        "address": address,
+        "rounds": len(rounds),
+        "last_round": last.number if last else None,
+        "final_test_accuracy": last.test_accuracy if last else None,
+        "final_test_loss": last.test_loss if last else None,
+        "seconds": round(seconds, 3),
+        "db": db_url,
+    }

@@ -1,0 +1,203 @@
+"""Where a device's training data is: its ``--node-config`` keys, checked and loaded.
+
+A node holds either a shard of a vendored data set (``dataset="digits" partition-id=3
+num-partitions=10``; split like the run's scenario splits it, so the server's test set is
+never trained on) or its own arrays (``data="/path/file.npz"`` with ``x`` and ``y``).
+``device="rpi-4-2gb"`` names its device class (the engine's memory budget). This module
+stays light: it imports the vendored data sets only for a ``dataset`` node.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedcore import protocol
+
+DATASET = "dataset"  # a vendored data set's name
+DATA = "data"  # path of an .npz file with arrays x and y
+NUM_PARTITIONS = "num-partitions"  # how many shards the data set is cut into
+SCENARIO = "scenario"  # run config: the scenario (TOML text) both sides read
+
+
+class NodeConfigError(ValueError):
+    """A node config that names no usable data (the message says which key is wrong)."""
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """What a node's config says about its data (checked, not loaded)."""
+
+    dataset: str | None = None
+    partition_id: int | None = None
+    num_partitions: int | None = None
+    data: Path | None = None
+    device: str | None = None
+
+    @classmethod
+    def parse(cls, node_config: Mapping[str, Any]) -> NodeData:
+        """Read and check the keys; ``NodeConfigError`` names the first bad one."""
+        dataset = node_config.get(DATASET)
+        data = node_config.get(DATA)
+        if (dataset is None) == (data is None):
+            raise NodeConfigError(f"node config needs exactly one of {DATASET!r} or {DATA!r}")
+        pid = _int(node_config, protocol.PARTITION_ID)
+        parts = _int(node_config, NUM_PARTITIONS)
+        if dataset is not None and pid is None:
+            raise NodeConfigError(f"node config: {DATASET!r} needs {protocol.PARTITION_ID!r}")
+        if pid is not None and pid < 0:
+            raise NodeConfigError(f"node config: {protocol.PARTITION_ID} must be >= 0, got {pid}")
+        if parts is not None and parts < 1:
+            raise NodeConfigError(f"node config: {NUM_PARTITIONS} must be >= 1, got {parts}")
+        if pid is not None and parts is not None and pid >= parts:
+            raise NodeConfigError(
+                f"node config: {protocol.PARTITION_ID} {pid} is out of range "
+                f"0..{parts - 1} ({NUM_PARTITIONS}={parts})"
+            )
+        device = node_config.get(protocol.DEVICE)
+        return cls(
+            dataset=None if dataset is None else str(dataset),
+            partition_id=pid,
+            num_partitions=parts,
+            data=None if data is None else Path(str(data)).expanduser(),
+            device=None if device is None else str(device),
+        )
+
+    def check(self) -> None:
+        """Check names and files without loading a data set (what ``fedcore client`` does)."""
+        if self.device is not None:
+            from device_profiles import get_profile
+            from device_profiles.profile import ProfileError
+
+            try:
+                get_profile(self.device)
+            except ProfileError as exc:
+                raise NodeConfigError(f"node config: {protocol.DEVICE}: {exc}") from None
+        if self.dataset is not None:
+            from simulations.datasets import DATASETS
+
+            if self.dataset not in DATASETS:
+                known = ", ".join(sorted(DATASETS))
+                raise NodeConfigError(
+                    f"node config: {DATASET}: unknown data set {self.dataset!r}; known: {known}"
+                )
+        if self.data is not None:
+            load_npz(self.data)
+
+    def load(self, run_config: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """This node's training examples ``(x, y)``; ``run_config`` carries the scenario."""
+        if self.data is not None:
+            return load_npz(self.data)
+        return dataset_shard(self, scenario_table(run_config))
+
+
+def _int(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise NodeConfigError(f"node config: {key} must be an integer, got {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise NodeConfigError(f"node config: {key} must be an integer, got {value!r}") from None
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (float32, one row per example) and ``y`` (int64 labels) from an ``.npz`` file."""
+    if not path.is_file():
+        raise NodeConfigError(f"node config: {DATA}: no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [key for key in ("x", "y") if key not in arrays.files]
+            if missing:
+                found = ", ".join(arrays.files) or "none"
+                raise NodeConfigError(
+                    f"{path}: needs arrays 'x' and 'y' (missing {missing[0]!r}; found: {found})"
+                )
+            x, y = arrays["x"], arrays["y"]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, NodeConfigError):
+            raise
+        raise NodeConfigError(f"{path}: not a readable .npz file ({exc})") from None
+    if len(x) != len(y) or len(y) == 0:
+        raise NodeConfigError(f"{path}: x has {len(x)} rows and y {len(y)}; need equal, > 0")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise NodeConfigError(f"{path}: y must hold integer labels, not {y.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+
+
+def scenario_text(value: Any) -> str | None:
+    """A run config's scenario: TOML text, or the text of the file it names (None: empty)."""
+    text = str(value or "")
+    if not text.strip():
+        return None
+    if "\n" in text or "=" in text:
+        return text
+    try:  # a path readable on this machine
+        return Path(text).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NodeConfigError(f"run config: {SCENARIO}: cannot read {text}: {exc}") from None
+
+
+def scenario_table(run_config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run's scenario as parsed TOML (None if the run config carries none)."""
+    text = scenario_text(run_config.get(SCENARIO))
+    if text is None:
+        return None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise NodeConfigError(f"run config: {SCENARIO}: invalid TOML: {exc}") from None
+
+
+def dataset_shard(node: NodeData, scenario: Mapping[str, Any] | None) -> tuple[np.ndarray, ...]:
+    """Shard ``partition_id`` of the vendored data set, cut as the run's scenario cuts it.
+
+    The train/test split (``data.test_fraction``, ``seed``) and the partition scheme come from
+    the scenario, so no node trains on the server's test examples; ``num-partitions`` defaults
+    to ``federation.num_clients``.
+    """
+    from simulations.scenario import ScenarioError, scenario_from_dict
+
+    if scenario is None:
+        raise NodeConfigError(f"run config has no {SCENARIO!r}: cannot split {node.dataset!r}")
+    try:
+        spec = scenario_from_dict(scenario, source="run config scenario")
+    except ScenarioError as exc:
+        raise NodeConfigError(str(exc)) from None
+    if spec.data.dataset != node.dataset:
+        raise NodeConfigError(
+            f"node config: this node holds {node.dataset!r} but the run trains on "
+            f"{spec.data.dataset!r}"
+        )
+    parts = node.num_partitions or spec.federation.num_clients
+    assert node.partition_id is not None  # parse() requires it with a dataset
+    if node.partition_id >= parts:
+        raise NodeConfigError(
+            f"node config: {protocol.PARTITION_ID} {node.partition_id} is out of range "
+            f"0..{parts - 1} (the run has {parts} partitions)"
+        )
+    data = spec.load_data()
+    if parts == spec.federation.num_clients:
+        shards = spec.client_indices(data)
+    else:
+        from simulations.partition import partition
+
+        shards = partition(
+            data.y_train,
+            spec.data.partition,
+            parts,
+            spec.seed,
+            alpha=spec.data.alpha,
+            min_size=spec.data.min_size,
+            groups=data.groups_train,
+        )
+    index = shards[node.partition_id]
+    return data.x_train[index], data.y_train[index]

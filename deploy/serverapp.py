@@ -1,0 +1,161 @@
+"""``deploy.serverapp:app``: the ServerApp a SuperLink runs for a deployed scenario.
+
+It reads the scenario and the store from ``context.run_config`` (``deploy.settings``), builds
+what the simulation harness builds (data and test set, model, strategy, round config) and
+runs the same ``aggregator.rounds.run_federation``: no client directory, so it waits for
+``federation.num_clients`` nodes and asks each who it is (a ``query``). Each round is logged
+(``flwr log`` / ``flwr run --stream`` show it) and, with a store, committed like a simulated
+round, so ``fedcore runs`` and ``fedcore rounds`` show deployed runs too.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import replace
+from logging import INFO
+from typing import TYPE_CHECKING
+
+import numpy as np
+from flwr.app import Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from aggregator.backend import select_backend
+from aggregator.rounds import RoundOutcome, StopRun, run_federation
+from aggregator.strategies import StrategyContext, build_strategy
+from deploy.settings import DeploySettings, SettingsError
+from fedcore.evaluate import evaluate
+from fedcore.models import build_model
+from simulations.harness import PreparedScenario, prepare_scenario
+from simulations.lifecycle import StoreHooks
+from simulations.scenario import Scenario, scenario_from_dict
+
+if TYPE_CHECKING:
+    from aggregator.store import Store
+
+BACKEND = "deployment"  # the ``backend`` a deployed run is stored with
+
+app = ServerApp()
+
+
+def load_deployable(text: str, source: str = "run config scenario") -> Scenario:
+    """Parse and check a scenario for deployment (``ScenarioError`` / ``SettingsError``)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{source}: invalid TOML: {exc}") from None
+    scenario = scenario_from_dict(raw, source=source)
+    if scenario.population is not None:
+        raise SettingsError(
+            f"{source}: population: a simulated population cannot be deployed; real devices "
+            "bring their own (remove [population])"
+        )
+    return scenario
+
+
+def log_round(outcome: RoundOutcome) -> None:
+    """One log line per finished round (what ``flwr run --stream`` shows)."""
+    log(
+        INFO,
+        "fedcore round %d: %d/%d accepted, train loss %.4f, test accuracy %.4f, %.1f s",
+        outcome.number,
+        outcome.num_accepted,
+        outcome.num_selected,
+        outcome.train_loss,
+        outcome.test_accuracy,
+        outcome.seconds,
+    )
+
+
+def create_stored_run(store: Store, prepared: PreparedScenario) -> int:
+    """Record a new deployed run (as ``fedcore simulate`` records a simulated one)."""
+    spec = prepared.scenario
+    return store.create_run(
+        spec.name,
+        BACKEND,
+        spec.seed,
+        spec.model_dump(mode="json"),
+        {
+            "name": prepared.spec.name,
+            "kwargs": prepared.spec.kwargs,
+            "input_shape": list(prepared.data.input_shape),
+        },
+    )
+
+
+def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
+    """Run the scenario's rounds over ``grid`` (a SuperLink's); return the final model.
+
+    With a store, the run ends ``completed``, ``failed`` (the error is re-raised) or, when an
+    operator paused or aborted it, ``paused``/``aborted`` (then None is returned).
+    """
+    store: Store | None = None
+    if settings.db is not None:
+        from aggregator.store import Store
+
+        store = Store(settings.db, checkpoints=settings.checkpoints)
+    run_id = settings.run_id
+    try:
+        prepared = prepare_scenario(load_deployable(settings.scenario))
+        if store is not None and run_id is None:
+            run_id = create_stored_run(store, prepared)
+        hooks = None if store is None else StoreHooks(store, run_id, log_round)
+        if store is not None:
+            log(INFO, "fedcore: recording run %d in %s", run_id, store.url)
+        final = _federate(grid, prepared, settings, hooks)
+    except StopRun as stop:
+        store.finish_run(run_id, stop.status)  # only a stored run's hooks stop it
+        log(INFO, "fedcore: %s", stop)
+        return None
+    except KeyboardInterrupt:  # the SuperLink went away (fedcore server stopped): no error
+        if store is not None and run_id is not None:
+            store.finish_run(run_id, "aborted", error="interrupted: the SuperLink stopped")
+        raise
+    except BaseException as exc:
+        if store is not None and run_id is not None:
+            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if store is not None:
+        store.finish_run(run_id, "completed")
+    return final
+
+
+def _federate(
+    grid: Grid, prepared: PreparedScenario, settings: DeploySettings, hooks: StoreHooks | None
+) -> np.ndarray:
+    """Build the model, evaluation and strategy as the harness does; run the round loop."""
+    scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
+    config = replace(
+        prepared.config,
+        connect_timeout=settings.connect_timeout,
+        timeout=settings.round_timeout,
+    )
+    model = build_model(spec.name, **spec.kwargs)
+
+    def evaluate_global(params: np.ndarray) -> tuple[float, float]:
+        model.set_flat(params)
+        return evaluate(model, data.x_test, data.y_test)
+
+    fed = scenario.federation
+    strategy = build_strategy(
+        fed.strategy,
+        dict(fed.strategy_options),
+        StrategyContext(
+            fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(settings.device)
+        ),
+    )
+    return run_federation(
+        grid,
+        config,
+        model.get_flat(),
+        strategy,
+        evaluate_global,
+        log_round if hooks is None else hooks.record,
+        before_round=None if hooks is None else hooks.before_round,
+    )
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower's entry point: the settings come from the run config."""
+    run_deployment(grid, DeploySettings.of(context.run_config))

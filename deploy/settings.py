@@ -1,0 +1,91 @@
+"""The run config of a deployed run: what ``fedcore server`` tells the ServerApp.
+
+Flower hands ``[tool.flwr.app.config]`` of the app's ``pyproject.toml`` (with ``flwr run
+--run-config`` overrides) to both apps as ``context.run_config``. Keys:
+
+- ``scenario``: the scenario as TOML text (or a path readable where the app runs); the
+  ClientApp reads it too, to cut a vendored data set like the server does;
+- ``db`` / ``checkpoints``: the store (empty: the run is not stored); ``run-id``: the stored
+  run to record into (0: the ServerApp creates one);
+- ``connect-timeout``: seconds to wait for ``federation.num_clients`` nodes; ``round-timeout``:
+  seconds a round waits for replies (0: no limit); ``device``: where the server averages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from deploy.node import SCENARIO, NodeConfigError, scenario_text
+
+DB = "db"
+CHECKPOINTS = "checkpoints"
+RUN_ID = "run-id"
+CONNECT_TIMEOUT = "connect-timeout"
+ROUND_TIMEOUT = "round-timeout"
+DEVICE = "device"
+
+
+class SettingsError(ValueError):
+    """A run config the ServerApp cannot use (the message names the key)."""
+
+
+def read_scenario(value: Any) -> str:
+    """The scenario's TOML text from a run config value: the text itself or a file's path."""
+    try:
+        text = scenario_text(value)
+    except NodeConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    if text is None:
+        raise SettingsError(f"run config: {SCENARIO!r} is empty: give a scenario (TOML text)")
+    return text
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """The ServerApp's part of the run config, checked."""
+
+    scenario: str  # TOML text
+    db: str | None = None
+    checkpoints: str | None = None
+    run_id: int | None = None
+    connect_timeout: float = 600.0
+    round_timeout: float | None = 600.0
+    device: str = "auto"
+
+    @classmethod
+    def of(cls, run_config: Mapping[str, Any]) -> DeploySettings:
+        """Read the run config (missing keys take their defaults)."""
+        round_timeout = _number(run_config, ROUND_TIMEOUT, 600.0)
+        run_id = int(_number(run_config, RUN_ID, 0))
+        return cls(
+            scenario=read_scenario(run_config.get(SCENARIO)),
+            db=str(run_config.get(DB) or "") or None,
+            checkpoints=str(run_config.get(CHECKPOINTS) or "") or None,
+            run_id=run_id or None,
+            connect_timeout=_number(run_config, CONNECT_TIMEOUT, 600.0),
+            round_timeout=round_timeout or None,
+            device=str(run_config.get(DEVICE) or "auto"),
+        )
+
+    def run_config(self) -> dict[str, str | int | float]:
+        """The run config that says this (the inverse of ``of``)."""
+        return {
+            SCENARIO: self.scenario,
+            DB: self.db or "",
+            CHECKPOINTS: self.checkpoints or "",
+            RUN_ID: self.run_id or 0,
+            CONNECT_TIMEOUT: float(self.connect_timeout),
+            ROUND_TIMEOUT: float(self.round_timeout or 0.0),
+            DEVICE: self.device,
+        }
+
+
+def _number(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingsError(f"run config: {key} must be a number, got {value!r}")
+    if value < 0:
+        raise SettingsError(f"run config: {key} must be >= 0, got {value}")
+    return float(value)
