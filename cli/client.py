@@ -11,12 +11,16 @@ from __future__ import annotations
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.errors import FAILED, err_console, fail
+
+if TYPE_CHECKING:
+    from deploy.processes import FlowerProcess
 
 INTERRUPTED = 130
 
@@ -111,13 +115,13 @@ def client(
     work = logs.resolve() if logs is not None else Path(tempfile.mkdtemp(prefix="fedcore-client-"))
     work.mkdir(parents=True, exist_ok=True)
     runtime_port = port or p.free_port()
-    args = p.supernode_args(superlink, values, runtime_port, root_certificates, max_wait)
+    args = p.supernode_args(superlink, values, runtime_port, root_certificates)
     log = None if verbose else work / "supernode.log"
     previous = signal.signal(signal.SIGTERM, _interrupt)
     node_process = p.FlowerProcess("flower-supernode", args, p.flower_env(work / "flwr-home"), log)
     err_console.print(f"device joined {superlink} ({_describe(node)}); Ctrl-C to leave")
     try:
-        code = node_process.popen.wait()
+        gone = _serve(node_process, host, link_port, max_wait)
     except KeyboardInterrupt:
         node_process.stop()
         err_console.print("left the federation")
@@ -125,11 +129,30 @@ def client(
     finally:
         node_process.stop()
         signal.signal(signal.SIGTERM, previous)
-    if code != 0:
+    if not gone:
+        code = node_process.popen.returncode
         fail(f"flower-supernode exited ({code}): {node_process.tail(3)} (log: {log})", FAILED)
     if logs is None:
         shutil.rmtree(work, ignore_errors=True)
     err_console.print(f"the SuperLink at {superlink} is gone; left the federation")
+
+
+def _serve(node: FlowerProcess, host: str, port: int, max_wait: float, poll: float = 1.0) -> bool:
+    """Wait while the SuperNode runs; True once the SuperLink has been unreachable
+    ``max_wait`` s (Flower's own ``--max-wait-time`` gives up but leaves the process running),
+    False if the SuperNode exited by itself."""
+    from deploy.processes import reachable
+
+    gone_since: float | None = None
+    while node.running():
+        time.sleep(poll)
+        if reachable(host, port, timeout=2.0) is None:
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= max_wait:
+            return True
+    return False
 
 
 def _interrupt(signum: int, frame: object) -> None:

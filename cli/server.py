@@ -117,8 +117,7 @@ def server(
     try:
         with _Deployment(work, host, port, tls) as deployment:
             deployment.start(settings)
-            if not as_json:
-                _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)
+            _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)  # on stderr
             title = f"{prepared.scenario.name} (deployment on {address})"
             with RoundProgress(title, fed.rounds, quiet=as_json) as ui:
                 error = deployment.follow(store, run_id, ui)

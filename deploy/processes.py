@@ -187,13 +187,10 @@ def supernode_args(
     node_config: Mapping[str, str | int | float | bool],
     runtime_port: int,
     root_certificates: Path | None,
-    max_wait: float | None,
 ) -> list[str]:
     """``flower-supernode`` arguments (insecure unless a root certificate is given)."""
     args = [flower_bin("flower-supernode"), "--superlink", superlink]
     args += ["--port", str(runtime_port), "--node-config", node_config_arg(node_config)]
-    if max_wait is not None:
-        args += ["--max-wait-time", f"{max_wait:g}"]
     if root_certificates is None:
         return [*args, "--insecure"]
     return [*args, "--root-certificates", str(root_certificates)]

@@ -1,0 +1,134 @@
+"""The deployed ServerApp and ClientApp, driven in-process over an ``InProcessGrid``.
+
+The same app objects Flower's SuperLink and SuperNodes load (``deploy.serverapp:app``,
+``deploy.clientapp:app``), with the run config and node configs a deployment gives them; the
+result must be the simulation's, bit for bit, and stored like it.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+
+from aggregator.rounds import RoundFailed
+from aggregator.store import Store
+from deploy import clientapp, serverapp
+from deploy.appdir import pyproject, write_app
+from deploy.settings import DeploySettings, SettingsError
+from simulations.backends.inprocess import InProcessGrid
+from simulations.lifecycle import run_scenario
+from simulations.scenario import load_scenario
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"
+
+
+def grid_of(run_config: dict, node_configs: list[dict]) -> InProcessGrid:
+    """Nodes running ``deploy.clientapp.app`` with these node configs and this run config."""
+    grid = InProcessGrid(clientapp.app, len(node_configs), node_config=node_configs.__getitem__)
+    for i in range(len(node_configs)):
+        grid.context(grid.node_id(i)).run_config = run_config
+    return grid
+
+
+def deploy_in_process(run_config: dict, node_configs: list[dict]) -> None:
+    """Run ``deploy.serverapp.app`` over such nodes, as a SuperLink would."""
+    grid = grid_of(run_config, node_configs)
+    serverapp.app(grid, Context(grid.run.run_id, 0, {}, RecordDict(), run_config))
+
+
+def digits_nodes(n: int = 2) -> list[dict]:
+    return [{"dataset": "digits", "partition-id": i, "num-partitions": n} for i in range(n)]
+
+
+def test_a_deployed_run_is_stored_like_the_simulated_one(tmp_path):
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    settings = DeploySettings(scenario=EXAMPLE.read_text(), db=db, connect_timeout=5)
+    deploy_in_process(settings.run_config(), digits_nodes())
+
+    store = Store(db)
+    [run] = store.list_runs()
+    assert (run.backend, run.status) == ("deployment", "completed")
+    assert [r.number for r in run.rounds] == [1, 2]
+    simulated = run_scenario(load_scenario(EXAMPLE))
+    assert run.rounds[-1].test_accuracy == simulated.final_accuracy
+    _, checkpoint = store.load_checkpoint(run.id)
+    np.testing.assert_array_equal(checkpoint.params, simulated.final)
+
+
+def test_nodes_with_their_own_npz_files_train(tmp_path):
+    from simulations.harness import prepare_scenario
+
+    prepared = prepare_scenario(load_scenario(EXAMPLE))
+    nodes = []
+    for i in range(2):
+        x, y = prepared.loader(i)
+        np.savez(tmp_path / f"node{i}.npz", x=x, y=y)
+        nodes.append({"data": str(tmp_path / f"node{i}.npz"), "device": "rpi-4-2gb"})
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    settings = DeploySettings(scenario=EXAMPLE.read_text(), db=db, connect_timeout=5)
+    deploy_in_process(settings.run_config(), nodes)
+
+    store = Store(db)
+    [listed] = store.list_runs()
+    run = store.get_run(listed.id)
+    assert run.status == "completed" and run.rounds[-1].test_accuracy > 0.85
+    clients = run.rounds[-1].clients
+    assert {c.device_class for c in clients} == {"rpi-4-2gb"}
+    assert all(0 <= c.client_id < clientapp.CLIENT_ID_RANGE for c in clients)
+
+
+def test_a_node_with_the_wrong_data_fails_the_run_with_its_reason(tmp_path):
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    settings = DeploySettings(scenario=EXAMPLE.read_text(), db=db, connect_timeout=5)
+    nodes = [{"dataset": "mnist5k", "partition-id": i} for i in range(2)]
+    with pytest.raises(RoundFailed, match="holds 'mnist5k' but the run trains on 'digits'"):
+        deploy_in_process(settings.run_config(), nodes)
+    [run] = Store(db).list_runs()
+    assert run.status == "failed" and "mnist5k" in run.error
+
+
+def test_an_unstored_run_needs_no_database():
+    settings = DeploySettings(scenario=str(EXAMPLE), connect_timeout=5)  # a path works too
+    final = serverapp.run_deployment(
+        grid_of(settings.run_config(), digits_nodes()), DeploySettings.of(settings.run_config())
+    )
+    assert final is not None and final.dtype == np.float32
+
+
+def test_a_population_cannot_be_deployed():
+    text = EXAMPLE.read_text() + '\n[population]\ndevices = { "rpi-4-2gb" = 100 }\n'
+    with pytest.raises(SettingsError, match="population"):
+        serverapp.load_deployable(text)
+
+
+@pytest.mark.parametrize(
+    "config, needle",
+    [
+        ({}, "'scenario' is empty"),
+        ({"scenario": "/no/such/scenario.toml"}, "cannot read"),
+        ({"scenario": "x = 1\n", "round-timeout": "soon"}, "round-timeout must be a number"),
+        ({"scenario": "x = 1\n", "connect-timeout": -1}, "connect-timeout must be >= 0"),
+    ],
+)
+def test_bad_run_configs_name_the_key(config, needle):
+    with pytest.raises(SettingsError, match=needle):
+        DeploySettings.of(config)
+
+
+def test_the_app_folder_is_a_valid_flower_app_carrying_the_run_config(tmp_path):
+    from flwr.cli.config_utils import load_and_validate
+
+    settings = DeploySettings(
+        scenario=EXAMPLE.read_text(), db="sqlite:////tmp/x.db", run_id=4, round_timeout=None
+    )
+    folder = write_app(tmp_path / "app", settings.run_config())
+    config, warnings = load_and_validate(folder / "pyproject.toml")
+    assert warnings == []
+    assert config["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "deploy.serverapp:app",
+        "clientapp": "deploy.clientapp:app",
+    }
+    assert config["project"]["dependencies"] == []  # nothing for uv to install
+    assert DeploySettings.of(config["tool"]["flwr"]["app"]["config"]) == settings
+    assert "\\u007f" in pyproject({"scenario": "odd \x7f"})
