@@ -169,6 +169,11 @@ def resume(
         run = store.get_run(run_id)
         if run.status in ("completed", "failed", "aborted"):
             fail(f"run {run_id} is {run.status}: there is nothing to resume")
+        if backend is None and run.backend not in BACKENDS:  # e.g. a deployment
+            fail(
+                f"run {run_id} ran as a {run.backend}, which cannot be resumed yet; "
+                "--backend inprocess continues it as a simulation"
+            )
         total = run.config["federation"]["rounds"]
         title = f"{run.name} (resume run {run_id})"
         with RoundProgress(title, total, done=len(run.rounds), quiet=as_json) as ui:

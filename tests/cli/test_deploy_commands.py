@@ -108,3 +108,20 @@ def test_server_rejects_a_busy_address(tmp_path, listening):
         app, ["server", str(EXAMPLE), "--address", listening, "--db", str(tmp_path / "r.db")]
     )
     assert "is in use" in one_line_error(result)
+
+
+def test_a_paused_deployment_is_not_resumed_as_a_simulation_unasked(tmp_path):
+    from aggregator.store import Store
+    from simulations.scenario import load_scenario
+
+    db = str(tmp_path / "r.db")
+    store = Store(db)
+    spec = load_scenario(EXAMPLE)
+    run_id = store.create_run(spec.name, "deployment", spec.seed, spec.model_dump(mode="json"))
+    store.finish_run(run_id, "paused")
+    result = runner.invoke(app, ["runs", "resume", str(run_id), "--db", db])
+    assert "cannot be resumed yet" in one_line_error(result)
+    assert store.get_run(run_id).status == "paused"
+    result = runner.invoke(app, ["runs", "resume", str(run_id), "--db", db, "-b", "inprocess"])
+    assert result.exit_code == 0, result.output
+    assert store.get_run(run_id).status == "completed"
