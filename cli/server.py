@@ -261,6 +261,9 @@ def _local_address(host: str, port: int) -> str:
 def _hint(address: str, dataset: str, devices: int, tls: Tls | None) -> None:
     """How to connect the devices the run waits for."""
     cert = " --root-certificates CA.pem" if tls is not None else ""
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::"):  # devices need this machine's own address
+        address = f"SERVER:{port}"
     err_console.print(
         f"SuperLink on {address}: waiting for {devices} device(s). On each device run:\n"
         f"  fedcore client --superlink {address}{cert} --dataset {dataset} "
