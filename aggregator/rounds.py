@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from aggregator.secagg.config import SecAggConfig
@@ -159,7 +159,10 @@ def discover_clients(
         if reply.has_error():
             errors.append(str(reply.error.reason))
             continue
-        info = reply.content.config_records[protocol.CLIENT_INFO]
+        info = protocol.record(reply.content, protocol.CLIENT_INFO, ConfigRecord)
+        if info is None:
+            errors.append(f"query reply without a {protocol.CLIENT_INFO!r} config record")
+            continue
         clients[int(info["partition_id"])] = reply.metadata.src_node_id
     if not clients and node_ids:
         detail = f": {errors[0]}" if errors else ""
@@ -293,14 +296,14 @@ def _reported(reply: Message) -> dict:
         return {}
     content = reply.content
     found: dict = {}
-    if protocol.CLIENT_INFO in content.config_records:
-        device = content.config_records[protocol.CLIENT_INFO].get("device_class")
-        if device is not None:
-            found["device_class"] = str(device)
-    if protocol.METRICS in content.metric_records:
+    info = protocol.record(content, protocol.CLIENT_INFO, ConfigRecord)
+    if info is not None and info.get("device_class") is not None:
+        found["device_class"] = str(info["device_class"])
+    metrics = protocol.record(content, protocol.METRICS, MetricRecord)
+    if metrics is not None:
         extra = {
             key: float(value)
-            for key, value in content.metric_records[protocol.METRICS].items()
+            for key, value in metrics.items()
             if key not in _KNOWN_METRICS and isinstance(value, int | float)
         }
         if extra:

@@ -92,11 +92,11 @@ class ClientUpdate:
 
 
 def _record(content: Any, key: str, kind: type, what: str) -> Any:
-    """``content[key]`` if it is a ``kind`` record (RecordDict item access builds nothing)."""
-    record = content[key] if key in content else None
-    if not isinstance(record, kind):
+    """``content[key]`` if it is a ``kind`` record, else ``Rejected``."""
+    found = protocol.record(content, key, kind)
+    if found is None:
         raise Rejected(f"reply has no {key!r} {what} record")
-    return record
+    return found
 
 
 def decode_reply(reply: Message, size: int, max_bytes: int | None = None) -> ClientUpdate:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
@@ -57,11 +57,13 @@ def make_client_app(load_partition: LoadPartition, mods: list[Mod] | None = None
 
     def local_training(msg: Message, context: Context):
         x, y = load_partition(partition_id(context))
-        instructions = protocol.TrainInstructions.from_config(
-            dict(msg.content.config_records[protocol.CONFIG])
-        )
+        config_record = protocol.record(msg.content, protocol.CONFIG, ConfigRecord)
+        global_record = protocol.record(msg.content, protocol.GLOBAL, ArrayRecord)
+        if config_record is None or global_record is None:
+            raise ValueError(f"train message needs {protocol.CONFIG!r} and {protocol.GLOBAL!r}")
+        instructions = protocol.TrainInstructions.from_config(dict(config_record))
         model = _model_for(instructions.model)
-        global_vector = read_vector(msg.content.array_records[protocol.GLOBAL])
+        global_vector = read_vector(global_record)
         model.set_flat(global_vector)
         config = TrainConfig(
             local_epochs=instructions.local_epochs,

@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedcore import compression
+from fedcore import compression, protocol
 
 RESIDUAL = "fedcore.error_feedback"
 
 
 def _residual(state: RecordDict, size: int) -> np.ndarray:
-    if RESIDUAL in state.array_records:
-        residual = state.array_records[RESIDUAL]["residual"].numpy()
+    stored = protocol.record(state, RESIDUAL, ArrayRecord)
+    if stored is not None:
+        residual = stored["residual"].numpy()
         if residual.shape == (size,) and residual.dtype == np.float32:
             return residual
     return np.zeros(size, np.float32)

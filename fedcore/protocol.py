@@ -11,8 +11,11 @@ this module needs no Flower import.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 GLOBAL = "global"
 UPDATE = "update"
@@ -25,6 +28,16 @@ PARTITION_ID = "partition-id"  # Flower's node_config key for a simulated node's
 DEVICE = "device"  # node_config: the device class (catalog name) a simulated node stands for
 MEMORY_BUDGET = "memory-budget"  # node_config: bytes the engine may use (default: the device's)
 ADAPT_BATCH = "adapt-batch"  # node_config: halve the batch until training fits the budget
+
+
+def record(content: Mapping[str, Any], key: str, kind: type[R]) -> R | None:
+    """``content[key]`` when it is a ``kind`` record, else None.
+
+    Use this, not ``RecordDict.config_records`` and its siblings: each access to those builds a
+    filtered copy of every record of the message.
+    """
+    found = content[key] if key in content else None
+    return found if isinstance(found, kind) else None
 
 
 @dataclass(frozen=True)

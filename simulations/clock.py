@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Error, Message
+from flwr.app import ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 
 from fedcore import protocol
@@ -130,15 +130,15 @@ class SimulatedNetwork:
         simulated arrival in seconds after the round started."""
         if msg.metadata.message_type != "train" or reply.has_error():
             return reply, 0.0
-        metrics = reply.content.metric_records.get(protocol.METRICS)
-        info = reply.content.config_records.get(protocol.CLIENT_INFO)
+        metrics = protocol.record(reply.content, protocol.METRICS, MetricRecord)
+        info = protocol.record(reply.content, protocol.CLIENT_INFO, ConfigRecord)
         drops_at = self._drops_at(msg)
         if metrics is None or info is None or "flops" not in metrics:
             if drops_at is not None:
                 reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, DROPPED), reply_to=msg)
             return reply, 0.0
-        down = _bytes(msg.content.array_records[protocol.GLOBAL])
-        up = _bytes(reply.content.array_records[protocol.UPDATE])
+        down = _bytes(msg.content[protocol.GLOBAL])
+        up = _bytes(reply.content[protocol.UPDATE])
         timing = client_time(str(info["device_class"]), float(metrics["flops"]), up, down)
         for key, value in timing.metrics().items():
             metrics[key] = value
