@@ -12,9 +12,10 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from aggregator.secagg.config import SecAggConfig
@@ -181,13 +182,24 @@ def validate_update(vector: np.ndarray, expected_size: int) -> str | None:
     return None
 
 
-def _instructions(config: FederationConfig, strategy: Strategy, round_number: int, client: int):
-    return replace(
-        config.train,
-        round=round_number,
-        seed=client_seed(config.seed, round_number, client),
-        **strategy.client_options,
-    )
+def train_records(
+    config: FederationConfig, strategy: Strategy, round_number: int, global_record: ArrayRecord
+) -> Callable[[int], dict[str, Any]]:
+    """``client_id -> records`` of this round's train messages: the global model and the
+    round's instructions (one record each, shared by every message) and the client's own seed
+    (``protocol.CLIENT_CONFIG``, which the client lays over the instructions)."""
+    instructions = replace(config.train, round=round_number, **strategy.client_options)
+    shared = ConfigRecord(instructions.to_config())
+
+    def records(client_id: int) -> dict[str, Any]:
+        seed = client_seed(config.seed, round_number, client_id)
+        return {
+            protocol.GLOBAL: global_record,
+            protocol.CONFIG: shared,
+            protocol.CLIENT_CONFIG: ConfigRecord({"seed": seed}),
+        }
+
+    return records
 
 
 def run_round(
@@ -218,16 +230,11 @@ def run_round(
     node_to_client = {clients[c]: c for c in chosen}
     global_record = vector_record(params)
     bytes_down = sum(len(a.data) for a in global_record.values())
-    messages = []
-    for client_id in chosen:
-        instructions = _instructions(config, strategy, round_number, client_id)
-        content = RecordDict(
-            {
-                protocol.GLOBAL: global_record,
-                protocol.CONFIG: ConfigRecord(instructions.to_config()),
-            }
-        )
-        messages.append(Message(content, clients[client_id], "train", group_id=str(round_number)))
+    records = train_records(config, strategy, round_number, global_record)
+    messages = [
+        Message(RecordDict(records(c)), clients[c], "train", group_id=str(round_number))
+        for c in chosen
+    ]
 
     arrived = [  # in arrival order: with over-selection the first k good replies count
         m

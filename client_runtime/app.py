@@ -61,7 +61,8 @@ def make_client_app(load_partition: LoadPartition, mods: list[Mod] | None = None
         global_record = protocol.record(msg.content, protocol.GLOBAL, ArrayRecord)
         if config_record is None or global_record is None:
             raise ValueError(f"train message needs {protocol.CONFIG!r} and {protocol.GLOBAL!r}")
-        instructions = protocol.TrainInstructions.from_config(dict(config_record))
+        own = protocol.record(msg.content, protocol.CLIENT_CONFIG, ConfigRecord) or {}
+        instructions = protocol.TrainInstructions.from_config({**config_record, **own})
         model = _model_for(instructions.model)
         global_vector = read_vector(global_record)
         model.set_flat(global_vector)

@@ -1,7 +1,8 @@
 """The names and payloads both sides of a round agree on.
 
-A train message carries the global vector (``ArrayRecord`` under ``GLOBAL``) and a
-``ConfigRecord`` under ``CONFIG`` made from ``TrainInstructions``; the reply carries the new
+A train message carries the global vector (``ArrayRecord`` under ``GLOBAL``), a
+``ConfigRecord`` under ``CONFIG`` made from ``TrainInstructions`` (the same for every client
+of a round) and the client's own seed under ``CLIENT_CONFIG``; the reply carries the new
 local vector under ``UPDATE`` and a ``MetricRecord`` under ``METRICS``. A query reply describes
 the client (``CLIENT_INFO``). A compressed reply carries the codec's arrays under ``UPDATE``
 and its name and options under ``CODEC`` (see ``fedcore.compression``). Plain dicts here, so
@@ -23,6 +24,7 @@ CONFIG = "config"
 METRICS = "metrics"
 CLIENT_INFO = "client"
 CODEC = "codec"  # ConfigRecord of a compressed reply: {"name": codec, **options}
+CLIENT_CONFIG = "client-config"  # a train message's own instructions (its seed), over CONFIG
 
 PARTITION_ID = "partition-id"  # Flower's node_config key for a simulated node's data shard
 DEVICE = "device"  # node_config: the device class (catalog name) a simulated node stands for

@@ -18,7 +18,6 @@ and central DP clips each one, which is exactly what the server may no longer se
 from __future__ import annotations
 
 import weakref
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,8 +27,8 @@ from aggregator.rounds import (
     ClientOutcome,
     FederationConfig,
     RoundFailed,
-    client_seed,
     sample_clients,
+    train_records,
 )
 from aggregator.secagg.config import SecAggConfig
 from aggregator.secagg.server import STAGES, KeyBook, SecAggServer
@@ -117,17 +116,10 @@ def run_secagg_round(
     bytes_down = sum(len(a.data) for a in global_record.values())
     by_node = {clients[c]: c for c in chosen}
 
+    records = train_records(config, strategy, round_number, global_record)
+
     def extra(node: int) -> dict[str, Any]:
-        instructions = replace(
-            config.train,
-            round=round_number,
-            seed=client_seed(config.seed, round_number, by_node[node]),
-            **strategy.client_options,
-        )
-        return {
-            protocol.GLOBAL: global_record,
-            protocol.CONFIG: ConfigRecord(instructions.to_config()),
-        }
+        return records(by_node[node])
 
     bytes_up = dict.fromkeys(nodes, 0)
     seconds: dict[int, float] = {}
