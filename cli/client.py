@@ -122,8 +122,10 @@ def client(
     err_console.print(f"device joined {superlink} ({_describe(node)}); Ctrl-C to leave")
     try:
         gone = _serve(node_process, host, link_port, max_wait)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the usual way to leave: nothing to keep
         node_process.stop()
+        if logs is None:
+            shutil.rmtree(work, ignore_errors=True)
         err_console.print("left the federation")
         raise typer.Exit(INTERRUPTED) from None
     finally:
