@@ -12,10 +12,12 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from logging import WARNING
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from aggregator.secagg.config import SecAggConfig
@@ -151,7 +153,9 @@ def discover_clients(
 ) -> dict[int, int]:
     """Ask each node who it is; return ``{client_id: node_id}``.
 
-    Raises ``RoundFailed`` with the first client error when no node answers properly.
+    Two nodes claiming one client id (two devices started with the same partition) keep the
+    lower node id and log a warning naming both. Raises ``RoundFailed`` with the first client
+    error when no node answers properly.
     """
     queries = [Message(RecordDict(), node_id, "query", group_id="discover") for node_id in node_ids]
     clients: dict[int, int] = {}
@@ -164,7 +168,19 @@ def discover_clients(
         if info is None:
             errors.append(f"query reply without a {protocol.CLIENT_INFO!r} config record")
             continue
-        clients[int(info["partition_id"])] = reply.metadata.src_node_id
+        client, node = int(info["partition_id"]), reply.metadata.src_node_id
+        if client in clients:
+            kept, dropped = sorted((clients[client], node))
+            log(
+                WARNING,
+                "fedcore: nodes %d and %d both claim client %d; node %d is left out",
+                kept,
+                dropped,
+                client,
+                dropped,
+            )
+            node = kept
+        clients[client] = node
     if not clients and node_ids:
         detail = f": {errors[0]}" if errors else ""
         raise RoundFailed(f"none of the {len(node_ids)} nodes answered the query{detail}")

@@ -9,6 +9,7 @@ from aggregator.rounds import (
     FederationConfig,
     RoundFailed,
     client_seed,
+    discover_clients,
     run_federation,
     sample_clients,
     validate_update,
@@ -156,3 +157,10 @@ def test_every_kind_of_bad_reply_is_rejected_and_nothing_accumulated_is_lost():
     np.testing.assert_allclose(final, np.full(SIZE, expected, np.float32), rtol=1e-6)
     assert all(c.bytes_down == SIZE * 4 + 128 for c in clients)
     assert all(c.bytes_up > 0 for c in clients if c.accepted)
+
+
+def test_two_nodes_claiming_one_client_keep_the_lower_node_id():
+    twins = {0: 0, 1: 0, 2: 1}  # partitions 0 and 1 both say they are client 0
+    grid = InProcessGrid(toy_app(), 3, node_config=lambda i: {protocol.PARTITION_ID: twins[i]})
+    nodes = list(grid.get_node_ids())
+    assert discover_clients(grid, nodes) == {0: min(nodes[0], nodes[1]), 1: nodes[2]}
