@@ -20,13 +20,9 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from aggregator.backend import select_backend
 from aggregator.rounds import RoundOutcome, StopRun, run_federation
-from aggregator.strategies import StrategyContext, build_strategy
 from deploy.settings import DeploySettings, SettingsError
-from fedcore.evaluate import evaluate
-from fedcore.models import build_model
-from simulations.harness import PreparedScenario, prepare_scenario
+from simulations.harness import PreparedScenario, prepare_scenario, server_side
 from simulations.lifecycle import StoreHooks
 from simulations.scenario import Scenario, scenario_from_dict
 
@@ -123,33 +119,19 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
 def _federate(
     grid: Grid, prepared: PreparedScenario, settings: DeploySettings, hooks: StoreHooks | None
 ) -> np.ndarray:
-    """Build the model, evaluation and strategy as the harness does; run the round loop."""
-    scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
+    """The harness's server side (model, evaluation, strategy); then the round loop."""
     config = replace(
         prepared.config,
         connect_timeout=settings.connect_timeout,
         timeout=settings.round_timeout,
     )
-    model = build_model(spec.name, **spec.kwargs)
-
-    def evaluate_global(params: np.ndarray) -> tuple[float, float]:
-        model.set_flat(params)
-        return evaluate(model, data.x_test, data.y_test)
-
-    fed = scenario.federation
-    strategy = build_strategy(
-        fed.strategy,
-        dict(fed.strategy_options),
-        StrategyContext(
-            fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(settings.device)
-        ),
-    )
+    server = server_side(prepared, settings.device)
     return run_federation(
         grid,
         config,
-        model.get_flat(),
-        strategy,
-        evaluate_global,
+        server.initial,
+        server.strategy,
+        server.evaluate,
         log_round if hooks is None else hooks.record,
         before_round=None if hooks is None else hooks.before_round,
     )

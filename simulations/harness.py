@@ -17,7 +17,7 @@ import numpy as np
 from aggregator.backend import select_backend
 from aggregator.rounds import BeforeRound, FederationConfig, RoundOutcome
 from aggregator.serverapp import FederationApp
-from aggregator.strategies import StrategyContext, build_strategy
+from aggregator.strategies import Strategy, StrategyContext, build_strategy
 from client_runtime.app import make_client_app
 from fedcore import protocol
 from fedcore.evaluate import evaluate
@@ -170,6 +170,37 @@ def prepare_scenario(scenario: Scenario) -> PreparedScenario:
     return PreparedScenario(scenario, data, loader, spec, config, world)
 
 
+@dataclass
+class ServerSide:
+    """What the server needs besides the round config: the initial model, how to evaluate a
+    global vector on the held-out test set, and the scenario's strategy."""
+
+    initial: np.ndarray = field(repr=False)
+    evaluate: Callable[[np.ndarray], tuple[float, float]] = field(repr=False)
+    strategy: Strategy
+
+
+def server_side(prepared: PreparedScenario, device: str | None = None) -> ServerSide:
+    """The server's model, evaluation and strategy for a prepared scenario (any backend, and a
+    deployment), averaging on ``device`` (auto | cpu | gpu)."""
+    scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
+    model = build_model(spec.name, **spec.kwargs)
+
+    def evaluate_global(params: np.ndarray) -> tuple[float, float]:
+        model.set_flat(params)
+        return evaluate(model, data.x_test, data.y_test)
+
+    fed = scenario.federation
+    strategy = build_strategy(
+        fed.strategy,
+        dict(fed.strategy_options),
+        StrategyContext(
+            fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(device)
+        ),
+    )
+    return ServerSide(model.get_flat(), evaluate_global, strategy)
+
+
 def simulate(
     prepared: PreparedScenario,
     backend: str = "inprocess",
@@ -187,13 +218,9 @@ def simulate(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     start = time.perf_counter()
-    scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
-    server_model = build_model(spec.name, **spec.kwargs)
-
-    def evaluate_global(params: np.ndarray) -> tuple[float, float]:
-        server_model.set_flat(params)
-        return evaluate(server_model, data.x_test, data.y_test)
-
+    scenario = prepared.scenario
+    server = server_side(prepared, device)
+    strategy = server.strategy
     rounds: list[RoundOutcome] = []
 
     world = prepared.world
@@ -206,14 +233,7 @@ def simulate(
             on_round(outcome)
 
     fed = scenario.federation
-    strategy = build_strategy(
-        fed.strategy,
-        dict(fed.strategy_options),
-        StrategyContext(
-            fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(device)
-        ),
-    )
-    initial = server_model.get_flat()
+    initial = server.initial
     if resume_from is not None:
         initial = resume_from.params
         strategy.load_state_dict(resume_from.server_state)
@@ -224,7 +244,7 @@ def simulate(
         prepared.config,
         initial,
         strategy,
-        evaluate_global,
+        server.evaluate,
         record,
         first_round=1 if resume_from is None else resume_from.round + 1,
         before_round=before_round,
