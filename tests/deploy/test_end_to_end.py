@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aggregator.store import Store
@@ -188,3 +189,43 @@ def test_two_devices_train_a_scenario_on_a_real_superlink(fleet, tmp_path):
         assert "uv sync" not in text and "Installing dependencies" not in text, log
     per_round = ", ".join(f"{r.seconds:.1f}" for r in run.rounds)
     print(f"deployment: 2 rounds in {seconds:.1f} s (rounds: {per_round} s)")
+
+
+def test_secure_aggregation_over_a_real_deployment_gives_the_simulated_model(fleet, tmp_path):
+    from simulations.lifecycle import run_scenario
+    from simulations.scenario import load_scenario
+
+    text = EXAMPLE.read_text()
+    for old, new in [
+        ('name = "digits-deployed"', 'name = "digits-secagg"'),
+        ("num_clients = 2", "num_clients = 3"),
+        ("clients_per_round = 2", "clients_per_round = 3"),
+        ("rounds = 2", "rounds = 1"),
+        ('strategy = "fedavg"', 'strategy = "fedavg"\nsecagg = true'),
+    ]:
+        assert old in text
+        text = text.replace(old, new)
+    scenario = tmp_path / "secagg.toml"
+    scenario.write_text(text)
+    address = f"127.0.0.1:{free_port()}"
+    server = fleet.start(
+        "server", "server", str(scenario), "--address", address,
+        "--db", str(tmp_path / "runs.db"), "--json", "--connect-timeout", "60",
+    )  # fmt: skip
+    fleet.wait_for("server", "waiting for 3 device(s)", server, timeout=60)
+    for i in range(3):
+        fleet.start(
+            f"client{i}", "client", "--superlink", address, "--dataset", "digits",
+            "--partition-id", str(i), "--num-partitions", "3", "--max-wait", "2",
+        )  # fmt: skip
+    assert server.wait(timeout=150) == 0, fleet.output("server")
+    summary = json.loads(fleet.output("server").split("\n")[0])
+    assert summary["status"] == "completed" and summary["rounds"] == 1
+    deployed = Store(str(tmp_path / "runs.db")).load_checkpoint(summary["run_id"])[1].params
+    spec = load_scenario(scenario)
+    simulated = run_scenario(spec)
+    assert summary["final_test_accuracy"] == simulated.final_accuracy > 0.7
+    np.testing.assert_array_equal(deployed, simulated.final)  # the same masked sum, bit for bit
+    federation = spec.federation.model_copy(update={"secagg": False})
+    plain = spec.model_copy(update={"federation": federation})
+    assert not np.array_equal(run_scenario(plain).final, deployed)  # fixed point: it was SecAgg
