@@ -77,9 +77,10 @@ def server(
     """Run a scenario on real devices: start a Flower SuperLink and submit the scenario."""
     from aggregator.store import Store, StoreError
     from deploy.processes import port_in_use, split_address
-    from deploy.serverapp import create_stored_run, load_deployable
+    from deploy.serverapp import BACKEND, load_deployable
     from deploy.settings import DeploySettings, SettingsError
     from simulations.harness import prepare_scenario
+    from simulations.lifecycle import create_stored_run
     from simulations.scenario import ScenarioError, load_scenario
 
     try:
@@ -99,7 +100,7 @@ def server(
         store = Store(_absolute_db(db))
     except StoreError as exc:
         fail(str(exc))
-    run_id = create_stored_run(store, prepared)
+    run_id = create_stored_run(store, prepared, BACKEND)
     settings = DeploySettings(
         scenario=text,
         db=store.url,

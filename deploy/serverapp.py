@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from aggregator.rounds import RoundOutcome, StopRun, run_federation
 from deploy.settings import DeploySettings, SettingsError
 from simulations.harness import PreparedScenario, prepare_scenario, server_side
-from simulations.lifecycle import StoreHooks
+from simulations.lifecycle import StoreHooks, create_stored_run
 from simulations.scenario import Scenario, scenario_from_dict
 
 if TYPE_CHECKING:
@@ -63,22 +63,6 @@ def log_round(outcome: RoundOutcome) -> None:
     )
 
 
-def create_stored_run(store: Store, prepared: PreparedScenario) -> int:
-    """Record a new deployed run (as ``fedcore simulate`` records a simulated one)."""
-    spec = prepared.scenario
-    return store.create_run(
-        spec.name,
-        BACKEND,
-        spec.seed,
-        spec.model_dump(mode="json"),
-        {
-            "name": prepared.spec.name,
-            "kwargs": prepared.spec.kwargs,
-            "input_shape": list(prepared.data.input_shape),
-        },
-    )
-
-
 def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
     """Run the scenario's rounds over ``grid`` (a SuperLink's); return the final model.
 
@@ -94,7 +78,7 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
     try:
         prepared = prepare_scenario(load_deployable(settings.scenario))
         if store is not None and run_id is None:
-            run_id = create_stored_run(store, prepared)
+            run_id = create_stored_run(store, prepared, BACKEND)
         hooks = None if store is None else StoreHooks(store, run_id, log_round)
         if store is not None:
             log(INFO, "fedcore: recording run %d in %s", run_id, store.url)

@@ -84,6 +84,22 @@ def _finish(store: Store, run_id: int, run: Callable[[], SimulationResult]) -> S
     return result
 
 
+def create_stored_run(store: Store, prepared: PreparedScenario, backend: str) -> int:
+    """Record a new run of ``prepared`` on ``backend`` (its scenario and model spec)."""
+    spec = prepared.scenario
+    return store.create_run(
+        spec.name,
+        backend,
+        spec.seed,
+        spec.model_dump(mode="json"),
+        {
+            "name": prepared.spec.name,
+            "kwargs": prepared.spec.kwargs,
+            "input_shape": list(prepared.data.input_shape),
+        },
+    )
+
+
 def run_scenario(
     scenario: Scenario | PreparedScenario,
     backend: str = "inprocess",
@@ -101,18 +117,7 @@ def run_scenario(
         return simulate_prepared(
             prepared, backend, on_round, device=device, flower_verbose=flower_verbose
         )
-    spec = prepared.scenario
-    run_id = store.create_run(
-        spec.name,
-        backend,
-        spec.seed,
-        spec.model_dump(mode="json"),
-        {
-            "name": prepared.spec.name,
-            "kwargs": prepared.spec.kwargs,
-            "input_shape": list(prepared.data.input_shape),
-        },
-    )
+    run_id = create_stored_run(store, prepared, backend)
     hooks = StoreHooks(store, run_id, on_round)
     return _finish(
         store,
