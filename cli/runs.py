@@ -171,8 +171,8 @@ def resume(
             fail(f"run {run_id} is {run.status}: there is nothing to resume")
         if backend is None and run.backend not in BACKENDS:  # e.g. a deployment
             fail(
-                f"run {run_id} ran as a {run.backend}, which cannot be resumed yet; "
-                "--backend inprocess continues it as a simulation"
+                f"run {run_id} ran as a {run.backend}: continue it with `fedcore server "
+                f"SCENARIO --resume {run_id}`, or here as a simulation with --backend inprocess"
             )
         total = run.config["federation"]["rounds"]
         title = f"{run.name} (resume run {run_id})"

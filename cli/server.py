@@ -73,6 +73,15 @@ def server(
         ),
     ] = None,
     as_json: Json = False,
+    resume: Annotated[
+        int | None,
+        typer.Option(
+            "--resume",
+            min=1,
+            help="Continue this stored deployed run (paused, or cut off) after its last "
+            "committed round; give the run's own scenario file.",
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario on real devices: start a Flower SuperLink and submit the scenario."""
     from aggregator.store import Store, StoreError
@@ -100,7 +109,10 @@ def server(
         store = Store(_absolute_db(db))
     except StoreError as exc:
         fail(str(exc))
-    run_id = create_stored_run(store, prepared, BACKEND)
+    if resume is None:
+        run_id = create_stored_run(store, prepared, BACKEND)
+    else:
+        run_id = _claim_for_resume(store, resume, prepared)
     settings = DeploySettings(
         scenario=text,
         db=store.url,
@@ -137,10 +149,33 @@ def server(
     if run.status == "failed":
         fail(f"run {run_id} failed: {run.error or error} (logs in {work})", code=FAILED)
     if run.status in ("paused", "aborted"):
-        stopped(f"run {run_id} {run.status} (a deployed run cannot be resumed yet)")
+        stopped(
+            f"run {run_id} {run.status}: continue it with `fedcore server {scenario} "
+            f"--resume {run_id}`"
+        )
     if logs is None:
         shutil.rmtree(work, ignore_errors=True)
     print_summary(_summary(run, store.url, address, time.perf_counter() - start), as_json)
+
+
+def _claim_for_resume(store: Store, run_id: int, prepared: Any) -> int:
+    """Take over stored deployed run ``run_id`` if the scenario given is its own; else fail."""
+    from aggregator.store import StoreError
+    from deploy.serverapp import BACKEND
+
+    try:
+        run = store.get_run(run_id)
+        if run.backend != BACKEND:
+            fail(
+                f"--resume: run {run_id} ran on the {run.backend} backend; "
+                f"resume it with `fedcore runs resume {run_id}`"
+            )
+        if run.config != prepared.scenario.model_dump(mode="json"):
+            fail(f"--resume: run {run_id} ran another scenario ({run.name!r}); give its own file")
+        store.claim_run(run_id, BACKEND)
+    except StoreError as exc:
+        fail(f"--resume: {exc}")
+    return run_id
 
 
 class _StartError(RuntimeError):

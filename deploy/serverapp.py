@@ -22,8 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from aggregator.rounds import RoundOutcome, StopRun, run_federation
 from deploy.settings import DeploySettings, SettingsError
-from simulations.harness import PreparedScenario, prepare_scenario, server_side
-from simulations.lifecycle import StoreHooks, create_stored_run
+from simulations.harness import PreparedScenario, Resume, prepare_scenario, server_side
+from simulations.lifecycle import StoreHooks, create_stored_run, prepare_stored_run
 from simulations.scenario import Scenario, scenario_from_dict
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
     """Run the scenario's rounds over ``grid`` (a SuperLink's); return the final model.
 
     With a store, the run ends ``completed``, ``failed`` (the error is re-raised) or, when an
-    operator paused or aborted it, ``paused``/``aborted`` (then None is returned).
+    operator paused or aborted it, ``paused``/``aborted`` (then None is returned). A stored
+    ``run_id`` runs its own stored scenario, resumed after its last checkpoint if it has one.
     """
     store: Store | None = None
     if settings.db is not None:
@@ -75,14 +76,20 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
 
         store = Store(settings.db, checkpoints=settings.checkpoints)
     run_id = settings.run_id
+    resume: Resume | None = None
     try:
-        prepared = prepare_scenario(load_deployable(settings.scenario))
+        if store is not None and run_id is not None:  # recorded by `fedcore server`
+            prepared, resume = prepare_stored_run(store, run_id)
+            if resume is not None:
+                log(INFO, "fedcore: resuming run %d after round %d", run_id, resume.round)
+        else:
+            prepared = prepare_scenario(load_deployable(settings.scenario))
         if store is not None and run_id is None:
             run_id = create_stored_run(store, prepared, BACKEND)
         hooks = None if store is None else StoreHooks(store, run_id, log_round)
         if store is not None:
             log(INFO, "fedcore: recording run %d in %s", run_id, store.url)
-        final = _federate(grid, prepared, settings, hooks)
+        final = _federate(grid, prepared, settings, hooks, resume)
     except StopRun as stop:
         store.finish_run(run_id, stop.status)  # only a stored run's hooks stop it
         log(INFO, "fedcore: %s", stop)
@@ -101,22 +108,32 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
 
 
 def _federate(
-    grid: Grid, prepared: PreparedScenario, settings: DeploySettings, hooks: StoreHooks | None
+    grid: Grid,
+    prepared: PreparedScenario,
+    settings: DeploySettings,
+    hooks: StoreHooks | None,
+    resume: Resume | None = None,
 ) -> np.ndarray:
-    """The harness's server side (model, evaluation, strategy); then the round loop."""
+    """The harness's server side (model, evaluation, strategy); then the round loop (from
+    after ``resume.round`` with its model and server state, when resuming)."""
     config = replace(
         prepared.config,
         connect_timeout=settings.connect_timeout,
         timeout=settings.round_timeout,
     )
     server = server_side(prepared, settings.device)
+    initial = server.initial
+    if resume is not None:
+        initial = resume.params
+        server.strategy.load_state_dict(resume.server_state)
     return run_federation(
         grid,
         config,
-        server.initial,
+        initial,
         server.strategy,
         server.evaluate,
         log_round if hooks is None else hooks.record,
+        first_round=1 if resume is None else resume.round + 1,
         before_round=None if hooks is None else hooks.before_round,
     )
 

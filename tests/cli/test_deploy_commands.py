@@ -120,8 +120,35 @@ def test_a_paused_deployment_is_not_resumed_as_a_simulation_unasked(tmp_path):
     run_id = store.create_run(spec.name, "deployment", spec.seed, spec.model_dump(mode="json"))
     store.finish_run(run_id, "paused")
     result = runner.invoke(app, ["runs", "resume", str(run_id), "--db", db])
-    assert "cannot be resumed yet" in one_line_error(result)
+    assert f"fedcore server SCENARIO --resume {run_id}" in one_line_error(result)
     assert store.get_run(run_id).status == "paused"
     result = runner.invoke(app, ["runs", "resume", str(run_id), "--db", db, "-b", "inprocess"])
     assert result.exit_code == 0, result.output
     assert store.get_run(run_id).status == "completed"
+
+
+def test_server_resume_names_what_is_wrong(tmp_path):
+    from aggregator.store import Store
+    from deploy.serverapp import BACKEND, load_deployable
+    from simulations.harness import prepare_scenario
+    from simulations.lifecycle import create_stored_run, run_scenario
+    from simulations.scenario import load_scenario
+
+    db = str(tmp_path / "runs.db")
+    store = Store(db)
+    run_scenario(load_scenario(EXAMPLE), store=store)  # run 1: a simulation
+    deployed = create_stored_run(  # run 2: a deployment that finished
+        store, prepare_scenario(load_deployable(EXAMPLE.read_text())), BACKEND
+    )
+    store.finish_run(deployed, "completed")
+    other = tmp_path / "other.toml"
+    other.write_text(EXAMPLE.read_text().replace("rounds = 2", "rounds = 3"))
+
+    def resume(scenario: Path, run_id: int) -> str:
+        args = ["server", str(scenario), "--db", db, "--resume", str(run_id)]
+        return one_line_error(runner.invoke(app, args))
+
+    assert "no run with id 7" in resume(EXAMPLE, 7)
+    assert "ran on the inprocess backend" in resume(EXAMPLE, 1)
+    assert "ran another scenario" in resume(other, deployed)
+    assert "is completed: there is nothing to resume" in resume(EXAMPLE, deployed)

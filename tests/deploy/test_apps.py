@@ -132,3 +132,33 @@ def test_the_app_folder_is_a_valid_flower_app_carrying_the_run_config(tmp_path):
     assert config["project"]["dependencies"] == []  # nothing for uv to install
     assert DeploySettings.of(config["tool"]["flwr"]["app"]["config"]) == settings
     assert "\\u007f" in pyproject({"scenario": "odd \x7f"})
+
+
+def test_a_paused_deployed_run_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    from simulations.harness import prepare_scenario
+    from simulations.lifecycle import create_stored_run
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = Store(db)
+    text = EXAMPLE.read_text()
+    run_id = create_stored_run(  # as `fedcore server` records it before submitting
+        store, prepare_scenario(serverapp.load_deployable(text)), serverapp.BACKEND
+    )
+    settings = DeploySettings(scenario=text, db=db, run_id=run_id, connect_timeout=5)
+
+    def pause_after_round_1(outcome):
+        if outcome.number == 1:
+            store.queue_control(run_id, "pause")
+
+    monkeypatch.setattr(serverapp, "log_round", pause_after_round_1)
+    deploy_in_process(settings.run_config(), digits_nodes())
+    paused = store.get_run(run_id)
+    assert paused.status == "paused" and [r.number for r in paused.rounds] == [1]
+
+    monkeypatch.undo()
+    store.claim_run(run_id, serverapp.BACKEND)  # what `fedcore server --resume` does
+    deploy_in_process(settings.run_config(), digits_nodes())
+    run = store.get_run(run_id)
+    assert run.status == "completed" and [r.number for r in run.rounds] == [1, 2]
+    simulated = run_scenario(load_scenario(EXAMPLE))
+    np.testing.assert_array_equal(store.load_checkpoint(run_id)[1].params, simulated.final)
