@@ -37,7 +37,7 @@ class RoundProgress:
 
     def on_round(self, outcome: Any) -> None:
         """Add a finished round (an ``aggregator.rounds.RoundOutcome``)."""
-        self.add(RoundRow.of_outcome(outcome))
+        self.add(RoundRow.of(outcome))
 
     def add(self, row: RoundRow) -> None:
         """Add a finished round's row (e.g. a stored round another process committed)."""

@@ -30,29 +30,16 @@ class RoundRow:
     energy_j: float | None = None
 
     @classmethod
-    def of_outcome(cls, outcome: Any) -> RoundRow:
-        """From a live ``RoundOutcome``."""
+    def of(cls, round_: Any) -> RoundRow:
+        """From a live ``RoundOutcome`` or a stored ``Round`` row (the same fields)."""
         return cls(
-            outcome.number,
-            outcome.num_selected,
-            outcome.num_accepted,
-            outcome.train_loss,
-            outcome.test_accuracy,
-            outcome.seconds,
-            *_simulated(outcome.metrics),
-        )
-
-    @classmethod
-    def of_stored(cls, row: Any) -> RoundRow:
-        """From a stored ``Round`` row."""
-        return cls(
-            row.number,
-            row.num_selected,
-            row.num_accepted,
-            row.train_loss,
-            row.test_accuracy,
-            row.seconds,
-            *_simulated(row.metrics),
+            round_.number,
+            round_.num_selected,
+            round_.num_accepted,
+            round_.train_loss,
+            round_.test_accuracy,
+            round_.seconds,
+            *_simulated(round_.metrics),
         )
 
 

@@ -32,7 +32,7 @@ def list_rounds(
     if as_json:
         print(json.dumps([round_dict(r) for r in run.rounds]))
         return
-    console.print(round_table([RoundRow.of_stored(r) for r in run.rounds], title=f"run {run_id}"))
+    console.print(round_table([RoundRow.of(r) for r in run.rounds], title=f"run {run_id}"))
 
 
 @app.command("show")

@@ -59,7 +59,7 @@ def show_run(run_id: RunId, db: Db = None, as_json: Json = False) -> None:
     if as_json:
         print(json.dumps({**run_dict(run), "rounds": [round_dict(r) for r in run.rounds]}))
         return
-    rows = [RoundRow.of_stored(r) for r in run.rounds]
+    rows = [RoundRow.of(r) for r in run.rounds]
     console.print(
         round_table(rows, title=f"run {run.id} · {run.name} · {run.backend} · {run.status}")
     )

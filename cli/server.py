@@ -228,7 +228,7 @@ class _Deployment:
         while True:
             run = store.get_run(run_id)
             for row in sorted(run.rounds, key=lambda r: r.number)[shown:]:
-                ui.add(RoundRow.of_stored(row))
+                ui.add(RoundRow.of(row))
                 shown += 1
             if run.status != "running":
                 self._let_flwr_run_finish()

@@ -69,10 +69,27 @@ class StoreHooks:
         return config
 
 
-def _finish(store: Store, run_id: int, run: Callable[[], SimulationResult]) -> SimulationResult:
-    """Run ``run`` and record how it ended: completed, paused, aborted or failed."""
+def _run_stored(
+    store: Store,
+    run_id: int,
+    prepared: PreparedScenario,
+    backend: str,
+    on_round: Callable[[RoundOutcome], None] | None,
+    resume: Resume | None = None,
+    **options: Any,
+) -> SimulationResult:
+    """Simulate stored run ``run_id`` (from after ``resume`` if given) with its store hooks,
+    and record how it ended: completed, paused, aborted or failed."""
+    hooks = StoreHooks(store, run_id, on_round)
     try:
-        result = run()
+        result = simulate_prepared(
+            prepared,
+            backend,
+            hooks.record,
+            resume_from=resume,
+            before_round=hooks.before_round,
+            **options,
+        )
     except StopRun as stop:
         store.finish_run(run_id, stop.status)
         raise
@@ -118,18 +135,8 @@ def run_scenario(
             prepared, backend, on_round, device=device, flower_verbose=flower_verbose
         )
     run_id = create_stored_run(store, prepared, backend)
-    hooks = StoreHooks(store, run_id, on_round)
-    return _finish(
-        store,
-        run_id,
-        lambda: simulate_prepared(
-            prepared,
-            backend,
-            hooks.record,
-            device=device,
-            flower_verbose=flower_verbose,
-            before_round=hooks.before_round,
-        ),
+    return _run_stored(
+        store, run_id, prepared, backend, on_round, device=device, flower_verbose=flower_verbose
     )
 
 
@@ -162,17 +169,13 @@ def resume_run(
     if resume is not None and resume.round >= prepared.config.num_rounds:
         store.finish_run(run_id, "completed")  # it crashed after its last commit
         raise StoreError(f"run {run_id} had already run all {resume.round} rounds")
-    hooks = StoreHooks(store, run_id, on_round)
-    return _finish(
+    return _run_stored(
         store,
         run_id,
-        lambda: simulate_prepared(
-            prepared,
-            run.backend,
-            hooks.record,
-            device=device,
-            flower_verbose=flower_verbose,
-            resume_from=resume,
-            before_round=hooks.before_round,
-        ),
+        prepared,
+        run.backend,
+        on_round,
+        resume,
+        device=device,
+        flower_verbose=flower_verbose,
     )

@@ -24,7 +24,7 @@ def outcome(number: int, metrics: dict[str, float]) -> RoundOutcome:
 
 
 def test_a_plain_run_has_no_simulated_columns():
-    row = RoundRow.of_outcome(outcome(1, {}))
+    row = RoundRow.of(outcome(1, {}))
     assert (row.sim_seconds, row.energy_j) == (None, None)
     text = text_of(round_table([row]))
     assert "test acc" in text and "sim time" not in text and "energy J" not in text
@@ -32,10 +32,10 @@ def test_a_plain_run_has_no_simulated_columns():
 
 def test_a_population_run_shows_simulated_time_and_energy():
     rows = [
-        RoundRow.of_outcome(outcome(1, {"sim_round_s": 42.0, "energy_j": 1234.5})),
-        RoundRow.of_outcome(outcome(2, {"sim_round_s": 600.0, "energy_j": 10.0})),
-        RoundRow.of_outcome(outcome(3, {"sim_round_s": 9000.0, "energy_j": 0.0332})),
-        RoundRow.of_outcome(outcome(4, {"sim_round_s": 0.002068, "energy_j": 0.0})),
+        RoundRow.of(outcome(1, {"sim_round_s": 42.0, "energy_j": 1234.5})),
+        RoundRow.of(outcome(2, {"sim_round_s": 600.0, "energy_j": 10.0})),
+        RoundRow.of(outcome(3, {"sim_round_s": 9000.0, "energy_j": 0.0332})),
+        RoundRow.of(outcome(4, {"sim_round_s": 0.002068, "energy_j": 0.0})),
     ]
     text = text_of(round_table(rows))
     assert "sim time" in text and "energy J" in text
@@ -53,9 +53,9 @@ def test_stored_rows_read_the_round_metrics():
         seconds=0.2,
         metrics={"sim_round_s": 30.0, "energy_j": 2.5, "available": 20.0},
     )
-    assert RoundRow.of_stored(stored) == RoundRow(4, 6, 5, 0.3, 0.8, 0.2, 30.0, 2.5)
+    assert RoundRow.of(stored) == RoundRow(4, 6, 5, 0.3, 0.8, 0.2, 30.0, 2.5)
     legacy = SimpleNamespace(**{**vars(stored), "metrics": None})  # stored before 0003
-    assert RoundRow.of_stored(legacy).sim_seconds is None
+    assert RoundRow.of(legacy).sim_seconds is None
 
 
 def test_rounds_list_of_a_stored_population_run(tmp_path):
