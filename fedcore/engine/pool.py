@@ -3,13 +3,21 @@
 Buffers come from `MemoryPool.alloc`; the pool counts their bytes as live until the array is
 garbage collected (a weak reference fires) or `free` is called. A budget, when set, is checked
 *before* numpy allocates, so a device that would run out of memory fails with a clear
-`MemoryBudgetError` instead of being killed. Reuse of freed buffers (caching, liveness
-planning) is the planner's job and is left out here on purpose.
+`MemoryBudgetError` instead of being killed. Liveness planning is the planner's job.
+
+Large buffers (64 KiB and up) are recycled: such a buffer is a view of a byte array the pool
+keeps, and when the view dies (and no other view of the bytes is left) the bytes wait in a
+free list for the next request of exactly that size, so an eager step does not fault fresh
+pages in for every activation. Live plus cached bytes never exceed the peak plus a quarter of
+it (CACHE_SLACK; without the slack a miss of one size evicts the buffer the same step needs
+next); `reset_peak` trims the free list to the new peak. A pool with a budget recycles
+nothing: there memory comes first. Cached bytes are not live bytes.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import weakref
 
@@ -21,22 +29,31 @@ __all__ = ["MemoryPool"]
 
 _ITEMSIZE = {np.float32: 4, np.float64: 8, np.int64: 8, np.bool_: 1}
 
+#: buffers of at least this many bytes are recycled through the free list
+RECYCLE_MIN_BYTES = 1 << 16
+#: let live + cached bytes reach peak * 1.25 (False: the peak itself)
+CACHE_SLACK = True
+
 
 class _Ref(weakref.ref):
-    """Weak reference to a pooled array that remembers its key and byte count."""
+    """Weak reference to a pooled array: its key, byte count and (if recyclable) its bytes."""
 
-    __slots__ = ("key", "nbytes")
+    __slots__ = ("key", "nbytes", "buf")
 
 
 class MemoryPool:
     """Live/peak byte accounting for engine buffers, with an optional budget."""
 
-    def __init__(self, budget_bytes: int | None = None):
+    def __init__(self, budget_bytes: int | None = None, recycle: bool = True):
         self._lock = threading.RLock()
         self._refs: dict[int, _Ref] = {}
         self._live = 0
         self._peak = 0
         self.num_allocs = 0
+        self.recycle = recycle
+        self._free: dict[int, list[np.ndarray]] = {}  # nbytes -> byte arrays ready for reuse
+        self._pending: list[np.ndarray] = []  # bytes whose array died; views may remain
+        self._cached = 0  # bytes in _free and _pending
         self.budget_bytes = budget_bytes
 
     @property
@@ -48,7 +65,9 @@ class MemoryPool:
     def budget_bytes(self, value: int | None) -> None:
         if value is not None and value < 0:
             raise ValueError(f"budget_bytes must be >= 0 or None, got {value}")
-        self._budget = None if value is None else int(value)
+        with self._lock:
+            self._budget = None if value is None else int(value)
+            self._trim()
 
     @property
     def live_bytes(self) -> int:
@@ -60,10 +79,26 @@ class MemoryPool:
         """The highest `live_bytes` seen since creation or the last `reset_peak`."""
         return self._peak
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of dead buffers kept for reuse (not live; see the module docstring)."""
+        return self._cached
+
+    def release_cached(self) -> int:
+        """Drop every recycled buffer (e.g. before a long-lived allocation); returns bytes."""
+        with self._lock:
+            n = self._cached
+            self._free.clear()
+            self._pending.clear()
+            self._cached = 0
+            return n
+
     def reset_peak(self) -> None:
-        """Restart peak tracking from the current live bytes (e.g. at the start of a round)."""
+        """Restart peak tracking from the current live bytes (e.g. at the start of a round);
+        drops the recycled buffers, which may exceed the new peak."""
         with self._lock:
             self._peak = self._live
+            self._trim()
 
     def alloc(self, shape: tuple[int, ...] | int, dtype: np.dtype | type = np.float32,
               what: str = "") -> np.ndarray:
@@ -73,16 +108,72 @@ class MemoryPool:
             shape = (shape,)
         nbytes = math.prod(shape) * itemsize
         self._reserve(nbytes, what)
+        buf = None
         try:
-            arr = np.empty(shape, dtype)
+            if nbytes >= RECYCLE_MIN_BYTES and self.recycle and self._budget is None:
+                buf = self._take(nbytes)
+                arr = buf.view(dtype).reshape(shape)
+            else:
+                arr = np.empty(shape, dtype)
         except BaseException:
             self._unreserve(nbytes)
             raise
         ref = _Ref(arr, self._on_dead)
         ref.key = key = id(arr)
         ref.nbytes = nbytes
+        ref.buf = buf
         self._refs[key] = ref  # a single dict store: atomic, no lock needed
         return arr
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        """A byte array of `nbytes` from the free list, or a new one."""
+        with self._lock:
+            if self._pending:
+                self._settle()
+            bufs = self._free.get(nbytes)
+            if bufs:
+                self._cached -= nbytes
+                return bufs.pop()
+            self._trim()  # the new bytes are live now: keep live + cached <= peak
+        return np.empty(nbytes, np.uint8)
+
+    def _settle(self) -> None:
+        """Move pending byte arrays that no view references any more to the free list."""
+        keep = []
+        for buf in self._pending:
+            if sys.getrefcount(buf) > 3:  # the list, `buf` and the argument: a view remains
+                keep.append(buf)
+            else:
+                self._free.setdefault(buf.nbytes, []).append(buf)
+        if len(keep) != len(self._pending):
+            self._pending = keep
+
+    def _cache_limit(self) -> int:
+        """The most bytes live + cached may hold: the peak plus a quarter (CACHE_SLACK);
+        nothing under a budget (memory comes first there)."""
+        if self._budget is not None:
+            return 0
+        return self._peak + (self._peak >> 2) if CACHE_SLACK else self._peak
+
+    def _trim(self) -> None:
+        """Drop recycled bytes until live + cached <= peak (still-viewed ones first)."""
+        excess = self._live + self._cached - self._cache_limit()
+        if excess <= 0:
+            return
+        while self._pending and excess > 0:
+            n = self._pending.pop().nbytes
+            self._cached -= n
+            excess -= n
+        for size in list(self._free):
+            bufs = self._free[size]
+            while bufs and excess > 0:
+                bufs.pop()
+                self._cached -= size
+                excess -= size
+            if not bufs:
+                del self._free[size]
+            if excess <= 0:
+                return
 
     def zeros(self, shape: tuple[int, ...] | int, dtype: np.dtype | type = np.float32,
               what: str = "") -> np.ndarray:
@@ -136,6 +227,7 @@ class MemoryPool:
         ref = _Ref(arr, self._on_dead)
         ref.key = key = id(arr)
         ref.nbytes = nbytes
+        ref.buf = None
         self._refs[key] = ref
 
     def _on_dead(self, ref: _Ref) -> None:
@@ -143,9 +235,16 @@ class MemoryPool:
             if self._refs.get(ref.key) is ref:
                 del self._refs[ref.key]
                 self._live -= ref.nbytes
+                buf = ref.buf
+                if buf is not None and \
+                        self._live + self._cached + ref.nbytes <= self._cache_limit():
+                    # the dying array still references buf; reuse waits for _settle
+                    self._pending.append(buf)
+                    self._cached += ref.nbytes
+            ref.buf = None
 
     def __repr__(self) -> str:
         return (
             f"MemoryPool(live={self._live}, peak={self._peak}, budget={self._budget}, "
-            f"arrays={len(self._refs)})"
+            f"arrays={len(self._refs)}, cached={self._cached})"
         )

@@ -232,6 +232,7 @@ class TrainStep:
         persistent = pool.live_bytes - own
         plan = choose(graph, steps, head, tail, persistent, self.budget_bytes)
         gc.collect()  # planning leaves cyclic garbage behind: return it before the arena
+        pool.release_cached()  # and the tracing step's recycled buffers: the arena replaces them
         self.traces += 1
         if len(self._plans) >= self.max_plans:
             self._plans.pop(next(iter(self._plans)))

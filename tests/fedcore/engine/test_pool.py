@@ -99,3 +99,43 @@ def test_training_step_peak_is_accounted(engine):
     # momentum + scratch state stay; activations and temporaries were returned
     assert engine.pool.live_bytes == 4 * params_bytes
     assert engine.pool.peak_bytes > engine.pool.live_bytes - 2 * params_bytes
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def test_large_buffers_are_recycled_only_when_no_view_remains():
+    pool = MemoryPool()
+    a = pool.alloc((256, 256))  # 256 KiB: recycled
+    a.fill(1.0)
+    first = _ptr(a)
+    view = a.reshape(-1)[:10]
+    del a
+    assert pool.live_bytes == 0 and pool.cached_bytes == 256 * 256 * 4
+    b = pool.alloc((256, 256))  # the dead array's bytes are still viewed: not reused
+    assert _ptr(b) != first and pool.live_bytes == b.nbytes
+    assert view[0] == 1.0
+    second = _ptr(b)
+    del view, b
+    c = pool.alloc((256, 256))
+    assert _ptr(c) in (first, second) and pool.live_bytes == c.nbytes
+    d = pool.alloc((128, 512))  # same size, other shape: reused too
+    assert pool.live_bytes == c.nbytes + d.nbytes and d.shape == (128, 512)
+    del c, d
+    assert pool.cached_bytes <= pool.peak_bytes + pool.peak_bytes // 4
+    pool.reset_peak()
+    assert pool.cached_bytes == 0
+
+
+def test_budgeted_pool_recycles_nothing():
+    pool = MemoryPool(budget_bytes=1 << 22)
+    a = pool.alloc((256, 256))
+    del a
+    assert pool.cached_bytes == 0 and pool.live_bytes == 0
+    pool.budget_bytes = None
+    a = pool.alloc((256, 256))
+    del a
+    assert pool.cached_bytes == 256 * 256 * 4
+    pool.budget_bytes = 1 << 22
+    assert pool.cached_bytes == 0
