@@ -12,8 +12,11 @@
     and the analytic lower bound (parameters + gradients + optimizer state + the activations
     the plan keeps).
 
-Every framework gets the same BLAS/OpenMP thread count (OPENBLAS/OMP/MKL_NUM_THREADS and
-torch.set_num_threads). torch is imported only inside the PyTorch workers.
+Every framework gets the same thread count (FEDCORE/OPENBLAS/OMP/MKL_NUM_THREADS and
+torch.set_num_threads). torch is imported only inside the PyTorch workers. With more than one
+thread, each timed MLP step follows a pause (GAP_S) and one untimed step of the same
+framework: idle OpenMP and BLAS threads spin for a while after a call, and would otherwise
+steal a core from the next framework's step.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 MIB = 1 << 20
 DEEP_BUDGET = 96 * MIB
 RSS_SLACK = 16 * MIB
+GAP_S = 0.1
 
 
 def maxrss() -> int:
@@ -109,7 +113,7 @@ def _medians(times: dict[str, list[tuple[float, float]]]) -> dict:
 
 
 # -- workers (each runs in its own subprocess) -----------------------------------------------
-def w_mlp_time(reps: int) -> dict:
+def w_mlp_time(reps: int, threads: int) -> dict:
     import numpy as np
     import torch
 
@@ -139,6 +143,9 @@ def w_mlp_time(reps: int) -> dict:
         for k in names[r % 3:] + names[:r % 3]:
             f, d = runs[k]
             x, y = d[r % len(d)]
+            if threads > 1:  # let the other frameworks' spinning threads sleep (see GAP_S)
+                time.sleep(GAP_S)
+                f(x, y)
             times[k].append(_timed(f, x, y))
     return {**_medians(times), "losses_first4": losses, "eager_ops_per_step": eager_ops,
             "hybrid_instrs_per_step": len(hyb.plan.program.instrs),
@@ -254,7 +261,8 @@ def w_deep_rss(steps: int) -> dict:
 # -- the driver --------------------------------------------------------------------------------
 def run_worker(args: list[str], threads: int) -> dict:
     env = dict(os.environ)
-    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+              "FEDCORE_NUM_THREADS"):
         env[k] = str(threads)
     env["FEDCORE_BENCH_THREADS"] = str(threads)
     out = subprocess.run([sys.executable, "-m", "benchmarks.engine", "--worker", *args],
@@ -270,7 +278,8 @@ def mib(n: float) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads for every framework")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for every framework (fedcore's intra-op threads, BLAS, OpenMP)")
     p.add_argument("--reps", type=int, default=200, help="interleaved reps for the MLP")
     p.add_argument("--deep-reps", type=int, default=11, help="interleaved reps for the deep MLP")
     p.add_argument("--rss-steps", type=int, default=50)
@@ -280,7 +289,8 @@ def main() -> None:
     if a.worker:
         return _worker(a.worker)
     t = a.threads
-    print(f"fedcore engine benchmark: BLAS/OpenMP threads = {t} for every framework; "
+    print(f"fedcore engine benchmark: {t} thread(s) for every framework (fedcore's own, BLAS, "
+          f"OpenMP); "
           f"{os.cpu_count()} cores; load average before: {os.getloadavg()}")
     r = run_worker(["mlp_time", str(a.reps)], t)
     med, cpu = r["median_s"], r["median_cpu_s"]
@@ -345,7 +355,7 @@ def _worker(argv: list[str]) -> None:
 
         torch.set_num_threads(threads)
     if name == "mlp_time":
-        out = w_mlp_time(int(rest[0]))
+        out = w_mlp_time(int(rest[0]), threads)
     elif name == "mlp_rss":
         out = w_mlp_rss(rest[0], int(rest[1]))
     elif name == "deep_time":

@@ -5,8 +5,9 @@
 Both frameworks get the same model, the same initial weights (copied from fedcore into torch,
 so the first losses must agree: a correctness check of the comparison itself), the same batch
 and SGD with momentum. Repetitions are interleaved (fedcore, torch, fedcore, ...) so machine
-load hits both alike, and medians are reported. torch uses as many threads as numpy's BLAS
-(threadpoolctl), printed with the load average. Needs the `bench` extra (torch==2.13.0).
+load hits both alike, and medians are reported. torch gets as many threads as fedcore (every
+core by default, or --threads), printed with the load average. Needs the `bench` extra
+(torch==2.13.0).
 """
 
 from __future__ import annotations
@@ -20,22 +21,23 @@ from typing import Any  # torch is imported lazily, so its types are Any here
 import numpy as np
 
 from fedcore.engine import softmax_cross_entropy
+from fedcore.engine.parallel import get_num_threads, set_num_threads
 from fedcore.models import build_model
 from fedcore.optim import SGD
 
 TARGETS = {"cnn": 0.9, "lstm": 1.2}
 
 
-def blas_threads(requested: int | None) -> int:
-    """Set (if requested) and return numpy's BLAS thread count."""
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-    except ImportError:
-        return int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count() or 1))
+def set_threads(requested: int | None) -> int:
+    """Set (if requested) and return fedcore's thread count, which torch then gets too.
+
+    fedcore splits large kernels and matrix products over its own threads, each calling a
+    one-thread BLAS (see fedcore.engine.parallel); the default is every core this process may
+    use, as PyTorch's is.
+    """
     if requested:
-        threadpool_limits(requested, user_api="blas")
-    info = [i for i in threadpool_info() if i["user_api"] == "blas"]
-    return int(info[0]["num_threads"]) if info else 1
+        set_num_threads(requested)
+    return get_num_threads()
 
 
 # -- the two cases: fedcore model, the same model in torch, data ----------------------------
@@ -168,16 +170,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--case", nargs="+", choices=sorted(CASES), default=sorted(CASES))
-    ap.add_argument("--threads", type=int, default=None, help="BLAS and torch threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="fedcore and torch threads (default: every core)")
     ap.add_argument("--gap", type=float, default=0.2,
                     help="seconds of pause before each timed step (lets spinning threads sleep)")
     args = ap.parse_args(argv)
-    threads = blas_threads(args.threads)
+    threads = set_threads(args.threads)
     import torch
 
     torch.set_num_threads(threads)
     load0 = os.getloadavg()
-    print(f"numpy {np.__version__} (BLAS threads {threads}), torch {torch.__version__} "
+    print(f"numpy {np.__version__} (fedcore threads {threads}, one BLAS thread each), "
+          f"torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}), {os.cpu_count()} CPUs, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     for case in args.case:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["serial_blas"]
+__all__ = ["serial_blas", "set_blas_threads"]
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -35,6 +35,20 @@ def _controllers() -> list[Any]:
             ctl = []
         _state["blas"] = ctl
     return ctl
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set BLAS to `n` threads for good (and as what `serial_blas` restores); False when
+    BLAS threads cannot be controlled here."""
+    ctls = _controllers()
+    if not ctls:
+        return False
+    with _lock:
+        for c in ctls:
+            c.set_num_threads(n)
+        if _depth[0]:
+            _state["prev"] = [n] * len(ctls)
+    return True
 
 
 @contextmanager

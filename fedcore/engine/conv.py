@@ -22,6 +22,8 @@ from numpy.lib.stride_tricks import as_strided
 from .autograd import Ctx, Primitive, apply, defvjp
 from .checks import check_float, check_ndim, check_same_dtype
 from .ops import Operand, tensor
+from .parallel import matmul as gemm
+from .parallel import parallel_for
 from .tensor import Tensor
 
 __all__ = ["avg_pool2d", "conv2d", "conv_output_size", "max_pool2d"]
@@ -140,18 +142,26 @@ def _conv2d_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray,
     k = kh * kw * c
     fold = k < FOLD_BIAS_BELOW
     cols = ctx.alloc((n * ho * wo, k + fold), x.dtype)
-    _im2col(xp, (kh, kw), stride, (ho, wo), cols)
     out = ctx.alloc((n, ho, wo, cout), x.dtype)
     out2 = out.reshape(-1, cout)
     if fold:  # a column of ones times a bias row: the GEMM adds the bias (and sums its grad)
-        cols[:, k] = 1.0
         wb = np.empty((k + 1, cout), x.dtype)
         wb[:k] = w.reshape(k, cout)
         wb[k] = b
-        np.matmul(cols, wb, out=out2)
     else:
-        np.matmul(cols, w.reshape(k, cout), out=out2)
-        out2 += b
+        wb = w.reshape(k, cout)
+    rows = ho * wo
+
+    def images(lo: int, hi: int) -> None:  # im2col and GEMM of images [lo, hi)
+        c2, o2 = cols[lo * rows:hi * rows], out2[lo * rows:hi * rows]
+        _im2col(xp[lo:hi], (kh, kw), stride, (ho, wo), c2)
+        if fold:
+            c2[:, k] = 1.0
+        np.matmul(c2, wb, out=o2)
+        if not fold:
+            o2 += b
+
+    parallel_for(n, images, cols.size + out.size)
     ctx.cols = cols  # the weight gradient's operand: no second im2col in backward
     ctx.dwb = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     return out
@@ -174,18 +184,25 @@ def _conv2d_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     w = ctx.args[1]
     g2 = np.ascontiguousarray(g).reshape(-1, cout)
     dx = ctx.alloc((n, h, w_, cin), g.dtype)
-    dx.fill(0)
-    tap = np.empty((n * ho * wo, cin), g.dtype)
-    tap4 = tap.reshape(n, ho, wo, cin)
-    for i in range(kh):
-        ylo, yhi, y0 = _span(i, ph, sh, h, ho)
-        for j in range(kw):
-            xlo, xhi, x0 = _span(j, pw, sw, w_, wo)
-            if yhi <= ylo or xhi <= xlo:
-                continue
-            np.matmul(g2, w[i, j].T, out=tap)
-            dx[:, y0:y0 + sh * (yhi - ylo - 1) + 1:sh, x0:x0 + sw * (xhi - xlo - 1) + 1:sw] += \
-                tap4[:, ylo:yhi, xlo:xhi]
+    rows = ho * wo
+
+    def images(lo: int, hi: int) -> None:  # the input gradient of images [lo, hi)
+        d = dx[lo:hi]
+        d.fill(0)
+        gs = g2[lo * rows:hi * rows]
+        tap = np.empty((len(gs), cin), g.dtype)
+        tap4 = tap.reshape(hi - lo, ho, wo, cin)
+        for i in range(kh):
+            ylo, yhi, y0 = _span(i, ph, sh, h, ho)
+            for j in range(kw):
+                xlo, xhi, x0 = _span(j, pw, sw, w_, wo)
+                if yhi <= ylo or xhi <= xlo:
+                    continue
+                np.matmul(gs, w[i, j].T, out=tap)
+                d[:, y0:y0 + sh * (yhi - ylo - 1) + 1:sh, x0:x0 + sw * (xhi - xlo - 1) + 1:sw] \
+                    += tap4[:, ylo:yhi, xlo:xhi]
+
+    parallel_for(n, images, dx.size * kh * kw)
     return dx
 
 
@@ -194,7 +211,7 @@ def _conv2d_dwb(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     when the bias was folded into the GEMM."""
     dwb = getattr(ctx, "dwb", None)
     if dwb is None:
-        dwb = ctx.dwb = ctx.cols.T @ np.ascontiguousarray(g).reshape(-1, g.shape[3])
+        dwb = ctx.dwb = gemm(ctx.cols.T, np.ascontiguousarray(g).reshape(-1, g.shape[3]))
     return dwb
 
 
@@ -251,36 +268,48 @@ def _max_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tupl
     idx = ctx.alloc(shape, np.uint8)
 
     views = _offsets(xp, kernel, stride, (ho, wo))
-    mask = np.empty(shape, np.bool_)
-    mask_u8 = mask.view(np.uint8)
-    np.copyto(out, views[0])
-    idx.fill(0)
-    for t in range(1, len(views)):
-        # idx = t where strictly greater (the first maximum wins), as max(idx, mask * t): t
-        # exceeds every earlier index, and masked copies (copyto where=) are ~5x slower
-        np.greater(views[t], out, out=mask)
-        np.multiply(mask_u8, t, out=mask_u8)
-        np.maximum(idx, mask_u8, out=idx)
-        np.maximum(out, views[t], out=out)
+
+    def rows(lo: int, hi: int) -> None:
+        o, i = out[lo:hi], idx[lo:hi]
+        mask = np.empty(o.shape, np.bool_)
+        mask_u8 = mask.view(np.uint8)
+        np.copyto(o, views[0][lo:hi])
+        i.fill(0)
+        for t in range(1, len(views)):
+            # idx = t where strictly greater (the first maximum wins), as max(idx, mask * t):
+            # t exceeds every earlier index, and masked copies (copyto where=) are ~5x slower
+            v = views[t][lo:hi]
+            np.greater(v, o, out=mask)
+            np.multiply(mask_u8, t, out=mask_u8)
+            np.maximum(i, mask_u8, out=i)
+            np.maximum(o, v, out=o)
+
+    parallel_for(shape[0], rows, 2 * x.size)  # ~4 passes over the output per tap
     ctx.argmax = idx
     return out
 
 
-def _pool_scatter(ctx: Ctx, g: np.ndarray, weight: Callable[[int], Any],
+def _pool_scatter(ctx: Ctx, g: np.ndarray, weight: Callable[[int, int, int], Any],
                   exclusive: bool) -> np.ndarray:
-    """Route g back through the offset views: weight(t) scales g for tap t."""
+    """Route g back through the offset views: weight(t, lo, hi) scales g[lo:hi] for tap t."""
     kernel, stride, padding = ctx.params["kernel"], ctx.params["stride"], ctx.params["padding"]
     n, h, w, c = ctx.shapes[0]
     ho, wo = g.shape[1], g.shape[2]
     dxp = ctx.alloc((n, h + 2 * padding[0], w + 2 * padding[1], c), g.dtype)
 
-    if not exclusive:
-        dxp.fill(0)
-    for t, view in enumerate(_offsets(dxp, kernel, stride, (ho, wo))):
-        if exclusive:
-            np.multiply(g, weight(t), out=view)
-        else:
-            view += g * weight(t)
+    views = _offsets(dxp, kernel, stride, (ho, wo))
+
+    def rows(lo: int, hi: int) -> None:  # batch rows [lo, hi): disjoint slabs of dxp
+        if not exclusive:
+            dxp[lo:hi].fill(0)
+        gs = g[lo:hi]
+        for t, view in enumerate(views):
+            if exclusive:
+                np.multiply(gs, weight(t, lo, hi), out=view[lo:hi])
+            else:
+                view[lo:hi] += gs * weight(t, lo, hi)
+
+    parallel_for(n, rows, 2 * dxp.size)
     return _crop(ctx, dxp, ctx.shapes[0], padding)
 
 
@@ -291,7 +320,7 @@ def _exclusive(ctx: Ctx, g: np.ndarray) -> bool:
 
 def _max_pool_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     idx = ctx.argmax
-    return _pool_scatter(ctx, g, lambda t: idx == t, _exclusive(ctx, g))
+    return _pool_scatter(ctx, g, lambda t, lo, hi: idx[lo:hi] == t, _exclusive(ctx, g))
 
 
 def _avg_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
@@ -311,7 +340,7 @@ def _avg_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tupl
 def _avg_pool_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     kernel = ctx.params["kernel"]
     scale = 1.0 / (kernel[0] * kernel[1])
-    return _pool_scatter(ctx, g, lambda t: scale, _exclusive(ctx, g))
+    return _pool_scatter(ctx, g, lambda t, lo, hi: scale, _exclusive(ctx, g))
 
 
 max_pool2d_p = Primitive("max_pool2d", _max_pool_fwd)

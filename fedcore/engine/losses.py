@@ -11,6 +11,7 @@ import numpy as np
 
 from .autograd import Ctx, Primitive, apply, defvjp
 from .ops import Operand, tensor
+from .parallel import parallel_for
 from .tensor import Tensor
 
 __all__ = ["log_softmax", "mse", "softmax_cross_entropy"]
@@ -57,15 +58,23 @@ def _xent_fwd(ctx: Ctx, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     _check_labels(logits, labels)
     n = logits.shape[0]
     probs = ctx.alloc(logits.shape)
-    np.subtract(logits, logits.max(axis=1, keepdims=True), out=probs)
     rows = np.arange(n)
-    picked = probs[rows, labels].sum(dtype=np.float64)
-    np.exp(probs, out=probs)
-    norm = probs.sum(axis=1, keepdims=True)
-    probs /= norm
+    picked = np.empty(n, probs.dtype)  # the shifted logit of each row's label
+    lognorm = np.empty(n, probs.dtype)  # log(sum(exp(shifted row)))
+
+    def slab(lo: int, hi: int) -> None:  # rows [lo, hi): exp is the costly part
+        p = probs[lo:hi]
+        np.subtract(logits[lo:hi], logits[lo:hi].max(axis=1, keepdims=True), out=p)
+        picked[lo:hi] = p[rows[:hi - lo], labels[lo:hi]]
+        np.exp(p, out=p)
+        norm = p.sum(axis=1, keepdims=True)
+        p /= norm
+        np.log(norm[:, 0], out=lognorm[lo:hi])
+
+    parallel_for(n, slab, 4 * logits.size)  # exp costs several simple passes
     ctx.probs, ctx.rows = probs, rows
     out = ctx.alloc(())
-    out[...] = (np.log(norm).sum(dtype=np.float64) - picked) / max(n, 1)
+    out[...] = (lognorm.sum(dtype=np.float64) - picked.sum(dtype=np.float64)) / max(n, 1)
     return out
 
 
@@ -75,7 +84,12 @@ def _xent_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     if grad is None:
         raise RuntimeError("softmax_cross_entropy backward ran twice on one graph")
     grad[ctx.rows, ctx.args[1]] -= 1.0
-    grad *= g / max(grad.shape[0], 1)
+    scale = g / max(grad.shape[0], 1)
+
+    def slab(lo: int, hi: int) -> None:
+        grad[lo:hi] *= scale
+
+    parallel_for(grad.shape[0], slab, grad.size)
     return grad
 
 

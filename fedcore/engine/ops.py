@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp, defvjp_into
+from .parallel import matmul as gemm
+from .parallel import parallel_for
 from .tensor import Tensor, as_array, is_grad_enabled
 
 __all__ = [
@@ -55,30 +57,32 @@ def _check_2d(name: str, *arrays: np.ndarray) -> None:
 
 def _matmul_fwd(ctx: Ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     _check_2d("matmul", a, b)
-    return np.matmul(a, b, out=ctx.alloc((a.shape[0], b.shape[1])))
+    return gemm(a, b, out=ctx.alloc((a.shape[0], b.shape[1])))
+
+
+def _grad_a(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return gemm(g, ctx.args[1].T, out)  # dA = G B^T
+
+
+def _grad_b(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return gemm(ctx.args[0].T, g, out)  # dB = A^T G
 
 
 matmul_p = Primitive("matmul", _matmul_fwd, saves=(0, 1))
-defvjp(matmul_p, lambda ctx, g: g @ ctx.args[1].T, lambda ctx, g: ctx.args[0].T @ g)
-defvjp_into(matmul_p, lambda ctx, g, out: np.matmul(g, ctx.args[1].T, out=out),
-            lambda ctx, g, out: np.matmul(ctx.args[0].T, g, out=out))
+defvjp(matmul_p, _grad_a, _grad_b)
+defvjp_into(matmul_p, _grad_a, _grad_b)
 
 
 def _linear_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     _check_2d("linear", x, w)
-    out = np.matmul(x, w, out=ctx.alloc((x.shape[0], w.shape[1])))
-    out += b
+    out = gemm(x, w, out=ctx.alloc((x.shape[0], w.shape[1])))
+    parallel_for(len(out), lambda lo, hi: np.add(out[lo:hi], b, out=out[lo:hi]), out.size)
     return out
 
 
 linear_p = Primitive("linear", _linear_fwd, saves=(0, 1))
-defvjp(linear_p,
-       lambda ctx, g: g @ ctx.args[1].T,
-       lambda ctx, g: ctx.args[0].T @ g,
-       lambda ctx, g: g.sum(axis=0))
-defvjp_into(linear_p, None,
-            lambda ctx, g, out: np.matmul(ctx.args[0].T, g, out=out),
-            lambda ctx, g, out: np.sum(g, axis=0, out=out))
+defvjp(linear_p, _grad_a, _grad_b, lambda ctx, g: g.sum(axis=0))
+defvjp_into(linear_p, None, _grad_b, lambda ctx, g, out: np.sum(g, axis=0, out=out))
 
 
 def matmul(a: Operand, b: Operand) -> Tensor:
@@ -109,11 +113,21 @@ def _neg_fwd(ctx: Ctx, a: np.ndarray) -> np.ndarray:
 
 
 def _relu_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0, out=ctx.alloc(x.shape, x.dtype))
+    out = ctx.alloc(x.shape, x.dtype)
+    x1, o1 = np.atleast_1d(x, out)  # views; slabs split the leading axis
+    parallel_for(len(x1), lambda lo, hi: np.maximum(x1[lo:hi], 0, out=o1[lo:hi]), x.size)
+    return out
 
 
 def _relu_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    return np.multiply(g, ctx.ans > 0)  # mask of the saved output, no copy of the input
+    out = np.empty(g.shape, np.result_type(g, ctx.ans))
+    g1, a1, o1 = np.atleast_1d(g, ctx.ans, out)
+
+    def rows(lo: int, hi: int) -> None:  # a mask of the saved output: no copy of the input
+        np.multiply(g1[lo:hi], a1[lo:hi] > 0, out=o1[lo:hi])
+
+    parallel_for(len(g1), rows, g.size)
+    return out
 
 
 add_p = Primitive("add", _add_fwd)
@@ -169,7 +183,8 @@ def _mul_inplace_fwd(ctx: Ctx, t: np.ndarray, o: np.ndarray, keep_old: bool) -> 
 
 
 def _relu_inplace_fwd(ctx: Ctx, t: np.ndarray) -> None:
-    np.maximum(t, 0, out=t)
+    t1 = np.atleast_1d(t)  # a view: writes reach t
+    parallel_for(len(t1), lambda lo, hi: np.maximum(t1[lo:hi], 0, out=t1[lo:hi]), t.size)
 
 
 add_inplace_p = Primitive("add_", _add_inplace_fwd, inplace=True)

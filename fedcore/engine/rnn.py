@@ -23,6 +23,7 @@ from .autograd import Ctx, Primitive, apply, defvjp
 from .blas import serial_blas
 from .checks import check_ndim, check_same_dtype
 from .ops import Operand, tensor
+from .parallel import matmul as gemm
 from .tensor import Tensor
 
 __all__ = ["gru", "lstm"]
@@ -74,7 +75,7 @@ def _project(ctx: Ctx, x: np.ndarray, w_ih: np.ndarray, bias: np.ndarray) -> np.
     """x @ w_ih + bias for all steps at once: (B, T, G*H)."""
     b, t, e = x.shape
     xp = ctx.alloc((b, t, w_ih.shape[1]), x.dtype)
-    np.matmul(x.reshape(b * t, e), w_ih, out=xp.reshape(b * t, -1))
+    gemm(x.reshape(b * t, e), w_ih, out=xp.reshape(b * t, -1))
     xp += bias
     return xp
 
@@ -92,12 +93,12 @@ def _input_grads(ctx: Ctx, which: int) -> np.ndarray:
     x, w_ih = ctx.args[0], ctx.args[ctx.w_ih_index]
     d_in = ctx.d_in.reshape(-1, ctx.d_in.shape[2])
     if which == 0:  # input
-        return (d_in @ w_ih.T).reshape(x.shape)
+        return gemm(d_in, w_ih.T).reshape(x.shape)
     if which == 1:  # w_ih
-        return x.reshape(-1, x.shape[2]).T @ d_in
+        return gemm(x.reshape(-1, x.shape[2]).T, d_in)
     d_rec = ctx.d_rec.reshape(-1, ctx.d_rec.shape[2])
     if which == 2:  # w_hh
-        return _prev_states(ctx.h0, ctx.ans).T @ d_rec
+        return gemm(_prev_states(ctx.h0, ctx.ans).T, d_rec)
     if which == 3:  # input-side bias (a GEMV: faster than add.reduce over rows)
         return np.ones(d_in.shape[0], d_in.dtype) @ d_in
     return np.ones(d_rec.shape[0], d_rec.dtype) @ d_rec  # recurrent-side bias (GRU)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..engine import Tensor, Var, get_engine
+from ..engine.parallel import parallel_for
 from .optimizer import Optimizer
 
 __all__ = ["SGD", "sgd_update"]
@@ -68,10 +69,21 @@ class SGD(Optimizer):
         writes_extra: tuple[Var, ...] = (scratch,) if buf is None else (buf, scratch)
         for pvar, gvar, off, k in self._slots():
             def update(pvar: Var = pvar, gvar: Var = gvar, off: int = off, k: int = k) -> None:
-                p = pvar.data
-                b = None if buf is None else buf.data[off:off + k].reshape(p.shape)
-                sgd_update(p, gvar.data, b, scratch.data[off:off + k].reshape(p.shape),
-                           lr, m, wd, nesterov)
+                p, g = pvar.data, gvar.data
+                b = None if buf is None else buf.data[off:off + k]
+                s = scratch.data[off:off + k]
+                if p.flags.c_contiguous and g.flags.c_contiguous:  # flat views: slabs
+                    p, g = p.reshape(-1), g.reshape(-1)
+                else:  # a strided user array: one update in its own shape
+                    b, s = None if b is None else b.reshape(p.shape), s.reshape(p.shape)
+                    sgd_update(p, g, b, s, lr, m, wd, nesterov)
+                    return
+
+                def slab(lo: int, hi: int) -> None:  # elementwise: any split rounds alike
+                    sgd_update(p[lo:hi], g[lo:hi], None if b is None else b[lo:hi], s[lo:hi],
+                               lr, m, wd, nesterov)
+
+                parallel_for(k, slab, 4 * k)
 
             eng.push(update, (gvar,), (pvar, *writes_extra), "sgd_step")
         self.step_count += 1

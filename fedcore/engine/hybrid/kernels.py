@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..parallel import matmul as gemm
+
 __all__ = ["ALIAS", "KERNELS", "Meta", "Spec", "Vjp", "register_kernel"]
 
 Shape = tuple[int, ...]
@@ -141,12 +143,12 @@ def _prod_vjp(m: Meta, i: int) -> Vjp:
 # -- linear algebra ------------------------------------------------------------------------
 class MatmulSpec(Spec):
     def fwd(self, m, ins, outs, scr):
-        return partial(np.matmul, ins[0], ins[1], out=outs[0])
+        return partial(gemm, ins[0], ins[1], out=outs[0])
 
     def vjp(self, m, i):
         if i == 0:
-            return Vjp(("g", "in1"), lambda ins, o, s: partial(np.matmul, ins[0], ins[1].T, out=o))
-        return Vjp(("in0", "g"), lambda ins, o, s: partial(np.matmul, ins[0].T, ins[1], out=o))
+            return Vjp(("g", "in1"), lambda ins, o, s: partial(gemm, ins[0], ins[1].T, out=o))
+        return Vjp(("in0", "g"), lambda ins, o, s: partial(gemm, ins[0].T, ins[1], out=o))
 
     def cost(self, m):
         (n, k), (_, p) = m.in_shapes[:2]
@@ -157,7 +159,7 @@ class LinearSpec(MatmulSpec):
     def fwd(self, m, ins, outs, scr):
         x, w, b = ins
         o = outs[0]
-        mm, add = np.matmul, np.add
+        mm, add = gemm, np.add
 
         def run() -> None:
             mm(x, w, out=o)

@@ -1,0 +1,183 @@
+"""Intra-op parallelism: one large kernel split into slabs that run on several cores at once.
+
+numpy runs each ufunc on one core. The big kernels of a training step (im2col and max pooling,
+softmax's `exp`, bias adds, optimizer updates over the flat parameter vector, and the large
+matrix products) are split along one axis into a slab per thread; numpy releases the GIL
+inside each kernel, so the slabs really run side by side (PyTorch's `at::parallel_for`).
+
+fedcore's threads are the only ones: once it splits a kernel, BLAS runs on one thread and
+fedcore splits the large products itself (see `_claim_blas` for why two pools do not mix).
+
+Handing a slab to a worker costs thread wake-ups (each lock or GIL hand-off wakes a sleeping
+thread: 0.1-0.3 ms a split on the 2-core VM this was tuned on), so kernels worth fewer than
+GRAIN element passes, and products of fewer than GEMM_GRAIN multiply-adds, stay serial. The
+thread count is `set_num_threads(n)`, else FEDCORE_NUM_THREADS, else the number of cores this
+process may use; 1 turns all of this off. A call made while the workers are busy (another op
+on a threaded engine, a nested call) runs serially instead of waiting for them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "get_num_threads", "matmul", "parallel_for",
+           "set_num_threads"]
+
+ENV_VAR = "FEDCORE_NUM_THREADS"
+
+#: a kernel worth fewer element passes than this runs on the calling thread alone
+GRAIN = 1 << 18
+
+_state: dict = {"threads": None}
+_busy = threading.Lock()  # held while a parallel region runs
+
+
+def _default_threads() -> int:
+    raw = os.environ.get(ENV_VAR, "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_VAR}={raw!r} is not a whole number of threads") from None
+        if n < 1:
+            raise ValueError(f"{ENV_VAR}={raw!r} must be at least 1")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads() -> int:
+    """How many threads a large kernel is split over (1: no intra-op parallelism)."""
+    n = _state["threads"]
+    if n is None:
+        n = _state["threads"] = _default_threads()
+    return n
+
+
+def set_num_threads(n: int) -> None:
+    """Split large kernels over `n` threads from now on (1 turns intra-op parallelism off)."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"the number of threads must be a whole number >= 1, got {n!r}")
+    _state["threads"] = int(n)
+
+
+class _Worker:
+    """A daemon thread that runs one slab at a time, handed over through two locks."""
+
+    def __init__(self) -> None:
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._task: tuple[Callable[[int, int], None], int, int] | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._loop, name="fedcore-intra-op", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            fn, lo, hi = self._task  # type: ignore[misc]
+            try:
+                fn(lo, hi)
+            except BaseException as exc:  # re-raised on the calling thread by wait()
+                self._error = exc
+            self._task = None
+            self._done.release()
+
+    def start(self, fn: Callable[[int, int], None], lo: int, hi: int) -> None:
+        self._task = (fn, lo, hi)
+        self._go.release()
+
+    def wait(self) -> BaseException | None:
+        self._done.acquire()
+        err, self._error = self._error, None
+        return err
+
+
+_workers: list[_Worker] = []
+
+
+def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
+    """Call `fn(lo, hi)` over slabs covering rows [0, n), in parallel when worthwhile.
+
+    `work` estimates the kernel's cost in simple elementwise passes over one element each
+    (an exp counts as several); below GRAIN (or with one thread, or when the workers are
+    already busy) this is just `fn(0, n)`. Slabs are
+    contiguous, in order, and disjoint; `fn` must write only its own rows.
+    """
+    _split(n, fn, min(get_num_threads(), n, max(1, work // GRAIN)))
+
+
+def _split(n: int, fn: Callable[[int, int], None], threads: int) -> None:
+    """fn over `threads` slabs of [0, n): the caller runs the first, workers the others."""
+    if threads < 2 or not _busy.acquire(blocking=False):
+        fn(0, n)
+        return
+    _claim_blas()
+    try:
+        while len(_workers) < threads - 1:
+            _workers.append(_Worker())
+        bounds = [n * i // threads for i in range(threads + 1)]
+        for i in range(1, threads):
+            _workers[i - 1].start(fn, bounds[i], bounds[i + 1])
+        error: BaseException | None = None
+        try:
+            fn(bounds[0], bounds[1])
+        except BaseException as exc:
+            error = exc
+        for i in range(1, threads):
+            err = _workers[i - 1].wait()
+            error = error or err
+        if error is not None:
+            raise error
+    finally:
+        _busy.release()
+
+
+# -- matrix products ------------------------------------------------------------------------
+#: a product of fewer multiply-adds than this is one BLAS call on the calling thread
+GEMM_GRAIN = 1 << 24
+
+
+def _claim_blas() -> bool:
+    """Run BLAS on one thread from now on, so that fedcore's threads are the only ones.
+
+    Idle OpenBLAS threads spin for a while after each call; a slab handed to a fedcore worker
+    then shares a core with a spinning thread and runs at half speed (measured: a softmax
+    split over two threads ran 1.2x slower right after a two-thread GEMM, 1.75x faster after a
+    one-thread one). So when fedcore splits kernels itself, it splits the products too, each
+    slab a one-thread BLAS call. False when BLAS threads cannot be set (no threadpoolctl):
+    products are then left whole to BLAS.
+    """
+    claimed = _state.get("blas")
+    if claimed is None:
+        from .blas import set_blas_threads
+
+        claimed = _state["blas"] = set_blas_threads(1)
+    return claimed
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`a @ b` for 2-D operands, split over the intra-op threads when it is large.
+
+    The split is over rows of `a` or columns of `b`, whichever is longer, never over the
+    shared dimension (no partial sums). As with any multi-threaded BLAS, the last bits of a
+    product may still depend on the thread count: BLAS blocks a slab differently.
+    """
+    (m, k), n = a.shape, b.shape[1]
+    if out is None:
+        out = np.empty((m, n), np.result_type(a, b))
+    threads = min(get_num_threads(), max(1, m * n * k // GEMM_GRAIN))
+    if threads < 2 or not _claim_blas():
+        return np.matmul(a, b, out=out)
+    if m >= n:
+        _split(m, lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), threads)
+    else:
+        _split(n, lambda lo, hi: np.matmul(a, b[:, lo:hi], out=out[:, lo:hi]), threads)
+    return out

@@ -1,0 +1,131 @@
+"""Intra-op parallelism: slabs cover every row once, errors surface, results match one thread."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from fedcore.engine import Tensor, parallel, softmax_cross_entropy
+from fedcore.engine.conv import conv2d, max_pool2d
+from fedcore.engine.ops import relu
+from fedcore.models import build_model
+from fedcore.optim import SGD
+
+
+@pytest.fixture
+def threads():
+    """Run a test with two intra-op threads and tiny grains, then restore the settings."""
+    saved = parallel.get_num_threads(), parallel.GRAIN, parallel.GEMM_GRAIN
+    parallel.set_num_threads(2)
+    parallel.GRAIN, parallel.GEMM_GRAIN = 1, 1
+    yield
+    parallel.set_num_threads(saved[0])
+    parallel.GRAIN, parallel.GEMM_GRAIN = saved[1], saved[2]
+
+
+def test_slabs_cover_every_row_once_on_two_threads(threads):
+    seen, names = [], set()
+    lock = threading.Lock()
+
+    def fn(lo: int, hi: int) -> None:
+        with lock:
+            seen.append((lo, hi))
+            names.add(threading.current_thread().name)
+
+    parallel.parallel_for(101, fn, work=10**9)
+    assert sorted(seen) == [(0, 50), (50, 101)]
+    assert len(names) == 2  # the caller and one worker
+
+
+def test_small_work_or_one_thread_runs_serially(threads):
+    calls = []
+    parallel.GRAIN = 1000
+    parallel.parallel_for(10, lambda lo, hi: calls.append((lo, hi)), work=999)
+    parallel.GRAIN = 1
+    parallel.set_num_threads(1)
+    parallel.parallel_for(10, lambda lo, hi: calls.append((lo, hi)), work=10**9)
+    assert calls == [(0, 10), (0, 10)]
+
+
+def test_a_worker_error_reaches_the_caller_and_the_pool_stays_usable(threads):
+    def fn(lo: int, hi: int) -> None:
+        if lo > 0:
+            raise ValueError("slab failed")
+
+    with pytest.raises(ValueError, match="slab failed"):
+        parallel.parallel_for(4, fn, work=10**9)
+    out = []
+    parallel.parallel_for(4, lambda lo, hi: out.append(hi - lo), work=10**9)
+    assert sorted(out) == [2, 2]
+
+
+def test_a_nested_call_runs_serially_instead_of_deadlocking(threads):
+    inner = []
+
+    def outer(lo: int, hi: int) -> None:
+        parallel.parallel_for(6, lambda a, b: inner.append((lo, a, b)), work=10**9)
+
+    parallel.parallel_for(2, outer, work=10**9)
+    assert sorted(inner) == [(0, 0, 6), (1, 0, 6)]
+
+
+@pytest.mark.parametrize("shape", [(300, 40, 20), (20, 40, 300), (7, 5, 3)])
+def test_split_matmul_matches_numpy(threads, shape):
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((k, m)).T  # a transposed view, as weight gradients use
+    b = rng.standard_normal((k, n))
+    np.testing.assert_allclose(parallel.matmul(a, b), a @ b, rtol=1e-12)
+    out = np.empty((m, n))
+    assert parallel.matmul(a, b, out=out) is out
+
+
+def test_thread_count_is_validated(monkeypatch):
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        parallel.set_num_threads(0)
+    monkeypatch.setitem(parallel._state, "threads", None)
+    monkeypatch.setenv(parallel.ENV_VAR, "two")
+    with pytest.raises(ValueError, match="FEDCORE_NUM_THREADS='two'"):
+        parallel.get_num_threads()
+    monkeypatch.setenv(parallel.ENV_VAR, "3")
+    assert parallel.get_num_threads() == 3
+
+
+def _kernels() -> list[np.ndarray]:
+    """Forward results and gradients of the split kernels, on fixed inputs."""
+    rng = np.random.default_rng(1)
+    x = Tensor(rng.standard_normal((6, 8, 8, 3)).astype(np.float32), requires_grad=True)
+    w = Tensor(rng.standard_normal((3, 3, 3, 4)).astype(np.float32), requires_grad=True)
+    b = Tensor(np.zeros(4, np.float32), requires_grad=True)
+    h = relu(max_pool2d(conv2d(x, w, b, padding=1), 2))
+    logits = h.reshape(6, -1) @ Tensor(rng.standard_normal((64, 5)).astype(np.float32))
+    loss = softmax_cross_entropy(logits, rng.integers(0, 5, 6))
+    loss.backward()
+    return [loss.numpy(), h.numpy(), x.grad.copy(), w.grad.copy(), b.grad.copy()]
+
+
+def test_kernels_give_the_same_results_on_one_and_two_threads(threads):
+    two = _kernels()
+    parallel.set_num_threads(1)
+    one = _kernels()
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_steps_match_across_thread_counts(threads):
+    def train() -> np.ndarray:
+        model = build_model("cnn", input_dim=64, channels=(4, 8), hidden=16, seed=0)
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        rng = np.random.default_rng(2)
+        for _ in range(3):
+            opt.zero_grad()
+            x = rng.standard_normal((16, 64)).astype(np.float32)
+            softmax_cross_entropy(model(x), rng.integers(0, 10, 16)).backward()
+            opt.step()
+        return model.get_flat()
+
+    two = train()
+    parallel.set_num_threads(1)
+    np.testing.assert_allclose(train(), two, rtol=1e-4, atol=1e-6)
