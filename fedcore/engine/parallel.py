@@ -19,13 +19,15 @@ on a threaded engine, a nested call) runs serially instead of waiting for them.
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "get_num_threads", "matmul", "parallel_for",
-           "set_num_threads"]
+__all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "get_num_threads", "matmul",
+           "parallel_for", "set_num_threads"]
 
 ENV_VAR = "FEDCORE_NUM_THREADS"
 
@@ -68,34 +70,33 @@ def set_num_threads(n: int) -> None:
 
 
 class _Worker:
-    """A daemon thread that runs one slab at a time, handed over through two locks."""
+    """A daemon thread that runs queued tasks in order; `wait` joins all of them."""
 
     def __init__(self) -> None:
-        self._go = threading.Lock()
-        self._go.acquire()
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._task: tuple[Callable[[int, int], None], int, int] | None = None
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._done = threading.Semaphore(0)
+        self._pending = 0
         self._error: BaseException | None = None
         threading.Thread(target=self._loop, name="fedcore-intra-op", daemon=True).start()
 
     def _loop(self) -> None:
         while True:
-            self._go.acquire()
-            fn, lo, hi = self._task  # type: ignore[misc]
+            fn, lo, hi = self._tasks.get()
             try:
-                fn(lo, hi)
+                if self._error is None:  # after a failure, the rest of the batch is skipped
+                    fn(lo, hi)
             except BaseException as exc:  # re-raised on the calling thread by wait()
                 self._error = exc
-            self._task = None
             self._done.release()
 
     def start(self, fn: Callable[[int, int], None], lo: int, hi: int) -> None:
-        self._task = (fn, lo, hi)
-        self._go.release()
+        self._pending += 1
+        self._tasks.put((fn, lo, hi))
 
     def wait(self) -> BaseException | None:
-        self._done.acquire()
+        for _ in range(self._pending):
+            self._done.acquire()
+        self._pending = 0
         err, self._error = self._error, None
         return err
 
@@ -136,6 +137,50 @@ def _split(n: int, fn: Callable[[int, int], None], threads: int) -> None:
             error = error or err
         if error is not None:
             raise error
+    finally:
+        _busy.release()
+
+
+class Aside:
+    """Tasks that run on a worker while the caller goes on (see `aside`)."""
+
+    def __init__(self, worker: _Worker | None):
+        self._worker = worker
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Queue `fn` behind the earlier tasks, or run it right now without a worker."""
+        if self._worker is None:
+            fn()
+        else:
+            self._worker.start(lambda lo, hi: fn(), 0, 0)
+
+
+@contextmanager
+def aside() -> Iterator[Aside]:
+    """Run submitted tasks, in order, on a worker thread beside the caller's own work.
+
+    For pipelines inside one op: the caller walks a serial chain (e.g. an RNN's steps) and
+    hands off independent work (the weight gradients of the steps done so far) as it goes.
+    The block's end waits for every task and re-raises the first error. With one thread, or
+    when the workers are busy, each task runs at once on the caller's thread: the same
+    tasks in the same order, so the results do not depend on the thread count.
+    """
+    if get_num_threads() < 2 or not _busy.acquire(blocking=False):
+        yield Aside(None)
+        return
+    _claim_blas()
+    try:
+        if not _workers:
+            _workers.append(_Worker())
+        worker = _workers[0]
+        error: BaseException | None = None
+        try:
+            yield Aside(worker)
+        except BaseException as exc:
+            error = exc
+        err = worker.wait()
+        if error is not None or err is not None:
+            raise error or err  # type: ignore[misc]
     finally:
         _busy.release()
 

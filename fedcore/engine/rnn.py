@@ -3,9 +3,10 @@
 Batch-first: x is (B, T, E), the output is every hidden state (B, T, H). The input projection
 of all T steps is one (B*T, E) x (E, G*H) matmul; each step then does one fused gate matmul
 h @ w_hh (H, G*H) and a handful of in-place ufuncs on slices of a preallocated gate buffer.
-Backward walks the steps in reverse, producing the gate gradients of every step into one
-(B, T, G*H) buffer; all weight gradients and the input gradient are then one matmul each,
-not T small ones. Only the recurrent dh = dgates @ w_hh.T is sequential.
+Backward walks the steps in reverse, writing the gate gradients time-major into one
+(T, B, G*H) buffer; every CHUNK_STEPS steps the weight and input gradients of the finished
+chunk are a few matmuls that run on another core beside the walk (`_ChunkGrads`). Only the
+recurrent dh = dgates @ w_hh.T is sequential.
 
 LSTM gates are ordered (input, forget, output, cell) so the three sigmoids are one slice;
 GRU follows PyTorch: (reset, update, new) with n = tanh(x_n + r * (h @ w_hn + b_hn)).
@@ -16,6 +17,7 @@ copies of the final states for truncated backpropagation through time.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from .autograd import Ctx, Primitive, apply, defvjp
 from .blas import serial_blas
 from .checks import check_ndim, check_same_dtype
 from .ops import Operand, tensor
+from .parallel import aside, parallel_for
 from .parallel import matmul as gemm
 from .tensor import Tensor
 
@@ -80,28 +83,67 @@ def _project(ctx: Ctx, x: np.ndarray, w_ih: np.ndarray, bias: np.ndarray) -> np.
     return xp
 
 
-def _prev_states(h0: np.ndarray, hs: np.ndarray) -> np.ndarray:
-    """(B*T, H) matrix of the state each step started from: h0, h_0, ..., h_{T-2}."""
-    prev = np.empty_like(hs)
-    prev[:, 0] = h0
-    prev[:, 1:] = hs[:, :-1]
-    return prev.reshape(-1, hs.shape[2])
+#: the backward pass hands weight gradients to a worker every this many steps
+CHUNK_STEPS = 5
 
 
-def _input_grads(ctx: Ctx, which: int) -> np.ndarray:
-    """Gradients that are one matmul (or reduction) of the per-step gate gradients."""
-    x, w_ih = ctx.args[0], ctx.args[ctx.w_ih_index]
-    d_in = ctx.d_in.reshape(-1, ctx.d_in.shape[2])
-    if which == 0:  # input
-        return gemm(d_in, w_ih.T).reshape(x.shape)
-    if which == 1:  # w_ih
-        return gemm(x.reshape(-1, x.shape[2]).T, d_in)
-    d_rec = ctx.d_rec.reshape(-1, ctx.d_rec.shape[2])
-    if which == 2:  # w_hh
-        return gemm(_prev_states(ctx.h0, ctx.ans).T, d_rec)
-    if which == 3:  # input-side bias (a GEMV: faster than add.reduce over rows)
-        return np.ones(d_in.shape[0], d_in.dtype) @ d_in
-    return np.ones(d_rec.shape[0], d_rec.dtype) @ d_rec  # recurrent-side bias (GRU)
+class _ChunkGrads:
+    """An RNN's input and weight gradients, accumulated chunk by chunk of steps.
+
+    The backward pass walks the steps in reverse on the calling thread, writing the gate
+    gradients time-major (d_in for x @ w_ih, d_rec for h @ w_hh; the same array for an LSTM)
+    and queueing each finished chunk here through `parallel.aside`: the chunk's share of
+    dW_ih, dW_hh, the biases and the input gradient is a few GEMMs that run on another core
+    while the walk goes on. The chunks are the same, and added in the same order, on any
+    number of threads.
+    """
+
+    def __init__(self, ctx: Ctx, x: np.ndarray, w_ih: np.ndarray, d_in: np.ndarray,
+                 d_rec: np.ndarray, rec_bias: bool):
+        g = w_ih.shape[1]
+        self.ctx, self.x, self.w_ih, self.d_in, self.d_rec = ctx, x, w_ih, d_in, d_rec
+        self.dx = ctx.alloc(x.shape, x.dtype)
+        self.dw_ih = ctx.alloc((x.shape[2], g), x.dtype)
+        self.dw_hh = ctx.alloc((ctx.ans.shape[2], g), x.dtype)
+        self.db_ih = ctx.alloc((g,), x.dtype)
+        self.db_hh = ctx.alloc((g,), x.dtype) if rec_bias else None
+        self.first = True
+
+    def add(self, t0: int, t1: int) -> None:
+        """Fold steps [t0, t1) in: chunk rows are (step, batch) pairs."""
+        ctx, x, hs = self.ctx, self.x, self.ctx.ans
+        k, b = t1 - t0, x.shape[0]
+        d_in = self.d_in[t0:t1].reshape(k * b, -1)
+        d_rec = self.d_rec[t0:t1].reshape(k * b, -1)
+        xs = np.ascontiguousarray(x[:, t0:t1].transpose(1, 0, 2)).reshape(k * b, -1)
+        prev = np.empty((k, b, hs.shape[2]), hs.dtype)  # the state each step started from
+        prev[0] = hs[:, t0 - 1] if t0 else ctx.h0
+        prev[1:] = hs[:, t0:t1 - 1].transpose(1, 0, 2)
+        prev2 = prev.reshape(k * b, -1)
+        self.dx[:, t0:t1] = (d_in @ self.w_ih.T).reshape(k, b, -1).transpose(1, 0, 2)
+        ones = np.ones(k * b, x.dtype)  # bias sums as GEMVs: faster than add.reduce
+        pairs = [(xs.T, d_in, self.dw_ih), (prev2.T, d_rec, self.dw_hh),
+                 (ones, d_in, self.db_ih)]
+        if self.db_hh is not None:
+            pairs.append((ones, d_rec, self.db_hh))
+        for a, d, acc in pairs:
+            if self.first:
+                np.matmul(a, d, out=acc)
+            else:
+                acc += a @ d
+        self.first = False
+
+
+def _walk_back(steps: int, step: Callable[[int], None], grads: _ChunkGrads) -> None:
+    """Run `step(t)` for t = steps-1 .. 0 with one BLAS thread, folding each finished chunk
+    of steps into `grads` beside the walk."""
+    end = steps
+    with serial_blas(), aside() as side:
+        for t in range(steps - 1, -1, -1):
+            step(t)
+            if t % CHUNK_STEPS == 0:
+                side.submit(partial(grads.add, t, end))
+                end = t
 
 
 # -- LSTM ----------------------------------------------------------------------------------
@@ -127,7 +169,7 @@ def _lstm_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_ih: np.
     hid = _check("lstm", 4, x, {"h0": h0, "c0": c0}, w_ih, w_hh, {"bias": bias})
     b, steps, _ = x.shape
     h, c = _state(ctx, h0, b, hid), _state(ctx, c0, b, hid)
-    ctx.h0, ctx.c0, ctx.w_ih_index = h, c, 3
+    ctx.h0, ctx.c0 = h, c
     xp = _project(ctx, x, w_ih, bias)
     gates = ctx.alloc((steps, b, 4 * hid), x.dtype)  # activated (i, f, o, g) per step
     cs = ctx.alloc((steps, b, hid), x.dtype)
@@ -148,65 +190,69 @@ def _lstm_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_ih: np.
             h = np.multiply(gt[:, 2 * hid:h3], tct, out=hs[:, t])
             c = ct
     ctx.gates, ctx.cs, ctx.tcs = gates, cs, tcs
-    ctx.d_in = None  # backward's memo: reset by every forward (a replayed ctx is reused)
+    ctx.grads = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     if state_out is not None:
         state_out[:] = [h.copy(), c.copy()]
     return hs
 
 
 def _lstm_bptt(ctx: Ctx, g: np.ndarray) -> None:
-    """Reverse pass over the steps: fills ctx.d_in (B, T, 4H) and the initial-state grads.
+    """Reverse pass over the steps: all of the LSTM's gradients, memoised on ctx.
 
     Everything that depends only on forward values (the gates' activation derivatives and
     o * tanh'(c)) is computed for all steps at once first, leaving ten small ops and the
-    recurrent matmul per step.
+    recurrent matmul per step; the weight gradients of finished chunks of steps are computed
+    beside the walk (`_LstmGrads`).
     """
-    if getattr(ctx, "d_in", None) is not None:
+    if ctx.grads is not None:
         return
-    w_hh = ctx.args[4]
+    x, w_ih, w_hh = ctx.args[0], ctx.args[3], ctx.args[4]
     gates, cs, tcs = ctx.gates, ctx.cs, ctx.tcs
     steps, b, hid4 = gates.shape
     hid, h3 = hid4 // 4, 3 * (hid4 // 4)
     deriv = ctx.alloc(gates.shape, g.dtype)  # sigmoid' = s (1 - s), tanh' = 1 - g^2
     odtc = ctx.alloc(tcs.shape, g.dtype)  # o * (1 - tanh(c)^2): dh -> dc
 
-    np.subtract(1.0, gates, out=deriv)
-    deriv *= gates
-    np.multiply(gates[..., h3:], gates[..., h3:], out=deriv[..., h3:])
-    np.subtract(1.0, deriv[..., h3:], out=deriv[..., h3:])
-    np.multiply(tcs, tcs, out=odtc)
-    np.subtract(1.0, odtc, out=odtc)
-    odtc *= gates[..., 2 * hid:h3]
-    dg = ctx.alloc((b, steps, hid4), g.dtype)
+    def derivatives(lo: int, hi: int) -> None:  # steps [lo, hi)
+        dv, gs, od, tc = deriv[lo:hi], gates[lo:hi], odtc[lo:hi], tcs[lo:hi]
+        np.subtract(1.0, gs, out=dv)
+        dv *= gs
+        np.multiply(gs[..., h3:], gs[..., h3:], out=dv[..., h3:])
+        np.subtract(1.0, dv[..., h3:], out=dv[..., h3:])
+        np.multiply(tc, tc, out=od)
+        np.subtract(1.0, od, out=od)
+        od *= gs[..., 2 * hid:h3]
+
+    parallel_for(steps, derivatives, 2 * deriv.size)
+    dg = ctx.alloc((steps, b, hid4), g.dtype)  # time-major: a chunk of steps is contiguous
+    grads = _ChunkGrads(ctx, x, w_ih, dg, dg, rec_bias=False)
     dh = np.zeros((b, hid), g.dtype)
     dc = np.zeros((b, hid), g.dtype)
     tmp = np.empty((b, hid), g.dtype)
     w_hh_t = w_hh.T
-    with serial_blas():
-        for t in range(steps - 1, -1, -1):
-            gt, dgt = gates[t], dg[:, t]
-            dh += g[:, t]
-            np.multiply(dh, tcs[t], out=dgt[:, 2 * hid:h3])  # d o
-            np.multiply(dh, odtc[t], out=tmp)
-            dc += tmp
-            np.multiply(dc, gt[:, h3:], out=dgt[:, :hid])  # d i
-            np.multiply(dc, cs[t - 1] if t else ctx.c0, out=dgt[:, hid:2 * hid])  # d f
-            np.multiply(dc, gt[:, :hid], out=dgt[:, h3:])  # d g
-            dc *= gt[:, hid:2 * hid]
-            dgt *= deriv[t]  # through the activations
-            np.matmul(dgt, w_hh_t, out=dh)
-    ctx.d_in = ctx.d_rec = dg
-    ctx.dh0, ctx.dc0 = dh, dc
+
+    def step(t: int) -> None:
+        gt, dgt = gates[t], dg[t]
+        np.add(dh, g[:, t], out=dh)
+        np.multiply(dh, tcs[t], out=dgt[:, 2 * hid:h3])  # d o
+        np.multiply(dh, odtc[t], out=tmp)
+        np.add(dc, tmp, out=dc)
+        np.multiply(dc, gt[:, h3:], out=dgt[:, :hid])  # d i
+        np.multiply(dc, cs[t - 1] if t else ctx.c0, out=dgt[:, hid:2 * hid])  # d f
+        np.multiply(dc, gt[:, :hid], out=dgt[:, h3:])  # d g
+        np.multiply(dc, gt[:, hid:2 * hid], out=dc)
+        dgt *= deriv[t]  # through the activations
+        np.matmul(dgt, w_hh_t, out=dh)
+
+    _walk_back(steps, step, grads)
+    ctx.grads = {"x": grads.dx, "h0": dh, "c0": dc, "w_ih": grads.dw_ih, "w_hh": grads.dw_hh,
+                 "b": grads.db_ih}
 
 
 def _lstm_vjp(which: str) -> Callable[[Ctx, np.ndarray], np.ndarray]:
     def vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
         _lstm_bptt(ctx, g)
-        if which == "h0":
-            return ctx.dh0
-        if which == "c0":
-            return ctx.dc0
-        return _input_grads(ctx, {"x": 0, "w_ih": 1, "w_hh": 2, "b": 3}[which])
+        return ctx.grads[which]
     return vjp
 
 
@@ -236,7 +282,6 @@ def _gru_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, w_ih: np.ndarray, w_hh: np
     hid = _check("gru", 3, x, {"h0": h0}, w_ih, w_hh, {"b_ih": b_ih, "b_hh": b_hh})
     b, steps, _ = x.shape
     h = ctx.h0 = _state(ctx, h0, b, hid)
-    ctx.w_ih_index = 2
     xp = _project(ctx, x, w_ih, b_ih)
     gates = ctx.alloc((steps, b, 3 * hid), x.dtype)  # activated (r, z, n) per step
     hpn = ctx.alloc((steps, b, hid), x.dtype)  # h @ w_hn + b_hn, needed by dr
@@ -261,60 +306,62 @@ def _gru_fwd(ctx: Ctx, x: np.ndarray, h0: np.ndarray, w_ih: np.ndarray, w_hh: np
             hn += n
             h = hn
     ctx.gates, ctx.hpn = gates, hpn
-    ctx.d_in = None  # backward's memo: reset by every forward (a replayed ctx is reused)
+    ctx.grads = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     if state_out is not None:
         state_out[:] = [h.copy()]
     return hs
 
 
 def _gru_bptt(ctx: Ctx, g: np.ndarray) -> None:
-    """Reverse pass: ctx.d_in (B, T, 3H) for x @ w_ih, ctx.d_rec for h @ w_hh, ctx.dh0."""
-    if getattr(ctx, "d_in", None) is not None:
+    """Reverse pass over the steps: all of the GRU's gradients, memoised on ctx."""
+    if ctx.grads is not None:
         return
-    w_hh_t = ctx.args[3].T
+    x, w_ih, w_hh_t = ctx.args[0], ctx.args[2], ctx.args[3].T
     gates, hpn, hs = ctx.gates, ctx.hpn, ctx.ans
     steps, b, hid3 = gates.shape
     hid, h2 = hid3 // 3, 2 * (hid3 // 3)
-    d_in = ctx.alloc((b, steps, hid3), g.dtype)
-    d_rec = ctx.alloc((b, steps, hid3), g.dtype)
+    d_in = ctx.alloc((steps, b, hid3), g.dtype)  # time-major: chunks of steps are contiguous
+    d_rec = ctx.alloc((steps, b, hid3), g.dtype)
+    grads = _ChunkGrads(ctx, x, w_ih, d_in, d_rec, rec_bias=True)
     dh = np.zeros((b, hid), g.dtype)
     tmp = np.empty((b, hid), g.dtype)
-    with serial_blas():
-        for t in range(steps - 1, -1, -1):
-            gt, di, dr = gates[t], d_in[:, t], d_rec[:, t]
-            r, z, n = gt[:, :hid], gt[:, hid:h2], gt[:, h2:]
-            hprev = hs[:, t - 1] if t else ctx.h0
-            dh += g[:, t]
-            dn = di[:, h2:]  # dn_pre = dh (1 - z) (1 - n^2)
-            np.subtract(1.0, z, out=dn)
-            dn *= dh
-            np.multiply(n, n, out=tmp)
-            np.subtract(1.0, tmp, out=tmp)
-            dn *= tmp
-            dz = di[:, hid:h2]  # dz_pre = dh (hprev - n) z (1 - z)
-            np.subtract(hprev, n, out=dz)
-            dz *= dh
-            np.subtract(1.0, z, out=tmp)
-            tmp *= z
-            dz *= tmp
-            np.multiply(dn, r, out=dr[:, h2:])  # through r * (h @ w_hn + b_hn)
-            drr = di[:, :hid]  # dr_pre = dn_pre * hpn * r (1 - r)
-            np.multiply(dn, hpn[t], out=drr)
-            np.subtract(1.0, r, out=tmp)
-            tmp *= r
-            drr *= tmp
-            dr[:, :h2] = di[:, :h2]
-            dh *= z
-            dh += np.matmul(dr, w_hh_t, out=tmp)
-    ctx.d_in, ctx.d_rec, ctx.dh0 = d_in, d_rec, dh
+
+    def step(t: int) -> None:
+        gt, di, dr = gates[t], d_in[t], d_rec[t]
+        r, z, n = gt[:, :hid], gt[:, hid:h2], gt[:, h2:]
+        hprev = hs[:, t - 1] if t else ctx.h0
+        np.add(dh, g[:, t], out=dh)
+        dn = di[:, h2:]  # dn_pre = dh (1 - z) (1 - n^2)
+        np.subtract(1.0, z, out=dn)
+        dn *= dh
+        np.multiply(n, n, out=tmp)
+        np.subtract(1.0, tmp, out=tmp)
+        dn *= tmp
+        dz = di[:, hid:h2]  # dz_pre = dh (hprev - n) z (1 - z)
+        np.subtract(hprev, n, out=dz)
+        dz *= dh
+        np.subtract(1.0, z, out=tmp)
+        np.multiply(tmp, z, out=tmp)
+        dz *= tmp
+        np.multiply(dn, r, out=dr[:, h2:])  # through r * (h @ w_hn + b_hn)
+        drr = di[:, :hid]  # dr_pre = dn_pre * hpn * r (1 - r)
+        np.multiply(dn, hpn[t], out=drr)
+        np.subtract(1.0, r, out=tmp)
+        np.multiply(tmp, r, out=tmp)
+        drr *= tmp
+        dr[:, :h2] = di[:, :h2]
+        np.multiply(dh, z, out=dh)
+        np.add(dh, np.matmul(dr, w_hh_t, out=tmp), out=dh)
+
+    _walk_back(steps, step, grads)
+    ctx.grads = {"x": grads.dx, "h0": dh, "w_ih": grads.dw_ih, "w_hh": grads.dw_hh,
+                 "b_ih": grads.db_ih, "b_hh": grads.db_hh}
 
 
 def _gru_vjp(which: str) -> Callable[[Ctx, np.ndarray], np.ndarray]:
     def vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
         _gru_bptt(ctx, g)
-        if which == "h0":
-            return ctx.dh0
-        return _input_grads(ctx, {"x": 0, "w_ih": 1, "w_hh": 2, "b_ih": 3, "b_hh": 4}[which])
+        return ctx.grads[which]
     return vjp
 
 

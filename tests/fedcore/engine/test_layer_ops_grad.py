@@ -97,8 +97,9 @@ def test_layer_norm():
     check_grads64(lambda x, g, b: layer_norm(x, g, b), [randn(3, 2, 5), randn(5), randn(5)])
 
 
-def test_lstm_all_inputs():
-    b, t, e, h = 2, 4, 3, 5
+@pytest.mark.parametrize("t", [4, 12])  # 12 steps: three chunks of weight gradients
+def test_lstm_all_inputs(t):
+    b, e, h = 2, 3, 5
     check_grads64(lambda x, h0, c0, wi, wh, bias: lstm(x, wi, wh, bias, h0, c0),
                   [randn(b, t, e), randn(b, h), randn(b, h), randn(e, 4 * h) * 0.5,
                    randn(h, 4 * h) * 0.5, randn(4 * h)])
@@ -109,8 +110,9 @@ def test_lstm_zero_state():
                   [randn(3, 3, 2), randn(2, 8) * 0.5, randn(2, 8) * 0.5, randn(8)])
 
 
-def test_gru_all_inputs():
-    b, t, e, h = 2, 4, 3, 5
+@pytest.mark.parametrize("t", [4, 12])
+def test_gru_all_inputs(t):
+    b, e, h = 2, 3, 5
     check_grads64(lambda x, h0, wi, wh, bi, bh: gru(x, wi, wh, bi, bh, h0),
                   [randn(b, t, e), randn(b, h), randn(e, 3 * h) * 0.5, randn(h, 3 * h) * 0.5,
                    randn(3 * h), randn(3 * h)])

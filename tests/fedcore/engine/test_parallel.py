@@ -129,3 +129,26 @@ def test_training_steps_match_across_thread_counts(threads):
     two = train()
     parallel.set_num_threads(1)
     np.testing.assert_allclose(train(), two, rtol=1e-4, atol=1e-6)
+
+
+def test_rnn_gradients_match_across_thread_counts(threads):
+    """The weight gradients of chunks of steps are folded in beside the walk on two threads,
+    inline on one: the same chunks in the same order, so the very same numbers."""
+    from fedcore.engine import gru, lstm
+
+    parallel.GEMM_GRAIN = 1 << 40  # whole products only: BLAS may round a slab differently
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in
+              ((3, 13, 4), (4, 24), (6, 24), (24,), (4, 18), (6, 18), (18,), (18,))]
+
+    def grads() -> list[np.ndarray]:
+        ts = [Tensor(a, requires_grad=True) for a in arrays]
+        x, wi, wh, b, gi, gh, bi, bh = ts
+        out = lstm(x, wi, wh, b).sum() + gru(x, gi, gh, bi, bh).sum()
+        out.backward()
+        return [t.grad.copy() for t in ts]
+
+    two = grads()
+    parallel.set_num_threads(1)
+    for a, b in zip(grads(), two, strict=True):
+        np.testing.assert_array_equal(a, b)
