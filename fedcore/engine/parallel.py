@@ -11,9 +11,9 @@ fedcore splits the large products itself (see `_claim_blas` for why two pools do
 Handing a slab to a worker costs thread wake-ups (each lock or GIL hand-off wakes a sleeping
 thread: 0.1-0.3 ms a split on the 2-core VM this was tuned on), so kernels worth fewer than
 GRAIN element passes, and products of fewer than GEMM_GRAIN multiply-adds, stay serial. The
-thread count is `set_num_threads(n)`, else FEDCORE_NUM_THREADS, else the number of cores this
-process may use; 1 turns all of this off. A call made while the workers are busy (another op
-on a threaded engine, a nested call) runs serially instead of waiting for them.
+thread count is `set_num_threads(n)`, else FEDCORE_NUM_THREADS, else OMP_NUM_THREADS, else the
+number of cores this process may use; 1 turns all of this off. A call made while the workers
+are busy (another op on a threaded engine, a nested call) runs serially instead of waiting.
 """
 
 from __future__ import annotations
@@ -39,13 +39,22 @@ _busy = threading.Lock()  # held while a parallel region runs
 
 
 def _default_threads() -> int:
-    raw = os.environ.get(ENV_VAR, "").strip()
-    if raw:
+    """FEDCORE_NUM_THREADS; else OMP_NUM_THREADS, which process managers such as Ray set to a
+    worker's share of the cores (as PyTorch honours it); else every core this process may
+    use."""
+    for name in (ENV_VAR, "OMP_NUM_THREADS"):
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
         try:
             n = int(raw)
         except ValueError:
+            if name != ENV_VAR:
+                continue  # someone else's malformed setting: not ours to reject
             raise ValueError(f"{ENV_VAR}={raw!r} is not a whole number of threads") from None
         if n < 1:
+            if name != ENV_VAR:
+                continue
             raise ValueError(f"{ENV_VAR}={raw!r} must be at least 1")
         return n
     try:

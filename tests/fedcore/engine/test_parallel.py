@@ -91,6 +91,14 @@ def test_thread_count_is_validated(monkeypatch):
         parallel.get_num_threads()
     monkeypatch.setenv(parallel.ENV_VAR, "3")
     assert parallel.get_num_threads() == 3
+    # without ours, a worker's OMP_NUM_THREADS (Ray sets it to the worker's cores) counts
+    monkeypatch.setitem(parallel._state, "threads", None)
+    monkeypatch.delenv(parallel.ENV_VAR)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert parallel.get_num_threads() == 1
+    monkeypatch.setitem(parallel._state, "threads", None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not ours to reject: every core
+    assert parallel.get_num_threads() >= 1
 
 
 def _kernels() -> list[np.ndarray]:
