@@ -122,21 +122,39 @@ def test_kernels_give_the_same_results_on_one_and_two_threads(threads):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_training_steps_match_across_thread_counts(threads):
-    def train() -> np.ndarray:
-        model = build_model("cnn", input_dim=64, channels=(4, 8), hidden=16, seed=0)
-        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
-        rng = np.random.default_rng(2)
-        for _ in range(3):
-            opt.zero_grad()
-            x = rng.standard_normal((16, 64)).astype(np.float32)
-            softmax_cross_entropy(model(x), rng.integers(0, 10, 16)).backward()
-            opt.step()
-        return model.get_flat()
+def _train_cnn() -> np.ndarray:
+    model = build_model("cnn", input_dim=64, channels=(4, 8), hidden=16, seed=0)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        opt.zero_grad()
+        x = rng.standard_normal((16, 64)).astype(np.float32)
+        softmax_cross_entropy(model(x), rng.integers(0, 10, 16)).backward()
+        opt.step()
+    return model.get_flat()
 
-    two = train()
+
+def test_split_kernels_under_the_threaded_engine(threads):
+    """Engine workers run ops at once; a split inside one of them, while another op holds
+    the intra-op workers, runs serially: the same model as the synchronous engine."""
+    from fedcore.engine import use_engine
+    from fedcore.engine.threaded import ThreadedEngine
+
+    parallel.GEMM_GRAIN = 1 << 40  # whole products only: BLAS may round a slab differently
+    ref = _train_cnn()
+    eng = ThreadedEngine(num_workers=3)
+    try:
+        with use_engine(eng):
+            got = _train_cnn()
+    finally:
+        eng.shutdown()
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_training_steps_match_across_thread_counts(threads):
+    two = _train_cnn()
     parallel.set_num_threads(1)
-    np.testing.assert_allclose(train(), two, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_train_cnn(), two, rtol=1e-4, atol=1e-6)
 
 
 def test_rnn_gradients_match_across_thread_counts(threads):
