@@ -118,8 +118,8 @@ def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
 
     `work` estimates the kernel's cost in simple elementwise passes over one element each
     (an exp counts as several); below GRAIN (or with one thread, or when the workers are
-    already busy) this is just `fn(0, n)`. Slabs are
-    contiguous, in order, and disjoint; `fn` must write only its own rows.
+    already busy) this is just `fn(0, n)`. Slabs are contiguous, in order, and disjoint;
+    `fn` must write only its own rows.
     """
     _split(n, fn, min(get_num_threads(), n, max(1, work // GRAIN)))
 
@@ -227,7 +227,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     (m, k), n = a.shape, b.shape[1]
     if out is None:
         out = np.empty((m, n), np.result_type(a, b))
-    threads = min(get_num_threads(), max(1, m * n * k // GEMM_GRAIN))
+    threads = min(get_num_threads(), max(m, n), max(1, m * n * k // GEMM_GRAIN))
     if threads < 2 or not _claim_blas():
         return np.matmul(a, b, out=out)
     if m >= n:
