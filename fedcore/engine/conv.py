@@ -190,7 +190,7 @@ def _conv2d_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
         d = dx[lo:hi]
         d.fill(0)
         gs = g2[lo * rows:hi * rows]
-        tap = np.empty((len(gs), cin), g.dtype)
+        tap = ctx.alloc((len(gs), cin), g.dtype)  # counted by the pool, as every buffer
         tap4 = tap.reshape(hi - lo, ho, wo, cin)
         for i in range(kh):
             ylo, yhi, y0 = _span(i, ph, sh, h, ho)
@@ -271,7 +271,7 @@ def _max_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tupl
 
     def rows(lo: int, hi: int) -> None:
         o, i = out[lo:hi], idx[lo:hi]
-        mask = np.empty(o.shape, np.bool_)
+        mask = ctx.alloc(o.shape, np.bool_)
         mask_u8 = mask.view(np.uint8)
         np.copyto(o, views[0][lo:hi])
         i.fill(0)

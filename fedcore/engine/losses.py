@@ -59,8 +59,8 @@ def _xent_fwd(ctx: Ctx, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     n = logits.shape[0]
     probs = ctx.alloc(logits.shape)
     rows = np.arange(n)
-    picked = np.empty(n, probs.dtype)  # the shifted logit of each row's label
-    lognorm = np.empty(n, probs.dtype)  # log(sum(exp(shifted row)))
+    picked = ctx.alloc((n,))  # the shifted logit of each row's label
+    lognorm = ctx.alloc((n,))  # log(sum(exp(shifted row)))
 
     def slab(lo: int, hi: int) -> None:  # rows [lo, hi): exp is the costly part
         p = probs[lo:hi]

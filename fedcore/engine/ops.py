@@ -120,7 +120,7 @@ def _relu_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
 
 
 def _relu_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    out = np.empty(g.shape, np.result_type(g, ctx.ans))
+    out = ctx.alloc(g.shape, np.result_type(g, ctx.ans).type)
     g1, a1, o1 = np.atleast_1d(g, ctx.ans, out)
 
     def rows(lo: int, hi: int) -> None:  # a mask of the saved output: no copy of the input
