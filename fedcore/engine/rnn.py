@@ -78,8 +78,8 @@ def _project(ctx: Ctx, x: np.ndarray, w_ih: np.ndarray, bias: np.ndarray) -> np.
     """x @ w_ih + bias for all steps at once: (B, T, G*H)."""
     b, t, e = x.shape
     xp = ctx.alloc((b, t, w_ih.shape[1]), x.dtype)
-    gemm(x.reshape(b * t, e), w_ih, out=xp.reshape(b * t, -1))
-    xp += bias
+    xp2 = gemm(x.reshape(b * t, e), w_ih, out=xp.reshape(b * t, -1))
+    parallel_for(b * t, lambda lo, hi: np.add(xp2[lo:hi], bias, out=xp2[lo:hi]), xp.size)
     return xp
 
 
