@@ -9,8 +9,8 @@ fedcore's threads are the only ones: once it splits a kernel, BLAS runs on one t
 fedcore splits the large products itself (see `_claim_blas` for why two pools do not mix).
 
 Handing a slab to a worker costs thread wake-ups (each lock or GIL hand-off wakes a sleeping
-thread: 0.1-0.3 ms a split on the 2-core VM this was tuned on), so kernels worth fewer than
-GRAIN element passes, and products of fewer than GEMM_GRAIN multiply-adds, stay serial. The
+thread: 0.1-0.3 ms a split on the 2-core VM this was tuned on), so each slab must be worth
+GRAIN element passes, or GEMM_GRAIN multiply-adds for a product; smaller work stays serial. The
 thread count is `set_num_threads(n)`, else FEDCORE_NUM_THREADS, else OMP_NUM_THREADS, else the
 number of cores this process may use; 1 turns all of this off. A call made while the workers
 are busy (another op on a threaded engine, a nested call) runs serially instead of waiting.
@@ -31,7 +31,7 @@ __all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "get_num_threads"
 
 ENV_VAR = "FEDCORE_NUM_THREADS"
 
-#: a kernel worth fewer element passes than this runs on the calling thread alone
+#: element passes a slab must have at least: a smaller kernel runs on the calling thread
 GRAIN = 1 << 18
 
 _state: dict = {"threads": None}
@@ -117,7 +117,7 @@ def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
     """Call `fn(lo, hi)` over slabs covering rows [0, n), in parallel when worthwhile.
 
     `work` estimates the kernel's cost in simple elementwise passes over one element each
-    (an exp counts as several); below GRAIN (or with one thread, or when the workers are
+    (an exp counts as several); below 2 * GRAIN (or with one thread, or when the workers are
     already busy) this is just `fn(0, n)`. Slabs are contiguous, in order, and disjoint;
     `fn` must write only its own rows.
     """
@@ -195,8 +195,9 @@ def aside() -> Iterator[Aside]:
 
 
 # -- matrix products ------------------------------------------------------------------------
-#: a product of fewer multiply-adds than this is one BLAS call on the calling thread
-GEMM_GRAIN = 1 << 24
+#: multiply-adds a slab of a split product must have at least (about 0.3 ms of one core
+#: here): a product with fewer than twice this is one BLAS call on the calling thread
+GEMM_GRAIN = 12_000_000
 
 
 def _claim_blas() -> bool:
