@@ -11,7 +11,7 @@ import numpy as np
 
 from .autograd import Ctx, Primitive, apply, defvjp
 from .ops import Operand, tensor
-from .parallel import parallel_for
+from .parallel import elementwise, parallel_for
 from .tensor import Tensor
 
 __all__ = ["log_softmax", "mse", "softmax_cross_entropy"]
@@ -84,13 +84,7 @@ def _xent_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     if grad is None:
         raise RuntimeError("softmax_cross_entropy backward ran twice on one graph")
     grad[ctx.rows, ctx.args[1]] -= 1.0
-    scale = g / max(grad.shape[0], 1)
-
-    def slab(lo: int, hi: int) -> None:
-        grad[lo:hi] *= scale
-
-    parallel_for(grad.shape[0], slab, grad.size)
-    return grad
+    return elementwise(np.multiply, grad, grad, g / max(grad.shape[0], 1))
 
 
 softmax_cross_entropy_p = Primitive("softmax_cross_entropy", _xent_fwd, saves=(1,))

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp, defvjp_into
+from .parallel import elementwise
 from .parallel import matmul as gemm
-from .parallel import parallel_for
 from .tensor import Tensor, as_array, is_grad_enabled
 
 __all__ = [
@@ -76,8 +76,7 @@ defvjp_into(matmul_p, _grad_a, _grad_b)
 def _linear_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     _check_2d("linear", x, w)
     out = gemm(x, w, out=ctx.alloc((x.shape[0], w.shape[1])))
-    parallel_for(len(out), lambda lo, hi: np.add(out[lo:hi], b, out=out[lo:hi]), out.size)
-    return out
+    return elementwise(np.add, out, out, b)  # the bias row goes to every slab whole
 
 
 linear_p = Primitive("linear", _linear_fwd, saves=(0, 1))
@@ -113,21 +112,15 @@ def _neg_fwd(ctx: Ctx, a: np.ndarray) -> np.ndarray:
 
 
 def _relu_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
-    out = ctx.alloc(x.shape, x.dtype)
-    x1, o1 = np.atleast_1d(x, out)  # views; slabs split the leading axis
-    parallel_for(len(x1), lambda lo, hi: np.maximum(x1[lo:hi], 0, out=o1[lo:hi]), x.size)
-    return out
+    return elementwise(np.maximum, ctx.alloc(x.shape, x.dtype), x, 0)
+
+
+def _masked(g: np.ndarray, ans: np.ndarray, out: np.ndarray) -> None:
+    np.multiply(g, ans > 0, out=out)  # a mask of the saved output: no copy of the input
 
 
 def _relu_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    out = ctx.alloc(g.shape, np.result_type(g, ctx.ans).type)
-    g1, a1, o1 = np.atleast_1d(g, ctx.ans, out)
-
-    def rows(lo: int, hi: int) -> None:  # a mask of the saved output: no copy of the input
-        np.multiply(g1[lo:hi], a1[lo:hi] > 0, out=o1[lo:hi])
-
-    parallel_for(len(g1), rows, g.size)
-    return out
+    return elementwise(_masked, ctx.alloc(g.shape, np.result_type(g, ctx.ans).type), g, ctx.ans)
 
 
 add_p = Primitive("add", _add_fwd)
@@ -183,8 +176,7 @@ def _mul_inplace_fwd(ctx: Ctx, t: np.ndarray, o: np.ndarray, keep_old: bool) -> 
 
 
 def _relu_inplace_fwd(ctx: Ctx, t: np.ndarray) -> None:
-    t1 = np.atleast_1d(t)  # a view: writes reach t
-    parallel_for(len(t1), lambda lo, hi: np.maximum(t1[lo:hi], 0, out=t1[lo:hi]), t.size)
+    elementwise(np.maximum, t, t, 0)
 
 
 add_inplace_p = Primitive("add_", _add_inplace_fwd, inplace=True)

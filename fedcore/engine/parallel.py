@@ -26,8 +26,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "get_num_threads", "matmul",
-           "parallel_for", "set_num_threads"]
+__all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "elementwise", "get_num_threads",
+           "matmul", "parallel_for", "set_num_threads"]
 
 ENV_VAR = "FEDCORE_NUM_THREADS"
 
@@ -121,7 +121,32 @@ def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
     already busy) this is just `fn(0, n)`. Slabs are contiguous, in order, and disjoint;
     `fn` must write only its own rows.
     """
-    _split(n, fn, min(get_num_threads(), n, max(1, work // GRAIN)))
+    if work < 2 * GRAIN:  # the common case for small models: no thread bookkeeping at all
+        fn(0, n)
+        return
+    _split(n, fn, min(get_num_threads(), n, work // GRAIN))
+
+
+def elementwise(fn: Callable[..., object], out: np.ndarray, *args: object,
+                cost: int = 1) -> np.ndarray:
+    """`fn(*args, out=out)` (a ufunc, or a function shaped like one), split by leading rows.
+
+    An argument is cut along with `out` when it has out's rank and leading length; anything
+    else (a scalar, a bias row that broadcasts) goes to every slab whole. `cost` weighs an
+    element (an exp is worth several simple passes). Returns `out`.
+    """
+    if out.size * cost < 2 * GRAIN or out.ndim == 0:
+        fn(*args, out=out)
+        return out
+    n, nd = out.shape[0], out.ndim
+    cut = [isinstance(a, np.ndarray) and a.ndim == nd and a.shape[0] == n for a in args]
+
+    def slab(lo: int, hi: int) -> None:
+        fn(*[a[lo:hi] if c else a for a, c in zip(args, cut, strict=True)],  # type: ignore[index]
+           out=out[lo:hi])
+
+    _split(n, slab, min(get_num_threads(), n, out.size * cost // GRAIN))
+    return out
 
 
 def _split(n: int, fn: Callable[[int, int], None], threads: int) -> None:
@@ -226,11 +251,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     product may still depend on the thread count: BLAS blocks a slab differently.
     """
     (m, k), n = a.shape, b.shape[1]
-    if out is None:
-        out = np.empty((m, n), np.result_type(a, b))
-    threads = min(get_num_threads(), max(m, n), max(1, m * n * k // GEMM_GRAIN))
+    work = m * n * k
+    if work < 2 * GEMM_GRAIN:  # the common case for small models: straight to BLAS
+        return np.matmul(a, b, out=out)
+    threads = min(get_num_threads(), max(m, n), work // GEMM_GRAIN)
     if threads < 2 or not _claim_blas():
         return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((m, n), np.result_type(a, b))
     if m >= n:
         _split(m, lambda lo, hi: np.matmul(a[lo:hi], b, out=out[lo:hi]), threads)
     else:

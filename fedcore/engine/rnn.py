@@ -25,7 +25,7 @@ from .autograd import Ctx, Primitive, apply, defvjp
 from .blas import serial_blas
 from .checks import check_ndim, check_same_dtype
 from .ops import Operand, tensor
-from .parallel import aside, parallel_for
+from .parallel import aside, elementwise, parallel_for
 from .parallel import matmul as gemm
 from .tensor import Tensor
 
@@ -79,7 +79,7 @@ def _project(ctx: Ctx, x: np.ndarray, w_ih: np.ndarray, bias: np.ndarray) -> np.
     b, t, e = x.shape
     xp = ctx.alloc((b, t, w_ih.shape[1]), x.dtype)
     xp2 = gemm(x.reshape(b * t, e), w_ih, out=xp.reshape(b * t, -1))
-    parallel_for(b * t, lambda lo, hi: np.add(xp2[lo:hi], bias, out=xp2[lo:hi]), xp.size)
+    elementwise(np.add, xp2, xp2, bias)
     return xp
 
 

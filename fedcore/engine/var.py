@@ -40,6 +40,7 @@ class Var:
         "_dep_error",
         "meta",
         "_zeroed",
+        "_span",
         "__weakref__",
     )
 
@@ -63,6 +64,7 @@ class Var:
         # [version, byte ranges]: the root buffer was zero-filled and, while its version still
         # equals `version`, only the listed ranges were written since (see `claim_zero`)
         self._zeroed: list | None = None
+        self._span: tuple | None = None  # (array, first byte, end byte) memo of claim_zero
 
     @property
     def root(self) -> Var:
@@ -113,10 +115,13 @@ class Var:
             root._zeroed = None
             return False
         a = self.data
-        if a is None or not a.flags.c_contiguous:
-            return False
-        start = a.__array_interface__["data"][0]
-        end = start + a.nbytes
+        span = self._span
+        if span is None or span[0] is not a:  # a gradient view keeps its array: cache its bytes
+            if a is None or not a.flags.c_contiguous:
+                return False
+            start = a.__array_interface__["data"][0]
+            span = self._span = (a, start, start + a.nbytes)
+        _, start, end = span
         for s, e in z[1]:
             if s < end and start < e:
                 return False

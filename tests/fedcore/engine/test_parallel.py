@@ -71,6 +71,23 @@ def test_a_nested_call_runs_serially_instead_of_deadlocking(threads):
     assert sorted(inner) == [(0, 0, 6), (1, 0, 6)]
 
 
+def test_elementwise_cuts_full_rank_arguments_and_broadcasts_the_rest(threads):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((9, 4))
+    bias = rng.standard_normal(4)  # a row: every slab gets it whole
+    col = rng.standard_normal((1, 4))  # full rank but one row: broadcast too
+    out = np.empty_like(x)
+    assert parallel.elementwise(np.add, out, x, bias) is out
+    np.testing.assert_array_equal(out, x + bias)
+    parallel.elementwise(np.multiply, out, x, col)
+    np.testing.assert_array_equal(out, x * col)
+    parallel.elementwise(np.maximum, x, x, 0.0)  # in place
+    assert (x >= 0).all()
+    s = np.empty(())
+    parallel.elementwise(np.add, s, np.float64(1.0), 2.0)  # 0-d: one call
+    assert s == 3.0
+
+
 @pytest.mark.parametrize("shape", [(300, 40, 20), (20, 40, 300), (7, 5, 3)])
 def test_split_matmul_matches_numpy(threads, shape):
     m, k, n = shape
