@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..engine import Tensor, Var, get_engine
+from ..engine.blas import axpby
 from ..engine.parallel import parallel_for
 from .optimizer import Optimizer
 
@@ -32,6 +33,9 @@ def sgd_update(p: np.ndarray, g: np.ndarray, b: np.ndarray | None, s: np.ndarray
     if b is None:
         np.multiply(d, lr, out=s)
         p -= s
+        return
+    if not nesterov and axpby(1.0, d, m, b):  # b = m b + d, then p -= lr b: two passes
+        axpby(-lr, b, 1.0, p)
         return
     b *= m
     b += d
