@@ -21,6 +21,7 @@ from typing import Any  # torch is imported lazily, so its types are Any here
 import numpy as np
 
 from fedcore.engine import softmax_cross_entropy
+from fedcore.engine.blas import set_blas_threads
 from fedcore.engine.parallel import get_num_threads, set_num_threads
 from fedcore.models import build_model
 from fedcore.optim import SGD
@@ -37,6 +38,7 @@ def set_threads(requested: int | None) -> int:
     """
     if requested:
         set_num_threads(requested)
+    set_blas_threads(1)  # what the engine does at its first product anyway (see _claim_blas)
     return get_num_threads()
 
 

@@ -5,8 +5,9 @@ softmax's `exp`, bias adds, optimizer updates over the flat parameter vector, an
 matrix products) are split along one axis into a slab per thread; numpy releases the GIL
 inside each kernel, so the slabs really run side by side (PyTorch's `at::parallel_for`).
 
-fedcore's threads are the only ones: once it splits a kernel, BLAS runs on one thread and
-fedcore splits the large products itself (see `_claim_blas` for why two pools do not mix).
+fedcore's threads are the only ones: from the engine's first product on, BLAS runs on one
+thread and fedcore splits the large products itself (see `_claim_blas` for why two pools do
+not mix).
 
 Handing a slab to a worker costs thread wake-ups (each lock or GIL hand-off wakes a sleeping
 thread: 0.1-0.3 ms a split on the 2-core VM this was tuned on), so each slab must be worth
@@ -181,6 +182,11 @@ class Aside:
     def __init__(self, worker: _Worker | None):
         self._worker = worker
 
+    @property
+    def overlaps(self) -> bool:
+        """True when tasks run on a worker beside the caller (False: each runs at once)."""
+        return self._worker is not None
+
     def submit(self, fn: Callable[[], None]) -> None:
         """Queue `fn` behind the earlier tasks, or run it right now without a worker."""
         if self._worker is None:
@@ -196,8 +202,8 @@ def aside() -> Iterator[Aside]:
     For pipelines inside one op: the caller walks a serial chain (e.g. an RNN's steps) and
     hands off independent work (the weight gradients of the steps done so far) as it goes.
     The block's end waits for every task and re-raises the first error. With one thread, or
-    when the workers are busy, each task runs at once on the caller's thread: the same
-    tasks in the same order, so the results do not depend on the thread count.
+    when the workers are busy, each task runs at once on the caller's thread (`overlaps` is
+    then False, so a caller may hand off fewer, larger tasks).
     """
     if get_num_threads() < 2 or not _busy.acquire(blocking=False):
         yield Aside(None)
@@ -226,14 +232,15 @@ GEMM_GRAIN = 12_000_000
 
 
 def _claim_blas() -> bool:
-    """Run BLAS on one thread from now on, so that fedcore's threads are the only ones.
+    """Run BLAS on one thread from now on (at the engine's first product or split), so that
+    fedcore's threads are the only ones: with one, training uses one core.
 
     Idle OpenBLAS threads spin for a while after each call; a slab handed to a fedcore worker
     then shares a core with a spinning thread and runs at half speed (measured: a softmax
     split over two threads ran 1.2x slower right after a two-thread GEMM, 1.75x faster after a
-    one-thread one). So when fedcore splits kernels itself, it splits the products too, each
-    slab a one-thread BLAS call. False when BLAS threads cannot be set (no threadpoolctl):
-    products are then left whole to BLAS.
+    one-thread one). So fedcore splits the large products itself too, each slab a one-thread
+    BLAS call. False when BLAS threads cannot be set (no threadpoolctl): products are then
+    left whole to BLAS and its own threads.
     """
     claimed = _state.get("blas")
     if claimed is None:
@@ -251,11 +258,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     product may still depend on the thread count: BLAS blocks a slab differently.
     """
     (m, k), n = a.shape, b.shape[1]
+    claimed = _state.get("blas")
+    if claimed is None:
+        claimed = _claim_blas()
     work = m * n * k
     if work < 2 * GEMM_GRAIN:  # the common case for small models: straight to BLAS
         return np.matmul(a, b, out=out)
     threads = min(get_num_threads(), max(m, n), work // GEMM_GRAIN)
-    if threads < 2 or not _claim_blas():
+    if threads < 2 or not claimed:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), np.result_type(a, b))

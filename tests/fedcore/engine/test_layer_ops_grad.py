@@ -97,7 +97,7 @@ def test_layer_norm():
     check_grads64(lambda x, g, b: layer_norm(x, g, b), [randn(3, 2, 5), randn(5), randn(5)])
 
 
-@pytest.mark.parametrize("t", [4, 12])  # 12 steps: three chunks of weight gradients
+@pytest.mark.parametrize("t", [4, 12])  # 12 steps: three chunks of weight gradients (>1 thread)
 def test_lstm_all_inputs(t):
     b, e, h = 2, 3, 5
     check_grads64(lambda x, h0, c0, wi, wh, bias: lstm(x, wi, wh, bias, h0, c0),

@@ -176,7 +176,7 @@ def test_training_steps_match_across_thread_counts(threads):
 
 def test_rnn_gradients_match_across_thread_counts(threads):
     """The weight gradients of chunks of steps are folded in beside the walk on two threads,
-    inline on one: the same chunks in the same order, so the very same numbers."""
+    as one chunk at the end on one: the same gradients up to float32 rounding."""
     from fedcore.engine import gru, lstm
 
     parallel.GEMM_GRAIN = 1 << 40  # whole products only: BLAS may round a slab differently
@@ -194,4 +194,4 @@ def test_rnn_gradients_match_across_thread_counts(threads):
     two = grads()
     parallel.set_num_threads(1)
     for a, b in zip(grads(), two, strict=True):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
