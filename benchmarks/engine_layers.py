@@ -21,7 +21,6 @@ from typing import Any  # torch is imported lazily, so its types are Any here
 import numpy as np
 
 from fedcore.engine import softmax_cross_entropy
-from fedcore.engine.blas import set_blas_threads
 from fedcore.engine.parallel import get_num_threads, set_num_threads
 from fedcore.models import build_model
 from fedcore.optim import SGD
@@ -34,11 +33,10 @@ def set_threads(requested: int | None) -> int:
 
     fedcore splits large kernels and matrix products over its own threads, each calling a
     one-thread BLAS (see fedcore.engine.parallel); the default is every core this process may
-    use, as PyTorch's is.
+    use, as PyTorch's is. With one thread, BLAS runs on one thread too.
     """
     if requested:
         set_num_threads(requested)
-    set_blas_threads(1)  # what the engine does at its first product anyway (see _claim_blas)
     return get_num_threads()
 
 
@@ -182,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(threads)
     load0 = os.getloadavg()
-    print(f"numpy {np.__version__} (fedcore threads {threads}, one BLAS thread each), "
+    print(f"numpy {np.__version__} (fedcore threads {threads}), "
           f"torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}), {os.cpu_count()} CPUs, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")

@@ -5,9 +5,12 @@ softmax's `exp`, bias adds, optimizer updates over the flat parameter vector, an
 matrix products) are split along one axis into a slab per thread; numpy releases the GIL
 inside each kernel, so the slabs really run side by side (PyTorch's `at::parallel_for`).
 
-fedcore's threads are the only ones: from the engine's first product on, BLAS runs on one
-thread and fedcore splits the large products itself (see `_claim_blas` for why two pools do
-not mix).
+Two thread pools do not mix (see `_claim_blas`), so BLAS keeps its own threads only until
+fedcore first splits a kernel itself (a model with big elementwise work: convolutions, a
+softmax over a large vocabulary); from then on BLAS runs on one thread and fedcore splits the
+large products too. A model of medium products and small elementwise work (an MLP) never
+gets there and keeps BLAS's threads, which hand work over faster than Python threads can.
+With one fedcore thread, BLAS runs on one thread from the engine's first product.
 
 Handing a slab to a worker costs thread wake-ups (each lock or GIL hand-off wakes a sleeping
 thread: 0.1-0.3 ms a split on the 2-core VM this was tuned on), so each slab must be worth
@@ -232,8 +235,7 @@ GEMM_GRAIN = 12_000_000
 
 
 def _claim_blas() -> bool:
-    """Run BLAS on one thread from now on (at the engine's first product or split), so that
-    fedcore's threads are the only ones: with one, training uses one core.
+    """Run BLAS on one thread from now on, so that fedcore's threads are the only ones.
 
     Idle OpenBLAS threads spin for a while after each call; a slab handed to a fedcore worker
     then shares a core with a spinning thread and runs at half speed (measured: a softmax
@@ -259,13 +261,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     """
     (m, k), n = a.shape, b.shape[1]
     claimed = _state.get("blas")
-    if claimed is None:
-        claimed = _claim_blas()
+    if claimed is None and get_num_threads() == 1:
+        claimed = _claim_blas()  # one fedcore thread: one core, BLAS included
     work = m * n * k
-    if work < 2 * GEMM_GRAIN:  # the common case for small models: straight to BLAS
+    if not claimed or work < 2 * GEMM_GRAIN:  # BLAS's own threads, or a small product
         return np.matmul(a, b, out=out)
     threads = min(get_num_threads(), max(m, n), work // GEMM_GRAIN)
-    if threads < 2 or not claimed:
+    if threads < 2:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), np.result_type(a, b))

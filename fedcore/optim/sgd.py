@@ -87,7 +87,7 @@ class SGD(Optimizer):
                     sgd_update(p[lo:hi], g[lo:hi], None if b is None else b[lo:hi], s[lo:hi],
                                lr, m, wd, nesterov)
 
-                parallel_for(k, slab, 4 * k)
+                parallel_for(k, slab, k // 2)  # two light passes (axpby): split from ~1M
 
             eng.push(update, (gvar,), (pvar, *writes_extra), "sgd_step")
         self.step_count += 1

@@ -20,6 +20,7 @@ def threads():
     saved = parallel.get_num_threads(), parallel.GRAIN, parallel.GEMM_GRAIN
     parallel.set_num_threads(2)
     parallel.GRAIN, parallel.GEMM_GRAIN = 1, 1
+    parallel._claim_blas()  # what the first split of a big model does: products split too
     yield
     parallel.set_num_threads(saved[0])
     parallel.GRAIN, parallel.GEMM_GRAIN = saved[1], saved[2]
