@@ -33,10 +33,15 @@ def status(db: Db = None, as_json: Json = False) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.exc import SQLAlchemyError
 
-    from aggregator.store import resolve_url
+    from aggregator.store import StoreError, resolve_url
     from aggregator.store.schema import schema_state
+    from aggregator.store.store import parse_url, require_store
 
     url = resolve_url(db)
+    try:
+        require_store(parse_url(url))
+    except StoreError as exc:
+        fail(str(exc))
     try:
         state = schema_state(create_engine(url))
     except (SQLAlchemyError, ImportError) as exc:

@@ -16,21 +16,27 @@ import typer
 from rich.console import Console
 
 from cli.errors import FAILED, fail
-from cli.options import Db, Json
+from cli.options import Db, Json, output_file, output_format
 from cli.store_access import open_store
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
-FORMATS = ("safetensors", "npz", "onnx")
+FORMATS = {".safetensors": "safetensors", ".npz": "npz", ".onnx": "onnx"}  # by extension
 
 
 @app.command("export")
 def export_model(
     run_id: Annotated[int, typer.Argument(help="Run id.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="safetensors, npz or onnx.")] = (
-        "safetensors"
-    ),
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="safetensors, npz or onnx [default: from the file's extension, else "
+            "safetensors].",
+        ),
+    ] = None,
     round_number: Annotated[
         int | None, typer.Option("--round", "-r", help="Round to export [default: the last].")
     ] = None,
@@ -41,10 +47,8 @@ def export_model(
     from aggregator.store import StoreError
     from aggregator.store.checkpoints import CheckpointError
 
-    if fmt not in FORMATS:
-        fail(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    if not out.parent.is_dir():
-        fail(f"--out: directory does not exist: {out.parent}")
+    fmt = output_format(out, fmt, FORMATS, "safetensors")
+    output_file(out)
     store = open_store(db)
     try:
         run = store.get_run(run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,3 +14,27 @@ Db = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+
+
+def output_file(out: Path, option: str = "--out") -> None:
+    """Refuse an output path that cannot be written as a file (one line, exit 2)."""
+    from cli.errors import fail
+
+    if out.is_dir():
+        fail(f"{option}: {out} is a folder; name a file to write")
+    if not out.parent.is_dir():
+        fail(f"{option}: directory does not exist: {out.parent}")
+
+
+def output_format(out: Path, fmt: str | None, formats: dict[str, str], default: str) -> str:
+    """The format to write: ``--format``, else the one ``out``'s extension names, else
+    ``default``; a ``--format`` that contradicts a known extension is refused."""
+    from cli.errors import fail
+
+    known = sorted(set(formats.values()))
+    if fmt is not None and fmt not in known:
+        fail(f"--format: expected one of {', '.join(known)}, got {fmt!r}")
+    implied = formats.get(out.suffix.lower())
+    if fmt is not None and implied is not None and implied != fmt:
+        fail(f"--format {fmt} contradicts the file name {out.name} ({implied}); drop one of them")
+    return fmt or implied or default

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from cli.errors import FAILED, fail, stopped
 from cli.live import RoundProgress, print_summary
-from cli.options import Db, Json
+from cli.options import Db, Json, output_file, output_format
 from cli.render import RoundRow, round_table
 from cli.store_access import open_store, round_dict, run_dict
 
@@ -197,20 +197,24 @@ def export_run(
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write ('-': stdout).")] = Path(
         "-"
     ),
-    fmt: Annotated[str, typer.Option("--format", "-f", help="json or csv.")] = "json",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="json or csv [default: from the file's extension, else json]."
+        ),
+    ] = None,
     db: Db = None,
 ) -> None:
     """Export a run's rounds and per-client results (JSON, or CSV with one row per client)."""
     from aggregator.store import StoreError
 
-    if fmt not in ("json", "csv"):
-        fail(f"--format: expected json or csv, got {fmt!r}")
+    fmt = output_format(out, fmt, {".json": "json", ".csv": "csv"}, "json")
+    if str(out) != "-":
+        output_file(out)
     try:
         run = open_store(db).get_run(run_id)
     except StoreError as exc:
         fail(str(exc))
-    if str(out) != "-" and not out.parent.is_dir():
-        fail(f"--out: directory does not exist: {out.parent}")
     stream = sys.stdout if str(out) == "-" else open(out, "w", newline="")  # noqa: SIM115
     try:
         if fmt == "json":

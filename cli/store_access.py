@@ -8,11 +8,15 @@ from cli.errors import fail
 
 
 def open_store(db: str | None, migrate: bool = False) -> Any:
-    """An ``aggregator.store.Store`` for ``--db`` (imported lazily: SQLAlchemy is heavy)."""
+    """An ``aggregator.store.Store`` for ``--db`` (imported lazily: SQLAlchemy is heavy).
+
+    Only ``migrate`` (``fedcore db upgrade``) creates a store; every other command refuses a
+    mistyped ``--db`` with ``no store at PATH`` rather than reading a new, empty one.
+    """
     from aggregator.store import Store, StoreError
 
     try:
-        return Store(db, migrate=migrate)
+        return Store(db, migrate=migrate, create=migrate)
     except StoreError as exc:
         fail(str(exc))
 

@@ -594,7 +594,8 @@ _BOUNDS = {
 
 def _format(error: ValidationError, source: str) -> str:
     errors = error.errors(include_url=False)
-    first = errors[0]
+    # A misspelled key or table explains the "missing" errors it causes: name it first.
+    first = min(errors, key=lambda e: e["type"] != "extra_forbidden")
     ctx = first.get("ctx") or {}
     key = ctx.get("key") or _dotted(first["loc"])
     message = _describe_error(first)
@@ -609,7 +610,8 @@ def _describe_error(error: Mapping[str, Any]) -> str:
         return "missing required key"
     if kind == "extra_forbidden":
         allowed = _allowed_keys(error["loc"][:-1])
-        return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
+        what = "table" if isinstance(value, Mapping) else "key"
+        return f"unknown {what} (allowed: {', '.join(allowed)})" if allowed else f"unknown {what}"
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {_describe(value)}"
     if kind in _BOUNDS:

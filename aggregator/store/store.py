@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, select
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -42,6 +42,28 @@ def resolve_url(db: str | None) -> str:
     if "://" in value:
         return value
     return f"sqlite:///{Path(value).expanduser()}"
+
+
+def parse_url(value: str) -> URL:
+    """A SQLAlchemy URL, or ``StoreError`` naming the text that is not one."""
+    try:
+        return make_url(value)
+    except ArgumentError as exc:
+        raise StoreError(f"invalid database URL {value!r}") from exc
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).expanduser()
+
+
+def require_store(url: URL) -> None:
+    """``StoreError('no store at PATH')`` when a SQLite URL names no file (creates nothing)."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise StoreError(f"no store at {path}")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -81,28 +103,29 @@ class Store:
     """Runs, rounds, client results, checkpoints and control commands in a SQL database."""
 
     def __init__(
-        self, db: str | None = None, checkpoints: str | None = None, migrate: bool = False
+        self,
+        db: str | None = None,
+        checkpoints: str | None = None,
+        migrate: bool = False,
+        create: bool = True,
     ) -> None:
+        """Open the store at ``db``; ``create=False`` (commands that read or queue) refuses a
+        missing SQLite file or an empty database with ``no store at ...`` and creates nothing."""
         self.url = resolve_url(db)
-        try:
-            url = make_url(self.url)
-        except ArgumentError as exc:
-            raise StoreError(f"invalid database URL {self.url!r}") from exc
-        sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (
-            None,
-            "",
-            ":memory:",
-        )
-        if sqlite_file:
-            parent = Path(url.database).expanduser().parent
-            if not parent.is_dir():
-                raise StoreError(f"database directory does not exist: {parent}")
+        url = parse_url(self.url)
+        sqlite_file = sqlite_path(url)
+        if not create:
+            require_store(url)
+        elif sqlite_file is not None and not sqlite_file.parent.is_dir():
+            raise StoreError(f"database directory does not exist: {sqlite_file.parent}")
         shown = url.render_as_string(hide_password=True)
         try:
             self.engine: Engine = create_engine(url, pool_pre_ping=True)
             if url.get_backend_name() == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             state = schema_state(self.engine)
+            if state.kind == "empty" and not create:
+                raise StoreError(f"no store at {shown} (the database is empty)")
             if state.kind == "empty" or (migrate and state.kind == "behind"):
                 state = self._upgrade()
         except (SQLAlchemyError, ImportError, OSError) as exc:
@@ -122,7 +145,7 @@ class Store:
         if checkpoints is None:
             checkpoints = os.environ.get(CHECKPOINTS_ENV)
         if checkpoints is None:
-            base = Path(url.database).expanduser() if sqlite_file else Path("fedcore")
+            base = sqlite_file if sqlite_file is not None else Path("fedcore")
             checkpoints = str(base.with_name(base.stem + "-checkpoints"))
         self.checkpoint_root = Path(checkpoints)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

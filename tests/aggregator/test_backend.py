@@ -46,3 +46,64 @@ def test_devices_never_import_cupy_or_the_aggregator():
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _close(got: np.ndarray, acc0: np.ndarray, w: float, x: np.ndarray) -> bool:
+    """``got`` is ``acc0 + w x`` to within a few float32 ulps of the operands (kernels round
+    or fuse the product differently; a cancelled sum has no relative precision to check)."""
+    want = acc0.astype(np.float64) + w * x.astype(np.float64)
+    bound = 4 * np.finfo(np.float32).eps * (np.abs(acc0) + abs(w) * np.abs(x))
+    return bool(np.all(np.abs(got - want) <= bound))
+
+
+@pytest.fixture
+def saxpy_calls(monkeypatch):
+    """A fresh CPU axpy whose SciPy ``saxpy`` records the BLAS threads it ran with."""
+    from scipy.linalg import blas as scipy_blas
+    from threadpoolctl import threadpool_info
+
+    real, calls = scipy_blas.saxpy, []
+
+    def spy(x, y, a=1.0):
+        calls.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return real(x, y, a=a)
+
+    monkeypatch.setattr(scipy_blas, "saxpy", spy)
+    return backend_module._numpy_axpy(), calls
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_vectors_go_through_blas_saxpy_on_the_threads_asked(saxpy_calls, threads):
+    from threadpoolctl import threadpool_info
+
+    axpy, calls = saxpy_calls
+    rng = np.random.default_rng(3)
+    n = 2 * backend_module.BLAS_MIN_SIZE + 3
+    acc0, x = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    acc = acc0.copy()
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    axpy(acc, 0.37, x, threads)
+    assert len(calls) == 1 and set(calls[0]) == {threads}  # SciPy's BLAS, on `threads` threads
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+    assert _close(acc, acc0, 0.37, x)
+    small = np.ones(backend_module.BLAS_MIN_SIZE - 1, np.float32)
+    axpy(small, 2.0, small.copy())
+    assert len(calls) == 1 and np.all(small == 3.0)  # below the size: numpy's ufuncs
+    strided = np.repeat(x, 2)[::2]  # equals x, not contiguous: the ufunc fallback
+    acc = acc0.copy()
+    axpy(acc, -1.5, strided, threads)
+    assert len(calls) == 1 and _close(acc, acc0, -1.5, x)
+
+
+def test_fedcore_agg_threads_reaches_the_kernel(monkeypatch, saxpy_calls):
+    axpy, calls = saxpy_calls
+    monkeypatch.setenv(backend_module.THREADS_ENV, "2")
+    b = select_backend("cpu")
+    assert b.threads == 2
+    b = backend_module.Backend(b.name, b.xp, axpy, b.threads)  # the spied kernel
+    n = backend_module.BLAS_MIN_SIZE
+    acc, x = np.zeros(n, np.float32), np.full(n, 0.5, np.float32)
+    b.axpy(acc, 4.0, x)
+    assert calls and set(calls[-1]) == {2} and np.all(acc == 2.0)
+    monkeypatch.delenv(backend_module.THREADS_ENV)
+    assert select_backend("cpu").threads == 1

@@ -59,7 +59,7 @@ def test_simulate_prints_a_round_table(tmp_path):
             lambda p, t: ["simulate", str(p), "--db", str(t / "no" / "dir" / "x.db")],
             "does not exist",
         ),
-        (lambda p, t: ["runs", "show", "99", "--db", str(t / "r.db")], "no run with id 99"),
+        (lambda p, t: ["runs", "show", "99", "--db", str(t / "r.db")], "no store at"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args_of, needle):

@@ -124,6 +124,11 @@ ERRORS = [
     # unknown keys
     ({"seeds": 1}, "seeds: unknown key (allowed: name, seed, data, model, federation, train,"),
     ({"train.lr": 0.1}, "train.lr: unknown key (allowed: local_epochs, batch_size,"),
+    # a misspelled table is named, not the required one it leaves missing
+    (
+        {"federaton": BASE["federation"], "federation": DELETE},
+        "federaton: unknown table (allowed: name, seed, data, model, federation, train,",
+    ),
     (
         {
             "data.dataset": "synthetic",

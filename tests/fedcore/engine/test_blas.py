@@ -1,6 +1,12 @@
-"""The BLAS numpy loads: axpby in one pass, or a clear refusal that callers fall back on."""
+"""The BLAS numpy loads: axpby in one pass, or a clear refusal that callers fall back on.
+
+Where ``FEDCORE_REQUIRE_BLAS=1`` (set by CI, whose numpy wheels ship scipy-openblas) a missing
+axpby binding fails instead of skipping, so the fast path cannot silently stop binding.
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -14,9 +20,17 @@ def test_axpby_matches_ufuncs(dtype):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal(1001).astype(dtype), rng.standard_normal(1001).astype(dtype)
     want = (2.5 * x + 0.5 * y).astype(dtype)
+    ax, by = 2.5 * x, 0.5 * y
     if not blas.axpby(2.5, x, 0.5, y):
-        pytest.skip("numpy's BLAS has no scipy-openblas axpby here")
-    np.testing.assert_allclose(y, want, rtol=1e-6)
+        reason = "numpy's BLAS has no scipy-openblas axpby here"
+        if os.environ.get("FEDCORE_REQUIRE_BLAS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    # A kernel may fuse the multiply-add or round each product: the error of a*x + b*y is
+    # bounded by a few ulps of the operands' magnitudes, not of the (possibly cancelled) sum.
+    bound = 4 * np.finfo(dtype).eps * (np.abs(ax) + np.abs(by))
+    err = np.abs(y.astype(np.float64) - want.astype(np.float64))
+    assert np.all(err <= bound), float(np.max(err / bound))
 
 
 def test_axpby_refuses_what_it_cannot_do_and_touches_nothing():
@@ -32,9 +46,12 @@ def test_sgd_momentum_through_blas_equals_the_ufunc_update(monkeypatch):
     rng = np.random.default_rng(1)
     p, g, b = (rng.standard_normal(4097).astype(np.float32) for _ in range(3))
     p2, b2 = p.copy(), b.copy()
+    p0, b0 = p.copy(), b.copy()
     s = np.empty_like(p)
     sgd_update(p, g, b, s, 0.05, 0.9, 0.0, False)
     monkeypatch.setattr("fedcore.optim.sgd.axpby", lambda *a: False)  # the ufunc path
     sgd_update(p2, g, b2, s, 0.05, 0.9, 0.0, False)
-    np.testing.assert_allclose(b, b2, rtol=1e-6)
-    np.testing.assert_allclose(p, p2, rtol=1e-6, atol=1e-7)
+    # Each side rounds every product once (or fuses it): a few ulps of the operands apart.
+    eps = np.finfo(np.float32).eps
+    assert np.all(np.abs(b - b2) <= 4 * eps * (0.9 * np.abs(b0) + np.abs(g)))
+    assert np.all(np.abs(p - p2) <= 4 * eps * (np.abs(p0) + 0.05 * (0.9 * np.abs(b0) + np.abs(g))))
