@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from cli import client, db, models, profiles, rounds, runs, server, simulate
+from cli import client, data, db, models, profiles, rounds, runs, server, simulate
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -28,6 +28,7 @@ app.command("client")(client.client)
 app.add_typer(runs.app, name="runs", help="List and inspect stored runs.")
 app.add_typer(rounds.app, name="rounds", help="The rounds of a run, and one round's clients.")
 app.add_typer(models.app, name="models", help="Export a run's model (safetensors, npz, ONNX).")
+app.add_typer(data.app, name="data", help="Your own data: split a file into client files.")
 app.add_typer(db.app, name="db", help="The store's schema: status and upgrade.")
 app.add_typer(profiles.app, name="profiles", help="Device classes: list, show, detect.")
 

@@ -25,14 +25,18 @@ from fedcore.wire import read_vector, vector_record
 
 LoadPartition = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
-_models: dict[str, Module] = {}
+_models: dict[tuple[str, bool], Module] = {}
 
 
-def _model_for(spec: protocol.ModelSpec) -> Module:
-    """Build a model once per process and spec; later rounds only overwrite its parameters."""
-    key = spec.key()
+def _model_for(spec: protocol.ModelSpec, allow_import: bool) -> Module:
+    """Build a model once per process and spec; later rounds only overwrite its parameters.
+
+    Without ``allow_import`` only models registered or installed here (entry points) are
+    built: a device never imports code because a message names it.
+    """
+    key = (spec.key(), allow_import)
     if key not in _models:
-        _models[key] = build_model(spec.name, **spec.kwargs)
+        _models[key] = build_model(spec.name, allow_import=allow_import, **spec.kwargs)
     return _models[key]
 
 
@@ -43,9 +47,13 @@ def partition_id(context: Context) -> int:
     return int(context.node_config[protocol.PARTITION_ID])
 
 
-def make_client_app(load_partition: LoadPartition, mods: list[Mod] | None = None) -> ClientApp:
+def make_client_app(
+    load_partition: LoadPartition, mods: list[Mod] | None = None, *, allow_import: bool = False
+) -> ClientApp:
     """Build the ClientApp whose nodes train on ``load_partition(partition_id)``; ``mods``
-    (Flower ClientApp mods) wrap every handler."""
+    (Flower ClientApp mods) wrap every handler. ``allow_import``: build models named
+    ``package.module:name`` (a simulation, whose scenario is the user's own input); a
+    deployed device leaves it off."""
     app = ClientApp(mods=mods)
 
     @app.query()
@@ -63,7 +71,7 @@ def make_client_app(load_partition: LoadPartition, mods: list[Mod] | None = None
             raise ValueError(f"train message needs {protocol.CONFIG!r} and {protocol.GLOBAL!r}")
         own = protocol.record(msg.content, protocol.CLIENT_CONFIG, ConfigRecord) or {}
         instructions = protocol.TrainInstructions.from_config({**config_record, **own})
-        model = _model_for(instructions.model)
+        model = _model_for(instructions.model, allow_import)
         global_vector = read_vector(global_record)
         model.set_flat(global_vector)
         config = TrainConfig(

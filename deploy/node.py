@@ -10,7 +10,6 @@ stays light: it imports the vendored data sets only for a ``dataset`` node.
 from __future__ import annotations
 
 import tomllib
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedcore import protocol
+from fedcore.datafiles import DataFileError, read_xy
 
 DATASET = "dataset"  # a vendored data set's name
 DATA = "data"  # path of an .npz file with arrays x and y
@@ -110,27 +110,14 @@ def _int(config: Mapping[str, Any], key: str) -> int | None:
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` (float32, one row per example) and ``y`` (int64 labels) from an ``.npz`` file."""
+    """``x`` (float32, one row per example) and ``y`` (int64 labels, or float32 regression
+    targets) from an ``.npz`` file, read by `fedcore.datafiles.read_xy` (never unpickled)."""
     if not path.is_file():
         raise NodeConfigError(f"node config: {DATA}: no such file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [key for key in ("x", "y") if key not in arrays.files]
-            if missing:
-                found = ", ".join(arrays.files) or "none"
-                raise NodeConfigError(
-                    f"{path}: needs arrays 'x' and 'y' (missing {missing[0]!r}; found: {found})"
-                )
-            x, y = arrays["x"], arrays["y"]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, NodeConfigError):
-            raise
-        raise NodeConfigError(f"{path}: not a readable .npz file ({exc})") from None
-    if len(x) != len(y) or len(y) == 0:
-        raise NodeConfigError(f"{path}: x has {len(x)} rows and y {len(y)}; need equal, > 0")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise NodeConfigError(f"{path}: y must hold integer labels, not {y.dtype}")
-    return np.ascontiguousarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+        return read_xy(path)
+    except DataFileError as exc:
+        raise NodeConfigError(str(exc)) from None
 
 
 def scenario_text(value: Any) -> str | None:

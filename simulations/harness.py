@@ -251,7 +251,9 @@ def simulate(
         prepare_grid=prepare_grid,
     )
     client_app = make_client_app(
-        prepared.loader, mods=[world.device_mod()] if world is not None else None
+        prepared.loader,
+        mods=[world.device_mod()] if world is not None else None,
+        allow_import=True,
     )
     if backend == "inprocess":
         from flwr.app import Context, RecordDict

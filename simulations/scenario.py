@@ -79,7 +79,7 @@ from pydantic_core import PydanticCustomError
 from aggregator.strategies import known_strategies, strategy_options
 from fedcore.compression import CODECS, codec_options
 from fedcore.models import MODELS, build_model
-from simulations.datasets import DATASETS, Dataset, dataset_options, load_dataset
+from simulations.datasets import DATASET_NAMES, Dataset, dataset_options, load_dataset
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS, partition
 from simulations.population import PopulationSection, population_defaults
@@ -151,7 +151,7 @@ class DataConfig(_Section):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return _one_of("dataset", value, sorted(DATASETS))
+        return _one_of("dataset", value, DATASET_NAMES)
 
     @field_validator("partition")
     @classmethod

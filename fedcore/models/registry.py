@@ -1,44 +1,86 @@
-"""The model registry: names -> builder functions returning a flat-parameter Module."""
+"""The model registry: names -> builders returning a flat-parameter `fedcore.nn.Module`.
+
+Built-in models register here by name (``@register_model("mlp")``); users bring their own as
+``"package.module:build"`` or by declaring a name in the ``fedcore.models`` entry-point group
+(see `fedcore.resolve`). `build_model` checks the keyword arguments against the builder's
+signature and the result's type, so a mistake is one line naming the model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from types import MappingProxyType
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..nn import Module
+from ..resolve import Registry, ResolveError
 
-__all__ = ["MODELS", "build_model", "register_model"]
+__all__ = ["MODELS", "build_model", "model_builder", "model_parameters", "register_model"]
 
 Builder = Callable[..., Module]
 
-_REGISTRY: dict[str, Builder] = {}
-
-#: read-only view of the registry: name -> builder (iterate it for the names)
-MODELS = MappingProxyType(_REGISTRY)
+#: every model name: built-ins, names registered later, installed ``fedcore.models`` entry points
+MODELS: Registry[Builder] = Registry("fedcore.models", "model")
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering a builder under `name` (names are unique)."""
-
-    def deco(fn: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    """Decorator registering a builder under ``name`` (names are unique)."""
+    return MODELS.decorator(name)
 
 
-def build_model(name: str, **kwargs: Any) -> Module:
-    """Build the registered model `name` with `kwargs`; ValueError listing names if unknown."""
+def model_builder(name: str, *, allow_import: bool = True) -> Builder:
+    """The builder ``name`` resolves to (a registered name, an entry point or a reference)."""
+    builder = MODELS.get(name, allow_import=allow_import)
+    if not callable(builder):
+        raise ResolveError(f"model {name!r} is a {type(builder).__name__}, not a callable")
+    return builder
+
+
+def model_parameters(name: str, *, allow_import: bool = True) -> dict[str, inspect.Parameter]:
+    """The parameters of model ``name``'s builder, by name."""
+    builder = model_builder(name, allow_import=allow_import)
     try:
-        builder = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-    return builder(**kwargs)
+        return dict(inspect.signature(builder).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature: accept any keywords
+        return {"kwargs": inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)}
+
+
+def check_arguments(name: str, params: Mapping[str, inspect.Parameter], kwargs: Mapping[str, Any]
+                    ) -> None:
+    """`ResolveError` naming the first keyword the builder does not take, or a missing one."""
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    named = [n for n, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key not in named:
+            raise ResolveError(
+                f"model {name!r} takes no argument {key!r} (its arguments: "
+                f"{', '.join(named) or 'none'})"
+            )
+    for key in named:
+        if params[key].default is inspect.Parameter.empty and key not in kwargs:
+            raise ResolveError(f"model {name!r} needs argument {key!r}")
+
+
+def build_model(name: str, *, allow_import: bool = True, **kwargs: Any) -> Module:
+    """Build model ``name`` with ``kwargs``; its parameters become one flat vector.
+
+    ``ResolveError`` (a ``ValueError``) for an unknown name, a keyword the builder does not
+    take, or a result that is not a `fedcore.nn.Module`; the builder's own ``ValueError`` or
+    ``TypeError`` for a bad value passes through.
+    """
+    builder = model_builder(name, allow_import=allow_import)
+    check_arguments(name, model_parameters(name, allow_import=allow_import), kwargs)
+    model = builder(**kwargs)
+    if not isinstance(model, Module):
+        raise ResolveError(
+            f"model {name!r} returned a {type(model).__name__}, not a fedcore.nn.Module"
+        )
+    if not model.parameters():
+        raise ResolveError(f"model {name!r} has no parameters to train")
+    model.flatten_parameters()
+    return model
 
 
 from . import mlp as _builtin  # noqa: E402,F401  (registers the built-in models)

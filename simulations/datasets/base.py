@@ -72,7 +72,12 @@ class Dataset:
     @property
     def sequence_targets(self) -> bool:
         """True for language models: a target per position, ``y`` shaped ``(N, T)``."""
-        return self.y_train.ndim == 2
+        return self.y_train.ndim == 2 and not self.regression
+
+    @property
+    def regression(self) -> bool:
+        """True when ``y`` holds float targets (``num_classes`` is then their width)."""
+        return self.y_train.dtype.kind == "f"
 
     @property
     def num_train(self) -> int:

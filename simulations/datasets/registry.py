@@ -8,6 +8,7 @@ from functools import lru_cache
 
 from simulations.datasets.base import Dataset
 from simulations.datasets.digits import load_digits
+from simulations.datasets.files import load_files, load_from_loader
 from simulations.datasets.mnist import load_mnist5k
 from simulations.datasets.shakespeare import load_shakespeare
 from simulations.datasets.synthetic import load_synthetic
@@ -17,10 +18,16 @@ Loader = Callable[..., Dataset]
 # name -> loader(test_fraction, seed, **options). Options are keyword-only loader parameters.
 DATASETS: dict[str, Loader] = {
     "digits": load_digits,
+    "files": load_files,  # the user's .npz files (path = folder or glob)
+    "loader": load_from_loader,  # the user's loader callable: a scenario's [data] loader key
     "mnist5k": load_mnist5k,
     "shakespeare": load_shakespeare,
     "synthetic": load_synthetic,
 }
+
+
+#: the names a scenario's ``[data] dataset`` takes ("loader" comes from ``[data] loader``)
+DATASET_NAMES: tuple[str, ...] = tuple(sorted(n for n in DATASETS if n != "loader"))
 
 
 def dataset_options(name: str) -> tuple[str, ...]:

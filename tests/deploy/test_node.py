@@ -94,7 +94,8 @@ def test_npz_files_give_float32_rows_and_int64_labels(tmp_path):
     [
         ({"x": np.ones((3, 2))}, "missing 'y'"),
         ({"x": np.ones((3, 2)), "y": np.zeros(2, dtype=int)}, "x has 3 rows and y 2"),
-        ({"x": np.ones((2, 2)), "y": np.zeros(2)}, "integer labels"),
+        ({"x": np.ones((2, 2)), "y": np.array(["a", "b"])}, "y must hold numbers"),
+        ({"x": np.array([[1], "a"], dtype=object), "y": np.zeros(2, int)}, "object arrays"),
     ],
 )
 def test_bad_npz_files_say_what_is_wrong(tmp_path, arrays, needle):

@@ -17,7 +17,7 @@ from simulations.datasets.digits import read_digits_csv
 
 
 def test_registry_names() -> None:
-    assert set(DATASETS) == {"digits", "mnist5k", "shakespeare", "synthetic"}
+    assert set(DATASETS) == {"digits", "files", "loader", "mnist5k", "shakespeare", "synthetic"}
     assert dataset_options("digits") == () == dataset_options("mnist5k")
     assert dataset_options("shakespeare") == ("num_clients", "vocab_size", "seq_len")
     assert set(dataset_options("synthetic")) == {
@@ -73,7 +73,7 @@ def test_cached_arrays_are_read_only() -> None:
 
 
 def test_unknown_dataset_lists_the_known_ones() -> None:
-    known = r"\(known: digits, mnist5k, shakespeare, synthetic\)"
+    known = r"\(known: digits, files, loader, mnist5k, shakespeare, synthetic\)"
     with pytest.raises(ValueError, match=rf"unknown dataset 'mnist' {known}"):
         load_dataset("mnist")
 

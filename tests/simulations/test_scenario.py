@@ -142,7 +142,8 @@ ERRORS = [
     # unknown names
     (
         {"data.dataset": "mnist"},
-        "data.dataset: unknown dataset 'mnist' (known: digits, mnist5k, shakespeare, synthetic)",
+        "data.dataset: unknown dataset 'mnist' "
+        "(known: digits, files, mnist5k, shakespeare, synthetic)",
     ),
     ({"model.name": "resnet"}, f"model.name: unknown model 'resnet' (known: {', '.join(MODELS)})"),
     (
