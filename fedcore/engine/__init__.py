@@ -26,6 +26,7 @@ from .ops import (
     flatten,
     linear,
     matmul,
+    matmul_nt,
     mean,
     mul,
     mul_,
@@ -48,25 +49,30 @@ __all__ = [
     "Primitive", "Tensor", "Var", "add", "add_", "apply", "apply_inplace", "backward",
     "create_engine", "defvjp", "enable_grad", "engine_from_env", "expected_version",
     "find_flat", "flatten", "flatten_tensors", "get_engine", "is_grad_enabled", "linear",
-    "log_softmax", "matmul", "mean", "mse", "mul", "mul_", "neg", "no_grad", "relu", "relu_",
-    "reshape", "set_engine", "softmax_cross_entropy", "sub", "sum", "tensor", "unbroadcast",
-    "use_engine",
+    "log_softmax", "matmul", "matmul_nt", "mean", "mse", "mul", "mul_", "neg", "no_grad", "relu",
+    "relu_", "reshape", "set_engine", "softmax_cross_entropy", "sub", "sum", "tensor",
+    "unbroadcast", "use_engine",
 ]
 
-# -- layer ops (conv, pooling, activations, normalisation, embedding, recurrent) ------------
+# -- layer ops (conv, pooling, activations, normalisation, embedding, recurrent, attention) -
+from .attention import attention, rope  # noqa: E402
 from .conv import avg_pool2d, conv2d, conv_output_size, max_pool2d  # noqa: E402
+from .depthwise import depthwise_conv2d, global_avg_pool2d  # noqa: E402
 from .norm import (  # noqa: E402
     batch_moments,
     batch_norm,
     batch_norm_apply,
     layer_norm,
+    rms_norm,
     running_moments_update_,
 )
-from .ops_nn import dropout, embedding, gelu, sigmoid, softmax, tanh  # noqa: E402
+from .ops_nn import dropout, embedding, gelu, sigmoid, silu, softmax, swiglu, tanh  # noqa: E402
 from .rnn import gru, lstm  # noqa: E402
 
 __all__ += [
-    "avg_pool2d", "batch_moments", "batch_norm", "batch_norm_apply", "conv2d",
-    "conv_output_size", "default_float", "dropout", "embedding", "float64_mode", "gelu", "gru",
-    "layer_norm", "lstm", "max_pool2d", "running_moments_update_", "sigmoid", "softmax", "tanh",
+    "attention", "avg_pool2d", "batch_moments", "batch_norm", "batch_norm_apply", "conv2d",
+    "conv_output_size", "default_float", "depthwise_conv2d", "dropout", "embedding",
+    "float64_mode", "gelu", "global_avg_pool2d", "gru", "layer_norm", "lstm", "max_pool2d",
+    "rms_norm", "rope", "running_moments_update_", "sigmoid", "silu", "softmax", "swiglu",
+    "tanh",
 ]

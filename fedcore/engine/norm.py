@@ -5,7 +5,7 @@ tracer replaying the step): `batch_moments` (differentiable) gives a (2, C) [mea
 var] array over every axis but the last; `batch_norm_apply` normalises with given moments
 (the batch's in training, the running ones in evaluation); `running_moments_update_` is an
 in-place, non-differentiable op blending the batch moments into a running-statistics buffer
-(unbiased variance, as PyTorch does). Layer norm is one fused primitive.
+(unbiased variance, as PyTorch does). Layer norm and RMS norm are one fused primitive each.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from .ops import Operand, tensor
 from .tensor import Tensor, no_grad
 
 __all__ = [
-    "batch_moments", "batch_norm", "batch_norm_apply", "layer_norm", "running_moments_update_",
+    "batch_moments", "batch_norm", "batch_norm_apply", "layer_norm", "rms_norm",
+    "running_moments_update_",
 ]
 
 
@@ -219,3 +220,50 @@ defvjp(layer_norm_p, _ln_vjp_x, _ln_vjp_gamma, _ln_vjp_beta)
 def layer_norm(x: Operand, gamma: Operand, beta: Operand, eps: float = 1e-5) -> Tensor:
     """Normalise each row over the last axis, then scale by gamma and shift by beta."""
     return apply(layer_norm_p, tensor(x), tensor(gamma), tensor(beta), eps=float(eps))
+
+
+# -- RMS norm ------------------------------------------------------------------------------
+def _rms_fwd(ctx: Ctx, x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
+    c = x.shape[-1] if x.ndim else 0
+    check_same_dtype("rms_norm", input=x, gamma=gamma)
+    if x.ndim < 1 or gamma.shape != (c,):
+        raise ValueError(f"rms_norm: gamma {gamma.shape} does not match input {x.shape} "
+                         f"({c} features)")
+    out = np.multiply(x, x, out=ctx.alloc(x.shape, x.dtype))
+    rstd = ctx.alloc((*x.shape[:-1], 1), x.dtype)  # kept for the backward
+    np.mean(out, axis=-1, keepdims=True, out=rstd)
+    rstd += eps
+    np.sqrt(rstd, out=rstd)
+    np.divide(1.0, rstd, out=rstd)
+    np.multiply(x, rstd, out=out)
+    out *= gamma
+    ctx.rstd = rstd
+    return out
+
+
+def _rms_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    # y = x r gamma, r = (mean(x^2) + eps)^-1/2: dx = r gg - x r^3 mean(gg x), gg = g gamma
+    x, rstd = ctx.args[0], ctx.rstd
+    gg = np.multiply(g, ctx.args[1])
+    m = np.multiply(gg, x).mean(axis=-1, keepdims=True)
+    m *= rstd
+    m *= rstd
+    gg -= x * m
+    gg *= rstd
+    return gg
+
+
+def _rms_vjp_gamma(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    c = g.shape[-1]
+    xr = np.multiply(ctx.args[0], ctx.rstd)
+    xr *= g
+    return np.add.reduce(xr.reshape(-1, c), axis=0)
+
+
+rms_norm_p = Primitive("rms_norm", _rms_fwd, saves=(0, 1))
+defvjp(rms_norm_p, _rms_vjp_x, _rms_vjp_gamma)
+
+
+def rms_norm(x: Operand, gamma: Operand, eps: float = 1e-6) -> Tensor:
+    """x / sqrt(mean(x^2 over the last axis) + eps) * gamma (RMSNorm, Zhang & Sennrich 2019)."""
+    return apply(rms_norm_p, tensor(x), tensor(gamma), eps=float(eps))

@@ -17,7 +17,7 @@ from .parallel import matmul as gemm
 from .tensor import Tensor, as_array, is_grad_enabled
 
 __all__ = [
-    "add", "add_", "flatten", "linear", "matmul", "mean", "mul", "mul_", "neg", "relu",
+    "add", "add_", "flatten", "linear", "matmul", "matmul_nt", "mean", "mul", "mul_", "neg", "relu",
     "relu_", "reshape", "sub", "sum", "tensor", "unbroadcast",
 ]
 
@@ -84,9 +84,33 @@ defvjp(linear_p, _grad_a, _grad_b, lambda ctx, g: g.sum(axis=0))
 defvjp_into(linear_p, None, _grad_b, lambda ctx, g, out: np.sum(g, axis=0, out=out))
 
 
+def _matmul_nt_fwd(ctx: Ctx, a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    _check_2d("matmul_nt", a, w)
+    return gemm(a, w.T, out=ctx.alloc((a.shape[0], w.shape[0])))
+
+
+def _nt_grad_a(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return gemm(g, ctx.args[1], out)  # dA = G W
+
+
+def _nt_grad_w(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return gemm(g.T, ctx.args[0], out)  # dW = G^T A
+
+
+matmul_nt_p = Primitive("matmul_nt", _matmul_nt_fwd, saves=(0, 1))
+defvjp(matmul_nt_p, _nt_grad_a, _nt_grad_w)
+defvjp_into(matmul_nt_p, _nt_grad_a, _nt_grad_w)
+
+
 def matmul(a: Operand, b: Operand) -> Tensor:
     """Matrix product of two 2-D tensors."""
     return apply(matmul_p, tensor(a), tensor(b))
+
+
+def matmul_nt(a: Operand, w: Operand) -> Tensor:
+    """`a @ w.T` for 2-D tensors, without transposing w in memory (a head tied to an
+    embedding table (vocab, dim) gives logits (N, vocab) this way)."""
+    return apply(matmul_nt_p, tensor(a), tensor(w))
 
 
 def linear(x: Operand, w: Operand, b: Operand) -> Tensor:

@@ -1,5 +1,7 @@
 """Activations, softmax, dropout and embedding lookup as engine primitives.
 
+SiLU (x * sigmoid(x)) and the fused SwiGLU gate silu(a) * b (one op: no silu(a) buffer kept)
+save their inputs and recompute the sigmoid in backward.
 Each VJP reads the least it can: tanh, sigmoid and softmax save their *output* (their
 derivatives are functions of it), GELU saves its input and recomputes the inner tanh, dropout
 keeps a one-byte mask. Sigmoid is computed as 0.5 * tanh(x / 2) + 0.5, which never overflows.
@@ -19,7 +21,7 @@ from .checks import check_float
 from .ops import Operand, tensor
 from .tensor import Tensor
 
-__all__ = ["dropout", "embedding", "gelu", "sigmoid", "softmax", "tanh"]
+__all__ = ["dropout", "embedding", "gelu", "sigmoid", "silu", "softmax", "swiglu", "tanh"]
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
@@ -70,6 +72,80 @@ def tanh(x: Operand) -> Tensor:
 def sigmoid(x: Operand) -> Tensor:
     """Elementwise logistic function 1 / (1 + exp(-x)), computed without overflow."""
     return apply(sigmoid_p, tensor(x))
+
+
+# -- SiLU and the SwiGLU gate ----------------------------------------------------------------
+def _sig(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """sigmoid(x) into `out`, as 0.5 tanh(x / 2) + 0.5 (no overflow)."""
+    np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
+
+
+def _dsilu(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sigmoid(a), d silu / da = s (1 + a (1 - s))) as new arrays."""
+    s = _sig(a, np.empty_like(a))
+    d = np.subtract(1.0, s)
+    d *= a
+    d += 1.0
+    d *= s
+    return s, d
+
+
+def _silu_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
+    check_float("silu", "input", x)
+    out = _sig(x, ctx.alloc(x.shape, x.dtype))
+    out *= x
+    return out
+
+
+def _silu_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    d = _dsilu(ctx.args[0])[1]
+    d *= g
+    return d
+
+
+def _swiglu_fwd(ctx: Ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    check_float("swiglu", "gate", a)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"swiglu: gate {a.shape} {a.dtype} and value {b.shape} {b.dtype} "
+                         f"must match")
+    out = _silu_fwd(ctx, a)
+    out *= b
+    return out
+
+
+def _swiglu_vjp_a(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    d = _dsilu(ctx.args[0])[1]
+    d *= ctx.args[1]
+    d *= g
+    return d
+
+
+def _swiglu_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    a = ctx.args[0]
+    out = _sig(a, np.empty_like(a))
+    out *= a
+    out *= g
+    return out
+
+
+silu_p = Primitive("silu", _silu_fwd, saves=(0,))
+defvjp(silu_p, _silu_vjp)
+swiglu_p = Primitive("swiglu", _swiglu_fwd, saves=(0, 1))
+defvjp(swiglu_p, _swiglu_vjp_a, _swiglu_vjp_b)
+
+
+def silu(x: Operand) -> Tensor:
+    """SiLU / swish: x * sigmoid(x)."""
+    return apply(silu_p, tensor(x))
+
+
+def swiglu(gate: Operand, value: Operand) -> Tensor:
+    """The SwiGLU gate silu(gate) * value (Shazeer 2020), fused into one op."""
+    return apply(swiglu_p, tensor(gate), tensor(value))
 
 
 # -- GELU (tanh approximation) --------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Model zoo: `build_model(name, **kwargs)` over the names in `MODELS`."""
 
 from .cnn import cnn
+from .gpt import TinyGPT, tiny_gpt
 from .lstm import LanguageModel, lstm
 from .mlp import logreg, mlp
+from .mobilenet import mobilenet
 from .registry import MODELS, build_model, register_model
 
-__all__ = ["MODELS", "LanguageModel", "build_model", "cnn", "logreg", "lstm", "mlp",
-           "register_model"]
+__all__ = ["MODELS", "LanguageModel", "TinyGPT", "build_model", "cnn", "logreg", "lstm", "mlp",
+           "mobilenet", "register_model", "tiny_gpt"]

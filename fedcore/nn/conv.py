@@ -1,15 +1,18 @@
-"""Convolution and pooling layers (channels-last NHWC, like the engine ops)."""
+"""Convolution and pooling layers (channels-last NHWC, like the engine ops), including the
+MobileNet pieces: depthwise and pointwise convolution and global average pooling."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..engine import Tensor, avg_pool2d, conv2d, max_pool2d
+from ..engine import Tensor, avg_pool2d, conv2d, depthwise_conv2d, global_avg_pool2d, max_pool2d
 from ..engine.conv import Pair, _pair
 from ..engine.ops import Operand
+from .layers import Dense
 from .module import Module, Parameter
 
-__all__ = ["AvgPool2d", "Conv2d", "MaxPool2d"]
+__all__ = ["AvgPool2d", "Conv2d", "DepthwiseConv2d", "GlobalAvgPool2d", "MaxPool2d",
+           "PointwiseConv2d"]
 
 
 class Conv2d(Module):
@@ -70,3 +73,43 @@ class AvgPool2d(_Pool2d):
     def forward(self, x: Operand) -> Tensor:
         """Pool the spatial axes."""
         return avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class DepthwiseConv2d(Module):
+    """Per-channel KxK convolution of (N, H, W, C): weight (KH, KW, C), He-initialised."""
+
+    def __init__(self, channels: int, kernel_size: Pair = 3, stride: Pair = 1,
+                 padding: Pair = 1, *, rng: np.random.Generator | None = None,
+                 seed: int | None = None):
+        super().__init__()
+        if channels <= 0:
+            raise ValueError(f"DepthwiseConv2d channels must be positive, got {channels}")
+        kh, kw = _pair("DepthwiseConv2d", "kernel_size", kernel_size)
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        w = rng.normal(0.0, np.sqrt(2.0 / (kh * kw)), size=(kh, kw, channels))
+        self.channels, self.kernel_size = channels, (kh, kw)
+        self.stride = _pair("DepthwiseConv2d", "stride", stride)
+        self.padding = _pair("DepthwiseConv2d", "padding", padding)
+        self.weight = Parameter(w.astype(np.float32), name="weight")
+        self.bias = Parameter(np.zeros(channels, np.float32), name="bias")
+
+    def forward(self, x: Operand) -> Tensor:
+        """Filter each channel of a (N, H, W, C) batch."""
+        return depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class PointwiseConv2d(Dense):
+    """1x1 convolution (N, H, W, C_in) -> (N, H, W, C_out): a Dense layer over the pixels,
+    weight (C_in, C_out); no im2col, the NHWC batch already is a (N*H*W, C_in) matrix."""
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over the spatial axes: (N, H, W, C) -> (N, C)."""
+
+    def forward(self, x: Operand) -> Tensor:
+        """Pool the whole image."""
+        return global_avg_pool2d(x)

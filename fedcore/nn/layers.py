@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..engine import Tensor, flatten, linear, matmul, relu, relu_, reshape
-from ..engine.ops import Operand
+from ..engine.ops import Operand, tensor
 from .module import Module, Parameter
 
 __all__ = ["Dense", "Flatten", "ReLU", "Reshape", "Sequential"]
@@ -44,10 +44,13 @@ class Dense(Module):
         self.bias = Parameter(np.zeros(out_features, np.float32), name="bias") if bias else None
 
     def forward(self, x: Operand) -> Tensor:
-        """Apply the layer to a (batch, in_features) input."""
-        if self.bias is None:
-            return matmul(x, self.weight)
-        return linear(x, self.weight, self.bias)
+        """Apply the layer to a (..., in_features) input (leading axes are rows)."""
+        t = tensor(x)
+        lead = t.shape[:-1] if t.ndim != 2 else None
+        if lead is not None:
+            t = reshape(t, -1, self.in_features)
+        out = matmul(t, self.weight) if self.bias is None else linear(t, self.weight, self.bias)
+        return out if lead is None else reshape(out, *lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -1,15 +1,15 @@
-"""Normalisation layers: BatchNorm (running statistics as a Buffer) and LayerNorm."""
+"""Normalisation layers: BatchNorm (running statistics as a Buffer), LayerNorm, RMSNorm."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..engine import Tensor, batch_norm, layer_norm
+from ..engine import Tensor, batch_norm, layer_norm, rms_norm
 from ..engine.ops import Operand
 from .buffers import Buffer
 from .module import Module, Parameter
 
-__all__ = ["BatchNorm", "LayerNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
 
 
 class BatchNorm(Module):
@@ -69,6 +69,26 @@ class LayerNorm(Module):
     def forward(self, x: Operand) -> Tensor:
         """Normalise over the last axis."""
         return layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class RMSNorm(Module):
+    """Scale each sample by the inverse root mean square of its last axis, then by a learned
+    per-feature gain (no centring, no bias: what LLaMA-style transformers use)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-6):
+        super().__init__()
+        if num_features <= 0:
+            raise ValueError(f"RMSNorm num_features must be positive, got {num_features}")
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.weight = Parameter(np.ones(num_features, np.float32), name="weight")
+
+    def forward(self, x: Operand) -> Tensor:
+        """Normalise over the last axis."""
+        return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

@@ -1,0 +1,236 @@
+"""Scaled dot-product attention in query blocks, and rotary position embeddings.
+
+`attention(q, k, v)` takes q (B, T, H, D) and k, v (B, S, Hkv, D), the layout a projection
+reshaped from (B*T, H*D) gives, and returns (B, T, H, D). With H > Hkv (grouped-query
+attention) each group of H / Hkv query heads attends to one key/value head; the keys and
+values are never repeated in memory. The scores are computed one block of query rows at a
+time against the keys that block can see (under a causal mask, only keys up to the block's
+last row), so no T x S score matrix exists: the forward keeps the output and each row's
+logsumexp, the backward recomputes one block's probabilities from them (FlashAttention's
+recipe, Dao et al. 2022, with whole key rows per block, which numpy runs fastest). Scratch is
+O(block * S) and the block shrinks as S grows, so memory is linear in the sequence length.
+
+`rope(x)` rotates the two halves of each head's features by position-dependent angles (the
+GPT-NeoX / LLaMA "rotate half" convention); its VJP is the inverse rotation.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .autograd import Ctx, Primitive, apply, defvjp
+from .checks import check_float, check_ndim, check_same_dtype
+from .ops import Operand, tensor
+from .tensor import Tensor
+
+__all__ = ["SCORE_ELEMS", "attention", "rope"]
+
+#: score elements one block may hold (B * H * rows * keys): 4 MiB of float32 per buffer
+SCORE_ELEMS = 1 << 20
+
+
+def _check(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> tuple[int, ...]:
+    for name, a in (("query", q), ("key", k), ("value", v)):
+        check_ndim("attention", name, a, 4, "(B, T, heads, head_dim)")
+    check_same_dtype("attention", query=q, key=k, value=v)
+    b, t, h, d = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"attention: key {k.shape} and value {v.shape} must have one shape")
+    bk, s, hk, dk = k.shape
+    if bk != b or dk != d:
+        raise ValueError(f"attention: key {k.shape} does not match query {q.shape} "
+                         f"(batch and head_dim must agree)")
+    if hk < 1 or h % hk:
+        raise ValueError(f"attention: {h} query heads are not a multiple of {hk} key/value "
+                         f"heads")
+    if causal and s != t:
+        raise ValueError(f"attention: a causal mask needs as many keys as queries, got "
+                         f"{t} queries and {s} keys")
+    return b, t, h, d, s, hk
+
+
+def block_rows(b: int, h: int, t: int, s: int, block: int | None) -> int:
+    """Query rows per block: `block` if given, else as many as SCORE_ELEMS allows (>= 16)."""
+    if block is not None:
+        return max(1, min(int(block), t))
+    return max(1, min(t, max(16, SCORE_ELEMS // max(1, b * h * s))))
+
+
+def _heads(a: np.ndarray, hk: int, out: np.ndarray) -> np.ndarray:
+    """(B, T, Hkv*G, D) -> contiguous (B, Hkv, G, T, D) in `out`."""
+    b, t, h, d = a.shape
+    np.copyto(out, a.reshape(b, t, hk, h // hk, d).transpose(0, 2, 3, 1, 4))
+    return out
+
+
+def _kv(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(B, S, Hkv, D) -> contiguous (B*Hkv, S, D) in `out`."""
+    b, s, hk, d = a.shape
+    np.copyto(out.reshape(b, hk, s, d), a.transpose(0, 2, 1, 3))
+    return out
+
+
+def _scores(ctx: Ctx, qh: np.ndarray, kh: np.ndarray, i0: int, i1: int, causal: bool,
+            scale: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Block [i0, i1)'s scaled scores (B*Hkv, G*n, kend), masked; and its query rows."""
+    bh, g, n, d = qh.shape[0] * qh.shape[1], qh.shape[2], i1 - i0, qh.shape[4]
+    kend = i1 if causal else kh.shape[1]
+    qb = ctx.pool.alloc((bh, g * n, d), qh.dtype)
+    np.copyto(qb.reshape(qh.shape[0], qh.shape[1], g, n, d), qh[:, :, :, i0:i1])
+    s = ctx.pool.alloc((bh, g * n, kend), qh.dtype)
+    np.matmul(qb, kh[:, :kend].transpose(0, 2, 1), out=s)
+    s *= scale
+    if causal:  # key j > query i0 + r is masked; only the block's diagonal square has any
+        s4 = s.reshape(bh, g, n, kend)
+        tri = np.triu(np.ones((n, n), np.bool_), 1)
+        diag = s4[:, :, :, i0:kend]
+        diag[:, :, tri] = -np.inf
+    return s, qb, kend
+
+
+def _attn_fwd(ctx: Ctx, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool,
+              scale: float | None, block: int | None) -> np.ndarray:
+    b, t, h, d, s_len, hk = _check(q, k, v, causal)
+    g = h // hk
+    scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
+    dt = q.dtype
+    qh = _heads(q, hk, ctx.pool.alloc((b, hk, g, t, d), dt))
+    kh = _kv(k, ctx.pool.alloc((b * hk, s_len, d), dt))
+    vh = _kv(v, ctx.pool.alloc((b * hk, s_len, d), dt))
+    oh = ctx.pool.alloc((b, hk, g, t, d), dt)
+    lse = ctx.alloc((b, hk, g, t), dt)  # kept for the backward
+    rows = block_rows(b, h, t, s_len, block)
+    for i0 in range(0, t, rows):
+        i1 = min(t, i0 + rows)
+        n = i1 - i0
+        sc, qb, kend = _scores(ctx, qh, kh, i0, i1, causal, scale)
+        m = sc.max(axis=2, keepdims=True)
+        sc -= m
+        np.exp(sc, out=sc)
+        tot = sc.sum(axis=2, keepdims=True)
+        ob = np.matmul(sc, vh[:, :kend], out=qb)  # qb is free now: same shape as a block out
+        ob /= tot
+        oh[:, :, :, i0:i1] = ob.reshape(b, hk, g, n, d)
+        np.log(tot, out=tot)
+        tot += m
+        lse[:, :, :, i0:i1] = tot.reshape(b, hk, g, n)
+        del sc, qb, ob
+    out = ctx.alloc((b, t, h, d), dt)
+    np.copyto(out.reshape(b, t, hk, g, d), oh.transpose(0, 3, 1, 2, 4))
+    ctx.lse, ctx.scale, ctx.rows, ctx.grads = lse, scale, rows, None
+    return out
+
+
+def _attn_grads(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dq, dk, dv, computed once per backward (the three VJPs share them)."""
+    if ctx.grads is not None:
+        return ctx.grads
+    q, k, v = ctx.args[:3]
+    o = ctx.ans
+    causal = ctx.params["causal"]
+    b, t, h, d = q.shape
+    s_len, hk = k.shape[1], k.shape[2]
+    gq = h // hk
+    dt, scale, lse, rows = q.dtype, ctx.scale, ctx.lse, ctx.rows
+    pool = ctx.pool
+    qh = _heads(q, hk, pool.alloc((b, hk, gq, t, d), dt))
+    gh = _heads(g, hk, pool.alloc((b, hk, gq, t, d), dt))
+    kh = _kv(k, pool.alloc((b * hk, s_len, d), dt))
+    vh = _kv(v, pool.alloc((b * hk, s_len, d), dt))
+    delta = np.multiply(g, o).sum(axis=-1)  # (B, T, H): rowsum(dO * O)
+    delta = delta.reshape(b, t, hk, gq).transpose(0, 2, 3, 1)  # (B, Hkv, G, T)
+    dqh = pool.alloc((b, hk, gq, t, d), dt)
+    dkh = pool.zeros((b * hk, s_len, d), dt)
+    dvh = pool.zeros((b * hk, s_len, d), dt)
+    bh = b * hk
+    for i0 in range(0, t, rows):
+        i1 = min(t, i0 + rows)
+        n = i1 - i0
+        p, qb, kend = _scores(ctx, qh, kh, i0, i1, causal, scale)
+        p -= lse[:, :, :, i0:i1].reshape(bh, gq * n, 1)
+        np.exp(p, out=p)
+        gb = np.ascontiguousarray(gh[:, :, :, i0:i1]).reshape(bh, gq * n, d)
+        dvh[:, :kend] += np.matmul(p.transpose(0, 2, 1), gb)
+        dp = np.matmul(gb, vh[:, :kend].transpose(0, 2, 1))
+        dp -= delta[:, :, :, i0:i1].reshape(bh, gq * n, 1)
+        dp *= p
+        dp *= scale  # dS
+        del p
+        dqh[:, :, :, i0:i1] = np.matmul(dp, kh[:, :kend]).reshape(b, hk, gq, n, d)
+        dkh[:, :kend] += np.matmul(dp.transpose(0, 2, 1), qb)
+        del dp, qb
+    dq = np.empty_like(q)
+    np.copyto(dq.reshape(b, t, hk, gq, d), dqh.transpose(0, 3, 1, 2, 4))
+    dk = np.empty_like(k)
+    np.copyto(dk.transpose(0, 2, 1, 3), dkh.reshape(b, hk, s_len, d))
+    dv = np.empty_like(v)
+    np.copyto(dv.transpose(0, 2, 1, 3), dvh.reshape(b, hk, s_len, d))
+    ctx.grads = (dq, dk, dv)
+    return ctx.grads
+
+
+attention_p = Primitive("attention", _attn_fwd, saves=(0, 1, 2), saves_output=True)
+defvjp(attention_p, lambda ctx, g: _attn_grads(ctx, g)[0],
+       lambda ctx, g: _attn_grads(ctx, g)[1], lambda ctx, g: _attn_grads(ctx, g)[2])
+
+
+def attention(q: Operand, k: Operand, v: Operand, causal: bool = True,
+              scale: float | None = None, block: int | None = None) -> Tensor:
+    """softmax(q k^T * scale [+ causal mask]) v per head; q (B, T, H, D), k/v (B, S, Hkv, D).
+
+    `scale` defaults to 1/sqrt(D); `block` fixes the query rows per block (default: as many
+    as SCORE_ELEMS score elements allow). H must be a multiple of Hkv (grouped-query).
+    """
+    return apply(attention_p, tensor(q), tensor(k), tensor(v), causal=bool(causal),
+                 scale=None if scale is None else float(scale),
+                 block=None if block is None else int(block))
+
+
+# -- rotary position embeddings -------------------------------------------------------------
+@lru_cache(maxsize=16)
+def rope_tables(t: int, d: int, base: float, offset: int,
+                dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of the rotation angles, (T, 1, D/2) each (read-only, cached)."""
+    inv = base ** (-np.arange(0, d // 2, dtype=np.float64) * 2.0 / d)
+    ang = np.outer(np.arange(offset, offset + t, dtype=np.float64), inv)[:, None, :]
+    cos, sin = np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)
+    cos.flags.writeable = sin.flags.writeable = False
+    return cos, sin
+
+
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = x rotated: [x1 cos - x2 sin, x2 cos + x1 sin] over the two feature halves."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    o1, o2 = out[..., :h], out[..., h:]
+    np.multiply(x1, cos, out=o1)
+    o1 -= x2 * sin
+    np.multiply(x2, cos, out=o2)
+    o2 += x1 * sin
+    return out
+
+
+def _rope_fwd(ctx: Ctx, x: np.ndarray, base: float, offset: int) -> np.ndarray:
+    check_ndim("rope", "input", x, 4, "(B, T, heads, head_dim)")
+    check_float("rope", "input", x)
+    if x.shape[-1] % 2:
+        raise ValueError(f"rope: head_dim must be even, got {x.shape}")
+    cos, sin = rope_tables(x.shape[1], x.shape[-1], base, offset, x.dtype.str)
+    return _rotate(x, cos, sin, ctx.alloc(x.shape, x.dtype))
+
+
+def _rope_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    cos, sin = rope_tables(g.shape[1], g.shape[-1], ctx.params["base"], ctx.params["offset"],
+                           g.dtype.str)
+    return _rotate(g, cos, -sin, np.empty_like(g))  # the inverse rotation
+
+
+rope_p = Primitive("rope", _rope_fwd)
+defvjp(rope_p, _rope_vjp)
+
+
+def rope(x: Operand, base: float = 10000.0, offset: int = 0) -> Tensor:
+    """Rotary position embedding of (B, T, heads, head_dim) at positions offset..offset+T-1."""
+    return apply(rope_p, tensor(x), base=float(base), offset=int(offset))

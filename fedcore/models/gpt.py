@@ -1,0 +1,68 @@
+"""A tiny GPT: decoder-only transformer with GQA, RoPE, RMSNorm, SwiGLU and a tied head."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import Tensor, reshape
+from ..engine.ops import Operand, tensor
+from ..nn import DecoderBlock, Embedding, Module, RMSNorm, TiedHead
+from .registry import register_model
+
+__all__ = ["TinyGPT", "tiny_gpt"]
+
+
+class TinyGPT(Module):
+    """Token ids (B, T) -> next-token logits (B*T, vocab), rows batch-major (as `lstm`).
+
+    Positions come from rotary embeddings inside attention (no position table, so any
+    sequence length works); the output head is the embedding table itself (weight tying).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
+                 n_kv_heads: int, hidden: int, seed: int = 0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.vocab_size, self.d_model = vocab_size, d_model
+        self.embed = Embedding(vocab_size, d_model, init_range=0.02, rng=rng)
+        self.blocks = _Blocks(*(DecoderBlock(d_model, n_heads, n_kv_heads, hidden, rng=rng)
+                                for _ in range(n_layers)))
+        self.norm = RMSNorm(d_model)
+        self.head = TiedHead(self.embed)
+
+    def forward(self, tokens: Operand) -> Tensor:
+        """Logits for every position of every sequence."""
+        h = self.embed(tensor(tokens))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(reshape(self.norm(h), -1, self.d_model))
+
+
+class _Blocks(Module):
+    """The decoder blocks, named "0", "1", ... (so a block is `blocks.<i>`)."""
+
+    def __init__(self, *blocks: Module):
+        super().__init__()
+        for i, b in enumerate(blocks):
+            setattr(self, str(i), b)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._modules.values())
+
+
+@register_model("tiny_gpt")
+def tiny_gpt(vocab_size: int | None = None, embed_dim: int = 128, hidden: int = 344,
+             n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2, seed: int = 0,
+             input_dim: int | None = None) -> TinyGPT:
+    """A decoder-only language model: `embed_dim` wide, `n_layers` blocks of GQA attention
+    (`n_heads` query heads, `n_kv_heads` key/value heads, RoPE) and a SwiGLU of `hidden`
+    units, RMSNorm, head tied to the embedding. `input_dim` (a sequence length) is unused."""
+    del input_dim
+    if vocab_size is None or vocab_size < 2:
+        raise ValueError(f"tiny_gpt: vocab_size must be >= 2, got {vocab_size}")
+    if isinstance(hidden, list | tuple):
+        hidden = int(hidden[0])
+    model = TinyGPT(int(vocab_size), int(embed_dim), int(n_layers), int(n_heads),
+                    int(n_kv_heads), int(hidden), seed)
+    model.flatten_parameters()
+    return model

@@ -1,0 +1,70 @@
+"""Transformer pieces: the SwiGLU feed-forward, a pre-norm decoder block, a tied output head."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import Tensor, add, matmul_nt, reshape, swiglu
+from ..engine.ops import Operand, tensor
+from .attention import MultiHeadAttention
+from .layers import Dense
+from .module import Module
+from .norm import RMSNorm
+from .recurrent import Embedding
+
+__all__ = ["DecoderBlock", "SwiGLU", "TiedHead"]
+
+
+class SwiGLU(Module):
+    """down(silu(gate(x)) * up(x)) over the last axis (Shazeer 2020); no biases."""
+
+    def __init__(self, d_model: int, hidden: int, *, rng: np.random.Generator | None = None,
+                 seed: int | None = None):
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        self.gate = Dense(d_model, hidden, bias=False, init="glorot", rng=rng)
+        self.up = Dense(d_model, hidden, bias=False, init="glorot", rng=rng)
+        self.down = Dense(hidden, d_model, bias=False, init="glorot", rng=rng)
+
+    def forward(self, x: Operand) -> Tensor:
+        """Apply the gated feed-forward to (..., d_model)."""
+        return self.down(swiglu(self.gate(x), self.up(x)))
+
+
+class TiedHead(Module):
+    """Output logits against an `Embedding`'s own table: x @ E^T, (..., dim) -> (..., vocab).
+
+    The table is the same Parameter (one entry in the flat vector); its gradient gathers both
+    the lookup's rows and the head's product.
+    """
+
+    def __init__(self, embedding: Embedding):
+        super().__init__()
+        self.weight = embedding.weight
+
+    def forward(self, x: Operand) -> Tensor:
+        """Logits for every row of x."""
+        t = tensor(x)
+        vocab, dim = self.weight.shape
+        if t.ndim == 2:
+            return matmul_nt(t, self.weight)
+        lead = t.shape[:-1]
+        return reshape(matmul_nt(reshape(t, -1, dim), self.weight), *lead, vocab)
+
+
+class DecoderBlock(Module):
+    """x + attn(norm1(x)), then + mlp(norm2(x)): pre-norm, RMSNorm, GQA + RoPE, SwiGLU."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, hidden: int, *,
+                 rng: np.random.Generator | None = None, seed: int | None = None):
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        self.norm1 = RMSNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, n_heads, n_kv_heads, rng=rng)
+        self.norm2 = RMSNorm(d_model)
+        self.mlp = SwiGLU(d_model, hidden, rng=rng)
+
+    def forward(self, x: Operand) -> Tensor:
+        """One block over (B, T, d_model)."""
+        h = add(x, self.attn(self.norm1(x)))
+        return add(h, self.mlp(self.norm2(h)))
