@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from cli import client, data, db, models, profiles, rounds, runs, server, simulate
+from cli import certs, client, clients, data, db, models, profiles, rounds, runs, server, simulate
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -31,6 +31,8 @@ app.add_typer(models.app, name="models", help="Export a run's model (safetensors
 app.add_typer(data.app, name="data", help="Your own data: split a file into client files.")
 app.add_typer(db.app, name="db", help="The store's schema: status and upgrade.")
 app.add_typer(profiles.app, name="profiles", help="Device classes: list, show, detect.")
+app.add_typer(certs.app, name="certs", help="TLS: a private CA and the server's certificate.")
+app.add_typer(clients.app, name="clients", help="Device identity: keygen, enroll, list, revoke.")
 
 
 if __name__ == "__main__":  # pragma: no cover

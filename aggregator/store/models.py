@@ -1,5 +1,6 @@
 """The store's tables: runs, their rounds (with checkpoint digests), each client's part in a
-round, and the control commands an operator queues for a running aggregator.
+round, the control commands an operator queues for a running aggregator, and the enrolled
+devices (with the SuperLink node id each got per deployed run).
 
 The schema is versioned by Alembic (``aggregator/store/migrations``); change it only together
 with a new migration.
@@ -108,6 +109,44 @@ class ClientResult(Base):
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # extra reply metrics
 
     round: Mapped[Round] = relationship(back_populates="clients")
+
+
+class Enrolment(Base):
+    """A device allowed to join: its name, public key, data shard and device class.
+
+    A device's identity is its key (Flower's SuperNode authentication); the server maps an
+    authenticated node to this row. A revoked enrolment is kept (``revoked_at``) so its key
+    stays refused and its past rounds keep their name.
+    """
+
+    __tablename__ = "enrolments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    public_key: Mapped[str] = mapped_column(Text)  # the OpenSSH line
+    fingerprint: Mapped[str] = mapped_column(String(80), unique=True)
+    partition_id: Mapped[int] = mapped_column(Integer, unique=True)  # its client id and shard
+    device_class: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class NodeRegistration(Base):
+    """Which SuperLink node id an enrolled key got for a run (Flower assigns it at registration)."""
+
+    __tablename__ = "node_registrations"
+    __table_args__ = (
+        UniqueConstraint("run_id", "enrolment_id", name="uq_registrations_run_enrolment"),
+        UniqueConstraint("run_id", "node_id", name="uq_registrations_run_node"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    enrolment_id: Mapped[int] = mapped_column(ForeignKey("enrolments.id"))
+    node_id: Mapped[str] = mapped_column(String(40))
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    enrolment: Mapped[Enrolment] = relationship()
 
 
 class Control(Base):

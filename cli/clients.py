@@ -1,0 +1,161 @@
+"""``fedcore clients``: a device's key pair, and the server's list of enrolled devices.
+
+``keygen`` runs on the device; ``enroll``, ``list`` and ``revoke`` on the server (they use the
+store). A revoked device is refused from its next message on, also in a running deployment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cli.errors import err_console, fail
+from cli.options import Db, Json
+
+app = typer.Typer(no_args_is_help=True)
+console = Console(highlight=False)
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Folder for node.key and node.pub.")],
+    as_json: Json = False,
+) -> None:
+    """Make this device's key pair (its identity); give node.pub to the operator."""
+    from deploy.keys import KeyFileError, generate_node_keys
+
+    try:
+        private, public, key = generate_node_keys(out)
+    except KeyFileError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"--out: cannot write in {out}: {exc.strerror or exc}")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "private_key": str(private),
+                    "public_key": str(public),
+                    "fingerprint": key.fingerprint,
+                }
+            )
+        )
+        return
+    err_console.print(
+        f"wrote {private} (keep it on this device) and {public} ({key.fingerprint}).\n"
+        f"  on the server: fedcore clients enroll NAME --public-key node.pub"
+    )
+
+
+@app.command("enroll")
+def enroll(
+    name: Annotated[str, typer.Argument(help="The device's name (letters, digits, . _ -).")],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", help="The device's node.pub (`clients keygen`).")
+    ],
+    partition: Annotated[
+        int | None,
+        typer.Option("--partition", min=0, help="Its data shard / client id (default: next)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Its device class (`fedcore profiles list`).")
+    ] = None,
+    db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """Allow a device to join: its key becomes its identity, with a name, shard and class."""
+    from aggregator.store import StoreError
+    from aggregator.store.enrolment import enroll as enroll_device
+    from cli.store_access import open_store
+    from deploy.keys import KeyFileError, read_public_key
+
+    if device is not None:
+        from device_profiles import get_profile
+        from device_profiles.profile import ProfileError
+
+        try:
+            get_profile(device)
+        except ProfileError as exc:
+            fail(f"--device: {exc}")
+    try:
+        key = read_public_key(public_key)
+    except KeyFileError as exc:
+        fail(f"--public-key: {exc}")
+    try:
+        row = enroll_device(open_store(db), name, key.openssh, key.fingerprint, partition, device)
+    except StoreError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(_as_dict(row)))
+        return
+    err_console.print(
+        f"enrolled {row.name}: partition {row.partition_id}, "
+        f"device {row.device_class or '-'}, key {row.fingerprint}"
+    )
+
+
+@app.command("list")
+def list_clients(db: Db = None, as_json: Json = False) -> None:
+    """The enrolled devices (revoked ones marked)."""
+    from aggregator.store.enrolment import list_enrolled
+    from cli.store_access import open_store
+
+    rows = list_enrolled(open_store(db))
+    if as_json:
+        print(json.dumps([_as_dict(r) for r in rows]))
+        return
+    table = Table()
+    for column in ("name", "partition", "device", "key", "enrolled", "status"):
+        table.add_column(column)
+    for r in rows:
+        status = "active" if r.active else f"revoked {r.revoked_at:%Y-%m-%d %H:%M}"
+        table.add_row(
+            r.name,
+            str(r.partition_id),
+            r.device_class or "-",
+            r.fingerprint,
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            status,
+        )
+    console.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    name: Annotated[str, typer.Argument(help="The enrolled device's name.")],
+    db: Db = None,
+    as_json: Json = False,
+) -> None:
+    """Revoke a device: refused from its next message on, also in a running deployment."""
+    from aggregator.store import StoreError
+    from aggregator.store.enrolment import revoke as revoke_device
+    from cli.store_access import open_store
+
+    try:
+        row = revoke_device(open_store(db), name)
+    except StoreError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(_as_dict(row)))
+        return
+    err_console.print(f"revoked {row.name} ({row.fingerprint}): refused from its next message")
+
+
+def _as_dict(row: object) -> dict:
+    from aggregator.store.enrolment import Enrolled
+
+    assert isinstance(row, Enrolled)
+    return {
+        "name": row.name,
+        "partition": row.partition_id,
+        "device": row.device_class,
+        "fingerprint": row.fingerprint,
+        "enrolled_at": row.created_at.isoformat(),
+        "revoked_at": None if row.revoked_at is None else row.revoked_at.isoformat(),
+        "active": row.active,
+    }

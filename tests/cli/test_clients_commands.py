@@ -1,0 +1,65 @@
+"""`fedcore certs` and `fedcore clients` through Typer's test runner: files, one-line errors."""
+
+import json
+
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_keygen_enroll_list_revoke(tmp_path):
+    db = tmp_path / "s.db"
+    for name in ("d1", "d2"):
+        done = invoke("clients", "keygen", "--out", tmp_path / name, "--json")
+        assert done.exit_code == 0, done.output
+    again = invoke("clients", "keygen", "--out", tmp_path / "d1")
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    pub1, pub2 = tmp_path / "d1" / "node.pub", tmp_path / "d2" / "node.pub"
+    ok = invoke(
+        "clients",
+        "enroll",
+        "pi-1",
+        "--public-key",
+        pub1,
+        "--device",
+        "rpi-4-2gb",
+        "--db",
+        db,
+        "--json",
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["partition"] == 0
+    for args, message in (
+        (("pi-2", "--public-key", pub1), "already enrolled as 'pi-1'"),
+        (("pi-2", "--public-key", pub2, "--partition", 0), "already 'pi-1''s shard"),
+        (("pi-2", "--public-key", pub2, "--device", "toaster"), "--device"),
+        (("pi-2", "--public-key", tmp_path / "nope.pub"), "no such file"),
+    ):
+        bad = invoke("clients", "enroll", *args, "--db", db)
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+        assert "Traceback" not in bad.output
+    assert invoke("clients", "enroll", "pi-2", "--public-key", pub2, "--db", db).exit_code == 0
+    assert invoke("clients", "revoke", "pi-1", "--db", db).exit_code == 0
+    twice = invoke("clients", "revoke", "pi-1", "--db", db)
+    assert twice.exit_code == 2 and "already revoked" in twice.output
+    listed = json.loads(invoke("clients", "list", "--db", db, "--json").stdout)
+    assert [(c["name"], c["active"], c["device"]) for c in listed] == [
+        ("pi-1", False, "rpi-4-2gb"),
+        ("pi-2", True, None),
+    ]
+
+
+def test_certs_create_refuses_overwrite(tmp_path):
+    done = invoke("certs", "create", "--out", tmp_path, "--host", "10.0.0.1", "--json")
+    assert done.exit_code == 0, done.output
+    assert set(json.loads(done.stdout)) == {"ca_cert", "ca_key", "server_cert", "server_key"}
+    again = invoke("certs", "create", "--out", tmp_path, "--host", "10.0.0.1")
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    bad = invoke("certs", "create", "--out", tmp_path / "x", "--host", "no spaces")
+    assert bad.exit_code == 2 and "--host" in bad.output
