@@ -87,7 +87,9 @@ def enroll(
     except KeyFileError as exc:
         fail(f"--public-key: {exc}")
     try:
-        row = enroll_device(open_store(db), name, key.openssh, key.fingerprint, partition, device)
+        row = enroll_device(
+            open_store(db, create=True), name, key.openssh, key.fingerprint, partition, device
+        )
     except StoreError as exc:
         fail(str(exc))
     if as_json:

@@ -7,16 +7,17 @@ from typing import Any
 from cli.errors import fail
 
 
-def open_store(db: str | None, migrate: bool = False) -> Any:
+def open_store(db: str | None, migrate: bool = False, create: bool = False) -> Any:
     """An ``aggregator.store.Store`` for ``--db`` (imported lazily: SQLAlchemy is heavy).
 
     Only ``migrate`` (``fedcore db upgrade``) creates a store; every other command refuses a
-    mistyped ``--db`` with ``no store at PATH`` rather than reading a new, empty one.
+    mistyped ``--db`` with ``no store at PATH`` rather than reading a new, empty one; so does
+    ``create`` (``fedcore clients enroll``: enrolling devices is how a server's store starts).
     """
     from aggregator.store import Store, StoreError
 
     try:
-        return Store(db, migrate=migrate, create=migrate)
+        return Store(db, migrate=migrate, create=migrate or create)
     except StoreError as exc:
         fail(str(exc))
 
