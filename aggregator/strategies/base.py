@@ -7,6 +7,7 @@ listed with it. Every strategy also has the validation wrapper (``max_norm_facto
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from aggregator.strategies.robust import Bulyan, CoordinateMedian, MultiKrum, Tr
 from aggregator.strategies.rules import QFedAvg, WeightedMean
 from aggregator.strategies.server_opt import AdaptiveStep, MomentumStep, PlainStep
 from aggregator.updates import ClientUpdate, NormGuard, Rejected, delta_norm
+from fedcore.resolve import Registry, ResolveError
 
 COMMON_OPTIONS: dict[str, Any] = {"max_norm_factor": 10.0}
 
@@ -126,6 +128,7 @@ class RoundAggregation:
 
 
 Builder = Callable[[dict[str, Any], StrategyContext], Strategy]
+OptionValue = bool | int | float | str
 
 
 @dataclass(frozen=True)
@@ -137,51 +140,105 @@ class StrategySpec:
     doc: str
 
 
-STRATEGIES: dict[str, StrategySpec] = {}
+#: strategies by name: built-ins, ones registered later (``register``), the installed
+#: ``fedcore.strategies`` entry points; ``package.module:make`` references resolve too
+STRATEGIES: Registry[StrategySpec | Callable[..., Strategy]] = Registry(
+    "fedcore.strategies", "strategy"
+)
 
 
 def register(name: str, defaults: dict[str, Any], doc: str) -> Callable[[Builder], Builder]:
-    """Decorator: register ``build(options, context)`` under ``name``."""
+    """Decorator: register ``build(options, context) -> Strategy`` under ``name``, with option
+    ``defaults`` (numbers, strings or booleans; every strategy also has ``max_norm_factor``)."""
 
     def wrap(build: Builder) -> Builder:
-        STRATEGIES[name] = StrategySpec({**COMMON_OPTIONS, **defaults}, build, doc)
+        STRATEGIES.register(name, StrategySpec({**COMMON_OPTIONS, **defaults}, build, doc))
         return build
 
     return wrap
 
 
 def known_strategies() -> tuple[str, ...]:
-    """Names accepted by ``build_strategy``."""
-    return tuple(sorted(STRATEGIES))
+    """Names accepted by ``build_strategy`` now (besides ``package.module:make``)."""
+    return STRATEGIES.names()
+
+
+def strategy_spec(name: str, *, allow_import: bool = True) -> StrategySpec:
+    """The spec ``name`` resolves to. A plain callable ``make(option=default, ...,
+    context=None) -> Strategy`` (a reference or an entry point) becomes a spec whose options
+    are its keyword parameters; ``ResolveError`` (one line) if it names nothing usable."""
+    found = STRATEGIES.get(name, allow_import=allow_import)
+    if isinstance(found, StrategySpec):
+        return found
+    if not callable(found):
+        raise ResolveError(f"strategy {name!r} is a {type(found).__name__}, not a callable")
+    try:
+        params = inspect.signature(found).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    defaults: dict[str, Any] = {}
+    for key, param in params.items():
+        if key == "context" or param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if param.default is inspect.Parameter.empty or not isinstance(
+            param.default, OptionValue
+        ):
+            raise ResolveError(
+                f"strategy {name!r}: parameter {key!r} needs a default number, string or boolean"
+            )
+        defaults[key] = param.default
+    takes_context = "context" in params
+
+    def build(options: dict[str, Any], context: StrategyContext) -> Strategy:
+        kwargs = {k: options[k] for k in defaults}
+        return found(**kwargs, context=context) if takes_context else found(**kwargs)
+
+    return StrategySpec({**COMMON_OPTIONS, **defaults}, build, found.__doc__ or "")
 
 
 def strategy_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """``options`` checked against strategy ``name`` and completed with its defaults."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(known_strategies())}")
-    defaults = STRATEGIES[name].defaults
+    try:
+        defaults = strategy_spec(name).defaults
+    except ResolveError as exc:
+        raise ValueError(str(exc)) from None
     merged = dict(defaults)
     for key, value in (options or {}).items():
         if key not in defaults:
             raise ValueError(
                 f"unknown option {key!r} for strategy {name!r} (allowed: {', '.join(defaults)})"
             )
-        default = defaults[key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"option {key!r} must be a number, got {value!r}")
-        if isinstance(default, int) and not isinstance(value, int):
-            raise ValueError(f"option {key!r} must be an integer, got {value!r}")
-        merged[key] = type(default)(value)
+        merged[key] = _option_value(key, value, defaults[key])
     return merged
+
+
+def _option_value(key: str, value: Any, default: Any) -> Any:
+    """``value`` in the type of ``default`` (an int where a float is expected is fine)."""
+    if isinstance(default, bool) or isinstance(default, str):
+        if type(value) is not type(default):
+            kind = "true or false" if isinstance(default, bool) else "a string"
+            raise ValueError(f"option {key!r} must be {kind}, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"option {key!r} must be a number, got {value!r}")
+    if isinstance(default, int) and not isinstance(value, int):
+        raise ValueError(f"option {key!r} must be an integer, got {value!r}")
+    return type(default)(value)
 
 
 def build_strategy(
     name: str, options: dict[str, Any] | None = None, context: StrategyContext | None = None
 ) -> Strategy:
-    """A fresh strategy by name; unknown names or options raise ``ValueError``."""
+    """A fresh strategy by name or ``package.module:make``; bad names, options or a maker
+    that returns no ``Strategy`` raise ``ValueError`` (one line)."""
     merged = strategy_options(name, options)
     context = context or StrategyContext()
-    strategy = STRATEGIES[name].build(merged, context)
+    strategy = strategy_spec(name).build(merged, context)
+    if not isinstance(strategy, Strategy):
+        raise ResolveError(
+            f"strategy {name!r} returned a {type(strategy).__name__}, not an "
+            "aggregator.strategies.Strategy"
+        )
     strategy.name = name
     strategy.guard = NormGuard(merged["max_norm_factor"])
     strategy.backend = context.backend or strategy.backend

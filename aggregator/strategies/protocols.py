@@ -1,0 +1,69 @@
+"""The pieces a strategy is composed of, as typed protocols a user's own pieces implement.
+
+A `Strategy` is ``Strategy(name, make_rule, server_opt, privacy=...)``: ``make_rule(size,
+backend)`` gives a fresh `AggregationRule` each round, a `ServerOptimizer` turns the round's
+aggregate into the next global model, and an optional `UpdateWrapper` (differential privacy)
+scales each update and finishes the aggregate. Arrays are the backend's (numpy or CuPy, see
+``aggregator.backend``). Anything with state implements ``state_dict``/``load_state_dict`` so
+a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from aggregator.backend import Backend
+from aggregator.updates import ClientUpdate
+
+__all__ = ["AggregationRule", "RuleFactory", "ServerOptimizer", "UpdateWrapper"]
+
+
+@runtime_checkable
+class AggregationRule(Protocol):
+    """Folds one round's accepted updates into one vector. A rule that needs the round's
+    global model (host) before any ``add`` also defines ``bind_global(global_host)``."""
+
+    def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
+        """Fold in one update (``weight``: its example count; ``scale``: DP clipping)."""
+
+    def result(self, global_vector: Any) -> Any:
+        """The round's aggregate (a backend array); ``AggregationError`` if there is none."""
+
+
+class RuleFactory(Protocol):
+    """``make_rule(size, backend)``: a fresh rule for a model of ``size`` parameters."""
+
+    def __call__(self, size: int, backend: Backend) -> AggregationRule: ...
+
+
+@runtime_checkable
+class ServerOptimizer(Protocol):
+    """Moves the global model towards the round's aggregate (FedAvg: replaces it)."""
+
+    def step(self, global_vector: Any, aggregate: Any, round_number: int) -> Any:
+        """The next global vector (a backend array)."""
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """What carries across rounds, as named host arrays."""
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+@runtime_checkable
+class UpdateWrapper(Protocol):
+    """Wraps the aggregation (e.g. differential privacy): scales updates, finishes the sum."""
+
+    def scale(self, norm: float) -> float:
+        """The factor applied to an update whose delta has L2 norm ``norm``."""
+
+    def finish(self, aggregate: Any, backend: Backend) -> Any:
+        """The aggregate after the round (e.g. plus noise)."""
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """What carries across rounds."""
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` returned."""
