@@ -1,10 +1,14 @@
-"""The `Dataset` container and the seeded stratified train/test split every loader uses."""
+"""The `Dataset` container; every loader splits it with `fedcore.split.stratified_split`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedcore.split import stratified_split
+
+__all__ = ["Dataset", "stratified_split"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,39 +92,3 @@ class Dataset:
     def num_test(self) -> int:
         """Number of held-out test examples."""
         return len(self.y_test)
-
-
-def stratified_split(
-    strata: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split example indices into (train, test) so each stratum keeps its share in both.
-
-    The test size is ``round(test_fraction * n)``; it is shared out among strata by largest
-    remainder (ties broken at random) so the total is exact even with many small strata.
-    Both index arrays are sorted. Deterministic for a seed.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    strata = np.asarray(strata)
-    n = len(strata)
-    if n < 2:
-        raise ValueError(f"cannot split {n} example(s) into train and test")
-    rng = np.random.default_rng(seed)
-    n_test = min(max(round(test_fraction * n), 1), n - 1)
-    values, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
-    quota = counts * (n_test / n)
-    take = np.floor(quota).astype(np.int64)
-    short = n_test - int(take.sum())
-    if short > 0:
-        # Largest remainder first; a random key breaks ties among equal remainders.
-        order = np.lexsort((rng.random(len(values)), -(quota - take)))
-        take[order[:short]] += 1
-    # Shuffle, then group by stratum (stable sort keeps the shuffle inside each group) and mark
-    # the first `take[s]` members of group s as test.
-    shuffled = rng.permutation(n)
-    grouped = shuffled[np.argsort(inverse.ravel()[shuffled], kind="stable")]
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    rank = np.arange(n) - np.repeat(starts, counts)
-    test_mask = np.zeros(n, dtype=bool)
-    test_mask[grouped[rank < np.repeat(take, counts)]] = True
-    return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)

@@ -1,0 +1,62 @@
+"""The client side of federated evaluation: the global model on this client's local test split.
+
+An ``evaluate`` message carries the global vector and a config of the model spec, the loss
+and ``local_test``; the client holds out that share of its examples (``fedcore.split.
+local_split``: the same split every round, and the one training leaves out) and replies
+``num_examples``, ``loss`` and ``metric`` (the loss's metric) as plain metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedcore import protocol
+from fedcore.evaluate import evaluate
+from fedcore.nn import Module
+from fedcore.objectives import objective
+from fedcore.split import local_split
+from fedcore.wire import read_vector
+
+__all__ = ["evaluate_message", "train_part"]
+
+
+def train_part(x: np.ndarray, y: np.ndarray, local_test: float, client_id: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The examples a client trains on: all, or all but its local test split."""
+    if not local_test:
+        return x, y
+    train, _ = local_split(y, local_test, client_id)
+    return x[train], y[train]
+
+
+def evaluate_message(
+    msg: Message,
+    client_id: int,
+    data: tuple[np.ndarray, np.ndarray],
+    model_for: Callable[[protocol.ModelSpec], Module],
+    allow_import: bool,
+) -> Message:
+    """Answer an ``evaluate`` message on ``data`` (this client's examples)."""
+    config = protocol.record(msg.content, protocol.CONFIG, ConfigRecord)
+    global_record = protocol.record(msg.content, protocol.GLOBAL, ArrayRecord)
+    if config is None or global_record is None:
+        raise ValueError(f"evaluate message needs {protocol.CONFIG!r} and {protocol.GLOBAL!r}")
+    local_test = float(config["local_test"])
+    if not 0.0 < local_test < 1.0:
+        raise ValueError(f"local_test must be in (0, 1), got {local_test}")
+    spec_data = json.loads(str(config["model"]))
+    model = model_for(protocol.ModelSpec(spec_data["name"], spec_data["kwargs"]))
+    model.set_flat(read_vector(global_record))
+    x, y = data
+    _, test = local_split(y, local_test, client_id)
+    loss_fn = objective(str(config["loss"]), y, allow_import=allow_import)
+    loss, metric = evaluate(model, x[test], y[test], loss=loss_fn)
+    if not (math.isfinite(loss) and math.isfinite(metric)):
+        raise ValueError("the global model's loss on the local test split is not finite")
+    metrics = MetricRecord({"num_examples": len(test), "loss": loss, "metric": metric})
+    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
