@@ -91,3 +91,45 @@ def _print_profile(profile, as_json: bool) -> None:  # noqa: ANN001 - a DevicePr
     for key, value in sources.items():
         table.add_row(f"source.{key}", value)
     console.print(table)
+
+
+@app.command("calibrate")
+def calibrate_clock(
+    write: Annotated[
+        bool, typer.Option("--write", help="Store the figures where the virtual clock reads them.")
+    ] = False,
+    family: Annotated[
+        list[str] | None, typer.Option("--family", help="Only this family (repeatable).")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Measure the engine's training speed per model family against this machine's matmul.
+
+    The virtual clock divides a client's FLOPs by its device class's GEMM speed times this
+    efficiency. Run it on a quiet machine; --write stores it in device_profiles/efficiency.toml.
+    """
+    from fedcore.engine.parallel import get_num_threads
+    from simulations.calibrate import REFERENCES, calibrate
+    from simulations.calibrate import write as store
+
+    unknown = [f for f in family or [] if f not in REFERENCES]
+    if unknown:
+        fail(f"--family: unknown {unknown[0]!r} (known: {', '.join(REFERENCES)})")
+    if write and family:
+        fail("--write stores every family: leave out --family")
+    measurements = calibrate(family or None)
+    if as_json:
+        print(json.dumps([{"family": m.family, "model": m.what, "train_gflops": m.train_gflops,
+                           "matmul_gflops": m.matmul_gflops, "efficiency": m.efficiency}
+                          for m in measurements]))
+    else:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("family", "model", "train GFLOP/s", "matmul GFLOP/s", "efficiency"):
+            table.add_column(column)
+        for m in measurements:
+            table.add_row(m.family, m.what, f"{m.train_gflops:.2f}", f"{m.matmul_gflops:.2f}",
+                          f"{m.efficiency:.3f}")
+        console.print(table)
+    if write:
+        path = store(measurements, get_num_threads())
+        console.print(f"wrote {path}")

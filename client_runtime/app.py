@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from client_runtime.compression import compress_update
+from client_runtime.cost import model_family
 from client_runtime.device import train_on_device
 from client_runtime.secagg import TrainOutput, register_secagg
 from client_runtime.trainer import TrainConfig
@@ -100,7 +101,9 @@ def make_client_app(
         content = RecordDict({protocol.METRICS: metrics})
         if protocol.DEVICE in context.node_config:
             device = str(context.node_config[protocol.DEVICE])
-            content[protocol.CLIENT_INFO] = ConfigRecord({"device_class": device})
+            content[protocol.CLIENT_INFO] = ConfigRecord(
+                {"device_class": device, "model_family": model_family(model)}
+            )
         if instructions.compression == "none":
             content[protocol.UPDATE] = vector_record(model.get_flat())
         else:

@@ -79,6 +79,20 @@ def forward_flops(model: Module, input_shape: Sequence[int]) -> float:
     return total
 
 
+def model_family(model: Module) -> str:
+    """The family whose measured engine efficiency times this model (see
+    ``device_profiles.efficiency``): attention makes a transformer, a recurrent layer an rnn,
+    a convolution a cnn; anything else is an mlp."""
+    kinds = {type(module).__name__ for _, module in model.named_modules()}
+    if any("Attention" in kind for kind in kinds):
+        return "transformer"
+    if kinds & {"LSTM", "GRU"}:
+        return "rnn"
+    if any(kind.startswith("Conv") for kind in kinds):
+        return "cnn"
+    return "mlp"
+
+
 def training_flops(
     model: Module, input_shape: Sequence[int], examples: int, epochs: int = 1
 ) -> float:

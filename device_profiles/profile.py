@@ -64,9 +64,15 @@ class DeviceProfile(BaseModel):
         """Whether training drains a battery (phones) or runs on mains (boards)."""
         return self.battery_wh > 0
 
-    def compute_seconds(self, flops: float) -> float:
-        """Time to execute ``flops`` float32 operations at sustained speed."""
-        return flops / (self.sustained_gflops * 1e9)
+    def compute_seconds(self, flops: float, family: str | None = None) -> float:
+        """Time to execute ``flops`` float32 operations of training a ``family`` model.
+
+        Without a family: at the stated (GEMM) speed. With one: at the share of it the engine
+        reaches for that family (``device_profiles.efficiency``).
+        """
+        from device_profiles.efficiency import efficiency
+
+        return flops / (self.sustained_gflops * 1e9 * efficiency(family))
 
     def transfer_seconds(self, bytes_up: float, bytes_down: float) -> float:
         """Time to upload ``bytes_up`` and download ``bytes_down`` at typical bandwidth."""

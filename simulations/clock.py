@@ -1,11 +1,13 @@
 """The virtual clock: device profiles turn a client's FLOPs and bytes into seconds and joules.
 
-A client's local time = FLOPs it trained (reported by ``client_runtime.device``) / its device's
-sustained FLOP/s + bytes up and down / its bandwidth. A round lasts until its slowest accepted
-client reports, or until the deadline when someone missed it. ``SimulatedNetwork`` is what the
-simulated grid (``simulations.backends.simulated``) consults around each train message: it
-drops clients out mid-round, stamps each reply with its simulated times and energy, and turns
-replies later than the deadline into errors; the grid orders replies by simulated arrival (so
+A client's local time = FLOPs it trained (reported by ``client_runtime.device``) / (its device's
+sustained FLOP/s x the engine's measured efficiency for the model's family, see
+``device_profiles.efficiency``) + bytes up and down / its bandwidth. A round lasts until its
+slowest accepted client reports, or until the deadline when someone missed it.
+``SimulatedNetwork`` is what the simulated grid (``simulations.backends.simulated``)
+consults around each train message: it drops clients out mid-round, stamps each reply with its
+simulated times and energy, and turns replies later than the deadline into errors; the grid
+orders replies by simulated arrival (so
 over-selection keeps the first that report).
 """
 
@@ -18,6 +20,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 
+from device_profiles import FAMILIES
 from fedcore import protocol
 from simulations.population import NodeMap, Population
 
@@ -48,8 +51,11 @@ class ClientTime:
         }
 
 
-def client_time(device: str, flops: float, bytes_up: float, bytes_down: float) -> ClientTime:
-    """Simulated time and energy of one client on device class ``device``.
+def client_time(
+    device: str, flops: float, bytes_up: float, bytes_down: float, family: str | None = None
+) -> ClientTime:
+    """Simulated time and energy of one client on device class ``device``, training a
+    ``family`` model (its FLOPs run at the engine's measured share of the device's speed).
 
     Energy: the device's training power over compute and transfer time (radios and SoC both
     busy; a conservative single-power model).
@@ -57,7 +63,7 @@ def client_time(device: str, flops: float, bytes_up: float, bytes_down: float) -
     from device_profiles import get_profile
 
     profile = get_profile(device)
-    compute = profile.compute_seconds(flops)
+    compute = profile.compute_seconds(flops, family)
     network = profile.transfer_seconds(bytes_up, bytes_down)
     return ClientTime(compute, network, profile.energy_joules(compute + network))
 
@@ -139,7 +145,9 @@ class SimulatedNetwork:
             return reply, 0.0
         down = _bytes(msg.content[protocol.GLOBAL])
         up = _bytes(reply.content[protocol.UPDATE])
-        timing = client_time(str(info["device_class"]), float(metrics["flops"]), up, down)
+        family = info.get("model_family")
+        family = family if isinstance(family, str) and family in FAMILIES else None
+        timing = client_time(str(info["device_class"]), float(metrics["flops"]), up, down, family)
         for key, value in timing.metrics().items():
             metrics[key] = value
         device = str(info["device_class"])
