@@ -88,7 +88,7 @@ def model_family(model: Module) -> str:
         return "transformer"
     if kinds & {"LSTM", "GRU"}:
         return "rnn"
-    if any(kind.startswith("Conv") for kind in kinds):
+    if any("Conv" in kind for kind in kinds):
         return "cnn"
     return "mlp"
 
