@@ -189,3 +189,23 @@ def _trilu(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
 def _shape(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
     """Run by the interpreter itself (it knows each value's layout); listed for the checks."""
     raise AssertionError("Shape and Size are evaluated by OnnxModel")
+
+
+@register("Pad", layout="nhwc", attrs={"mode": one_of("constant")}, settings=(1, 2, 3))
+def _pad(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
+    """Constant padding; a 4-D input arrives channels-last, so its (NCHW) widths are permuted."""
+    x = xs[0]
+    rank = x.ndim
+    pads = ints(xs[1], "pads")
+    value = float(const(xs[2], "constant_value")) if len(xs) > 2 and xs[2] is not None else 0.0
+    axes = ints(xs[3], "axes") if len(xs) > 3 and xs[3] is not None else list(range(rank))
+    if len(pads) != 2 * len(axes) or any(p < 0 for p in pads):
+        raise ValueError(f"pads {pads} must be {2 * len(axes)} non-negative widths")
+    widths = [(0, 0)] * rank
+    for i, a in enumerate(axes):
+        widths[a % rank] = (pads[i], pads[i + len(axes)])
+    if rank == 4:  # logical (N, C, H, W) widths -> the channels-last data
+        widths = [widths[0], widths[2], widths[3], widths[1]]
+    if is_const(x):
+        return np.pad(x, widths, constant_values=value)
+    return S.pad(x, tuple(widths), value)
