@@ -87,7 +87,8 @@ class Graph:
         if arr.dtype.kind == "f":
             arr = arr.astype(np.float32)
         name = self.fresh(base)
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(arr),
+        # np.ascontiguousarray would turn a 0-d array into shape (1,)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.array(arr, order="C"),
                                                                    name))
         return name
 

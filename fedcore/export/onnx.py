@@ -23,7 +23,8 @@ import numpy as np
 from .. import __version__
 from ..engine import Tensor
 from ..nn import GRU, LSTM, Embedding, Module
-from . import layers as _layers  # noqa: F401  (registers the converters)
+from . import imported as _imported  # noqa: F401  (registers the converters)
+from . import layers as _layers  # noqa: F401
 from .graph import Dim, Graph, Value
 
 __all__ = ["MIN_OPSET", "export_onnx", "to_onnx"]
