@@ -16,13 +16,20 @@ from logging import WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from aggregator.secagg.config import SecAggConfig
 from aggregator.strategies import AggregationError, Strategy
-from aggregator.updates import ClientUpdate, Rejected, decode_reply
+from aggregator.updates import (
+    DEFAULT_MAX_EXAMPLES,
+    ClientUpdate,
+    Rejected,
+    client_report,
+    decode_client_info,
+    decode_reply,
+)
 from fedcore import protocol
 from fedcore.wire import vector_record
 
@@ -45,6 +52,7 @@ class FederationConfig:
     # clients (a simulated population); None: ask every connected node once (``query``).
     directory: ClientDirectory | None = None
     over_selection: float = 1.0  # select ceil(k * this), keep the first k replies
+    max_examples: int = DEFAULT_MAX_EXAMPLES  # the most examples one reply may claim
 
 
 @dataclass(frozen=True)
@@ -151,24 +159,31 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float, poll: float = 0.2
 def discover_clients(
     grid: Grid, node_ids: list[int], timeout: float | None = None
 ) -> dict[int, int]:
-    """Ask each node who it is; return ``{client_id: node_id}``.
+    """Ask each node who it is; return ``{client_id: node_id}`` (see ``discover``)."""
+    return discover(grid, node_ids, timeout)[0]
+
+
+def discover(
+    grid: Grid, node_ids: list[int], timeout: float | None = None
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Ask each node who it is; return ``{client_id: node_id}`` and ``{client_id: examples
+    it declares}`` (a reply's ``num_examples`` may never exceed what its client declared).
 
     Two nodes claiming one client id (two devices started with the same partition) keep the
-    lower node id and log a warning naming both. Raises ``RoundFailed`` with the first client
-    error when no node answers properly.
+    lower node id and log a warning naming both. A malformed reply leaves that node out.
+    Raises ``RoundFailed`` with the first client error when no node answers properly.
     """
     queries = [Message(RecordDict(), node_id, "query", group_id="discover") for node_id in node_ids]
     clients: dict[int, int] = {}
+    declared: dict[int, int] = {}
     errors: list[str] = []
     for reply in grid.send_and_receive(queries, timeout=timeout):
-        if reply.has_error():
-            errors.append(str(reply.error.reason))
+        try:
+            client, count = decode_client_info(reply)
+        except Rejected as exc:
+            errors.append(str(exc))
             continue
-        info = protocol.record(reply.content, protocol.CLIENT_INFO, ConfigRecord)
-        if info is None:
-            errors.append(f"query reply without a {protocol.CLIENT_INFO!r} config record")
-            continue
-        client, node = int(info["partition_id"]), reply.metadata.src_node_id
+        node = reply.metadata.src_node_id
         if client in clients:
             kept, dropped = sorted((clients[client], node))
             log(
@@ -179,12 +194,17 @@ def discover_clients(
                 client,
                 dropped,
             )
-            node = kept
+            if node != kept:
+                continue
         clients[client] = node
+        if count is None:
+            declared.pop(client, None)
+        else:
+            declared[client] = count
     if not clients and node_ids:
         detail = f": {errors[0]}" if errors else ""
         raise RoundFailed(f"none of the {len(node_ids)} nodes answered the query{detail}")
-    return clients
+    return clients, declared
 
 
 def validate_update(vector: np.ndarray, expected_size: int) -> str | None:
@@ -225,6 +245,7 @@ def run_round(
     round_number: int,
     config: FederationConfig,
     strategy: Strategy,
+    declared: Mapping[int, int] | None = None,
 ) -> tuple[np.ndarray, list[ClientOutcome]]:
     """Run one round of training; return the new global vector and each client's outcome.
 
@@ -236,7 +257,7 @@ def run_round(
     if config.secagg is not None:
         from aggregator.secagg.round import run_secagg_round
 
-        return run_secagg_round(grid, clients, params, round_number, config, strategy)
+        return run_secagg_round(grid, clients, params, round_number, config, strategy, declared)
     k = config.clients_per_round
     wanted = max(k, math.ceil(k * config.over_selection))
     # A population may have fewer available clients than k this round: take them all.
@@ -272,10 +293,17 @@ def run_round(
             if client_id in answered:
                 raise Rejected("duplicate reply (the client's first reply counts)")
             answered.add(client_id)
-            outcome = replace(outcome, **_reported(reply))
+            outcome = replace(outcome, **client_report(reply))
             if id(reply) in surplus:
                 raise Rejected(f"over-selected: {k} other replies arrived first")
-            update = decode_reply(reply, params.size)
+            update = decode_reply(
+                reply,
+                params.size,
+                codec=config.train.compression,
+                codec_options=config.train.compression_options,
+                declared=(declared or {}).get(client_id),
+                max_examples=config.max_examples,
+            )
             outcome = replace(
                 outcome,
                 num_examples=update.num_examples,
@@ -310,30 +338,6 @@ def run_round(
         raise RoundFailed(f"round {round_number}: {exc}") from exc
 
 
-_KNOWN_METRICS = ("num_examples", "train_loss", "seconds")
-
-
-def _reported(reply: Message) -> dict:
-    """The device class and extra numeric metrics a reply carries (nothing for an error)."""
-    if reply.has_error():
-        return {}
-    content = reply.content
-    found: dict = {}
-    info = protocol.record(content, protocol.CLIENT_INFO, ConfigRecord)
-    if info is not None and info.get("device_class") is not None:
-        found["device_class"] = str(info["device_class"])
-    metrics = protocol.record(content, protocol.METRICS, MetricRecord)
-    if metrics is not None:
-        extra = {
-            key: float(value)
-            for key, value in metrics.items()
-            if key not in _KNOWN_METRICS and isinstance(value, int | float)
-        }
-        if extra:
-            found["metrics"] = extra
-    return found
-
-
 def _surplus(arrived: list[Message], k: int) -> set[int]:
     """``id()`` of the good replies after the first ``k`` (over-selection keeps the first)."""
     good = [m for m in arrived if not m.has_error()]
@@ -356,10 +360,11 @@ def run_federation(
     operator's ``set`` command) or raise ``StopRun``; ``on_round`` sees each finished round.
     """
     clients: Mapping[int, int] = {}
+    declared: dict[int, int] = {}
     if config.directory is None:
         min_nodes = config.min_nodes or config.clients_per_round
         node_ids = wait_for_nodes(grid, min_nodes, config.connect_timeout)
-        clients = discover_clients(grid, node_ids, timeout=config.timeout)
+        clients, declared = discover(grid, node_ids, timeout=config.timeout)
     params = np.asarray(initial, dtype=np.float32)
     for number in range(first_round, config.num_rounds + 1):
         if before_round is not None:
@@ -367,7 +372,7 @@ def run_federation(
         if config.directory is not None:  # the known population: who is available now
             clients = config.directory(number)
         start = time.perf_counter()
-        params, outcomes = run_round(grid, clients, params, number, config, strategy)
+        params, outcomes = run_round(grid, clients, params, number, config, strategy, declared)
         test_loss, test_accuracy = evaluate_fn(params)
         accepted = [o for o in outcomes if o.accepted]
         weight = sum(o.num_examples for o in accepted)

@@ -23,7 +23,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedcore.secagg import aead, codec, graph, keys, shamir
-from fedcore.secagg.errors import DecryptionFailed, ProtocolViolation
+from fedcore.secagg.errors import DecryptionFailed, InvalidKey, ProtocolViolation
 from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.secagg.messages import (
     KeysReply,
@@ -174,7 +174,10 @@ class SecAggClient:
         _expect(len(set(setup.participants)) == n, "participant list has duplicates")
         _expect(self.node_id in setup.participants, "this node is not a participant")
         _expect(graph.effective_degree(n, setup.k) == setup.k, f"invalid degree k={setup.k}")
-        _expect(1 <= setup.t <= setup.k, f"threshold t={setup.t} outside 1..{setup.k}")
+        # t > k/2: no split of one client's neighbours into "it survived" and "it dropped"
+        # can reach t twice, so an active server cannot rebuild both of its secrets
+        low = setup.k // 2 + 1
+        _expect(low <= setup.t <= setup.k, f"threshold t={setup.t} outside {low}..{setup.k}")
         _expect(len(setup.graph_seed) == 32, "graph seed must be 32 bytes")
         _expect(setup.vector_size >= 1, "empty vector")
         encoding_ok = 1 <= setup.frac_bits <= 30 and setup.clip > 0 and setup.max_weight > 0
@@ -197,6 +200,11 @@ class SecAggClient:
         all_keys = [*request.c_pks, *request.s_pks]
         _expect(all(len(k) == keys.KEY_BYTES for k in all_keys), "malformed public key")
         _expect(len(set(all_keys)) == len(all_keys), "public keys are not all distinct")
+        for public in all_keys:
+            try:
+                keys.check_public(public)
+            except InvalidKey as exc:
+                raise ProtocolViolation(f"neighbour key: {exc}") from None
         _expect(len(peers) >= t, f"only {len(peers)} neighbours advertised keys; t = {t}")
         c_sk_raw, s_sk_raw = self._take_slot(request.slot)
         keyring = {f: getattr(self.state, f) for f in _KEYRING}

@@ -56,17 +56,46 @@ def read_vector(record: ArrayRecord) -> np.ndarray:
     return array_view(record[VECTOR_KEY])
 
 
-def array_view(array: Array) -> np.ndarray:
-    """View a Flower ``Array`` (``np.save`` bytes) as an ndarray without copying."""
+MAX_HEADER_BYTES = 4096  # an honest .npy header of a flat vector is 128 bytes
+_PLAIN_KINDS = "fiub"  # numbers and booleans; no objects, records, strings or datetimes
+
+
+def array_view(array: Array, max_bytes: int | None = None) -> np.ndarray:
+    """View a Flower ``Array`` (``np.save`` bytes) as an ndarray without copying.
+
+    The payload is untrusted: its ``.npy`` header must parse (bounded, no pickles), agree with
+    the ``Array``'s dtype and shape, name a plain little-endian number type, and the data must
+    be exactly as long as they say. Anything else raises ``ValueError`` (nothing else), before
+    anything is allocated; ``max_bytes`` bounds the payload.
+    """
     data = memoryview(array.data)
-    if bytes(data[:6]) != b"\x93NUMPY":
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ValueError(f"array payload of {len(data)} bytes exceeds {max_bytes}")
+    if len(data) < 10 or bytes(data[:6]) != b"\x93NUMPY":
         raise ValueError("array payload is not in .npy format")
-    major = data[6]
-    if major == 1:
-        header_len, start = int.from_bytes(data[8:10], "little"), 10
-    else:
-        header_len, start = int.from_bytes(data[8:12], "little"), 12
-    dtype = np.dtype(array.dtype)
-    count = math.prod(array.shape)
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=start + header_len)
-    return flat.reshape(array.shape)
+    stream = io.BytesIO(data[: min(len(data), 12 + MAX_HEADER_BYTES)])
+    try:
+        version = np.lib.format.read_magic(stream)
+        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+            version, np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, header_dtype = read(stream, max_header_size=MAX_HEADER_BYTES)
+        dtype = np.dtype(str(array.dtype))
+    except Exception as exc:  # a hostile header: every parser error is one ValueError
+        raise ValueError(f"array payload has a malformed .npy header: {exc}") from None
+    if fortran or header_dtype != dtype or tuple(shape) != tuple(array.shape):
+        raise ValueError(
+            f"array payload says {header_dtype}{list(shape)}, its record {array.dtype}"
+            f"{list(array.shape)}"
+        )
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.byteorder == ">":
+        raise ValueError(f"array payload has unsupported dtype {dtype}")
+    count = math.prod(shape)
+    offset = stream.tell()
+    if count * dtype.itemsize != len(data) - offset:
+        raise ValueError(
+            f"array payload holds {len(data) - offset} data bytes, its header says "
+            f"{count * dtype.itemsize}"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape)

@@ -17,7 +17,9 @@ and central DP clips each one, which is exactly what the server may no longer se
 
 from __future__ import annotations
 
+import math
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from aggregator.rounds import (
 from aggregator.secagg.config import SecAggConfig
 from aggregator.secagg.server import STAGES, KeyBook, SecAggServer
 from aggregator.strategies import Strategy, WeightedMean
+from aggregator.updates import Rejected, check_model
 from fedcore import protocol
 from fedcore.secagg import messages
 from fedcore.secagg.errors import Aborted, ProtocolViolation
@@ -86,6 +89,16 @@ def record_bytes(content: RecordDict) -> int:
     return size
 
 
+def _seconds(content: RecordDict) -> float | None:
+    """The training time a reply reports, if it is a finite number >= 0."""
+    metrics = protocol.record(content, protocol.METRICS, MetricRecord)
+    value = None if metrics is None else metrics.get("seconds")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = float(value)
+        return value if math.isfinite(value) and value >= 0 else None
+    return None
+
+
 def run_secagg_round(
     grid: Any,
     clients: dict[int, int],
@@ -93,8 +106,13 @@ def run_secagg_round(
     round_number: int,
     config: FederationConfig,
     strategy: Strategy,
+    declared: Mapping[int, int] | None = None,
 ) -> tuple[np.ndarray, list[ClientOutcome]]:
-    """Run one SecAgg+ round; return the new global vector and each client's outcome."""
+    """Run one SecAgg+ round; return the new global vector and each client's outcome.
+
+    A reply that cannot be parsed or checked drops its client with the reason; a sum that
+    cannot be decoded, lies outside the bounds clipping implies, or gives a non-finite model
+    aborts the round (``SecAggAborted``): the previous model stays."""
     settings = config.secagg or SecAggConfig()
     check_strategy(strategy)
     if config.train.compression != "none":
@@ -147,16 +165,35 @@ def run_secagg_round(
                     continue
                 try:
                     parsed = messages.from_content(REPLIES[stage], reply.content)
+                    size = record_bytes(reply.content)
                 except ProtocolViolation as exc:
                     server.fail(node, f"rejected {stage} reply: {exc}")
                     continue
-                bytes_up[node] += record_bytes(reply.content)
-                metrics = reply.content.get(protocol.METRICS)
-                if isinstance(metrics, MetricRecord) and "seconds" in metrics:
-                    seconds[node] = float(metrics["seconds"])
+                except Exception as exc:  # nothing a client sends may end the round
+                    server.fail(node, f"rejected {stage} reply: {type(exc).__name__}: {exc}"[:300])
+                    continue
+                bytes_up[node] += size
+                took = _seconds(reply.content)
+                if took is not None:
+                    seconds[node] = took
                 server.receive(node, parsed)
             server.close_stage()
         total = server.result()
+        summed = server.survivors["masked"]
+        cap = config.max_examples
+        most = [min(cap, (declared or {}).get(by_node[nodes[i - 1]], cap)) for i in sorted(summed)]
+        mean_update, weight, loss = server.checked_mean(total, most)
+        with np.errstate(over="ignore", invalid="ignore"):
+            aggregate = (params.astype(np.float64) + mean_update).astype(np.float32)
+            backend = strategy.backend
+            new = strategy.server_opt.step(
+                backend.asarray(params), backend.asarray(aggregate), round_number
+            )
+            new_params = np.asarray(backend.to_numpy(new), dtype=np.float32)
+        try:
+            check_model(new_params)
+        except Rejected as exc:
+            raise Aborted(str(exc)) from None
     except Aborted as exc:
         detail = "; ".join(
             f"client {by_node[nodes[i - 1]]} at {d.stage}: {d.reason}"
@@ -164,15 +201,6 @@ def run_secagg_round(
         )
         raise SecAggAborted(f"round {round_number}: {exc} (dropouts: {detail or 'none'})") from exc
 
-    mean_update, weight, loss = encoding.decode_sum(total)
-    aggregate = (params.astype(np.float64) + mean_update).astype(np.float32)
-    backend = strategy.backend
-    new = strategy.server_opt.step(
-        backend.asarray(params), backend.asarray(aggregate), round_number
-    )
-    new_params = np.asarray(backend.to_numpy(new), dtype=np.float32)
-
-    summed = server.survivors["masked"]
     mean_examples = max(1, round(weight / len(summed)))
     outcomes = []
     for client_id, node in zip(chosen, nodes, strict=True):

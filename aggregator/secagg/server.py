@@ -27,7 +27,7 @@ import numpy as np
 
 from aggregator.secagg import unmask
 from fedcore.secagg import graph, keys, shamir
-from fedcore.secagg.errors import Aborted, ProtocolViolation
+from fedcore.secagg.errors import Aborted, InvalidKey, ProtocolViolation
 from fedcore.secagg.fixedpoint import TAIL, FixedPoint
 from fedcore.secagg.messages import (
     KeysReply,
@@ -101,6 +101,11 @@ def check_keys(slots: Sequence[int], c_pks: Sequence[bytes], s_pks: Sequence[byt
         raise ProtocolViolation("public keys must be 32 bytes")
     if len({*c_pks, *s_pks}) != 2 * len(slots):
         raise ProtocolViolation("advertised public keys are not all distinct")
+    for public in (*c_pks, *s_pks):
+        try:
+            keys.check_public(public)
+        except InvalidKey as exc:
+            raise ProtocolViolation(str(exc)) from None
 
 
 @dataclass
@@ -189,9 +194,14 @@ class SecAggServer:
             self.book.forget(self.nodes[index - 1])
 
     def fail(self, node: int, reason: str) -> None:
-        """Count ``node`` as dropped in this stage (error reply, timeout, bad message)."""
-        if node in self.index:
-            self._drop(self.index[node], reason)
+        """Count ``node`` as dropped in this stage (error reply, timeout, bad message).
+
+        Ignored once the client's masked input is in the sum at the masked stage (e.g. a second,
+        erroneous reply): it is one of U3 whatever it sends next, or the sum would be wrong."""
+        index = self.index.get(node)
+        if index is None or (self.stage == "masked" and index in self.replied):
+            return
+        self._drop(index, reason)
 
     def requests(self) -> dict[int, object]:
         """The message for each live client in the current stage, by node id."""
@@ -219,6 +229,9 @@ class SecAggServer:
             getattr(self, f"_receive_{self.stage}")(index, reply)
         except ProtocolViolation as exc:
             self._drop(index, f"rejected {self.stage} reply: {exc}")
+            return
+        except Exception as exc:  # whatever a hostile reply breaks drops its sender only
+            self._drop(index, f"rejected {self.stage} reply: {type(exc).__name__}: {exc}"[:300])
             return
         self.replied.add(index)
 
@@ -334,6 +347,39 @@ class SecAggServer:
             self.known.shares.setdefault(owner, []).append((index, row.tobytes()))
 
     # -- the sum ---------------------------------------------------------------------------
+    def checked_mean(
+        self, total: np.ndarray, max_examples: Sequence[float]
+    ) -> tuple[np.ndarray, float, float]:
+        """Decode the unmasked sum, or ``Aborted`` if it is not one honest encodings could give.
+
+        Every client of U3 clipped its update to +-clip and its loss to [0, clip], and its
+        weight is 1..w_max units, where w_max is what ``max_examples`` (its declared count, one
+        per client of U3) quantises to. So the weight sum W lies in ``len(U3)..sum(w_max)``,
+        and every coordinate of the summed update and the summed loss within ``clip * W`` (plus
+        half a unit of rounding per client). A sum outside those bounds was tampered with (a
+        client added to its masked words): it is refused, never committed.
+        """
+        encoding, summed = self.encoding, len(self.survivors["masked"])
+        signed = np.asarray(total, dtype=np.uint32).view(np.int32)
+        units = int(signed[-TAIL])
+        most = sum(encoding.weight_units(max(1.0, float(m))) for m in max_examples)
+        if not summed <= units <= most:
+            raise Aborted(
+                f"secure aggregation aborted: the decoded weight ({units} units) is outside "
+                f"what the {summed} summed clients declared ({summed}..{most})"
+            )
+        bound = encoding.clip * units + summed / 2
+        loss = int(signed[-TAIL + 1])
+        if not 0 <= loss <= bound:
+            raise Aborted("secure aggregation aborted: the decoded loss is outside [0, clip]")
+        peak = int(np.abs(signed[:-TAIL].astype(np.int64)).max(initial=0))
+        if peak > bound:
+            raise Aborted(
+                f"secure aggregation aborted: the decoded mean reaches {peak / units:.4g}, "
+                f"beyond the clip of {encoding.clip:g} every client applies"
+            )
+        return encoding.decode_sum(total)
+
     def result(self) -> np.ndarray:
         """The exact sum (uint32) of the encoded inputs of U3; ``Aborted`` if impossible."""
         if self.stage != "done":

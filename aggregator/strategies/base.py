@@ -18,9 +18,9 @@ import numpy as np
 from aggregator.backend import Backend, select_backend
 from aggregator.strategies.privacy import DifferentialPrivacy
 from aggregator.strategies.robust import Bulyan, CoordinateMedian, MultiKrum, TrimmedMean
-from aggregator.strategies.rules import QFedAvg, WeightedMean
+from aggregator.strategies.rules import AggregationError, QFedAvg, WeightedMean
 from aggregator.strategies.server_opt import AdaptiveStep, MomentumStep, PlainStep
-from aggregator.updates import ClientUpdate, NormGuard, Rejected, delta_norm
+from aggregator.updates import ClientUpdate, NormGuard, Rejected, check_model, delta_norm
 from fedcore.resolve import Registry, ResolveError
 
 COMMON_OPTIONS: dict[str, Any] = {"max_norm_factor": 10.0}
@@ -118,13 +118,20 @@ class RoundAggregation:
         return reasons
 
     def finish(self) -> np.ndarray:
-        """The next global model (host float32)."""
+        """The next global model (host float32); ``AggregationError`` if it is not finite
+        (then nothing carries over: the caller keeps the previous model)."""
         s = self.strategy
         aggregate = self.rule.result(self.global_b)
         if s.privacy is not None:
             aggregate = s.privacy.finish(aggregate, s.backend)
-        new = s.server_opt.step(self.global_b, aggregate, self.round)
-        return np.asarray(s.backend.to_numpy(new), dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            new = s.server_opt.step(self.global_b, aggregate, self.round)
+            host = np.asarray(s.backend.to_numpy(new), dtype=np.float32)
+        try:
+            check_model(host)
+        except Rejected as exc:
+            raise AggregationError(str(exc)) from None
+        return host
 
 
 Builder = Callable[[dict[str, Any], StrategyContext], Strategy]

@@ -9,12 +9,13 @@ the update's delta to the global model (differential-privacy clipping).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from aggregator.backend import Backend
-from aggregator.updates import ClientUpdate
+from aggregator.updates import ClientUpdate, Rejected
 
 
 class AggregationError(ValueError):
@@ -79,7 +80,10 @@ class QFedAvg:
         self.count = 0
 
     def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
-        """Fold in one update; its weight comes from its loss, not its examples."""
+        """Fold in one update; its weight comes from its loss, not its examples (a loss that is
+        not a finite non-negative number is ``Rejected``: it would weigh NaN or inf)."""
+        if not (math.isfinite(update.train_loss) and update.train_loss >= 0):
+            raise Rejected(f"q-FedAvg needs a finite loss >= 0, got {update.train_loss}")
         loss = update.train_loss + 1e-10
         lq = float(np.float_power(loss, self.q))
         norm2 = (self.lipschitz * scale * update.norm) ** 2

@@ -73,6 +73,24 @@ def agree(
     return derive_key(shared, session, purpose)
 
 
+_PROBE = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))  # any fixed scalar will do
+
+
+def check_public(public: bytes) -> None:
+    """``InvalidKey`` unless ``public`` is a 32-byte X25519 key of large order.
+
+    A low-order point (all-zero and its few siblings) makes every key agreement with it yield
+    the all-zero secret, which ``agree`` refuses: one such key advertised would abort every
+    neighbour's round. Clamped scalars are multiples of the cofactor 8, so agreeing with any
+    fixed one reveals it.
+    """
+    _check(public, "public key")
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError as exc:
+        raise InvalidKey(f"low-order public key: {exc}") from None
+
+
 def commitment(session: bytes, index: int, seed: bytes) -> bytes:
     """SHA-256 commitment to a self-mask seed, so the server can check its reconstruction."""
     data = b"fedcore/secagg/v1/seed" + session + index.to_bytes(4, "big") + seed

@@ -58,8 +58,11 @@ class SecAggParams:
             raise ValueError("secure aggregation needs at least 2 clients")
         if not 1 <= self.k <= self.n - 1:
             raise ValueError(f"k = {self.k} must be in 1..{self.n - 1}")
-        if not 1 <= self.t <= self.k:
-            raise ValueError(f"t = {self.t} must be in 1..k ({self.k})")
+        if not self.k // 2 < self.t <= self.k:
+            raise ValueError(
+                f"t = {self.t} must be in {self.k // 2 + 1}..k ({self.k}): a threshold t <= k/2 "
+                "would let a server collect both secrets of one client"
+            )
 
     @property
     def complete(self) -> bool:
@@ -88,9 +91,10 @@ def _bounds(n: int, k: int, t: int, dropout: float, corruption: float) -> tuple[
 def _balanced_t(
     n: int, k: int, dropout: float, corruption: float, sigma: float, eta: float
 ) -> tuple[int, float, float]:
-    """The t in 1..k whose worse bound, in units of its target, is best (ties: larger t)."""
+    """The t in k/2 < t <= k whose worse bound, in units of its target, is best (ties: larger
+    t). Clients refuse t <= k/2 (``SecAggParams``), so it is never offered."""
     best: tuple[float, int, float, float] | None = None
-    for t in range(1, k + 1):
+    for t in range(k // 2 + 1, k + 1):
         security, correctness = _bounds(n, k, t, dropout, corruption)
         score = min(-security / sigma, -correctness / eta)
         if best is None or score >= best[0]:
@@ -140,10 +144,10 @@ def _complete(n: int, dropout: float, corruption: float, t: int | None) -> SecAg
     dropped, corrupt = math.floor(dropout * n), math.floor(corruption * n)
     if t is None:
         t = k - dropped
-        if t <= corrupt:
+        if t <= corrupt or 2 * t <= k:
             raise ValueError(
                 f"n = {n} clients cannot tolerate {dropped} dropouts and {corrupt} corrupt "
-                f"clients at once (need k - dropouts > corrupt)"
+                f"clients at once (need k - dropouts > corrupt and > k/2)"
             )
     # Worst case is deterministic: privacy holds iff t > C, correctness iff t <= k - D.
     security = float("-inf") if t > corrupt else 0.0

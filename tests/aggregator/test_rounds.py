@@ -30,7 +30,8 @@ def toy_app(bad_clients: dict[int, str] | None = None) -> ClientApp:
 
     @app.query()
     def query(msg, context):
-        info = ConfigRecord({"partition_id": partition_id(context), "num_examples": 1})
+        k = partition_id(context)
+        info = ConfigRecord({"partition_id": k, "num_examples": k + 1})  # as it trains
         return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
 
     @app.train()

@@ -39,7 +39,7 @@ def test_random_n_k_t_and_dropouts_give_the_exact_sum_or_abort():
         k = rng.choice([n - 1, rng.randint(2, n - 1)])
         params = derive_params(n, dropout=0.2, corruption=0.05, k=k)
         if rng.random() < 0.5:
-            params = SecAggParams(n, params.k, rng.randint(1, params.k))
+            params = SecAggParams(n, params.k, rng.randint(params.k // 2 + 1, params.k))
         drop = {stage: set() for stage in STAGES}
         for i in range(n):
             if rng.random() < 0.15:
@@ -55,13 +55,13 @@ def test_random_n_k_t_and_dropouts_give_the_exact_sum_or_abort():
         check_exact(outcome, x, examples, encoding)
         if params.complete:  # a complete graph succeeds iff t + 1 clients help unmask
             assert len(outcome.server.survivors["unmask"]) >= params.t + 1
-    assert successes >= 20 and aborts >= 1
+    assert successes >= 15 and aborts >= 1
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_dropouts_at_each_stage_within_tolerance(stage):
     n, d = 12, 300
-    params = SecAggParams(n, 6, 3)  # a random 6-regular graph
+    params = SecAggParams(n, 6, 4)  # a random 6-regular graph (t > k/2)
     x, examples, update_of = make_updates(n, d, 1)
     encoding = FixedPoint.for_round(n, 1.0, 60)
     outcome = run_direct(n, d, update_of, params, encoding, {stage: {2, 7}})
@@ -93,8 +93,8 @@ def test_too_few_shares_to_unmask_abort_instead_of_a_wrong_sum():
 
 
 def test_malformed_and_replayed_replies_drop_the_sender_with_a_reason():
-    n, d = 8, 100
-    params = SecAggParams(n, 7, 3)  # four of eight are knocked out below
+    n, d = 10, 100
+    params = SecAggParams(n, 9, 5)  # four of ten are knocked out below
     x, examples, update_of = make_updates(n, d, 4)
     encoding = FixedPoint.for_round(n, 1.0, 60)
     old = {}
