@@ -328,7 +328,6 @@ def _dpfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
         c.clients_per_round,
         c.num_clients,
         o["target_delta"],
-        seed=c.seed,
     )
     return Strategy("dpfedavg", lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy)
 
@@ -354,7 +353,6 @@ def _dpfedavg_adaptive(o: dict[str, Any], c: StrategyContext) -> Strategy:
         adaptive=True,
         target_quantile=o["target_quantile"],
         clip_lr=o["clip_lr"],
-        seed=c.seed,
     )
     return Strategy(
         "dpfedavg-adaptive", lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy

@@ -3,8 +3,14 @@
 Each accepted update's delta to the global model is clipped to ``clipping_norm`` (fixed, or
 adapted every round towards the ``target_quantile`` of the update norms, Andrew et al. 2021),
 the rule averages the clipped updates with equal weights, and Gaussian noise of standard
-deviation ``noise_multiplier * clipping_norm / clients_per_round`` is added to the aggregate,
-as Flower's server-side DP wrappers do. The privacy spent is tracked by Flower's
+deviation ``noise_multiplier * clipping_norm / m`` is added to the aggregate, where m is the
+number of updates actually averaged (the mean's sensitivity is ``clipping_norm / m``).
+
+The noise comes from a generator seeded from the operating system's entropy (``secrets``),
+never from anything a client sees (the scenario seed is sent to every client, so noise drawn
+from it could be regenerated and subtracted). Its state is saved with the server's state in
+each checkpoint, so a resumed run continues with exactly the noise it would have drawn.
+The privacy spent is tracked by Flower's
 ``RdpAccountant`` (Google's ``dp-accounting``), conservatively without amplification by
 sampling; ``spent()`` gives epsilon at ``target_delta``.
 """
@@ -12,6 +18,7 @@ sampling; ``spent()`` gives epsilon at ``target_delta``.
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +40,6 @@ class DifferentialPrivacy:
     target_quantile: float = 0.5
     clip_lr: float = 0.2
     clipped_count_stddev: float | None = None
-    seed: int = 0
     _clipped: int = field(default=0, repr=False)
     _seen: int = field(default=0, repr=False)
     _releases: int = field(default=0, repr=False)
@@ -44,7 +50,7 @@ class DifferentialPrivacy:
             raise ValueError("noise_multiplier must be >= 0")
         if self.clipping_norm <= 0:
             raise ValueError("clipping_norm must be > 0")
-        self._rng = np.random.default_rng([self.seed, 0xD9])
+        self._rng = np.random.default_rng(secrets.randbits(128))  # OS entropy, server-side
         self.model_noise = self.noise_multiplier
         if self.adaptive:
             from flwr.supercore.differential_privacy import compute_adaptive_noise_params
@@ -65,7 +71,8 @@ class DifferentialPrivacy:
 
     def finish(self, aggregate: Any, backend: Backend) -> Any:
         """Add the round's Gaussian noise; adapt the clipping norm; account the release."""
-        std = self.model_noise * self.clipping_norm / self.num_sampled
+        averaged = self._seen or self.num_sampled  # what the rule divided by
+        std = self.model_noise * self.clipping_norm / averaged
         if std > 0:
             size = int(aggregate.shape[0])
             noise = self._rng.normal(0.0, std, size).astype(np.float32)
