@@ -224,7 +224,9 @@ def train_records(
     """``client_id -> records`` of this round's train messages: the global model and the
     round's instructions (one record each, shared by every message) and the client's own seed
     (``protocol.CLIENT_CONFIG``, which the client lays over the instructions)."""
-    instructions = replace(config.train, round=round_number, **strategy.client_options)
+    train = config.train
+    settings = train.settings.with_values(strategy.client_options)
+    instructions = replace(train, round=round_number, settings=settings)
     shared = ConfigRecord(instructions.to_config())
 
     def records(client_id: int) -> dict[str, Any]:

@@ -86,8 +86,9 @@ def fedcore_rounds(grid, clients: int, size: int, rounds: int) -> dict:
     from aggregator.secagg import SecAggConfig
     from aggregator.strategies import build_strategy
     from fedcore import protocol
+    from fedcore.settings import TrainSettings
 
-    train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), 1, 1, 0.1, 0.0, 0.0, 0)
+    train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), TrainSettings(batch_size=1), 0)
     out: dict = {}
     for label, secagg in (("plain", None), ("secagg", SecAggConfig(max_weight=16))):
         config = FederationConfig(rounds, clients, train, seed=1, secagg=secagg)

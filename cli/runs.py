@@ -122,26 +122,18 @@ def set_config(
     as_json: Json = False,
 ) -> None:
     """Change the training config from the next round on."""
-    from simulations.lifecycle import SETTABLE
+    from simulations.lifecycle import SETTABLE, check_settings
 
-    payload: dict[str, float | int] = {}
+    pairs: dict[str, str] = {}
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or key not in SETTABLE:
             fail(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(SETTABLE)}")
-        try:
-            number = float(value)
-        except ValueError:
-            fail(f"{key}: expected a number, got {value!r}")
-        is_int = key in ("local_epochs", "batch_size", "clients_per_round")
-        if (
-            number <= 0
-            and key not in ("momentum", "weight_decay")
-            or is_int
-            and number != int(number)
-        ):
-            fail(f"{key}: expected a positive {'integer' if is_int else 'number'}, got {value!r}")
-        payload[key] = int(number) if is_int else number
+        pairs[key] = value
+    try:
+        payload = check_settings(pairs)
+    except ValueError as exc:
+        fail(str(exc))
     _queue(run_id, db, "set", payload, as_json)
 
 

@@ -86,10 +86,10 @@ def server(
     """Run a scenario on real devices: start a Flower SuperLink and submit the scenario."""
     from aggregator.store import Store, StoreError
     from deploy.processes import port_in_use, split_address
-    from deploy.serverapp import BACKEND, load_deployable
+    from deploy.serverapp import BACKEND, check_deployable
     from deploy.settings import DeploySettings, SettingsError
-    from simulations.harness import prepare_scenario
     from simulations.lifecycle import create_stored_run
+    from simulations.prepare import prepare_scenario
     from simulations.scenario import ScenarioError, load_scenario
 
     try:
@@ -98,9 +98,9 @@ def server(
         fail(f"--address: {exc}")
     tls = _server_tls(ssl_certfile, ssl_keyfile, ssl_ca_certfile)
     try:
-        load_scenario(scenario)  # the file's own errors, named as simulate names them
+        spec = check_deployable(load_scenario(scenario), str(scenario))  # validated once
         text = scenario.read_text(encoding="utf-8")
-        prepared = prepare_scenario(load_deployable(text, source=str(scenario)))
+        prepared = prepare_scenario(spec, source=str(scenario))
     except (ScenarioError, SettingsError) as exc:
         fail(str(exc))
     if port_in_use(host, port):

@@ -52,8 +52,8 @@ def simulate(
     from aggregator.rounds import RoundFailed, StopRun
     from aggregator.store import Store, StoreError
     from simulations.backends import BACKENDS
-    from simulations.harness import prepare_scenario
     from simulations.lifecycle import run_scenario
+    from simulations.prepare import prepare_scenario
     from simulations.scenario import ScenarioError, load_scenario
 
     if backend not in BACKENDS:

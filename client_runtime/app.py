@@ -18,7 +18,6 @@ from client_runtime.compression import compress_update
 from client_runtime.cost import model_family
 from client_runtime.device import train_on_device
 from client_runtime.secagg import TrainOutput, register_secagg
-from client_runtime.trainer import TrainConfig
 from fedcore import protocol
 from fedcore.models import build_model
 from fedcore.nn import Module
@@ -75,16 +74,9 @@ def make_client_app(
         model = _model_for(instructions.model, allow_import)
         global_vector = read_vector(global_record)
         model.set_flat(global_vector)
-        config = TrainConfig(
-            local_epochs=instructions.local_epochs,
-            batch_size=instructions.batch_size,
-            learning_rate=instructions.learning_rate,
-            momentum=instructions.momentum,
-            weight_decay=instructions.weight_decay,
-            seed=instructions.seed,
-            proximal_mu=instructions.proximal_mu,
+        result = train_on_device(
+            model, x, y, instructions.settings, instructions.seed, context.node_config
         )
-        result = train_on_device(model, x, y, config, context.node_config)
         return model, result, instructions, global_vector
 
     @app.train()

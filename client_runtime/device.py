@@ -10,16 +10,17 @@ rejection reason. Without a device the budget is left alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from client_runtime.cost import training_flops
-from client_runtime.trainer import TrainConfig, train_local
+from client_runtime.trainer import train_local
 from fedcore import protocol
 from fedcore.engine import MemoryBudgetError, get_engine
 from fedcore.nn import Module
+from fedcore.settings import TrainSettings
 
 
 class DoesNotFit(RuntimeError):
@@ -51,7 +52,8 @@ def train_on_device(
     model: Module,
     x: np.ndarray,
     y: np.ndarray,
-    config: TrainConfig,
+    settings: TrainSettings,
+    seed: int,
     node_config: Mapping[str, Any],
 ) -> DeviceTrainResult:
     """Train like ``train_local``, under the node's memory budget; report FLOPs and bytes."""
@@ -65,22 +67,22 @@ def train_on_device(
             pool.reset_peak()
             pool.budget_bytes = budget
             try:
-                result = train_local(model, x, y, config)
+                result = train_local(model, x, y, settings, seed)
                 break
             except MemoryBudgetError as exc:
-                if not adapt or config.batch_size == 1:
+                if not adapt or settings.batch_size == 1:
                     device = node_config.get(protocol.DEVICE, "this device")
                     raise DoesNotFit(
-                        f"memory: does not fit {device} at batch size {config.batch_size} "
+                        f"memory: does not fit {device} at batch size {settings.batch_size} "
                         f"({budget} bytes): {exc}"
                     ) from None
                 model.set_flat(start)
-                config = replace(config, batch_size=max(1, config.batch_size // 2))
+                settings = settings.with_values({"batch_size": max(1, settings.batch_size // 2)})
     finally:
         pool.budget_bytes = previous
     costs = {
-        "flops": training_flops(model, x.shape[1:], len(y), config.local_epochs),
+        "flops": training_flops(model, x.shape[1:], len(y), settings.local_epochs),
         "peak_bytes": float(pool.peak_bytes),
-        "batch_size": float(config.batch_size),
+        "batch_size": float(settings.batch_size),
     }
     return DeviceTrainResult(result.num_examples, result.train_loss, result.seconds, costs)

@@ -14,19 +14,7 @@ import numpy as np
 from fedcore.engine import Tensor, softmax_cross_entropy
 from fedcore.nn import Module
 from fedcore.optim import SGD
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of one client's local training in one round."""
-
-    local_epochs: int
-    batch_size: int
-    learning_rate: float
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    seed: int = 0
-    proximal_mu: float = 0.0  # FedProx: after each step, p -= lr * mu * (p - p_start)
+from fedcore.settings import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -38,13 +26,15 @@ class TrainResult:
     seconds: float
 
 
-def train_local(model: Module, x: np.ndarray, y: np.ndarray, config: TrainConfig) -> TrainResult:
+def train_local(
+    model: Module, x: np.ndarray, y: np.ndarray, settings: TrainSettings, seed: int = 0
+) -> TrainResult:
     """Train ``model`` in place on ``(x, y)``; return the mean loss over all steps.
 
     ``y`` holds a label per example ``(N,)`` or a target per position ``(N, T)`` (language
     models, whose logits are ``(N*T, V)``); ``num_examples`` counts rows of ``x`` either way.
 
-    Batches are reshuffled every epoch from ``config.seed`` so a client's work is reproducible.
+    Batches are reshuffled every epoch from ``seed`` so a client's work is reproducible.
     The optimizer state (momentum) is local to the round, as in FedAvg.
     """
     if len(x) != len(y):
@@ -52,20 +42,20 @@ def train_local(model: Module, x: np.ndarray, y: np.ndarray, config: TrainConfig
     if len(y) == 0:
         raise ValueError("cannot train on an empty partition")
     start = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(seed)
     optimizer = SGD(
         model.parameters(),
-        lr=config.learning_rate,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
+        lr=settings.learning_rate,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
     )
     model.train()
-    anchor = model.get_flat() if config.proximal_mu else None
+    anchor = model.get_flat() if settings.proximal_mu else None
     loss_sum, steps = 0.0, 0
-    for _ in range(config.local_epochs):
+    for _ in range(settings.local_epochs):
         order = rng.permutation(len(y))
-        for lo in range(0, len(order), config.batch_size):
-            idx = order[lo : lo + config.batch_size]
+        for lo in range(0, len(order), settings.batch_size):
+            idx = order[lo : lo + settings.batch_size]
             optimizer.zero_grad()
             # Sequence targets (N, T) meet logits (N*T, V) flattened, row-major.
             loss = softmax_cross_entropy(model(Tensor(x[idx])), y[idx].reshape(-1))
@@ -73,7 +63,7 @@ def train_local(model: Module, x: np.ndarray, y: np.ndarray, config: TrainConfig
             optimizer.step()
             if anchor is not None:  # FedProx's proximal term, applied as a decoupled step
                 flat = model.get_flat()
-                flat -= np.float32(config.learning_rate * config.proximal_mu) * (flat - anchor)
+                flat -= np.float32(settings.learning_rate * settings.proximal_mu) * (flat - anchor)
                 model.set_flat(flat)
             loss_sum += float(loss.data)
             steps += 1

@@ -151,6 +151,7 @@ def dataset_shard(node: NodeData, scenario: Mapping[str, Any] | None) -> tuple[n
     the scenario, so no node trains on the server's test examples; ``num-partitions`` defaults
     to ``federation.num_clients``.
     """
+    from simulations.prepare import client_partitions, load_data
     from simulations.scenario import ScenarioError, scenario_from_dict
 
     if scenario is None:
@@ -171,20 +172,10 @@ def dataset_shard(node: NodeData, scenario: Mapping[str, Any] | None) -> tuple[n
             f"node config: {protocol.PARTITION_ID} {node.partition_id} is out of range "
             f"0..{parts - 1} (the run has {parts} partitions)"
         )
-    data = spec.load_data()
-    if parts == spec.federation.num_clients:
-        shards = spec.client_indices(data)
-    else:
-        from simulations.partition import partition
-
-        shards = partition(
-            data.y_train,
-            spec.data.partition,
-            parts,
-            spec.seed,
-            alpha=spec.data.alpha,
-            min_size=spec.data.min_size,
-            groups=data.groups_train,
-        )
+    try:
+        data = load_data(spec, source="run config scenario")
+        shards = client_partitions(spec, data, parts, source="run config scenario")
+    except ScenarioError as exc:
+        raise NodeConfigError(str(exc)) from None
     index = shards[node.partition_id]
     return data.x_train[index], data.y_train[index]

@@ -22,8 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from aggregator.rounds import RoundOutcome, StopRun, run_federation
 from deploy.settings import DeploySettings, SettingsError
-from simulations.harness import PreparedScenario, Resume, prepare_scenario, server_side
+from simulations.harness import Resume, server_side
 from simulations.lifecycle import StoreHooks, create_stored_run, prepare_stored_run
+from simulations.prepare import PreparedScenario, prepare_scenario
 from simulations.scenario import Scenario, scenario_from_dict
 
 if TYPE_CHECKING:
@@ -40,7 +41,11 @@ def load_deployable(text: str, source: str = "run config scenario") -> Scenario:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{source}: invalid TOML: {exc}") from None
-    scenario = scenario_from_dict(raw, source=source)
+    return check_deployable(scenario_from_dict(raw, source=source), source)
+
+
+def check_deployable(scenario: Scenario, source: str) -> Scenario:
+    """``scenario`` if it can be deployed, else ``SettingsError`` (a simulated population)."""
     if scenario.population is not None:
         raise SettingsError(
             f"{source}: population: a simulated population cannot be deployed; real devices "

@@ -2,19 +2,22 @@
 
 A train message carries the global vector (``ArrayRecord`` under ``GLOBAL``), a
 ``ConfigRecord`` under ``CONFIG`` made from ``TrainInstructions`` (the same for every client
-of a round) and the client's own seed under ``CLIENT_CONFIG``; the reply carries the new
-local vector under ``UPDATE`` and a ``MetricRecord`` under ``METRICS``. A query reply describes
-the client (``CLIENT_INFO``). A compressed reply carries the codec's arrays under ``UPDATE``
-and its name and options under ``CODEC`` (see ``fedcore.compression``). Plain dicts here, so
-this module needs no Flower import.
+of a round, its ``TrainSettings`` flattened in) and the client's own seed under
+``CLIENT_CONFIG``; the reply carries the new local vector under ``UPDATE`` and a
+``MetricRecord`` under ``METRICS``. A query reply describes the client (``CLIENT_INFO``). A
+compressed reply carries the codec's arrays under ``UPDATE`` and its name and options under
+``CODEC`` (see ``fedcore.compression``). Plain dicts here, so this module needs no Flower
+import.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from fedcore.settings import TrainSettings
 
 R = TypeVar("R")
 
@@ -56,41 +59,37 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TrainInstructions:
-    """What the server asks of a client in one round."""
+    """What the server asks of a client in one round: the model, the training settings (the
+    scenario's ``[train]`` table, see ``fedcore.settings``), the seed and the update codec."""
 
     round: int
     model: ModelSpec
-    local_epochs: int
-    batch_size: int
-    learning_rate: float
-    momentum: float
-    weight_decay: float
+    settings: TrainSettings
     seed: int
-    proximal_mu: float = 0.0  # FedProx: pull towards the global model during local training
     compression: str = "none"  # how to send the update back (fedcore.compression.CODECS)
     compression_options: dict[str, Any] = field(default_factory=dict)
 
     def to_config(self) -> dict[str, Any]:
-        """Flatten into ``ConfigRecord``-compatible values."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy
-        values["model"] = self.model.key()
-        values["compression_options"] = json.dumps(self.compression_options, sort_keys=True)
-        return values
+        """Flatten into ``ConfigRecord``-compatible values (the settings' fields at top level)."""
+        return {
+            "round": self.round,
+            "model": self.model.key(),
+            **self.settings.model_dump(),
+            "seed": self.seed,
+            "compression": self.compression,
+            "compression_options": json.dumps(self.compression_options, sort_keys=True),
+        }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TrainInstructions:
-        """Inverse of ``to_config``; a missing key raises ``KeyError`` naming it."""
+    def from_config(cls, config: Mapping[str, Any]) -> TrainInstructions:
+        """Inverse of ``to_config``; a missing key raises ``KeyError`` naming it, settings out
+        of range a ``ValueError`` (``pydantic.ValidationError``) naming the field."""
         model = json.loads(str(config["model"]))
         return cls(
             round=int(config["round"]),
             model=ModelSpec(model["name"], model["kwargs"]),
-            local_epochs=int(config["local_epochs"]),
-            batch_size=int(config["batch_size"]),
-            learning_rate=float(config["learning_rate"]),
-            momentum=float(config["momentum"]),
-            weight_decay=float(config["weight_decay"]),
+            settings=TrainSettings.from_values(config),
             seed=int(config["seed"]),
-            proximal_mu=float(config.get("proximal_mu", 0.0)),
             compression=str(config.get("compression", "none")),
             compression_options=json.loads(str(config.get("compression_options", "{}"))),
         )

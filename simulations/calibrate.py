@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from client_runtime.cost import model_family, training_flops
-from client_runtime.trainer import TrainConfig, train_local
+from client_runtime.trainer import train_local
 from device_profiles import measure_gflops
 from device_profiles.efficiency import EFFICIENCY_FILE
 from fedcore.models import build_model
 from fedcore.nn import Module
+from fedcore.settings import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def measure_family(family: str, *, examples: int = 512, batch_size: int = 32,
     rng = np.random.default_rng(0)
     x, y = ref.data(rng, examples)
     model = ref.build()
-    config = TrainConfig(local_epochs=1, batch_size=batch_size, learning_rate=0.01)
+    config = TrainSettings(local_epochs=1, batch_size=batch_size, learning_rate=0.01)
     flops = training_flops(model, ref.input_shape, examples, 1)
     matmul_before = measure_gflops()
     train_local(model, x, y, config)  # warm-up: pool, caches, threads

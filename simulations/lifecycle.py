@@ -8,31 +8,68 @@ applied by ``StoreHooks.before_round`` at the next round boundary.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from aggregator.rounds import FederationConfig, RoundOutcome, StopRun
-from simulations.harness import PreparedScenario, Resume, SimulationResult, prepare_scenario
+from fedcore.settings import TrainSettings
+from simulations.harness import Resume, SimulationResult
 from simulations.harness import simulate as simulate_prepared
+from simulations.prepare import PreparedScenario, prepare_scenario
 from simulations.scenario import Scenario, scenario_from_dict
+from simulations.scenario.errors import format_error
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only by a run that is stored
     from aggregator.store import Store
 
-# ``fedcore runs set`` keys -> where they live in the round config
-SETTABLE_TRAIN = ("learning_rate", "local_epochs", "batch_size", "momentum", "weight_decay")
-SETTABLE = (*SETTABLE_TRAIN, "clients_per_round")
+# ``fedcore runs set`` keys: the training settings an operator may change, and the round size
+SETTABLE = (*TrainSettings.settable(), "clients_per_round")
+
+
+def check_settings(values: Mapping[str, str | int | float]) -> dict[str, int | float]:
+    """An operator's ``set`` values (text or numbers) checked as a scenario's ``[train]`` and
+    ``federation.clients_per_round`` are; ``ValueError`` with one line naming the key."""
+    out: dict[str, int | float] = {}
+    for key, value in values.items():
+        if key not in SETTABLE:
+            raise ValueError(f"cannot set {key!r}; settable: {', '.join(SETTABLE)}")
+        number = _number(key, value)
+        if key == "clients_per_round":
+            if not isinstance(number, int) or number <= 0:
+                raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+        else:
+            try:
+                TrainSettings.model_validate({key: number})
+            except ValidationError as error:
+                text = format_error(error, "set", TrainSettings).removeprefix("set: ")
+                raise ValueError(text) from None
+        out[key] = number
+    return out
+
+
+def _number(key: str, value: str | int | float) -> int | float:
+    """``value`` as a number: an int when it is written as one."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    raise ValueError(f"{key}: expected a number, got {value!r}")
 
 
 def apply_settings(config: FederationConfig, settings: dict[str, Any]) -> FederationConfig:
     """A round config with an operator's ``set`` values applied (keys from ``SETTABLE``)."""
-    unknown = sorted(set(settings) - set(SETTABLE))
-    if unknown:
-        raise ValueError(f"cannot set {unknown[0]!r}; settable: {', '.join(SETTABLE)}")
-    train = {k: v for k, v in settings.items() if k in SETTABLE_TRAIN}
+    settings = check_settings(settings)
+    train = {k: v for k, v in settings.items() if k in TrainSettings.settable()}
     if train:
-        config = replace(config, train=replace(config.train, **train))
+        new = config.train.settings.with_values(train)
+        config = replace(config, train=replace(config.train, settings=new))
     if "clients_per_round" in settings:
         config = replace(config, clients_per_round=int(settings["clients_per_round"]))
     return config
@@ -58,8 +95,9 @@ class StoreHooks:
             if control.command == "set":
                 settings = control.payload or {}
                 config = apply_settings(config, settings)
-                train = {k: v for k, v in settings.items() if k in SETTABLE_TRAIN}
-                federation = {k: v for k, v in settings.items() if k not in SETTABLE_TRAIN}
+                train_keys = TrainSettings.settable()
+                train = {k: v for k, v in settings.items() if k in train_keys}
+                federation = {k: v for k, v in settings.items() if k not in train_keys}
                 for section, values in (("train", train), ("federation", federation)):
                     if values:
                         self.store.update_run_config(self.run_id, section, values)

@@ -26,7 +26,7 @@ from fedcore.evaluate import evaluate
 from fedcore.models import build_model
 from fedcore.wire import read_vector, vector_record
 from simulations.backends.inprocess import InProcessGrid
-from simulations.harness import prepare_scenario
+from simulations.prepare import prepare_scenario
 from simulations.scenario import load_scenario
 
 ATTACKERS = {16, 17, 18, 19}

@@ -17,6 +17,7 @@ from aggregator.rounds import (
 from aggregator.strategies import build_strategy
 from client_runtime.app import partition_id
 from fedcore import protocol
+from fedcore.settings import TrainSettings
 from fedcore.wire import read_vector, vector_record
 from simulations.backends.inprocess import InProcessGrid
 
@@ -66,7 +67,7 @@ def toy_app(bad_clients: dict[int, str] | None = None) -> ClientApp:
 
 def config(rounds=2, per_round=4, seed=7):
     spec = protocol.ModelSpec("toy")
-    train = protocol.TrainInstructions(0, spec, 1, 1, 0.1, 0.0, 0.0, 0)
+    train = protocol.TrainInstructions(0, spec, TrainSettings(batch_size=1), 0)
     return FederationConfig(rounds, per_round, train, seed)
 
 

@@ -130,8 +130,8 @@ def test_a_paused_deployment_is_not_resumed_as_a_simulation_unasked(tmp_path):
 def test_server_resume_names_what_is_wrong(tmp_path):
     from aggregator.store import Store
     from deploy.serverapp import BACKEND, load_deployable
-    from simulations.harness import prepare_scenario
     from simulations.lifecycle import create_stored_run, run_scenario
+    from simulations.prepare import prepare_scenario
     from simulations.scenario import load_scenario
 
     db = str(tmp_path / "runs.db")

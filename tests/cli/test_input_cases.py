@@ -184,8 +184,8 @@ def test_pause_set_resume_and_abort_through_the_cli(tmp_path):
 def _run_with_one_round(store, folder: Path) -> int:
     """A stored run of the 3-round scenario that committed round 1 and is still ``running``."""
     from aggregator.rounds import StopRun
-    from simulations.harness import prepare_scenario
     from simulations.lifecycle import _run_stored, create_stored_run
+    from simulations.prepare import prepare_scenario
     from simulations.scenario import load_scenario
 
     prepared = prepare_scenario(load_scenario(folder / "s.toml"))

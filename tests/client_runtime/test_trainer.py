@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from client_runtime.trainer import TrainConfig, train_local
+from client_runtime.trainer import train_local
 from fedcore.engine import Tensor
 from fedcore.evaluate import evaluate, perplexity
 from fedcore.models import build_model
 from fedcore.nn import Dense, Module
+from fedcore.settings import TrainSettings
 
 
 class Bigram(Module):
@@ -42,14 +43,14 @@ def cyclic_text(n: int, seq_len: int, vocab: int, seed: int = 0) -> tuple[np.nda
     return x, y
 
 
-CONFIG = TrainConfig(local_epochs=3, batch_size=8, learning_rate=0.5, momentum=0.9, seed=1)
+CONFIG = TrainSettings(local_epochs=3, batch_size=8, learning_rate=0.5, momentum=0.9)
 
 
 def test_sequence_targets_train_and_evaluate() -> None:
     x, y = cyclic_text(64, 6, vocab=12)
     model = Bigram(12)
     loss0, acc0 = evaluate(model, x, y)
-    result = train_local(model, x, y, CONFIG)
+    result = train_local(model, x, y, CONFIG, seed=1)
     loss1, acc1 = evaluate(model, x, y, batch_size=10)  # batches of rows, not of tokens
     assert result.num_examples == 64 and math.isfinite(result.train_loss)
     assert loss1 < loss0 - 1.0 and acc1 > 0.8 > acc0
@@ -72,7 +73,7 @@ def test_labels_per_example_still_work() -> None:
     y = (x[:, 0] > 0).astype(np.int64)
     model = build_model("logreg", input_dim=5, num_classes=2, seed=0)
     loss0, _ = evaluate(model, x, y)
-    train_local(model, x, y, CONFIG)
+    train_local(model, x, y, CONFIG, seed=1)
     loss1, accuracy = evaluate(model, x, y)
     assert loss1 < loss0 and accuracy > 0.9
 

@@ -57,7 +57,7 @@ def test_a_deployed_run_is_stored_like_the_simulated_one(tmp_path):
 
 
 def test_nodes_with_their_own_npz_files_train(tmp_path):
-    from simulations.harness import prepare_scenario
+    from simulations.prepare import prepare_scenario
 
     prepared = prepare_scenario(load_scenario(EXAMPLE))
     nodes = []
@@ -135,8 +135,8 @@ def test_the_app_folder_is_a_valid_flower_app_carrying_the_run_config(tmp_path):
 
 
 def test_a_paused_deployed_run_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
-    from simulations.harness import prepare_scenario
     from simulations.lifecycle import create_stored_run
+    from simulations.prepare import prepare_scenario
 
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     store = Store(db)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deploy.node import NodeConfigError, NodeData, dataset_shard, load_npz, scenario_table
-from simulations.harness import prepare_scenario
+from simulations.prepare import prepare_scenario
 from simulations.scenario import load_scenario
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"

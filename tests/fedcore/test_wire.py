@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fedcore import protocol
+from fedcore.settings import TrainSettings
 from fedcore.wire import read_vector, vector_record
 
 
@@ -23,5 +24,6 @@ def test_read_vector_names_the_missing_key():
 
 def test_train_instructions_round_trip():
     spec = protocol.ModelSpec("mlp", {"input_dim": 64, "hidden": [32, 16], "num_classes": 10})
-    ins = protocol.TrainInstructions(3, spec, 2, 16, 0.05, 0.9, 1e-4, 1234)
+    settings = TrainSettings(local_epochs=2, batch_size=16, learning_rate=0.05, momentum=0.9)
+    ins = protocol.TrainInstructions(3, spec, settings.with_values({"weight_decay": 1e-4}), 1234)
     assert protocol.TrainInstructions.from_config(ins.to_config()) == ins

@@ -8,7 +8,8 @@ from client_runtime.cost import model_family
 from device_profiles.efficiency import efficiencies
 from fedcore.models import build_model
 from simulations.calibrate import REFERENCES, Measurement, measure_family, render_toml
-from simulations.harness import prepare_scenario, simulate
+from simulations.harness import simulate
+from simulations.prepare import prepare_scenario
 from simulations.scenario import load_scenario
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from fedcore.evaluate import perplexity
 from simulations.datasets import Dataset
-from simulations.harness import PartitionLoader, PreparedScenario, prepare_scenario
 from simulations.lifecycle import run_scenario
+from simulations.prepare import PartitionLoader, PreparedScenario, prepare_scenario
 from simulations.scenario import scenario_from_dict
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from aggregator.store import Store
-from simulations.harness import PartitionLoader
 from simulations.lifecycle import run_scenario
+from simulations.prepare import PartitionLoader
 from simulations.scenario import scenario_from_dict
 
 

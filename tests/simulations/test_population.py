@@ -11,12 +11,13 @@ from aggregator.rounds import ClientOutcome, RoundOutcome, StopRun
 from aggregator.store import Store
 from client_runtime.cost import forward_flops, training_flops
 from client_runtime.device import DoesNotFit, train_on_device
-from client_runtime.trainer import TrainConfig
 from fedcore.models import build_model
+from fedcore.settings import TrainSettings
 from simulations.clock import DEADLINE, DROPPED, client_time
-from simulations.harness import prepare_scenario, simulate
+from simulations.harness import simulate
 from simulations.lifecycle import prepare_stored_run, resume_run, run_scenario
 from simulations.population import NODE_BASE, Population, PopulationSection
+from simulations.prepare import prepare_scenario
 from simulations.reports import write_report
 from simulations.scenario import ScenarioError, scenario_from_dict
 
@@ -92,8 +93,8 @@ def test_a_client_that_does_not_fit_halves_its_batch_or_fails():
     budget = get_engine().pool.live_bytes + 60_000  # other tests may hold engine buffers
     node = {"device": "rpi-zero-2w", "memory-budget": budget}
     with pytest.raises(DoesNotFit, match="memory: does not fit rpi-zero-2w"):
-        train_on_device(model, x, y, TrainConfig(1, 32, 0.1), node)
-    result = train_on_device(model, x, y, TrainConfig(1, 32, 0.1), {**node, "adapt-batch": True})
+        train_on_device(model, x, y, TrainSettings(), 0, node)
+    result = train_on_device(model, x, y, TrainSettings(), 0, {**node, "adapt-batch": True})
     assert result.costs["batch_size"] < 32 and result.costs["peak_bytes"] <= budget
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fedcore.models import MODELS
+from simulations.prepare import client_partitions, load_data, prepare_scenario
 from simulations.scenario import (
     KNOWN_STRATEGIES,
     Scenario,
@@ -58,15 +59,16 @@ def test_quickstart_loads() -> None:
         "fedavg",
     )
     assert s.federation.clients_per_round <= s.federation.num_clients
-    parts = s.client_indices()
-    assert len(parts) == 20 and sum(len(p) for p in parts) == s.load_data().num_train
+    data = load_data(s)
+    parts = client_partitions(s, data)
+    assert len(parts) == 20 and sum(len(p) for p in parts) == data.num_train
 
 
 @pytest.mark.parametrize("path", sorted((SIMULATIONS / "examples").glob("*.toml")), ids=str)
 def test_examples_load_and_partition(path: Path) -> None:
     s = load_scenario(path)
-    data = s.load_data()
-    parts = s.client_indices(data)
+    data = load_data(s)
+    parts = client_partitions(s, data)
     assert len(parts) == s.federation.num_clients
     assert sum(len(p) for p in parts) == data.num_train
 
@@ -97,8 +99,9 @@ def test_synthetic_generators_default_to_the_federation_size() -> None:
     s = scenario_from_dict(_with({"data": {"dataset": "synthetic", "partition": "natural"}}))
     assert s.data.synthetic is not None and s.data.synthetic.num_clients == 20
     assert s.data.options["num_clients"] == 20
-    assert s.load_data().groups_train is not None
-    assert len(s.client_indices()) == 20
+    data = load_data(s)
+    assert data.groups_train is not None
+    assert len(client_partitions(s, data)) == 20
 
 
 def test_known_names() -> None:
@@ -200,10 +203,39 @@ ERRORS = [
 ]
 
 
+def checked(raw: dict[str, Any]) -> None:
+    """Validate the file (no data read), then prepare it: the two checks a run makes."""
+    prepare_scenario(scenario_from_dict(raw, source="s.toml"), source="s.toml")
+
+
+def test_validating_reads_no_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing has no side effects: the data-dependent errors come from preparing."""
+    import simulations.prepare as prepare
+
+    def no_data(**kwargs: Any) -> None:
+        raise AssertionError("validation loaded data")
+
+    import simulations.datasets as datasets
+
+    monkeypatch.setattr(prepare, "load_dataset", no_data)
+    monkeypatch.setattr(datasets, "load_dataset", no_data)
+    too_many = _with(
+        {"federation.num_clients": 5000, "data.partition": "iid", "data.alpha": DELETE}
+    )
+    assert scenario_from_dict(too_many).federation.num_clients == 5000
+    with pytest.raises(AssertionError, match="validation loaded data"):
+        prepare_scenario(scenario_from_dict(too_many))
+
+
+def test_strategy_settings_are_not_set_in_the_train_table() -> None:
+    with pytest.raises(ScenarioError, match=r"s.toml: train.proximal_mu: set by the strategy"):
+        scenario_from_dict(_with({"train.proximal_mu": 0.1}), source="s.toml")
+
+
 @pytest.mark.parametrize(("changes", "expected"), ERRORS, ids=[e[1].split(":")[0] for e in ERRORS])
 def test_errors_are_one_line_and_name_the_key(changes, expected) -> None:
     with pytest.raises(ScenarioError) as caught:
-        scenario_from_dict(_with(changes), source="s.toml")
+        checked(_with(changes))
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"s.toml: {expected}"), message

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fedcore.models import MODELS, build_model
-from simulations.harness import model_spec
+from simulations.prepare import build_scenario_model, load_data, prepare_scenario
 from simulations.scenario import ScenarioError, model_keys, scenario_from_dict
 
 CNN: dict[str, Any] = {
@@ -45,7 +45,7 @@ def test_model_names_and_keys_come_from_the_registry() -> None:
 def test_cnn_scenario_is_sized_from_the_images() -> None:
     s = scenario_from_dict(CNN)
     assert s.model.channels == [4, 8] and s.model.hidden == [16] and s.model.embed_dim is None
-    spec = model_spec(s, s.load_data())
+    spec = build_scenario_model(s, load_data(s))[0]
     assert spec.name == "cnn"
     assert spec.kwargs == {
         "num_classes": 10,
@@ -69,7 +69,7 @@ def test_lstm_scenario_is_sized_from_the_vocabulary() -> None:
     s = scenario_from_dict(LSTM)
     assert s.model.hidden == [32] and s.model.embed_dim == 16
     assert s.data.options == {"num_clients": 4, "vocab_size": 300, "seq_len": 10}
-    spec = model_spec(s, s.load_data())
+    spec = build_scenario_model(s, load_data(s))[0]
     assert spec.kwargs == {"vocab_size": 300, "seed": 0, "embed_dim": 16, "hidden": 32}
     same = _with(LSTM, model={"name": "lstm", "embed_dim": 16, "hidden": [32]})
     assert scenario_from_dict(same) == s
@@ -78,7 +78,7 @@ def test_lstm_scenario_is_sized_from_the_vocabulary() -> None:
 
 def test_mlp_runs_on_mnist5k_rows() -> None:
     s = scenario_from_dict(_with(CNN, model={"name": "mlp", "hidden": [32]}))
-    assert model_spec(s, s.load_data()).kwargs["input_dim"] == 784
+    assert build_scenario_model(s, load_data(s))[0].kwargs["input_dim"] == 784
 
 
 # (base, changes per section, expected "key: message" after "s.toml: ")
@@ -134,7 +134,7 @@ def test_errors_are_one_line_and_name_the_key(base, changes, expected) -> None:
     if changes.get("model", {}).get("name") not in (None, base["model"]["name"]):
         raw["model"] = changes["model"]
     with pytest.raises(ScenarioError) as caught:
-        scenario_from_dict(raw, source="s.toml")
+        prepare_scenario(scenario_from_dict(raw, source="s.toml"), source="s.toml")
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"s.toml: {expected}"), message

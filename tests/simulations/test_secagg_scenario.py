@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.harness import prepare_scenario
 from simulations.lifecycle import run_scenario
+from simulations.prepare import prepare_scenario
 from simulations.scenario import ScenarioError, load_scenario, scenario_from_dict
 from simulations.secagg_section import secagg_config, secagg_enabled, with_secagg
 from tests.simulations.test_harness import small_scenario

@@ -14,6 +14,7 @@ from client_runtime.app import partition_id
 from client_runtime.secagg import STATE_RECORD, ClientState, TrainOutput, register_secagg
 from fedcore import protocol
 from fedcore.secagg.fixedpoint import FixedPoint
+from fedcore.settings import TrainSettings
 from fedcore.wire import read_vector, vector_record
 from simulations.backends.inprocess import InProcessGrid
 
@@ -79,7 +80,7 @@ class DroppingGrid(InProcessGrid):
 
 
 def run(app, nodes=8, rounds=1, secagg=None, strategy="fedavg", grid=None, device="cpu"):
-    train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), 1, 1, 0.1, 0.0, 0.0, 0)
+    train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), TrainSettings(batch_size=1), 0)
     config = FederationConfig(rounds, nodes, train, seed=3, secagg=secagg)
     outcomes = []
     final = run_federation(
@@ -168,7 +169,7 @@ def test_keys_are_advertised_ahead_and_a_client_that_lost_them_rejoins():
     log = []
     grid = InProcessGrid(toy_app(log), 8)
     node = grid.node_id(5)
-    train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), 1, 1, 0.1, 0.0, 0.0, 0)
+    train = protocol.TrainInstructions(0, protocol.ModelSpec("toy"), TrainSettings(batch_size=1), 0)
     config = FederationConfig(4, 8, train, seed=3, secagg=SecAggConfig(t=4, max_weight=8))
     outcomes = []
 

@@ -1,0 +1,68 @@
+"""Local-training settings: one type from the scenario file to the device's trainer.
+
+A scenario's ``[train]`` table validates into `TrainSettings`; the server sends it in every
+train message (flattened into the ``ConfigRecord``, see ``fedcore.protocol``); the device
+validates what arrives into the same type (a message is untrusted) and hands it to
+``client_runtime.trainer.train_local``. Adding a setting is one field here plus its use.
+
+Fields marked ``from_strategy`` are set by the strategy (FedProx's ``proximal_mu``), not by a
+scenario's ``[train]`` table nor by ``fedcore runs set``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+)
+from pydantic.fields import FieldInfo
+
+Momentum = Annotated[float, Field(ge=0.0, lt=1.0)]
+_FROM_STRATEGY = {"from_strategy": True}
+
+
+def _by_strategy(info: FieldInfo) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("from_strategy"))
+
+
+class TrainSettings(BaseModel):
+    """Hyperparameters of one client's local training in one round (minibatch SGD)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    local_epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 0.1
+    momentum: Momentum = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    # FedProx: after each step, p -= lr * mu * (p - p_start)
+    proximal_mu: NonNegativeFloat = Field(default=0.0, json_schema_extra=_FROM_STRATEGY)
+
+    @classmethod
+    def settable(cls) -> tuple[str, ...]:
+        """Fields a scenario's ``[train]`` table and an operator may set (not the strategy's)."""
+        return tuple(name for name, info in cls.model_fields.items() if not _by_strategy(info))
+
+    @classmethod
+    def from_strategy(cls) -> tuple[str, ...]:
+        """Fields the strategy sets (``Strategy.client_options``)."""
+        settable = cls.settable()
+        return tuple(name for name in cls.model_fields if name not in settable)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> TrainSettings:
+        """Validate the known fields among ``values`` (a message's flat config: other keys are
+        ignored, missing ones take their defaults); ``pydantic.ValidationError`` if bad."""
+        return cls.model_validate({k: values[k] for k in cls.model_fields if k in values})
+
+    def with_values(self, values: Mapping[str, Any]) -> TrainSettings:
+        """These settings with ``values`` laid over them, validated again."""
+        return type(self).model_validate({**self.model_dump(), **values})

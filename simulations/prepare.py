@@ -1,0 +1,206 @@
+"""Prepare a validated scenario once: its data, its partitions, its model, the round config.
+
+Validating a scenario (``simulations.scenario``) reads no data; this step does, once per run,
+and checks what only the data can tell (does the model fit it, are there enough examples, can
+the split give every client its minimum). `client_partitions` is the one split of a scenario's
+training pool: the simulation's clients, and a deployed node's shard, are cut by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aggregator.rounds import FederationConfig
+from fedcore import protocol
+from fedcore.models import build_model
+from fedcore.nn import Module
+from simulations.datasets import Dataset, dataset_options, load_dataset
+from simulations.partition import partition
+from simulations.scenario import Scenario, ScenarioError, model_keys
+from simulations.scenario.errors import scenario_error
+from simulations.scenario.model_fit import model_arguments, model_misfit
+from simulations.secagg_section import secagg_config
+from simulations.world import GeneratedLoader, World
+
+
+class PartitionLoader:
+    """``partition_id -> (x, y)`` for simulated clients; picklable, so Ray actors can use it.
+
+    It carries only the dataset's name and the index arrays; each process loads the dataset
+    once (cached) and slices its shards lazily.
+    """
+
+    def __init__(self, dataset_args: dict[str, Any], parts: list[np.ndarray]) -> None:
+        self.dataset_args = dataset_args
+        self.parts = parts
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"dataset_args": self.dataset_args, "parts": self.parts, "_cache": {}}
+
+    def __call__(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if partition_id not in self._cache:
+            if not 0 <= partition_id < len(self.parts):
+                raise ValueError(f"partition {partition_id} out of range 0..{len(self.parts) - 1}")
+            data = load_dataset(**self.dataset_args)
+            idx = self.parts[partition_id]
+            self._cache[partition_id] = (data.x_train[idx], data.y_train[idx])
+        return self._cache[partition_id]
+
+
+def dataset_args(scenario: Scenario) -> dict[str, Any]:
+    """Keyword arguments of ``load_dataset`` for this scenario."""
+    return {
+        "name": scenario.data.dataset,
+        "test_fraction": scenario.data.test_fraction,
+        "seed": scenario.seed,
+        **scenario.data.options,
+    }
+
+
+def load_data(scenario: Scenario, source: str | None = None) -> Dataset:
+    """The scenario's dataset (cached); ``ScenarioError`` naming the option it cannot meet."""
+    source = source or scenario.name
+    name = scenario.data.dataset
+    try:
+        return load_dataset(**dataset_args(scenario))
+    except ValueError as error:  # an option beyond what the data has, e.g. vocab_size
+        option, _, rest = str(error).partition(" ")
+        if option in dataset_options(name):
+            raise scenario_error(source, f"data.{name}.{option}", rest) from None
+        raise scenario_error(source, "data.dataset", str(error)) from None
+
+
+def client_partitions(
+    scenario: Scenario,
+    data: Dataset,
+    num_partitions: int | None = None,
+    source: str | None = None,
+) -> list[np.ndarray]:
+    """One sorted index array into ``data.x_train`` per client (``num_partitions``, default
+    the federation's clients), per the scenario's partition and seed; ``ScenarioError`` when
+    the data cannot be split so."""
+    source = source or scenario.name
+    clients = num_partitions or scenario.clients_with_data
+    n, section = data.num_train, scenario.data
+    if clients > n:
+        raise scenario_error(
+            source,
+            "federation.num_clients",
+            f"more clients than examples: {clients} clients, but {section.dataset!r} has "
+            f"{n} training examples",
+        )
+    if section.partition == "dirichlet" and clients * section.min_size > n:
+        raise scenario_error(
+            source,
+            "data.min_size",
+            f"{clients} clients x {section.min_size} examples is more than the {n} "
+            f"training examples of {section.dataset!r}",
+        )
+    try:
+        return partition(
+            data.y_train,
+            section.partition,
+            clients,
+            seed=scenario.seed,
+            alpha=section.alpha,
+            min_size=section.min_size,
+            groups=data.groups_train,
+        )
+    except ValueError as exc:  # e.g. no Dirichlet draw gives every client min_size examples
+        raise scenario_error(source, "data.partition", str(exc)) from None
+
+
+def build_scenario_model(
+    scenario: Scenario, data: Dataset, source: str | None = None
+) -> tuple[protocol.ModelSpec, Module]:
+    """The model a scenario asks for, sized for its dataset, and built; ``ScenarioError``
+    naming ``model.name`` if it cannot learn this data (e.g. an LSTM on digits) or the
+    ``[model]`` key the builder refuses."""
+    source = source or scenario.name
+    name = scenario.model.name
+    misfit = model_misfit(name, data)
+    if misfit:
+        raise scenario_error(source, "model.name", misfit)
+    if scenario.data.partition == "dirichlet" and data.sequence_targets:
+        raise scenario_error(
+            source,
+            "data.partition",
+            f"'dirichlet' skews class labels; {data.name!r} has a target per word "
+            "(use iid or natural)",
+        )
+    spec = protocol.ModelSpec(
+        name,
+        model_arguments(name, scenario.model.hyperparameters, data, scenario.seed),
+    )
+    try:
+        return spec, build_model(spec.name, **spec.kwargs)
+    except (ValueError, TypeError) as error:
+        text = str(error).removeprefix(f"{name}: ")
+        key, _, rest = text.partition(" ")
+        if key in model_keys(name):
+            raise scenario_error(source, f"model.{key}", rest) from None
+        raise scenario_error(source, "model", text) from None
+
+
+@dataclass
+class PreparedScenario:
+    """Everything a run needs, built (and checked) before anything is stored or started."""
+
+    scenario: Scenario
+    data: Dataset = field(repr=False)
+    loader: Any = field(repr=False)  # PartitionLoader, or a GeneratedLoader
+    spec: protocol.ModelSpec
+    config: FederationConfig
+    initial: np.ndarray = field(repr=False)  # the model's initial parameters (read-only)
+    world: World | None = None  # the simulated population and its clock, if any
+
+
+def prepare_scenario(scenario: Scenario, source: str | None = None) -> PreparedScenario:
+    """Load the data, partition it and build the model; ``ScenarioError`` if that cannot work."""
+    data = load_data(scenario, source)
+    spec, model = build_scenario_model(scenario, data, source)
+    fed = scenario.federation
+    world = World.of(scenario) if scenario.population is not None else None
+    if world is not None and scenario.population.generate:
+        loader: Any = GeneratedLoader.of(scenario, data)
+        largest = loader.samples
+    else:
+        parts = client_partitions(scenario, data, source=source)
+        loader = PartitionLoader(dataset_args(scenario), parts)
+        largest = max(len(part) for part in parts)
+    config = FederationConfig(
+        num_rounds=fed.rounds,
+        clients_per_round=fed.clients_per_round,
+        seed=scenario.seed,
+        min_nodes=fed.num_clients,
+        train=protocol.TrainInstructions(
+            round=0,
+            model=spec,
+            settings=scenario.train,
+            seed=scenario.seed,
+            compression=fed.compression,
+            compression_options=dict(fed.compression_options),
+        ),
+        secagg=secagg_config(scenario, largest),
+    )
+    if world is not None:
+        config = world.federation_config(config)
+    initial = model.get_flat()
+    initial.flags.writeable = False
+    return PreparedScenario(scenario, data, loader, spec, config, initial, world)
+
+
+__all__ = [
+    "PartitionLoader",
+    "PreparedScenario",
+    "ScenarioError",
+    "build_scenario_model",
+    "client_partitions",
+    "dataset_args",
+    "load_data",
+    "prepare_scenario",
+]

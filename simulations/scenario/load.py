@@ -1,0 +1,43 @@
+"""Reading a scenario: a TOML file or nested dicts in, a validated `Scenario` or one line out."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from simulations.scenario.errors import ScenarioError, describe, format_error, one_line
+from simulations.scenario.schema import Scenario
+
+
+def load_scenario(path: str | os.PathLike[str]) -> Scenario:
+    """Read and validate a scenario TOML file; any problem raises a one-line `ScenarioError`."""
+    source = os.fspath(path)
+    try:
+        with Path(path).open("rb") as file:
+            raw = tomllib.load(file)
+    except FileNotFoundError:
+        raise ScenarioError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{source}: is a directory, not a scenario file") from None
+    except OSError as error:
+        raise ScenarioError(f"{source}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{source}: invalid TOML: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(f"{source}: invalid TOML: {one_line(str(error))}") from None
+    return scenario_from_dict(raw, source=source)
+
+
+def scenario_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Scenario:
+    """Validate a scenario given as nested dicts (what the TOML parser yields)."""
+    if not isinstance(data, Mapping):
+        raise ScenarioError(f"{source}: expected a table of keys, got {describe(data)}")
+    try:
+        return Scenario.model_validate(dict(data))
+    except ValidationError as error:
+        raise ScenarioError(format_error(error, source, Scenario)) from None
