@@ -50,3 +50,6 @@ def from_onnx(path: str | os.PathLike[str], *, seed: int = 0) -> OnnxModel:
     (one line naming the node, op type and opset) for anything it cannot train.
     """
     return OnnxModel(read_graph(path), seed)
+
+
+from . import scheme as _scheme  # noqa: E402,F401  (registers "onnx:PATH" model references)

@@ -11,7 +11,8 @@ in numpy once per distinct input shape and are cached.
 Layout: 4-D data is transposed to channels-last once, where the first conv, pooling or batch
 norm meets it, stays there through elementwise ops, and goes back to ONNX's NCHW only where an
 op needs its axes (Flatten, Reshape, ...). Inputs are what the exported model took (NCHW
-images); flat rows of the right size are accepted too and reshaped.
+images); flat rows of the right size are accepted too, and so are samples that differ only in
+axes of size 1 ((H, W, 1) for (1, H, W)), both reshaped.
 """
 
 from __future__ import annotations
@@ -144,10 +145,7 @@ class OnnxModel(Module):
         for v, a in zip(spec.inputs, args, strict=True):
             t = a if isinstance(a, Tensor) else Tensor(np.asarray(a))
             want = v.shape
-            fixed = [d for d in want[1:] if isinstance(d, int)]
-            if (t.ndim == 2 and len(want) > 2 and len(fixed) == len(want) - 1
-                    and t.shape[1] == math.prod(fixed)):
-                t = E.reshape(t, (-1, *fixed))  # flat rows of an image model
+            t = _fit(t, want)
             if t.ndim != len(want) or any(isinstance(d, int) and d != s
                                            for d, s in zip(want, t.shape, strict=True)):
                 shown = tuple(d if isinstance(d, int) else (d or "?") for d in want)
@@ -224,6 +222,18 @@ class OnnxModel(Module):
     def extra_repr(self) -> str:
         return (f"{self.spec.name!r}, {len(self.nodes)} nodes, "
                 f"{sum(p.size for p in self._params.values())} parameters")
+
+
+def _fit(t: Tensor, want: tuple[Any, ...]) -> Tensor:
+    """`t` reshaped to a fully static per-sample shape `want[1:]` when it holds flat rows of
+    that size, or samples that differ from it only in axes of size 1."""
+    fixed = want[1:]
+    if t.ndim < 2 or not all(isinstance(d, int) for d in fixed) or tuple(t.shape[1:]) == fixed:
+        return t
+    same = [d for d in t.shape[1:] if d != 1] == [d for d in fixed if d != 1]
+    if (t.ndim == 2 or same) and math.prod(t.shape[1:]) == math.prod(fixed):
+        return E.reshape(t, (-1, *fixed))
+    return t
 
 
 class _Layout:
