@@ -16,10 +16,12 @@ import typer
 from rich.console import Console
 
 from cli.errors import FAILED, fail
+from cli.model_import import import_model
 from cli.options import Db, Json, output_file, output_format
 from cli.store_access import open_store
 
 app = typer.Typer(no_args_is_help=True)
+app.command("import")(import_model)
 console = Console(highlight=False)
 FORMATS = {".safetensors": "safetensors", ".npz": "npz", ".onnx": "onnx"}  # by extension
 

@@ -96,6 +96,7 @@ class OnnxModel(Module):
         object.__setattr__(self, "_static", marks)
         object.__setattr__(self, "_cache", OrderedDict())
         object.__setattr__(self, "_rngs", {})
+        object.__setattr__(self, "_record", None)  # list of layer rows while `layers` runs
         self.flatten_parameters()
 
     # -- building ------------------------------------------------------------------------------
@@ -174,6 +175,10 @@ class OnnxModel(Module):
             if static and cached is not None:
                 continue
             outs = self._step(node, run)
+            if self._record is not None and not static:
+                shapes = [tuple(run.logical_shape(o)) for o in node.outputs if o in run.env]
+                size = sum(self._params[n].size for n in node.inputs if n in self._params)
+                self._record.append((node.name, node.op, shapes, size))
             if static:
                 fresh.update((n, v) for n, v in zip(node.outputs, outs, strict=False) if n)
         if cached is None:
@@ -218,6 +223,16 @@ class OnnxModel(Module):
             outs = self._run(node, [run.logical(n) if n else None for n in names])
             run.store(node.outputs, outs, nhwc=False)
         return outs
+
+    def layers(self, *args: Any) -> list[tuple[str, str, list[tuple[int, ...]], int]]:
+        """(node name, op type, output shapes, parameters it reads) of every node a forward on
+        `args` runs, shape arithmetic left out: the model's layers, for a summary table."""
+        object.__setattr__(self, "_record", [])
+        try:
+            self(*args)
+            return self._record
+        finally:
+            object.__setattr__(self, "_record", None)
 
     def extra_repr(self) -> str:
         return (f"{self.spec.name!r}, {len(self.nodes)} nodes, "
