@@ -61,6 +61,14 @@ def client(
         Path | None,
         typer.Option("--root-certificates", help="TLS: the CA certificate of the SuperLink."),
     ] = None,
+    private_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="This device's private key (`fedcore clients keygen`): its identity on a "
+            "server that admits enrolled devices only (needs --root-certificates).",
+        ),
+    ] = None,
     port: Annotated[
         int | None,
         typer.Option(
@@ -108,14 +116,21 @@ def client(
         fail(f"--superlink: {exc}")
     if root_certificates is not None and not root_certificates.is_file():
         fail(f"--root-certificates: no such file: {root_certificates}")
+    if private_key is not None:
+        _check_private_key(private_key, root_certificates)
     why = p.reachable(host, link_port)
     if why is not None:
         fail(f"--superlink: cannot reach a SuperLink at {superlink}: {why}")
+    from deploy.probe import check_tls
+
+    why = check_tls(host, link_port, root_certificates)
+    if why is not None:
+        fail(why)
 
     work = logs.resolve() if logs is not None else Path(tempfile.mkdtemp(prefix="fedcore-client-"))
     work.mkdir(parents=True, exist_ok=True)
     runtime_port = port or p.free_port()
-    args = p.supernode_args(superlink, values, runtime_port, root_certificates)
+    args = p.supernode_args(superlink, values, runtime_port, root_certificates, private_key)
     log = None if verbose else work / "supernode.log"
     previous = signal.signal(signal.SIGTERM, _interrupt)
     node_process = p.FlowerProcess("flower-supernode", args, p.flower_env(work / "flwr-home"), log)
@@ -133,6 +148,13 @@ def client(
         signal.signal(signal.SIGTERM, previous)
     if not gone:
         code = node_process.popen.returncode
+        if "Failed to activate SuperNode" in node_process.tail(40):
+            fail(
+                f"the SuperLink at {superlink} refused this device's key: not enrolled, "
+                "revoked, or already in use by another device (the operator's "
+                "`fedcore clients list` shows which)",
+                FAILED,
+            )
         fail(f"flower-supernode exited ({code}): {node_process.tail(3)} (log: {log})", FAILED)
     if logs is None:
         shutil.rmtree(work, ignore_errors=True)
@@ -155,6 +177,23 @@ def _serve(node: FlowerProcess, host: str, port: int, max_wait: float, poll: flo
         elif time.monotonic() - gone_since >= max_wait:
             return True
     return False
+
+
+def _check_private_key(key: Path, root_certificates: Path | None) -> None:
+    """``--key`` must be an OpenSSH EC private key (as keygen writes) and come with TLS."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    if root_certificates is None:
+        fail("--key: device authentication needs TLS: give --root-certificates ca.pem too")
+    if not key.is_file():
+        fail(f"--key: no such file: {key}")
+    try:
+        private = load_ssh_private_key(key.read_bytes()[:16384], None)
+    except (ValueError, TypeError) as exc:
+        fail(f"--key: {key}: not an unencrypted OpenSSH private key ({exc})")
+    if not isinstance(private, ec.EllipticCurvePrivateKey):
+        fail(f"--key: {key}: needs an ECDSA key (`fedcore clients keygen` makes one)")
 
 
 def _interrupt(signum: int, frame: object) -> None:

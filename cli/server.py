@@ -64,6 +64,22 @@ def server(
         Path | None,
         typer.Option("--ssl-ca-certfile", help="TLS: the CA certificate that signed it."),
     ] = None,
+    certs: Annotated[
+        Path | None,
+        typer.Option(
+            "--certs",
+            help="TLS from a `fedcore certs create` folder (ca.pem, server.pem, server.key); "
+            "with TLS only enrolled devices join (`fedcore clients enroll`).",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Listen off loopback without TLS or enrolment: anyone who reaches the port "
+            "joins, reads the run and can stop it. For trusted networks only.",
+        ),
+    ] = False,
     logs: Annotated[
         Path | None,
         typer.Option(
@@ -96,7 +112,8 @@ def server(
         host, port = split_address(address)
     except ValueError as exc:
         fail(f"--address: {exc}")
-    tls = _server_tls(ssl_certfile, ssl_keyfile, ssl_ca_certfile)
+    tls = _server_tls(ssl_certfile, ssl_keyfile, ssl_ca_certfile, certs)
+    _check_exposure(host, address, tls, insecure)
     try:
         spec = check_deployable(load_scenario(scenario), str(scenario))  # validated once
         text = scenario.read_text(encoding="utf-8")
@@ -113,7 +130,10 @@ def server(
         run_id = create_stored_run(store, prepared, BACKEND)
     else:
         run_id = _claim_for_resume(store, resume, prepared)
+    if tls is not None:
+        _check_enrolled(store)
     settings = DeploySettings(
+        enrolled=tls is not None,
         scenario=text,
         db=store.url,
         checkpoints=str(store.checkpoint_root.expanduser().resolve()),
@@ -129,7 +149,7 @@ def server(
     error: str | None = None
     try:
         with _Deployment(work, host, port, tls) as deployment:
-            deployment.start(settings)
+            deployment.start(settings, store, run_id)
             _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)  # on stderr
             title = f"{prepared.scenario.name} (deployment on {address})"
             with RoundProgress(title, fed.rounds, quiet=as_json) as ui:
@@ -190,6 +210,7 @@ class _Deployment:
         self.home = work / "flwr-home"
         self.superlink: FlowerProcess | None = None
         self.submitted: FlowerProcess | None = None
+        self.watch: list[Any] = []  # revocations and refusals, checked while following
 
     def __enter__(self) -> _Deployment:
         return self
@@ -199,14 +220,24 @@ class _Deployment:
             if process is not None:
                 process.stop()
 
-    def start(self, settings: Any) -> None:
-        """Start the SuperLink, wait until it listens, submit the app with ``flwr run``."""
+    def start(self, settings: Any, store: Store, run_id: int) -> None:
+        """Start the SuperLink, wait until it listens, register the enrolled devices' keys
+        (with TLS), submit the app with ``flwr run``."""
         from deploy import processes as p
         from deploy.appdir import write_app
+        from deploy.enrolment import (
+            EnrolmentError,
+            Refusals,
+            Revocations,
+            describe_key,
+            register_enrolled,
+        )
 
         env = p.flower_env(self.home)
         state = self.work / "superlink-state.db"
-        args = p.superlink_args(self.host, self.port, state, self.tls)
+        args = p.superlink_args(
+            self.host, self.port, state, self.tls, node_auth=self.tls is not None
+        )
         self.superlink = p.FlowerProcess("flower-superlink", args, env, self.work / "superlink.log")
         try:
             self.superlink.wait_listening(self.host, self.port)
@@ -215,6 +246,16 @@ class _Deployment:
         app = write_app(self.work / "app", settings.run_config())
         control = _local_address(self.host, self.port)
         p.write_connection(self.home, control, None if self.tls is None else self.tls.ca_certfile)
+        if self.tls is not None:
+            try:
+                names = register_enrolled(store, run_id, self.home)
+            except EnrolmentError as exc:
+                raise _StartError(str(exc)) from None
+            err_console.print(f"enrolled devices allowed to join: {', '.join(names)}")
+            self.watch = [
+                Revocations(store, run_id, self.home),
+                Refusals(self.work / "superlink.log", describe_key(store)),
+            ]
         self.submitted = p.FlowerProcess(
             "flwr run", p.flwr_run_args(app), env, self.work / "flwr-run.log"
         )
@@ -226,6 +267,9 @@ class _Deployment:
         assert self.superlink is not None and self.submitted is not None
         shown = 0
         while True:
+            for watcher in self.watch:
+                for line in watcher.check():
+                    err_console.print(line, markup=False)
             run = store.get_run(run_id)
             for row in sorted(run.rounds, key=lambda r: r.number)[shown:]:
                 ui.add(RoundRow.of(row))
@@ -259,10 +303,20 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _server_tls(certfile: Path | None, keyfile: Path | None, ca: Path | None) -> Tls | None:
-    """The SuperLink's certificates: none (insecure) or all three, each an existing file."""
+def _server_tls(
+    certfile: Path | None, keyfile: Path | None, ca: Path | None, certs: Path | None
+) -> Tls | None:
+    """The SuperLink's certificates: none (insecure) or all three, each an existing file,
+    given one by one or as a ``fedcore certs create`` folder."""
+    from deploy.certs import CA_CERT, SERVER_CERT, SERVER_KEY
     from deploy.processes import Tls
 
+    if certs is not None:
+        if any((certfile, keyfile, ca)):
+            fail("--certs: give either --certs or the three --ssl-* options, not both")
+        if not certs.is_dir():
+            fail(f"--certs: no such folder: {certs}")
+        certfile, keyfile, ca = certs / SERVER_CERT, certs / SERVER_KEY, certs / CA_CERT
     given = {"--ssl-certfile": certfile, "--ssl-keyfile": keyfile, "--ssl-ca-certfile": ca}
     if not any(given.values()):
         return None
@@ -273,6 +327,42 @@ def _server_tls(certfile: Path | None, keyfile: Path | None, ca: Path | None) ->
             fail(f"{option}: no such file: {path}")
     assert certfile is not None and keyfile is not None and ca is not None
     return Tls(ca.resolve(), certfile.resolve(), keyfile.resolve())
+
+
+def _check_exposure(host: str, address: str, tls: Tls | None, insecure: bool) -> None:
+    """Off loopback the SuperLink needs TLS and enrolment, or an explicit ``--insecure``."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if tls is not None or loopback:
+        if insecure and tls is not None:
+            fail("--insecure: cannot be combined with certificates")
+        return
+    if not insecure:
+        fail(
+            f"--address: {address} is reachable from the network: give --certs DIR "
+            "(`fedcore certs create`) and enrol devices (`fedcore clients enroll`), or "
+            "--insecure to let anyone who reaches the port join"
+        )
+    err_console.print(
+        f"warning: --insecure on {address}: no TLS, no device authentication; anyone who "
+        "reaches this port can join the run, read it or stop it",
+        markup=False,
+    )
+
+
+def _check_enrolled(store: Store) -> None:
+    """With TLS only enrolled devices join: there must be at least one."""
+    from aggregator.store.enrolment import list_enrolled
+
+    if not any(device.active for device in list_enrolled(store)):
+        fail(
+            "no enrolled devices in the store: with TLS only enrolled devices join; enrol "
+            "each with `fedcore clients enroll NAME --public-key node.pub` (same --db)"
+        )
 
 
 def _absolute_db(db: str | None) -> str:
@@ -296,7 +386,7 @@ def _local_address(host: str, port: int) -> str:
 
 def _hint(address: str, dataset: str, devices: int, tls: Tls | None) -> None:
     """How to connect the devices the run waits for."""
-    cert = " --root-certificates CA.pem" if tls is not None else ""
+    cert = " --root-certificates ca.pem --key node.key" if tls is not None else ""
     host, _, port = address.rpartition(":")
     if host in ("0.0.0.0", "[::]", "::"):  # devices need this machine's own address
         address = f"SERVER:{port}"
@@ -304,6 +394,7 @@ def _hint(address: str, dataset: str, devices: int, tls: Tls | None) -> None:
         f"SuperLink on {address}: waiting for {devices} device(s). On each device run:\n"
         f"  fedcore client --superlink {address}{cert} --dataset {dataset} "
         f"--partition-id I --num-partitions {devices}   (or --data FILE.npz)"
+        + ("\n  (I: the device's enrolled partition, `fedcore clients list`)" if tls else "")
     )
 
 

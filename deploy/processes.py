@@ -157,13 +157,18 @@ class FlowerProcess:
             pass
 
 
-def superlink_args(host: str, port: int, state: Path, tls: Tls | None) -> list[str]:
-    """``flower-superlink`` arguments: no runtime ``uv sync``, state in ``state``."""
+def superlink_args(
+    host: str, port: int, state: Path, tls: Tls | None, node_auth: bool = False
+) -> list[str]:
+    """``flower-superlink`` arguments: no runtime ``uv sync``, state in ``state``; with
+    ``node_auth`` only SuperNodes whose keys are registered join (needs TLS)."""
     args = [flower_bin("flower-superlink"), "--host", host, "--port", str(port)]
     args += ["--database", str(state), "--disable-runtime-dependency-installation"]
     if tls is None:
         return [*args, "--insecure"]
     assert tls.certfile is not None and tls.keyfile is not None
+    if node_auth:
+        args.append("--enable-supernode-auth")
     return [
         *args,
         "--ssl-ca-certfile",
@@ -187,12 +192,16 @@ def supernode_args(
     node_config: Mapping[str, str | int | float | bool],
     runtime_port: int,
     root_certificates: Path | None,
+    private_key: Path | None = None,
 ) -> list[str]:
-    """``flower-supernode`` arguments (insecure unless a root certificate is given)."""
+    """``flower-supernode`` arguments (insecure unless a root certificate is given; with a
+    ``private_key`` the node authenticates with it)."""
     args = [flower_bin("flower-supernode"), "--superlink", superlink]
     args += ["--port", str(runtime_port), "--node-config", node_config_arg(node_config)]
     if root_certificates is None:
         return [*args, "--insecure"]
+    if private_key is not None:
+        args += ["--auth-supernode-private-key", str(private_key)]
     return [*args, "--root-certificates", str(root_certificates)]
 
 

@@ -20,7 +20,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from aggregator.rounds import RoundOutcome, StopRun, run_federation
+from aggregator.rounds import FederationConfig, RoundOutcome, StopRun, run_federation
 from deploy.settings import DeploySettings, SettingsError
 from simulations.harness import Resume, server_side
 from simulations.lifecycle import StoreHooks, create_stored_run, prepare_stored_run
@@ -126,6 +126,8 @@ def _federate(
         connect_timeout=settings.connect_timeout,
         timeout=settings.round_timeout,
     )
+    if settings.enrolled:
+        config = replace(config, directory=_enrolled_directory(grid, config, hooks))
     server = server_side(prepared, settings.device)
     initial = server.initial
     if resume is not None:
@@ -140,6 +142,22 @@ def _federate(
         log_round if hooks is None else hooks.record,
         first_round=1 if resume is None else resume.round + 1,
         before_round=None if hooks is None else hooks.before_round,
+    )
+
+
+def _enrolled_directory(grid: Grid, config: FederationConfig, hooks: StoreHooks | None):
+    """The round loop's clients: enrolled devices registered for this stored run."""
+    from aggregator.store.enrolment import registered_nodes
+    from deploy.enrolment import EnrolledDirectory
+
+    if hooks is None:
+        raise SettingsError("run config: enrolled devices need a stored run (db and run-id)")
+    store, run_id = hooks.store, hooks.run_id
+    return EnrolledDirectory(
+        grid,
+        lambda: registered_nodes(store, run_id),
+        config.min_nodes or config.clients_per_round,
+        config.connect_timeout,
     )
 
 

@@ -8,7 +8,9 @@ Flower hands ``[tool.flwr.app.config]`` of the app's ``pyproject.toml`` (with ``
 - ``db`` / ``checkpoints``: the store (empty: the run is not stored); ``run-id``: the stored
   run to record into (0: the ServerApp creates one);
 - ``connect-timeout``: seconds to wait for ``federation.num_clients`` nodes; ``round-timeout``:
-  seconds a round waits for replies (0: no limit); ``device``: where the server averages.
+  seconds a round waits for replies (0: no limit); ``device``: where the server averages;
+- ``enrolled``: only enrolled devices take part, each as its enrolled shard (the SuperLink
+  authenticates their keys; ``fedcore server`` registered them for ``run-id``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ RUN_ID = "run-id"
 CONNECT_TIMEOUT = "connect-timeout"
 ROUND_TIMEOUT = "round-timeout"
 DEVICE = "device"
+ENROLLED = "enrolled"
 
 
 class SettingsError(ValueError):
@@ -53,6 +56,7 @@ class DeploySettings:
     connect_timeout: float = 600.0
     round_timeout: float | None = 600.0
     device: str = "auto"
+    enrolled: bool = False
 
     @classmethod
     def of(cls, run_config: Mapping[str, Any]) -> DeploySettings:
@@ -67,9 +71,10 @@ class DeploySettings:
             connect_timeout=_number(run_config, CONNECT_TIMEOUT, 600.0),
             round_timeout=round_timeout or None,
             device=str(run_config.get(DEVICE) or "auto"),
+            enrolled=bool(run_config.get(ENROLLED, False)),
         )
 
-    def run_config(self) -> dict[str, str | int | float]:
+    def run_config(self) -> dict[str, str | int | float | bool]:
         """The run config that says this (the inverse of ``of``)."""
         return {
             SCENARIO: self.scenario,
@@ -79,6 +84,7 @@ class DeploySettings:
             CONNECT_TIMEOUT: float(self.connect_timeout),
             ROUND_TIMEOUT: float(self.round_timeout or 0.0),
             DEVICE: self.device,
+            ENROLLED: self.enrolled,
         }
 
 

@@ -63,3 +63,24 @@ def test_certs_create_refuses_overwrite(tmp_path):
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
     bad = invoke("certs", "create", "--out", tmp_path / "x", "--host", "no spaces")
     assert bad.exit_code == 2 and "--host" in bad.output
+
+
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "deploy/examples/digits.toml"
+
+
+def test_server_off_loopback_needs_certificates_or_insecure(tmp_path):
+    exposed = invoke("server", EXAMPLE, "--address", "0.0.0.0:9", "--db", tmp_path / "s.db")
+    assert (
+        exposed.exit_code == 2
+        and "--certs DIR" in exposed.output
+        and "--insecure" in exposed.output
+    )
+    assert not (tmp_path / "s.db").exists()
+    certs = tmp_path / "certs"
+    assert invoke("certs", "create", "--out", certs, "--host", "127.0.0.1").exit_code == 0
+    both = invoke("server", EXAMPLE, "--certs", certs, "--ssl-certfile", certs / "server.pem")
+    assert both.exit_code == 2 and "not both" in both.output
+    mixed = invoke("server", EXAMPLE, "--certs", certs, "--insecure", "--address", "0.0.0.0:9")
+    assert mixed.exit_code == 2 and "--insecure" in mixed.output
+    nobody = invoke("server", EXAMPLE, "--certs", certs, "--db", tmp_path / "s.db")
+    assert nobody.exit_code == 2 and "no enrolled devices" in nobody.output

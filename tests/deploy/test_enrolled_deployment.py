@@ -1,0 +1,120 @@
+"""Enrolled devices over TLS on loopback, as real processes: who joins, who is refused.
+
+``fedcore server --certs`` starts the SuperLink with TLS and Flower's SuperNode authentication
+and registers the enrolled keys; three enrolled devices train; an unenrolled key, a second
+device with an enrolled key, a wrong CA and a device without TLS are refused with one line
+each; a device revoked during the run is unregistered and left out of later rounds while the
+run goes on with the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from aggregator.store import Store
+from aggregator.store.enrolment import enroll, revoke
+from deploy.certs import create_certificates
+from deploy.keys import generate_node_keys
+from deploy.processes import free_port
+from tests.deploy.test_end_to_end import EXAMPLE, Fleet, flower_bin
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not __import__("pathlib").Path(flower_bin("flower-superlink")).exists(),
+        reason="flower-superlink is not installed",
+    ),
+]
+
+REFUSED = 1  # fedcore client's exit code when the SuperLink refuses its key
+USAGE = 2
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path)
+    yield fleet
+    left = fleet.stop_all()
+    assert not left, f"processes left behind: {left}"
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
+    certs = create_certificates(tmp_path / "certs", ["127.0.0.1"])
+    other_ca = create_certificates(tmp_path / "other", ["127.0.0.1"]).ca_cert
+    keys = {name: generate_node_keys(tmp_path / name) for name in ("a", "b", "c", "x")}
+    db = tmp_path / "runs.db"
+    store = Store(str(db), create=True)
+    for i, name in enumerate("abc"):
+        enroll(store, f"dev-{name}", keys[name][2].openssh, keys[name][2].fingerprint, i)
+    scenario = tmp_path / "three.toml"
+    text = EXAMPLE.read_text().replace("num_clients = 2", "num_clients = 3")
+    text = text.replace("clients_per_round = 2", "clients_per_round = 3")
+    scenario.write_text(text.replace("rounds = 2", "rounds = 4"))
+    address = f"127.0.0.1:{free_port()}"
+    server = fleet.start(
+        "server", "server", str(scenario), "--address", address, "--certs",
+        str(certs.ca_cert.parent), "--db", str(db), "--json", "--connect-timeout", "120",
+        "--round-timeout", "30", "--logs", str(tmp_path / "server-logs"),
+    )  # fmt: skip
+    fleet.wait_for("server", "waiting for 3 device(s)", server, timeout=90)
+
+    def device(name: str, key: str, *extra: str):
+        return fleet.start(
+            name, "client", "--superlink", address, "--dataset", "digits", "--partition-id",
+            str("abcx".index(key) % 3), "--num-partitions", "3", "--max-wait", "2",
+            "--key", str(keys[key][0]), *extra,
+        )  # fmt: skip
+
+    tls = ("--root-certificates", str(certs.ca_cert))
+    devices = {name: device(name, name, *tls) for name in "abc"}
+    stranger = device("x", "x", *tls)
+    assert stranger.wait(timeout=90) == REFUSED, fleet.output("x")
+    assert "refused this device's key" in fleet.output("x")
+
+    wrong_ca = device("wrong-ca", "x", "--root-certificates", str(other_ca))
+    assert wrong_ca.wait(timeout=60) == USAGE
+    assert "is not trusted with" in fleet.output("wrong-ca")
+    plain = fleet.start(
+        "plain", "client", "--superlink", address, "--dataset", "digits", "--partition-id", "0"
+    )
+    assert plain.wait(timeout=60) == USAGE
+    assert "speaks TLS: give --root-certificates" in fleet.output("plain")
+
+    def rounds() -> list:
+        return Store(str(db)).get_run(1).rounds
+
+    wait_until(lambda: len(rounds()) >= 1, 180, f"no round 1:\n{fleet.output('server')}")
+    revoke(store, "dev-c")
+    committed = len(rounds())  # the round after these may have selected dev-c already
+    assert committed <= 2
+    twin = device("twin", "a", *tls)  # dev-a's key on a second device while dev-a is online
+    assert twin.wait(timeout=90) == REFUSED, fleet.output("twin")
+    assert server.wait(timeout=240) == 0, fleet.output("server")
+
+    summary = json.loads(fleet.output("server").split("\n")[0])
+    assert summary["status"] == "completed" and summary["rounds"] == 4
+    run = Store(str(db)).get_run(summary["run_id"])
+    clients = [sorted(c.client_id for c in r.clients) for r in run.rounds]
+    assert clients[0] == [0, 1, 2]
+    assert all(ids == [0, 1] for ids in clients[committed + 1 :]), clients
+    assert all(c.accepted for r in run.rounds for c in r.clients if c.client_id != 2)
+    late = [c for r in run.rounds[committed:] for c in r.clients if c.client_id == 2]
+    assert all(not c.accepted and c.reason for c in late), [c.reason for c in late]
+    log = fleet.output("server")
+    fingerprint = keys["x"][2].fingerprint
+    assert f"refused a device with key {fingerprint} (not enrolled)" in log, log
+    twin_line = f"refused a device with key {keys['a'][2].fingerprint} (enrolled as dev-a)"
+    assert twin_line in log and "already online" in log, log
+    assert "revoked dev-c (node " in log and "the SuperLink refuses it now" in log, log
+    for name in "ab":
+        assert devices[name].wait(timeout=60) == 0, fleet.output(name)
