@@ -11,8 +11,8 @@ import pytest
 
 from fedcore import protocol
 from fedcore.models import build_model
-from simulations.harness import prepare_scenario
 from simulations.lifecycle import run_scenario
+from simulations.prepare import prepare_scenario
 from simulations.scenario import scenario_from_dict
 
 from .test_cnn_lstm_runs import sliced
@@ -61,8 +61,9 @@ def test_imported_cnn_learns_like_the_native_one(tmp_path: Path,
     export(_torch_twin(ours), np.zeros((2, 1, 28, 28), np.float32), Path("cnn.onnx"))
     kwargs = {"num_classes": 10, "input_dim": 784, "seed": SCENARIO["seed"]}
     spec = protocol.ModelSpec("onnx:cnn.onnx", kwargs)
+    initial = build_model(spec.name, **spec.kwargs).get_flat()  # the file's layout
     imported = dataclasses.replace(  # what the scenario's [model] name = "onnx:cnn.onnx" sets
-        native, spec=spec, config=dataclasses.replace(
+        native, spec=spec, initial=initial, config=dataclasses.replace(
             native.config, train=dataclasses.replace(native.config.train, model=spec)))
 
     a = run_scenario(native)
