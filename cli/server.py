@@ -5,6 +5,10 @@ It checks the scenario and the store, records a new run (backend ``deployment``)
 writes the Flower App (``deploy.appdir``) and submits it with ``flwr run --stream``. The
 ServerApp commits each round to the store; this command shows them as they land and stops
 the SuperLink when the run ends, fails, or on Ctrl-C.
+
+With certificates the SuperLink authenticates devices by their enrolled keys
+(``deploy.enrolment``); off loopback it needs certificates or ``--insecure``, and listens on
+loopback behind the Fleet-only gateway (``deploy.gateway``) unless ``--public-control-api``.
 """
 
 from __future__ import annotations
@@ -72,6 +76,15 @@ def server(
             "with TLS only enrolled devices join (`fedcore clients enroll`).",
         ),
     ] = None,
+    public_control_api: Annotated[
+        bool,
+        typer.Option(
+            "--public-control-api",
+            help="Off loopback, let the SuperLink itself listen on --address, so Flower's "
+            "Control and runtime APIs are reachable there too (default: they stay on "
+            "loopback and only the Fleet API is public, through fedcore's gateway).",
+        ),
+    ] = False,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -148,7 +161,7 @@ def server(
     previous = signal.signal(signal.SIGTERM, _interrupt)
     error: str | None = None
     try:
-        with _Deployment(work, host, port, tls) as deployment:
+        with _Deployment(work, host, port, tls, public_control_api) as deployment:
             deployment.start(settings, store, run_id)
             _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)  # on stderr
             title = f"{prepared.scenario.name} (deployment on {address})"
@@ -205,10 +218,14 @@ class _StartError(RuntimeError):
 class _Deployment:
     """The SuperLink and the submitted run: started in order, stopped in reverse."""
 
-    def __init__(self, work: Path, host: str, port: int, tls: Tls | None) -> None:
+    def __init__(
+        self, work: Path, host: str, port: int, tls: Tls | None, public_control: bool = False
+    ) -> None:
         self.work, self.host, self.port, self.tls = work, host, port, tls
+        self.public_control = public_control
         self.home = work / "flwr-home"
         self.superlink: FlowerProcess | None = None
+        self.gateway: FlowerProcess | None = None  # the Fleet-only front, off loopback
         self.submitted: FlowerProcess | None = None
         self.watch: list[Any] = []  # revocations and refusals, checked while following
 
@@ -216,7 +233,7 @@ class _Deployment:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for process in (self.submitted, self.superlink):
+        for process in (self.submitted, self.gateway, self.superlink):
             if process is not None:
                 process.stop()
 
@@ -235,16 +252,27 @@ class _Deployment:
 
         env = p.flower_env(self.home)
         state = self.work / "superlink-state.db"
+        # Off loopback only the Fleet API is public: the SuperLink (Fleet, Control and runtime
+        # APIs on one port) listens on loopback behind the Fleet-only gateway.
+        fronted = not p.is_loopback(self.host) and not self.public_control
+        link_host, link_port = ("127.0.0.1", p.free_port()) if fronted else (self.host, self.port)
         args = p.superlink_args(
-            self.host, self.port, state, self.tls, node_auth=self.tls is not None
+            link_host, link_port, state, self.tls, node_auth=self.tls is not None
         )
         self.superlink = p.FlowerProcess("flower-superlink", args, env, self.work / "superlink.log")
         try:
-            self.superlink.wait_listening(self.host, self.port)
+            self.superlink.wait_listening(link_host, link_port)
+            if fronted:
+                listen = _local_address(self.host, self.port, keep_wildcard=True)
+                gateway = p.gateway_args(listen, f"127.0.0.1:{link_port}", self.tls)
+                self.gateway = p.FlowerProcess(
+                    "fleet gateway", gateway, env, self.work / "gateway.log"
+                )
+                self.gateway.wait_listening(self.host, self.port)
         except p.ProcessError as exc:
             raise _StartError(str(exc)) from None
         app = write_app(self.work / "app", settings.run_config())
-        control = _local_address(self.host, self.port)
+        control = _local_address(link_host, link_port)
         p.write_connection(self.home, control, None if self.tls is None else self.tls.ca_certfile)
         if self.tls is not None:
             try:
@@ -283,6 +311,10 @@ class _Deployment:
                     continue
                 return f"`flwr run` exited ({self.submitted.popen.returncode}): " + (
                     self.submitted.tail(3) or "no output"
+                )
+            if self.gateway is not None and not self.gateway.running():
+                return f"the Fleet gateway exited ({self.gateway.popen.returncode}): " + (
+                    self.gateway.tail(3) or "no output"
                 )
             if not self.superlink.running():
                 return f"the SuperLink exited ({self.superlink.popen.returncode}): " + (
@@ -331,13 +363,9 @@ def _server_tls(
 
 def _check_exposure(host: str, address: str, tls: Tls | None, insecure: bool) -> None:
     """Off loopback the SuperLink needs TLS and enrolment, or an explicit ``--insecure``."""
-    import ipaddress
+    from deploy.processes import is_loopback
 
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if tls is not None or loopback:
+    if tls is not None or is_loopback(host):
         if insecure and tls is not None:
             fail("--insecure: cannot be combined with certificates")
         return
@@ -375,9 +403,12 @@ def _absolute_db(db: str | None) -> str:
     return value if "://" in value else str(Path(value).expanduser().resolve())
 
 
-def _local_address(host: str, port: int) -> str:
-    """Where ``flwr run`` on this machine reaches a SuperLink bound to ``host``."""
-    if host in ("0.0.0.0", ""):
+def _local_address(host: str, port: int, keep_wildcard: bool = False) -> str:
+    """Where ``flwr run`` on this machine reaches a SuperLink bound to ``host`` (with
+    ``keep_wildcard``: ``host:port`` as an address to bind)."""
+    if keep_wildcard:
+        pass
+    elif host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"

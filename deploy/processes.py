@@ -61,6 +61,33 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def gateway_args(listen: str, upstream: str, tls: Tls | None) -> list[str]:
+    """``python -m deploy.gateway``: the Fleet-only front of a loopback SuperLink."""
+    args = [sys.executable, "-m", "deploy.gateway", "--listen", listen, "--upstream", upstream]
+    if tls is None:
+        return args
+    assert tls.certfile is not None and tls.keyfile is not None
+    return [
+        *args,
+        "--certfile",
+        str(tls.certfile),
+        "--keyfile",
+        str(tls.keyfile),
+        "--cafile",
+        str(tls.ca_certfile),
+    ]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -10,7 +10,10 @@ run goes on with the others.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +27,7 @@ from tests.deploy.test_end_to_end import EXAMPLE, Fleet, flower_bin
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not __import__("pathlib").Path(flower_bin("flower-superlink")).exists(),
+        not Path(flower_bin("flower-superlink")).exists(),
         reason="flower-superlink is not installed",
     ),
 ]
@@ -39,6 +42,18 @@ def fleet(tmp_path):
     yield fleet
     left = fleet.stop_all()
     assert not left, f"processes left behind: {left}"
+
+
+def control_call(port: int, ca: Path) -> bytes:
+    """``POST /v1/control/list-runs`` over TLS to the public port; the raw response."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(
+                b"POST /v1/control/list-runs HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/protobuf\r\nContent-Length: 0\r\n\r\n"
+            )
+            return tls.recv(4096)
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -60,9 +75,10 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     text = EXAMPLE.read_text().replace("num_clients = 2", "num_clients = 3")
     text = text.replace("clients_per_round = 2", "clients_per_round = 3")
     scenario.write_text(text.replace("rounds = 2", "rounds = 4"))
-    address = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    address = f"127.0.0.1:{port}"  # the devices connect here; the server listens on all
     server = fleet.start(
-        "server", "server", str(scenario), "--address", address, "--certs",
+        "server", "server", str(scenario), "--address", f"0.0.0.0:{port}", "--certs",
         str(certs.ca_cert.parent), "--db", str(db), "--json", "--connect-timeout", "120",
         "--round-timeout", "30", "--logs", str(tmp_path / "server-logs"),
     )  # fmt: skip
@@ -74,6 +90,10 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
             str("abcx".index(key) % 3), "--num-partitions", "3", "--max-wait", "2",
             "--key", str(keys[key][0]), *extra,
         )  # fmt: skip
+
+    # off loopback only the Fleet API is public: Flower's Control API is not reachable
+    control = control_call(port, certs.ca_cert)
+    assert control.startswith(b"HTTP/1.1 403"), control
 
     tls = ("--root-certificates", str(certs.ca_cert))
     devices = {name: device(name, name, *tls) for name in "abc"}
