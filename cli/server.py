@@ -259,7 +259,12 @@ class _Deployment:
         args = p.superlink_args(
             link_host, link_port, state, self.tls, node_auth=self.tls is not None
         )
-        self.superlink = p.FlowerProcess("flower-superlink", args, env, self.work / "superlink.log")
+        # the store reaches the ServerApp through the SuperLink's environment, not the run
+        # config (which every SuperNode receives)
+        link_env = {**env, **settings.environment()}
+        self.superlink = p.FlowerProcess(
+            "flower-superlink", args, link_env, self.work / "superlink.log"
+        )
         try:
             self.superlink.wait_listening(link_host, link_port)
             if fronted:

@@ -16,28 +16,18 @@ from flwr.clientapp.typing import Mod
 
 from client_runtime.compression import compress_update
 from client_runtime.cost import model_family
-from client_runtime.device import train_on_device
+from client_runtime.device import device_budget, train_on_device
+from client_runtime.model_budget import ModelCache
 from client_runtime.secagg import TrainOutput, register_secagg
 from fedcore import protocol
-from fedcore.models import build_model
-from fedcore.nn import Module
 from fedcore.wire import read_vector, vector_record
 
 LoadPartition = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
-_models: dict[tuple[str, bool], Module] = {}
-
-
-def _model_for(spec: protocol.ModelSpec, allow_import: bool) -> Module:
-    """Build a model once per process and spec; later rounds only overwrite its parameters.
-
-    Without ``allow_import`` only models registered or installed here (entry points) are
-    built: a device never imports code because a message names it.
-    """
-    key = (spec.key(), allow_import)
-    if key not in _models:
-        _models[key] = build_model(spec.name, allow_import=allow_import, **spec.kwargs)
-    return _models[key]
+# Models built in this process, by spec: later rounds only overwrite their parameters. Without
+# ``allow_import`` only models registered or installed here (entry points) are built: a device
+# never imports code because a message names it; and never one that does not fit its budget.
+_models = ModelCache()
 
 
 def partition_id(context: Context) -> int:
@@ -71,8 +61,11 @@ def make_client_app(
             raise ValueError(f"train message needs {protocol.CONFIG!r} and {protocol.GLOBAL!r}")
         own = protocol.record(msg.content, protocol.CLIENT_CONFIG, ConfigRecord) or {}
         instructions = protocol.TrainInstructions.from_config({**config_record, **own})
-        model = _model_for(instructions.model, allow_import)
         global_vector = read_vector(global_record)
+        if global_vector.dtype != np.float32 or global_vector.ndim != 1:
+            raise ValueError(f"global vector is {global_vector.dtype}{list(global_vector.shape)}")
+        budget = device_budget(context.node_config)
+        model = _models.get(instructions.model, allow_import, global_vector.size, budget)
         model.set_flat(global_vector)
         result = train_on_device(
             model, x, y, instructions.settings, instructions.seed, context.node_config

@@ -120,17 +120,26 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise NodeConfigError(str(exc)) from None
 
 
+MAX_SCENARIO_BYTES = 1 << 20  # a scenario is a few hundred bytes of TOML
+
+
 def scenario_text(value: Any) -> str | None:
-    """A run config's scenario: TOML text, or the text of the file it names (None: empty)."""
-    text = str(value or "")
-    if not text.strip():
+    """A run config's scenario: its TOML text (None: empty). Never a path: the run config
+    comes from the server, and a device does not read a file because a message names one."""
+    if value is None:
         return None
-    if "\n" in text or "=" in text:
-        return text
-    try:  # a path readable on this machine
-        return Path(text).expanduser().read_text(encoding="utf-8")
-    except OSError as exc:
-        raise NodeConfigError(f"run config: {SCENARIO}: cannot read {text}: {exc}") from None
+    if not isinstance(value, str):
+        raise NodeConfigError(f"run config: {SCENARIO} must be TOML text")
+    if len(value) > MAX_SCENARIO_BYTES:
+        raise NodeConfigError(f"run config: {SCENARIO} exceeds {MAX_SCENARIO_BYTES} bytes")
+    if not value.strip():
+        return None
+    if "\n" not in value and "=" not in value:
+        raise NodeConfigError(
+            f"run config: {SCENARIO} must be the scenario's TOML text, not a path "
+            f"({value[:80]!r})"
+        )
+    return value
 
 
 def scenario_table(run_config: Mapping[str, Any]) -> dict[str, Any] | None:

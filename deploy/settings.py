@@ -3,10 +3,10 @@
 Flower hands ``[tool.flwr.app.config]`` of the app's ``pyproject.toml`` (with ``flwr run
 --run-config`` overrides) to both apps as ``context.run_config``. Keys:
 
-- ``scenario``: the scenario as TOML text (or a path readable where the app runs); the
-  ClientApp reads it too, to cut a vendored data set like the server does;
-- ``db`` / ``checkpoints``: the store (empty: the run is not stored); ``run-id``: the stored
-  run to record into (0: the ServerApp creates one);
+- ``scenario``: the scenario as TOML text (the ServerApp also takes a path readable where it
+  runs; a device never reads a path); the ClientApp reads it too, to cut a vendored data set
+  like the server does;
+- ``run-id``: the stored run to record into (0: the ServerApp creates one);
 - ``connect-timeout``: seconds to wait for ``federation.num_clients`` nodes; ``round-timeout``:
   seconds a round waits for replies (0: no limit); ``device``: where the server averages;
 - ``enrolled``: only enrolled devices take part, each as its enrolled shard (the SuperLink
@@ -15,14 +15,21 @@ Flower hands ``[tool.flwr.app.config]`` of the app's ``pyproject.toml`` (with ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from deploy.node import SCENARIO, NodeConfigError, scenario_text
+from deploy.node import MAX_SCENARIO_BYTES, SCENARIO, NodeConfigError, scenario_text
 
 DB = "db"
 CHECKPOINTS = "checkpoints"
+# The store is the server's secret (its URL may hold a password; its paths are the server's):
+# every SuperNode receives the run config, so the store travels in the ServerApp's environment
+# (inherited from ``flower-superlink``, which ``fedcore server`` starts), never in the config.
+DB_ENV = "FEDCORE_DEPLOY_DB"
+CHECKPOINTS_ENV = "FEDCORE_DEPLOY_CHECKPOINTS"
 RUN_ID = "run-id"
 CONNECT_TIMEOUT = "connect-timeout"
 ROUND_TIMEOUT = "round-timeout"
@@ -35,7 +42,17 @@ class SettingsError(ValueError):
 
 
 def read_scenario(value: Any) -> str:
-    """The scenario's TOML text from a run config value: the text itself or a file's path."""
+    """The scenario's TOML text from a run config value: the text itself or, on the server
+    only (the operator's own ``flwr run --run-config``), a file's path. Devices take text only
+    (``deploy.node.scenario_text``): `fedcore server` always sends the text."""
+    if isinstance(value, str) and value.strip() and "\n" not in value and "=" not in value:
+        path = Path(value).expanduser()
+        try:
+            if path.stat().st_size > MAX_SCENARIO_BYTES:
+                raise SettingsError(f"run config: {SCENARIO}: {path} is too large")
+            value = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(f"run config: {SCENARIO}: cannot read {path}: {exc}") from None
     try:
         text = scenario_text(value)
     except NodeConfigError as exc:
@@ -59,14 +76,26 @@ class DeploySettings:
     enrolled: bool = False
 
     @classmethod
-    def of(cls, run_config: Mapping[str, Any]) -> DeploySettings:
-        """Read the run config (missing keys take their defaults)."""
+    def of(
+        cls, run_config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    ) -> DeploySettings:
+        """Read the run config (missing keys take their defaults) and the store from
+        ``environ`` (default: this process's environment). A run config that carries store
+        settings is refused: every SuperNode would have received them."""
+        environ = os.environ if environ is None else environ
+        for key in (DB, CHECKPOINTS):
+            if run_config.get(key):
+                env = DB_ENV if key == DB else CHECKPOINTS_ENV
+                raise SettingsError(
+                    f"run config: {key!r} would be sent to every device; set {env} in the "
+                    "ServerApp's environment instead"
+                )
         round_timeout = _number(run_config, ROUND_TIMEOUT, 600.0)
         run_id = int(_number(run_config, RUN_ID, 0))
         return cls(
             scenario=read_scenario(run_config.get(SCENARIO)),
-            db=str(run_config.get(DB) or "") or None,
-            checkpoints=str(run_config.get(CHECKPOINTS) or "") or None,
+            db=environ.get(DB_ENV) or None,
+            checkpoints=environ.get(CHECKPOINTS_ENV) or None,
             run_id=run_id or None,
             connect_timeout=_number(run_config, CONNECT_TIMEOUT, 600.0),
             round_timeout=round_timeout or None,
@@ -75,17 +104,20 @@ class DeploySettings:
         )
 
     def run_config(self) -> dict[str, str | int | float | bool]:
-        """The run config that says this (the inverse of ``of``)."""
+        """The run config that says this, less the store (``environment``): every device
+        receives it."""
         return {
             SCENARIO: self.scenario,
-            DB: self.db or "",
-            CHECKPOINTS: self.checkpoints or "",
             RUN_ID: self.run_id or 0,
             CONNECT_TIMEOUT: float(self.connect_timeout),
             ROUND_TIMEOUT: float(self.round_timeout or 0.0),
             DEVICE: self.device,
             ENROLLED: self.enrolled,
         }
+
+    def environment(self) -> dict[str, str]:
+        """The ServerApp's environment variables that name the store (``of`` reads them)."""
+        return {DB_ENV: self.db or "", CHECKPOINTS_ENV: self.checkpoints or ""}
 
 
 def _number(config: Mapping[str, Any], key: str, default: float) -> float:

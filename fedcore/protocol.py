@@ -13,6 +13,7 @@ import.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -82,14 +83,97 @@ class TrainInstructions:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainInstructions:
-        """Inverse of ``to_config``; a missing key raises ``KeyError`` naming it, settings out
-        of range a ``ValueError`` (``pydantic.ValidationError``) naming the field."""
-        model = json.loads(str(config["model"]))
+        """Inverse of ``to_config``. The config comes from the server, so it is untrusted:
+        anything missing, mistyped or out of range raises ``ValueError`` naming the key
+        (settings: ``pydantic.ValidationError``, a ``ValueError``, naming the field)."""
+        from fedcore.compression import codec_options
+
+        compression = _text(config, "compression", "none")
+        try:
+            options = codec_options(compression, _json(config, "compression_options", "{}"))
+        except ValueError as exc:
+            raise ValueError(f"instructions: compression: {exc}") from None
+        _int(config, "local_epochs", 1, MAX_EPOCHS, default=1)
+        _int(config, "batch_size", 1, MAX_BATCH, default=1)
+        for key in ("learning_rate", "momentum", "weight_decay", "proximal_mu"):
+            _float(config, key, default=0.0)  # finite: pydantic lets inf and NaN through
         return cls(
-            round=int(config["round"]),
-            model=ModelSpec(model["name"], model["kwargs"]),
+            round=_int(config, "round", 0, 2**31),
+            model=model_spec(_json(config, "model")),
             settings=TrainSettings.from_values(config),
-            seed=int(config["seed"]),
-            compression=str(config.get("compression", "none")),
-            compression_options=json.loads(str(config.get("compression_options", "{}"))),
+            seed=_int(config, "seed", 0, 2**64 - 1),
+            compression=compression,
+            compression_options=options,
         )
+
+
+MAX_EPOCHS = 10_000  # local epochs a server may ask for
+MAX_BATCH = 1 << 20  # examples per batch a server may ask for
+MAX_SPEC_CHARS = 1 << 16  # characters of a JSON value in the instructions
+_MISSING = object()
+
+
+def _value(config: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = config.get(key, default)
+    if value is _MISSING:
+        raise ValueError(f"instructions: {key!r} is missing")
+    return value
+
+
+def _int(config: Mapping[str, Any], key: str, low: int, high: int, default: Any = _MISSING) -> int:
+    value = _value(config, key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"instructions: {key} must be an integer in {low}..{high}")
+    return value
+
+
+def _float(
+    config: Mapping[str, Any],
+    key: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    default: Any = _MISSING,
+) -> float:
+    value = _value(config, key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"instructions: {key} must be a number")
+    number = float(value)
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ValueError(f"instructions: {key} must be finite and in [{low}, {high}]")
+    return number
+
+
+def _text(config: Mapping[str, Any], key: str, default: Any = _MISSING) -> str:
+    value = _value(config, key, default)
+    if not isinstance(value, str) or len(value) > MAX_SPEC_CHARS:
+        raise ValueError(f"instructions: {key} must be a string of at most {MAX_SPEC_CHARS}")
+    return value
+
+
+def _json(config: Mapping[str, Any], key: str, default: Any = _MISSING) -> Any:
+    try:
+        return json.loads(_text(config, key, default))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"instructions: {key} is not JSON: {exc}") from None
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """A JSON scalar, or a list of them (one level): what a model argument may be."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return not isinstance(value, float) or math.isfinite(value)
+    return depth == 0 and isinstance(value, list) and all(_plain(v, 1) for v in value)
+
+
+def model_spec(value: Any) -> ModelSpec:
+    """A ``ModelSpec`` from its JSON form (``ModelSpec.key``), checked: ``ValueError`` if not
+    ``{"name": str, "kwargs": {str: scalar or list of scalars}}``."""
+    if not isinstance(value, dict) or set(value) != {"name", "kwargs"}:
+        raise ValueError("instructions: model must be {'name': ..., 'kwargs': {...}}")
+    name, kwargs = value["name"], value["kwargs"]
+    if not isinstance(name, str) or not name:
+        raise ValueError("instructions: model name must be a non-empty string")
+    if not isinstance(kwargs, dict) or not all(
+        isinstance(k, str) and _plain(v) for k, v in kwargs.items()
+    ):
+        raise ValueError("instructions: model arguments must be numbers, strings or lists")
+    return ModelSpec(name, kwargs)

@@ -5,7 +5,9 @@ The same app objects Flower's SuperLink and SuperNodes load (``deploy.serverapp:
 result must be the simulation's, bit for bit, and stored like it.
 """
 
+import os
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -31,10 +33,13 @@ def grid_of(run_config: dict, node_configs: list[dict]) -> InProcessGrid:
     return grid
 
 
-def deploy_in_process(run_config: dict, node_configs: list[dict]) -> None:
-    """Run ``deploy.serverapp.app`` over such nodes, as a SuperLink would."""
+def deploy_in_process(settings: DeploySettings, node_configs: list[dict]) -> None:
+    """Run ``deploy.serverapp.app`` over such nodes, as a SuperLink would: the run config
+    for everyone, the store in the ServerApp's environment only."""
+    run_config = settings.run_config()
     grid = grid_of(run_config, node_configs)
-    serverapp.app(grid, Context(grid.run.run_id, 0, {}, RecordDict(), run_config))
+    with mock.patch.dict(os.environ, settings.environment()):
+        serverapp.app(grid, Context(grid.run.run_id, 0, {}, RecordDict(), run_config))
 
 
 def digits_nodes(n: int = 2) -> list[dict]:
@@ -44,7 +49,7 @@ def digits_nodes(n: int = 2) -> list[dict]:
 def test_a_deployed_run_is_stored_like_the_simulated_one(tmp_path):
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     settings = DeploySettings(scenario=EXAMPLE.read_text(), db=db, connect_timeout=5)
-    deploy_in_process(settings.run_config(), digits_nodes())
+    deploy_in_process(settings, digits_nodes())
 
     store = Store(db)
     [run] = store.list_runs()
@@ -67,7 +72,7 @@ def test_nodes_with_their_own_npz_files_train(tmp_path):
         nodes.append({"data": str(tmp_path / f"node{i}.npz"), "device": "rpi-4-2gb"})
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     settings = DeploySettings(scenario=EXAMPLE.read_text(), db=db, connect_timeout=5)
-    deploy_in_process(settings.run_config(), nodes)
+    deploy_in_process(settings, nodes)
 
     store = Store(db)
     [listed] = store.list_runs()
@@ -83,17 +88,46 @@ def test_a_node_with_the_wrong_data_fails_the_run_with_its_reason(tmp_path):
     settings = DeploySettings(scenario=EXAMPLE.read_text(), db=db, connect_timeout=5)
     nodes = [{"dataset": "mnist5k", "partition-id": i} for i in range(2)]
     with pytest.raises(RoundFailed, match="holds 'mnist5k' but the run trains on 'digits'"):
-        deploy_in_process(settings.run_config(), nodes)
+        deploy_in_process(settings, nodes)
     [run] = Store(db).list_runs()
     assert run.status == "failed" and "mnist5k" in run.error
 
 
 def test_an_unstored_run_needs_no_database():
-    settings = DeploySettings(scenario=str(EXAMPLE), connect_timeout=5)  # a path works too
+    settings = DeploySettings(scenario=EXAMPLE.read_text(), connect_timeout=5)
     final = serverapp.run_deployment(
         grid_of(settings.run_config(), digits_nodes()), DeploySettings.of(settings.run_config())
     )
     assert final is not None and final.dtype == np.float32
+    from_path = DeploySettings.of({"scenario": str(EXAMPLE)})  # the server may read a path
+    assert from_path.scenario == settings.scenario
+
+
+def test_the_store_never_travels_in_the_run_config(tmp_path):  # issue 13, finding 8
+    db = "postgresql+psycopg://fed:s3cret@db.internal/fed"
+    settings = DeploySettings(scenario=EXAMPLE.read_text(), db=db, checkpoints="/srv/ckpt")
+    config = settings.run_config()
+    assert not any("s3cret" in str(v) or "/srv/ckpt" in str(v) for v in config.values())
+    text = (write_app(tmp_path / "app", config) / "pyproject.toml").read_text()
+    assert "s3cret" not in text and "/srv/ckpt" not in text
+    assert DeploySettings.of(config, settings.environment()) == settings
+    with pytest.raises(SettingsError, match="would be sent to every device"):
+        DeploySettings.of({**config, "db": db})
+
+
+def test_a_device_never_reads_a_scenario_path(tmp_path):  # issue 13, finding 7
+    from deploy.node import NodeConfigError, scenario_text
+
+    secret = tmp_path / "secret.toml"
+    secret.write_text("x = 1\n")
+    for value in (str(secret), "/dev/zero", "~/.ssh/id_rsa"):
+        with pytest.raises(NodeConfigError, match="not a path"):
+            scenario_text(value)
+    with pytest.raises(NodeConfigError, match="exceeds"):
+        scenario_text("x = 1\n" * 200_000)
+    run_config = {"scenario": str(EXAMPLE), "connect-timeout": 5}  # the server reads it ...
+    with pytest.raises(RoundFailed, match="not a path"):  # ... the nodes refuse to
+        serverapp.run_deployment(grid_of(run_config, digits_nodes()), DeploySettings.of(run_config))
 
 
 def test_a_population_cannot_be_deployed():
@@ -107,6 +141,7 @@ def test_a_population_cannot_be_deployed():
     [
         ({}, "'scenario' is empty"),
         ({"scenario": "/no/such/scenario.toml"}, "cannot read"),
+        ({"scenario": "x = 1\n", "db": "sqlite:///x.db"}, "would be sent to every device"),
         ({"scenario": "x = 1\n", "round-timeout": "soon"}, "round-timeout must be a number"),
         ({"scenario": "x = 1\n", "connect-timeout": -1}, "connect-timeout must be >= 0"),
     ],
@@ -130,7 +165,8 @@ def test_the_app_folder_is_a_valid_flower_app_carrying_the_run_config(tmp_path):
         "clientapp": "deploy.clientapp:app",
     }
     assert config["project"]["dependencies"] == []  # nothing for uv to install
-    assert DeploySettings.of(config["tool"]["flwr"]["app"]["config"]) == settings
+    carried = config["tool"]["flwr"]["app"]["config"]
+    assert DeploySettings.of(carried, settings.environment()) == settings
     assert "\\u007f" in pyproject({"scenario": "odd \x7f"})
 
 
@@ -151,13 +187,13 @@ def test_a_paused_deployed_run_resumes_to_the_uninterrupted_model(tmp_path, monk
             store.queue_control(run_id, "pause")
 
     monkeypatch.setattr(serverapp, "log_round", pause_after_round_1)
-    deploy_in_process(settings.run_config(), digits_nodes())
+    deploy_in_process(settings, digits_nodes())
     paused = store.get_run(run_id)
     assert paused.status == "paused" and [r.number for r in paused.rounds] == [1]
 
     monkeypatch.undo()
     store.claim_run(run_id, serverapp.BACKEND)  # what `fedcore server --resume` does
-    deploy_in_process(settings.run_config(), digits_nodes())
+    deploy_in_process(settings, digits_nodes())
     run = store.get_run(run_id)
     assert run.status == "completed" and [r.number for r in run.rounds] == [1, 2]
     simulated = run_scenario(load_scenario(EXAMPLE))

@@ -38,10 +38,12 @@ def test_num_partitions_defaults_to_the_scenarios_clients_and_may_differ():
     assert abs(len(y4) - len(y2) / 2) <= 1
 
 
-def test_the_scenario_may_be_a_path_on_the_node():
+def test_the_node_takes_the_scenario_as_text_never_as_a_path():  # issue 13, finding 7
     node = NodeData.parse({"dataset": "digits", "partition-id": 0})
-    x, _ = node.load({"scenario": str(EXAMPLE)})
+    x, _ = node.load({"scenario": EXAMPLE.read_text()})
     assert x.dtype == np.float32 and len(x) > 0
+    with pytest.raises(NodeConfigError, match="not a path"):
+        node.load({"scenario": str(EXAMPLE)})
 
 
 @pytest.mark.parametrize(
