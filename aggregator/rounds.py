@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from aggregator.asynchronous import AsyncConfig
 from aggregator.secagg.config import SecAggConfig
 from aggregator.strategies import AggregationError, Strategy
 from aggregator.updates import (
@@ -53,6 +54,8 @@ class FederationConfig:
     directory: ClientDirectory | None = None
     over_selection: float = 1.0  # select ceil(k * this), keep the first k replies
     max_examples: int = DEFAULT_MAX_EXAMPLES  # the most examples one reply may claim
+    # buffered asynchronous training (FedBuff): ``num_rounds`` counts server steps
+    asynchrony: AsyncConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -367,6 +370,12 @@ def run_federation(
         min_nodes = config.min_nodes or config.clients_per_round
         node_ids = wait_for_nodes(grid, min_nodes, config.connect_timeout)
         clients, declared = discover(grid, node_ids, timeout=config.timeout)
+    if config.asynchrony is not None:
+        from aggregator.asynchronous import run_async_federation
+
+        return run_async_federation(
+            grid, config, initial, strategy, evaluate_fn, on_round, first_round, clients, declared
+        )
     params = np.asarray(initial, dtype=np.float32)
     for number in range(first_round, config.num_rounds + 1):
         if before_round is not None:

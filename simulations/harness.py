@@ -121,6 +121,10 @@ def simulate(
     prepare_grid = None
     if world is not None:  # the population's network around either backend's grid
         prepare_grid = partial(world.attach, discover=backend != "inprocess")
+    elif prepared.config.asynchrony is not None:  # virtual time, no latency: deterministic
+        from simulations.backends.simulated import SimulatedGrid
+
+        prepare_grid = partial(SimulatedGrid, network=None)
     app = FederationApp(
         prepared.config,
         initial,

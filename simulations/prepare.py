@@ -17,6 +17,7 @@ from aggregator.rounds import FederationConfig
 from fedcore import protocol
 from fedcore.models import build_model
 from fedcore.nn import Module
+from simulations.async_section import async_config
 from simulations.datasets import Dataset, dataset_options, load_dataset
 from simulations.partition import partition
 from simulations.scenario import Scenario, ScenarioError, model_keys
@@ -186,6 +187,7 @@ def prepare_scenario(scenario: Scenario, source: str | None = None) -> PreparedS
             compression_options=dict(fed.compression_options),
         ),
         secagg=secagg_config(scenario, largest),
+        asynchrony=async_config(fed),
     )
     if world is not None:
         config = world.federation_config(config)

@@ -98,6 +98,8 @@ class World:
         deadline = self.network.deadline_s
         slowest = max((m.get("sim_seconds", 0.0) for m in accepted), default=0.0)
         length = deadline if missed and deadline is not None else slowest
+        if "sim_clock_s" in outcome.metrics:  # an asynchronous step keeps its own time
+            length = float(outcome.metrics["sim_clock_s"]) - self.clock.now_s
         self.clock.advance(length)
         outcome.metrics = {
             **outcome.metrics,

@@ -18,7 +18,8 @@ from flwr.supercore.run import Run
 
 
 class SimulatedGrid(Grid):
-    """``grid`` with ``network`` applied to every ``send_and_receive``."""
+    """``grid`` with ``network`` applied to every ``send_and_receive`` (``network=None``: the
+    grid of an asynchronous simulation without a population, timed but with no latency)."""
 
     def __init__(self, grid: Grid, network: Any) -> None:
         self._grid = grid
@@ -60,13 +61,19 @@ class SimulatedGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Send through the wrapped grid; return the stamped replies by simulated arrival."""
-        messages = list(messages)
+        return [reply for _, reply in self.send_timed(list(messages), timeout=timeout)]
+
+    def send_timed(
+        self, messages: list[Message], *, timeout: float | None = None
+    ) -> list[tuple[float, Message]]:
+        """Send through the wrapped grid; return ``(simulated seconds after sending, reply)``
+        by simulated arrival (all 0 without a network: no latency)."""
         sent = {msg.metadata.dst_node_id: (i, msg) for i, msg in enumerate(messages)}
         timed: list[tuple[float, int, Message]] = []
         for reply in self._grid.send_and_receive(messages, timeout=timeout):
             order, msg = sent.get(reply.metadata.src_node_id, (len(messages), None))
             arrival = 0.0
-            if msg is not None:
+            if msg is not None and self._network is not None:
                 reply, arrival = self._network.stamp(msg, reply)
             timed.append((arrival, order, reply))  # ties: in the order sent, on any backend
-        return [reply for _, _, reply in sorted(timed, key=lambda t: t[:2])]
+        return [(arrival, reply) for arrival, _, reply in sorted(timed, key=lambda t: t[:2])]

@@ -30,6 +30,7 @@ from aggregator.strategies import known_strategies, strategy_options
 from fedcore.compression import CODECS, codec_options
 from fedcore.models import MODELS
 from fedcore.settings import TrainSettings
+from simulations.async_section import Mode, StalenessSection, async_problem
 from simulations.datasets import DATASET_NAMES
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS
@@ -223,6 +224,11 @@ class FederationSection(_Section):
     compression: str = "none"
     compression_options: dict[str, int | float] = Field(default_factory=dict)
     secagg: bool = False  # secure aggregation (SecAgg+); see also the [secagg] table
+    mode: Mode = "sync"  # "async": buffered asynchronous training (async_section.py)
+    concurrency: PositiveInt | None = None
+    buffer: PositiveInt | None = None
+    max_staleness: NonNegativeInt | None = None
+    staleness: StalenessSection = StalenessSection()
 
     @field_validator("clients_per_round")
     @classmethod
@@ -245,6 +251,13 @@ class FederationSection(_Section):
     @classmethod
     def _known_codec(cls, value: str) -> str:
         return _one_of("compression", value, KNOWN_CODECS)
+
+    @model_validator(mode="after")
+    def _async_fits(self) -> Self:
+        problem = async_problem(self, self.secagg)
+        if problem is not None:
+            raise _fail(*problem)
+        return self
 
     @model_validator(mode="after")
     def _options_fit(self) -> Self:

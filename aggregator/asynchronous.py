@@ -1,0 +1,388 @@
+"""Asynchronous buffered aggregation (FedBuff: Nguyen et al., AISTATS 2022) on the round's pieces.
+
+No barrier: ``concurrency`` clients train at once, each from the model version it was sent.
+Each reply is decoded and validated exactly as in a synchronous round (``decode_reply``), its
+staleness (server steps since its model) weights it, and it waits in a buffer; when
+``buffer`` contributions are in, the strategy takes one server step — one ``RoundAggregation``
+around the current model, so the rule, the server optimizer, clipping, DP and the norm guard
+all apply — and the step is stored like a round. The client that just answered gets the
+newest model at once.
+
+A stale contribution is re-based onto the current model: ``current + w(s) * (local - base)``;
+a fresh one (s = 0) is offered unchanged, so with ``concurrency = buffer = clients`` and no
+latency the run is synchronous FedAvg bit for bit.
+
+Time comes from a ``Courier``: in a simulation the reply of a message is computed when it is
+sent and is due at the sender's simulated time plus the client's simulated duration (so runs
+are deterministic for a seed on any backend); in a deployment replies arrive when they arrive.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+from flwr.app import Message, RecordDict
+
+from aggregator.strategies import AggregationError, Strategy
+from aggregator.updates import ClientUpdate, Rejected, decode_reply
+from fedcore.wire import vector_record
+
+if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
+    from aggregator.rounds import EvaluateFn, FederationConfig, OnRound
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """How much a contribution ``s`` server steps old counts (FedBuff's ``w(s)``).
+
+    ``constant``: 1; ``polynomial``: ``(1 + s) ** -exponent``; ``hinge``: 1 up to ``hinge``
+    steps, then ``1 / (exponent * (s - hinge) + 1)``.
+    """
+
+    kind: Literal["constant", "polynomial", "hinge"] = "polynomial"
+    exponent: float = 0.5
+    hinge: int = 10
+
+    def weight(self, staleness: int) -> float:
+        """The factor on a contribution of this staleness (1.0 when fresh)."""
+        if self.kind == "constant" or staleness <= 0:
+            return 1.0
+        if self.kind == "polynomial":
+            return float((1.0 + staleness) ** -self.exponent)
+        if staleness <= self.hinge:
+            return 1.0
+        return 1.0 / (self.exponent * (staleness - self.hinge) + 1.0)
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """``concurrency`` clients train at once; a server step every ``buffer`` contributions;
+    contributions older than ``max_staleness`` steps are rejected (None: never)."""
+
+    concurrency: int
+    buffer: int
+    staleness: Staleness = Staleness()
+    max_staleness: int | None = None
+
+
+class Courier(Protocol):
+    """Delivers train messages and hands back replies in arrival order."""
+
+    def send(self, message: Message, now: float) -> None:
+        """Send ``message`` at time ``now``."""
+
+    def receive(self) -> tuple[float, Message] | None:
+        """The next reply and its arrival time; None when nothing is in flight."""
+
+
+class TimedGrid(Protocol):
+    """A grid that knows each reply's simulated duration (``SimulatedGrid``)."""
+
+    def send_timed(self, messages: list[Message]) -> list[tuple[float, Message]]:
+        """Deliver ``messages``; return ``(seconds after sending, reply)`` pairs."""
+
+
+class SimulatedCourier:
+    """Virtual time: a message is delivered (the client trains) when sent; its reply is due at
+    ``now`` plus its simulated duration, ties in the order sent."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.queue: list[tuple[float, int, Message]] = []
+        self.sent = 0
+
+    def send(self, message: Message, now: float) -> None:
+        """Deliver now; queue the reply for its simulated arrival."""
+        if hasattr(self.grid, "send_timed"):
+            timed = self.grid.send_timed([message])
+        else:
+            timed = [(0.0, r) for r in self.grid.send_and_receive([message])]
+        for seconds, reply in timed:
+            heapq.heappush(self.queue, (now + seconds, self.sent, reply))
+            self.sent += 1
+
+    def receive(self) -> tuple[float, Message] | None:
+        """The earliest queued reply."""
+        if not self.queue:
+            return None
+        arrival, _, reply = heapq.heappop(self.queue)
+        return arrival, reply
+
+
+class LiveCourier:
+    """A deployment: push each message, pull until a reply comes (wall-clock arrival)."""
+
+    def __init__(self, grid: Grid, poll: float = 0.05, timeout: float | None = None) -> None:
+        self.grid, self.poll, self.timeout = grid, poll, timeout
+        self.pending: dict[str, tuple[float, Message]] = {}
+        self.ready: deque[tuple[float, Message]] = deque()
+        self.start = time.monotonic()
+
+    def send(self, message: Message, now: float) -> None:
+        """Push ``message``; remember when."""
+        for message_id in self.grid.push_messages([message]):
+            self.pending[message_id] = (time.monotonic(), message)
+
+    def receive(self) -> tuple[float, Message] | None:
+        """Poll until a reply is in (or a pending message times out: an error reply)."""
+        from flwr.app import Error
+        from flwr.common.constant import ErrorCode
+
+        while not self.ready:
+            if not self.pending:
+                return None
+            for reply in self.grid.pull_messages(list(self.pending)):
+                sent = self.pending.pop(reply.metadata.reply_to_message_id, None)
+                if sent is not None:
+                    self.ready.append((time.monotonic() - self.start, reply))
+            if self.timeout is not None:
+                for message_id, (sent_at, msg) in list(self.pending.items()):
+                    if time.monotonic() - sent_at > self.timeout:
+                        del self.pending[message_id]
+                        lost = Message(Error(ErrorCode.UNKNOWN, "no reply before the timeout"),
+                                       reply_to=msg)
+                        self.ready.append((time.monotonic() - self.start, lost))
+            if not self.ready:
+                time.sleep(self.poll)
+        return self.ready.popleft()
+
+
+def rebase(update: ClientUpdate, base: np.ndarray, weight: float) -> ClientUpdate:
+    """``update`` (trained from ``base``) as a weighted delta to whatever model it meets."""
+    if update.values is not None:
+        delta = update.values.astype(np.float32) - base
+    elif update.delta is not None:
+        delta = np.array(update.delta, dtype=np.float32)
+    else:
+        assert update.sparse is not None
+        delta = np.zeros_like(base)
+        indices, values = update.sparse
+        delta[indices] = values
+    delta *= np.float32(weight)
+    return replace(update, values=None, delta=delta, sparse=None, norm=math.nan)
+
+
+@dataclass
+class _Contribution:
+    client_id: int
+    node_id: int
+    base_version: int
+    update: ClientUpdate
+
+
+class AsyncRun:
+    """The state of one asynchronous run between server steps (see the module docstring)."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        config: FederationConfig,
+        initial: np.ndarray,
+        strategy: Strategy,
+        courier: Courier,
+        first_step: int = 1,
+        now: float = 0.0,
+    ) -> None:
+        assert config.asynchrony is not None
+        self.grid, self.config, self.strategy, self.courier = grid, config, strategy, courier
+        self.asynchrony = config.asynchrony
+        self.version = first_step - 1
+        self.params = np.asarray(initial, dtype=np.float32)
+        self.bases: dict[int, np.ndarray] = {self.version: self.params}
+        self.in_flight: dict[int, int] = {}  # client -> base version
+        self.buffer: list[_Contribution] = []
+        self.rejected: list = []  # ClientOutcomes waiting for the next step's record
+        self.now = now
+        self.dispatched = 0
+        self._records: tuple[int, Callable[[int], dict]] | None = None
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def dispatch(self, clients: Mapping[int, int]) -> None:
+        """Fill the free training slots with idle clients, drawn reproducibly from the seed."""
+        from aggregator.rounds import train_records
+
+        waiting = {c.client_id for c in self.buffer}
+        idle = sorted(c for c in clients if c not in self.in_flight and c not in waiting)
+        if len(self.in_flight) >= self.asynchrony.concurrency or not idle:
+            return
+        step = self.version + 1
+        if self._records is None or self._records[0] != step:  # one record per model version
+            record = vector_record(self.params)
+            self._records = (step, train_records(self.config, self.strategy, step, record))
+        records = self._records[1]
+        everyone = len(idle) <= self.asynchrony.concurrency - len(self.in_flight)
+        while len(self.in_flight) < self.asynchrony.concurrency and idle:
+            if everyone:
+                chosen = idle.pop(0)  # every idle client goes, in order
+            else:
+                rng = np.random.default_rng([self.config.seed, 7, self.dispatched])
+                chosen = idle.pop(int(rng.integers(len(idle))))
+            self.dispatched += 1
+            self.in_flight[chosen] = self.version
+            message = Message(RecordDict(records(chosen)), clients[chosen], "train",
+                              group_id=str(step))
+            self.courier.send(message, self.now)
+
+    # -- collect ----------------------------------------------------------------------------
+    def collect(self, arrival: float, reply: Message, nodes: Mapping[int, int],
+                declared: Mapping[int, int]) -> None:
+        """Validate one reply and buffer it (or record why not)."""
+        from aggregator.rounds import ClientOutcome, client_report
+
+        self.now = max(self.now, arrival)
+        node = reply.metadata.src_node_id
+        client = next((c for c, n in nodes.items() if n == node), None)
+        if client is None or client not in self.in_flight:
+            return  # not a message of ours (or a second reply): ignore
+        base_version = self.in_flight.pop(client)
+        outcome = ClientOutcome(client, node, accepted=False)
+        try:
+            outcome = replace(outcome, **client_report(reply))
+            staleness = self.version - base_version
+            limit = self.asynchrony.max_staleness
+            if limit is not None and staleness > limit:
+                raise Rejected(f"stale: trained from step {base_version}, {staleness} steps "
+                               f"behind (max_staleness {limit})")
+            update = decode_reply(
+                reply,
+                self.params.size,
+                codec=self.config.train.compression,
+                codec_options=self.config.train.compression_options,
+                declared=declared.get(client),
+                max_examples=self.config.max_examples,
+            )
+        except Rejected as exc:
+            self.rejected.append(replace(outcome, reason=str(exc)))
+            return
+        self.buffer.append(_Contribution(client, node, base_version, update))
+
+    # -- aggregate --------------------------------------------------------------------------
+    def step(self) -> tuple[np.ndarray, list]:
+        """One server step over the buffer; return the new model and the step's outcomes."""
+        from aggregator.rounds import ClientOutcome, RoundFailed
+
+        number = self.version + 1
+        aggregation = self.strategy.start_round(self.params, number)
+        offered: list[ClientUpdate] = []
+        outcomes: list = []
+        for c in self.buffer:
+            staleness = self.version - c.base_version
+            weight = self.asynchrony.staleness.weight(staleness)
+            update = c.update
+            if staleness > 0:
+                update = rebase(update, self.bases[c.base_version], weight)
+            offered.append(update)
+            outcomes.append(ClientOutcome(
+                c.client_id, c.node_id, accepted=False, num_examples=update.num_examples,
+                train_loss=update.train_loss, seconds=update.seconds, bytes_up=update.bytes_up,
+                metrics={"staleness": float(staleness), "staleness_weight": weight},
+            ))
+        reasons = aggregation.offer_all(offered)
+        outcomes = [replace(o, accepted=r is None, reason=r)
+                    for o, r in zip(outcomes, reasons, strict=True)]
+        outcomes += self.rejected
+        self.buffer, self.rejected = [], []
+        if not any(o.accepted for o in outcomes):
+            text = "; ".join(f"client {o.client_id}: {o.reason}" for o in outcomes)
+            raise RoundFailed(f"step {number}: no contribution was accepted ({text})")
+        try:
+            new = aggregation.finish()
+        except AggregationError as exc:
+            raise RoundFailed(f"step {number}: {exc}") from exc
+        self.version, self.params = number, new
+        self.bases[number] = new
+        self._prune()
+        return new, outcomes
+
+    def _prune(self) -> None:
+        """Forget model versions no in-flight or buffered client trained from."""
+        keep = set(self.in_flight.values()) | {c.base_version for c in self.buffer}
+        keep.add(self.version)
+        for version in [v for v in self.bases if v not in keep]:
+            del self.bases[version]
+
+
+def run_async_federation(
+    grid: Grid,
+    config: FederationConfig,
+    initial: np.ndarray,
+    strategy: Strategy,
+    evaluate_fn: EvaluateFn,
+    on_round: OnRound | None = None,
+    first_round: int = 1,
+    clients: Mapping[int, int] | None = None,
+    declared: Mapping[int, int] | None = None,
+) -> np.ndarray:
+    """Run server steps ``first_round..config.num_rounds`` asynchronously; each step is
+    reported to ``on_round`` as a ``RoundOutcome`` (``metrics["sim_clock_s"]``: the time of
+    the step, simulated when the grid is simulated)."""
+    from aggregator.rounds import RoundOutcome
+
+    assert config.asynchrony is not None
+    courier: Courier = (
+        SimulatedCourier(grid)
+        if hasattr(grid, "send_timed")
+        else LiveCourier(grid, timeout=config.timeout)
+    )
+    run = AsyncRun(grid, config, initial, strategy, courier, first_step=first_round)
+    directory: Callable[[int], Mapping[int, int]] = (
+        config.directory if config.directory is not None else (lambda _: clients or {})
+    )
+    known: dict[int, int] = dict(clients or {})
+    last_step_at = run.now
+    wall = time.perf_counter()
+    while run.version < config.num_rounds:
+        available = directory(run.version + 1)
+        known.update(available)
+        run.dispatch(available)
+        got = courier.receive()
+        if got is not None:
+            run.collect(*got, known, declared or {})
+        enough = len(run.buffer) >= run.asynchrony.buffer
+        stuck = got is None or (not run.in_flight and not _idle(run, available))
+        if not enough and not (stuck and run.buffer):
+            if got is None and not run.buffer:
+                from aggregator.rounds import RoundFailed
+
+                raise RoundFailed(f"step {run.version + 1}: no client could be reached")
+            continue
+        params, outcomes = run.step()
+        test_loss, test_accuracy = evaluate_fn(params)
+        accepted = [o for o in outcomes if o.accepted]
+        weight = sum(o.num_examples for o in accepted) or 1
+        staleness = [o.metrics["staleness"] for o in accepted]
+        outcome = RoundOutcome(
+            number=run.version,
+            clients=outcomes,
+            train_loss=sum((o.train_loss or 0.0) * o.num_examples for o in accepted) / weight,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            seconds=time.perf_counter() - wall,
+            params=params,
+            epsilon=strategy.privacy_spent(),
+            server_state=strategy.state_dict(),
+            metrics={
+                "sim_clock_s": run.now,
+                "sim_round_s": run.now - last_step_at,
+                "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
+                "staleness_max": float(max(staleness, default=0.0)),
+            },
+        )
+        last_step_at, wall = run.now, time.perf_counter()
+        if on_round is not None:
+            on_round(outcome)
+    return run.params
+
+
+def _idle(run: AsyncRun, available: Mapping[int, int]) -> bool:
+    waiting = {c.client_id for c in run.buffer}
+    return any(c not in run.in_flight and c not in waiting for c in available)

@@ -1,0 +1,108 @@
+"""Synchronous FedAvg against FedBuff (buffered asynchronous), side by side, in simulated time.
+
+``python -m benchmarks.asynchrony [--seeds 7 8 9] [--population 10000]``
+
+For each scenario and seed both variants run on the in-process backend with the scenario's
+device mix, availability, dropouts, deadline and over-selection (the synchronous baseline is
+the scenario as tuned). Reported, median over seeds:
+- simulated seconds until the test accuracy first reaches the target,
+- client updates trained until then (every selected client's training counts, rejected or not),
+- wall-clock seconds per client update (the cost of simulating each variant),
+and the ratios async / sync. Scenarios: ``simulations/phones_label_skew.toml`` (target 85 %)
+and ``simulations/population_100k.toml`` cut to ``--population`` clients, 100 a round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+from simulations.harness import prepare_scenario, simulate
+from simulations.scenario import load_scenario, scenario_from_dict
+
+
+def _variant(base: dict[str, Any], seed: int, changes: dict[str, Any]) -> dict[str, Any]:
+    data = {**base, "seed": seed, "federation": {**base["federation"], **changes}}
+    return data
+
+
+def _first_reach(rounds: list, target: float) -> tuple[float, int] | None:
+    """(simulated seconds, client updates) when the accuracy first reaches ``target``."""
+    updates = 0
+    for outcome in rounds:
+        updates += len(outcome.clients)
+        if outcome.test_accuracy >= target:
+            return float(outcome.metrics.get("sim_clock_s", 0.0)), updates
+    return None
+
+
+def run_one(data: dict[str, Any], target: float) -> dict[str, float]:
+    """Run one variant; its time to target, updates and wall seconds per update."""
+    start = time.perf_counter()
+    result = simulate(prepare_scenario(scenario_from_dict(data)))
+    wall = time.perf_counter() - start
+    total_updates = sum(len(r.clients) for r in result.rounds)
+    reached = _first_reach(result.rounds, target)
+    return {
+        "sim_s": reached[0] if reached else float("nan"),
+        "updates": reached[1] if reached else float("nan"),
+        "wall_per_update_ms": 1000 * wall / max(total_updates, 1),
+        "final": result.rounds[-1].test_accuracy,
+    }
+
+
+def compare(name: str, base: dict[str, Any], target: float, seeds: list[int],
+            sync: dict[str, Any], asynchronous: dict[str, Any]) -> None:
+    """Print the side-by-side table for one scenario."""
+    rows: dict[str, list[dict[str, float]]] = {"sync": [], "async": []}
+    for seed in seeds:
+        rows["sync"].append(run_one(_variant(base, seed, sync), target))
+        rows["async"].append(run_one(_variant(base, seed, asynchronous), target))
+    med = {
+        kind: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for kind, runs in rows.items()
+    }
+    print(f"\n{name}: target {target:.0%}, seeds {seeds}")
+    print(f"  async: {asynchronous}")
+    print(f"  {'':6} {'sim s to target':>16} {'updates':>8} {'ms/update':>10} {'final acc':>10}")
+    for kind in ("sync", "async"):
+        m = med[kind]
+        print(f"  {kind:6} {m['sim_s']:16.3f} {m['updates']:8.0f} "
+              f"{m['wall_per_update_ms']:10.2f} {m['final']:10.3f}")
+    for kind, runs in rows.items():
+        print(f"  {kind} per seed sim s: {[round(r['sim_s'], 3) for r in runs]}")
+    s, a = med["sync"], med["async"]
+    print(f"  ratio async/sync: simulated time {a['sim_s'] / s['sim_s']:.2f}x, "
+          f"updates {a['updates'] / s['updates']:.2f}x, "
+          f"wall per update {a['wall_per_update_ms'] / s['wall_per_update_ms']:.2f}x")
+
+
+def main() -> None:
+    """Both scenarios, sync and async."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+    parser.add_argument("--population", type=int, default=10_000)
+    parser.add_argument("--skip-population", action="store_true")
+    args = parser.parse_args()
+
+    phones = load_scenario("simulations/phones_label_skew.toml").model_dump()
+    compare("phones_label_skew", phones, 0.85, args.seeds,
+            sync={"rounds": 25},
+            asynchronous={"rounds": 80, "mode": "async", "concurrency": 40, "buffer": 10,
+                          "max_staleness": 10})
+    if args.skip_population:
+        return
+    big = load_scenario("simulations/population_100k.toml").model_dump()
+    big["population"] = {**big["population"], "size": args.population}
+    big["federation"] = {**big["federation"], "num_clients": args.population,
+                         "clients_per_round": 100}
+    compare(f"population ({args.population} clients)", big, 0.5, args.seeds,
+            sync={"rounds": 30},
+            asynchronous={"rounds": 120, "mode": "async", "concurrency": 200, "buffer": 50,
+                          "max_staleness": 10})
+
+
+if __name__ == "__main__":
+    main()
