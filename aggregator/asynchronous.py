@@ -37,7 +37,7 @@ from fedcore.wire import vector_record
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
 
-    from aggregator.rounds import EvaluateFn, FederationConfig, OnRound
+    from aggregator.rounds import BeforeRound, EvaluateFn, FederationConfig, OnRound
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,7 @@ class AsyncRun:
         self.params = np.asarray(initial, dtype=np.float32)
         self.bases: dict[int, np.ndarray] = {self.version: self.params}
         self.in_flight: dict[int, int] = {}  # client -> base version
+        self.sent: dict[int, tuple[float, int]] = {}  # client -> (sent at, courier order)
         self.buffer: list[_Contribution] = []
         self.rejected: list = []  # ClientOutcomes waiting for the next step's record
         self.now = now
@@ -227,10 +228,57 @@ class AsyncRun:
                 rng = np.random.default_rng([self.config.seed, 7, self.dispatched])
                 chosen = idle.pop(int(rng.integers(len(idle))))
             self.dispatched += 1
-            self.in_flight[chosen] = self.version
-            message = Message(RecordDict(records(chosen)), clients[chosen], "train",
-                              group_id=str(step))
-            self.courier.send(message, self.now)
+            self._send(chosen, clients[chosen], self.version, records, self.now)
+
+    def _send(self, client: int, node: int, base_version: int,
+              records: Callable[[int], dict], now: float) -> None:
+        self.in_flight[client] = base_version
+        self.sent[client] = (now, getattr(self.courier, "sent", 0))
+        message = Message(RecordDict(records(client)), node, "train",
+                          group_id=str(base_version + 1))
+        self.courier.send(message, now)
+
+    # -- resume -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """What a resumed run needs to go on exactly: the clock, the draw counter, who is
+        training from which model version (and those versions), for the checkpoint."""
+        flying = sorted(self.in_flight, key=lambda c: self.sent[c][1])
+        state = {
+            "async.clock": np.array([self.now], dtype=np.float64),
+            "async.counters": np.array([self.dispatched, getattr(self.courier, "sent", 0)],
+                                       dtype=np.int64),
+            "async.clients": np.array([[c, self.in_flight[c], self.sent[c][1]] for c in flying],
+                                      dtype=np.int64).reshape(-1, 3),
+            "async.sent_at": np.array([self.sent[c][0] for c in flying], dtype=np.float64),
+        }
+        for version in sorted(set(self.in_flight.values())):
+            state[f"async.base.{version}"] = self.bases[version]
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray], nodes: Mapping[int, int]) -> None:
+        """Continue from ``state_dict``: the same clients train again from the same model
+        versions, sent at the same simulated times in the same order (their replies are
+        computed again, identically)."""
+        from aggregator.rounds import train_records
+
+        if "async.clock" not in state:
+            return
+        self.now = float(state["async.clock"][0])
+        self.dispatched, total = (int(v) for v in state["async.counters"])
+        for key, value in state.items():
+            if key.startswith("async.base."):
+                self.bases[int(key.rsplit(".", 1)[1])] = np.asarray(value, dtype=np.float32)
+        rows, sent_at = state["async.clients"], state["async.sent_at"]
+        for (client, version, order), when in zip(rows.tolist(), sent_at.tolist(), strict=True):
+            if client not in nodes or version not in self.bases:
+                continue
+            records = train_records(self.config, self.strategy, version + 1,
+                                    vector_record(self.bases[version]))
+            if hasattr(self.courier, "sent"):
+                self.courier.sent = order
+            self._send(client, nodes[client], version, records, when)
+        if hasattr(self.courier, "sent"):
+            self.courier.sent = total
 
     # -- collect ----------------------------------------------------------------------------
     def collect(self, arrival: float, reply: Message, nodes: Mapping[int, int],
@@ -244,6 +292,7 @@ class AsyncRun:
         if client is None or client not in self.in_flight:
             return  # not a message of ours (or a second reply): ignore
         base_version = self.in_flight.pop(client)
+        self.sent.pop(client, None)
         outcome = ClientOutcome(client, node, accepted=False)
         try:
             outcome = replace(outcome, **client_report(reply))
@@ -321,6 +370,8 @@ def run_async_federation(
     first_round: int = 1,
     clients: Mapping[int, int] | None = None,
     declared: Mapping[int, int] | None = None,
+    before_round: BeforeRound | None = None,
+    resume_state: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Run server steps ``first_round..config.num_rounds`` asynchronously; each step is
     reported to ``on_round`` as a ``RoundOutcome`` (``metrics["sim_clock_s"]``: the time of
@@ -338,9 +389,16 @@ def run_async_federation(
         config.directory if config.directory is not None else (lambda _: clients or {})
     )
     known: dict[int, int] = dict(clients or {})
+    if resume_state:
+        known.update(directory(first_round))
+        run.load_state_dict(dict(resume_state), known)
     last_step_at = run.now
     wall = time.perf_counter()
+    asked = run.version
     while run.version < config.num_rounds:
+        if before_round is not None and asked <= run.version:  # once per step: pause, set
+            run.config = config = before_round(run.version + 1, config)
+            asked = run.version + 1
         available = directory(run.version + 1)
         known.update(available)
         run.dispatch(available)
@@ -369,7 +427,7 @@ def run_async_federation(
             seconds=time.perf_counter() - wall,
             params=params,
             epsilon=strategy.privacy_spent(),
-            server_state=strategy.state_dict(),
+            server_state={**strategy.state_dict(), **run.state_dict()},
             metrics={
                 "sim_clock_s": run.now,
                 "sim_round_s": run.now - last_step_at,

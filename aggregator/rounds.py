@@ -358,8 +358,12 @@ def run_federation(
     on_round: OnRound | None = None,
     first_round: int = 1,
     before_round: BeforeRound | None = None,
+    resume_state: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Run rounds ``first_round..config.num_rounds``; return the final global vector.
+
+    ``resume_state``: the server state of the checkpoint a resumed run continues from (the
+    strategy has loaded its part; an asynchronous run takes its in-flight clients from it).
 
     ``before_round(number, config)`` may return a changed config for that round on (an
     operator's ``set`` command) or raise ``StopRun``; ``on_round`` sees each finished round.
@@ -374,7 +378,8 @@ def run_federation(
         from aggregator.asynchronous import run_async_federation
 
         return run_async_federation(
-            grid, config, initial, strategy, evaluate_fn, on_round, first_round, clients, declared
+            grid, config, initial, strategy, evaluate_fn, on_round, first_round, clients,
+            declared, before_round, resume_state,
         )
     params = np.asarray(initial, dtype=np.float32)
     for number in range(first_round, config.num_rounds + 1):

@@ -30,10 +30,12 @@ class FederationApp:
         first_round: int = 1,
         before_round: BeforeRound | None = None,
         prepare_grid: Callable[[Grid], Grid] | None = None,
+        resume_state: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.config = config
         self.prepare_grid = prepare_grid  # e.g. a simulated network around the runtime's grid
         self.first_round = first_round
+        self.resume_state = resume_state
         self.before_round = before_round
         self.initial = initial
         self.strategy = strategy
@@ -57,6 +59,7 @@ class FederationApp:
                 self.on_round,
                 first_round=self.first_round,
                 before_round=self.before_round,
+                resume_state=self.resume_state,
             )
         except BaseException as exc:  # handed back to the caller by result()
             self.error = exc

@@ -19,7 +19,8 @@ import statistics
 import time
 from typing import Any
 
-from simulations.harness import prepare_scenario, simulate
+from simulations.harness import simulate
+from simulations.prepare import prepare_scenario
 from simulations.scenario import load_scenario, scenario_from_dict
 
 

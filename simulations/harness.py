@@ -132,6 +132,7 @@ def simulate(
         server.evaluate,
         record,
         first_round=1 if resume_from is None else resume_from.round + 1,
+        resume_state=None if resume_from is None else resume_from.server_state,
         before_round=before_round,
         prepare_grid=prepare_grid,
     )
