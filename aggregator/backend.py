@@ -61,16 +61,16 @@ class Backend:
             return array.get()
         return np.asarray(array)
 
-    def zeros(self, size: int) -> Any:
-        """A zeroed float32 vector on the backend."""
-        return self.xp.zeros(size, dtype=self.xp.float32)
+    def zeros(self, size: int, dtype: Any = np.float32) -> Any:
+        """A zeroed vector on the backend (float32 unless the model is float64)."""
+        return self.xp.zeros(size, dtype=getattr(self.xp, np.dtype(dtype).name))
 
     def axpy(self, acc: Any, weight: float, x: Any) -> None:
-        """``acc += weight * x`` in place (float32)."""
+        """``acc += weight * x`` in place, in ``acc``'s dtype."""
         if self._axpy is not None:
             self._axpy(acc, weight, x, self.threads)
         else:
-            acc += self.xp.asarray(weight, dtype=self.xp.float32) * x
+            acc += self.xp.asarray(weight, dtype=acc.dtype) * x
 
 
 BLAS_MIN_SIZE = 1 << 16  # below this, numpy's own ufuncs are as fast and need no SciPy
@@ -82,15 +82,15 @@ def _numpy_axpy() -> Callable[..., None]:
     SciPy's BLAS and threadpoolctl (about 0.3 s to import) are loaded on the first vector of
     at least ``BLAS_MIN_SIZE`` elements, so a small model's run never pays for them.
     """
-    scratch: dict[int, np.ndarray] = {}
+    scratch: dict[tuple[int, np.dtype], np.ndarray] = {}
     blas: list[Callable[..., None]] = []
 
     def ufunc_axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
-        tmp = scratch.get(x.size)
+        tmp = scratch.get((x.size, acc.dtype))
         if tmp is None:
             scratch.clear()
-            tmp = scratch[x.size] = np.empty(x.size, np.float32)
-        np.multiply(x, np.float32(weight), out=tmp)
+            tmp = scratch[x.size, acc.dtype] = np.empty(x.size, acc.dtype)
+        np.multiply(x, acc.dtype.type(weight), out=tmp)
         np.add(acc, tmp, out=acc)
 
     def axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
@@ -106,7 +106,7 @@ def _numpy_axpy() -> Callable[..., None]:
 
 def _blas_axpy(fallback: Callable[..., None]) -> Callable[..., None]:
     """SciPy's saxpy with the BLAS pool set to ``threads`` per call (``fallback`` without
-    SciPy, or for non-contiguous or non-float32 input)."""
+    SciPy, or for non-contiguous or non-float32 operands)."""
     try:
         from scipy.linalg.blas import saxpy
         from threadpoolctl import ThreadpoolController
@@ -115,7 +115,8 @@ def _blas_axpy(fallback: Callable[..., None]) -> Callable[..., None]:
     libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
 
     def blas_axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
-        if x.dtype != np.float32 or not (x.flags.c_contiguous and acc.flags.c_contiguous):
+        contiguous = x.flags.c_contiguous and acc.flags.c_contiguous
+        if x.dtype != np.float32 or acc.dtype != np.float32 or not contiguous:
             fallback(acc, weight, x)
             return
         before = [lib.num_threads for lib in libs]
@@ -136,7 +137,7 @@ def _cupy_axpy(cp: Any) -> Callable[..., None]:  # pragma: no cover - needs a GP
     kernel = cp.ElementwiseKernel("T x, T w", "T acc", "acc += w * x", "fedcore_axpy")
 
     def axpy(acc: Any, weight: float, x: Any, threads: int = 1) -> None:
-        kernel(x, cp.float32(weight), acc)
+        kernel(x, acc.dtype.type(weight), acc)
 
     return axpy
 

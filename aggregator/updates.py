@@ -1,11 +1,12 @@
 """Client replies → validated updates, each either accepted or rejected with a reason.
 
-``decode_reply`` reads one train reply: error, missing records, metrics, payload (a dense
-vector viewed in place in the message bytes, or a compressed delta decoded here), shape,
-dtype, size on the wire. ``NormGuard`` then checks the update's distance to the global model,
-``||local - global||``, against a robust threshold: ``factor`` times the median of the norms
-of recently accepted updates. Nothing here accumulates anything: rules only ever see updates
-that passed.
+``read_reply`` is what every train reply goes through first: client error, its records, its
+weight and loss, as a ``ReplyFormat`` places them (fedcore's protocol, or Flower's for
+``FlowerStrategy``). ``decode_reply`` then reads fedcore's payload: a dense vector viewed in
+place in the message bytes, or a compressed delta decoded here; shape, dtype, size on the wire.
+``NormGuard`` then checks the update's distance to the global model, ``||local - global||``,
+against a robust threshold: ``factor`` times the median of the norms of recently accepted
+updates. Nothing here accumulates anything: rules only ever see updates that passed.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ _CHUNK = 1 << 17  # elements per norm chunk: the scratch stays in L2
 _SCRATCH = threading.local()
 
 
-def _scratch() -> np.ndarray:
-    """A per-thread float32 chunk buffer, allocated once."""
-    buffer = getattr(_SCRATCH, "buffer", None)
+def _scratch(dtype: np.dtype) -> np.ndarray:
+    """A per-thread chunk buffer of ``dtype``, allocated once per dtype."""
+    name = f"buffer_{np.dtype(dtype).name}"
+    buffer = getattr(_SCRATCH, name, None)
     if buffer is None:
-        buffer = _SCRATCH.buffer = np.empty(_CHUNK, np.float32)
+        buffer = np.empty(_CHUNK, dtype)
+        setattr(_SCRATCH, name, buffer)
     return buffer
 
 
@@ -44,10 +47,11 @@ class ClientUpdate:
 
     Exactly one of ``values`` (dense local model, usually a view of the message bytes),
     ``delta`` (dense ``local - global``) or ``sparse`` (indices and values of the delta)
-    is set.
+    is set. ``num_examples`` is the update's weight: an example count in fedcore's rounds, any
+    positive finite number under ``FlowerStrategy`` (Flower's ``weighted_by_key``).
     """
 
-    num_examples: int
+    num_examples: int | float
     train_loss: float
     seconds: float
     bytes_up: int
@@ -60,7 +64,7 @@ class ClientUpdate:
         """The client's local model as a host vector (a view when it came dense)."""
         if self.values is not None:
             return self.values
-        out = np.array(global_vector, dtype=np.float32, copy=True)
+        out = np.array(global_vector, copy=True)
         if self.delta is not None:
             out += self.delta
         else:
@@ -81,11 +85,12 @@ class ClientUpdate:
         idx, vals = self.sparse  # type: ignore[misc]
         if backend.name in ("numpy", "cupy"):
             xp = backend.xp
-            acc[backend.asarray(idx)] += xp.asarray(weight * scale, dtype=xp.float32) * (
+            acc[backend.asarray(idx)] += xp.asarray(weight * scale, dtype=acc.dtype) * (
                 backend.asarray(vals)
             )
         else:
-            dense = np.zeros(acc.shape[0], np.float32)
+            wide = acc.dtype == backend.xp.float64
+            dense = np.zeros(acc.shape[0], np.float64 if wide else np.float32)
             dense[idx] = vals
             backend.axpy(acc, weight * scale, backend.asarray(dense))
         return weight
@@ -96,8 +101,14 @@ MAX_EXTRA_METRICS = 32  # extra numeric metrics kept from one reply
 MAX_LABEL = 64  # characters kept of a client-chosen label (device class, metric name)
 
 
-def _record(content: Any, key: str, kind: type, what: str) -> Any:
-    """``content[key]`` if it is a ``kind`` record, else ``Rejected``."""
+def _record(content: Any, key: str | None, kind: type, what: str) -> Any:
+    """``content[key]`` if it is a ``kind`` record (``key`` None: the reply's only one), else
+    ``Rejected``."""
+    if key is None:
+        found = [r for r in content.values() if isinstance(r, kind)]
+        if len(found) != 1:
+            raise Rejected(f"reply has {len(found)} {what} records, expected exactly one")
+        return found[0]
     found = protocol.record(content, key, kind)
     if found is None:
         raise Rejected(f"reply has no {key!r} {what} record")
@@ -163,6 +174,68 @@ def _check_codec(content: Any, codec: str, options: dict[str, Any]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ReplyFormat:
+    """Where a train reply keeps its update and metrics, and what its weight is.
+
+    The default is fedcore's protocol (the weight an example count); ``FlowerStrategy`` reads
+    Flower's: the reply's one ``ArrayRecord`` and one ``MetricRecord`` whatever their names,
+    weighted by any positive finite number under ``weight``, the loss optional.
+    """
+
+    update: str | None = protocol.UPDATE  # None: the reply's only ArrayRecord
+    metrics: str | None = protocol.METRICS  # None: the reply's only MetricRecord
+    weight: str = "num_examples"
+    examples: bool = True  # the weight is an example count (see check_examples)
+    loss: str = "train_loss"
+    loss_required: bool = True  # else a missing or non-numeric loss reads as NaN
+    seconds: str | None = "seconds"  # the client's training time, where the format has one
+
+
+FEDCORE_REPLY = ReplyFormat()
+
+
+def read_reply(
+    reply: Message,
+    fmt: ReplyFormat = FEDCORE_REPLY,
+    *,
+    declared: int | None = None,
+    max_examples: int = DEFAULT_MAX_EXAMPLES,
+) -> tuple[ArrayRecord, ClientUpdate]:
+    """The checks every train reply passes first, whatever its payload: no client error, its
+    update and metric records, its weight (an example count within what the client
+    ``declared`` and ``max_examples``, or for Flower's format any positive finite number),
+    a finite loss and time. Returns the update record (payload still to decode) and an
+    update without payload; ``Rejected`` if anything is wrong."""
+    if reply.has_error():
+        raise Rejected(f"client error: {reply.error.reason}")
+    content = reply.content
+    metrics = _record(content, fmt.metrics, MetricRecord, "metric")
+    record = _record(content, fmt.update, ArrayRecord, "array")
+    if fmt.weight not in metrics or (fmt.loss_required and fmt.loss not in metrics):
+        required = f"{fmt.weight} and {fmt.loss} are" if fmt.loss_required else f"{fmt.weight} is"
+        raise Rejected(f"bad metrics: {required} required")
+    if fmt.examples:
+        weight: int | float = check_examples(metrics[fmt.weight], declared, max_examples)
+    else:
+        weight = _finite(metrics[fmt.weight], fmt.weight)
+        if weight <= 0:
+            raise Rejected(f"{fmt.weight} is {weight}, not positive")
+    if fmt.loss_required:
+        train_loss = _finite(metrics[fmt.loss], fmt.loss)
+    else:
+        try:
+            train_loss = _finite(metrics.get(fmt.loss), fmt.loss)
+        except Rejected:
+            train_loss = math.nan  # only q-FedAvg needs it, and rejects NaN
+    seconds = 0.0
+    if fmt.seconds is not None:
+        seconds = _finite(metrics.get(fmt.seconds, 0.0), fmt.seconds)
+        if seconds < 0:
+            raise Rejected(f"{fmt.seconds} is negative ({seconds})")
+    return record, ClientUpdate(weight, train_loss, seconds, 0)
+
+
 def decode_reply(
     reply: Message,
     size: int,
@@ -199,18 +272,8 @@ def _decode(
     declared: int | None,
     max_examples: int,
 ) -> ClientUpdate:
-    if reply.has_error():
-        raise Rejected(f"client error: {reply.error.reason}")
+    record, update = read_reply(reply, declared=declared, max_examples=max_examples)
     content = reply.content
-    metrics = _record(content, protocol.METRICS, MetricRecord, "metric")
-    record = _record(content, protocol.UPDATE, ArrayRecord, "array")
-    if "num_examples" not in metrics or "train_loss" not in metrics:
-        raise Rejected("bad metrics: num_examples and train_loss are required")
-    num_examples = check_examples(metrics["num_examples"], declared, max_examples)
-    train_loss = _finite(metrics["train_loss"], "train_loss")
-    seconds = _finite(metrics.get("seconds", 0.0), "seconds")
-    if seconds < 0:
-        raise Rejected(f"seconds is negative ({seconds})")
     nbytes = sum(len(array.data) for array in record.values())
     limit = max_bytes if max_bytes is not None else 2 * 4 * size + 4096
     if nbytes > limit:
@@ -222,7 +285,7 @@ def _decode(
         raise Rejected(
             f"update record holds {sorted(record)!r:.80}, expected {sorted(expected_keys)}"
         )
-    update = ClientUpdate(num_examples, train_loss, seconds, nbytes)
+    update.bytes_up = nbytes
     try:
         arrays = {key: array_view(record[key]) for key in record}
         if codec == "none":
@@ -318,7 +381,7 @@ def delta_norm(update: ClientUpdate, global_vector: np.ndarray) -> float:
 def _delta_norm(update: ClientUpdate, global_vector: np.ndarray) -> float:
     if update.values is not None:
         total, v = 0.0, update.values
-        tmp = _scratch()
+        tmp = _scratch(np.result_type(v.dtype, global_vector.dtype))
         for lo in range(0, v.size, _CHUNK):
             t = tmp[: min(_CHUNK, v.size - lo)]
             np.subtract(v[lo : lo + t.size], global_vector[lo : lo + t.size], out=t)

@@ -66,7 +66,8 @@ def array_view(array: Array, max_bytes: int | None = None) -> np.ndarray:
     The payload is untrusted: its ``.npy`` header must parse (bounded, no pickles), agree with
     the ``Array``'s dtype and shape, name a plain little-endian number type, and the data must
     be exactly as long as they say. Anything else raises ``ValueError`` (nothing else), before
-    anything is allocated; ``max_bytes`` bounds the payload.
+    anything is allocated; ``max_bytes`` bounds the payload. A Fortran-ordered payload (what
+    ``np.save`` writes for a transposed array) is viewed in Fortran order.
     """
     data = memoryview(array.data)
     if max_bytes is not None and len(data) > max_bytes:
@@ -83,7 +84,7 @@ def array_view(array: Array, max_bytes: int | None = None) -> np.ndarray:
         dtype = np.dtype(str(array.dtype))
     except Exception as exc:  # a hostile header: every parser error is one ValueError
         raise ValueError(f"array payload has a malformed .npy header: {exc}") from None
-    if fortran or header_dtype != dtype or tuple(shape) != tuple(array.shape):
+    if header_dtype != dtype or tuple(shape) != tuple(array.shape):
         raise ValueError(
             f"array payload says {header_dtype}{list(shape)}, its record {array.dtype}"
             f"{list(array.shape)}"
@@ -98,4 +99,4 @@ def array_view(array: Array, max_bytes: int | None = None) -> np.ndarray:
             f"{count * dtype.itemsize}"
         )
     flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    return flat.reshape(shape)
+    return flat.reshape(shape, order="F" if fortran else "C")

@@ -24,6 +24,7 @@ from aggregator.updates import ClientUpdate, NormGuard, Rejected, check_model, d
 from fedcore.resolve import Registry, ResolveError
 
 COMMON_OPTIONS: dict[str, Any] = {"max_norm_factor": 10.0}
+FLOWER_COMMON: dict[str, Any] = {"max_norm_factor": 0.0}  # Flower validates no norms
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class Strategy:
     client_options: dict[str, Any] = field(default_factory=dict)  # sent with instructions
 
     def start_round(self, global_vector: np.ndarray, round_number: int) -> RoundAggregation:
-        """A fresh aggregation for one round around ``global_vector`` (host, float32)."""
+        """A fresh aggregation for one round around ``global_vector`` (host, float32 or
+        float64: the rule accumulates and answers in that dtype)."""
         return RoundAggregation(self, global_vector, round_number)
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -82,12 +84,12 @@ class RoundAggregation:
 
     def __init__(self, strategy: Strategy, global_vector: np.ndarray, round_number: int):
         self.strategy, self.round = strategy, round_number
-        self.global_host = np.ascontiguousarray(global_vector, dtype=np.float32)
+        dtype = np.float64 if np.asarray(global_vector).dtype == np.float64 else np.float32
+        self.global_host = np.ascontiguousarray(global_vector, dtype=dtype)
         backend = strategy.backend
         self.global_b = backend.asarray(self.global_host)
         self.rule = strategy.make_rule(self.global_host.size, backend)
-        if hasattr(self.rule, "bind_global"):
-            self.rule.bind_global(self.global_host)
+        self.rule.bind_global(self.global_host)
 
     def offer(self, update: ClientUpdate, limit: float | None = None) -> None:
         """Validate the update's norm, clip it if private, fold it into the rule."""
@@ -118,15 +120,15 @@ class RoundAggregation:
         return reasons
 
     def finish(self) -> np.ndarray:
-        """The next global model (host float32); ``AggregationError`` if it is not finite
-        (then nothing carries over: the caller keeps the previous model)."""
+        """The next global model (host, in the dtype of the round's model); ``AggregationError``
+        if it is not finite (then nothing carries over: the caller keeps the previous model)."""
         s = self.strategy
         aggregate = self.rule.result(self.global_b)
         if s.privacy is not None:
             aggregate = s.privacy.finish(aggregate, s.backend)
         with np.errstate(over="ignore", invalid="ignore"):
             new = s.server_opt.step(self.global_b, aggregate, self.round)
-            host = np.asarray(s.backend.to_numpy(new), dtype=np.float32)
+            host = np.asarray(s.backend.to_numpy(new), dtype=self.global_host.dtype)
         try:
             check_model(host)
         except Rejected as exc:
@@ -140,11 +142,18 @@ OptionValue = bool | int | float | str
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A named strategy: its option defaults and how to compose it."""
+    """A named strategy: its option defaults and how to compose it.
+
+    ``flower`` names Flower's strategy of the same rule (None: Flower has none) and
+    ``flower_defaults`` the options whose Flower default differs from ours, with Flower's
+    value: ``FlowerStrategy`` builds with those unless the user sets them.
+    """
 
     defaults: dict[str, Any]
     build: Builder
     doc: str
+    flower: str | None = None
+    flower_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 #: strategies by name: built-ins, ones registered later (``register``), the installed
@@ -154,15 +163,36 @@ STRATEGIES: Registry[StrategySpec | Callable[..., Strategy]] = Registry(
 )
 
 
-def register(name: str, defaults: dict[str, Any], doc: str) -> Callable[[Builder], Builder]:
+def register(
+    name: str,
+    defaults: dict[str, Any],
+    doc: str,
+    flower: str | None = None,
+    flower_defaults: dict[str, Any] | None = None,
+) -> Callable[[Builder], Builder]:
     """Decorator: register ``build(options, context) -> Strategy`` under ``name``, with option
-    ``defaults`` (numbers, strings or booleans; every strategy also has ``max_norm_factor``)."""
+    ``defaults`` (numbers, strings or booleans; every strategy also has ``max_norm_factor``);
+    ``flower``: the name of Flower's strategy of the same rule, ``flower_defaults``: Flower's
+    defaults where they differ from ours."""
 
     def wrap(build: Builder) -> Builder:
-        STRATEGIES.register(name, StrategySpec({**COMMON_OPTIONS, **defaults}, build, doc))
+        spec = StrategySpec(
+            {**COMMON_OPTIONS, **defaults}, build, doc, flower, dict(flower_defaults or {})
+        )
+        STRATEGIES.register(name, spec)
         return build
 
     return wrap
+
+
+def flower_options(name: str) -> dict[str, Any]:
+    """The options that give strategy ``name`` Flower's defaults: the norm guard off (Flower
+    has none) and Flower's value of every option whose default differs from ours."""
+    try:
+        spec = strategy_spec(name)
+    except ResolveError as exc:
+        raise ValueError(str(exc)) from None
+    return {**FLOWER_COMMON, **spec.flower_defaults}
 
 
 def known_strategies() -> tuple[str, ...]:
@@ -256,17 +286,29 @@ def _mean(size: int, backend: Backend) -> WeightedMean:
     return WeightedMean(size, backend)
 
 
-@register("fedavg", {}, "example-weighted mean (McMahan et al., 2017)")
+@register("fedavg", {}, "example-weighted mean (McMahan et al., 2017)", "FedAvg")
 def _fedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
     return Strategy("fedavg", _mean)
 
 
-@register("fedprox", {"proximal_mu": 0.01}, "FedAvg + the clients' proximal term (Li et al.)")
+@register(
+    "fedprox",
+    {"proximal_mu": 0.01},
+    "FedAvg + the clients' proximal term (Li et al.)",
+    "FedProx",
+    {"proximal_mu": 0.0},
+)
 def _fedprox(o: dict[str, Any], c: StrategyContext) -> Strategy:
     return Strategy("fedprox", _mean, client_options={"proximal_mu": o["proximal_mu"]})
 
 
-@register("fedavgm", {"server_learning_rate": 1.0, "server_momentum": 0.9}, "mean + momentum")
+@register(
+    "fedavgm",
+    {"server_learning_rate": 1.0, "server_momentum": 0.9},
+    "mean + momentum",
+    "FedAvgM",
+    {"server_momentum": 0.0},
+)
 def _fedavgm(o: dict[str, Any], c: StrategyContext) -> Strategy:
     opt = MomentumStep(o["server_learning_rate"], o["server_momentum"])
     return Strategy("fedavgm", _mean, opt)
@@ -277,7 +319,9 @@ def _fedopt(kind: str, eta: float, beta_2: float = 0.99) -> None:
     if kind == "adagrad":
         defaults = {"eta": eta, "tau": 1e-3}
 
-    @register(f"fed{kind}", defaults, f"mean + server {kind} (Reddi et al., 2021)")
+    flower = {"adam": "FedAdam", "yogi": "FedYogi", "adagrad": "FedAdagrad"}[kind]
+
+    @register(f"fed{kind}", defaults, f"mean + server {kind} (Reddi et al., 2021)", flower)
     def build(o: dict[str, Any], c: StrategyContext) -> Strategy:
         return Strategy(f"fed{kind}", _mean, AdaptiveStep(kind, **{k: o[k] for k in defaults}))
 
@@ -287,32 +331,39 @@ _fedopt("yogi", 0.01)
 _fedopt("adagrad", 0.1)
 
 
-@register("fedmedian", {}, "coordinate-wise median (Yin et al., 2018)")
+@register("fedmedian", {}, "coordinate-wise median (Yin et al., 2018)", "FedMedian")
 def _fedmedian(o: dict[str, Any], c: StrategyContext) -> Strategy:
     return Strategy("fedmedian", CoordinateMedian)
 
 
-@register("fedtrimmedavg", {"beta": 0.2}, "coordinate-wise trimmed mean")
+@register("fedtrimmedavg", {"beta": 0.2}, "coordinate-wise trimmed mean", "FedTrimmedAvg")
 def _fedtrimmedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
     return Strategy("fedtrimmedavg", lambda n, b: TrimmedMean(n, b, beta=o["beta"]))
 
 
-@register("krum", {"num_malicious": 0}, "Krum (Blanchard et al., 2017)")
+@register("krum", {"num_malicious": 0}, "Krum (Blanchard et al., 2017)", "Krum")
 def _krum(o: dict[str, Any], c: StrategyContext) -> Strategy:
     return Strategy("krum", lambda n, b: MultiKrum(n, b, o["num_malicious"], select=1))
 
 
-@register("multikrum", {"num_malicious": 0, "select": 1}, "Multi-Krum: mean of the best m")
+@register(
+    "multikrum", {"num_malicious": 0, "select": 1}, "Multi-Krum: mean of the best m", "MultiKrum"
+)
 def _multikrum(o: dict[str, Any], c: StrategyContext) -> Strategy:
     return Strategy("multikrum", lambda n, b: MultiKrum(n, b, o["num_malicious"], o["select"]))
 
 
-@register("bulyan", {"num_malicious": 0}, "Bulyan (El Mhamdi et al., 2018)")
+@register("bulyan", {"num_malicious": 0}, "Bulyan (El Mhamdi et al., 2018)", "Bulyan")
 def _bulyan(o: dict[str, Any], c: StrategyContext) -> Strategy:
     return Strategy("bulyan", lambda n, b: Bulyan(n, b, o["num_malicious"]))
 
 
-@register("qfedavg", {"q": 0.1, "client_learning_rate": 0.1}, "q-FedAvg: fair (Li et al., 2020)")
+@register(
+    "qfedavg",
+    {"q": 0.1, "client_learning_rate": 0.1},
+    "q-FedAvg: fair (Li et al., 2020)",
+    "QFedAvg",
+)
 def _qfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
     return Strategy("qfedavg", lambda n, b: QFedAvg(n, b, o["q"], o["client_learning_rate"]))
 
@@ -320,7 +371,12 @@ def _qfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
 _DP = {"noise_multiplier": 1.0, "target_delta": 1e-5}
 
 
-@register("dpfedavg", {**_DP, "clipping_norm": 1.0}, "central DP, fixed clipping")
+@register(
+    "dpfedavg",
+    {**_DP, "clipping_norm": 1.0},
+    "central DP, fixed clipping",
+    "DifferentialPrivacyServerSideFixedClipping",
+)
 def _dpfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
     privacy = DifferentialPrivacy(
         o["noise_multiplier"],
@@ -342,6 +398,7 @@ def _dpfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
         "clip_lr": 0.2,
     },
     "central DP, adaptive clipping (Andrew et al., 2021)",
+    "DifferentialPrivacyServerSideAdaptiveClipping",
 )
 def _dpfedavg_adaptive(o: dict[str, Any], c: StrategyContext) -> Strategy:
     privacy = DifferentialPrivacy(

@@ -75,7 +75,8 @@ class DifferentialPrivacy:
         std = self.model_noise * self.clipping_norm / averaged
         if std > 0:
             size = int(aggregate.shape[0])
-            noise = self._rng.normal(0.0, std, size).astype(np.float32)
+            wide = aggregate.dtype == backend.xp.float64
+            noise = self._rng.normal(0.0, std, size).astype(np.float64 if wide else np.float32)
             aggregate = aggregate + backend.asarray(noise)
         if self.adaptive and self._seen:
             noisy = float(self._rng.normal(self._clipped, self.clipped_count_stddev or 0.0))

@@ -22,11 +22,18 @@ __all__ = ["AggregationRule", "RuleFactory", "ServerOptimizer", "UpdateWrapper"]
 
 @runtime_checkable
 class AggregationRule(Protocol):
-    """Folds one round's accepted updates into one vector. A rule that needs the round's
-    global model (host) before any ``add`` also defines ``bind_global(global_host)``."""
+    """Folds one round's accepted updates into one vector, in the dtype of the round's model
+    (float32 or float64). ``chosen``, after ``result``: the indices (in ``add`` order) of the
+    updates the result is made of (Krum's selection), None when it is made of all of them."""
+
+    chosen: list[int] | None
+
+    def bind_global(self, global_host: np.ndarray) -> None:
+        """The round's global model on the host, before any ``add``: its dtype is the rule's."""
 
     def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
-        """Fold in one update (``weight``: its example count; ``scale``: DP clipping)."""
+        """Fold in one update (``weight``: its example count, or any positive weight under
+        ``FlowerStrategy``; ``scale``: DP clipping)."""
 
     def result(self, global_vector: Any) -> Any:
         """The round's aggregate (a backend array); ``AggregationError`` if there is none."""

@@ -28,6 +28,7 @@ class _Stacked:
         self.size, self.backend, self.chunk = size, backend, chunk
         self.rows: list[Any] = []
         self.weights: list[float] = []
+        self.chosen: list[int] | None = None  # set by a selecting rule's ``result``
         self._global_host: np.ndarray | None = None
 
     @property
@@ -36,7 +37,8 @@ class _Stacked:
         return len(self.rows)
 
     def bind_global(self, global_host: np.ndarray) -> None:
-        """The round's global model on the host (to rebuild vectors sent as deltas)."""
+        """The round's global model on the host (to rebuild vectors sent as deltas); its
+        dtype is the rule's."""
         self._global_host = global_host
 
     def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
@@ -44,7 +46,8 @@ class _Stacked:
         assert self._global_host is not None, "bind_global() first"
         full = update.full(self._global_host)
         if scale != 1.0:
-            full = self._global_host + np.float32(scale) * (full - self._global_host)
+            g = self._global_host
+            full = g + g.dtype.type(scale) * (full - g)
         self.rows.append(self.backend.asarray(full))
         self.weights.append(float(weight))
 
@@ -131,10 +134,9 @@ class MultiKrum(_Stacked):
 
     def result(self, global_vector: Any) -> Any:
         """Weighted mean of the selected updates."""
-        xp = self.backend.xp
-        chosen = self.selected(self.select)
+        chosen = self.chosen = self.selected(self.select)
         total = sum(self.weights[i] for i in chosen)
-        out = xp.zeros(self.size, dtype=xp.float32)
+        out = self.backend.zeros(self.size, self._global_host.dtype)
         for i in chosen:
             self.backend.axpy(out, self.weights[i] / total, self.rows[i])
         return out
@@ -156,7 +158,8 @@ class Bulyan(MultiKrum):
             )
         theta = n - 2 * f
         beta = theta - 2 * f
-        rows = [self.rows[i] for i in self.selected(theta)]
+        self.chosen = self.selected(theta)
+        rows = [self.rows[i] for i in self.chosen]
         xp = self.backend.xp
 
         def closest_mean(block: Any) -> Any:

@@ -3,8 +3,11 @@
 Streaming rules (``WeightedMean``, ``QFedAvg``) fold each update in as it arrives and hold one
 model's worth of state on the backend whatever the number of clients. Robust rules
 (``robust.py``) need every update at once and keep them on the backend, reduced in column
-chunks. Every rule: ``add(update, weight, scale)`` then ``result(global)``; ``scale`` shrinks
-the update's delta to the global model (differential-privacy clipping).
+chunks. Every rule: ``bind_global(global)`` (the round's model on the host: it sets the dtype,
+float32 or float64, that the rule accumulates and answers in), ``add(update, weight, scale)``
+for each update, then ``result(global)``; ``scale`` shrinks the update's delta to the global
+model (differential-privacy clipping). After ``result``, ``chosen`` lists the indices (in
+``add`` order) of the updates the result is made of, or is None when it is made of all of them.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ class AggregationError(ValueError):
 
 
 class WeightedMean:
-    """Running ``sum(w * local) / sum(w)`` in float32 with a fused multiply-add per update."""
+    """Running ``sum(w * local) / sum(w)`` in the model's dtype, one fused multiply-add per
+    update."""
 
     streaming = True
+    chosen: list[int] | None = None  # every update counts
 
     def __init__(self, size: int, backend: Backend, uniform: bool = False) -> None:
         self.backend = backend
@@ -34,6 +39,11 @@ class WeightedMean:
         self._weight = 0.0
         self._global_coef = 0.0  # compressed deltas and clipping leave the global part out
         self.count = 0
+
+    def bind_global(self, global_host: np.ndarray) -> None:
+        """Accumulate in the dtype of the round's model (float32 unless it is float64)."""
+        if global_host.dtype != self._acc.dtype:
+            self._acc = self.backend.zeros(global_host.size, global_host.dtype)
 
     def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
         """Fold in one update with weight ``weight`` (> 0; 1 when ``uniform``)."""
@@ -50,7 +60,7 @@ class WeightedMean:
         return self._weight
 
     def result(self, global_vector: Any) -> Any:
-        """The weighted mean (float32, on the backend); raises if nothing was added."""
+        """The weighted mean (the model's dtype, on the backend); raises if nothing was added."""
         if self._weight == 0:
             raise AggregationError("no update was accepted this round")
         out = self._acc
@@ -70,6 +80,7 @@ class QFedAvg:
     """
 
     streaming = True
+    chosen: list[int] | None = None
 
     def __init__(self, size: int, backend: Backend, q: float = 0.1, client_lr: float = 0.1):
         if client_lr <= 0:
@@ -78,6 +89,10 @@ class QFedAvg:
         self._sum = WeightedMean(size, backend)
         self._h = 0.0
         self.count = 0
+
+    def bind_global(self, global_host: np.ndarray) -> None:
+        """Accumulate in the dtype of the round's model."""
+        self._sum.bind_global(global_host)
 
     def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
         """Fold in one update; its weight comes from its loss, not its examples (a loss that is
@@ -98,5 +113,5 @@ class QFedAvg:
         xp = self._sum.backend.xp
         weight = self._sum.count_weight
         mean = self._sum.result(global_vector)  # sum(w_k local_k) / W
-        step = xp.asarray(self.lipschitz * weight / self._h, dtype=xp.float32)
+        step = xp.asarray(self.lipschitz * weight / self._h, dtype=global_vector.dtype)
         return global_vector - step * (global_vector - mean)

@@ -3,7 +3,7 @@ import pytest
 
 from fedcore import protocol
 from fedcore.settings import TrainSettings
-from fedcore.wire import read_vector, vector_record
+from fedcore.wire import array_view, read_vector, vector_record
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint32])
@@ -20,6 +20,19 @@ def test_read_vector_names_the_missing_key():
 
     with pytest.raises(ValueError, match="vector"):
         read_vector(ArrayRecord())
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.asarray(np.float32(2.5)), np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.ones((0, 4))],
+    ids=["0-d", "fortran-order", "empty"],
+)
+def test_array_view_reads_any_numeric_array_np_save_writes(array):
+    from flwr.app import Array
+
+    view = array_view(Array(array))
+    assert view.shape == array.shape and view.dtype == array.dtype
+    np.testing.assert_array_equal(view, array)
 
 
 def test_train_instructions_round_trip():
