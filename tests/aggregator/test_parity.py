@@ -97,37 +97,5 @@ def test_same_next_global_model_as_flower(name, device):
         assert got.dtype == np.float32 and got.shape == want.shape
         scale = float(np.abs(want).max())
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * scale, err_msg=f"round {rnd}")
-        global_vector = want
+        global_vector = want.astype(np.float32)  # Flower's FedAdam and QFedAvg answer float64
 
-
-def test_every_strategy_is_also_a_flower_strategy():
-    """The adapter runs the composition on Flower's own reply layout (several arrays)."""
-    from flwr.app import Message, MetricRecord, RecordDict
-
-    from aggregator.flower_strategy import FlowerStrategy
-
-    rng = np.random.default_rng(5)
-    shapes = {"w": (20, 30), "b": (30,)}
-    current = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
-    replies, weights = [], [3, 5, 7, 11]
-    for i, w in enumerate(weights):
-        arrays = {
-            k: (v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32)
-            for k, v in current.items()
-        }
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                "metrics": MetricRecord({"num-examples": w, "loss": 1.0}),
-            }
-        )
-        replies.append((Message(content, i + 1, "train"), arrays))
-    ours = FlowerStrategy(build_strategy("fedadam", {"eta": 0.05}))
-    flower = fl.FedAdam(eta=0.05)
-    ours.remember(ArrayRecord({k: Array(v) for k, v in current.items()}))
-    flower.current_arrays = {k: v.copy() for k, v in current.items()}
-    got, metrics = ours.aggregate_train(1, [m for m, _ in replies])
-    want, _ = flower.aggregate_train(1, [m for m, _ in replies])
-    assert list(got) == ["w", "b"] and metrics["loss"] == pytest.approx(1.0)
-    for key in shapes:
-        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-6, atol=1e-6)
