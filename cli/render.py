@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
+
+
+def plain(text: Any) -> str:
+    """``text`` with every control or format character (escape sequences, carriage returns,
+    bidirectional overrides) shown as ``?``: what a client wrote never drives the terminal."""
+    return "".join(
+        "?" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in str(text)
+    )
+
+
+def untrusted(text: Any) -> str:
+    """``plain(text)`` with Rich markup escaped, for a string a client (or a device, or a
+    stored error quoting one) wrote that is printed through Rich (tables, ``print``)."""
+    return escape(plain(text))
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP: prefix ``'``); numbers
+    and booleans pass unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
 
 SIM_SECONDS = "sim_round_s"  # a simulated population's round length (``simulations.world``)
 ENERGY = "energy_j"  # and the energy its clients drew that round

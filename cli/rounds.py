@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.errors import fail
 from cli.options import Db, Json
-from cli.render import RoundRow, round_table
+from cli.render import RoundRow, round_table, untrusted
 from cli.store_access import open_store, round_dict
 
 app = typer.Typer(no_args_is_help=True)
@@ -65,7 +65,7 @@ def show_round(
     for c in data["clients"]:
         loss = f"{c['train_loss']:.4f}" if c["train_loss"] is not None else "-"
         secs = f"{c['seconds']:.2f}" if c["seconds"] is not None else "-"
-        verdict = "accepted" if c["accepted"] else f"rejected: {c['reason']}"
+        verdict = "accepted" if c["accepted"] else f"rejected: {untrusted(c['reason'])}"
         table.add_row(
             str(c["client_id"]), str(c["num_examples"]), loss, secs, str(c["bytes_up"]), verdict
         )

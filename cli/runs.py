@@ -19,7 +19,7 @@ from rich.table import Table
 from cli.errors import FAILED, fail, stopped
 from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json, output_file, output_format
-from cli.render import RoundRow, round_table
+from cli.render import RoundRow, csv_cell, round_table, untrusted
 from cli.store_access import open_store, round_dict, run_dict
 
 app = typer.Typer(no_args_is_help=True)
@@ -42,7 +42,12 @@ def list_runs(db: Db = None, as_json: Json = False) -> None:
         data = run_dict(r)
         done = f"{data['rounds']}/{data['num_rounds']}" if data["num_rounds"] else data["rounds"]
         table.add_row(
-            str(r.id), r.name, r.backend, r.status, str(done), f"{r.created_at:%Y-%m-%d %H:%M:%S}"
+            str(r.id),
+            untrusted(r.name),
+            r.backend,
+            r.status,
+            str(done),
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}",
         )
     console.print(table)
 
@@ -60,16 +65,15 @@ def show_run(run_id: RunId, db: Db = None, as_json: Json = False) -> None:
         print(json.dumps({**run_dict(run), "rounds": [round_dict(r) for r in run.rounds]}))
         return
     rows = [RoundRow.of(r) for r in run.rounds]
-    console.print(
-        round_table(rows, title=f"run {run.id} · {run.name} · {run.backend} · {run.status}")
-    )
+    title = f"run {run.id} · {untrusted(run.name)} · {run.backend} · {run.status}"
+    console.print(round_table(rows, title=title))
     rejected = [(r.number, c) for r in run.rounds for c in r.clients if not c.accepted]
     for number, c in rejected[:20]:
-        console.print(f"round {number}: client {c.client_id} rejected: {c.reason}")
+        console.print(f"round {number}: client {c.client_id} rejected: {untrusted(c.reason)}")
     if len(rejected) > 20:
         console.print(f"… and {len(rejected) - 20} more rejections (`fedcore rounds show`)")
     if run.error:
-        console.print(f"error: {run.error}")
+        console.print(f"error: {untrusted(run.error)}")
 
 
 def _queue(run_id: int, db: str | None, command: str, payload: dict | None, as_json: bool) -> None:
@@ -232,7 +236,8 @@ def export_run(
             for r in run.rounds:
                 for c in r.clients:
                     writer.writerow(
-                        [
+                        csv_cell(cell)
+                        for cell in [
                             r.number,
                             c.client_id,
                             c.accepted,

@@ -74,22 +74,24 @@ def write_checkpoint(
     return hashlib.sha256(payload).hexdigest()
 
 
-def read_checkpoint(path: Path, expected_sha256: str | None = None) -> Checkpoint:
-    """Load a checkpoint, refusing one whose digest differs from ``expected_sha256``."""
+def read_checkpoint(path: Path, expected_sha256: str | None) -> Checkpoint:
+    """Load a checkpoint, refusing one whose digest differs from ``expected_sha256``; a
+    missing digest (a NULL in the store) is an error too, never a reason to skip the check."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
+    if not isinstance(expected_sha256, str) or len(expected_sha256) != 64:
+        raise CheckpointError(f"checkpoint {path} has no recorded checksum; refusing to load it")
     try:
         payload = Path(path).read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} is missing") from None
-    if expected_sha256 is not None:
-        actual = hashlib.sha256(payload).hexdigest()
-        if actual != expected_sha256:
-            raise CheckpointError(
-                f"checkpoint {path} does not match its checksum "
-                f"(recorded {expected_sha256[:12]}…, file {actual[:12]}…)"
-            )
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != expected_sha256:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its checksum "
+            f"(recorded {expected_sha256[:12]}…, file {actual[:12]}…)"
+        )
     try:
         tensors = load(payload)
     except SafetensorError as exc:
