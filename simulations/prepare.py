@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.rounds import FederationConfig
+from aggregator.updates import DEFAULT_MAX_EXAMPLES
 from fedcore import protocol
 from fedcore.models import build_model
 from fedcore.nn import Module
@@ -188,6 +189,7 @@ def prepare_scenario(scenario: Scenario, source: str | None = None) -> PreparedS
         ),
         secagg=secagg_config(scenario, largest),
         asynchrony=async_config(fed),
+        max_examples=fed.max_examples or DEFAULT_MAX_EXAMPLES,
     )
     if world is not None:
         config = world.federation_config(config)
