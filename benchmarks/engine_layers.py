@@ -1,6 +1,6 @@
 """Training-step time of fedcore's reference CNN and LSTM against PyTorch, side by side.
 
-    python -m benchmarks.engine_layers [--reps 40] [--case cnn lstm] [--threads N]
+    python -m benchmarks.engine_layers [--reps 40] [--case cnn lstm onnx-resnet] [--threads N]
 
 Both frameworks get the same model, the same initial weights (copied from fedcore into torch,
 so the first losses must agree: a correctness check of the comparison itself), the same batch
@@ -169,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the chosen cases and print medians, ratios and targets."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=40)
-    ap.add_argument("--case", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    ap.add_argument("--case", nargs="+", choices=[*sorted(CASES), "onnx-resnet"],
+                    default=sorted(CASES),
+                    help="onnx-resnet: an imported ResNet-block CNN against PyTorch, one thread "
+                    "each in its own process (time and peak RSS; benchmarks.onnx_resnet)")
     ap.add_argument("--threads", type=int, default=None,
                     help="fedcore and torch threads (default: every core)")
     ap.add_argument("--gap", type=float, default=0.2,
@@ -185,6 +188,11 @@ def main(argv: list[str] | None = None) -> None:
           f"(threads {torch.get_num_threads()}), {os.cpu_count()} CPUs, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     for case in args.case:
+        if case == "onnx-resnet":
+            from benchmarks.onnx_resnet import report
+
+            report(args.reps)
+            continue
         r = run_case(torch, case, args.reps, args.gap)
         fo, fi = r["fedcore_iqr"], r["torch_iqr"]
         ok = "ok" if r["ratio"] <= TARGETS[case] else "ABOVE TARGET"
