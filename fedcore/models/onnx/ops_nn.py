@@ -70,14 +70,16 @@ def _conv(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
     cout, cin_g, kh, kw = w.shape
     group = int(node.attrs.get("group", 1))
     strides, dil, pads = _window(node, x.shape[1:3], [kh, kw])
-    if group == x.shape[3] and cin_g == 1 and cout == group:  # depthwise
-        wk = S.transpose(E.reshape(w, (cout, kh, kw)), (1, 2, 0))
-        bias = b if b is not None else np.zeros(cout, np.float32)
-        return C.depthwise_conv2d(x, wk, bias, tuple(strides), tuple(pads), tuple(dil))
     symmetric = pads[0] == pads[2] and pads[1] == pads[3]
     if not symmetric:
         x = _pad_hw(x, pads, 0.0)
     padding = (pads[0], pads[1]) if symmetric else (0, 0)
+    if group == x.shape[3] and cin_g == 1 and cout == group:  # depthwise: the engine's op
+        wk = S.transpose(E.reshape(w, (cout, kh, kw)), (1, 2, 0))  # (KH, KW, C)
+        if dil != [1, 1]:
+            wk = C.dilate_kernel(wk, tuple(dil))
+        bias = b if b is not None else np.zeros(cout, np.float32)
+        return E.depthwise_conv2d(x, wk, bias, tuple(strides), padding)
     wk = S.transpose(w, (2, 3, 1, 0))  # (KH, KW, C_in/group, C_out)
     if dil != [1, 1]:
         wk = C.dilate_kernel(wk, tuple(dil))
@@ -139,8 +141,9 @@ def _avg_pool(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
 @register("GlobalAveragePool", layout="nhwc")
 def _global_avg(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
     x = xs[0]
-    axes = (1, 2) if x.ndim == 4 else tuple(range(2, x.ndim))
-    return E.mean(x, axis=axes, keepdims=True)
+    if x.ndim == 4:  # channels-last: the engine's pooling, kept 4-D
+        return E.reshape(E.global_avg_pool2d(x), (x.shape[0], 1, 1, x.shape[3]))
+    return E.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True)
 
 
 @register("BatchNormalization", layout="nhwc",
