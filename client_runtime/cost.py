@@ -5,7 +5,9 @@ counts multiply-adds as 2 FLOPs (dense, convolution, recurrent gates) plus one F
 element for activations, pooling windows and normalisation. A training step costs about
 three forward passes (forward, then the gradients w.r.t. inputs and weights):
 ``training_flops = 3 * forward_flops * examples * epochs``. Layers the walk does not know
-count as zero and keep the shape.
+count one FLOP per element and keep the shape; a layer that counts itself (a
+``forward_flops(shape) -> (flops, output shape)`` method, e.g. an imported ONNX graph) and a
+model that names its ``family`` are asked instead.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def _layer(module: Module, shape: tuple[int, ...]) -> tuple[float, tuple[int, ..
     """FLOPs of one leaf layer for one example of ``shape``, and its output shape."""
     kind = type(module).__name__
     size = math.prod(shape)
+    own = getattr(module, "forward_flops", None)
+    if callable(own):
+        return own(shape)
     if kind == "Dense":
         rows = size // shape[-1]
         out = (*shape[:-1], module.out_features)
@@ -83,6 +88,9 @@ def model_family(model: Module) -> str:
     """The family whose measured engine efficiency times this model (see
     ``device_profiles.efficiency``): attention makes a transformer, a recurrent layer an rnn,
     a convolution a cnn; anything else is an mlp."""
+    own = getattr(model, "family", None)
+    if isinstance(own, str):
+        return own
     kinds = {type(module).__name__ for _, module in model.named_modules()}
     if any("Attention" in kind for kind in kinds):
         return "transformer"

@@ -66,6 +66,13 @@ def test_imported_cnn_learns_like_the_native_one(tmp_path: Path,
         native, spec=spec, initial=initial, config=dataclasses.replace(
             native.config, train=dataclasses.replace(native.config.train, model=spec)))
 
+    from client_runtime.cost import forward_flops, model_family
+
+    twin = build_model(spec.name, **spec.kwargs)  # the simulated clock times it like the cnn
+    assert model_family(twin) == model_family(ours) == "cnn"
+    flops, native_flops = forward_flops(twin, (784,)), forward_flops(ours, (784,))
+    assert abs(flops - native_flops) <= 0.1 * native_flops, (flops, native_flops)
+
     a = run_scenario(native)
     b = run_scenario(imported)
     assert a.final_accuracy > 0.4  # chance is 0.1

@@ -234,6 +234,20 @@ class OnnxModel(Module):
         finally:
             object.__setattr__(self, "_record", None)
 
+    def forward_flops(self, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        """FLOPs of one forward pass of one example of `shape`, and its output shape (an
+        estimate from the graph's layers: `fedcore.models.onnx.cost`)."""
+        from .cost import forward_flops
+
+        return forward_flops(self, shape)
+
+    @property
+    def family(self) -> str:
+        """transformer, rnn, cnn or mlp: which measured engine efficiency times this model."""
+        from .cost import model_family
+
+        return model_family(self)
+
     def extra_repr(self) -> str:
         return (f"{self.spec.name!r}, {len(self.nodes)} nodes, "
                 f"{sum(p.size for p in self._params.values())} parameters")

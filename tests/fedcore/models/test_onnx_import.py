@@ -157,3 +157,24 @@ def test_trained_model_exports_back(name: str, tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x[:3]})[0]  # a dynamic batch
     _close(got, want, 1e-5, "onnxruntime on the re-exported model")
+
+
+@pytest.mark.parametrize("name", ["resnet_block", "lstm_lm"])
+def test_hybridized_step_matches_eager(name: str, tmp_path: Path) -> None:
+    """An imported model hybridizes (traced, planned, replayed) to the eager step's result."""
+    from fedcore.engine import softmax_cross_entropy
+
+    torch.manual_seed(0)
+    build, make = CASES[name]
+    x = make(np.random.default_rng(0), 4)
+    path = export(build(), x, tmp_path / "m.onnx")
+    eager, hybrid = from_onnx(path), from_onnx(path)
+    y = np.random.default_rng(1).integers(0, 10, eager(Tensor(x)).shape[0])
+    opt_e = SGD(eager.parameters(), lr=0.05, momentum=0.9)
+    step = hybrid.hybridize(optimizer=SGD(hybrid.parameters(), lr=0.05, momentum=0.9))
+    for _ in range(3):
+        opt_e.zero_grad()
+        softmax_cross_entropy(eager(Tensor(x)), y).backward()
+        opt_e.step()
+        step(Tensor(x), y)
+    _close(hybrid.get_flat(), eager.get_flat(), 1e-5, f"{name} hybridized")
