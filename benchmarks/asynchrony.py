@@ -1,6 +1,6 @@
 """Synchronous FedAvg against FedBuff (buffered asynchronous), side by side, in simulated time.
 
-``python -m benchmarks.asynchrony [--seeds 7 8 9] [--population 10000]``
+``python -m benchmarks.asynchrony [--seeds 7 8 9] [--population 10000] [--plot PNG]``
 
 For each scenario and seed both variants run on the in-process backend with the scenario's
 device mix, availability, dropouts, deadline and over-selection (the synchronous baseline is
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from simulations.harness import simulate
@@ -39,11 +40,18 @@ def _first_reach(rounds: list, target: float) -> tuple[float, int] | None:
     return None
 
 
+CURVES: dict[str, list[tuple[float, float]]] = {}  # "scenario/kind" -> (sim s, accuracy)
+
+
 def run_one(data: dict[str, Any], target: float) -> dict[str, float]:
     """Run one variant; its time to target, updates and wall seconds per update."""
     start = time.perf_counter()
     result = simulate(prepare_scenario(scenario_from_dict(data)))
     wall = time.perf_counter() - start
+    kind = data["federation"].get("mode", "sync")
+    CURVES.setdefault(f"{data['name']}/{kind}", [
+        (float(r.metrics.get("sim_clock_s", 0.0)), r.test_accuracy) for r in result.rounds
+    ])
     total_updates = sum(len(r.clients) for r in result.rounds)
     reached = _first_reach(result.rounds, target)
     return {
@@ -86,7 +94,40 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
     parser.add_argument("--population", type=int, default=10_000)
     parser.add_argument("--skip-population", action="store_true")
+    parser.add_argument("--plot", type=Path, help="PNG: accuracy against simulated time "
+                        "(first seed), sync and async side by side")
     args = parser.parse_args()
+    try:
+        _compare_all(args)
+    finally:
+        if args.plot is not None and CURVES:
+            plot(args.plot)
+
+
+def plot(path: Path) -> None:
+    """Accuracy against simulated time, one panel per scenario (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({key.split("/")[0] for key in CURVES})
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for kind, style in (("sync", "-o"), ("async", "-")):
+            points = CURVES.get(f"{name}/{kind}", [])
+            if points:
+                ax.plot(*zip(*points, strict=True), style, markersize=3,
+                        label="synchronous FedAvg" if kind == "sync" else "FedBuff (async)")
+        ax.set(title=name, xlabel="simulated seconds", ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def _compare_all(args: argparse.Namespace) -> None:
 
     phones = load_scenario("simulations/phones_label_skew.toml").model_dump()
     compare("phones_label_skew", phones, 0.85, args.seeds,
