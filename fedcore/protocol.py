@@ -89,8 +89,11 @@ class TrainInstructions:
         from fedcore.compression import codec_options
 
         compression = _text(config, "compression", "none")
+        options = _json(config, "compression_options", "{}")
+        if not isinstance(options, dict):
+            raise ValueError("instructions: compression_options must be a JSON object")
         try:
-            options = codec_options(compression, _json(config, "compression_options", "{}"))
+            options = codec_options(compression, options)
         except ValueError as exc:
             raise ValueError(f"instructions: compression: {exc}") from None
         _int(config, "local_epochs", 1, MAX_EPOCHS, default=1)
