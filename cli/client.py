@@ -27,8 +27,17 @@ INTERRUPTED = 130
 
 def client(
     superlink: Annotated[
-        str, typer.Option("--superlink", help="HOST:PORT of the SuperLink (`fedcore server`).")
-    ],
+        str | None,
+        typer.Option("--superlink", help="HOST:PORT of the SuperLink (`fedcore server`)."),
+    ] = None,
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            "--check",
+            help="Check offline that this device's data fits SCENARIO's model (shape, labels, "
+            "count) and exit: 0 fits, 2 does not.",
+        ),
+    ] = None,
     dataset: Annotated[
         str | None,
         typer.Option("--dataset", help="A vendored data set this device holds a shard of."),
@@ -110,6 +119,11 @@ def client(
         node.check()
     except NodeConfigError as exc:
         fail(_as_options(str(exc)))
+    if check is not None:
+        _check_offline(check, node)
+        return
+    if superlink is None:
+        fail("--superlink: give HOST:PORT of the SuperLink (or --check SCENARIO to check data)")
     try:
         host, link_port = p.split_address(superlink)
     except ValueError as exc:
@@ -168,8 +182,11 @@ def _serve(node: FlowerProcess, host: str, port: int, max_wait: float, poll: flo
     from deploy.processes import reachable
 
     gone_since: float | None = None
+    mismatches = _DataMismatches(node.log)
     while node.running():
         time.sleep(poll)
+        for line in mismatches.check():
+            err_console.print(f"this device's data does not fit the run: {line}", markup=False)
         if reachable(host, port, timeout=2.0) is None:
             gone_since = None
         elif gone_since is None:
@@ -177,6 +194,46 @@ def _serve(node: FlowerProcess, host: str, port: int, max_wait: float, poll: flo
         elif time.monotonic() - gone_since >= max_wait:
             return True
     return False
+
+
+class _DataMismatches:
+    """New ``data check:`` lines in the SuperNode's log (its ClientApp refused to train)."""
+
+    def __init__(self, log: Path | None) -> None:
+        self.log, self.offset, self.seen = log, 0, set()
+
+    def check(self) -> list[str]:
+        from client_runtime.datacheck import MARK
+
+        if self.log is None or not self.log.exists():
+            return []
+        with self.log.open("rb") as handle:
+            handle.seek(self.offset)
+            chunk = handle.read(1 << 20)
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        found = []
+        for raw in chunk[:end].decode("utf-8", "replace").splitlines():
+            if MARK in raw:
+                line = raw[raw.index(MARK) :].rstrip("'\">) ")
+                if line not in self.seen:
+                    self.seen.add(line)
+                    found.append(line)
+        return found
+
+
+def _check_offline(scenario: Path, node: object) -> None:
+    """``--check``: one line, exit 0 if the data fits the scenario's model, else exit 2."""
+    from deploy.check import check_offline
+    from deploy.node import NodeConfigError, NodeData
+
+    assert isinstance(node, NodeData)
+    if not scenario.is_file():
+        fail(f"--check: no such file: {scenario}")
+    try:
+        err_console.print(check_offline(scenario, node), markup=False)
+    except NodeConfigError as exc:
+        fail(_as_options(str(exc)))
 
 
 def _check_private_key(key: Path, root_certificates: Path | None) -> None:

@@ -307,6 +307,10 @@ class _Deployment:
             for row in sorted(run.rounds, key=lambda r: r.number)[shown:]:
                 ui.add(RoundRow.of(row))
                 shown += 1
+                for c in row.clients:
+                    if not c.accepted:
+                        why = f"round {row.number}: client {c.client_id} rejected: {c.reason}"
+                        err_console.print(why, markup=False)
             if run.status != "running":
                 self._let_flwr_run_finish()
                 return None

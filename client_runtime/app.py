@@ -16,6 +16,7 @@ from flwr.clientapp.typing import Mod
 
 from client_runtime.compression import compress_update
 from client_runtime.cost import model_family
+from client_runtime.datacheck import check_data
 from client_runtime.device import device_budget, train_on_device
 from client_runtime.model_budget import ModelCache
 from client_runtime.secagg import TrainOutput, register_secagg
@@ -61,6 +62,7 @@ def make_client_app(
             raise ValueError(f"train message needs {protocol.CONFIG!r} and {protocol.GLOBAL!r}")
         own = protocol.record(msg.content, protocol.CLIENT_CONFIG, ConfigRecord) or {}
         instructions = protocol.TrainInstructions.from_config({**config_record, **own})
+        check_data(instructions.model, x, y)  # before building or training anything
         global_vector = read_vector(global_record)
         if global_vector.dtype != np.float32 or global_vector.ndim != 1:
             raise ValueError(f"global vector is {global_vector.dtype}{list(global_vector.shape)}")

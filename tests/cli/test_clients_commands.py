@@ -84,3 +84,19 @@ def test_server_off_loopback_needs_certificates_or_insecure(tmp_path):
     assert mixed.exit_code == 2 and "--insecure" in mixed.output
     nobody = invoke("server", EXAMPLE, "--certs", certs, "--db", tmp_path / "s.db")
     assert nobody.exit_code == 2 and "no enrolled devices" in nobody.output
+
+
+def test_client_check_offline(tmp_path):
+    import numpy as np
+
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    np.savez(good, x=np.random.rand(20, 64).astype(np.float32), y=np.arange(20) % 10)
+    np.savez(bad, x=np.zeros((20, 28, 28), np.float32), y=np.zeros(20, np.int64))
+    fits = invoke("client", "--check", EXAMPLE, "--data", good)
+    assert fits.exit_code == 0 and "data fits" in fits.output, fits.output
+    wrong = invoke("client", "--check", EXAMPLE, "--data", bad)
+    assert wrong.exit_code == 2 and "each example has shape (28, 28)" in wrong.output
+    shard = invoke("client", "--check", EXAMPLE, "--dataset", "digits", "--partition-id", "1")
+    assert shard.exit_code == 0 and "labels 0..9" in shard.output, shard.output
+    nowhere = invoke("client", "--dataset", "digits", "--partition-id", "1")
+    assert nowhere.exit_code == 2 and "--superlink" in nowhere.output
