@@ -161,3 +161,59 @@ def _as_dict(row: object) -> dict:
         "revoked_at": None if row.revoked_at is None else row.revoked_at.isoformat(),
         "active": row.active,
     }
+
+
+@app.command("bundle")
+def bundle(
+    name: Annotated[str, typer.Option("--name", help="The device's name (as enrolled).")],
+    superlink: Annotated[
+        str, typer.Option("--superlink", help="HOST:PORT devices use to reach the server.")
+    ],
+    device: Annotated[str, typer.Option("--device", help="Its device class: sets MemoryMax.")],
+    ca: Annotated[Path, typer.Option("--ca", help="The CA certificate (certs/ca.pem).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the bundle into.")],
+    data: Annotated[
+        str, typer.Option("--data", help="Where the device will keep its examples (.npz).")
+    ] = "/var/lib/fedcore/data.npz",
+    fedcore_bin: Annotated[
+        str, typer.Option("--fedcore", help="The fedcore command's path on the device.")
+    ] = "/opt/fedcore/venv/bin/fedcore",
+    generate_key: Annotated[
+        bool,
+        typer.Option(
+            "--generate-key",
+            help="Put a new key pair in the bundle (default: the device makes its own at install).",
+        ),
+    ] = False,
+) -> None:
+    """Write what a device needs: CA, env file, systemd unit, install and Termux scripts."""
+    from aggregator.store import StoreError
+    from aggregator.store.enrolment import check_name
+    from deploy.bundle import BundleError, BundleSpec, write_bundle
+    from deploy.processes import split_address
+    from device_profiles import get_profile
+    from device_profiles.profile import ProfileError
+
+    try:
+        check_name(name)
+    except StoreError as exc:
+        fail(f"--name: {exc}")
+    try:
+        split_address(superlink)
+    except ValueError as exc:
+        fail(f"--superlink: {exc}")
+    try:
+        profile = get_profile(device)
+    except ProfileError as exc:
+        fail(f"--device: {exc}")
+    if not data.startswith("/") or not fedcore_bin.startswith("/"):
+        fail("--data and --fedcore must be absolute paths on the device")
+    spec = BundleSpec(name, superlink, device, profile.memory_budget_bytes, data, fedcore_bin)
+    try:
+        written = write_bundle(out, spec, ca, generate_key)
+    except BundleError as exc:
+        fail(str(exc))
+    err_console.print(
+        f"wrote {len(written)} files to {out} for {name} "
+        f"(MemoryMax {profile.memory_budget_bytes // 2**20} MiB from {device})"
+    )

@@ -1,5 +1,8 @@
 """Enrolled devices over TLS on loopback, as real processes: who joins, who is refused.
 
+One device runs from its bundle (``fedcore clients bundle``): the Termux start script with the
+bundle's key, CA and settings, as it would on a phone.
+
 ``fedcore server --certs`` starts the SuperLink with TLS and Flower's SuperNode authentication
 and registers the enrolled keys; three enrolled devices train; an unenrolled key, a second
 device with an enrolled key, a wrong CA and a device without TLS are refused with one line
@@ -12,16 +15,22 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aggregator.store import Store
 from aggregator.store.enrolment import enroll, revoke
+from deploy.bundle import BundleSpec, write_bundle
 from deploy.certs import create_certificates
-from deploy.keys import generate_node_keys
+from deploy.keys import generate_node_keys, read_public_key
+from deploy.node import NodeData
 from deploy.processes import free_port
+from device_profiles import get_profile
 from tests.deploy.test_end_to_end import EXAMPLE, Fleet, flower_bin
 
 pytestmark = [
@@ -42,6 +51,23 @@ def fleet(tmp_path):
     yield fleet
     left = fleet.stop_all()
     assert not left, f"processes left behind: {left}"
+
+
+def start_script(fleet: Fleet, script: Path, name: str) -> subprocess.Popen:
+    """Run a bundle's start script with ``fedcore`` being this checkout's CLI."""
+    wrapper = fleet.tmp_path / "fedcore"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cli.main "$@"\n')
+    wrapper.chmod(0o755)
+    process = subprocess.Popen(
+        ["sh", str(script)],
+        env={**fleet.env, "FEDCORE_BIN": str(wrapper), "FEDCORE_MAX_WAIT": "2"},
+        stdin=subprocess.DEVNULL,
+        stdout=(fleet.tmp_path / f"{name}.out").open("wb"),
+        stderr=(fleet.tmp_path / f"{name}.err").open("wb"),
+        start_new_session=True,
+    )
+    fleet.started.append(process)
+    return process
 
 
 def control_call(port: int, ca: Path) -> bytes:
@@ -66,17 +92,25 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     certs = create_certificates(tmp_path / "certs", ["127.0.0.1"])
     other_ca = create_certificates(tmp_path / "other", ["127.0.0.1"]).ca_cert
-    keys = {name: generate_node_keys(tmp_path / name) for name in ("a", "b", "c", "x")}
+    keys = {name: generate_node_keys(tmp_path / name) for name in ("a", "c", "x")}
     db = tmp_path / "runs.db"
     store = Store(str(db), create=True)
-    for i, name in enumerate("abc"):
-        enroll(store, f"dev-{name}", keys[name][2].openssh, keys[name][2].fingerprint, i)
     scenario = tmp_path / "three.toml"
     text = EXAMPLE.read_text().replace("num_clients = 2", "num_clients = 3")
     text = text.replace("clients_per_round = 2", "clients_per_round = 3")
     scenario.write_text(text.replace("rounds = 2", "rounds = 4"))
     port = free_port()
     address = f"127.0.0.1:{port}"  # the devices connect here; the server listens on all
+    # dev-b runs from its bundle's Termux start script, with its own data file and key
+    bundle = tmp_path / "bundle-b"
+    memory = get_profile("rpi-4-2gb").memory_budget_bytes
+    spec = BundleSpec("dev-b", address, "rpi-4-2gb", memory)
+    write_bundle(bundle, spec, certs.ca_cert, generate_key=True)
+    keys["b"] = (bundle / "node.key", bundle / "node.pub", read_public_key(bundle / "node.pub"))
+    x, y = NodeData(dataset="digits", partition_id=1, num_partitions=3).load({"scenario": text})
+    np.savez(bundle / "data.npz", x=x, y=y)
+    for i, name in enumerate("abc"):
+        enroll(store, f"dev-{name}", keys[name][2].openssh, keys[name][2].fingerprint, i)
     server = fleet.start(
         "server", "server", str(scenario), "--address", f"0.0.0.0:{port}", "--certs",
         str(certs.ca_cert.parent), "--db", str(db), "--json", "--connect-timeout", "120",
@@ -96,7 +130,8 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     assert control.startswith(b"HTTP/1.1 403"), control
 
     tls = ("--root-certificates", str(certs.ca_cert))
-    devices = {name: device(name, name, *tls) for name in "abc"}
+    devices = {name: device(name, name, *tls) for name in "ac"}
+    devices["b"] = start_script(fleet, bundle / "termux-start.sh", "b")
     stranger = device("x", "x", *tls)
     assert stranger.wait(timeout=90) == REFUSED, fleet.output("x")
     assert "refused this device's key" in fleet.output("x")

@@ -1,0 +1,212 @@
+"""What a device needs to join: ``fedcore clients bundle`` writes it into one folder.
+
+- ``ca.pem``: the CA that signed the SuperLink's certificate (copied from ``--ca``);
+- ``fedcore-client.env``: where the SuperLink is, the device's name, class, data and key;
+- ``fedcore-client.service``: a systemd unit running ``fedcore client`` as user ``fedcore``,
+  restarted when it stops, sandboxed, with ``MemoryMax`` the device class's memory for
+  applications (``ram_gib * app_memory_share``) and ``MemoryHigh`` 90 % of it;
+- ``install.sh``: Raspberry Pi OS / Debian: a venv with fedcore (from a wheel in the folder, or
+  ``FEDCORE_WHEEL``), the user, ``/etc/fedcore``, a key pair made on the device (printed for
+  the operator to enrol) and the unit, enabled but started only once enrolled;
+- ``termux-start.sh``: Android (Termux): makes the key pair on first start, then runs
+  ``fedcore client`` in the foreground with the same settings.
+
+The private key is made on the device by default; ``--generate-key`` puts one in the bundle
+instead (a lab, or devices without a shell). Nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.certs import write_new
+
+UNIT, ENV, INSTALL, TERMUX = (
+    "fedcore-client.service",
+    "fedcore-client.env",
+    "install.sh",
+    "termux-start.sh",
+)
+FEDCORE_BIN = "/opt/fedcore/venv/bin/fedcore"
+CONFIG_DIR = "/etc/fedcore"
+STATE_DIR = "/var/lib/fedcore"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be written (one line)."""
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What goes into a device's bundle."""
+
+    name: str
+    superlink: str
+    device: str
+    memory_bytes: int  # the device class's memory for applications
+    data: str = f"{STATE_DIR}/data.npz"  # the device's examples, where it will have them
+    fedcore: str = FEDCORE_BIN  # the fedcore command on the device
+
+
+def env_file(spec: BundleSpec, config_dir: str = CONFIG_DIR) -> str:
+    """``fedcore-client.env``: KEY=value lines (systemd's EnvironmentFile and ``. file``)."""
+    values = {
+        "FEDCORE_NAME": spec.name,
+        "FEDCORE_SUPERLINK": spec.superlink,
+        "FEDCORE_DEVICE": spec.device,
+        "FEDCORE_DATA": spec.data,
+        "FEDCORE_CA": f"{config_dir}/ca.pem",
+        "FEDCORE_KEY": f"{config_dir}/node.key",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
+def client_command(fedcore: str) -> str:
+    """The ``fedcore client`` command line, reading the env file's variables."""
+    return (
+        f"{fedcore} client --superlink ${{FEDCORE_SUPERLINK}} --root-certificates ${{FEDCORE_CA}} "
+        "--key ${FEDCORE_KEY} --data ${FEDCORE_DATA} --device ${FEDCORE_DEVICE} --max-wait 600"
+    )
+
+
+def unit_file(spec: BundleSpec) -> str:
+    """The systemd unit (``systemd-analyze verify`` accepts it without a word)."""
+    mib = max(1, spec.memory_bytes // 2**20)
+    return f"""[Unit]
+Description=fedcore device agent ({spec.name}, {spec.device})
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User=fedcore
+Group=fedcore
+EnvironmentFile={CONFIG_DIR}/{ENV}
+WorkingDirectory={STATE_DIR}
+ExecStart={client_command(spec.fedcore)}
+Restart=always
+RestartSec=15
+# the device class's memory for applications ({spec.device}: {mib} MiB)
+MemoryMax={mib}M
+MemoryHigh={mib * 9 // 10}M
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectSystem=strict
+ProtectHome=yes
+ReadWritePaths={STATE_DIR}
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def install_script(spec: BundleSpec) -> str:
+    """``install.sh`` for Raspberry Pi OS / Debian (run as root from the bundle folder)."""
+    venv = str(Path(spec.fedcore).parent.parent)
+    return f"""#!/bin/sh
+# Install the fedcore device agent for {spec.name} ({spec.device}); run as root from this folder.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+wheel=${{FEDCORE_WHEEL:-$(ls "$here"/fedcore-*.whl 2>/dev/null | head -n 1)}}
+if [ -z "$wheel" ]; then
+    echo "install.sh: put fedcore's wheel in this folder or set FEDCORE_WHEEL" >&2
+    exit 2
+fi
+command -v python3 >/dev/null || apt-get install -y python3 python3-venv
+id fedcore >/dev/null 2>&1 ||
+    useradd --system --home-dir {STATE_DIR} --shell /usr/sbin/nologin fedcore
+install -d -m 0755 {CONFIG_DIR}
+install -d -m 0750 -o fedcore -g fedcore {STATE_DIR}
+[ -d {venv} ] || python3 -m venv {venv}
+{venv}/bin/pip install --no-index --find-links "$here" "$wheel"
+install -m 0644 "$here/ca.pem" {CONFIG_DIR}/ca.pem
+install -m 0644 "$here/{ENV}" {CONFIG_DIR}/{ENV}
+if [ -f "$here/node.key" ] && [ ! -f {CONFIG_DIR}/node.key ]; then
+    install -m 0600 -o fedcore -g fedcore "$here/node.key" {CONFIG_DIR}/node.key
+fi
+if [ ! -f {CONFIG_DIR}/node.key ]; then
+    keys=$(mktemp -d)
+    {spec.fedcore} clients keygen --out "$keys"
+    install -m 0600 -o fedcore -g fedcore "$keys/node.key" {CONFIG_DIR}/node.key
+    install -m 0644 "$keys/node.pub" {CONFIG_DIR}/node.pub
+    rm -rf "$keys"
+fi
+install -m 0644 "$here/{UNIT}" /etc/systemd/system/{UNIT}
+systemctl daemon-reload
+systemctl enable {UNIT}
+echo "Put this device's examples in {spec.data} (arrays x and y)."
+echo "On the server: fedcore clients enroll {spec.name} --public-key node.pub" \\
+    "--device {spec.device}"
+echo "with this public key:"
+cat {CONFIG_DIR}/node.pub 2>/dev/null || echo "(the bundle's node.pub)"
+echo "Then here: systemctl start {UNIT}"
+"""
+
+
+def termux_script(spec: BundleSpec) -> str:
+    """``termux-start.sh``: Android's Termux; the bundle folder holds the key and settings.
+
+    Install once: ``pkg install python`` and ``pip install fedcore-*.whl``."""
+    return f"""#!/bin/sh
+# Start the fedcore device agent for {spec.name} in Termux (Android), in the foreground.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+fedcore=${{FEDCORE_BIN:-fedcore}}
+set -a
+. "$here/{ENV}"
+set +a
+FEDCORE_CA="$here/ca.pem"
+FEDCORE_KEY="$here/node.key"
+FEDCORE_DATA=${{FEDCORE_DATA_FILE:-$here/data.npz}}
+if [ ! -f "$FEDCORE_KEY" ]; then
+    "$fedcore" clients keygen --out "$here"
+    echo "Enrol this device on the server: fedcore clients enroll {spec.name} --public-key node.pub"
+    cat "$here/node.pub"
+    exit 0
+fi
+command -v termux-wake-lock >/dev/null && termux-wake-lock || true
+exec "$fedcore" client --superlink "$FEDCORE_SUPERLINK" --root-certificates "$FEDCORE_CA" \\
+    --key "$FEDCORE_KEY" --data "$FEDCORE_DATA" --device "$FEDCORE_DEVICE" \\
+    --max-wait "${{FEDCORE_MAX_WAIT:-600}}"
+"""
+
+
+def write_bundle(out: Path, spec: BundleSpec, ca: Path, generate_key: bool = False) -> list[Path]:
+    """Write the bundle into ``out`` (new files only); the paths written."""
+    if not ca.is_file():
+        raise BundleError(f"--ca: no such file: {ca}")
+    names = [UNIT, ENV, INSTALL, TERMUX, "ca.pem"]
+    if generate_key:
+        names += ["node.key", "node.pub"]
+    existing = [out / n for n in names if (out / n).exists()]
+    if existing:
+        raise BundleError(f"--out: {existing[0]} exists; refusing to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text, mode in (
+        (UNIT, unit_file(spec), 0o644),
+        (ENV, env_file(spec), 0o644),
+        (INSTALL, install_script(spec), 0o755),
+        (TERMUX, termux_script(spec), 0o755),
+    ):
+        write_new(out / name, text.encode("utf-8"), mode)
+        written.append(out / name)
+    shutil.copyfile(ca, out / "ca.pem")
+    written.append(out / "ca.pem")
+    if generate_key:
+        from deploy.keys import generate_node_keys
+
+        private, public, _ = generate_node_keys(out)
+        written += [private, public]
+    return written
+
+
+__all__ = ["BundleError", "BundleSpec", "write_bundle", "unit_file", "env_file"]
