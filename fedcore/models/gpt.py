@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from importlib import resources
+
 import numpy as np
 
 from ..engine import Tensor, reshape
@@ -9,7 +12,13 @@ from ..engine.ops import Operand, tensor
 from ..nn import DecoderBlock, Embedding, Module, RMSNorm, TiedHead
 from .registry import register_model
 
-__all__ = ["TinyGPT", "tiny_gpt"]
+__all__ = ["BASE_FILE", "SHAKESPEARE_BASE", "TinyGPT", "tiny_gpt", "tiny_gpt_shakespeare"]
+
+#: the base the Shakespeare LoRA scenarios fine-tune (~1M parameters)
+SHAKESPEARE_BASE = dict(vocab_size=2000, embed_dim=128, hidden=344, n_layers=4, n_heads=4,
+                        n_kv_heads=2)
+#: its weights, written by `python -m simulations.pretrain_tiny_gpt`
+BASE_FILE = resources.files("fedcore.models").joinpath("data/tiny_gpt_shakespeare.safetensors")
 
 
 class TinyGPT(Module):
@@ -65,4 +74,37 @@ def tiny_gpt(vocab_size: int | None = None, embed_dim: int = 128, hidden: int = 
     model = TinyGPT(int(vocab_size), int(embed_dim), int(n_layers), int(n_heads),
                     int(n_kv_heads), int(hidden), seed)
     model.flatten_parameters()
+    return model
+
+
+@lru_cache(maxsize=1)
+def _base_weights() -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    if not BASE_FILE.is_file():
+        raise FileNotFoundError(f"tiny_gpt_shakespeare: no base weights at {BASE_FILE}; "
+                                f"run python -m simulations.pretrain_tiny_gpt")
+    return load(BASE_FILE.read_bytes())
+
+
+@register_model("tiny_gpt_shakespeare")
+def tiny_gpt_shakespeare(vocab_size: int | None = None, seed: int = 0,
+                         input_dim: int | None = None) -> TinyGPT:
+    """The tiny GPT pretrained on the Shakespeare roles no federated client uses (the
+    package's `BASE_FILE`): the base a LoRA scenario fine-tunes. `vocab_size` must be the
+    dataset's 2,000 words; `seed` and `input_dim` are accepted and unused (the weights are
+    fixed)."""
+    del seed, input_dim
+    want = SHAKESPEARE_BASE["vocab_size"]
+    if vocab_size is not None and vocab_size != want:
+        raise ValueError(f"tiny_gpt_shakespeare was trained on a {want}-word vocabulary; "
+                         f"set data.shakespeare.vocab_size = {want}, got {vocab_size}")
+    weights = _base_weights()
+    model = tiny_gpt(**SHAKESPEARE_BASE)
+    for name, p in model.named_parameters():
+        w = weights.get(name)
+        if w is None or w.shape != p.shape:
+            raise ValueError(f"tiny_gpt_shakespeare: {BASE_FILE.name} has no weight {name!r} "
+                             f"of shape {p.shape}")
+        p.data[...] = w
     return model

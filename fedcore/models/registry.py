@@ -66,11 +66,19 @@ def check_arguments(name: str, params: Mapping[str, inspect.Parameter], kwargs: 
 def build_model(name: str, *, allow_import: bool = True, **kwargs: Any) -> Module:
     """Build model ``name`` with ``kwargs``; its parameters become one flat vector.
 
+    ``lora`` (a dict: rank, alpha, targets, base; see `fedcore.nn.lora`) is not the builder's:
+    it puts adapters on the built model, whose flat vector is then the adapters only.
+
     ``ResolveError`` (a ``ValueError``) for an unknown name, a keyword the builder does not
     take, or a result that is not a `fedcore.nn.Module`; the builder's own ``ValueError`` or
     ``TypeError`` for a bad value passes through.
     """
     builder = model_builder(name, allow_import=allow_import)
+    lora = kwargs.pop("lora", None)
+    if lora is not None:  # checked before anything is built (it may come in a message)
+        from ..nn.lora import lora_config
+
+        lora = lora_config(lora)
     check_arguments(name, model_parameters(name, allow_import=allow_import), kwargs)
     model = builder(**kwargs)
     if not isinstance(model, Module):
@@ -79,6 +87,10 @@ def build_model(name: str, *, allow_import: bool = True, **kwargs: Any) -> Modul
         )
     if not model.parameters():
         raise ResolveError(f"model {name!r} has no parameters to train")
+    if lora is not None:
+        from ..nn.lora import apply_lora
+
+        apply_lora(model, seed=int(kwargs.get("seed", 0)), **lora)
     model.flatten_parameters()
     return model
 

@@ -1,0 +1,205 @@
+"""LoRA (Hu et al. 2021) on any `Dense`: a frozen base plus a trained low-rank update.
+
+`apply_lora(model, rank, alpha, targets, base)` replaces every `Dense` whose dotted path
+names a target ("attn" matches `blocks.0.attn.q`) by a `LoRADense`: y = x W + (x A) B *
+alpha / rank (+ bias), with A (in, r) random and B (r, out) zero, so the model starts as it
+was. Every other parameter of the model is frozen too, so the flat parameter vector (what a
+federated round sends and averages) is the adapters only. With `base="int8"` each frozen W is
+held as int8 codes and per-output-channel scales and multiplied by `qmatmul`, which
+dequantizes a block at a time. `merge_lora(model)` folds the adapters back into plain `Dense`
+weights (float32) for export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..engine import Tensor, add_, matmul, mul, reshape
+from ..engine.ops import Operand, tensor
+from ..engine.quant import dequantize_int8, int8_tensor, qmatmul, quantize_int8
+from .layers import Dense
+from .module import Module, Parameter
+
+__all__ = ["BASES", "Frozen", "LoRADense", "apply_lora", "has_lora", "lora_config",
+           "merge_lora"]
+
+BASES = ("float32", "int8")
+MAX_RANK = 256
+
+
+class Frozen(Tensor):
+    """A module's weight that is not trained: not a Parameter (so not in the flat vector) and
+    not a Buffer (so not in `get_state`)."""
+
+    __slots__ = ()
+
+
+def _frozen(arr: np.ndarray, name: str) -> Frozen:
+    t = Frozen(np.array(arr, np.float32), name=name)  # its own copy: the flat buffer can go
+    return t
+
+
+class LoRADense(Module):
+    """A `Dense` with a frozen (float32 or int8) base and trained adapters `lora_a`, `lora_b`."""
+
+    def __init__(self, dense: Dense, rank: int, alpha: float, base: str = "float32",
+                 rng: np.random.Generator | None = None):
+        super().__init__()
+        if base not in BASES:
+            raise ValueError(f"LoRA base must be one of {BASES}, got {base!r}")
+        fin, fout = dense.in_features, dense.out_features
+        if not 1 <= rank <= min(fin, fout, MAX_RANK):
+            raise ValueError(f"LoRA rank must be in [1, {min(fin, fout, MAX_RANK)}] for a "
+                             f"{fin}x{fout} layer, got {rank}")
+        if not np.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"LoRA alpha must be a positive number, got {alpha}")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.in_features, self.out_features = fin, fout
+        self.rank, self.alpha, self.base = int(rank), float(alpha), base
+        self.scale = float(alpha) / int(rank)
+        w = dense.weight.data
+        if base == "int8":
+            codes, scales = quantize_int8(w)
+            self.codes = int8_tensor(codes, "codes")
+            self.scales = _frozen(scales, "scales")
+            self.weight = None
+        else:
+            self.weight = _frozen(w, "weight")
+            self.codes = self.scales = None
+        self.bias = None if dense.bias is None else _frozen(dense.bias.data, "bias")
+        bound = 1.0 / np.sqrt(fin)  # PyTorch's Linear init for A (as PEFT), B = 0
+        self.lora_a = Parameter(rng.uniform(-bound, bound, (fin, rank)).astype(np.float32),
+                                name="lora_a")
+        self.lora_b = Parameter(np.zeros((rank, fout), np.float32), name="lora_b")
+
+    def forward(self, x: Operand) -> Tensor:
+        """Base product plus the scaled low-rank update, for (..., in_features) input."""
+        t = tensor(x)
+        lead = t.shape[:-1] if t.ndim != 2 else None
+        if lead is not None:
+            t = reshape(t, -1, self.in_features)
+        if self.codes is not None:
+            out = qmatmul(t, self.codes, self.scales)
+        else:
+            out = matmul(t, self.weight)
+        if self.bias is not None:
+            add_(out, self.bias)
+        add_(out, matmul(mul(matmul(t, self.lora_a), self.scale), self.lora_b))
+        return out if lead is None else reshape(out, *lead, self.out_features)
+
+    def merged_weight(self) -> np.ndarray:
+        """The float32 (in, out) weight base + A B * alpha / rank."""
+        w = (dequantize_int8(self.codes.data, self.scales.data) if self.codes is not None
+             else self.weight.data.copy())
+        w += (self.lora_a.data @ self.lora_b.data) * np.float32(self.scale)
+        return w
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, rank={self.rank}, "
+                f"alpha={self.alpha}, base={self.base}")
+
+
+def _swap(mod: Module, name: str, child: Module) -> None:
+    """Replace sub-module `name` keeping its place (the flat layout follows module order)."""
+    mod._modules[name] = child
+    object.__setattr__(mod, name, child)
+
+
+def _matches(path: str, targets: Sequence[str]) -> str | None:
+    parts = path.split(".")
+    for t in targets:
+        if t in parts or path == t or path.startswith(t + "."):
+            return t
+    return None
+
+
+def lora_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked, JSON-ready {rank, alpha, targets, base}; ValueError naming the bad key.
+
+    For settings that arrive in a message as much as from a scenario: nothing is allocated
+    before the values are known to be sane.
+    """
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"lora must be a table, got {type(raw).__name__}")
+    extra = set(raw) - {"rank", "alpha", "targets", "base"}
+    if extra:
+        raise ValueError(f"lora: unknown key {sorted(extra)[0]!r} (keys: rank, alpha, targets, "
+                         f"base)")
+    rank = raw.get("rank", 8)
+    if type(rank) is not int or not 1 <= rank <= MAX_RANK:
+        raise ValueError(f"lora.rank must be a whole number in [1, {MAX_RANK}], got {rank!r}")
+    alpha = raw.get("alpha", 2 * rank)
+    if type(alpha) not in (int, float) or not np.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"lora.alpha must be a positive number, got {alpha!r}")
+    targets = raw.get("targets", ["attn", "mlp"])
+    if not isinstance(targets, list | tuple) or not targets or not all(
+            isinstance(t, str) and t for t in targets) or len(targets) > 64:
+        raise ValueError(f"lora.targets must be a non-empty list of layer names, got "
+                         f"{targets!r}")
+    base = raw.get("base", "float32")
+    if base not in BASES:
+        raise ValueError(f"lora.base must be one of {', '.join(BASES)}, got {base!r}")
+    return {"rank": rank, "alpha": float(alpha), "targets": list(targets), "base": base}
+
+
+def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0,
+               targets: Iterable[str] = ("attn", "mlp"), base: str = "float32",
+               seed: int = 0) -> Module:
+    """Put LoRA adapters on the `Dense` layers `targets` name and freeze everything else
+    (in place; returns `model`). ValueError if a target names no Dense layer."""
+    targets = list(targets)
+    rng = np.random.default_rng(seed)
+    hit: set[str] = set()
+    for path, mod in list(model.named_modules()):
+        for name, child in list(mod._modules.items()):
+            full = f"{path}.{name}" if path else name
+            t = _matches(full, targets)
+            if t is not None and type(child) is Dense:
+                _swap(mod, name, LoRADense(child, rank, alpha, base, rng))
+                hit.add(t)
+    missing = [t for t in targets if t not in hit]
+    if missing:
+        raise ValueError(f"lora.targets: {missing[0]!r} names no Dense layer of the model")
+    frozen: dict[int, Frozen] = {}
+    for _, mod in model.named_modules():
+        if isinstance(mod, LoRADense):
+            continue
+        for name, p in list(mod._params.items()):
+            f = frozen.get(id(p))
+            if f is None:
+                f = frozen[id(p)] = _frozen(p.data, p.name)
+            setattr(mod, name, f)
+    model.flatten_parameters()
+    return model
+
+
+def has_lora(model: Module) -> bool:
+    """True when some layer of `model` is a `LoRADense`."""
+    return any(isinstance(m, LoRADense) for _, m in model.named_modules())
+
+
+def merge_lora(model: Module) -> Module:
+    """Fold every adapter into its base: LoRADense -> Dense with the merged float32 weight;
+    frozen weights become Parameters again (in place; returns `model`, flattened)."""
+    if not has_lora(model):
+        return model
+    thawed: dict[int, Parameter] = {}
+    for _, mod in list(model.named_modules()):
+        for name, child in list(mod._modules.items()):
+            if isinstance(child, LoRADense):
+                dense = Dense(child.in_features, child.out_features, bias=child.bias is not None)
+                dense.weight = Parameter(child.merged_weight(), name="weight")
+                if child.bias is not None:
+                    dense.bias = Parameter(child.bias.data.copy(), name="bias")
+                _swap(mod, name, dense)
+        for name, value in list(vars(mod).items()):
+            if type(value) is Frozen:
+                p = thawed.get(id(value))
+                if p is None:
+                    p = thawed[id(value)] = Parameter(value.data, name=value.name)
+                setattr(mod, name, p)
+    model.flatten_parameters()
+    return model

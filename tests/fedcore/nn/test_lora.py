@@ -1,0 +1,127 @@
+"""LoRA: the int8 block-dequantizing product, adapters against PyTorch, freezing, merging."""
+
+import numpy as np
+import pytest
+
+from fedcore.engine import Tensor, no_grad, softmax_cross_entropy
+from fedcore.engine import quant as quant_mod
+from fedcore.engine.quant import dequantize_int8, int8_tensor, qmatmul, quantize_int8
+from fedcore.models import build_model
+from fedcore.nn import Dense
+from fedcore.nn.lora import LoRADense, apply_lora, lora_config, merge_lora
+from fedcore.optim import SGD
+
+torch = pytest.importorskip("torch")
+rng = np.random.default_rng(0)
+
+GPT = dict(vocab_size=40, embed_dim=16, hidden=24, n_layers=2, n_heads=4, n_kv_heads=2)
+
+
+def test_quantize_round_trip_is_within_half_a_step():
+    w = rng.standard_normal((20, 7)).astype(np.float32)
+    w[:, 3] = 0  # an all-zero column keeps a usable scale
+    codes, scales = quantize_int8(w)
+    assert codes.dtype == np.int8 and scales.shape == (7,)
+    err = np.abs(dequantize_int8(codes, scales) - w)
+    assert np.all(err <= scales / 2 + 1e-7)
+
+
+@pytest.mark.parametrize("block", [1 << 14, 24, 5])  # whole, several blocks, ragged blocks
+def test_qmatmul_matches_the_dequantized_product(monkeypatch, block):
+    monkeypatch.setattr(quant_mod, "QBLOCK_ELEMS", block)
+    w = rng.standard_normal((12, 9)).astype(np.float32)
+    codes, scales = quantize_int8(w)
+    x = Tensor(rng.standard_normal((5, 12)).astype(np.float32), requires_grad=True)
+    out = qmatmul(x, int8_tensor(codes), scales)
+    g = rng.standard_normal((5, 9)).astype(np.float32)
+    (out * g).sum().backward()
+    wf = dequantize_int8(codes, scales)
+    np.testing.assert_allclose(out.data, x.data @ wf, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x.grad, g @ wf.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["float32", "int8"])
+def test_lora_dense_gradients_match_torch(base):
+    dense = Dense(10, 6, seed=1)
+    dense.flatten_parameters()
+    dense.bias.data[...] = rng.standard_normal(6)
+    layer = LoRADense(dense, rank=3, alpha=6.0, base=base, rng=np.random.default_rng(2))
+    layer.flatten_parameters()
+    layer.lora_b.data[...] = rng.standard_normal((3, 6))  # B = 0 would hide A's gradient
+    x = rng.standard_normal((2, 4, 10)).astype(np.float32)
+    xt = Tensor(x, requires_grad=True)
+    out = layer(xt)
+    out.sum().backward()
+    w = layer.weight.data if base == "float32" else dequantize_int8(layer.codes.data,
+                                                                   layer.scales.data)
+    ta = torch.tensor(layer.lora_a.data.copy(), requires_grad=True)
+    tb = torch.tensor(layer.lora_b.data.copy(), requires_grad=True)
+    tx = torch.tensor(x, requires_grad=True)
+    tout = tx @ torch.tensor(w) + torch.tensor(layer.bias.data) + (tx @ ta) @ tb * 2.0
+    tout.sum().backward()
+    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(xt.grad, tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.lora_a.grad, ta.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.lora_b.grad, tb.grad.numpy(), rtol=1e-5, atol=1e-5)
+    assert [n for n, _ in layer.named_parameters()] == ["lora_a", "lora_b"]
+
+
+def test_apply_lora_trains_only_adapters_and_starts_as_the_base():
+    base = build_model("tiny_gpt", **GPT)
+    ids = rng.integers(0, 40, (2, 6))
+    with no_grad():
+        before = base(ids).data.copy()
+    full = base.num_parameters()
+    model = apply_lora(base, rank=4, alpha=8, targets=["attn"])
+    names = [n for n, _ in model.named_parameters()]
+    assert names and all(n.endswith(("lora_a", "lora_b")) and ".attn." in n for n in names)
+    assert model.layout.size == 2 * (2 * 4 * (16 + 16) + 2 * 4 * (16 + 8))  # 2 blocks: q, o; k, v
+    assert model.layout.size < 0.2 * full
+    with no_grad():
+        np.testing.assert_array_equal(model(ids).data, before)  # B = 0
+    opt = SGD(model.parameters(), lr=0.5)
+    y = rng.integers(0, 40, 12)
+    start = model.get_flat()
+    frozen = model.embed.weight.data.copy()
+    for _ in range(3):
+        opt.zero_grad()
+        softmax_cross_entropy(model(ids), y).backward()
+        opt.step()
+    assert not np.array_equal(model.get_flat(), start)
+    np.testing.assert_array_equal(model.embed.weight.data, frozen)
+
+
+def test_int8_base_is_close_and_merge_gives_the_same_function():
+    model = build_model("tiny_gpt", **GPT)
+    ids = rng.integers(0, 40, (2, 6))
+    with no_grad():
+        ref = model(ids).data.copy()
+    model = build_model("tiny_gpt", lora=dict(rank=2, alpha=4, targets=["attn", "mlp"],
+                                             base="int8"), **GPT)
+    with no_grad():
+        q = model(ids).data.copy()
+    np.testing.assert_allclose(q, ref, atol=0.05 * np.abs(ref).max())
+    model.set_flat(rng.standard_normal(model.layout.size).astype(np.float32) * 0.1)
+    with no_grad():
+        adapted = model(ids).data.copy()
+    merged = merge_lora(model)
+    assert not any(isinstance(m, LoRADense) for _, m in merged.named_modules())
+    assert merged.layout.size > 10 * 2 * 2 * (16 + 16)
+    with no_grad():
+        np.testing.assert_allclose(merged(ids).data, adapted, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("raw, key", [
+    (dict(rank=0), "lora.rank"), (dict(rank=10**6), "lora.rank"), (dict(rank=2.5), "lora.rank"),
+    (dict(alpha=-1), "lora.alpha"), (dict(alpha=float("nan")), "lora.alpha"),
+    (dict(targets=[]), "lora.targets"), (dict(targets="attn"), "lora.targets"),
+    (dict(base="int4"), "lora.base"), (dict(bogus=1), "unknown key"),
+])
+def test_bad_lora_settings_are_refused_before_building(raw, key):
+    with pytest.raises(ValueError, match=key):
+        lora_config(raw)
+
+
+def test_a_target_that_names_nothing_is_refused():
+    with pytest.raises(ValueError, match="'ffn' names no Dense"):
+        build_model("tiny_gpt", lora=dict(targets=["ffn"]), **GPT)
