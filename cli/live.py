@@ -65,6 +65,9 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
         return
     ppl = summary.get("final_test_perplexity")
     ppl_text = f", perplexity {ppl:.1f}" if ppl is not None else ""
+    start = summary.get("initial_test_perplexity")
+    if ppl is not None and start is not None:
+        ppl_text = f", perplexity {start:.1f} -> {ppl:.1f}"
     accuracy = summary.get("final_test_accuracy")
     accuracy_text = f"final test accuracy {100 * accuracy:.2f} %" if accuracy is not None else ""
     console.print(

@@ -125,4 +125,6 @@ def run_summary(result: Any, db_url: str, language_model: bool) -> dict[str, Any
         from fedcore.evaluate import perplexity
 
         summary["final_test_perplexity"] = perplexity(last.test_loss)
+        if getattr(result, "initial_test_loss", None) is not None:
+            summary["initial_test_perplexity"] = perplexity(result.initial_test_loss)
     return summary

@@ -2,25 +2,34 @@
 
 A node whose ``node_config`` names a device class (``protocol.DEVICE``, a catalog name) trains
 with the engine's memory pool capped at that device's budget (or ``protocol.MEMORY_BUDGET``
-bytes). If a step does not fit, the client either halves its batch size and starts the round
-over (``protocol.ADAPT_BATCH``), or fails with ``DoesNotFit``, which the server records as the
-rejection reason. Without a device the budget is left alone.
+bytes). If the eager step does not fit, the client compiles the step with the memory planner
+(``hybridize(budget)``: activations recomputed until it fits; cached per process, see
+`client_runtime.compiled`) and starts the round over on that path; the process remembers that
+this model and batch size need it. Only if no plan fits either does the client halve its batch
+size and start over (``protocol.ADAPT_BATCH``), or fail with ``DoesNotFit``, which the server
+records as the rejection reason. The round's metrics say which path trained (``hybrid``: 1 for
+the planned step, 0 for eager). Without a device the budget is left alone.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from client_runtime.compiled import compiled_step
 from client_runtime.cost import training_flops
 from client_runtime.trainer import train_local
 from fedcore import protocol
 from fedcore.engine import MemoryBudgetError, get_engine
 from fedcore.nn import Module
 from fedcore.settings import TrainSettings
+
+#: (id(model), batch size, budget) whose eager step ran out of budget in this process
+_EAGER_TOO_BIG: set[tuple[int, int, int | None]] = set()
 
 
 class DoesNotFit(RuntimeError):
@@ -62,21 +71,29 @@ def train_on_device(
     pool = get_engine().pool
     previous = pool.budget_bytes
     start = model.get_flat().copy() if budget is not None else None
+    hybrid = False
     try:
         while True:
             pool.reset_peak()
             pool.budget_bytes = budget
+            key = (id(model), settings.batch_size, budget)
+            hybrid = budget is not None and key in _EAGER_TOO_BIG
             try:
-                result = train_local(model, x, y, settings, seed)
+                step = compiled_step(model, settings, budget) if hybrid else None
+                result = train_local(model, x, y, settings, seed, step)
                 break
             except MemoryBudgetError as exc:
+                model.set_flat(start)
+                gc.collect()  # the failed step's graph holds pool buffers in reference cycles
+                if not hybrid and budget is not None:  # the planner may fit what eager does not
+                    _EAGER_TOO_BIG.add(key)
+                    continue
                 if not adapt or settings.batch_size == 1:
                     device = node_config.get(protocol.DEVICE, "this device")
                     raise DoesNotFit(
                         f"memory: does not fit {device} at batch size {settings.batch_size} "
                         f"({budget} bytes): {exc}"
                     ) from None
-                model.set_flat(start)
                 settings = settings.with_values({"batch_size": max(1, settings.batch_size // 2)})
     finally:
         pool.budget_bytes = previous
@@ -84,5 +101,6 @@ def train_on_device(
         "flops": training_flops(model, x.shape[1:], len(y), settings.local_epochs),
         "peak_bytes": float(pool.peak_bytes),
         "batch_size": float(settings.batch_size),
+        "hybrid": float(hybrid),
     }
     return DeviceTrainResult(result.num_examples, result.train_loss, result.seconds, costs)

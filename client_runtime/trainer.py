@@ -7,6 +7,7 @@ runtime, a deployed SuperNode), so what a simulation measures is what a device d
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,8 @@ class TrainResult:
 
 
 def train_local(
-    model: Module, x: np.ndarray, y: np.ndarray, settings: TrainSettings, seed: int = 0
+    model: Module, x: np.ndarray, y: np.ndarray, settings: TrainSettings, seed: int = 0,
+    step: Callable[[np.ndarray, np.ndarray], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``(x, y)``; return the mean loss over all steps.
 
@@ -35,7 +37,9 @@ def train_local(
     models, whose logits are ``(N*T, V)``); ``num_examples`` counts rows of ``x`` either way.
 
     Batches are reshuffled every epoch from ``seed`` so a client's work is reproducible.
-    The optimizer state (momentum) is local to the round, as in FedAvg.
+    The optimizer state (momentum) is local to the round, as in FedAvg. ``step`` (a compiled
+    `TrainStep`, see `client_runtime.compiled`) replaces the eager step when given: it owns
+    the optimizer and takes ``(x, flat targets)``.
     """
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
@@ -43,7 +47,7 @@ def train_local(
         raise ValueError("cannot train on an empty partition")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    optimizer = SGD(
+    optimizer = None if step is not None else SGD(
         model.parameters(),
         lr=settings.learning_rate,
         momentum=settings.momentum,
@@ -56,16 +60,19 @@ def train_local(
         order = rng.permutation(len(y))
         for lo in range(0, len(order), settings.batch_size):
             idx = order[lo : lo + settings.batch_size]
-            optimizer.zero_grad()
-            # Sequence targets (N, T) meet logits (N*T, V) flattened, row-major.
-            loss = softmax_cross_entropy(model(Tensor(x[idx])), y[idx].reshape(-1))
-            loss.backward()
-            optimizer.step()
+            if step is not None:
+                loss_sum += step(x[idx], y[idx].reshape(-1))
+            else:
+                optimizer.zero_grad()
+                # Sequence targets (N, T) meet logits (N*T, V) flattened, row-major.
+                loss = softmax_cross_entropy(model(Tensor(x[idx])), y[idx].reshape(-1))
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.data)
             if anchor is not None:  # FedProx's proximal term, applied as a decoupled step
                 flat = model.get_flat()
                 flat -= np.float32(settings.learning_rate * settings.proximal_mu) * (flat - anchor)
                 model.set_flat(flat)
-            loss_sum += float(loss.data)
             steps += 1
     return TrainResult(
         num_examples=len(y),

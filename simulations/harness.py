@@ -35,6 +35,7 @@ class SimulationResult:
     final: np.ndarray = field(repr=False)
     seconds: float
     run_id: int | None = None
+    initial_test_loss: float | None = None  # language models: the starting model's test loss
 
     @property
     def final_accuracy(self) -> float:
@@ -118,6 +119,8 @@ def simulate(
     if resume_from is not None:
         initial = resume_from.params
         strategy.load_state_dict(resume_from.server_state)
+    # a fine-tuned language model reports its perplexity before and after
+    initial_loss = server.evaluate(initial)[0] if prepared.data.sequence_targets else None
     prepare_grid = None
     if world is not None:  # the population's network around either backend's grid
         prepare_grid = partial(world.attach, discover=backend != "inprocess")
@@ -156,4 +159,5 @@ def simulate(
 
         run_on_flower(app.server_app, client_app, fed.num_clients, verbose=flower_verbose)
     final = app.result()
-    return SimulationResult(scenario, backend, rounds, final, time.perf_counter() - start)
+    return SimulationResult(scenario, backend, rounds, final, time.perf_counter() - start,
+                            initial_test_loss=initial_loss)

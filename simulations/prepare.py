@@ -134,10 +134,10 @@ def build_scenario_model(
             f"'dirichlet' skews class labels; {data.name!r} has a target per word "
             "(use iid or natural)",
         )
-    spec = protocol.ModelSpec(
-        name,
-        model_arguments(name, scenario.model.hyperparameters, data, scenario.seed),
-    )
+    kwargs = model_arguments(name, scenario.model.hyperparameters, data, scenario.seed)
+    if scenario.model.lora is not None:  # build_model puts the adapters on (fedcore.nn.lora)
+        kwargs["lora"] = scenario.model.lora.model_dump()
+    spec = protocol.ModelSpec(name, kwargs)
     try:
         return spec, build_model(spec.name, **spec.kwargs)
     except (ValueError, TypeError) as error:
@@ -145,6 +145,8 @@ def build_scenario_model(
         key, _, rest = text.partition(" ")
         if key in model_keys(name):
             raise scenario_error(source, f"model.{key}", rest) from None
+        if key.startswith("lora.") and key.endswith(":"):  # e.g. a target naming nothing
+            raise scenario_error(source, f"model.{key[:-1]}", rest) from None
         raise scenario_error(source, "model", text) from None
 
 

@@ -100,6 +100,7 @@ class _Worker:
                     fn(lo, hi)
             except BaseException as exc:  # re-raised on the calling thread by wait()
                 self._error = exc
+            fn = None  # a finished task must not keep its arrays alive until the next one
             self._done.release()
 
     def start(self, fn: Callable[[int, int], None], lo: int, hi: int) -> None:

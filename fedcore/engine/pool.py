@@ -20,6 +20,8 @@ import math
 import sys
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -99,6 +101,21 @@ class MemoryPool:
         with self._lock:
             self._peak = self._live
             self._trim()
+
+    @contextmanager
+    def transient_peak(self) -> Iterator[list[int]]:
+        """Measure the block's peak: `out[0]` becomes the most bytes live above the start
+        (the overall peak is kept)."""
+        with self._lock:
+            start, outer = self._live, self._peak
+            self._peak = start
+        out = [0]
+        try:
+            yield out
+        finally:
+            with self._lock:
+                out[0] = self._peak - start
+                self._peak = max(outer, self._peak)
 
     def alloc(self, shape: tuple[int, ...] | int, dtype: np.dtype | type = np.float32,
               what: str = "") -> np.ndarray:

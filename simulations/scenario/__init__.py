@@ -22,10 +22,11 @@ A scenario names the data and how it is split among clients, the model, the fede
     vocab_size = 2000               # <unk>, <eos> and the most frequent words
     seq_len = 20                    # words per example
     [model]
-    name = "mlp"                    # mlp | logreg | cnn | lstm (fedcore.models.MODELS)
+    name = "mlp"                    # mlp | logreg | cnn | mobilenet | lstm | tiny_gpt | ...
     hidden = [64]                   # mlp: hidden widths; lstm: one width (hidden = 128)
     # channels = [16, 32]           # cnn: channels of each conv block
     # embed_dim = 64                # lstm: word-embedding width
+    # lora = { rank = 8, alpha = 16, targets = ["attn", "mlp"], base = "int8" }  # adapters only
     [federation]
     num_clients = 20
     clients_per_round = 10          # default: all clients

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -137,6 +137,24 @@ class DataSection(_Section):
         return None
 
 
+class LoraSection(_Section):
+    """``[model] lora = { rank = 8, alpha = 16, targets = ["attn", "mlp"], base = "int8" }``:
+    adapters on the Dense layers the targets name, everything else frozen, so a round trains
+    and sends the adapters only (`fedcore.nn.lora`); ``base = "int8"`` holds the frozen
+    weights as int8 codes with per-output-channel scales."""
+
+    rank: Annotated[int, Field(ge=1, le=256)] = 8
+    alpha: PositiveFloat = 16.0
+    targets: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = [
+        "attn", "mlp"]
+    base: Literal["float32", "int8"] = "float32"
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        return float(value) if type(value) is int else value
+
+
 class ModelSection(_Section):
     """The model every client trains: a name in the model registry (``fedcore.models.MODELS``)
     and its hyperparameters. Each key is passed to the builder's keyword of the same name and
@@ -149,6 +167,7 @@ class ModelSection(_Section):
     hidden: list[PositiveInt] | None = None  # mlp: hidden widths; lstm: one width (or an int)
     channels: list[PositiveInt] | None = None  # cnn: output channels of each conv block
     embed_dim: PositiveInt | None = None  # lstm: word-embedding width
+    lora: LoraSection | None = None  # fine-tune adapters only (any model with Dense layers)
 
     @field_validator("name")
     @classmethod
@@ -203,7 +222,8 @@ class ModelSection(_Section):
         return out
 
 
-_HYPERPARAMETERS: tuple[str, ...] = tuple(k for k in ModelSection.model_fields if k != "name")
+_HYPERPARAMETERS: tuple[str, ...] = tuple(
+    k for k in ModelSection.model_fields if k not in ("name", "lora"))
 
 
 def model_keys(name: str) -> tuple[str, ...]:

@@ -88,7 +88,7 @@ ERRORS = [
      "'shakespeare'), not 'digits'"),
     (LSTM, {"model": {"name": "cnn"}},
      "model.name: 'cnn' predicts a label per example, 'shakespeare' a word per position "
-     "(use lstm or tiny_gpt)"),
+     "(use lstm or "),
     (LSTM, {"model": {"name": "mlp"}}, "model.name: 'mlp' predicts a label per example"),
     (CNN, {"data": {"dataset": "synthetic", "partition": "iid", "alpha": None},
            "model": {"name": "cnn"}},

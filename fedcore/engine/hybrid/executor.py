@@ -229,7 +229,10 @@ class TrainStep:
         gc.collect()
         pool = eng.pool
         own = 0 if self._arena is None else self._arena.nbytes
-        persistent = pool.live_bytes - own
+        # ops run as fallbacks take pool scratch the plan does not place (their VJPs about
+        # twice their forward's): keep room for the largest beside the arena
+        reserve = 2 * max([op.transient for op in graph.ops] + [0])
+        persistent = pool.live_bytes - own + reserve
         plan = choose(graph, steps, head, tail, persistent, self.budget_bytes)
         gc.collect()  # planning leaves cyclic garbage behind: return it before the arena
         pool.release_cached()  # and the tracing step's recycled buffers: the arena replaces them

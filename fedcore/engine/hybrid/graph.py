@@ -70,6 +70,7 @@ class FwdOp:
     allocs: list[tuple[tuple[int, ...], Any]] = field(default_factory=list)  # fallback
     result_alloc: int = -1  # fallback: which alloc is the result (-1: the op returns its own)
     state: Any = None  # fallback: the Ctx shared by the forward and its VJPs
+    transient: int = 0  # fallback: pool bytes its forward took beyond its kept buffers
 
     @property
     def name(self) -> str:

@@ -120,10 +120,13 @@ class Tracer:
         record, parents = self._grad_flow(prim, vids)
         ctx = _TraceCtx(self.pool, params)
         ctx.shapes = tuple(a.shape for a in arrays)
-        res = prim.forward(ctx, *arrays, **params)
+        with self.pool.transient_peak() as peak:
+            res = prim.forward(ctx, *arrays, **params)
         if type(res) is not np.ndarray:
             res = np.asarray(res)
         op = self._op(prim, params, vids, arrays, res, record, parents)
+        if op.spec is None:  # scratch the plan does not see (op-internal pool buffers)
+            op.transient = max(0, peak[0] - sum(a.nbytes for a in ctx.allocs))
         if prim.view:
             base = vids[0]
             kind = self.values[self.root(base)].kind

@@ -1,0 +1,77 @@
+"""A device whose eager step exceeds its budget trains with the planned (hybridized) step."""
+
+import numpy as np
+import pytest
+
+from client_runtime import compiled
+from client_runtime.device import DoesNotFit, train_on_device
+from client_runtime.trainer import train_local
+from fedcore import protocol
+from fedcore.engine import NaiveEngine, use_engine
+from fedcore.models import build_model
+from fedcore.settings import TrainSettings
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((256, 64)).astype(np.float32)
+Y = rng.integers(0, 10, 256)
+CONFIG = TrainSettings(local_epochs=1, batch_size=128, learning_rate=0.1, momentum=0.9)
+
+
+def make():
+    return build_model("mlp", num_classes=10, input_dim=64, hidden=[512, 512, 512])
+
+
+@pytest.fixture()
+def engine():
+    compiled.clear_compiled_steps()
+    with use_engine(NaiveEngine()) as eng:
+        yield eng
+    compiled.clear_compiled_steps()
+
+
+def eager_peak(engine) -> tuple:
+    """(live bytes before, peak bytes of an eager round, its result, a fresh model)."""
+    model = make()
+    start = model.get_flat()
+    pool = engine.pool
+    live = pool.live_bytes
+    pool.reset_peak()
+    train_local(model, X, Y, CONFIG)
+    peak = pool.peak_bytes
+    trained = model.get_flat()
+    model.set_flat(start)
+    return live, peak, trained, model
+
+
+def test_over_budget_eager_step_runs_planned_and_is_cached(engine):
+    live, peak, trained, model = eager_peak(engine)
+    budget = int(live + 0.85 * (peak - live))  # eager does not fit; recomputation does
+    start = model.get_flat()
+    result = train_on_device(model, X, Y, CONFIG, 0, {protocol.MEMORY_BUDGET: budget})
+    assert result.costs["hybrid"] == 1.0
+    assert result.costs["batch_size"] == CONFIG.batch_size  # not halved
+    assert result.costs["peak_bytes"] <= budget
+    np.testing.assert_allclose(model.get_flat(), trained, rtol=1e-5, atol=1e-6)
+    (_, _, step, _), = compiled._steps.values()
+    model.set_flat(start)
+    again = train_on_device(model, X, Y, CONFIG, 0, {protocol.MEMORY_BUDGET: budget})
+    assert again.costs["hybrid"] == 1.0 and step.traces == 1  # compiled once per process
+    np.testing.assert_allclose(model.get_flat(), trained, rtol=1e-5, atol=1e-6)
+
+
+def test_a_step_that_fits_stays_eager(engine):
+    model = make()
+    result = train_on_device(model, X, Y, CONFIG, 0, {protocol.MEMORY_BUDGET: 1 << 30})
+    assert result.costs["hybrid"] == 0.0
+    assert not compiled._steps
+
+
+def test_when_no_plan_fits_the_batch_halves_or_the_client_refuses(engine):
+    live, peak, _, model = eager_peak(engine)
+    budget = int(live + 0.4 * (peak - live))
+    with pytest.raises(DoesNotFit, match="memory"):
+        train_on_device(model, X, Y, CONFIG, 0, {protocol.MEMORY_BUDGET: budget})
+    result = train_on_device(model, X, Y, CONFIG, 0,
+                             {protocol.MEMORY_BUDGET: budget, protocol.ADAPT_BATCH: True})
+    assert result.costs["batch_size"] < CONFIG.batch_size
+    assert result.costs["peak_bytes"] <= budget
