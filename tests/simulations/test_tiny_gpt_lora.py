@@ -49,7 +49,7 @@ def test_lora_on_a_512_mb_board_trains_adapters_only_within_budget() -> None:
     assert merged.num_parameters() == base.num_parameters()
 
 
-def test_lora_settings_are_checked_with_the_scenario() -> None:
+def test_lora_settings_are_checked_with_the_scenario() -> None:  # one line, naming the key
     raw = example()
     raw["model"]["lora"] = {"rank": 0}
     try:
@@ -59,8 +59,8 @@ def test_lora_settings_are_checked_with_the_scenario() -> None:
     else:
         raise AssertionError("rank 0 was accepted")
     raw["model"]["lora"] = {"targets": ["ffn"]}
-    try:
-        scenario_from_dict(raw, "s.toml")
+    try:  # known once the model is built: when the scenario is prepared
+        prepare_scenario(scenario_from_dict(raw, "s.toml"))
     except ScenarioError as exc:
         assert "model.lora.targets" in str(exc) and "ffn" in str(exc)
     else:
