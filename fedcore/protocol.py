@@ -169,14 +169,23 @@ def _plain(value: Any, depth: int = 0) -> bool:
 
 def model_spec(value: Any) -> ModelSpec:
     """A ``ModelSpec`` from its JSON form (``ModelSpec.key``), checked: ``ValueError`` if not
-    ``{"name": str, "kwargs": {str: scalar or list of scalars}}``."""
+    ``{"name": str, "kwargs": {str: scalar or list of scalars}}`` (``lora``: a table of
+    them)."""
     if not isinstance(value, dict) or set(value) != {"name", "kwargs"}:
         raise ValueError("instructions: model must be {'name': ..., 'kwargs': {...}}")
     name, kwargs = value["name"], value["kwargs"]
     if not isinstance(name, str) or not name:
         raise ValueError("instructions: model name must be a non-empty string")
     if not isinstance(kwargs, dict) or not all(
-        isinstance(k, str) and _plain(v) for k, v in kwargs.items()
+        isinstance(k, str) and (_plain(v) or k == "lora" and _table(v))
+        for k, v in kwargs.items()
     ):
         raise ValueError("instructions: model arguments must be numbers, strings or lists")
     return ModelSpec(name, kwargs)
+
+
+def _table(value: Any) -> bool:
+    """A small table of plain values: the ``lora`` argument (checked in full by
+    ``fedcore.nn.lora.lora_config`` before anything is built)."""
+    return isinstance(value, dict) and len(value) <= 8 and all(
+        isinstance(k, str) and _plain(v) for k, v in value.items())

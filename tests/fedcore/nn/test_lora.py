@@ -125,3 +125,14 @@ def test_bad_lora_settings_are_refused_before_building(raw, key):
 def test_a_target_that_names_nothing_is_refused():
     with pytest.raises(ValueError, match="'ffn' names no Dense"):
         build_model("tiny_gpt", lora=dict(targets=["ffn"]), **GPT)
+
+
+def test_a_message_may_carry_a_lora_table_of_plain_values_only():
+    from fedcore.protocol import model_spec
+
+    ok = {"name": "tiny_gpt", "kwargs": {"lora": {"rank": 8, "targets": ["attn"]}}}
+    assert model_spec(ok).kwargs["lora"]["rank"] == 8
+    for bad in ({"lora": {"rank": {"deep": 1}}}, {"other": {"rank": 8}},
+                {"lora": {str(i): i for i in range(20)}}):
+        with pytest.raises(ValueError, match="model arguments"):
+            model_spec({"name": "tiny_gpt", "kwargs": bad})
