@@ -12,6 +12,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -147,20 +148,27 @@ def client(
     args = p.supernode_args(superlink, values, runtime_port, root_certificates, private_key)
     log = None if verbose else work / "supernode.log"
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    node_process = p.FlowerProcess("flower-supernode", args, p.flower_env(work / "flwr-home"), log)
+    env = p.flower_env(work / "flwr-home")
+
+    def start() -> FlowerProcess:
+        return p.FlowerProcess("flower-supernode", args, env, log)
+
     err_console.print(f"device joined {superlink} ({_describe(node)}); Ctrl-C to leave")
+    supervisor = _Supervisor(start, host, link_port, max_wait, _DataMismatches(log))
     try:
-        gone = _serve(node_process, host, link_port, max_wait)
+        gone = supervisor.run()
     except KeyboardInterrupt:  # the usual way to leave: nothing to keep
-        node_process.stop()
+        supervisor.stop()
         if logs is None:
             shutil.rmtree(work, ignore_errors=True)
         err_console.print("left the federation")
         raise typer.Exit(INTERRUPTED) from None
     finally:
-        node_process.stop()
+        supervisor.stop()
         signal.signal(signal.SIGTERM, previous)
     if not gone:
+        node_process = supervisor.node
+        assert node_process is not None
         code = node_process.popen.returncode
         if "Failed to activate SuperNode" in node_process.tail(40):
             fail(
@@ -172,28 +180,73 @@ def client(
         fail(f"flower-supernode exited ({code}): {node_process.tail(3)} (log: {log})", FAILED)
     if logs is None:
         shutil.rmtree(work, ignore_errors=True)
-    err_console.print(f"the SuperLink at {superlink} is gone; left the federation")
+    err_console.print(
+        f"the SuperLink at {superlink} has been gone {max_wait:g} s; left the federation"
+    )
 
 
-def _serve(node: FlowerProcess, host: str, port: int, max_wait: float, poll: float = 1.0) -> bool:
-    """Wait while the SuperNode runs; True once the SuperLink has been unreachable
-    ``max_wait`` s (Flower's own ``--max-wait-time`` gives up but leaves the process running),
-    False if the SuperNode exited by itself."""
-    from deploy.processes import reachable
+class _Supervisor:
+    """Keeps this device's SuperNode running while the SuperLink comes and goes.
 
-    gone_since: float | None = None
-    mismatches = _DataMismatches(node.log)
-    while node.running():
-        time.sleep(poll)
-        for line in mismatches.check():
-            err_console.print(f"this device's data does not fit the run: {line}", markup=False)
-        if reachable(host, port, timeout=2.0) is None:
-            gone_since = None
-        elif gone_since is None:
-            gone_since = time.monotonic()
-        elif time.monotonic() - gone_since >= max_wait:
-            return True
-    return False
+    Flower's SuperNode exits some seconds after its SuperLink stops (a paused or restarted
+    server); the device waits up to ``max_wait`` s for the SuperLink to come back and starts a
+    new SuperNode, which rejoins with the same key (a resumed run continues with it). A
+    SuperNode refused by the SuperLink, or one that keeps exiting while the SuperLink is up,
+    ends the wait (``run`` returns False); True once the SuperLink has been gone ``max_wait``.
+    """
+
+    CRASHES = 3  # consecutive short-lived SuperNodes while the SuperLink is up: give up
+    SHORT = 20.0  # seconds
+
+    def __init__(
+        self,
+        start: Callable[[], FlowerProcess],
+        host: str,
+        port: int,
+        max_wait: float,
+        mismatches: _DataMismatches,
+        poll: float = 1.0,
+    ) -> None:
+        self.start, self.host, self.port, self.max_wait = start, host, port, max_wait
+        self.mismatches, self.poll = mismatches, poll
+        self.node: FlowerProcess | None = None
+
+    def run(self) -> bool:
+        """Supervise until the SuperLink is gone for good (True) or the node cannot run."""
+        from deploy.processes import reachable
+
+        self.node, started, crashes = self.start(), time.monotonic(), 0
+        gone_since: float | None = None
+        while True:
+            time.sleep(self.poll)
+            for line in self.mismatches.check():
+                err_console.print(f"this device's data does not fit the run: {line}", markup=False)
+            now = time.monotonic()
+            if reachable(self.host, self.port, timeout=2.0) is None:
+                if gone_since is not None:
+                    err_console.print("the SuperLink is back")
+                gone_since = None
+            elif gone_since is None:
+                gone_since = now
+            elif now - gone_since >= self.max_wait:
+                return True
+            if self.node.running():
+                continue
+            if "Failed to activate SuperNode" in self.node.tail(40):
+                return False  # refused: waiting will not change that
+            if gone_since is not None:
+                continue  # the SuperLink went away: start again once it is back
+            crashes = crashes + 1 if now - started < self.SHORT else 0
+            if crashes >= self.CRASHES:
+                return False
+            err_console.print("rejoining the SuperLink")
+            self.node.stop()
+            self.node, started = self.start(), now
+
+    def stop(self) -> None:
+        """Stop the current SuperNode (if any)."""
+        if self.node is not None:
+            self.node.stop()
 
 
 class _DataMismatches:

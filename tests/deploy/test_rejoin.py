@@ -1,0 +1,59 @@
+"""Devices outlive their SuperLink: a paused run resumed with ``fedcore server --resume`` goes
+on with the same devices, started once (real processes on loopback)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from aggregator.store import Store
+from deploy.processes import free_port
+from tests.deploy.test_end_to_end import EXAMPLE, Fleet
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    fleet = Fleet(tmp_path)
+    yield fleet
+    left = fleet.stop_all()
+    assert not left, f"processes left behind: {left}"
+
+
+def test_devices_wait_for_a_resumed_server(fleet, tmp_path):
+    scenario = tmp_path / "four.toml"
+    scenario.write_text(EXAMPLE.read_text().replace("rounds = 2", "rounds = 4"))
+    address = f"127.0.0.1:{free_port()}"
+    db = tmp_path / "runs.db"
+    server_args = ("server", str(scenario), "--address", address, "--db", str(db), "--json")
+    first = fleet.start("first", *server_args, "--connect-timeout", "90")
+    fleet.wait_for("first", "waiting for 2 device(s)", first, timeout=60)
+    devices = [
+        fleet.start(f"dev{i}", "client", "--superlink", address, "--dataset", "digits",
+                    "--partition-id", str(i), "--max-wait", "120")
+        for i in range(2)
+    ]  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not Store(str(db)).get_run(1).rounds:
+        assert time.monotonic() < deadline and first.poll() is None, fleet.output("first")
+        time.sleep(0.3)
+    fleet.start("pause", "runs", "pause", "1", "--db", str(db)).wait(60)
+    assert first.wait(timeout=120) == 3, fleet.output("first")  # paused at a round boundary
+    paused_at = len(Store(str(db)).get_run(1).rounds)
+    assert paused_at < 4
+    time.sleep(20)  # Flower's SuperNodes exit some seconds after their SuperLink stops
+    assert all(d.poll() is None for d in devices), [fleet.output(f"dev{i}") for i in range(2)]
+
+    second = fleet.start("second", *server_args, "--resume", "1", "--connect-timeout", "120")
+    assert second.wait(timeout=240) == 0, fleet.output("second")
+    summary = json.loads(fleet.output("second").split("\n")[0])
+    assert summary["status"] == "completed" and summary["rounds"] == 4
+    rounds = Store(str(db)).get_run(1).rounds
+    assert [r.number for r in rounds] == [1, 2, 3, 4]
+    assert all(r.num_accepted == 2 for r in rounds)
+    for i, device in enumerate(devices):
+        assert device.poll() is None or device.returncode == 0, fleet.output(f"dev{i}")
+        assert "rejoining" in fleet.output(f"dev{i}") or "is back" in fleet.output(f"dev{i}")
