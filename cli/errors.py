@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from cli.render import plain
+
+if TYPE_CHECKING:
+    from simulations.interrupts import Interrupts
 
 USAGE = 2  # bad input: a file, key, id or URL the user gave is wrong
 FAILED = 1  # the job itself failed (e.g. a round could not produce a model)
@@ -27,3 +30,24 @@ def stopped(message: str) -> NoReturn:
     """An operator stopped the run (paused or aborted): say so, exit ``STOPPED``."""
     err_console.print(plain(message), markup=False)
     raise typer.Exit(STOPPED)
+
+
+def paused_or_aborted(stop: BaseException, status: str, interrupts: Interrupts) -> NoReturn:
+    """A run stopped at a round boundary: say how to continue a paused one; exit ``STOPPED``."""
+    run = interrupts.run_id
+    if status == "paused" and run is not None:
+        stopped(f"{stop}: {interrupts.hint.format(run=run)}")
+    stopped(str(stop))
+
+
+def interrupted(interrupts: Interrupts) -> NoReturn:
+    """Stopped at once by a second interrupt: the run is paused at its last committed round;
+    say how to continue and exit 128 + the signal's number (130 for Ctrl-C)."""
+    run = interrupts.run_id
+    if run is None:
+        err_console.print("interrupted before the run started: nothing was stored", markup=False)
+    else:
+        hint = interrupts.hint.format(run=run)
+        message = f"interrupted: run {run} paused at its last committed round; {hint}"
+        err_console.print(plain(message), markup=False)
+    raise typer.Exit(interrupts.exit_code)

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import FAILED, fail, stopped
+from cli.errors import FAILED, fail, interrupted, paused_or_aborted
 from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json, output_file, output_format
 from cli.render import RoundRow, csv_cell, round_table, untrusted
@@ -155,12 +155,14 @@ def resume(
     from aggregator.store import StoreError
     from aggregator.store.checkpoints import CheckpointError
     from simulations.backends import BACKENDS
+    from simulations.interrupts import Interrupts
     from simulations.lifecycle import resume_run
     from simulations.scenario import ScenarioError
 
     if backend is not None and backend not in BACKENDS:
         fail(f"--backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     store = open_store(db)
+    interrupts = Interrupts()
     try:
         run = store.get_run(run_id)
         if run.status in ("completed", "failed", "aborted"):
@@ -172,14 +174,18 @@ def resume(
             )
         total = run.config["federation"]["rounds"]
         title = f"{run.name} (resume run {run_id})"
-        with RoundProgress(title, total, done=len(run.rounds), quiet=as_json) as ui:
-            result = resume_run(store, run_id, backend, on_round=ui.on_round)
+        with interrupts, RoundProgress(title, total, done=len(run.rounds), quiet=as_json) as ui:
+            result = resume_run(
+                store, run_id, backend, on_round=ui.on_round, interrupts=interrupts
+            )
     except (StoreError, CheckpointError, ScenarioError) as exc:
         fail(str(exc))
     except RoundFailed as exc:
         fail(str(exc), code=FAILED)
     except StopRun as stop:
-        stopped(str(stop))
+        paused_or_aborted(stop, stop.status, interrupts)
+    except KeyboardInterrupt:
+        interrupted(interrupts)
     from cli.simulate import run_summary
 
     summary = run_summary(result, store.url, False)

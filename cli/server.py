@@ -4,7 +4,10 @@ It checks the scenario and the store, records a new run (backend ``deployment``)
 ``flower-superlink`` (no runtime ``uv sync``; state, logs and the app in a work folder),
 writes the Flower App (``deploy.appdir``) and submits it with ``flwr run --stream``. The
 ServerApp commits each round to the store; this command shows them as they land and stops
-the SuperLink when the run ends, fails, or on Ctrl-C.
+the SuperLink when the run ends or fails. An interrupt (Ctrl-C, SIGTERM, SIGHUP) queues a pause
+that the ServerApp applies at the next round boundary (or at once while it waits for devices);
+a second one stops everything at once. Either way the run is ``paused`` and ``--resume``
+continues it from its last committed round.
 
 With certificates the SuperLink authenticates devices by their enrolled keys
 (``deploy.enrolment``); off loopback it needs certificates or ``--insecure``, and listens on
@@ -14,7 +17,6 @@ loopback behind the Fleet-only gateway (``deploy.gateway``) unless ``--public-co
 from __future__ import annotations
 
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -22,15 +24,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.errors import FAILED, err_console, fail, stopped
+from cli.errors import FAILED, err_console, fail, interrupted, stopped
 from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json
 
 if TYPE_CHECKING:
     from aggregator.store import Store
     from deploy.processes import FlowerProcess, Tls
+    from simulations.interrupts import Interrupts
 
-INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C
 
 
 def server(
@@ -117,6 +119,7 @@ def server(
     from deploy.processes import port_in_use, split_address
     from deploy.serverapp import BACKEND, check_deployable
     from deploy.settings import DeploySettings, SettingsError
+    from simulations.interrupts import Interrupts
     from simulations.lifecycle import create_stored_run
     from simulations.prepare import prepare_scenario
     from simulations.scenario import ScenarioError, load_scenario
@@ -158,34 +161,30 @@ def server(
     work.mkdir(parents=True, exist_ok=True)
     fed = prepared.scenario.federation
     start = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    interrupts = Interrupts(hint=f"`fedcore server {scenario} --resume {{run}}` continues it")
+    interrupts.run_id = run_id
     error: str | None = None
     try:
-        with _Deployment(work, host, port, tls, public_control_api) as deployment:
+        with interrupts, _Deployment(work, host, port, tls, public_control_api) as deployment:
             deployment.start(settings, store, run_id)
             _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)  # on stderr
             title = f"{prepared.scenario.name} (deployment on {address})"
             with RoundProgress(title, fed.rounds, quiet=as_json) as ui:
-                error = deployment.follow(store, run_id, ui)
-    except KeyboardInterrupt:
+                error = deployment.follow(store, run_id, ui, interrupts)
+    except KeyboardInterrupt:  # a second interrupt: everything was stopped on the way out
         _wait_until_finished(store, run_id)  # the ServerApp records its own end if it can
-        _finish_if_running(store, run_id, "aborted", "fedcore server was interrupted")
-        status = store.get_run(run_id).status
-        err_console.print(f"interrupted: run {run_id} {status}; logs in {work}")
-        raise typer.Exit(INTERRUPTED) from None
+        _finish_if_running(store, run_id, "paused", "interrupted: fedcore server was stopped")
+        interrupted(interrupts)
     except _StartError as exc:
         error = str(exc)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     _finish_if_running(store, run_id, "failed", error or "the ServerApp stopped early")
     run = store.get_run(run_id)
     if run.status == "failed":
         fail(f"run {run_id} failed: {run.error or error} (logs in {work})", code=FAILED)
-    if run.status in ("paused", "aborted"):
-        stopped(
-            f"run {run_id} {run.status}: continue it with `fedcore server {scenario} "
-            f"--resume {run_id}`"
-        )
+    if run.status == "paused":
+        stopped(f"run {run_id} paused: {interrupts.hint.format(run=run_id)} (logs in {work})")
+    if run.status == "aborted":
+        stopped(f"run {run_id} aborted (logs in {work})")
     if logs is None:
         shutil.rmtree(work, ignore_errors=True)
     print_summary(_summary(run, store.url, address, time.perf_counter() - start), as_json)
@@ -293,16 +292,33 @@ class _Deployment:
             "flwr run", p.flwr_run_args(app), env, self.work / "flwr-run.log"
         )
 
-    def follow(self, store: Store, run_id: int, ui: RoundProgress, poll: float = 0.5) -> str | None:
-        """Show stored rounds as they commit until the run ends; why it stopped early, or None."""
+    def follow(
+        self,
+        store: Store,
+        run_id: int,
+        ui: RoundProgress,
+        interrupts: Interrupts,
+        poll: float = 0.5,
+    ) -> str | None:
+        """Show stored rounds as they commit until the run ends; why it stopped early, or None.
+
+        An interrupt is passed on to the ServerApp (another process) as a queued pause.
+        """
+        from aggregator.store import StoreError
         from cli.render import RoundRow
 
         assert self.superlink is not None and self.submitted is not None
-        shown = 0
+        shown, asked = 0, False
         while True:
             for watcher in self.watch:
                 for line in watcher.check():
                     err_console.print(line, markup=False)
+            if interrupts.signal is not None and not asked:
+                asked = True
+                try:
+                    store.queue_control(run_id, "pause")
+                except StoreError:  # it ended meanwhile (or an operator paused it): nothing to ask
+                    pass
             run = store.get_run(run_id)
             for row in sorted(run.rounds, key=lambda r: r.number)[shown:]:
                 ui.add(RoundRow.of(row))
@@ -337,11 +353,6 @@ class _Deployment:
         deadline = time.monotonic() + timeout
         while self.submitted.running() and time.monotonic() < deadline:
             time.sleep(0.2)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM: leave like Ctrl-C, so the SuperLink is stopped on the way out."""
-    raise KeyboardInterrupt
 
 
 def _server_tls(

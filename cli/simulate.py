@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.errors import FAILED, fail, stopped
+from cli.errors import FAILED, fail, interrupted, paused_or_aborted
 from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json
 
@@ -52,6 +52,7 @@ def simulate(
     from aggregator.rounds import RoundFailed, StopRun
     from aggregator.store import Store, StoreError
     from simulations.backends import BACKENDS
+    from simulations.interrupts import Interrupts
     from simulations.lifecycle import run_scenario
     from simulations.prepare import prepare_scenario
     from simulations.scenario import ScenarioError, load_scenario
@@ -83,8 +84,10 @@ def simulate(
     except (ScenarioError, StoreError) as exc:
         fail(str(exc))
 
+    interrupts = Interrupts()
+    title = f"{spec.name} ({backend})"
     try:
-        with RoundProgress(f"{spec.name} ({backend})", spec.federation.rounds, quiet=as_json) as ui:
+        with interrupts, RoundProgress(title, spec.federation.rounds, quiet=as_json) as ui:
             result = run_scenario(
                 prepared,
                 backend,
@@ -92,11 +95,14 @@ def simulate(
                 store=store,
                 flower_verbose=verbose,
                 device=device,
+                interrupts=interrupts,
             )
     except RoundFailed as exc:
         fail(str(exc), code=FAILED)
     except StopRun as stop:
-        stopped(f"{stop}; `fedcore runs resume` continues a paused run")
+        paused_or_aborted(stop, stop.status, interrupts)
+    except KeyboardInterrupt:
+        interrupted(interrupts)
     from simulations.reports import write_report
 
     folder = report or store.checkpoint_root / f"run-{result.run_id}" / "report"

@@ -186,9 +186,11 @@ class EnrolledDirectory:
         min_nodes: int,
         connect_timeout: float,
         poll: float = 0.5,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self.grid, self.nodes, self.min_nodes = grid, nodes, min_nodes
         self.connect_timeout, self.poll = connect_timeout, poll
+        self.on_wait = on_wait  # called while waiting (may raise to stop the wait: a pause)
         self.waited = False
 
     def current(self) -> dict[int, int]:
@@ -208,6 +210,8 @@ class EnrolledDirectory:
             return clients
         deadline = time.monotonic() + self.connect_timeout
         while len(clients) < self.min_nodes:
+            if self.on_wait is not None:
+                self.on_wait()
             if time.monotonic() >= deadline:
                 raise RoundFailed(
                     f"only {len(clients)} of the {self.min_nodes} enrolled devices needed "

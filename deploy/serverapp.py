@@ -5,11 +5,14 @@ what the simulation harness builds (data and test set, model, strategy, round co
 runs the same ``aggregator.rounds.run_federation``: no client directory, so it waits for
 ``federation.num_clients`` nodes and asks each who it is (a ``query``). Each round is logged
 (``flwr log`` / ``flwr run --stream`` show it) and, with a store, committed like a simulated
-round, so ``fedcore runs`` and ``fedcore rounds`` show deployed runs too.
+round, so ``fedcore runs`` and ``fedcore rounds`` show deployed runs too. A pause queued
+while it waits for devices stops it there; a signal (the SuperLink stopping) leaves the run
+``paused``, to be continued after its last committed round.
 """
 
 from __future__ import annotations
 
+import time
 import tomllib
 from dataclasses import replace
 from logging import INFO
@@ -20,7 +23,14 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from aggregator.rounds import FederationConfig, RoundOutcome, StopRun, run_federation
+from aggregator.rounds import (
+    FederationConfig,
+    RoundFailed,
+    RoundOutcome,
+    StopRun,
+    run_federation,
+    wait_for_nodes,
+)
 from deploy.settings import DeploySettings, SettingsError
 from simulations.harness import Resume, server_side
 from simulations.lifecycle import StoreHooks, create_stored_run, prepare_stored_run
@@ -72,7 +82,8 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
     """Run the scenario's rounds over ``grid`` (a SuperLink's); return the final model.
 
     With a store, the run ends ``completed``, ``failed`` (the error is re-raised) or, when an
-    operator paused or aborted it, ``paused``/``aborted`` (then None is returned). A stored
+    operator paused or aborted it, ``paused``/``aborted`` (then None is returned); stopped by a
+    signal (Flower's handler exits with ``SystemExit``), it is left ``paused``. A stored
     ``run_id`` runs its own stored scenario, resumed after its last checkpoint if it has one.
     """
     store: Store | None = None
@@ -99,9 +110,9 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
         store.finish_run(run_id, stop.status)  # only a stored run's hooks stop it
         log(INFO, "fedcore: %s", stop)
         return None
-    except KeyboardInterrupt:  # the SuperLink went away (fedcore server stopped): no error
+    except (KeyboardInterrupt, SystemExit):  # stopped by a signal: resumable, not an error
         if store is not None and run_id is not None:
-            store.finish_run(run_id, "aborted", error="interrupted: the SuperLink stopped")
+            store.finish_run(run_id, "paused", error="interrupted: the ServerApp was stopped")
         raise
     except BaseException as exc:
         if store is not None and run_id is not None:
@@ -126,13 +137,24 @@ def _federate(
         connect_timeout=settings.connect_timeout,
         timeout=settings.round_timeout,
     )
-    if settings.enrolled:
-        config = replace(config, directory=_enrolled_directory(grid, config, hooks))
+    first_round = 1 if resume is None else resume.round + 1
     server = server_side(prepared, settings.device)
     initial = server.initial
     if resume is not None:
         initial = resume.params
         server.strategy.load_state_dict(resume.server_state)
+    if settings.enrolled:
+        directory = _enrolled_directory(grid, config, hooks, first_round)
+        config = replace(config, directory=directory)
+    elif hooks is not None:
+        config = _await_devices(grid, config, hooks, first_round)
+
+    def before_round(number: int, config: FederationConfig) -> FederationConfig:
+        if hooks is not None:
+            config = hooks.before_round(number, config)
+        log(INFO, "fedcore round %d starts", number)
+        return config
+
     return run_federation(
         grid,
         config,
@@ -140,13 +162,16 @@ def _federate(
         server.strategy,
         server.evaluate,
         log_round if hooks is None else hooks.record,
-        first_round=1 if resume is None else resume.round + 1,
-        before_round=None if hooks is None else hooks.before_round,
+        first_round=first_round,
+        before_round=before_round,
     )
 
 
-def _enrolled_directory(grid: Grid, config: FederationConfig, hooks: StoreHooks | None):
-    """The round loop's clients: enrolled devices registered for this stored run."""
+def _enrolled_directory(
+    grid: Grid, config: FederationConfig, hooks: StoreHooks | None, first_round: int
+):
+    """The round loop's clients: enrolled devices registered for this stored run (a pause or
+    abort queued while they are awaited stops the run there)."""
     from aggregator.store.enrolment import registered_nodes
     from deploy.enrolment import EnrolledDirectory
 
@@ -158,7 +183,31 @@ def _enrolled_directory(grid: Grid, config: FederationConfig, hooks: StoreHooks 
         lambda: registered_nodes(store, run_id),
         config.min_nodes or config.clients_per_round,
         config.connect_timeout,
+        on_wait=lambda: hooks.stop_if_asked(first_round, config),
     )
+
+
+def _await_devices(
+    grid: Grid, config: FederationConfig, hooks: StoreHooks, first_round: int, poll: float = 0.5
+) -> FederationConfig:
+    """Wait for the devices as the round loop would, applying a pause or abort queued
+    meanwhile (``fedcore server`` interrupted, ``fedcore runs pause``) instead of waiting on;
+    the config returned has what is left of the connect timeout."""
+    need = config.min_nodes or config.clients_per_round
+    deadline = time.monotonic() + config.connect_timeout
+    while True:
+        hooks.stop_if_asked(first_round, config)
+        left = deadline - time.monotonic()
+        try:
+            wait_for_nodes(grid, need, timeout=min(poll, max(left, 0.0)))
+        except RoundFailed:
+            if left > poll:
+                continue
+            raise RoundFailed(
+                f"only {len(list(grid.get_node_ids()))} of the {need} nodes needed "
+                f"connected within {config.connect_timeout:g} s"
+            ) from None
+        return replace(config, connect_timeout=max(left, poll))
 
 
 @app.main()

@@ -3,7 +3,8 @@
 ``run_scenario`` records a new run; ``resume_run`` continues a paused or crashed one from its
 last committed round (checkpointed model and server state, same seed), so it ends with the same
 final model as an uninterrupted run. Commands queued with ``fedcore runs pause|abort|set`` are
-applied by ``StoreHooks.before_round`` at the next round boundary.
+applied by ``StoreHooks.before_round`` at the next round boundary, as is an interrupt
+(``simulations.interrupts``): a run stopped by a signal or Ctrl-C is ``paused``, never lost.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from simulations.scenario.errors import format_error
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only by a run that is stored
     from aggregator.store import Store
+    from simulations.interrupts import Interrupts
 
 # ``fedcore runs set`` keys: the training settings an operator may change, and the round size
 SETTABLE = (*TrainSettings.settable(), "clients_per_round")
@@ -76,12 +78,19 @@ def apply_settings(config: FederationConfig, settings: dict[str, Any]) -> Federa
 
 
 class StoreHooks:
-    """Round callbacks that commit each round and apply queued commands."""
+    """Round callbacks that commit each round and apply queued commands (and interrupts)."""
 
     def __init__(
-        self, store: Store, run_id: int, on_round: Callable[[RoundOutcome], None] | None
+        self,
+        store: Store,
+        run_id: int,
+        on_round: Callable[[RoundOutcome], None] | None,
+        interrupts: Interrupts | None = None,
     ) -> None:
         self.store, self.run_id, self.on_round = store, run_id, on_round
+        self.interrupts = interrupts
+        if interrupts is not None:
+            interrupts.run_id = run_id
 
     def record(self, outcome: RoundOutcome) -> None:
         """Commit the round (checkpoint first), then tell the caller."""
@@ -104,7 +113,17 @@ class StoreHooks:
             elif control.command in ("pause", "abort"):
                 status = "paused" if control.command == "pause" else "aborted"
                 raise StopRun(status, f"run {self.run_id} {status} before round {number}")
+        signal = None if self.interrupts is None else self.interrupts.signal
+        if signal is not None:
+            raise StopRun("paused", f"run {self.run_id} paused before round {number} ({signal})")
         return config
+
+    def stop_if_asked(self, number: int, config: FederationConfig) -> None:
+        """Between rounds' waits (e.g. for devices to connect): apply a queued pause or abort,
+        or an interrupt, now rather than at the next round (raises ``StopRun``)."""
+        interrupted = self.interrupts is not None and self.interrupts.signal is not None
+        if interrupted or self.store.pending_stop(self.run_id):
+            self.before_round(number, config)
 
 
 def _run_stored(
@@ -114,11 +133,12 @@ def _run_stored(
     backend: str,
     on_round: Callable[[RoundOutcome], None] | None,
     resume: Resume | None = None,
+    interrupts: Interrupts | None = None,
     **options: Any,
 ) -> SimulationResult:
     """Simulate stored run ``run_id`` (from after ``resume`` if given) with its store hooks,
-    and record how it ended: completed, paused, aborted or failed."""
-    hooks = StoreHooks(store, run_id, on_round)
+    and record how it ended: completed, paused (also when interrupted), aborted or failed."""
+    hooks = StoreHooks(store, run_id, on_round, interrupts)
     try:
         result = simulate_prepared(
             prepared,
@@ -130,6 +150,9 @@ def _run_stored(
         )
     except StopRun as stop:
         store.finish_run(run_id, stop.status)
+        raise
+    except KeyboardInterrupt as exc:  # stopped at once: resumable from the last commit
+        store.finish_run(run_id, "paused", error=f"interrupted: {exc}" if str(exc) else None)
         raise
     except BaseException as exc:
         store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -162,8 +185,10 @@ def run_scenario(
     store: Store | None = None,
     flower_verbose: bool = False,
     device: str | None = None,
+    interrupts: Interrupts | None = None,
 ) -> SimulationResult:
-    """Run ``scenario`` on ``backend``; with a ``store``, record the run and every round.
+    """Run ``scenario`` on ``backend``; with a ``store``, record the run and every round
+    (and pause it at the next round boundary when ``interrupts`` catches a signal).
 
     Nothing is stored for a scenario that ``prepare_scenario`` rejects.
     """
@@ -174,7 +199,14 @@ def run_scenario(
         )
     run_id = create_stored_run(store, prepared, backend)
     return _run_stored(
-        store, run_id, prepared, backend, on_round, device=device, flower_verbose=flower_verbose
+        store,
+        run_id,
+        prepared,
+        backend,
+        on_round,
+        interrupts=interrupts,
+        device=device,
+        flower_verbose=flower_verbose,
     )
 
 
@@ -198,6 +230,7 @@ def resume_run(
     on_round: Callable[[RoundOutcome], None] | None = None,
     flower_verbose: bool = False,
     device: str | None = None,
+    interrupts: Interrupts | None = None,
 ) -> SimulationResult:
     """Continue a paused or interrupted run from its last committed round."""
     from aggregator.store import StoreError
@@ -214,6 +247,7 @@ def resume_run(
         run.backend,
         on_round,
         resume,
+        interrupts,
         device=device,
         flower_verbose=flower_verbose,
     )

@@ -196,7 +196,8 @@ class Store:
             return run.id
 
     def claim_run(self, run_id: int, backend: str) -> Run:
-        """Take over a paused or interrupted run to resume it; refuse a finished one."""
+        """Take over a paused or interrupted run to resume it; refuse a finished one. A pause
+        still queued is dropped (the resume supersedes it)."""
         with self.session() as s, s.begin():
             run = self._run(s, run_id)
             if run.status in FINISHED:
@@ -204,6 +205,13 @@ class Store:
             if run.status == "running" and _alive(run.owner):
                 raise StoreError(f"run {run_id} is still running (driven by {run.owner})")
             run.status, run.owner, run.backend, run.error = "running", this_process(), backend, None
+            # A pause queued before the stop (an interrupt's, say) is what stopped it, or was
+            # overtaken by it: resuming supersedes it. Queued settings and aborts still apply.
+            stale = select(Control).where(
+                Control.run_id == run_id, Control.applied_at.is_(None), Control.command == "pause"
+            )
+            for control in s.scalars(stale):
+                control.applied_at = utcnow()
             return run
 
     def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
@@ -319,6 +327,16 @@ class Store:
             config = dict(run.config)
             config[section] = {**config.get(section, {}), **values}
             run.config = config  # a new dict: JSON columns track assignment, not mutation
+
+    def pending_stop(self, run_id: int) -> bool:
+        """Whether a ``pause`` or ``abort`` is queued for the run and not yet applied."""
+        with self.session() as s:
+            query = select(Control.id).where(
+                Control.run_id == run_id,
+                Control.applied_at.is_(None),
+                Control.command.in_(("pause", "abort")),
+            )
+            return s.scalars(query.limit(1)).first() is not None
 
     def take_controls(self, run_id: int, round_number: int) -> list[Control]:
         """The run's pending commands, marked applied at ``round_number`` (one transaction)."""

@@ -146,43 +146,54 @@ def test_an_empty_database_is_no_store_and_stays_empty(db_url):
 # -- the commands that change a run, and the exit codes 1 and 3 --------------------------------
 
 
-def test_pause_set_resume_and_abort_through_the_cli(tmp_path):
-    """pause -> 3 (paused, resumable); set on the paused run; resume -> 0 with the new setting
-    applied from the next round; abort of a paused run is final at once."""
+def test_pause_set_resume_and_abort_through_the_cli(tmp_path, monkeypatch):
+    """An operator's pause while `runs resume` drives the run -> exit 3, paused at the next
+    boundary; set on the paused run; resume -> 0 with the new settings applied; abort of a
+    paused run is final at once."""
     from aggregator.store import Store
+    from simulations.lifecycle import StoreHooks
 
     db = tmp_path / "runs.db"
     first = invoke("simulate", small_scenario(tmp_path, rounds=3), "--db", db, "--json")
     assert first.exit_code == 0, first.output
     store = Store(str(db))
-    # A second run, left as if its driver had stopped after round 1 (claimed by this process).
-    run_id = _run_with_one_round(store, tmp_path)
-    paused = invoke("runs", "pause", run_id, "--db", db, "--json")
-    assert paused.exit_code == 0 and json.loads(paused.stdout)["status"] == "running"
+    run_id = _paused_after_one_round(store, tmp_path)
+    assert invoke("runs", "pause", run_id, "--db", db).exit_code == 2  # already paused
+
+    record, operator = StoreHooks.record, []
+
+    def record_then_pause(hooks, outcome):  # the operator types `fedcore runs pause` now
+        record(hooks, outcome)
+        if outcome.number == 2:
+            operator.append(invoke("runs", "pause", run_id, "--db", db, "--json"))
+
+    monkeypatch.setattr(StoreHooks, "record", record_then_pause)
     stopped = invoke("runs", "resume", run_id, "--db", db)
+    monkeypatch.setattr(StoreHooks, "record", record)
+    [paused] = operator
+    assert paused.exit_code == 0 and json.loads(paused.stdout)["status"] == "running"
     assert stopped.exit_code == 3, stopped.output
-    assert "paused before round 2" in stopped.output
-    assert store.get_run(run_id).status == "paused" and len(store.get_run(run_id).rounds) == 1
+    assert f"run {run_id} paused before round 3" in stopped.output
+    assert f"`fedcore runs resume {run_id}` continues it" in stopped.output
+    assert store.get_run(run_id).status == "paused" and len(store.get_run(run_id).rounds) == 2
 
     changed = invoke("runs", "set", run_id, "learning_rate=0.01", "local_epochs=2", "--db", db)
     assert changed.exit_code == 0 and "queued" in changed.output
-    assert invoke("runs", "pause", run_id, "--db", db).exit_code == 2  # already paused
     resumed = invoke("runs", "resume", run_id, "--db", db, "--json")
     assert resumed.exit_code == 0, resumed.output
     run = store.get_run(run_id)
     assert run.status == "completed" and len(run.rounds) == 3
     assert run.config["train"]["learning_rate"] == 0.01 and run.config["train"]["local_epochs"] == 2
 
-    third = _run_with_one_round(store, tmp_path)
-    store.finish_run(third, "paused")
+    third = _paused_after_one_round(store, tmp_path)
     aborted = invoke("runs", "abort", third, "--db", db, "--json")
     assert aborted.exit_code == 0 and json.loads(aborted.stdout)["status"] == "aborted"
     again = invoke("runs", "resume", third, "--db", db)
     assert_one_line_exit_2(again, "is aborted: there is nothing to resume")
 
 
-def _run_with_one_round(store, folder: Path) -> int:
-    """A stored run of the 3-round scenario that committed round 1 and is still ``running``."""
+def _paused_after_one_round(store, folder: Path) -> int:
+    """A stored run of the 3-round scenario paused after committing round 1."""
     from aggregator.rounds import StopRun
     from simulations.lifecycle import _run_stored, create_stored_run
     from simulations.prepare import prepare_scenario
@@ -196,7 +207,7 @@ def _run_with_one_round(store, folder: Path) -> int:
 
     with pytest.raises(StopRun):
         _run_stored(store, run_id, prepared, "inprocess", stop_after_one)
-    store.claim_run(run_id, "inprocess")  # running again, owned by this (test) process
+    assert store.get_run(run_id).status == "paused"
     return run_id
 
 

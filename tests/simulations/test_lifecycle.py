@@ -4,7 +4,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,11 +16,13 @@ from aggregator.rounds import StopRun
 from aggregator.store import Store, StoreError
 from simulations.lifecycle import resume_run, run_scenario
 from simulations.scenario import scenario_from_dict
+from tests.simulations.run_watch import committed, wait_for_round
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def scenario_dict(strategy: str = "fedavg", rounds: int = 6) -> dict:
+def scenario_dict(strategy: str = "fedavg", rounds: int = 6, local_epochs: int = 1) -> dict:
+    """A small run; ``local_epochs=4`` makes its rounds long enough (0.3-1 s) to kill mid-way."""
     federation = {"num_clients": 6, "clients_per_round": 3, "rounds": rounds, "strategy": strategy}
     if strategy == "fedadam":
         federation["strategy_options"] = {"eta": 0.01}
@@ -31,7 +32,12 @@ def scenario_dict(strategy: str = "fedavg", rounds: int = 6) -> dict:
         "data": {"dataset": "digits", "partition": "iid"},
         "model": {"name": "mlp", "hidden": [16]},
         "federation": federation,
-        "train": {"local_epochs": 1, "batch_size": 32, "learning_rate": 0.05, "momentum": 0.9},
+        "train": {
+            "local_epochs": local_epochs,
+            "batch_size": 32 if local_epochs == 1 else 8,
+            "learning_rate": 0.05,
+            "momentum": 0.9,
+        },
     }
 
 
@@ -95,24 +101,27 @@ def test_abort_and_set_take_effect_at_the_round_boundary(tmp_path):
         store.claim_run(1, "inprocess")
 
 
-def _wait_for_run(db: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Until the child has recorded its run (read with sqlite3: opening a Store would migrate)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                if conn.execute("SELECT count(*) FROM runs").fetchone()[0]:
-                    return
-        except sqlite3.Error:
-            pass
-        time.sleep(0.05)
+@pytest.fixture(scope="module")
+def long_round_references():
+    """Uninterrupted final models of the long-round scenario, per strategy."""
+    return {
+        strategy: run_scenario(scenario_from_dict(scenario_dict(strategy, local_epochs=4))).final
+        for strategy in ("fedavg", "fedadam")
+    }
 
 
-@pytest.mark.parametrize("trial", range(10))
-def test_kill_9_at_a_random_moment_then_resume_gives_the_same_model(tmp_path, references, trial):
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(4))
+def test_kill_9_mid_round_then_resume_gives_the_same_model(
+    tmp_path, long_round_references, trial
+):
+    """SIGKILL at a random moment of a running round (after round 1-3 is committed): the run
+    is left ``running`` by a dead process, resumes after its last commit, and ends with the
+    uninterrupted model."""
+    rng = random.Random(trial)
     strategy = "fedadam" if trial % 2 else "fedavg"
     scenario = tmp_path / "s.json"
-    scenario.write_text(json.dumps(scenario_dict(strategy)))
+    scenario.write_text(json.dumps(scenario_dict(strategy, local_epochs=4)))
     db = tmp_path / "runs.db"
     code = (
         "import json, sys\n"
@@ -125,21 +134,74 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_same_model(tmp_path, re
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(scenario), str(db)], env=env)
     try:
-        _wait_for_run(db, proc)
-        time.sleep(random.Random(trial).uniform(0.0, 0.8))
+        wait_for_round(db, proc, 1 + trial % 3)
+        time.sleep(rng.uniform(0.0, 0.25))
+        status, at_kill = committed(db)
+        assert status == "running" and at_kill < 6 and proc.poll() is None
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
     store = Store(str(db))
     run = store.get_run(1)
-    if run.status == "completed":  # it finished before the kill: nothing to resume
-        final = final_params(store, 1)
-    else:
-        assert run.status == "running"  # killed: no chance to record anything else
-        try:
-            final = resume_run(store, 1).final
-        except StoreError as exc:  # killed after its last round's commit, before "completed"
-            assert "already run all" in str(exc)
-            final = final_params(store, 1)
+    assert run.status == "running"  # killed: no chance to record anything else
+    done = len(run.rounds)
+    assert at_kill <= done < 6  # it was killed with rounds left
+    result = resume_run(store, 1)
+    assert [r.number for r in result.rounds] == list(range(done + 1, 7))  # it really resumed
     assert store.get_run(1).status == "completed"
-    np.testing.assert_array_equal(final, references[strategy])
+    np.testing.assert_array_equal(result.final, long_round_references[strategy])
+
+
+def test_an_interrupt_pauses_at_the_round_boundary_and_a_second_stops_at_once(
+    tmp_path, references
+):
+    """In-process: a first SIGINT/SIGTERM/SIGHUP during a round lets it commit, then pauses;
+    a second raises at once and leaves the run paused at its last commit. Both resume to the
+    uninterrupted model."""
+    from simulations.interrupts import Interrupts
+
+    store = Store(str(tmp_path / "runs.db"))
+    spec = scenario_from_dict(scenario_dict("fedadam"))
+
+    def signal_during(number, *signals):
+        def on_round(outcome):  # runs after round `number - 1` is committed
+            if outcome.number == number - 1:
+                for sig in signals:
+                    os.kill(os.getpid(), sig)
+
+        return on_round
+
+    interrupts = Interrupts()
+    with interrupts, pytest.raises(StopRun, match=r"paused before round 3 \(SIGTERM\)"):
+        run_scenario(spec, store=store, on_round=signal_during(3, signal.SIGTERM),
+                     interrupts=interrupts)  # fmt: skip
+    assert interrupts.run_id == 1 and store.get_run(1).status == "paused"
+    assert len(store.get_run(1).rounds) == 2
+    assert signal.getsignal(signal.SIGTERM) is not interrupts._handle  # restored
+
+    interrupts = Interrupts()
+    with interrupts, pytest.raises(KeyboardInterrupt):
+        resume_run(store, 1, on_round=signal_during(5, signal.SIGHUP, signal.SIGINT),
+                   interrupts=interrupts)  # fmt: skip
+    run = store.get_run(1)
+    assert run.status == "paused" and len(run.rounds) == 4 and "second interrupt" in run.error
+    assert interrupts.exit_code == 128 + signal.SIGINT
+
+    result = resume_run(store, 1)
+    assert [r.number for r in result.rounds] == [5, 6]
+    np.testing.assert_array_equal(result.final, references["fedadam"])
+
+
+def test_a_plain_keyboard_interrupt_leaves_the_run_paused_not_failed(tmp_path):
+    """Ctrl-C without fedcore's handlers (the Python API) still leaves a resumable run."""
+    store = Store(str(tmp_path / "runs.db"))
+
+    def ctrl_c(outcome):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(scenario_from_dict(scenario_dict()), store=store, on_round=ctrl_c)
+    run = store.get_run(1)
+    assert run.status == "paused" and run.finished_at is None and len(run.rounds) == 1
+    assert [r.number for r in resume_run(store, 1).rounds] == [2, 3, 4, 5, 6]

@@ -96,6 +96,26 @@ def test_controls_are_taken_once_and_conflicts_refused(db_url, tmp_path):
         store.queue_control(run_id, "pause")
 
 
+def test_a_resume_drops_a_pause_left_queued_but_keeps_settings_and_aborts(db_url, tmp_path):
+    """A pause queued by an interrupt that then stopped the run at once must not pause the
+    resumed run; a queued ``set`` still applies, and ``pending_stop`` sees pause and abort."""
+    store = Store(db_url, checkpoints=str(tmp_path / "ck"))
+    run_id = store.create_run("demo", "inprocess", 1, {})
+    assert not store.pending_stop(run_id)
+    store.queue_control(run_id, "set", {"learning_rate": 0.01})
+    assert not store.pending_stop(run_id)
+    store.queue_control(run_id, "pause")
+    assert store.pending_stop(run_id)
+    store.finish_run(run_id, "paused")  # stopped at once: the pause was never applied
+    store.claim_run(run_id, "inprocess")
+    assert not store.pending_stop(run_id)
+    assert [c.command for c in store.take_controls(run_id, 1)] == ["set"]
+    store.queue_control(run_id, "abort")
+    store.claim_run(run_id, "inprocess")  # same process: not "still running"
+    assert store.pending_stop(run_id)
+    assert [c.command for c in store.take_controls(run_id, 1)] == ["abort"]
+
+
 def test_an_older_schema_is_refused_until_upgraded_and_keeps_its_data(db_url, tmp_path):
     engine = sa.create_engine(db_url)
     upgrade(engine, "0001")

@@ -1,0 +1,72 @@
+"""Interrupts of a stored run: pause at the next round boundary, or stop at once on a second.
+
+A user's Ctrl-C (SIGINT), a service manager's SIGTERM or a closed terminal's SIGHUP should never
+cost a run. While ``Interrupts`` is entered (in the main thread), the first of these signals
+only records itself: the run's ``StoreHooks`` pause it before the next round (the round in
+progress is finished and committed first), and the command says how to continue. A second
+signal raises ``KeyboardInterrupt`` at once; the run is then recorded ``paused`` and resumes
+from its last committed round (later signals are ignored, so that record and the cleanup of
+child processes are not cut short). Either way ``fedcore runs resume`` (or ``fedcore server
+--resume``) ends with the model of an uninterrupted run, bit for bit; only ``fedcore runs
+abort`` makes a run final.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupts:
+    """Context manager: SIGINT/SIGTERM/SIGHUP ask the run to pause; a second one stops it now.
+
+    ``signal`` names the first signal received (None before); ``signum`` is its number, or
+    the second's once that stopped the command.
+    ``run_id`` is set by ``simulations.lifecycle`` once the run is in the store, so the
+    notice can name it. ``hint`` says how to continue a paused run (``{run}``: its id).
+    """
+
+    def __init__(self, hint: str = "`fedcore runs resume {run}` continues it") -> None:
+        self.hint = hint
+        self.signal: str | None = None
+        self.signum: int | None = None
+        self.run_id: int | None = None
+        self.count = 0  # signals received
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a command stopped by a signal: 128 + its number."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count == 2:
+            self.signum = signum  # the one that stopped the command
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} (second interrupt)")
+        if self.count > 2:
+            return
+        self.signal, self.signum = signal.Signals(signum).name, signum
+        run = "the run" if self.run_id is None else f"run {self.run_id}"
+        hint = "" if self.run_id is None else "; then " + self.hint.format(run=self.run_id)
+        notice = (
+            f"\n{self.signal}: pausing {run} once the round in progress is committed{hint} "
+            "(interrupt again to stop at once: it resumes from its last committed round)\n"
+        )
+        os.write(2, notice.encode())  # not print(): the main thread may be inside print()
