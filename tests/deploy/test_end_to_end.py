@@ -25,9 +25,13 @@ from deploy.processes import flower_bin, free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"
 
-pytestmark = pytest.mark.skipif(
-    not Path(flower_bin("flower-superlink")).exists(), reason="flower-superlink is not installed"
-)
+pytestmark = [
+    pytest.mark.slow,  # real SuperLink and SuperNode processes
+    pytest.mark.skipif(
+        not Path(flower_bin("flower-superlink")).exists(),
+        reason="flower-superlink is not installed",
+    ),
+]
 
 
 def marked_pids(marker: str) -> list[int]:

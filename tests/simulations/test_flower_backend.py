@@ -7,6 +7,7 @@ from simulations.lifecycle import run_scenario
 from tests.simulations.test_harness import small_scenario
 
 pytest.importorskip("ray", reason="Flower's simulation runtime needs fedcore[sim]")
+pytestmark = pytest.mark.slow  # Ray
 
 
 def test_flower_backend_matches_inprocess():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from aggregator.rounds import ClientOutcome, RoundOutcome, StopRun
+from aggregator.rounds import StopRun
 from aggregator.store import Store
 from client_runtime.cost import forward_flops, training_flops
 from client_runtime.device import DoesNotFit, train_on_device
@@ -16,7 +16,7 @@ from fedcore.settings import TrainSettings
 from simulations.clock import DEADLINE, DROPPED, client_time
 from simulations.harness import simulate
 from simulations.lifecycle import prepare_stored_run, resume_run, run_scenario
-from simulations.population import NODE_BASE, Population, PopulationSection
+from simulations.population import Population, PopulationSection
 from simulations.prepare import prepare_scenario
 from simulations.reports import write_report
 from simulations.scenario import ScenarioError, scenario_from_dict
@@ -130,27 +130,51 @@ def test_population_run_records_devices_time_energy_and_reports(tmp_path):
     assert {p.name for p in paths} >= {"accuracy.png", "device_classes.png", "time_breakdown.png"}
 
 
-def test_dropped_and_late_clients_still_count_their_energy():
-    spec = scenario_from_dict(scenario(dropout=0.5, over_selection=1.5, deadline_s=1e6))
+@pytest.fixture(scope="module")
+def split_deadline():
+    """A deadline between the two device classes' simulated round times: every android-mid
+    client makes it, every rpi-zero-2w client is late (measured on a run without one)."""
+    result = simulate(prepare_scenario(scenario_from_dict(scenario())))
+    seconds: dict[str, list[float]] = {}
+    for c in (c for r in result.rounds for c in r.clients):
+        seconds.setdefault(c.device_class, []).append(c.metrics["sim_seconds"])
+    fast, slow = max(seconds["android-mid"]), min(seconds["rpi-zero-2w"])
+    assert fast < slow
+    return float(np.sqrt(fast * slow))
+
+
+def test_late_clients_are_rejected_and_draw_energy_until_the_deadline(split_deadline):
+    from device_profiles import get_profile
+
+    spec = scenario_from_dict(scenario(deadline_s=split_deadline))
+    result = simulate(prepare_scenario(spec))
+    late_joules = get_profile("rpi-zero-2w").energy_joules(split_deadline)
+    for r in result.rounds:
+        late = [c for c in r.clients if c.device_class == "rpi-zero-2w"]
+        on_time = [c for c in r.clients if c.device_class == "android-mid"]
+        assert late and on_time
+        assert all(not c.accepted and DEADLINE in c.reason for c in late)
+        assert all(c.metrics["energy_j"] == pytest.approx(late_joules) for c in late)
+        assert all(c.accepted and c.metrics["sim_seconds"] <= split_deadline for c in on_time)
+        assert r.metrics["sim_round_s"] == pytest.approx(split_deadline)  # it waited that long
+        drawn = sum(c.metrics["energy_j"] for c in r.clients)
+        assert r.metrics["energy_j"] == pytest.approx(drawn)
+
+
+def test_dropped_and_late_clients_still_count_their_energy(split_deadline):
+    spec = scenario_from_dict(
+        scenario(dropout=0.5, over_selection=1.5, deadline_s=split_deadline)
+    )
     result = simulate(prepare_scenario(spec))
     clients = [c for r in result.rounds for c in r.clients]
     dropped = [c for c in clients if c.reason and DROPPED in c.reason]
-    assert dropped and all(c.metrics["energy_j"] > 0 for c in dropped)
+    late = [c for c in clients if c.reason and DEADLINE in c.reason]
+    assert dropped and late
+    assert all(c.metrics["energy_j"] > 0 for c in dropped + late)
     for r in result.rounds:
         drawn = sum(c.metrics.get("energy_j", 0.0) for c in r.clients)
         assert r.metrics["energy_j"] == pytest.approx(drawn)
         assert drawn > sum(c.metrics.get("energy_j", 0.0) for c in r.clients if c.accepted)
-
-
-def test_late_clients_draw_energy_until_the_deadline():
-    world = prepare_scenario(scenario_from_dict(scenario(deadline_s=1e-6))).world
-    assert world is not None
-    late = ClientOutcome(4, NODE_BASE + 4, False, reason=DEADLINE)
-    outcome = RoundOutcome(1, [late], 0.0, 0.0, 0.0, 0.0, np.zeros(1))
-    world.network.spent[(1, 4)] = 2.5
-    world.annotate(outcome)
-    assert outcome.clients[0].metrics["energy_j"] == 2.5 and outcome.metrics["energy_j"] == 2.5
-    assert world.network.spent == {}
 
 
 def test_resume_restores_the_virtual_clock(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -14,16 +16,59 @@ from fedcore.models import build_model
 from fedcore.optim import SGD
 
 
-@pytest.fixture
-def threads():
-    """Run a test with two intra-op threads and tiny grains, then restore the settings."""
+@contextmanager
+def two_threads() -> Iterator[None]:
+    """Two intra-op threads, tiny grains and BLAS claimed at one thread (what the first split
+    of a big model does); then all of it restored, BLAS's own thread count included, so no
+    later test depends on the order the tests ran in."""
+    from fedcore.engine.blas import _controllers
+
     saved = parallel.get_num_threads(), parallel.GRAIN, parallel.GEMM_GRAIN
+    claimed = parallel._state.get("blas")
+    before = [c.num_threads for c in _controllers()]
     parallel.set_num_threads(2)
     parallel.GRAIN, parallel.GEMM_GRAIN = 1, 1
-    parallel._claim_blas()  # what the first split of a big model does: products split too
-    yield
-    parallel.set_num_threads(saved[0])
-    parallel.GRAIN, parallel.GEMM_GRAIN = saved[1], saved[2]
+    parallel._state.pop("blas", None)
+    assert parallel._claim_blas() == bool(before)  # products split too from here on
+    try:
+        yield
+    finally:
+        parallel.set_num_threads(saved[0])
+        parallel.GRAIN, parallel.GEMM_GRAIN = saved[1], saved[2]
+        for c, n in zip(_controllers(), before, strict=True):
+            c.set_num_threads(n)
+        if claimed is None:
+            parallel._state.pop("blas", None)
+        else:
+            parallel._state["blas"] = claimed
+
+
+@pytest.fixture
+def threads():
+    """Run a test inside `two_threads()`."""
+    with two_threads():
+        yield
+
+
+def test_two_threads_restores_blas_threads_and_the_claim():
+    from fedcore.engine.blas import _controllers
+
+    ctls = _controllers()
+    if not ctls:
+        pytest.skip("BLAS threads cannot be controlled here (no threadpoolctl)")
+    before = [c.num_threads for c in ctls]
+    claimed = parallel._state.get("blas")
+    try:
+        for c in ctls:
+            c.set_num_threads(3)  # a count the test can tell apart from the claim's 1
+        with two_threads():
+            assert [c.num_threads for c in ctls] == [1] * len(ctls)
+            assert parallel._state["blas"] is True and parallel.get_num_threads() == 2
+        assert [c.num_threads for c in ctls] == [3] * len(ctls)
+        assert parallel._state.get("blas") is claimed
+    finally:
+        for c, n in zip(ctls, before, strict=True):
+            c.set_num_threads(n)
 
 
 def test_slabs_cover_every_row_once_on_two_threads(threads):
@@ -196,3 +241,4 @@ def test_rnn_gradients_match_across_thread_counts(threads):
     parallel.set_num_threads(1)
     for a, b in zip(grads(), two, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+

@@ -118,7 +118,9 @@ def test_graph_is_regular_symmetric_and_seeded(n, k):
     seed = os.urandom(32)
     table = graph.neighbours(n, k, seed)
     degree = graph.effective_degree(n, k)
-    assert table.shape == (n, degree) and degree % 2 == 0 or degree == n - 1
+    assert table.shape == (n, degree)  # complete graphs (degree n - 1) included
+    assert degree % 2 == 0 or degree == n - 1
+    assert all(len(set(table[i].tolist())) == degree for i in range(n))  # distinct neighbours
     adjacency = {(i, int(j)) for i in range(n) for j in table[i]}
     assert all((j, i) in adjacency for i, j in adjacency)
     assert all(i not in table[i] for i in range(n))
