@@ -19,8 +19,8 @@ from aggregator.store import Store
 from deploy import clientapp, serverapp
 from deploy.settings import DeploySettings
 from simulations.backends.inprocess import InProcessGrid
-from simulations.harness import prepare_scenario
 from simulations.lifecycle import StoreHooks, create_stored_run
+from simulations.prepare import prepare_scenario
 from simulations.scenario import load_scenario
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"
