@@ -7,8 +7,10 @@ that reach the grid.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -56,8 +58,9 @@ class Empty(Recording):
 
 
 def deploy(grid: InProcessGrid, settings: DeploySettings):
-    run_config = settings.run_config()
-    return serverapp.app(grid, Context(1, 0, {}, RecordDict(), run_config))
+    """As a SuperLink runs the ServerApp: the run config for all, the store in its environment."""
+    with mock.patch.dict(os.environ, settings.environment()):
+        serverapp.app(grid, Context(1, 0, {}, RecordDict(), settings.run_config()))
 
 
 def test_the_round_timeout_reaches_the_grid_and_a_silent_device_is_rejected(tmp_path):
