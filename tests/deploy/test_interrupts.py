@@ -65,14 +65,17 @@ def test_interrupted_server_resumes_to_the_simulated_model(fleet, tmp_path):
     address = f"127.0.0.1:{free_port()}"
     db = tmp_path / "runs.db"
     hint = f"`fedcore server {scenario} --resume 1` continues it"
-    logs = tmp_path / "server-logs"  # one SuperLink state: devices stay enrolled across restarts
-    flwr_log = logs / "flwr-run.log"
 
-    def server(phase: str, *extra: str):
+    def flwr_log(logs: str) -> Path:
+        return tmp_path / logs / "flwr-run.log"
+
+    def server(phase: str, logs: str, *extra: str):
+        """``fedcore server`` keeping its SuperLink's state in ``logs``: devices a SuperLink
+        knows rejoin it after a restart; a fresh one knows no stale devices."""
         return fleet.start(
             phase, "server", str(scenario), "--address", address, "--db", str(db), "--json",
             "--connect-timeout", "120", "--round-timeout", "120",
-            "--logs", str(logs), *extra,
+            "--logs", str(tmp_path / logs), *extra,
         )  # fmt: skip
 
     def clients():
@@ -85,10 +88,10 @@ def test_interrupted_server_resumes_to_the_simulated_model(fleet, tmp_path):
         ]
 
     # 1. SIGINT during round 2: paused at the boundary after round 2 is committed.
-    first = server("a")
+    first = server("a", "logs-a")
     fleet.wait_for("a", "waiting for 2 device(s)", first, timeout=90)
     devices = clients()
-    wait_for_text(flwr_log, "fedcore round 2 starts", timeout=180)
+    wait_for_text(flwr_log("logs-a"), "fedcore round 2 starts", timeout=180)
     time.sleep(rng.uniform(0.0, 1.0))
     assert committed(db) == ("running", 1) and first.poll() is None  # round 2 is running
     first.send_signal(signal.SIGINT)
@@ -101,8 +104,8 @@ def test_interrupted_server_resumes_to_the_simulated_model(fleet, tmp_path):
         device.send_signal(signal.SIGTERM)
     for i, device in enumerate(devices):
         assert device.wait(timeout=60) == 130, fleet.output(f"client{i}")
-    waiting = server("b", "--resume", "1")
-    wait_for_text(flwr_log, "resuming run 1 after round 2")
+    waiting = server("b", "logs-b", "--resume", "1")
+    wait_for_text(flwr_log("logs-b"), "resuming run 1 after round 2")
     assert committed(db) == ("running", 2)
     waiting.send_signal(signal.SIGTERM)
     assert waiting.wait(timeout=60) == 3, fleet.output("b")
@@ -110,10 +113,10 @@ def test_interrupted_server_resumes_to_the_simulated_model(fleet, tmp_path):
     assert hint in fleet.output("b")
 
     # 3. SIGHUP then SIGINT during round 3: stopped at once, paused at round 2.
-    third = server("c", "--resume", "1")
+    third = server("c", "logs-cd", "--resume", "1")
     fleet.wait_for("c", "waiting for 2 device(s)", third, timeout=90)
     clients()
-    wait_for_text(flwr_log, "fedcore round 3 starts", timeout=180)
+    wait_for_text(flwr_log("logs-cd"), "fedcore round 3 starts", timeout=180)
     time.sleep(rng.uniform(0.0, 1.0))
     assert committed(db) == ("running", 2) and third.poll() is None  # round 3 is running
     third.send_signal(signal.SIGHUP)
@@ -123,8 +126,9 @@ def test_interrupted_server_resumes_to_the_simulated_model(fleet, tmp_path):
     assert committed(db) == ("paused", 2), fleet.output("c")
     assert "paused at its last committed round" in fleet.output("c") and hint in fleet.output("c")
 
-    # Resumed to the end (the devices rejoin by themselves): the simulated model, bit for bit.
-    last = server("d", "--resume", "1")
+    # Resumed to the end on the same SuperLink state (the devices rejoin by themselves): the
+    # simulated model, bit for bit.
+    last = server("d", "logs-cd", "--resume", "1")
     assert last.wait(timeout=240) == 0, fleet.output("d")
     summary = json.loads(fleet.output("d").split("\n")[0])
     assert summary["status"] == "completed" and summary["rounds"] == 3
