@@ -200,6 +200,13 @@ class FlowerStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self._layout is None or self._global is None:
             raise AggregationError("configure_train (or remember) must run before aggregation")
+        errors = sum(reply.has_error() for reply in replies)
+        log(
+            INFO,
+            "aggregate_train: Received %s results and %s failures",
+            len(replies) - errors,
+            errors,
+        )
         used, updates = [], []
         for reply in _in_node_order(replies):
             try:
@@ -219,9 +226,7 @@ class FlowerStrategy(FedAvg):
                 _rejected(reply, reason)
         if not accepted:
             raise AggregationError("every reply was rejected")
-        new = aggregation.finish()
-        if not np.isfinite(new).all():
-            raise AggregationError("the aggregate is not finite")
+        new = aggregation.finish()  # AggregationError unless finite
         chosen = aggregation.rule.chosen
         counted = accepted if chosen is None else [accepted[i] for i in chosen]
         return self._layout.unflatten(new), self._metrics(counted)
