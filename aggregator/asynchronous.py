@@ -207,28 +207,38 @@ class AsyncRun:
         self._records: tuple[int, Callable[[int], dict]] | None = None
 
     # -- dispatch ---------------------------------------------------------------------------
-    def dispatch(self, clients: Mapping[int, int]) -> None:
-        """Fill the free training slots with idle clients, drawn reproducibly from the seed."""
+    def dispatch(self, clients: Mapping[int, int], order: list[int]) -> None:
+        """Fill the free training slots with idle clients (``order``: ``clients`` sorted),
+        drawn reproducibly from the seed; when every idle client fits, all go, in order."""
         from aggregator.rounds import train_records
 
-        waiting = {c.client_id for c in self.buffer}
-        idle = sorted(c for c in clients if c not in self.in_flight and c not in waiting)
-        if len(self.in_flight) >= self.asynchrony.concurrency or not idle:
+        free = self.asynchrony.concurrency - len(self.in_flight)
+        busy = self.busy()
+        idle_count = len(order) - sum(1 for c in busy if c in clients)
+        if free <= 0 or idle_count <= 0:
             return
         step = self.version + 1
         if self._records is None or self._records[0] != step:  # one record per model version
             record = vector_record(self.params)
             self._records = (step, train_records(self.config, self.strategy, step, record))
         records = self._records[1]
-        everyone = len(idle) <= self.asynchrony.concurrency - len(self.in_flight)
-        while len(self.in_flight) < self.asynchrony.concurrency and idle:
-            if everyone:
-                chosen = idle.pop(0)  # every idle client goes, in order
-            else:
-                rng = np.random.default_rng([self.config.seed, 7, self.dispatched])
-                chosen = idle.pop(int(rng.integers(len(idle))))
+        if idle_count <= free:
+            chosen = [c for c in order if c not in busy]
+        else:  # draw without replacement; busy clients are few next to the available ones
+            chosen = []
+            rng = np.random.default_rng([self.config.seed, 7, self.dispatched])
+            while len(chosen) < free:
+                pick = order[int(rng.integers(len(order)))]
+                if pick not in busy:
+                    chosen.append(pick)
+                    busy.add(pick)
+        for client in chosen:
             self.dispatched += 1
-            self._send(chosen, clients[chosen], self.version, records, self.now)
+            self._send(client, clients[client], self.version, records, self.now)
+
+    def busy(self) -> set[int]:
+        """Clients training now or waiting in the buffer (not to be sent another model)."""
+        return set(self.in_flight) | {c.client_id for c in self.buffer}
 
     def _send(self, client: int, node: int, base_version: int,
               records: Callable[[int], dict], now: float) -> None:
@@ -283,12 +293,13 @@ class AsyncRun:
     # -- collect ----------------------------------------------------------------------------
     def collect(self, arrival: float, reply: Message, nodes: Mapping[int, int],
                 declared: Mapping[int, int]) -> None:
-        """Validate one reply and buffer it (or record why not)."""
+        """Validate one reply (``nodes``: node id -> client id) and buffer it, or record why
+        not."""
         from aggregator.rounds import ClientOutcome, client_report
 
         self.now = max(self.now, arrival)
         node = reply.metadata.src_node_id
-        client = next((c for c, n in nodes.items() if n == node), None)
+        client = nodes.get(node)
         if client is None or client not in self.in_flight:
             return  # not a message of ours (or a second reply): ignore
         base_version = self.in_flight.pop(client)
@@ -388,25 +399,30 @@ def run_async_federation(
     directory: Callable[[int], Mapping[int, int]] = (
         config.directory if config.directory is not None else (lambda _: clients or {})
     )
-    known: dict[int, int] = dict(clients or {})
+    by_node: dict[int, int] = {node: client for client, node in (clients or {}).items()}
     if resume_state:
-        known.update(directory(first_round))
-        run.load_state_dict(dict(resume_state), known)
+        available = directory(first_round)
+        by_node.update({node: client for client, node in available.items()})
+        run.load_state_dict(dict(resume_state), available)
     last_step_at = run.now
     wall = time.perf_counter()
-    asked = run.version
+    asked, listed = run.version, -1
     while run.version < config.num_rounds:
         if before_round is not None and asked <= run.version:  # once per step: pause, set
             run.config = config = before_round(run.version + 1, config)
             asked = run.version + 1
-        available = directory(run.version + 1)
-        known.update(available)
-        run.dispatch(available)
+        if listed != run.version:  # who is available: once per model version
+            available = directory(run.version + 1)
+            order = sorted(available)
+            by_node.update({node: client for client, node in available.items()})
+            listed = run.version
+        run.dispatch(available, order)
         got = courier.receive()
         if got is not None:
-            run.collect(*got, known, declared or {})
+            run.collect(*got, by_node, declared or {})
         enough = len(run.buffer) >= run.asynchrony.buffer
-        stuck = got is None or (not run.in_flight and not _idle(run, available))
+        idle = len(order) > sum(1 for c in run.busy() if c in available)
+        stuck = got is None or (not run.in_flight and not idle)
         if not enough and not (stuck and run.buffer):
             if got is None and not run.buffer:
                 from aggregator.rounds import RoundFailed
@@ -439,8 +455,3 @@ def run_async_federation(
         if on_round is not None:
             on_round(outcome)
     return run.params
-
-
-def _idle(run: AsyncRun, available: Mapping[int, int]) -> bool:
-    waiting = {c.client_id for c in run.buffer}
-    return any(c not in run.in_flight and c not in waiting for c in available)

@@ -131,8 +131,8 @@ def _compare_all(args: argparse.Namespace) -> None:
 
     phones = load_scenario("simulations/phones_label_skew.toml").model_dump()
     compare("phones_label_skew", phones, 0.85, args.seeds,
-            sync={"rounds": 25},
-            asynchronous={"rounds": 80, "mode": "async", "concurrency": 40, "buffer": 10,
+            sync={"rounds": 15},
+            asynchronous={"rounds": 40, "mode": "async", "concurrency": 40, "buffer": 10,
                           "max_staleness": 10})
     if args.skip_population:
         return
@@ -141,8 +141,8 @@ def _compare_all(args: argparse.Namespace) -> None:
     big["federation"] = {**big["federation"], "num_clients": args.population,
                          "clients_per_round": 100}
     compare(f"population ({args.population} clients)", big, 0.5, args.seeds,
-            sync={"rounds": 30},
-            asynchronous={"rounds": 120, "mode": "async", "concurrency": 200, "buffer": 50,
+            sync={"rounds": 15},
+            asynchronous={"rounds": 40, "mode": "async", "concurrency": 200, "buffer": 50,
                           "max_staleness": 10})
 
 
