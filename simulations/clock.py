@@ -156,6 +156,6 @@ class SimulatedNetwork:
             seconds = drops_at * timing.total_s
             return self._lost(msg, device, seconds, DROPPED), seconds
         if deadline is not None and timing.total_s > deadline:
-            reason = f"{DEADLINE} ({timing.total_s:.1f} s > {deadline:g} s)"
+            reason = f"{DEADLINE} ({timing.total_s:.3g} s > {deadline:g} s)"
             return self._lost(msg, device, deadline, reason), timing.total_s
         return reply, timing.total_s

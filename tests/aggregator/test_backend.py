@@ -9,6 +9,7 @@ import pytest
 
 from aggregator import backend as backend_module
 from aggregator.backend import BackendUnavailable, select_backend
+from tests.tolerances import assert_close_to_operands
 
 
 def test_auto_is_numpy_without_a_gpu_and_env_overrides(monkeypatch):
@@ -48,12 +49,11 @@ def test_devices_never_import_cupy_or_the_aggregator():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def _close(got: np.ndarray, acc0: np.ndarray, w: float, x: np.ndarray) -> bool:
+def _close(got: np.ndarray, acc0: np.ndarray, w: float, x: np.ndarray) -> None:
     """``got`` is ``acc0 + w x`` to within a few float32 ulps of the operands (kernels round
     or fuse the product differently; a cancelled sum has no relative precision to check)."""
     want = acc0.astype(np.float64) + w * x.astype(np.float64)
-    bound = 4 * np.finfo(np.float32).eps * (np.abs(acc0) + abs(w) * np.abs(x))
-    return bool(np.all(np.abs(got - want) <= bound))
+    assert_close_to_operands(got, want, np.abs(acc0) + abs(w) * np.abs(x), 4, np.float32)
 
 
 @pytest.fixture
@@ -85,14 +85,15 @@ def test_large_vectors_go_through_blas_saxpy_on_the_threads_asked(saxpy_calls, t
     axpy(acc, 0.37, x, threads)
     assert len(calls) == 1 and set(calls[0]) == {threads}  # SciPy's BLAS, on `threads` threads
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
-    assert _close(acc, acc0, 0.37, x)
+    _close(acc, acc0, 0.37, x)
     small = np.ones(backend_module.BLAS_MIN_SIZE - 1, np.float32)
     axpy(small, 2.0, small.copy())
     assert len(calls) == 1 and np.all(small == 3.0)  # below the size: numpy's ufuncs
     strided = np.repeat(x, 2)[::2]  # equals x, not contiguous: the ufunc fallback
     acc = acc0.copy()
     axpy(acc, -1.5, strided, threads)
-    assert len(calls) == 1 and _close(acc, acc0, -1.5, x)
+    assert len(calls) == 1
+    _close(acc, acc0, -1.5, x)
 
 
 def test_fedcore_agg_threads_reaches_the_kernel(monkeypatch, saxpy_calls):

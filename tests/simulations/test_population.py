@@ -154,6 +154,9 @@ def test_late_clients_are_rejected_and_draw_energy_until_the_deadline(split_dead
         on_time = [c for c in r.clients if c.device_class == "android-mid"]
         assert late and on_time
         assert all(not c.accepted and DEADLINE in c.reason for c in late)
+        for c in late:  # the reason shows its simulated time, which exceeds the deadline
+            shown = float(c.reason.split(f"{DEADLINE} (")[1].split(" s > ")[0])
+            assert shown > split_deadline
         assert all(c.metrics["energy_j"] == pytest.approx(late_joules) for c in late)
         assert all(c.accepted and c.metrics["sim_seconds"] <= split_deadline for c in on_time)
         assert r.metrics["sim_round_s"] == pytest.approx(split_deadline)  # it waited that long

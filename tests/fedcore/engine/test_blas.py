@@ -13,6 +13,7 @@ import pytest
 
 from fedcore.engine import blas
 from fedcore.optim.sgd import sgd_update
+from tests.tolerances import assert_close_to_operands
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -26,11 +27,8 @@ def test_axpby_matches_ufuncs(dtype):
         if os.environ.get("FEDCORE_REQUIRE_BLAS") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    # A kernel may fuse the multiply-add or round each product: the error of a*x + b*y is
-    # bounded by a few ulps of the operands' magnitudes, not of the (possibly cancelled) sum.
-    bound = 4 * np.finfo(dtype).eps * (np.abs(ax) + np.abs(by))
-    err = np.abs(y.astype(np.float64) - want.astype(np.float64))
-    assert np.all(err <= bound), float(np.max(err / bound))
+    # A kernel may fuse the multiply-add or round each product: a few ulps of |a x| + |b y|.
+    assert_close_to_operands(y, want, np.abs(ax) + np.abs(by), 4, dtype)
 
 
 def test_axpby_refuses_what_it_cannot_do_and_touches_nothing():
@@ -52,6 +50,6 @@ def test_sgd_momentum_through_blas_equals_the_ufunc_update(monkeypatch):
     monkeypatch.setattr("fedcore.optim.sgd.axpby", lambda *a: False)  # the ufunc path
     sgd_update(p2, g, b2, s, 0.05, 0.9, 0.0, False)
     # Each side rounds every product once (or fuses it): a few ulps of the operands apart.
-    eps = np.finfo(np.float32).eps
-    assert np.all(np.abs(b - b2) <= 4 * eps * (0.9 * np.abs(b0) + np.abs(g)))
-    assert np.all(np.abs(p - p2) <= 4 * eps * (np.abs(p0) + 0.05 * (0.9 * np.abs(b0) + np.abs(g))))
+    momentum = 0.9 * np.abs(b0) + np.abs(g)
+    assert_close_to_operands(b, b2, momentum, 4, np.float32)
+    assert_close_to_operands(p, p2, np.abs(p0) + 0.05 * momentum, 4, np.float32)
