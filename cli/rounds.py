@@ -44,12 +44,17 @@ def show_round(
 ) -> None:
     """One round: its metrics, checkpoint digest, and every selected client's outcome."""
     from aggregator.store import StoreError
+    from aggregator.store.enrolment import device_names
 
+    store = open_store(db)
     try:
-        row = open_store(db).get_round(run_id, number)
+        row = store.get_round(run_id, number)
     except StoreError as exc:
         fail(str(exc))
     data = round_dict(row, clients=True)
+    names = device_names(store, run_id)  # enrolled devices of a deployment, by node id
+    for c in data["clients"]:
+        c["device_name"] = names.get(str(c["node_id"]))
     if as_json:
         print(json.dumps(data))
         return
@@ -66,7 +71,6 @@ def show_round(
         loss = f"{c['train_loss']:.4f}" if c["train_loss"] is not None else "-"
         secs = f"{c['seconds']:.2f}" if c["seconds"] is not None else "-"
         verdict = "accepted" if c["accepted"] else f"rejected: {untrusted(c['reason'])}"
-        table.add_row(
-            str(c["client_id"]), str(c["num_examples"]), loss, secs, str(c["bytes_up"]), verdict
-        )
+        who = str(c["client_id"]) + (f" ({c['device_name']})" if c["device_name"] else "")
+        table.add_row(who, str(c["num_examples"]), loss, secs, str(c["bytes_up"]), verdict)
     console.print(table)

@@ -305,7 +305,8 @@ class _Deployment:
         An interrupt is passed on to the ServerApp (another process) as a queued pause.
         """
         from aggregator.store import StoreError
-        from cli.render import RoundRow
+        from aggregator.store.enrolment import device_names
+        from cli.render import RoundRow, untrusted
 
         assert self.superlink is not None and self.submitted is not None
         shown, asked = 0, False
@@ -323,9 +324,12 @@ class _Deployment:
             for row in sorted(run.rounds, key=lambda r: r.number)[shown:]:
                 ui.add(RoundRow.of(row))
                 shown += 1
+                names = device_names(store, run_id) if self.watch else {}
                 for c in row.clients:
                     if not c.accepted:
-                        why = f"round {row.number}: client {c.client_id} rejected: {c.reason}"
+                        who = f"client {c.client_id}"
+                        who += f" ({names[c.node_id]})" if c.node_id in names else ""
+                        why = f"round {row.number}: {who} rejected: {untrusted(c.reason)}"
                         err_console.print(why, markup=False)
             if run.status != "running":
                 self._let_flwr_run_finish()

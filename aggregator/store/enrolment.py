@@ -164,8 +164,14 @@ def registered_nodes(store: Store, run_id: int) -> dict[int, Enrolled]:
         return {int(r.node_id): Enrolled.of(r.enrolment) for r in rows}
 
 
+def device_names(store: Store, run_id: int) -> dict[str, str]:
+    """``{node id as stored in client results: enrolled name}`` for a run (empty if none)."""
+    return {str(node): device.name for node, device in registered_nodes(store, run_id).items()}
+
+
 __all__ = [
     "Enrolled",
+    "device_names",
     "by_fingerprint",
     "check_name",
     "enroll",

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from aggregator.store import Store
 from aggregator.store.enrolment import enroll, revoke
+from cli.main import app
 from deploy.bundle import BundleSpec, write_bundle
 from deploy.certs import create_certificates
 from deploy.keys import generate_node_keys, read_public_key
@@ -163,6 +165,9 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     assert clients[0] == [0, 1, 2]
     assert all(ids == [0, 1] for ids in clients[committed + 1 :]), clients
     assert all(c.accepted for r in run.rounds for c in r.clients if c.client_id != 2)
+    shown = CliRunner().invoke(app, ["rounds", "show", "1", "1", "--db", str(db), "--json"])
+    named = {c["client_id"]: c["device_name"] for c in json.loads(shown.stdout)["clients"]}
+    assert named == {0: "dev-a", 1: "dev-b", 2: "dev-c"}  # the server names devices
     late = [c for r in run.rounds[committed:] for c in r.clients if c.client_id == 2]
     assert all(not c.accepted and c.reason for c in late), [c.reason for c in late]
     log = fleet.output("server")
