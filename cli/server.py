@@ -285,7 +285,7 @@ class _Deployment:
                 raise _StartError(str(exc)) from None
             err_console.print(f"enrolled devices allowed to join: {', '.join(names)}")
             self.watch = [
-                Revocations(store, run_id, self.home),
+                Revocations(store, run_id, self.home, set(names.values())),
                 Refusals(self.work / "superlink.log", describe_key(store)),
             ]
         self.submitted = p.FlowerProcess(

@@ -54,11 +54,11 @@ def _flwr(home: Path, *args: str) -> dict:
     return reply
 
 
-def register_enrolled(store: Store, run_id: int, home: Path) -> list[str]:
-    """Register every active enrolment's key with the SuperLink; return the names."""
+def register_enrolled(store: Store, run_id: int, home: Path) -> dict[str, int]:
+    """Register every active enrolment's key with the SuperLink; ``{name: node id}``."""
     from aggregator.store.enrolment import list_enrolled, register_node
 
-    names = []
+    names: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="fedcore-keys-") as folder:
         for device in list_enrolled(store):
             if not device.active:
@@ -66,18 +66,21 @@ def register_enrolled(store: Store, run_id: int, home: Path) -> list[str]:
             key = Path(folder) / f"{device.name}.pub"
             key.write_text(device.public_key + "\n", encoding="ascii")
             reply = _flwr(home, "supernode", "register", str(key), "--name", device.name)
-            register_node(store, run_id, device.name, int(reply["node-id"]))
-            names.append(device.name)
+            node_id = int(reply["node-id"])
+            register_node(store, run_id, device.name, node_id)
+            names[device.name] = node_id
     return names
 
 
 @dataclass
 class Revocations:
-    """Unregisters the SuperLink node of each device revoked while the run goes on."""
+    """Unregisters the SuperLink node of each device revoked while the run goes on (only the
+    nodes this SuperLink registered: a resumed run's older node ids are not its own)."""
 
     store: Store
     run_id: int
     home: Path
+    nodes: set[int]  # node ids registered on this SuperLink
     done: set[int] = field(default_factory=set)
 
     def check(self) -> list[str]:
@@ -86,7 +89,7 @@ class Revocations:
 
         lines = []
         for node_id, device in registered_nodes(self.store, self.run_id).items():
-            if device.active or node_id in self.done:
+            if device.active or node_id in self.done or node_id not in self.nodes:
                 continue
             self.done.add(node_id)
             try:

@@ -3,7 +3,7 @@
 Flower 1.42 serves the Fleet, Control and ServerApp (runtime) APIs on one HTTP address, and
 the Control API authenticates no one without OIDC. Off loopback, ``fedcore server`` therefore
 binds the SuperLink to loopback and puts this gateway on the public address: it terminates
-TLS (the same certificate), forwards only ``POST /v1/fleet/...`` requests to the SuperLink
+TLS (the same certificate), forwards only ``POST /v1/fleet/NAME`` requests to the SuperLink
 over TLS on loopback, and answers everything else ``403``. Requests are checked one at a time
 on a kept-alive connection (HTTP/1.1, ``Content-Length`` bodies only, bounded head and body),
 so nothing but Fleet calls ever reaches the SuperLink. The device's address goes along as
@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import ssl
 import sys
 
-FLEET_PREFIX = b"/v1/fleet/"
+FLEET_PATH = re.compile(rb"^/v1/fleet/[a-z0-9-]{1,64}$")  # e.g. /v1/fleet/pull-messages
 MAX_HEAD = 16 * 1024
 MAX_BODY = 512 * 1024 * 1024  # a model object pushed in one request
 IDLE_TIMEOUT = 120.0
@@ -39,9 +40,13 @@ class Refused(Exception):
 
 
 def parse_head(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """The start line and the header fields of an HTTP/1.1 message head."""
+    """The start line and the header fields of an HTTP/1.1 message head (a bare CR or LF, or
+    another control byte, anywhere is refused: it could end a line for the SuperLink)."""
     lines = head.split(b"\r\n")
     fields = []
+    for line in lines:
+        if any(byte < 0x20 and byte != 0x09 or byte == 0x7F for byte in line):
+            raise Refused(400, "control character in the head")
     for line in lines[1:]:
         if not line:
             continue
@@ -73,7 +78,7 @@ def check_request_line(line: bytes) -> None:
     if len(parts) != 3 or parts[2] != b"HTTP/1.1":
         raise Refused(400, "not an HTTP/1.1 request line")
     method, target = parts[0], parts[1]
-    if method != b"POST" or not target.startswith(FLEET_PREFIX) or b".." in target:
+    if method != b"POST" or not FLEET_PATH.match(target):
         raise Refused(
             403, f"{method.decode(errors='replace')} {target[:80].decode(errors='replace')}"
         )

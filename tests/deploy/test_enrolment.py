@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from aggregator.rounds import RoundFailed
-from deploy.enrolment import EnrolledDirectory, Refusals
+from deploy.enrolment import EnrolledDirectory, Refusals, Revocations
 from deploy.keys import generate_node_keys
 
 
@@ -58,3 +58,26 @@ def test_refusals_name_the_key_and_the_address_once(tmp_path):
         "No SuperNode found with the given public key."
     )
     assert len(lines) == 2 and seen.check() == []
+
+
+def test_revocations_unregister_only_this_superlinks_nodes_once(tmp_path, monkeypatch):
+    from aggregator.store import Store
+    from aggregator.store.enrolment import enroll, register_node, revoke
+    from deploy import enrolment
+
+    store = Store(str(tmp_path / "s.db"))
+    run = store.create_run("r", "deployment", 1, {})
+    for name in ("a", "b", "c"):
+        enroll(store, name, f"ssh-{name}", f"SHA256:{name}")
+    register_node(store, run, "a", 1)
+    register_node(store, run, "b", 2)
+    register_node(store, run, "c", 3)  # registered by an earlier SuperLink of this run
+    calls = []
+    monkeypatch.setattr(enrolment, "_flwr", lambda home, *args: calls.append(args) or {})
+    watch = Revocations(store, run, tmp_path, nodes={1, 2})
+    assert watch.check() == []
+    revoke(store, "b")
+    revoke(store, "c")
+    assert watch.check() == ["revoked b (node 2): the SuperLink refuses it now"]
+    assert watch.check() == []
+    assert calls == [("supernode", "unregister", "2")]

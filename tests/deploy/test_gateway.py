@@ -71,6 +71,9 @@ def test_fleet_calls_pass_and_everything_else_is_refused():
                 b"GET /v1/fleet/pull-messages HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
                 b"POST /v1/fleet/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 post(b"/v1/fleet/x", b"", b"Content-Length: 5\r\n"),
+                post(b"/v1/fleet/%2e%2e", b""),
+                post(b"/v1/fleet/pull-messages?x=1", b""),
+                post(b"/v1/fleet/x", b"", b"X-A: 1\nContent-Length: 9\r\n"),
             )
         ]
         gateway.close()
@@ -85,4 +88,4 @@ def test_fleet_calls_pass_and_everything_else_is_refused():
     ]
     assert b"6.6.6.6" not in seen[0] and b"x-forwarded-for: 127.0.0.1" in seen[0]
     statuses = [r.split(b" ")[1] for r in refused]
-    assert statuses == [b"403", b"403", b"403", b"411", b"400"]
+    assert statuses == [b"403", b"403", b"403", b"411", b"400", b"403", b"403", b"400"]
