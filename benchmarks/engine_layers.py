@@ -1,13 +1,15 @@
 """Training-step time of fedcore's reference CNN and LSTM against PyTorch, side by side.
 
-    python -m benchmarks.engine_layers [--reps 40] [--case cnn lstm onnx-resnet] [--threads N]
+    python -m benchmarks.engine_layers [--reps 40] [--threads N]
+        [--case cnn lstm gpt mobilenet lora onnx-resnet]
 
 Both frameworks get the same model, the same initial weights (copied from fedcore into torch,
 so the first losses must agree: a correctness check of the comparison itself), the same batch
 and SGD with momentum. Repetitions are interleaved (fedcore, torch, fedcore, ...) so machine
 load hits both alike, and medians are reported. torch gets as many threads as fedcore (every
 core by default, or --threads), printed with the load average. Needs the `bench` extra
-(torch==2.13.0).
+(torch==2.13.0). `gpt` and `lora` also print peak-memory tables, each figure from a fresh
+process (benchmarks.memory_report).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any  # torch is imported lazily, so its types are Any here
 
 import numpy as np
 
+from benchmarks.memory_report import memory_report
+from benchmarks.modern import gpt_case, mobilenet_case
 from fedcore.engine import softmax_cross_entropy
 from fedcore.engine.parallel import get_num_threads, set_num_threads
 from fedcore.models import build_model
 from fedcore.optim import SGD
 
-TARGETS = {"cnn": 0.9, "lstm": 1.2}
+TARGETS = {"cnn": 0.9, "lstm": 1.2, "gpt": 1.0, "mobilenet": 0.9}
 
 
 def set_threads(requested: int | None) -> int:
@@ -99,7 +103,7 @@ def lstm_case(torch: Any) -> tuple:
     return ours, theirs, (x, y.reshape(-1)), (torch.from_numpy(x), ty), 0.5
 
 
-CASES = {"cnn": cnn_case, "lstm": lstm_case}
+CASES = {"cnn": cnn_case, "lstm": lstm_case, "gpt": gpt_case, "mobilenet": mobilenet_case}
 
 
 def steps(torch: Any, case: str) -> tuple[Callable[[], float], Callable[[], float]]:
@@ -169,10 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run the chosen cases and print medians, ratios and targets."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=40)
-    ap.add_argument("--case", nargs="+", choices=[*sorted(CASES), "onnx-resnet"],
-                    default=sorted(CASES),
+    ap.add_argument("--case", nargs="+", choices=[*sorted(CASES), "lora", "onnx-resnet"],
+                    default=["cnn", "lstm"],
                     help="onnx-resnet: an imported ResNet-block CNN against PyTorch, one thread "
-                    "each in its own process (time and peak RSS; benchmarks.onnx_resnet)")
+                    "each in its own process (time and peak RSS; benchmarks.onnx_resnet); "
+                    "gpt also prints peak-memory tables, lora only those (LoRA against full "
+                    "fine-tuning; benchmarks.memory_report)")
     ap.add_argument("--threads", type=int, default=None,
                     help="fedcore and torch threads (default: every core)")
     ap.add_argument("--gap", type=float, default=0.2,
@@ -193,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
 
             report(args.reps)
             continue
+        if case == "lora":
+            continue
         r = run_case(torch, case, args.reps, args.gap)
         fo, fi = r["fedcore_iqr"], r["torch_iqr"]
         ok = "ok" if r["ratio"] <= TARGETS[case] else "ABOVE TARGET"
@@ -204,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
             co, ct = r["cpu_ms"]
             print(f"      CPU time: fedcore {co:7.2f} ms  torch {ct:7.2f} ms  "
                   f"ratio {r['cpu_ratio']:.2f}")
+    memory_report([c for c in args.case if c in ("gpt", "lora")])
     load1 = os.getloadavg()
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 
