@@ -4,7 +4,7 @@ and peak-memory runs of one training step in a fresh process.
 `gpt_case` and `mobilenet_case` return what `benchmarks.engine_layers` times. Memory is
 measured per process (a fresh interpreter per figure): `python -m benchmarks.modern WHAT`
 prints one JSON line with the RSS after building the model and data (`base_mb`) and the peak
-RSS after three training steps (`peak_mb`, from getrusage), so `peak_mb - base_mb` is what
+RSS after three training steps (`peak_mb`, the kernel's VmHWM), so `peak_mb - base_mb` is what
 training itself added. WHAT is `gpt-fedcore`, `gpt-torch` (eager attention: the T x T scores
 materialised, as a PyTorch model written out by hand does), `gpt-torch-sdpa`, `lora-int8`,
 `lora-float32` or `full`, with `--seq` and `--batch`.
@@ -154,7 +154,13 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM: this address space's high-water mark (getrusage's ru_maxrss would carry the
+    parent's across fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure(what: str, seq: int, batch: int, steps: int = 3) -> dict:
