@@ -1,0 +1,78 @@
+"""Asynchronous training through the deployed ServerApp: a slow device does not hold the others.
+
+The deployed apps (``deploy.serverapp``, ``deploy.clientapp``) run over an in-process grid
+whose replies from one node are held back for a number of polls, as a slow phone's would be:
+the server only sees Flower's push/pull interface (no simulated clock), so this is the path a
+real SuperLink takes (``aggregator.asynchronous.LiveCourier``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from unittest import mock
+
+from flwr.app import Context, Message, RecordDict
+
+from aggregator.store import Store
+from deploy import clientapp, serverapp
+from deploy.settings import DeploySettings
+from simulations.backends.inprocess import InProcessGrid
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"
+
+
+class SlowNodeGrid(InProcessGrid):
+    """Train replies from ``slow_node`` come back only after ``hold`` further polls."""
+
+    def __init__(self, *args, slow_node: int, hold: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.slow_node, self.hold = slow_node, hold
+        self.held: dict[str, list] = {}  # message id -> [reply, polls left]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        ids = list(message_ids)
+        out = []
+        for reply in super().pull_messages(i for i in ids if i not in self.held):
+            slow = reply.metadata.src_node_id == self.slow_node
+            if slow and reply.metadata.message_type == "train":
+                self.held[reply.metadata.reply_to_message_id] = [reply, self.hold]
+            else:
+                out.append(reply)
+        for message_id in [i for i in ids if i in self.held]:
+            entry = self.held[message_id]
+            entry[1] -= 1
+            if entry[1] < 0:
+                out.append(self.held.pop(message_id)[0])
+        return out
+
+
+def test_a_slow_device_does_not_stop_the_model_and_counts_when_it_returns(tmp_path):
+    scenario = EXAMPLE.read_text().replace(
+        "num_clients = 2\nclients_per_round = 2\nrounds = 2",
+        'num_clients = 4\nclients_per_round = 4\nrounds = 5\nmode = "async"\n'
+        "concurrency = 4\nbuffer = 2\nmax_staleness = 3",
+    )
+    assert 'mode = "async"' in scenario
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    settings = DeploySettings(scenario=scenario, db=db, connect_timeout=5)
+    nodes = [{"dataset": "digits", "partition-id": i, "num-partitions": 4} for i in range(4)]
+    probe = InProcessGrid(clientapp.app, 4, node_config=nodes.__getitem__)
+    slow = probe.node_id(0)
+    grid = SlowNodeGrid(clientapp.app, 4, node_config=nodes.__getitem__, slow_node=slow, hold=2)
+    run_config = settings.run_config()
+    for i in range(4):
+        grid.context(grid.node_id(i)).run_config = run_config
+    with mock.patch.dict(os.environ, settings.environment()):
+        serverapp.app(grid, Context(grid.run.run_id, 0, {}, RecordDict(), run_config))
+
+    [run] = Store(db).list_runs()
+    assert run.status == "completed" and [r.number for r in run.rounds] == [1, 2, 3, 4, 5]
+    store = Store(db)
+    clients = [store.get_round(run.id, n).clients for n in range(1, 6)]
+    first_two = {c.client_id for step in clients[:2] for c in step}
+    assert 0 not in first_two  # the others moved the model on without the slow device
+    late = [c for step in clients for c in step if c.client_id == 0]
+    assert late, "the slow device's update never arrived"
+    assert any(c.accepted and c.metrics.get("staleness", 0) >= 1 for c in late)
