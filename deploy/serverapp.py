@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from aggregator.rounds import (
     FederationConfig,
+    OnRound,
     RoundFailed,
     RoundOutcome,
     StopRun,
@@ -155,13 +156,16 @@ def _federate(
         log(INFO, "fedcore round %d starts", number)
         return config
 
+    on_round = log_round if hooks is None else hooks.record
+    if settings.enrolled and hooks is not None:
+        on_round = _enrolled_classes(on_round, hooks)
     return run_federation(
         grid,
         config,
         initial,
         server.strategy,
         server.evaluate,
-        log_round if hooks is None else hooks.record,
+        on_round,
         first_round=first_round,
         before_round=before_round,
     )
@@ -185,6 +189,23 @@ def _enrolled_directory(
         config.connect_timeout,
         on_wait=lambda: hooks.stop_if_asked(first_round, config),
     )
+
+
+def _enrolled_classes(record: OnRound, hooks: StoreHooks) -> OnRound:
+    """Record each enrolled client under its enrolled device class, not the one it reports."""
+    from aggregator.store.enrolment import registered_nodes
+
+    def on_round(outcome: RoundOutcome) -> None:
+        devices = registered_nodes(hooks.store, hooks.run_id)
+        outcome.clients = [
+            replace(c, device_class=devices[c.node_id].device_class)
+            if c.node_id in devices and devices[c.node_id].device_class
+            else c
+            for c in outcome.clients
+        ]
+        record(outcome)
+
+    return on_round
 
 
 def _await_devices(

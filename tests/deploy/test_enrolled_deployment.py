@@ -111,8 +111,10 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     keys["b"] = (bundle / "node.key", bundle / "node.pub", read_public_key(bundle / "node.pub"))
     x, y = NodeData(dataset="digits", partition_id=1, num_partitions=3).load({"scenario": text})
     np.savez(bundle / "data.npz", x=x, y=y)
+    classes = {"a": "jetson-nano", "b": "rpi-zero-2w", "c": None}  # dev-b reports rpi-4-2gb
     for i, name in enumerate("abc"):
-        enroll(store, f"dev-{name}", keys[name][2].openssh, keys[name][2].fingerprint, i)
+        key = keys[name][2]
+        enroll(store, f"dev-{name}", key.openssh, key.fingerprint, i, classes[name])
     server = fleet.start(
         "server", "server", str(scenario), "--address", f"0.0.0.0:{port}", "--certs",
         str(certs.ca_cert.parent), "--db", str(db), "--json", "--connect-timeout", "120",
@@ -168,6 +170,8 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     shown = CliRunner().invoke(app, ["rounds", "show", "1", "1", "--db", str(db), "--json"])
     named = {c["client_id"]: c["device_name"] for c in json.loads(shown.stdout)["clients"]}
     assert named == {0: "dev-a", 1: "dev-b", 2: "dev-c"}  # the server names devices
+    recorded = {(c.client_id, c.device_class) for r in run.rounds for c in r.clients}
+    assert recorded == {(0, "jetson-nano"), (1, "rpi-zero-2w"), (2, None)}  # enrolled classes
     late = [c for r in run.rounds[committed:] for c in r.clients if c.client_id == 2]
     assert all(not c.accepted and c.reason for c in late), [c.reason for c in late]
     log = fleet.output("server")
