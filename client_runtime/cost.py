@@ -72,12 +72,23 @@ def _layer(module: Module, shape: tuple[int, ...]) -> tuple[float, tuple[int, ..
     return float(size), shape  # activations, dropout: one op per element
 
 
+def _attention_scores(module: Module, shape: tuple[int, ...]) -> float:
+    """The score and weighted-sum products of an attention layer, which its projections (the
+    leaves) do not count: 2 x T x T x d_model each, halved under a causal mask."""
+    if "Attention" not in type(module).__name__ or len(shape) < 2:
+        return 0.0
+    steps, width = math.prod(shape[:-1]), shape[-1]
+    causal = 0.5 if getattr(module, "causal", False) else 1.0
+    return causal * 2 * (2.0 * steps * steps * width)
+
+
 def forward_flops(model: Module, input_shape: Sequence[int]) -> float:
     """FLOPs of one forward pass of one example of ``input_shape`` (no batch axis)."""
     shape = tuple(int(n) for n in input_shape)
     total = 0.0
     for _, module in model.named_modules():
         if module._modules:  # containers: their leaves are visited in order
+            total += _attention_scores(module, shape)
             continue
         flops, shape = _layer(module, shape)
         total += flops

@@ -43,6 +43,7 @@ class Reference:
     input_shape: tuple[int, ...]
     what: str
     vocab: int = 0  # > 0: inputs are token ids and every position has a target
+    examples: int = 512  # one epoch over this many: a second or so on a laptop core
 
     def data(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` random examples and targets of the right shapes."""
@@ -64,6 +65,9 @@ REFERENCES: dict[str, Reference] = {
     "rnn": Reference(
         lambda: build_model("lstm", num_classes=80, embed_dim=64, hidden=128),
         (32,), "lstm 64/128, 32 steps (lstm_lm)", vocab=80),
+    "transformer": Reference(
+        lambda: build_model("tiny_gpt", vocab_size=80, embed_dim=128, n_layers=2),
+        (64,), "tiny_gpt 128 wide, 2 layers, 64 tokens", vocab=80, examples=64),
 }
 
 
@@ -82,12 +86,15 @@ class Measurement:
         return self.train_gflops / self.matmul_gflops
 
 
-def measure_family(family: str, *, examples: int = 512, batch_size: int = 32,
+def measure_family(family: str, *, examples: int | None = None, batch_size: int = 32,
                    repeats: int = 3) -> Measurement:
-    """Train the family's reference model for one epoch over ``examples`` random examples,
+    """Train the family's reference model for one epoch over ``examples`` random examples
+    (default: the reference's),
     ``repeats`` times (after a warm-up epoch), and compare its median FLOP/s with a matmul
     probe taken right before and after (their mean)."""
     ref = REFERENCES[family]
+    examples = examples or ref.examples
+    batch_size = min(batch_size, examples)
     rng = np.random.default_rng(0)
     x, y = ref.data(rng, examples)
     model = ref.build()

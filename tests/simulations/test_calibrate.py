@@ -21,11 +21,20 @@ from simulations.scenario import load_scenario
         ("cnn", {"num_classes": 3, "input_shape": (8, 8, 1), "channels": (2, 2), "hidden": 4},
          "cnn"),
         ("lstm", {"num_classes": 5, "embed_dim": 4, "hidden": 4}, "rnn"),
+        ("tiny_gpt", {"vocab_size": 5, "embed_dim": 8, "hidden": 8, "n_layers": 1}, "transformer"),
     ],
 )
 def test_model_family_follows_the_layers(name, kwargs, family):
     assert model_family(build_model(name, **kwargs)) == family
     assert family in REFERENCES
+
+
+def test_attention_scores_are_counted_beside_the_projections():
+    from client_runtime.cost import forward_flops
+
+    model = build_model("tiny_gpt", vocab_size=5, embed_dim=8, hidden=8, n_layers=1)
+    short, long = forward_flops(model, (4,)), forward_flops(model, (8,))
+    assert long > 2 * short  # the T x T products grow faster than the projections
 
 
 def test_a_measurement_is_real_and_its_file_reads_back(tmp_path):
