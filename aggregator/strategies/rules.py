@@ -35,15 +35,17 @@ class WeightedMean:
     def __init__(self, size: int, backend: Backend, uniform: bool = False) -> None:
         self.backend = backend
         self.uniform = uniform
-        self._acc = backend.zeros(size)
+        self._dtype = np.dtype(np.float32)  # of the accumulator (a host dtype on any backend)
+        self._acc = backend.zeros(size, self._dtype)
         self._weight = 0.0
         self._global_coef = 0.0  # compressed deltas and clipping leave the global part out
         self.count = 0
 
     def bind_global(self, global_host: np.ndarray) -> None:
         """Accumulate in the dtype of the round's model (float32 unless it is float64)."""
-        if global_host.dtype != self._acc.dtype:
-            self._acc = self.backend.zeros(global_host.size, global_host.dtype)
+        if global_host.dtype != self._dtype:
+            self._dtype = global_host.dtype
+            self._acc = self.backend.zeros(global_host.size, self._dtype)
 
     def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
         """Fold in one update with weight ``weight`` (> 0; 1 when ``uniform``)."""

@@ -172,3 +172,29 @@ def test_registry_names_and_options():
         strategy_options("krum", {"num_malicious": 1.5})
     with pytest.raises(ValueError, match="fedavg"):
         build_strategy("fedsomething")
+
+
+@pytest.mark.parametrize("device", ["cpu", "strict"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_strategy_answers_in_the_models_dtype(device, dtype):
+    """A float64 model is aggregated and stepped in float64 (FlowerStrategy relies on it),
+    on numpy and on array-api-strict, with no cross-library dtype comparison."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    for name in known_strategies():
+        options = {"max_norm_factor": 0.0}
+        if name.startswith("dp"):
+            options["noise_multiplier"] = 0.0
+        context = StrategyContext(backend=select_backend(device))
+        strategy = build_strategy(name, options, context)
+        global_vector = rng.standard_normal(50).astype(dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            aggregation = strategy.start_round(global_vector, 1)
+            updates = [
+                ClientUpdate(3, 0.5, 0.0, 0, values=(global_vector + 0.1 * i).astype(dtype))
+                for i in range(7)
+            ]
+            assert aggregation.offer_all(updates) == [None] * 7
+            assert aggregation.finish().dtype == dtype, name
