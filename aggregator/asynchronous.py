@@ -30,14 +30,23 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 from flwr.app import Message, RecordDict
 
+from aggregator.collect.base import train_records
+from aggregator.round_types import (
+    BeforeRound,
+    ClientOutcome,
+    EvaluateFn,
+    FederationConfig,
+    OnRound,
+    RoundFailed,
+    RoundOutcome,
+)
 from aggregator.strategies import AggregationError, Strategy
-from aggregator.updates import ClientUpdate, Rejected, decode_reply
+from aggregator.updates import ClientUpdate, Rejected, client_report, decode_reply
 from fedcore.wire import vector_record
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
 
-    from aggregator.rounds import BeforeRound, EvaluateFn, FederationConfig, OnRound
 
 
 @dataclass(frozen=True)
@@ -210,7 +219,6 @@ class AsyncRun:
     def dispatch(self, clients: Mapping[int, int], order: list[int]) -> None:
         """Fill the free training slots with idle clients (``order``: ``clients`` sorted),
         drawn reproducibly from the seed; when every idle client fits, all go, in order."""
-        from aggregator.rounds import train_records
 
         free = self.asynchrony.concurrency - len(self.in_flight)
         busy = self.busy()
@@ -220,7 +228,8 @@ class AsyncRun:
         step = self.version + 1
         if self._records is None or self._records[0] != step:  # one record per model version
             record = vector_record(self.params)
-            self._records = (step, train_records(self.config, self.strategy, step, record))
+            options = self.strategy.client_options
+            self._records = (step, train_records(self.config, options, step, record))
         records = self._records[1]
         if idle_count <= free:
             chosen = [c for c in order if c not in busy]
@@ -269,7 +278,6 @@ class AsyncRun:
         """Continue from ``state_dict``: the same clients train again from the same model
         versions, sent at the same simulated times in the same order (their replies are
         computed again, identically)."""
-        from aggregator.rounds import train_records
 
         if "async.clock" not in state:
             return
@@ -282,7 +290,7 @@ class AsyncRun:
         for (client, version, order), when in zip(rows.tolist(), sent_at.tolist(), strict=True):
             if client not in nodes or version not in self.bases:
                 continue
-            records = train_records(self.config, self.strategy, version + 1,
+            records = train_records(self.config, self.strategy.client_options, version + 1,
                                     vector_record(self.bases[version]))
             if hasattr(self.courier, "sent"):
                 self.courier.sent = order
@@ -295,7 +303,6 @@ class AsyncRun:
                 declared: Mapping[int, int]) -> None:
         """Validate one reply (``nodes``: node id -> client id) and buffer it, or record why
         not."""
-        from aggregator.rounds import ClientOutcome, client_report
 
         self.now = max(self.now, arrival)
         node = reply.metadata.src_node_id
@@ -328,7 +335,6 @@ class AsyncRun:
     # -- aggregate --------------------------------------------------------------------------
     def step(self) -> tuple[np.ndarray, list]:
         """One server step over the buffer; return the new model and the step's outcomes."""
-        from aggregator.rounds import ClientOutcome, RoundFailed
 
         number = self.version + 1
         aggregation = self.strategy.start_round(self.params, number)
@@ -387,7 +393,6 @@ def run_async_federation(
     """Run server steps ``first_round..config.num_rounds`` asynchronously; each step is
     reported to ``on_round`` as a ``RoundOutcome`` (``metrics["sim_clock_s"]``: the time of
     the step, simulated when the grid is simulated)."""
-    from aggregator.rounds import RoundOutcome
 
     assert config.asynchrony is not None
     courier: Courier = (
@@ -425,7 +430,6 @@ def run_async_federation(
         stuck = got is None or (not run.in_flight and not idle)
         if not enough and not (stuck and run.buffer):
             if got is None and not run.buffer:
-                from aggregator.rounds import RoundFailed
 
                 raise RoundFailed(f"step {run.version + 1}: no client could be reached")
             continue

@@ -18,8 +18,9 @@ Either switches SecAgg+ on for every round (per run, ``fedcore simulate --secagg
                             # partition of the scenario, so FedAvg weights are exact)
 
 n is ``federation.clients_per_round``; the derivation of k and t is in
-``fedcore.secagg.params``. Only strategies that need just the weighted sum of the updates work
-(fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad), with ``compression = "none"``.
+``fedcore.secagg.params``. Only strategies whose rule takes a sum in place of the updates work
+(``Strategy.takes_sums``: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad among the
+built-ins), with ``compression = "none"``.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from pydantic_core import PydanticCustomError
 
+from aggregator.collect.secagg import secure_strategies
 from aggregator.secagg.config import SecAggConfig
+from aggregator.strategies import build_strategy
 
 if TYPE_CHECKING:
     from simulations.scenario import Scenario
 
-SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
@@ -90,10 +92,10 @@ def secagg_misfit(scenario: Scenario) -> tuple[str, str] | None:
     fed = scenario.federation
     if not secagg_enabled(scenario):
         return None
-    if fed.strategy not in SECAGG_STRATEGIES:
+    if not _takes_sums(fed.strategy, fed.strategy_options):
         return "federation.strategy", (
             f"{fed.strategy!r} needs individual updates; secure aggregation works with "
-            f"{', '.join(SECAGG_STRATEGIES)}"
+            f"strategies whose rule takes a sum ({', '.join(secure_strategies())})"
         )
     if fed.compression != "none":
         return "federation.compression", "secure aggregation sends dense masked vectors: none"
@@ -108,6 +110,14 @@ def secagg_misfit(scenario: Scenario) -> tuple[str, str] | None:
     except ValueError as exc:
         return "secagg", str(exc)
     return None
+
+
+def _takes_sums(name: str, options: Mapping[str, Any]) -> bool:
+    """Whether strategy ``name`` can aggregate a secure sum (its rule says so)."""
+    try:
+        return build_strategy(name, dict(options)).takes_sums
+    except ValueError:
+        return True  # a bad name or option is reported by its own check
 
 
 def with_secagg(scenario: Scenario, on: bool) -> Scenario:

@@ -35,12 +35,14 @@ class SecAggConfig:
     clip: float = 8.0
     max_weight: float = 1000.0
 
-    def params_for(self, n: int) -> SecAggParams:
-        """k and t for a round of ``n`` clients."""
+    def params_for(self, n: int, extra_dropout: float = 0.0) -> SecAggParams:
+        """k and t for a round of ``n`` clients; ``extra_dropout`` more of them leave on
+        purpose (over-selection: only the first masked inputs are summed)."""
         k = None if self.k is None else min(self.k, n - 1)
         t = None if self.t is None else min(self.t, n - 1)
+        dropout = min(self.dropout + extra_dropout, 0.99)
         return derive_params(
-            n, self.dropout, self.corruption, self.security_bits, self.correctness_bits, k, t
+            n, dropout, self.corruption, self.security_bits, self.correctness_bits, k, t
         )
 
     def encoding_for(self, n: int) -> FixedPoint:

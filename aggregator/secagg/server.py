@@ -11,7 +11,7 @@ hands in, the self-mask seeds of U3 and the pairwise secret keys of U2 \\ U3, re
 masks and returns the exact sum of U3's encoded inputs, or raises ``Aborted``: never a wrong
 sum.
 
-Transport-free: the Flower round loop (``aggregator.secagg.round``) and the scale benchmark
+Transport-free: the Flower round's collector (``aggregator.collect.secagg``) and the scale benchmark
 drive the same object.
 """
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from aggregator.backend import Backend, select_backend
 from aggregator.strategies.privacy import DifferentialPrivacy
+from aggregator.strategies.protocols import RuleFactory, ServerOptimizer, SummableRule
 from aggregator.strategies.robust import Bulyan, CoordinateMedian, MultiKrum, TrimmedMean
 from aggregator.strategies.rules import AggregationError, QFedAvg, WeightedMean
 from aggregator.strategies.server_opt import AdaptiveStep, MomentumStep, PlainStep
@@ -42,8 +43,8 @@ class Strategy:
     """How one round's accepted updates become the next global model."""
 
     name: str
-    make_rule: Callable[[int, Backend], Any]
-    server_opt: Any = field(default_factory=PlainStep)
+    make_rule: RuleFactory
+    server_opt: ServerOptimizer = field(default_factory=PlainStep)
     backend: Backend = field(default_factory=select_backend)
     guard: NormGuard = field(default_factory=NormGuard)
     privacy: DifferentialPrivacy | None = None
@@ -73,6 +74,13 @@ class Strategy:
     def _stateful_parts(self) -> list[tuple[str, Any]]:
         parts = [("opt", self.server_opt), ("guard", self.guard), ("dp", self.privacy)]
         return [(p, part) for p, part in parts if part is not None]
+
+    @property
+    def takes_sums(self) -> bool:
+        """Whether a sum of the updates (SecAgg+) can stand in for them: the rule says so
+        (`SummableRule`), and no wrapper needs each update (DP clips each one)."""
+        rule = self.make_rule(1, self.backend)
+        return isinstance(rule, SummableRule) and rule.takes_sums and self.privacy is None
 
     def privacy_spent(self) -> float | None:
         """Epsilon spent so far (None without differential privacy)."""
@@ -118,6 +126,17 @@ class RoundAggregation:
                 except Rejected as exc:
                     reasons[i] = str(exc)
         return reasons
+
+    def offer_sum(self, mean_update: np.ndarray, weight: float) -> None:
+        """Take a secure sum in place of the updates: ``mean_update`` is the example-weighted
+        mean of ``local - global`` (host), ``weight`` the examples behind it."""
+        if not (isinstance(self.rule, SummableRule) and self.rule.takes_sums):
+            raise AggregationError(f"strategy {self.strategy.name!r} cannot take a sum")
+        with np.errstate(over="ignore", invalid="ignore"):
+            local = (self.global_host.astype(np.float64) + mean_update).astype(
+                self.global_host.dtype
+            )
+        self.rule.add_sum(self.strategy.backend.asarray(local), weight)
 
     def finish(self) -> np.ndarray:
         """The next global model (host, in the dtype of the round's model); ``AggregationError``

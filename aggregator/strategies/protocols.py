@@ -17,7 +17,13 @@ import numpy as np
 from aggregator.backend import Backend
 from aggregator.updates import ClientUpdate
 
-__all__ = ["AggregationRule", "RuleFactory", "ServerOptimizer", "UpdateWrapper"]
+__all__ = [
+    "AggregationRule",
+    "RuleFactory",
+    "ServerOptimizer",
+    "SummableRule",
+    "UpdateWrapper",
+]
 
 
 @runtime_checkable
@@ -37,6 +43,21 @@ class AggregationRule(Protocol):
 
     def result(self, global_vector: Any) -> Any:
         """The round's aggregate (a backend array); ``AggregationError`` if there is none."""
+
+
+@runtime_checkable
+class SummableRule(AggregationRule, Protocol):
+    """A rule whose result is the example-weighted mean of the local models, so a sum taken
+    elsewhere can stand in for the individual updates (secure aggregation). The capability is
+    the rule's to state: ``takes_sums`` may say no for a configuration (uniform weights)."""
+
+    @property
+    def takes_sums(self) -> bool:
+        """Whether ``add_sum`` may be used instead of ``add``."""
+        ...
+
+    def add_sum(self, mean: Any, weight: float) -> None:
+        """Take ``mean`` (backend array; ``weight`` examples behind it) as the round's result."""
 
 
 class RuleFactory(Protocol):

@@ -27,7 +27,11 @@ class AggregationError(ValueError):
 
 class WeightedMean:
     """Running ``sum(w * local) / sum(w)`` in the model's dtype, one fused multiply-add per
-    update."""
+    update.
+
+    With example weights it takes a sum in place of the updates (``add_sum``, a
+    `SummableRule`): secure aggregation hands it the mean it decoded.
+    """
 
     streaming = True
     chosen: list[int] | None = None  # every update counts
@@ -39,7 +43,21 @@ class WeightedMean:
         self._acc = backend.zeros(size, self._dtype)
         self._weight = 0.0
         self._global_coef = 0.0  # compressed deltas and clipping leave the global part out
+        self._summed: Any = None  # a mean taken elsewhere (``add_sum``)
         self.count = 0
+
+    @property
+    def takes_sums(self) -> bool:
+        """A sum of example-weighted updates can stand in for them (not with uniform weights:
+        a secure sum is weighted by examples)."""
+        return not self.uniform
+
+    def add_sum(self, mean: Any, weight: float) -> None:
+        """Take ``mean`` (a backend array: the example-weighted mean of the local models,
+        ``weight`` examples behind it) as the round's result."""
+        if not self.takes_sums or self.count or self._summed is not None:
+            raise AggregationError("this mean cannot take a sum (uniform, or not empty)")
+        self._summed, self._weight = mean, float(weight)
 
     def bind_global(self, global_host: np.ndarray) -> None:
         """Accumulate in the dtype of the round's model (float32 unless it is float64)."""
@@ -65,6 +83,8 @@ class WeightedMean:
         """The weighted mean (the model's dtype, on the backend); raises if nothing was added."""
         if self._weight == 0:
             raise AggregationError("no update was accepted this round")
+        if self._summed is not None:
+            return self._summed
         out = self._acc
         if self._global_coef:
             out = out + self.backend.xp.asarray(self._global_coef, dtype=out.dtype) * (

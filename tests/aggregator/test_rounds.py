@@ -12,7 +12,6 @@ from aggregator.rounds import (
     discover_clients,
     run_federation,
     sample_clients,
-    validate_update,
 )
 from aggregator.strategies import build_strategy
 from client_runtime.app import partition_id
@@ -132,14 +131,6 @@ def test_sampling_and_seeds():
     with pytest.raises(RoundFailed, match="needs 11 clients"):
         sample_clients(range(10), 11, 3, 1)
     assert client_seed(1, 2, 3) == client_seed(1, 2, 3) != client_seed(1, 2, 4)
-
-
-def test_validate_update():
-    good = np.zeros(4, np.float32)
-    assert validate_update(good, 4) is None
-    assert "shape" in validate_update(good, 5)
-    assert "dtype" in validate_update(good.astype(np.float16), 4)
-    assert "non-finite" in validate_update(np.array([0, np.inf, 0, 0], np.float32), 4)
 
 
 def test_every_kind_of_bad_reply_is_rejected_and_nothing_accumulated_is_lost():

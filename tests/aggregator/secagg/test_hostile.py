@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from aggregator.collect.secagg import SecAggAborted
 from aggregator.secagg import SecAggConfig
-from aggregator.secagg.round import SecAggAborted
 from client_runtime.secagg import SecAggClient
 from fedcore.secagg import messages
 from fedcore.secagg.errors import ProtocolViolation

@@ -6,9 +6,9 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from aggregator.backend import select_backend
+from aggregator.collect.secagg import SecAggAborted
 from aggregator.rounds import FederationConfig, RoundFailed, run_federation
 from aggregator.secagg import SecAggConfig
-from aggregator.secagg.round import SecAggAborted
 from aggregator.strategies import StrategyContext, build_strategy
 from client_runtime.app import partition_id
 from client_runtime.secagg import STATE_RECORD, ClientState, TrainOutput, register_secagg
