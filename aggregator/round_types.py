@@ -111,5 +111,3 @@ class StopRun(Exception):
 
 class RoundFailed(RuntimeError):
     """A round could not produce a model (e.g. every update was rejected)."""
-
-

@@ -126,5 +126,3 @@ def discover(
         detail = f": {errors[0]}" if errors else ""
         raise RoundFailed(f"none of the {len(node_ids)} nodes answered the query{detail}")
     return clients, declared
-
-

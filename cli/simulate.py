@@ -72,7 +72,7 @@ def simulate(
     try:
         spec = load_scenario(scenario)
         if secagg is not None:
-            from simulations.secagg_section import with_secagg
+            from simulations.scenario import with_secagg
 
             spec = with_secagg(spec, secagg)
         if rounds is not None:

@@ -106,7 +106,18 @@ def make_client_app(
 
     def secagg_training(msg: Message, context: Context) -> TrainOutput:
         model, result, _, _ = local_training(msg, context)
-        return TrainOutput(model.get_flat(), result.num_examples, result.train_loss, result.seconds)
+        simulated = None
+        node = context.node_config
+        if node.get(protocol.SIMULATED) and protocol.DEVICE in node:
+            simulated = {
+                "costs": dict(result.costs),
+                "info": {
+                    "device_class": str(node[protocol.DEVICE]),
+                    "model_family": model_family(model),
+                },
+            }
+        flat = model.get_flat()
+        return TrainOutput(flat, result.num_examples, result.train_loss, result.seconds, simulated)
 
     register_secagg(app, secagg_training)  # the four SecAgg+ stage handlers
     return app

@@ -55,6 +55,8 @@ class TrainOutput(NamedTuple):
     num_examples: int
     loss: float
     seconds: float
+    # a simulated device's costs and class (``protocol.SIMULATED``), for the simulated clock
+    simulated: dict[str, Any] | None = None
 
 
 @dataclass
@@ -298,9 +300,7 @@ class SecAggClient:
         encoding = FixedPoint(s.clip, s.frac_bits, s.max_weight)
         masked = encoding.encode(update, num_examples, loss)
         scratch = np.empty(masked.size + 4, dtype=np.uint32)
-        self_key = keys.derive_key(
-            s.seed, s.session, keys.PURPOSE_SELF, s.index.to_bytes(4, "big")
-        )
+        self_key = keys.derive_key(s.seed, s.session, keys.PURPOSE_SELF, s.index.to_bytes(4, "big"))
         apply_mask(masked, self_key, +1, scratch)
         s_pk = dict(zip(s.peers, s.peer_s_pks, strict=True))
         s_sk = self._key(s.s_sk)
@@ -377,7 +377,7 @@ def _save(context: Context, client: SecAggClient) -> None:
 def register_secagg(app: ClientApp, train: TrainFn) -> None:
     """Add the four SecAgg+ stage handlers to ``app``; ``train(msg, context)`` runs local
     training on the masked-input message (global vector + instructions)."""
-    from flwr.app import Message, MetricRecord
+    from flwr.app import ConfigRecord, Message, MetricRecord
 
     from fedcore import protocol
     from fedcore.secagg import messages as m
@@ -401,7 +401,13 @@ def register_secagg(app: ClientApp, train: TrainFn) -> None:
         base = read_vector(msg.content[protocol.GLOBAL])
         update = np.asarray(out.params, dtype=np.float32) - base
         reply = client.mask(update, out.num_examples, out.loss)
-        return reply, {protocol.METRICS: MetricRecord({"seconds": out.seconds})}
+        metrics = {"seconds": out.seconds}
+        extra: dict[str, Any] = {}
+        if out.simulated:  # a simulated device: what the simulated clock needs, never more
+            metrics.update(out.simulated["costs"])
+            extra[protocol.CLIENT_INFO] = ConfigRecord(out.simulated["info"])
+        extra[protocol.METRICS] = MetricRecord(metrics)
+        return reply, extra
 
     app.query("secagg_advertise")(stage(KeysRequest, lambda c, r, *_: (c.advertise(r), {})))
     app.query("secagg_share")(stage(ShareRequest, lambda c, r, *_: (c.share_keys(r), {})))

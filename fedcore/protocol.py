@@ -33,6 +33,9 @@ CLIENT_CONFIG = "client-config"  # a train message's own instructions (its seed)
 PARTITION_ID = "partition-id"  # Flower's node_config key for a simulated node's data shard
 DEVICE = "device"  # node_config: the device class (catalog name) a simulated node stands for
 MEMORY_BUDGET = "memory-budget"  # node_config: bytes the engine may use (default: the device's)
+# node_config: a simulated device (a population's): under SecAgg+ its masked reply carries its
+# training costs and device class too, for the simulated clock (a real device never sends them)
+SIMULATED = "simulated"
 ADAPT_BATCH = "adapt-batch"  # node_config: halve the batch until training fits the budget
 
 

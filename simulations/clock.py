@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Error, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.common.constant import ErrorCode
 
 from device_profiles import FAMILIES
 from fedcore import protocol
+from fedcore.secagg.messages import TYPES
 from simulations.population import NodeMap, Population
 
 DEADLINE = "missed the deadline"
+TRAINING = ("train", TYPES["masked"])  # messages a client trains on: plain, or SecAgg+'s masked
 DROPPED = "dropped out mid-round"
 
 
@@ -113,7 +115,7 @@ class SimulatedNetwork:
 
     def _drops_at(self, msg: Message) -> float | None:
         """The share of its round after which the addressee drops out, or None if it stays."""
-        if msg.metadata.message_type != "train" or not msg.metadata.group_id.isdigit():
+        if msg.metadata.message_type not in TRAINING or not msg.metadata.group_id.isdigit():
             return None
         number, client = int(msg.metadata.group_id), self.nodes.client(msg.metadata.dst_node_id)
         if not self.population.drops_out(number, client):
@@ -134,7 +136,7 @@ class SimulatedNetwork:
     def stamp(self, msg: Message, reply: Message) -> tuple[Message, float]:
         """Add simulated times to a train reply; return it (or a deadline error) and its
         simulated arrival in seconds after the round started."""
-        if msg.metadata.message_type != "train" or reply.has_error():
+        if msg.metadata.message_type not in TRAINING or reply.has_error():
             return reply, 0.0
         metrics = protocol.record(reply.content, protocol.METRICS, MetricRecord)
         info = protocol.record(reply.content, protocol.CLIENT_INFO, ConfigRecord)
@@ -144,7 +146,7 @@ class SimulatedNetwork:
                 reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, DROPPED), reply_to=msg)
             return reply, 0.0
         down = _bytes(msg.content[protocol.GLOBAL])
-        up = _bytes(reply.content[protocol.UPDATE])
+        up = sum(_bytes(r) for r in reply.content.values() if isinstance(r, ArrayRecord))
         family = info.get("model_family")
         family = family if isinstance(family, str) and family in FAMILIES else None
         timing = client_time(str(info["device_class"]), float(metrics["flops"]), up, down, family)

@@ -201,6 +201,7 @@ class Population:
             "num-partitions": self.size,
             protocol.DEVICE: self.device_of(client_id),
             protocol.ADAPT_BATCH: self.section.adapt_batch,
+            protocol.SIMULATED: True,
         }
 
 

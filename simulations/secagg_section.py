@@ -118,14 +118,3 @@ def _takes_sums(name: str, options: Mapping[str, Any]) -> bool:
         return build_strategy(name, dict(options)).takes_sums
     except ValueError:
         return True  # a bad name or option is reported by its own check
-
-
-def with_secagg(scenario: Scenario, on: bool) -> Scenario:
-    """``scenario`` with secure aggregation switched on or off (validated again)."""
-    from simulations.scenario import scenario_from_dict
-
-    raw = scenario.model_dump(mode="json")
-    raw["federation"]["secagg"] = on
-    if not on or raw.get("secagg") is None:
-        raw.pop("secagg", None)
-    return scenario_from_dict(raw, source=scenario.name)

@@ -56,7 +56,7 @@ data (does the model fit it, are there enough examples) is checked once, when
 """
 
 from simulations.scenario.errors import ScenarioError
-from simulations.scenario.load import load_scenario, scenario_from_dict
+from simulations.scenario.load import load_scenario, scenario_from_dict, with_secagg
 from simulations.scenario.model_fit import builder_parameters, model_arguments, model_misfit
 from simulations.scenario.schema import (
     KNOWN_CODECS,
@@ -88,4 +88,5 @@ __all__ = [
     "model_keys",
     "model_misfit",
     "scenario_from_dict",
+    "with_secagg",
 ]

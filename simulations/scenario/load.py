@@ -41,3 +41,12 @@ def scenario_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Scena
         return Scenario.model_validate(dict(data))
     except ValidationError as error:
         raise ScenarioError(format_error(error, source, Scenario)) from None
+
+
+def with_secagg(scenario: Scenario, on: bool) -> Scenario:
+    """``scenario`` with secure aggregation switched on or off (validated again)."""
+    raw = scenario.model_dump(mode="json")
+    raw["federation"]["secagg"] = on
+    if not on or raw.get("secagg") is None:
+        raw.pop("secagg", None)
+    return scenario_from_dict(raw, source=scenario.name)

@@ -7,8 +7,8 @@ import pytest
 
 from simulations.lifecycle import run_scenario
 from simulations.prepare import prepare_scenario
-from simulations.scenario import ScenarioError, load_scenario, scenario_from_dict
-from simulations.secagg_section import secagg_config, secagg_enabled, with_secagg
+from simulations.scenario import ScenarioError, load_scenario, scenario_from_dict, with_secagg
+from simulations.secagg_section import secagg_config, secagg_enabled
 from tests.simulations.test_harness import small_scenario
 
 QUICKSTART = Path(__file__).parents[2] / "simulations" / "quickstart_secagg.toml"
