@@ -425,8 +425,10 @@ class NormGuard:
         otherwise remember it."""
         limit = self.limit() if limit is None else limit
         if norm > limit and norm > 0:
+            median = limit / self.factor
             raise Rejected(
-                f"update norm {norm:.4g} exceeds {self.factor:g} x median norm ({limit:.4g})"
+                f"update norm {norm:.4g} exceeds the limit {limit:.4g} "
+                f"({self.factor:g} x the median norm {median:.4g} of recent updates)"
             )
         self.norms.append(norm)
 
