@@ -140,7 +140,11 @@ def _parse_reply(reply: Message) -> tuple[int, float, float]:
         value = metrics.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{key} missing or not a number")
-        if not math.isfinite(float(value)):
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:  # an integer beyond float range
+            finite = False
+        if not finite:
             raise ValueError(f"{key} is not finite")
         values[key] = value
     n = values["num_examples"]

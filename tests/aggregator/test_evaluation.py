@@ -57,6 +57,7 @@ class _Reply:
         ({"num_examples": 0, "loss": 1.0, "metric": 0.5}, "positive integer"),
         ({"num_examples": 2.5, "loss": 1.0, "metric": 0.5}, "positive integer"),
         ({"num_examples": [3], "loss": 1.0, "metric": 0.5}, "num_examples missing or not"),
+        ({"num_examples": 10**400, "loss": 1.0, "metric": 0.5}, "not finite"),  # no Overflow
     ],
 )
 def test_bad_replies_are_rejected_with_a_reason(metrics, needle):
