@@ -21,6 +21,7 @@ from client_runtime.device import device_budget, train_on_device
 from client_runtime.model_budget import ModelCache
 from client_runtime.secagg import TrainOutput, register_secagg
 from fedcore import protocol
+from fedcore.nn import Module
 from fedcore.wire import read_vector, vector_record
 
 LoadPartition = Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -29,6 +30,14 @@ LoadPartition = Callable[[int], tuple[np.ndarray, np.ndarray]]
 # ``allow_import`` only models registered or installed here (entry points) are built: a device
 # never imports code because a message names it; and never one that does not fit its budget.
 _models = ModelCache()
+
+
+def _model_for(
+    spec: protocol.ModelSpec, allow_import: bool, size: int, budget: int | None
+) -> Module:
+    """The cached model of ``spec`` (a module-level function: the handlers reach the cache
+    through it, so pickling a ClientApp for Ray ships no cached model by value)."""
+    return _models.get(spec, allow_import, size, budget)
 
 
 def partition_id(context: Context) -> int:
@@ -67,7 +76,7 @@ def make_client_app(
         if global_vector.dtype != np.float32 or global_vector.ndim != 1:
             raise ValueError(f"global vector is {global_vector.dtype}{list(global_vector.shape)}")
         budget = device_budget(context.node_config)
-        model = _models.get(instructions.model, allow_import, global_vector.size, budget)
+        model = _model_for(instructions.model, allow_import, global_vector.size, budget)
         model.set_flat(global_vector)
         result = train_on_device(
             model, x, y, instructions.settings, instructions.seed, context.node_config
