@@ -67,7 +67,7 @@ def _layer(module: Module, shape: tuple[int, ...]) -> tuple[float, tuple[int, ..
         hidden = module.hidden_size
         matmul = 2.0 * steps * gates * hidden * (module.input_size + hidden)
         return matmul + 10.0 * steps * hidden, (*shape[:-1], hidden)
-    if kind in ("BatchNorm", "LayerNorm"):
+    if kind in ("BatchNorm", "LayerNorm", "RMSNorm"):
         return 5.0 * size, shape
     return float(size), shape  # activations, dropout: one op per element
 
@@ -86,10 +86,17 @@ def forward_flops(model: Module, input_shape: Sequence[int]) -> float:
     """FLOPs of one forward pass of one example of ``input_shape`` (no batch axis)."""
     shape = tuple(int(n) for n in input_shape)
     total = 0.0
-    for _, module in model.named_modules():
-        if module._modules:  # containers: their leaves are visited in order
+    inside: str | None = None  # a layer that counted itself whole: skip its sub-layers
+    for name, module in model.named_modules():
+        if inside is not None and name.startswith(inside):
+            continue
+        inside = None
+        counts_itself = callable(getattr(module, "forward_flops", None))
+        if module._modules and not counts_itself:  # containers: leaves are visited in order
             total += _attention_scores(module, shape)
             continue
+        if counts_itself:
+            inside = name + "."
         flops, shape = _layer(module, shape)
         total += flops
     return total

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import Tensor, avg_pool2d, conv2d, depthwise_conv2d, global_avg_pool2d, max_pool2d
-from ..engine.conv import Pair, _pair
+from ..engine.conv import Pair, _pair, conv_output_size
 from ..engine.ops import Operand
 from .layers import Dense
 from .module import Module, Parameter
@@ -97,6 +97,14 @@ class DepthwiseConv2d(Module):
         """Filter each channel of a (N, H, W, C) batch."""
         return depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
+    def forward_flops(self, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        """FLOPs for one (H, W, C) image."""
+        h, w, c = shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        ho = conv_output_size(h, kh, sh, ph)
+        wo = conv_output_size(w, kw, sw, pw)
+        return 2.0 * ho * wo * kh * kw * c, (ho, wo, c)
+
     def extra_repr(self) -> str:
         return (f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}")
@@ -106,9 +114,19 @@ class PointwiseConv2d(Dense):
     """1x1 convolution (N, H, W, C_in) -> (N, H, W, C_out): a Dense layer over the pixels,
     weight (C_in, C_out); no im2col, the NHWC batch already is a (N*H*W, C_in) matrix."""
 
+    def forward_flops(self, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        """FLOPs for one (H, W, C_in) image."""
+        rows = int(np.prod(shape)) // shape[-1]  # the walk may hand a sibling's output shape
+        return 2.0 * rows * self.in_features * self.out_features, (*shape[:-1],
+                                                                   self.out_features)
+
 
 class GlobalAvgPool2d(Module):
     """Mean over the spatial axes: (N, H, W, C) -> (N, C)."""
+
+    def forward_flops(self, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        """One add per element."""
+        return float(np.prod(shape)), (shape[-1],)
 
     def forward(self, x: Operand) -> Tensor:
         """Pool the whole image."""

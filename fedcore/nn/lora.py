@@ -90,6 +90,13 @@ class LoRADense(Module):
         add_(out, matmul(mul(matmul(t, self.lora_a), self.scale), self.lora_b))
         return out if lead is None else reshape(out, *lead, self.out_features)
 
+    def forward_flops(self, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        """FLOPs of the frozen product plus the low-rank one, for input (..., in)."""
+        rows = int(np.prod(shape)) // shape[-1]  # the walk may hand a sibling's output shape
+        flops = 2.0 * rows * (self.in_features * self.out_features
+                              + self.rank * (self.in_features + self.out_features))
+        return flops, (*shape[:-1], self.out_features)
+
     def merged_weight(self) -> np.ndarray:
         """The float32 (in, out) weight base + A B * alpha / rank."""
         w = (dequantize_int8(self.codes.data, self.scales.data) if self.codes is not None

@@ -42,6 +42,11 @@ class TiedHead(Module):
         super().__init__()
         self.weight = embedding.weight
 
+    def forward_flops(self, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        """FLOPs of the logits for input (..., dim)."""
+        vocab, dim = self.weight.shape
+        return 2.0 * (int(np.prod(shape)) // dim) * dim * vocab, (*shape[:-1], vocab)
+
     def forward(self, x: Operand) -> Tensor:
         """Logits for every row of x."""
         t = tensor(x)
