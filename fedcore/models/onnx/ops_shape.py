@@ -15,6 +15,17 @@ from .spec import NodeSpec
 
 __all__: list[str] = []
 
+#: the most elements a constant computed from the graph's own numbers may have (ConstantOfShape,
+#: Expand, Tile, Range): a file must not make the importer allocate without bound
+MAX_CONST_ELEMENTS = 1 << 26
+
+
+def _bounded(shape: tuple[int, ...] | list[int], what: str) -> None:
+    n = math.prod(int(d) for d in shape)
+    if any(int(d) < 0 for d in shape) or n > MAX_CONST_ELEMENTS:
+        raise ValueError(f"{what} would make a constant of shape {tuple(shape)} (at most "
+                         f"{MAX_CONST_ELEMENTS} elements)")
+
 
 def _target_shape(x_shape: tuple[int, ...], shape: list[int], allowzero: bool) -> list[int]:
     out = [x_shape[i] if d == 0 and not allowzero and i < len(x_shape) else d
@@ -151,6 +162,7 @@ def _expand(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
     x = xs[0]
     shape = np.broadcast_shapes(tuple(x.shape), tuple(ints(xs[1], "Expand's shape")))
     if is_const(x):
+        _bounded(shape, "Expand")
         return np.broadcast_to(x, shape).copy()
     return x if tuple(x.shape) == shape else S.broadcast_to(x, shape)
 
@@ -159,6 +171,7 @@ def _expand(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
 def _tile(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
     reps = ints(xs[1], "Tile's repeats")
     if is_const(xs[0]):
+        _bounded([d * r for d, r in zip(xs[0].shape, reps, strict=False)], "Tile")
         return np.tile(xs[0], reps)
     return S.tile(xs[0], tuple(reps))
 
@@ -166,12 +179,17 @@ def _tile(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
 @register("ConstantOfShape", attrs={"value": ANY})
 def _constant_of_shape(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
     value = np.asarray(node.attrs.get("value", np.zeros(1, np.float32))).reshape(-1)
-    return np.full(ints(xs[0], "shape"), value[0], value.dtype)
+    shape = ints(xs[0], "shape")
+    _bounded(shape, "ConstantOfShape")
+    return np.full(shape, value[0], value.dtype)
 
 
 @register("Range", min_inputs=3)
 def _range(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
     start, limit, delta = (const(x, "Range") for x in xs)
+    if float(delta) == 0:
+        raise ValueError("Range: a delta of 0")
+    _bounded([max(0, math.ceil((float(limit) - float(start)) / float(delta)))], "Range")
     return np.arange(start, limit, delta).astype(np.result_type(start, limit, delta))
 
 
@@ -207,5 +225,6 @@ def _pad(rt: Any, node: NodeSpec, xs: list[Value]) -> Value:
     if rank == 4:  # logical (N, C, H, W) widths -> the channels-last data
         widths = [widths[0], widths[2], widths[3], widths[1]]
     if is_const(x):
+        _bounded([n + a + b for n, (a, b) in zip(x.shape, widths, strict=True)], "Pad")
         return np.pad(x, widths, constant_values=value)
     return S.pad(x, tuple(widths), value)

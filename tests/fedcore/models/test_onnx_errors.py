@@ -163,3 +163,12 @@ def test_model_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         build_model(f"onnx:{tmp_path / 'm.onnx'}", num_classes=3)
     with pytest.raises(ResolveError, match="without '..'"):
         build_model("onnx:../m.onnx", num_classes=3)
+
+
+def test_constants_are_bounded(tmp_path: Path) -> None:
+    """A file cannot make the importer allocate a huge constant while folding."""
+    shape = numpy_helper.from_array(np.array([1 << 20, 1 << 20], np.int64), "shape")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"], name="huge"),
+             helper.make_node("Add", ["x", "big"], ["y"], name="add")]
+    _raises(_save(_model(nodes, [shape]), tmp_path / "big.onnx"),
+            "node 'huge' (ConstantOfShape, opset 18)", "at most")
