@@ -1,11 +1,14 @@
 """Import ONNX models (e.g. exported from PyTorch) as trainable engine models.
 
-    model = fedcore.models.from_onnx("model.onnx")   # needs the `onnx` package
-    save_imported(read_onnx("model.onnx"), "model.fcg")  # what `fedcore models import` writes
-    model = fedcore.models.from_onnx("model.fcg")    # numpy + safetensors only (a device)
+    model = fedcore.models.from_onnx("model.onnx")    # needs the `onnx` package
+    save_spec(read_graph("model.onnx"), "model.fcg")  # what `fedcore models import` writes
+    model = fedcore.models.from_onnx("model.fcg")     # numpy + safetensors only (a device)
 
-See `module` for what becomes a parameter, a buffer or a constant, and `registry` for the op
-table (`supported_ops()`).
+A device therefore never needs `onnx` (a protobuf dependency, kept in the `export` extra) nor
+PyTorch: the server or the developer's machine imports once and ships the `.fcg` file. See
+`module` for what becomes a parameter, a buffer or a constant, `registry` for the op table
+(`supported_ops()`), `scheme` for the "onnx:PATH" model reference and `summary` for the
+one-step check `fedcore models import` runs.
 """
 
 from __future__ import annotations
