@@ -128,6 +128,19 @@ def _torch_step(folder: Path) -> Any:
     return step
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set. VmHWM belongs to the address space, which exec
+    replaces; ru_maxrss would carry over the parent's peak through fork (the parent holds
+    torch), so it is only the fallback off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(side: str, folder: Path, reps: int, warmup: int = 3) -> dict:
     """Time `reps` training steps of one side in this process; its peak RSS."""
     step = _fedcore_step(folder) if side == "fedcore" else _torch_step(folder)
@@ -143,7 +156,7 @@ def child(side: str, folder: Path, reps: int, warmup: int = 3) -> dict:
     heavy = sorted(m for m in ("torch", "onnx") if m in sys.modules)
     return {"side": side, "ms": 1e3 * statistics.median(wall),
             "cpu_ms": 1e3 * statistics.median(cpu), "first_loss": first,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib": peak_rss_mib(),
             "imported": heavy}
 
 
