@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -50,4 +53,13 @@ def interrupted(interrupts: Interrupts) -> NoReturn:
         hint = interrupts.hint.format(run=run)
         message = f"interrupted: run {run} paused at its last committed round; {hint}"
         err_console.print(plain(message), markup=False)
+    busy = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]
+    if busy:  # e.g. Flower's ServerApp thread, still inside a round: do not wait for it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(interrupts.exit_code)
     raise typer.Exit(interrupts.exit_code)

@@ -47,6 +47,7 @@ def test_a_measurement_is_real_and_its_file_reads_back(tmp_path):
     assert efficiencies(path) == {"mlp": 0.25, "cnn": 0.5}
 
 
+@pytest.mark.slow  # one of the suite's longest runs
 def test_iot_boards_cnn_shows_what_it_claims():
     """Its comment says the slowest boards miss the deadline and the rest make it."""
     scenario = load_scenario("simulations/iot_boards_cnn.toml")

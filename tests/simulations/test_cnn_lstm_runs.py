@@ -87,6 +87,7 @@ def test_lstm_on_shakespeare_learns() -> None:
     assert 0.0 < result.final_accuracy < 1.0
 
 
+@pytest.mark.slow  # one of the suite's longest runs
 def test_simulate_reports_perplexity_for_a_language_model(tmp_path) -> None:
     from typer.testing import CliRunner
 

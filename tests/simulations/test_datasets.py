@@ -102,6 +102,7 @@ def test_synthetic_beta_spreads_client_inputs() -> None:
     assert spread(10.0) > 3 * spread(0.0)
 
 
+@pytest.mark.slow  # one of the suite's longest runs
 def test_synthetic_shared_task_is_learnable_across_clients() -> None:
     # Softmax regression on 300 clients labels 20 other clients far above chance with one
     # shared task; with a task per client (the paper's SYNTHETIC) it stays near 10 %.

@@ -51,6 +51,7 @@ def _torch_twin(ours: object) -> object:
     return theirs
 
 
+@pytest.mark.slow  # one of the suite's longest runs
 def test_imported_cnn_learns_like_the_native_one(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.fedcore.models.onnx_cases import export

@@ -84,6 +84,7 @@ def test_flops_are_counted_from_layer_shapes():
     assert training_flops(cnn, (64,), 10, 2) == 3 * 20 * forward_flops(cnn, (64,))
 
 
+@pytest.mark.slow  # one of the suite's longest runs
 def test_a_client_that_does_not_fit_halves_its_batch_or_fails():
     model = build_model("cnn", num_classes=10, input_shape=[8, 8, 1], channels=[4, 8], hidden=16)
     x = np.random.default_rng(0).random((64, 64), dtype=np.float32)
