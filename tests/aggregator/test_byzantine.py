@@ -106,6 +106,7 @@ ROBUST = [
 ]
 
 
+@pytest.mark.slow  # one of the suite's longest runs
 @pytest.mark.parametrize("strategy, options, attack", ROBUST, ids=[r[0] for r in ROBUST])
 def test_robust_rules_hold_within_three_points(prepared, strategy, options, attack):
     baseline = run(prepared, strategy, options)[-1].test_accuracy

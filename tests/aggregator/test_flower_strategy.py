@@ -130,7 +130,13 @@ def _replies(values, wts, losses, errors: int) -> list[Message]:
     return made + [error_reply(len(values) + 1 + i) for i in range(errors)]
 
 
-@pytest.mark.parametrize("name", sorted(PARITY))
+LONG = ("qfedavg", "bulyan")  # minutes of Flower's own arithmetic: the slow subset
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in LONG else n for n in sorted(PARITY)],
+)
 @settings(
     max_examples=25,
     deadline=None,

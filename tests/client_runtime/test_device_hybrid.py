@@ -66,6 +66,7 @@ def test_a_step_that_fits_stays_eager(engine):
     assert not compiled._steps
 
 
+@pytest.mark.slow  # one of the suite's longest runs
 def test_when_no_plan_fits_the_batch_halves_or_the_client_refuses(engine):
     live, peak, _, model = eager_peak(engine)
     budget = int(live + 0.4 * (peak - live))

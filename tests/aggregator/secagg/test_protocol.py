@@ -31,6 +31,7 @@ def check_exact(outcome, x, examples, encoding):
     assert np.abs(mean - exact).max() <= encoding.error_bound(len(summed), w.sum())
 
 
+@pytest.mark.slow  # one of the suite's longest runs
 def test_random_n_k_t_and_dropouts_give_the_exact_sum_or_abort():
     rng = random.Random(5)
     successes = aborts = 0
