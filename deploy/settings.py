@@ -48,11 +48,13 @@ def read_scenario(value: Any) -> str:
     if isinstance(value, str) and value.strip() and "\n" not in value and "=" not in value:
         path = Path(value).expanduser()
         try:
-            if path.stat().st_size > MAX_SCENARIO_BYTES:
-                raise SettingsError(f"run config: {SCENARIO}: {path} is too large")
-            value = path.read_text(encoding="utf-8")
+            with path.open("rb") as stream:  # bounded: a device file has no size to trust
+                data = stream.read(MAX_SCENARIO_BYTES + 1)
         except OSError as exc:
             raise SettingsError(f"run config: {SCENARIO}: cannot read {path}: {exc}") from None
+        if len(data) > MAX_SCENARIO_BYTES:
+            raise SettingsError(f"run config: {SCENARIO}: {path} is too large")
+        value = data.decode("utf-8", errors="replace")
     try:
         text = scenario_text(value)
     except NodeConfigError as exc:

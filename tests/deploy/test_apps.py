@@ -141,6 +141,7 @@ def test_a_population_cannot_be_deployed():
     [
         ({}, "'scenario' is empty"),
         ({"scenario": "/no/such/scenario.toml"}, "cannot read"),
+        ({"scenario": "/dev/zero"}, "too large"),  # read with a bound, even on the server
         ({"scenario": "x = 1\n", "db": "sqlite:///x.db"}, "would be sent to every device"),
         ({"scenario": "x = 1\n", "round-timeout": "soon"}, "round-timeout must be a number"),
         ({"scenario": "x = 1\n", "connect-timeout": -1}, "connect-timeout must be >= 0"),
