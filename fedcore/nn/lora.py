@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Tensor, add_, matmul, mul, reshape
+from ..engine import Tensor, add_, get_engine, matmul, mul, reshape
 from ..engine.ops import Operand, tensor
 from ..engine.quant import dequantize_int8, int8_tensor, qmatmul, quantize_int8
 from .layers import Dense
@@ -37,9 +37,16 @@ class Frozen(Tensor):
     __slots__ = ()
 
 
+def _pooled(arr: np.ndarray, dtype: type, name: str) -> np.ndarray:
+    """A copy of `arr` in the engine's pool: frozen weights count against a device's budget
+    like the trained ones (and the old flat buffer they came from can go)."""
+    buf = get_engine().pool.alloc(arr.shape, dtype, what=f"frozen weight '{name}'")
+    np.copyto(buf, arr)
+    return buf
+
+
 def _frozen(arr: np.ndarray, name: str) -> Frozen:
-    t = Frozen(np.array(arr, np.float32), name=name)  # its own copy: the flat buffer can go
-    return t
+    return Frozen(_pooled(arr, np.float32, name), name=name)
 
 
 class LoRADense(Module):
@@ -63,7 +70,7 @@ class LoRADense(Module):
         w = dense.weight.data
         if base == "int8":
             codes, scales = quantize_int8(w)
-            self.codes = int8_tensor(codes, "codes")
+            self.codes = int8_tensor(_pooled(codes, np.int8, "codes"), "codes")
             self.scales = _frozen(scales, "scales")
             self.weight = None
         else:
