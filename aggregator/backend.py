@@ -76,6 +76,11 @@ class Backend:
 BLAS_MIN_SIZE = 1 << 16  # below this, numpy's own ufuncs are as fast and need no SciPy
 
 
+def numpy_axpy(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
+    """``acc += weight * x`` on host arrays, one thread (the numpy backend's kernel)."""
+    _NUMPY_AXPY(acc, weight, x, 1)
+
+
 def _numpy_axpy() -> Callable[..., None]:
     """BLAS saxpy on ``threads`` threads for large vectors; numpy ufuncs for small ones.
 
@@ -219,3 +224,6 @@ def _select(device: str | None) -> Backend:
             )
         return _make("cupy")
     return _make("cupy") if gpu_available() else _make("numpy")
+
+
+_NUMPY_AXPY = _numpy_axpy()

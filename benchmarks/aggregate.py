@@ -6,8 +6,9 @@
 ``MetricRecord``), are averaged by
 - Flower's ``aggregate_arrayrecords`` (``Array.numpy()`` copies, float32 products),
 - fedcore's streaming ``WeightedMean`` reading each message's bytes in place (decode + fused
-  multiply-add into one float32 accumulator), with and without update validation (the norm
-  pass: NaN/inf and the robust norm threshold),
+  multiply-add into one float32 accumulator), with and without update validation (NaN/inf
+  and the robust norm threshold; the norm is taken in the same pass as the fold,
+  ``RoundAggregation.offer_all``),
 and compared with the machine's read bandwidth measured in the same run: a plain float32 sum
 over the same message bytes. Each figure is the best of ``--repeat`` interleaved runs; the peak
 extra memory of the server is traced with ``tracemalloc`` (numpy reports its buffers to it)
@@ -105,11 +106,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             mean.add(update, update.num_examples)
         return threaded.to_numpy(mean.result(threaded.asarray(center)))
 
-    def validated() -> np.ndarray:
+    def validated() -> np.ndarray:  # as a round does: decode each reply, fold and judge
         strategy = build_strategy("fedavg", None, StrategyContext(backend=backend))
-        aggregation = strategy.start_round(center, 1)
-        for message in replies:
-            aggregation.offer(decode_reply(message, args.size))
+        strategy.guard.norms.extend([0.01 * np.sqrt(args.size)] * 3)  # not the first round
+        aggregation = strategy.start_round(center, 2)
+        reasons = aggregation.offer_all([decode_reply(m, args.size) for m in replies])
+        assert not any(reasons), reasons
         return aggregation.finish()
 
     expected = aggregate_arrayrecords(records, "num_examples")["vector"].numpy()

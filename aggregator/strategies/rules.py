@@ -74,6 +74,16 @@ class WeightedMean:
         self._weight += weight
         self.count += 1
 
+    def add_measured(self, update: ClientUpdate, weight: float, global_host: Any) -> float:
+        """``add`` (no clipping) while measuring the update's norm in the same pass (numpy
+        backend): return the norm, NaN/inf when the update is not finite (then ``remove``
+        is not possible: fold the round again without it)."""
+        weight = 1.0 if self.uniform else float(weight)
+        self._global_coef += update.fold_measured(self._acc, weight, global_host)
+        self._weight += weight
+        self.count += 1
+        return update.norm
+
     @property
     def count_weight(self) -> float:
         """Total weight folded in so far."""

@@ -35,7 +35,7 @@ A scenario names the data and how it is split among clients, the model, the fede
     compression = "none"            # none | int8 | int4 | topk (client -> server updates)
     secagg = false                  # SecAgg+; a [secagg] table tunes it (secagg_section.py)
     [federation.strategy_options]   # the strategy's hyperparameters, e.g. eta = 0.01 (fedadam),
-    max_norm_factor = 10.0          # num_malicious = 2 (krum); every strategy: max_norm_factor
+    max_norm_factor = 30.0          # num_malicious = 2 (krum); every strategy: max_norm_factor
     [federation.compression_options]  # int8/int4: block = 1024; topk: ratio = 0.01
     [train]                         # optional, every key has a default (fedcore.settings)
     local_epochs = 1

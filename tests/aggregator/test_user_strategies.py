@@ -65,7 +65,7 @@ def _round(strategy: Strategy, vectors: list[np.ndarray], counts: list[int]) -> 
 def test_reference_to_a_maker_on_sys_path(user_code):
     user_code("userstrat", {"make": MAKERS})
     name = "userstrat.make:make"
-    assert strategy_options(name) == {"max_norm_factor": 10.0, "rate": 0.5, "mode": "mean",
+    assert strategy_options(name) == {"max_norm_factor": 30.0, "rate": 0.5, "mode": "mean",
                                       "uniform": False}
     assert strategy_options(name, {"rate": 1, "uniform": True})["rate"] == 1.0
     strategy = build_strategy(name, {"rate": 0.25})
