@@ -114,6 +114,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         assert not any(reasons), reasons
         return aggregation.finish()
 
+    def validated_two_pass() -> np.ndarray:  # the norm read first, then the fold (``offer``)
+        strategy = build_strategy("fedavg", None, StrategyContext(backend=backend))
+        strategy.guard.norms.extend([0.01 * np.sqrt(args.size)] * 3)
+        aggregation = strategy.start_round(center, 2)
+        for message in replies:
+            aggregation.offer(decode_reply(message, args.size))
+        return aggregation.finish()
+
     expected = aggregate_arrayrecords(records, "num_examples")["vector"].numpy()
     np.testing.assert_allclose(streaming(), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(validated(), expected, rtol=1e-5, atol=1e-5)
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "flower aggregate_arrayrecords": flower,
         "fedcore streaming mean": streaming,
         "fedcore mean + validation": validated,
+        "  (validation in two passes)": validated_two_pass,
         "fedcore streaming, 2 threads": streaming_2,
     }
     best = dict.fromkeys(rows, float("inf"))
