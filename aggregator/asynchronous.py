@@ -382,7 +382,7 @@ def run_async_federation(
     config: FederationConfig,
     initial: np.ndarray,
     strategy: Strategy,
-    evaluate_fn: EvaluateFn,
+    evaluate_fn: EvaluateFn | None,
     on_round: OnRound | None = None,
     first_round: int = 1,
     clients: Mapping[int, int] | None = None,
@@ -434,7 +434,7 @@ def run_async_federation(
                 raise RoundFailed(f"step {run.version + 1}: no client could be reached")
             continue
         params, outcomes = run.step()
-        test_loss, test_accuracy = evaluate_fn(params)
+        test_loss, test_accuracy = evaluate_fn(params) if evaluate_fn else (None, None)
         accepted = [o for o in outcomes if o.accepted]
         weight = sum(o.num_examples for o in accepted) or 1
         staleness = [o.metrics["staleness"] for o in accepted]

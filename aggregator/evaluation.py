@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 EVALUATE = "evaluate"  # the message type
-MAX_EXAMPLES = 2**40  # a count beyond this is not a client's test split
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,10 @@ def evaluation_sample(client_ids: list[int], fraction: float, seed: int,
     return sorted(int(i) for i in rng.choice(ids, size=k, replace=False))
 
 
-def _parse_reply(reply: Message) -> tuple[int, float, float]:
-    """``(num_examples, loss, metric)`` of an evaluate reply; ``ValueError`` says what is bad."""
+def _parse_reply(reply: Message, max_examples: int = 2**31,
+                 declared: int | None = None) -> tuple[int, float, float]:
+    """``(num_examples, loss, metric)`` of an evaluate reply; ``ValueError`` says what is bad
+    (a count above ``max_examples`` or above what the client ``declared`` it holds too)."""
     if reply.has_error():
         raise ValueError(f"client error: {reply.error.reason}")
     metrics = protocol.record(reply.content, protocol.METRICS, MetricRecord)
@@ -148,8 +149,10 @@ def _parse_reply(reply: Message) -> tuple[int, float, float]:
             raise ValueError(f"{key} is not finite")
         values[key] = value
     n = values["num_examples"]
-    if not isinstance(n, int) or not 0 < n <= MAX_EXAMPLES:
-        raise ValueError(f"num_examples must be a positive integer, got {n!r}")
+    if not isinstance(n, int) or not 0 < n <= max_examples:
+        raise ValueError(f"num_examples must be a positive integer <= {max_examples}, got {n!r}")
+    if declared is not None and n > declared:
+        raise ValueError(f"num_examples {n} is more than the {declared} the client declared")
     return n, float(values["loss"]), float(values["metric"])
 
 
@@ -161,8 +164,12 @@ def run_evaluation(
     config: EvaluationConfig,
     seed: int,
     timeout: float | None = None,
+    *,
+    max_examples: int = 2**31,
+    declared: dict[int, int] | None = None,
 ) -> FederatedEvaluation:
-    """Ask a sample of ``clients`` (``{client_id: node_id}``) to evaluate ``params``."""
+    """Ask a sample of ``clients`` (``{client_id: node_id}``) to evaluate ``params``; each
+    reply's count is checked against ``max_examples`` and what its client ``declared``."""
     chosen = evaluation_sample(list(clients), config.fraction, seed, round_number)
     result = FederatedEvaluation(config.metric)
     if not chosen:
@@ -183,7 +190,8 @@ def run_evaluation(
         if client_id in seen or client_id in result.rejected:
             continue  # a second reply: the first counts
         try:
-            seen[client_id] = ClientEvaluation(client_id, *_parse_reply(reply))
+            parsed = _parse_reply(reply, max_examples, (declared or {}).get(client_id))
+            seen[client_id] = ClientEvaluation(client_id, *parsed)
         except ValueError as exc:
             result.rejected[client_id] = str(exc)
     for c in chosen:

@@ -18,6 +18,7 @@ from fedcore import protocol
 
 if TYPE_CHECKING:  # the asynchronous loop imports these types; its config is only named here
     from aggregator.asynchronous import AsyncConfig
+    from aggregator.evaluation import EvaluationConfig, FederatedEvaluation
 
 ClientDirectory = Callable[[int], Mapping[int, int]]
 
@@ -41,6 +42,7 @@ class FederationConfig:
     max_examples: int = DEFAULT_MAX_EXAMPLES  # the most examples one reply may claim
     # buffered asynchronous training (FedBuff): ``num_rounds`` counts server steps
     asynchrony: AsyncConfig | None = None
+    evaluation: EvaluationConfig | None = None  # federated evaluation on the clients' data
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,14 @@ class RoundOutcome:
     number: int
     clients: list[ClientOutcome]
     train_loss: float
-    test_loss: float
-    test_accuracy: float
+    test_loss: float | None  # None: no evaluation on the server's test set
+    test_accuracy: float | None
     seconds: float
     params: np.ndarray = field(repr=False)
     epsilon: float | None = None  # differential privacy spent so far, if any
     server_state: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # resumable
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. simulated seconds, energy
+    evaluation: FederatedEvaluation | None = None  # the clients' evaluation, when due
 
     @property
     def num_accepted(self) -> int:

@@ -32,6 +32,7 @@ from aggregator.collect import (
     client_seed,
     collector_for,
 )
+from aggregator.evaluation import run_evaluation
 from aggregator.round_types import (
     BeforeRound,
     ClientDirectory,
@@ -110,7 +111,7 @@ def run_federation(
     config: FederationConfig,
     initial: np.ndarray,
     strategy: Strategy,
-    evaluate_fn: EvaluateFn,
+    evaluate_fn: EvaluateFn | None,
     on_round: OnRound | None = None,
     first_round: int = 1,
     before_round: BeforeRound | None = None,
@@ -123,6 +124,8 @@ def run_federation(
 
     ``before_round(number, config)`` may return a changed config for that round on (an
     operator's ``set`` command) or raise ``StopRun``; ``on_round`` sees each finished round.
+    ``evaluate_fn`` (None: no server-side test set) scores each new model on the server;
+    ``config.evaluation`` asks a sample of clients to score it on their own test splits.
     """
     clients: Mapping[int, int] = {}
     declared: dict[int, int] = {}
@@ -146,7 +149,13 @@ def run_federation(
         params, outcomes = run_round(
             grid, clients, params, number, config, strategy, declared, collector
         )
-        test_loss, test_accuracy = evaluate_fn(params)
+        test_loss, test_accuracy = evaluate_fn(params) if evaluate_fn else (None, None)
+        evaluation = None
+        if config.evaluation is not None and config.evaluation.due(number, config.num_rounds):
+            evaluation = run_evaluation(
+                grid, dict(clients), params, number, config.evaluation, config.seed,
+                config.timeout, max_examples=config.max_examples, declared=declared,
+            )
         accepted = [o for o in outcomes if o.accepted]
         weight = sum(o.num_examples for o in accepted)
         train_loss = sum(o.train_loss * o.num_examples for o in accepted) / weight
@@ -160,6 +169,7 @@ def run_federation(
             params=params,
             epsilon=strategy.privacy_spent(),
             server_state=strategy.state_dict(),
+            evaluation=evaluation,
         )
         if on_round is not None:
             on_round(outcome)

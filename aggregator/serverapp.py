@@ -25,7 +25,7 @@ class FederationApp:
         config: FederationConfig,
         initial: np.ndarray,
         strategy: Strategy,
-        evaluate_fn: EvaluateFn,
+        evaluate_fn: EvaluateFn | None,
         on_round: OnRound | None = None,
         first_round: int = 1,
         before_round: BeforeRound | None = None,

@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.render import RoundRow, round_table
+from cli.render import RoundRow, metric_text, round_table
 
 console = Console(highlight=False)
 
@@ -70,6 +70,15 @@ def print_summary(summary: dict[str, Any], as_json: bool) -> None:
         ppl_text = f", perplexity {start:.1f} -> {ppl:.1f}"
     accuracy = summary.get("final_test_accuracy")
     accuracy_text = f"final test accuracy {100 * accuracy:.2f} %" if accuracy is not None else ""
+    federated = summary.get("final_federated")
+    if federated:
+        metric = federated["metric_name"]
+        accuracy_text += (
+            f"{'; ' if accuracy_text else ''}clients' {metric} "
+            f"{metric_text(federated['metric'], metric)} (p10 "
+            f"{metric_text(federated['p10'], metric)}, worst decile "
+            f"{metric_text(federated['worst_decile'], metric)})"
+        )
     console.print(
         f"run {summary['run_id']}: {summary['status']}; {accuracy_text}{ppl_text} "
         f"after round {summary['last_round']} in {summary['seconds']:.1f} s "

@@ -6,7 +6,20 @@ import os
 
 import typer
 
-from cli import certs, client, clients, data, db, models, profiles, rounds, runs, server, simulate
+from cli import (
+    certs,
+    client,
+    clients,
+    compare,
+    data,
+    db,
+    models,
+    profiles,
+    rounds,
+    runs,
+    server,
+    simulate,
+)
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -25,6 +38,7 @@ app = typer.Typer(
 app.command("simulate")(simulate.simulate)
 app.command("server")(server.server)
 app.command("client")(client.client)
+runs.app.command("compare")(compare.compare)
 app.add_typer(runs.app, name="runs", help="List and inspect stored runs.")
 app.add_typer(rounds.app, name="rounds", help="The rounds of a run, and one round's clients.")
 app.add_typer(models.app, name="models",

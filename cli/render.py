@@ -52,14 +52,17 @@ class RoundRow:
     selected: int
     accepted: int
     train_loss: float
-    test_accuracy: float
+    test_accuracy: float | None  # None: no test set on the server
     seconds: float
     sim_seconds: float | None = None
     energy_j: float | None = None
+    federated: Mapping[str, float] | None = None  # the clients' evaluation summary, when due
+    metric: str = "accuracy"  # what test_accuracy and the federated figures measure
 
     @classmethod
     def of(cls, round_: Any) -> RoundRow:
         """From a live ``RoundOutcome`` or a stored ``Round`` row (the same fields)."""
+        metric, federated = federated_summary(round_)
         return cls(
             round_.number,
             round_.num_selected,
@@ -68,7 +71,27 @@ class RoundRow:
             round_.test_accuracy,
             round_.seconds,
             *_simulated(round_.metrics),
+            federated=federated,
+            metric=metric,
         )
+
+
+def federated_summary(round_: Any) -> tuple[str, Mapping[str, float] | None]:
+    """(metric, summary) of a round's federated evaluation: a live ``FederatedEvaluation``
+    or its stored JSON; ("accuracy", None) when the round had none."""
+    evaluation = getattr(round_, "evaluation", None)
+    if evaluation is None:
+        return "accuracy", None
+    if isinstance(evaluation, Mapping):
+        return str(evaluation.get("metric", "accuracy")), evaluation.get("summary") or None
+    return evaluation.metric, evaluation.summary or None
+
+
+def metric_text(value: float | None, metric: str) -> str:
+    """``93.10 %`` for accuracy, ``0.412`` for MAE, ``-`` for nothing."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f} %" if metric == "accuracy" else f"{value:.4g}"
 
 
 def _simulated(metrics: Mapping[str, float] | None) -> tuple[float | None, float | None]:
@@ -87,11 +110,19 @@ def round_table(rows: Iterable[RoundRow], title: str | None = None) -> Table:
     rows = list(rows)
     simulated = any(r.sim_seconds is not None for r in rows)
     energy = any(r.energy_j is not None for r in rows)
+    server = any(r.test_accuracy is not None for r in rows)
+    federated = any(r.federated for r in rows)
+    name = "acc" if all(r.metric == "accuracy" for r in rows) else "MAE"
     table = Table(title=title, title_justify="left")
     table.add_column("round", justify="right")
     table.add_column("clients", justify="right")
     table.add_column("train loss", justify="right")
-    table.add_column("test acc", justify="right")
+    if server or not federated:
+        table.add_column(f"test {name}", justify="right")
+    if federated:
+        table.add_column(f"clients' {name}", justify="right")
+        table.add_column("p10 / median / p90", justify="right")
+        table.add_column("worst 10 %", justify="right")
     table.add_column("seconds", justify="right")
     if simulated:
         table.add_column("sim time", justify="right")
@@ -99,13 +130,15 @@ def round_table(rows: Iterable[RoundRow], title: str | None = None) -> Table:
         table.add_column("energy J", justify="right")
     for r in rows:
         clients = f"{r.accepted}/{r.selected}" if r.accepted != r.selected else str(r.selected)
-        cells = [
-            str(r.number),
-            clients,
-            f"{r.train_loss:.4f}",
-            f"{100 * r.test_accuracy:.2f} %",
-            f"{r.seconds:.2f}",
-        ]
+        cells = [str(r.number), clients, f"{r.train_loss:.4f}"]
+        if server or not federated:
+            cells.append(metric_text(r.test_accuracy, r.metric))
+        if federated:
+            f = r.federated or {}
+            spread = " / ".join(metric_text(f.get(k), r.metric) for k in ("p10", "median", "p90"))
+            cells += [metric_text(f.get("metric"), r.metric), spread if f else "-",
+                      metric_text(f.get("worst_decile"), r.metric)]
+        cells.append(f"{r.seconds:.2f}")
         if simulated:
             cells.append(_duration(r.sim_seconds))
         if energy:

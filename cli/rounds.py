@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.errors import fail
 from cli.options import Db, Json
-from cli.render import RoundRow, round_table, untrusted
+from cli.render import RoundRow, federated_summary, metric_text, round_table, untrusted
 from cli.store_access import open_store, round_dict
 
 app = typer.Typer(no_args_is_help=True)
@@ -58,11 +58,32 @@ def show_round(
     if as_json:
         print(json.dumps(data))
         return
+    metric, federated = federated_summary(row)
+    test = (f"test {metric} {metric_text(row.test_accuracy, metric)}, "
+            if row.test_accuracy is not None else "")
     console.print(
-        f"run {run_id} round {number}: test accuracy {100 * row.test_accuracy:.2f} %, "
+        f"run {run_id} round {number}: {test}"
         f"train loss {row.train_loss:.4f}, {row.num_accepted}/{row.num_selected} accepted, "
         f"{row.seconds:.2f} s, up {row.bytes_up} B, down {row.bytes_down} B"
     )
+    if federated:
+        console.print(
+            f"federated evaluation ({int(federated['clients'])} clients, "
+            f"{int(federated['examples'])} examples): {metric} "
+            f"{metric_text(federated['metric'], metric)} (weighted), p10 "
+            f"{metric_text(federated['p10'], metric)}, median "
+            f"{metric_text(federated['median'], metric)}, p90 "
+            f"{metric_text(federated['p90'], metric)}, worst decile "
+            f"{metric_text(federated['worst_decile'], metric)}"
+        )
+        table = Table(title="federated evaluation")
+        for column in ("client", "examples", "loss", metric):
+            table.add_column(column, justify="right")
+        for client, n, loss, value in data["evaluation"]["clients"]:
+            table.add_row(str(client), str(n), f"{loss:.4f}", metric_text(value, metric))
+        for client, reason in data["evaluation"].get("rejected", {}).items():
+            table.add_row(str(client), "-", "-", f"rejected: {untrusted(reason)}")
+        console.print(table)
     console.print(f"checkpoint sha256 {row.checkpoint_sha256}")
     table = Table()
     for column in ("client", "examples", "train loss", "seconds", "bytes up", "outcome"):

@@ -35,18 +35,26 @@ def list_runs(db: Db = None, as_json: Json = False) -> None:
     if as_json:
         print(json.dumps([run_dict(r) for r in runs]))
         return
+    from cli.compare import final_figures
+    from cli.render import metric_text
+
     table = Table()
-    for column in ("id", "name", "backend", "status", "rounds", "created"):
+    for column in ("id", "name", "backend", "status", "rounds", "final", "created"):
         table.add_column(column)
     for r in runs:
         data = run_dict(r)
         done = f"{data['rounds']}/{data['num_rounds']}" if data["num_rounds"] else data["rounds"]
+        figures = final_figures(r)
+        final = figures["final_test"]
+        if final is None and figures["federated"]:
+            final = figures["federated"]["metric"]
         table.add_row(
             str(r.id),
             untrusted(r.name),
             r.backend,
             r.status,
             str(done),
+            metric_text(final, figures["metric"]),
             f"{r.created_at:%Y-%m-%d %H:%M:%S}",
         )
     console.print(table)

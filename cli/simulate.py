@@ -124,13 +124,22 @@ def run_summary(result: Any, db_url: str, language_model: bool) -> dict[str, Any
         "last_round": last.number if last else None,
         "final_test_accuracy": last.test_accuracy if last else None,
         "final_test_loss": last.test_loss if last else None,
+        "final_federated": final_federated(result.rounds),
         "seconds": round(result.seconds, 3),
         "db": db_url,
     }
-    if language_model and last is not None:  # accuracy is next-word accuracy
+    if language_model and last is not None and last.test_loss is not None:
         from fedcore.evaluate import perplexity
 
         summary["final_test_perplexity"] = perplexity(last.test_loss)
         if getattr(result, "initial_test_loss", None) is not None:
             summary["initial_test_perplexity"] = perplexity(result.initial_test_loss)
     return summary
+
+
+def final_federated(rounds: list[Any]) -> dict[str, Any] | None:
+    """The last federated evaluation's summary (with ``metric_name``), or None."""
+    for r in reversed(rounds):
+        if getattr(r, "evaluation", None) is not None and r.evaluation.clients:
+            return {**r.evaluation.summary, "round": r.number, "metric_name": r.evaluation.metric}
+    return None

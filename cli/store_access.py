@@ -53,6 +53,8 @@ def round_dict(row: Any, clients: bool = False) -> dict[str, Any]:
         "epsilon": row.epsilon,
         "checkpoint_sha256": row.checkpoint_sha256,
         "metrics": row.metrics or {},  # a simulated population's time, energy, availability
+        # federated evaluation: {"metric", "summary", "clients": [[id, n, loss, metric]...]}
+        "evaluation": row.evaluation,
     }
     if clients:
         data["clients"] = [

@@ -18,6 +18,7 @@ from client_runtime.compression import compress_update
 from client_runtime.cost import model_family
 from client_runtime.datacheck import check_data
 from client_runtime.device import device_budget, train_on_device
+from client_runtime.evaluation import evaluate_message
 from client_runtime.model_budget import ModelCache
 from client_runtime.secagg import TrainOutput, register_secagg
 from fedcore import protocol
@@ -127,6 +128,15 @@ def make_client_app(
             }
         flat = model.get_flat()
         return TrainOutput(flat, result.num_examples, result.train_loss, result.seconds, simulated)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        pid = partition_id(context)
+        budget = device_budget(context.node_config)
+        return evaluate_message(
+            msg, pid, load_partition(pid),
+            lambda spec, size: _models.get(spec, allow_import, size, budget), allow_import,
+        )
 
     register_secagg(app, secagg_training)  # the four SecAgg+ stage handlers
     return app

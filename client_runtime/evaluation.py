@@ -38,10 +38,11 @@ def evaluate_message(
     msg: Message,
     client_id: int,
     data: tuple[np.ndarray, np.ndarray],
-    model_for: Callable[[protocol.ModelSpec], Module],
+    model_for: Callable[[protocol.ModelSpec, int], Module],
     allow_import: bool,
 ) -> Message:
-    """Answer an ``evaluate`` message on ``data`` (this client's examples)."""
+    """Answer an ``evaluate`` message on ``data`` (this client's examples); ``model_for(spec,
+    size)`` gives the model (built within the device's budget, matching the vector's size)."""
     config = protocol.record(msg.content, protocol.CONFIG, ConfigRecord)
     global_record = protocol.record(msg.content, protocol.GLOBAL, ArrayRecord)
     if config is None or global_record is None:
@@ -50,8 +51,12 @@ def evaluate_message(
     if not 0.0 < local_test < 1.0:
         raise ValueError(f"local_test must be in (0, 1), got {local_test}")
     spec_data = json.loads(str(config["model"]))
-    model = model_for(protocol.ModelSpec(spec_data["name"], spec_data["kwargs"]))
-    model.set_flat(read_vector(global_record))
+    global_vector = read_vector(global_record)
+    if global_vector.dtype != np.float32 or global_vector.ndim != 1:
+        raise ValueError(f"global vector is {global_vector.dtype}{list(global_vector.shape)}")
+    spec = protocol.ModelSpec(spec_data["name"], spec_data["kwargs"])
+    model = model_for(spec, global_vector.size)
+    model.set_flat(global_vector)
     x, y = data
     _, test = local_split(y, local_test, client_id)
     loss_fn = objective(str(config["loss"]), y, allow_import=allow_import)

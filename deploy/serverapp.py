@@ -69,12 +69,12 @@ def log_round(outcome: RoundOutcome) -> None:
     """One log line per finished round (what ``flwr run --stream`` shows)."""
     log(
         INFO,
-        "fedcore round %d: %d/%d accepted, train loss %.4f, test accuracy %.4f, %.1f s",
+        "fedcore round %d: %d/%d accepted, train loss %.4f, test accuracy %s, %.1f s",
         outcome.number,
         outcome.num_accepted,
         outcome.num_selected,
         outcome.train_loss,
-        outcome.test_accuracy,
+        "-" if outcome.test_accuracy is None else f"{outcome.test_accuracy:.4f}",
         outcome.seconds,
     )
 

@@ -72,8 +72,8 @@ class Round(Base):
     num_selected: Mapped[int] = mapped_column(Integer)
     num_accepted: Mapped[int] = mapped_column(Integer)
     train_loss: Mapped[float] = mapped_column(Float)
-    test_loss: Mapped[float] = mapped_column(Float)
-    test_accuracy: Mapped[float] = mapped_column(Float)
+    test_loss: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: no server
+    test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)  # test set
     seconds: Mapped[float] = mapped_column(Float)
     bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -81,6 +81,8 @@ class Round(Base):
     checkpoint_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # e.g. simulated time
+    # federated evaluation: each client's result and the summary (FederatedEvaluation.to_json)
+    evaluation: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="rounds")

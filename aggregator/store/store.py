@@ -75,6 +75,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _evaluation_json(outcome: RoundOutcome) -> dict[str, Any] | None:
+    """A round's federated evaluation as stored (None when the round had none)."""
+    evaluation = getattr(outcome, "evaluation", None)
+    return evaluation.to_json() if evaluation is not None else None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -256,6 +262,7 @@ class Store:
                 checkpoint_path=str(path),
                 checkpoint_sha256=sha,
                 metrics=dict(getattr(outcome, "metrics", {})) or None,
+                evaluation=_evaluation_json(outcome),
             )
             row.clients = [
                 ClientResult(

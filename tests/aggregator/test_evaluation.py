@@ -66,5 +66,8 @@ def test_bad_replies_are_rejected_with_a_reason(metrics, needle):
     content = {} if metrics is None else {"metrics": MetricRecord(metrics)}
     with pytest.raises(ValueError, match=needle):
         _parse_reply(_Reply(content))
+    with pytest.raises(ValueError, match="more than the 3 the client declared"):
+        _parse_reply(_Reply({"metrics": MetricRecord(
+            {"num_examples": 4, "loss": 0.5, "metric": 0.75})}), declared=3)
     assert _parse_reply(_Reply({"metrics": MetricRecord(
         {"num_examples": 4, "loss": 0.5, "metric": 0.75})})) == (4, 0.5, 0.75)
