@@ -38,3 +38,11 @@ def output_format(out: Path, fmt: str | None, formats: dict[str, str], default: 
     if fmt is not None and implied is not None and implied != fmt:
         fail(f"--format {fmt} contradicts the file name {out.name} ({implied}); drop one of them")
     return fmt or implied or default
+Sets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Change a scenario key, validated like the file: --set train.local_epochs=2 "
+        "(repeatable; VALUE is a TOML value or a bare word).",
+    ),
+]

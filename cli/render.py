@@ -120,9 +120,9 @@ def round_table(rows: Iterable[RoundRow], title: str | None = None) -> Table:
     if server or not federated:
         table.add_column(f"test {name}", justify="right")
     if federated:
-        table.add_column(f"clients' {name}", justify="right")
-        table.add_column("p10 / median / p90", justify="right")
-        table.add_column("worst 10 %", justify="right")
+        table.add_column(f"fed {name}", justify="right")  # the clients' weighted mean
+        table.add_column("p10-p90", justify="right", no_wrap=True)
+        table.add_column("worst", justify="right")  # the worst decile's mean
     table.add_column("seconds", justify="right")
     if simulated:
         table.add_column("sim time", justify="right")
@@ -135,7 +135,7 @@ def round_table(rows: Iterable[RoundRow], title: str | None = None) -> Table:
             cells.append(metric_text(r.test_accuracy, r.metric))
         if federated:
             f = r.federated or {}
-            spread = " / ".join(metric_text(f.get(k), r.metric) for k in ("p10", "median", "p90"))
+            spread = _spread(f, r.metric)
             cells += [metric_text(f.get("metric"), r.metric), spread if f else "-",
                       metric_text(f.get("worst_decile"), r.metric)]
         cells.append(f"{r.seconds:.2f}")
@@ -145,6 +145,16 @@ def round_table(rows: Iterable[RoundRow], title: str | None = None) -> Table:
             cells.append(_number(r.energy_j) if r.energy_j is not None else "-")
         table.add_row(*cells)
     return table
+
+
+def _spread(summary: Mapping[str, float], metric: str) -> str:
+    """The clients' p10-p90 range compactly: ``71.2-92.0 %`` or ``0.31-0.58``."""
+    values = [summary.get(k) for k in ("p10", "p90")]
+    if any(v is None for v in values):
+        return "-"
+    if metric == "accuracy":
+        return "-".join(f"{100 * v:.1f}" for v in values) + " %"
+    return "-".join(f"{v:.3g}" for v in values)
 
 
 def _number(value: float) -> str:

@@ -16,6 +16,7 @@ loopback behind the Fleet-only gateway (``deploy.gateway``) unless ``--public-co
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -26,7 +27,7 @@ import typer
 
 from cli.errors import FAILED, err_console, fail, interrupted, stopped
 from cli.live import RoundProgress, print_summary
-from cli.options import Db, Json
+from cli.options import Db, Json, Sets
 
 if TYPE_CHECKING:
     from aggregator.store import Store
@@ -48,6 +49,7 @@ def server(
         ),
     ] = "127.0.0.1:9092",
     db: Db = None,
+    sets: Sets = None,
     connect_timeout: Annotated[
         float,
         typer.Option(
@@ -131,8 +133,9 @@ def server(
     tls = _server_tls(ssl_certfile, ssl_keyfile, ssl_ca_certfile, certs)
     _check_exposure(host, address, tls, insecure)
     try:
-        spec = check_deployable(load_scenario(scenario), str(scenario))  # validated once
-        text = scenario.read_text(encoding="utf-8")
+        spec = check_deployable(load_scenario(scenario, sets or ()), str(scenario))  # once
+        # the devices read the scenario: the file, or with --set the validated scenario
+        text = json.dumps(spec.model_dump()) if sets else scenario.read_text(encoding="utf-8")
         prepared = prepare_scenario(spec, source=str(scenario))
     except (ScenarioError, SettingsError) as exc:
         fail(str(exc))

@@ -10,7 +10,7 @@ import typer
 
 from cli.errors import FAILED, fail, interrupted, paused_or_aborted
 from cli.live import RoundProgress, print_summary
-from cli.options import Db, Json
+from cli.options import Db, Json, Sets
 
 
 def simulate(
@@ -39,6 +39,7 @@ def simulate(
         bool | None,
         typer.Option("--secagg/--no-secagg", help="Override secure aggregation (SecAgg+)."),
     ] = None,
+    sets: Sets = None,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -70,7 +71,7 @@ def simulate(
 
         fail(f"--device: {escape(str(exc))}")
     try:
-        spec = load_scenario(scenario)
+        spec = load_scenario(scenario, sets or ())
         if secagg is not None:
             from simulations.scenario import with_secagg
 
@@ -79,7 +80,7 @@ def simulate(
             spec = spec.model_copy(
                 update={"federation": spec.federation.model_copy(update={"rounds": rounds})}
             )
-        prepared = prepare_scenario(spec)
+        prepared = prepare_scenario(spec, source=str(scenario))
         store = Store(db)
     except (ScenarioError, StoreError) as exc:
         fail(str(exc))

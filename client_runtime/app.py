@@ -18,11 +18,12 @@ from client_runtime.compression import compress_update
 from client_runtime.cost import model_family
 from client_runtime.datacheck import check_data
 from client_runtime.device import device_budget, train_on_device
-from client_runtime.evaluation import evaluate_message
+from client_runtime.evaluation import evaluate_message, train_part
 from client_runtime.model_budget import ModelCache
 from client_runtime.secagg import TrainOutput, register_secagg
 from fedcore import protocol
 from fedcore.nn import Module
+from fedcore.objectives import objective
 from fedcore.wire import read_vector, vector_record
 
 LoadPartition = Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -65,7 +66,8 @@ def make_client_app(
         return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
 
     def local_training(msg: Message, context: Context):
-        x, y = load_partition(partition_id(context))
+        pid = partition_id(context)
+        x, y = load_partition(pid)
         config_record = protocol.record(msg.content, protocol.CONFIG, ConfigRecord)
         global_record = protocol.record(msg.content, protocol.GLOBAL, ArrayRecord)
         if config_record is None or global_record is None:
@@ -79,9 +81,11 @@ def make_client_app(
         budget = device_budget(context.node_config)
         model = _model_for(instructions.model, allow_import, global_vector.size, budget)
         model.set_flat(global_vector)
-        result = train_on_device(
-            model, x, y, instructions.settings, instructions.seed, context.node_config
-        )
+        settings = instructions.settings
+        x, y = train_part(x, y, settings.local_test, pid)  # never the local test split
+        loss_fn = objective(settings.loss, y, allow_import=allow_import)
+        result = train_on_device(model, x, y, settings, instructions.seed, context.node_config,
+                                 loss_fn)
         return model, result, instructions, global_vector
 
     @app.train()
@@ -135,7 +139,7 @@ def make_client_app(
         budget = device_budget(context.node_config)
         return evaluate_message(
             msg, pid, load_partition(pid),
-            lambda spec, size: _models.get(spec, allow_import, size, budget), allow_import,
+            lambda spec, size: _model_for(spec, allow_import, size, budget), allow_import,
         )
 
     register_secagg(app, secagg_training)  # the four SecAgg+ stage handlers

@@ -26,6 +26,7 @@ from client_runtime.trainer import train_local
 from fedcore import protocol
 from fedcore.engine import MemoryBudgetError, get_engine
 from fedcore.nn import Module
+from fedcore.objectives import Objective
 from fedcore.settings import TrainSettings
 
 #: (id(model), batch size, budget) whose eager step ran out of budget in this process
@@ -64,6 +65,7 @@ def train_on_device(
     settings: TrainSettings,
     seed: int,
     node_config: Mapping[str, Any],
+    loss_fn: Objective | None = None,
 ) -> DeviceTrainResult:
     """Train like ``train_local``, under the node's memory budget; report FLOPs and bytes."""
     budget = device_budget(node_config)
@@ -80,12 +82,14 @@ def train_on_device(
             hybrid = budget is not None and key in _EAGER_TOO_BIG
             try:
                 step = compiled_step(model, settings, budget) if hybrid else None
-                result = train_local(model, x, y, settings, seed, step)
+                result = train_local(model, x, y, settings, seed, step, loss_fn)
                 break
             except MemoryBudgetError as exc:
                 model.set_flat(start)
                 gc.collect()  # the failed step's graph holds pool buffers in reference cycles
-                if not hybrid and budget is not None:  # the planner may fit what eager does not
+                plain = (settings.loss, settings.optimizer, settings.max_grad_norm) == (
+                    "cross_entropy", "sgd", 0.0)  # what a compiled step does
+                if not hybrid and budget is not None and plain:  # the planner may fit it
                     _EAGER_TOO_BIG.add(key)
                     continue
                 if not adapt or settings.batch_size == 1:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedcore.engine import Tensor, softmax_cross_entropy
+from fedcore.engine import Tensor
 from fedcore.nn import Module
-from fedcore.optim import SGD
+from fedcore.objectives import Objective, clip_grad_norm, make_optimizer, objective
 from fedcore.settings import TrainSettings
 
 
@@ -30,11 +30,16 @@ class TrainResult:
 def train_local(
     model: Module, x: np.ndarray, y: np.ndarray, settings: TrainSettings, seed: int = 0,
     step: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    loss_fn: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``(x, y)``; return the mean loss over all steps.
 
-    ``y`` holds a label per example ``(N,)`` or a target per position ``(N, T)`` (language
-    models, whose logits are ``(N*T, V)``); ``num_examples`` counts rows of ``x`` either way.
+    ``y`` holds a label per example ``(N,)``, a target per position ``(N, T)`` (language
+    models, whose logits are ``(N*T, V)``) or float regression targets; ``num_examples``
+    counts rows of ``x`` either way. The loss is ``loss_fn``, else ``settings.loss`` resolved
+    without importing code (a registered or installed name: a message names it); the
+    optimizer is ``settings.optimizer`` (sgd, or adam: AdamW), with the gradient clipped to
+    ``settings.max_grad_norm`` when set.
 
     Batches are reshuffled every epoch from ``seed`` so a client's work is reproducible.
     The optimizer state (momentum) is local to the round, as in FedAvg. ``step`` (a compiled
@@ -47,11 +52,10 @@ def train_local(
         raise ValueError("cannot train on an empty partition")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    optimizer = None if step is not None else SGD(
-        model.parameters(),
-        lr=settings.learning_rate,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
+    loss_fn = loss_fn or objective(settings.loss, y, allow_import=False)
+    optimizer = None if step is not None else make_optimizer(
+        settings.optimizer, model, settings.learning_rate, settings.momentum,
+        settings.weight_decay,
     )
     model.train()
     anchor = model.get_flat() if settings.proximal_mu else None
@@ -64,9 +68,10 @@ def train_local(
                 loss_sum += step(x[idx], y[idx].reshape(-1))
             else:
                 optimizer.zero_grad()
-                # Sequence targets (N, T) meet logits (N*T, V) flattened, row-major.
-                loss = softmax_cross_entropy(model(Tensor(x[idx])), y[idx].reshape(-1))
+                loss = loss_fn.loss(model(Tensor(x[idx])), y[idx])
                 loss.backward()
+                if settings.max_grad_norm:
+                    clip_grad_norm(model, settings.max_grad_norm)
                 optimizer.step()
                 loss_sum += float(loss.data)
             if anchor is not None:  # FedProx's proximal term, applied as a decoupled step

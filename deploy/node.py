@@ -9,6 +9,7 @@ stays light: it imports the vendored data sets only for a ``dataset`` node.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 
 from fedcore import protocol
 from fedcore.datafiles import DataFileError, read_xy
+from fedcore.resolve import no_imports
 
 DATASET = "dataset"  # a vendored data set's name
 DATA = "data"  # path of an .npz file with arrays x and y
@@ -129,12 +131,12 @@ def scenario_text(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise NodeConfigError(f"run config: {SCENARIO} must be TOML text")
+        raise NodeConfigError(f"run config: {SCENARIO} must be TOML (or JSON) text")
     if len(value) > MAX_SCENARIO_BYTES:
         raise NodeConfigError(f"run config: {SCENARIO} exceeds {MAX_SCENARIO_BYTES} bytes")
     if not value.strip():
         return None
-    if "\n" not in value and "=" not in value:
+    if "\n" not in value and "=" not in value and not value.lstrip().startswith("{"):
         raise NodeConfigError(
             f"run config: {SCENARIO} must be the scenario's TOML text, not a path "
             f"({value[:80]!r})"
@@ -147,6 +149,14 @@ def scenario_table(run_config: Mapping[str, Any]) -> dict[str, Any] | None:
     text = scenario_text(run_config.get(SCENARIO))
     if text is None:
         return None
+    if text.lstrip().startswith("{"):  # a validated scenario as JSON (`fedcore server --set`)
+        try:
+            table = json.loads(text)
+        except ValueError as exc:
+            raise NodeConfigError(f"run config: {SCENARIO}: invalid JSON: {exc}") from None
+        if not isinstance(table, dict):
+            raise NodeConfigError(f"run config: {SCENARIO}: expected a table")
+        return table
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -166,7 +176,8 @@ def dataset_shard(node: NodeData, scenario: Mapping[str, Any] | None) -> tuple[n
     if scenario is None:
         raise NodeConfigError(f"run config has no {SCENARIO!r}: cannot split {node.dataset!r}")
     try:
-        spec = scenario_from_dict(scenario, source="run config scenario")
+        with no_imports():  # a message's scenario never makes a device import code
+            spec = scenario_from_dict(scenario, source="run config scenario")
     except ScenarioError as exc:
         raise NodeConfigError(str(exc)) from None
     if spec.data.dataset != node.dataset:

@@ -18,13 +18,18 @@ reference. A device never imports code because a message said so: it resolves wi
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import importlib.metadata
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Registry", "ResolveError", "import_reference", "is_reference", "register_scheme"]
+__all__ = [
+    "Registry", "ResolveError", "import_reference", "is_reference", "no_imports",
+    "register_scheme",
+]
 
 T = TypeVar("T")
 
@@ -37,6 +42,22 @@ _SCHEMES: dict[str, Callable[[str], Any]] = {}
 
 class ResolveError(ValueError):
     """A reference that names nothing usable; the message is one line."""
+
+
+_IMPORTS_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fedcore_imports_allowed", default=True
+)
+
+
+@contextlib.contextmanager
+def no_imports() -> Iterator[None]:
+    """Within this block no registry imports code by reference, whatever its caller asks:
+    a device validating a scenario the server sent resolves only what is installed on it."""
+    token = _IMPORTS_ALLOWED.set(False)
+    try:
+        yield
+    finally:
+        _IMPORTS_ALLOWED.reset(token)
 
 
 def register_scheme(scheme: str, resolver: Callable[[str], Any]) -> None:
@@ -135,7 +156,7 @@ class Registry(Generic[T]):
             except (ValueError, OSError) as exc:
                 raise ResolveError(f"{self.what} {reference!r}: {_one_line(str(exc))}") from None
         if _REFERENCE.match(reference):
-            if not allow_import:
+            if not (allow_import and _IMPORTS_ALLOWED.get()):
                 raise ResolveError(
                     f"{self.what} {reference!r}: importing code by reference is not allowed "
                     f"here; install a package that declares it in entry-point group "

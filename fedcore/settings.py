@@ -5,14 +5,15 @@ train message (flattened into the ``ConfigRecord``, see ``fedcore.protocol``); t
 validates what arrives into the same type (a message is untrusted) and hands it to
 ``client_runtime.trainer.train_local``. Adding a setting is one field here plus its use.
 
-Fields marked ``from_strategy`` are set by the strategy (FedProx's ``proximal_mu``), not by a
-scenario's ``[train]`` table nor by ``fedcore runs set``.
+Fields marked ``from_strategy`` are set by the strategy (FedProx's ``proximal_mu``) or another
+table (``local_test`` comes from ``[evaluation]``), not by a scenario's ``[train]`` table nor by
+``fedcore runs set``; ``set_by`` names where they are set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,7 +26,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 Momentum = Annotated[float, Field(ge=0.0, lt=1.0)]
-_FROM_STRATEGY = {"from_strategy": True}
+_FROM_STRATEGY = {"from_strategy": True, "set_by": "federation.strategy_options"}
+_FROM_EVALUATION = {"from_strategy": True, "set_by": "evaluation.local_test"}
+LocalTest = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 def _by_strategy(info: FieldInfo) -> bool:
@@ -42,9 +45,15 @@ class TrainSettings(BaseModel):
     batch_size: PositiveInt = 32
     learning_rate: PositiveFloat = 0.1
     momentum: Momentum = 0.0
-    weight_decay: NonNegativeFloat = 0.0
+    weight_decay: NonNegativeFloat = 0.0  # sgd: L2 added to the gradient; adam: AdamW's decay
+    # what is minimised: cross_entropy | mse | a fedcore.losses name | package.module:fn
+    loss: Annotated[str, Field(min_length=1, max_length=200)] = "cross_entropy"
+    optimizer: Literal["sgd", "adam"] = "sgd"  # adam: AdamW (decoupled weight decay)
+    max_grad_norm: NonNegativeFloat = 0.0  # clip each step's gradient to this L2 norm (0: off)
     # FedProx: after each step, p -= lr * mu * (p - p_start)
     proximal_mu: NonNegativeFloat = Field(default=0.0, json_schema_extra=_FROM_STRATEGY)
+    # the share of its examples a client holds out for federated evaluation (not trained on)
+    local_test: LocalTest = Field(default=0.0, json_schema_extra=_FROM_EVALUATION)
 
     @classmethod
     def settable(cls) -> tuple[str, ...]:
@@ -56,6 +65,12 @@ class TrainSettings(BaseModel):
         """Fields the strategy sets (``Strategy.client_options``)."""
         settable = cls.settable()
         return tuple(name for name in cls.model_fields if name not in settable)
+
+    @classmethod
+    def set_by(cls, name: str) -> str:
+        """Where a ``from_strategy`` field is set (a dotted scenario key)."""
+        extra = cls.model_fields[name].json_schema_extra
+        return str(extra.get("set_by", "")) if isinstance(extra, dict) else ""
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> TrainSettings:

@@ -20,6 +20,7 @@ from aggregator.strategies import Strategy, StrategyContext, build_strategy
 from client_runtime.app import make_client_app
 from fedcore.evaluate import evaluate
 from fedcore.models import build_model
+from fedcore.objectives import objective
 from simulations.backends import BACKENDS
 from simulations.prepare import PreparedScenario
 from simulations.scenario import Scenario
@@ -38,8 +39,9 @@ class SimulationResult:
     initial_test_loss: float | None = None  # language models: the starting model's test loss
 
     @property
-    def final_accuracy(self) -> float:
-        """Test accuracy of the final global model."""
+    def final_accuracy(self) -> float | None:
+        """Test accuracy (the loss's metric) of the final global model on the server's test
+        set; None without one."""
         return self.rounds[-1].test_accuracy
 
 
@@ -55,10 +57,11 @@ class Resume:
 @dataclass
 class ServerSide:
     """What the server needs besides the round config: the initial model, how to evaluate a
-    global vector on the held-out test set, and the scenario's strategy."""
+    global vector on the held-out test set (None: ``[evaluation] server = false``), and the
+    scenario's strategy."""
 
     initial: np.ndarray = field(repr=False)
-    evaluate: Callable[[np.ndarray], tuple[float, float]] = field(repr=False)
+    evaluate: Callable[[np.ndarray], tuple[float, float]] | None = field(repr=False)
     strategy: Strategy
 
 
@@ -67,10 +70,11 @@ def server_side(prepared: PreparedScenario, device: str | None = None) -> Server
     deployment), averaging on ``device`` (auto | cpu | gpu)."""
     scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
     model = build_model(spec.name, **spec.kwargs)  # the server's own, for evaluation
+    loss = objective(scenario.train.loss, data.y_test)
 
     def evaluate_global(params: np.ndarray) -> tuple[float, float]:
         model.set_flat(params)
-        return evaluate(model, data.x_test, data.y_test)
+        return evaluate(model, data.x_test, data.y_test, loss=loss)
 
     fed = scenario.federation
     strategy = build_strategy(
@@ -80,7 +84,8 @@ def server_side(prepared: PreparedScenario, device: str | None = None) -> Server
             fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(device)
         ),
     )
-    return ServerSide(prepared.initial, evaluate_global, strategy)
+    on_server = scenario.evaluation is None or scenario.evaluation.server
+    return ServerSide(prepared.initial, evaluate_global if on_server else None, strategy)
 
 
 def simulate(

@@ -13,11 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.evaluation import EvaluationConfig
 from aggregator.rounds import FederationConfig
 from aggregator.updates import DEFAULT_MAX_EXAMPLES
 from fedcore import protocol
+from fedcore.datafiles import DataFileError
 from fedcore.models import build_model
 from fedcore.nn import Module
+from fedcore.objectives import objective
+from fedcore.resolve import ResolveError
 from simulations.async_section import async_config
 from simulations.datasets import Dataset, dataset_options, load_dataset
 from simulations.partition import partition
@@ -54,13 +58,17 @@ class PartitionLoader:
 
 
 def dataset_args(scenario: Scenario) -> dict[str, Any]:
-    """Keyword arguments of ``load_dataset`` for this scenario."""
-    return {
+    """Keyword arguments of ``load_dataset`` for this scenario (a loader is called once per
+    client of the federation)."""
+    args = {
         "name": scenario.data.dataset,
         "test_fraction": scenario.data.test_fraction,
         "seed": scenario.seed,
         **scenario.data.options,
     }
+    if scenario.data.dataset == "loader":
+        args["num_clients"] = scenario.federation.num_clients
+    return args
 
 
 def load_data(scenario: Scenario, source: str | None = None) -> Dataset:
@@ -69,6 +77,9 @@ def load_data(scenario: Scenario, source: str | None = None) -> Dataset:
     name = scenario.data.dataset
     try:
         return load_dataset(**dataset_args(scenario))
+    except DataFileError as error:  # the user's files or loader: the message names them
+        key = "data.loader" if name == "loader" else "data.path"
+        raise scenario_error(source, key, str(error)) from None
     except ValueError as error:  # an option beyond what the data has, e.g. vocab_size
         option, _, rest = str(error).partition(" ")
         if option in dataset_options(name):
@@ -88,6 +99,19 @@ def client_partitions(
     source = source or scenario.name
     clients = num_partitions or scenario.clients_with_data
     n, section = data.num_train, scenario.data
+    if section.partition == "natural" and data.groups_train is None:
+        raise scenario_error(
+            source, "data.partition",
+            f"{section.path!r} is one file: cut it with 'iid' or 'dirichlet' (or give a file "
+            "per client)",
+        )
+    if section.partition == "natural" and section.dataset == "files":
+        files = int(data.groups_train.max()) + 1
+        if files != clients:
+            raise scenario_error(
+                source, "federation.num_clients",
+                f"{section.path!r} has {files} client files, not {clients}",
+            )
     if clients > n:
         raise scenario_error(
             source,
@@ -120,19 +144,32 @@ def build_scenario_model(
     scenario: Scenario, data: Dataset, source: str | None = None
 ) -> tuple[protocol.ModelSpec, Module]:
     """The model a scenario asks for, sized for its dataset, and built; ``ScenarioError``
-    naming ``model.name`` if it cannot learn this data (e.g. an LSTM on digits) or the
-    ``[model]`` key the builder refuses."""
+    naming ``model.name`` (or ``model.factory``) if it cannot learn this data (e.g. an LSTM
+    on digits), ``train.loss`` if the loss does not fit the targets, or the ``[model]`` key
+    the builder refuses."""
     source = source or scenario.name
-    name = scenario.model.name
+    name = scenario.model.builder
+    where = "model.factory" if scenario.model.factory else "model.name"
     misfit = model_misfit(name, data)
     if misfit:
-        raise scenario_error(source, "model.name", misfit)
-    if scenario.data.partition == "dirichlet" and data.sequence_targets:
+        raise scenario_error(source, where, misfit)
+    if scenario.data.partition == "dirichlet" and (data.sequence_targets or data.regression):
+        what = "a target per word" if data.sequence_targets else "float targets"
         raise scenario_error(
-            source,
-            "data.partition",
-            f"'dirichlet' skews class labels; {data.name!r} has a target per word "
-            "(use iid or natural)",
+            source, "data.partition",
+            f"'dirichlet' skews class labels; {data.name!r} has {what} (use iid or natural)",
+        )
+    loss = objective(scenario.train.loss, data.y_train)
+    if loss.metric == "accuracy" and data.regression:
+        raise scenario_error(
+            source, "train.loss",
+            f"{scenario.train.loss!r} needs integer labels; {data.name!r} has float targets "
+            "(use loss = 'mse')",
+        )
+    if scenario.train.loss == "mse" and not data.regression:
+        raise scenario_error(
+            source, "train.loss",
+            f"'mse' needs float targets; {data.name!r} has integer labels (use cross_entropy)",
         )
     kwargs = model_arguments(name, scenario.model.hyperparameters, data, scenario.seed)
     if scenario.model.lora is not None:  # build_model puts the adapters on (fedcore.nn.lora)
@@ -140,6 +177,8 @@ def build_scenario_model(
     spec = protocol.ModelSpec(name, kwargs)
     try:
         return spec, build_model(spec.name, **spec.kwargs)
+    except ResolveError as error:  # not a Module, or a keyword the builder lacks
+        raise scenario_error(source, where, str(error)) from None
     except (ValueError, TypeError) as error:
         text = str(error).removeprefix(f"{name}: ")
         key, _, rest = text.partition(" ")
@@ -148,6 +187,41 @@ def build_scenario_model(
         if key.startswith("lora.") and key.endswith(":"):  # e.g. a target naming nothing
             raise scenario_error(source, f"model.{key[:-1]}", rest) from None
         raise scenario_error(source, "model", text) from None
+    except Exception as error:  # the user's builder failed: one line, naming it
+        text = " ".join(str(error).split())
+        raise scenario_error(source, where, f"{name!r} raised {type(error).__name__}: {text}"
+                             ) from None
+
+
+def evaluation_config(
+    scenario: Scenario, spec: protocol.ModelSpec, data: Dataset
+) -> EvaluationConfig | None:
+    """The round loop's federated evaluation for the scenario's ``[evaluation]`` table."""
+    section = scenario.evaluation
+    if section is None:
+        return None
+    return EvaluationConfig(
+        every=section.every,
+        fraction=section.fraction,
+        local_test=section.local_test,
+        model=spec,
+        loss=scenario.train.loss,
+        metric=objective(scenario.train.loss, data.y_train).metric,
+        server=section.server,
+    )
+
+
+def _check_local_test(scenario: Scenario, loader: Any, source: str) -> None:
+    """Every client must keep examples on both sides of its local test split."""
+    assert scenario.evaluation is not None
+    share = scenario.evaluation.local_test
+    for pid in range(scenario.federation.num_clients):
+        n = len(loader(pid)[1])
+        if n < 2:
+            raise scenario_error(
+                source, "evaluation.local_test",
+                f"client {pid} has {n} example(s): too few to hold out {share:g} of them",
+            )
 
 
 @dataclass
@@ -176,15 +250,18 @@ def prepare_scenario(scenario: Scenario, source: str | None = None) -> PreparedS
         parts = client_partitions(scenario, data, source=source)
         loader = PartitionLoader(dataset_args(scenario), parts)
         largest = max(len(part) for part in parts)
+    if scenario.evaluation is not None and scenario.population is None:
+        _check_local_test(scenario, loader, source or scenario.name)
     config = FederationConfig(
         num_rounds=fed.rounds,
         clients_per_round=fed.clients_per_round,
         seed=scenario.seed,
         min_nodes=fed.num_clients,
+        evaluation=evaluation_config(scenario, spec, data),
         train=protocol.TrainInstructions(
             round=0,
             model=spec,
-            settings=scenario.train,
+            settings=scenario.train_settings,
             seed=scenario.seed,
             compression=fed.compression,
             compression_options=dict(fed.compression_options),

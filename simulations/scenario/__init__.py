@@ -60,9 +60,9 @@ from simulations.scenario.load import load_scenario, scenario_from_dict, with_se
 from simulations.scenario.model_fit import builder_parameters, model_arguments, model_misfit
 from simulations.scenario.schema import (
     KNOWN_CODECS,
-    KNOWN_STRATEGIES,
     NATURAL_DATASETS,
     DataSection,
+    EvaluationSection,
     FederationSection,
     ModelSection,
     Scenario,
@@ -73,9 +73,9 @@ from simulations.scenario.schema import (
 
 __all__ = [
     "KNOWN_CODECS",
-    "KNOWN_STRATEGIES",
     "NATURAL_DATASETS",
     "DataSection",
+    "EvaluationSection",
     "FederationSection",
     "ModelSection",
     "Scenario",

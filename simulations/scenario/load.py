@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,9 @@ from simulations.scenario.errors import ScenarioError, describe, format_error, o
 from simulations.scenario.schema import Scenario
 
 
-def load_scenario(path: str | os.PathLike[str]) -> Scenario:
-    """Read and validate a scenario TOML file; any problem raises a one-line `ScenarioError`."""
+def load_scenario(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Scenario:
+    """Read and validate a scenario TOML file, with ``--set KEY=VALUE`` ``overrides`` laid
+    over it first (``simulations.overrides``); any problem raises a one-line `ScenarioError`."""
     source = os.fspath(path)
     try:
         with Path(path).open("rb") as file:
@@ -30,6 +31,14 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
         raise ScenarioError(f"{source}: invalid TOML: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError(f"{source}: invalid TOML: {one_line(str(error))}") from None
+    overrides = list(overrides)
+    if overrides:
+        from simulations.overrides import OverrideError, apply_overrides
+
+        try:
+            raw = apply_overrides(raw, overrides)
+        except OverrideError as error:
+            raise ScenarioError(str(error)) from None
     return scenario_from_dict(raw, source=source)
 
 

@@ -12,14 +12,15 @@ from typing import Any
 import numpy as np
 
 from fedcore.models import MODELS
+from fedcore.models.registry import model_parameters
 from simulations.datasets import Dataset
 
 WIDTH_OF = {"hidden": "hidden layer", "channels": "conv block"}  # list keys: what one entry is
 
 
 def builder_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """The keyword parameters of model ``name``'s builder in the registry."""
-    return dict(inspect.signature(MODELS[name]).parameters)
+    """The keyword parameters of model ``name``'s builder (a name or a reference)."""
+    return model_parameters(name)
 
 
 def one_width_key(name: str, key: str) -> bool:

@@ -26,12 +26,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from aggregator.strategies import known_strategies, strategy_options
+from aggregator.strategies import known_strategies, strategy_options, strategy_spec
 from fedcore.compression import CODECS, codec_options
 from fedcore.models import MODELS
+from fedcore.models.registry import model_builder
+from fedcore.objectives import objective
+from fedcore.resolve import ResolveError, is_reference
 from fedcore.settings import TrainSettings
 from simulations.async_section import Mode, StalenessSection, async_problem
-from simulations.datasets import DATASET_NAMES
+from simulations.datasets import DATA_LOADERS, DATASET_NAMES
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS
 from simulations.population import PopulationSection, population_defaults
@@ -40,11 +43,14 @@ from simulations.scenario.errors import one_of as _one_of
 from simulations.scenario.model_fit import WIDTH_OF, builder_parameters, one_width_key
 from simulations.secagg_section import SecAggSection, secagg_misfit, switch_on_with_table
 
-KNOWN_STRATEGIES: tuple[str, ...] = known_strategies()  # the aggregator's registry
 KNOWN_CODECS: tuple[str, ...] = tuple(CODECS)
 # Datasets that come with their own per-client split (Dataset.groups_train), for "natural".
 # Each has a [data.<name>] table whose num_clients defaults to federation.num_clients.
 NATURAL_DATASETS: tuple[str, ...] = ("synthetic", "shakespeare")
+# The user's own data: files (one per client: natural) or a loader (one call per client).
+USER_DATASETS: tuple[str, ...] = ("files", "loader")
+# [model] keys that come from the data and the run, never from the table
+SIZE_KEYS: tuple[str, ...] = ("input_dim", "num_classes", "input_shape", "vocab_size", "seed")
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
@@ -79,16 +85,42 @@ class DataSection(_Section):
 
     dataset: str
     partition: str
+    path: Annotated[str, Field(min_length=1)] | None = None  # files: a folder or a glob
+    loader: Annotated[str, Field(min_length=1)] | None = None  # (pid, n, seed) -> (x, y)
     alpha: PositiveFloat | None = None
     min_size: NonNegativeInt = DEFAULT_MIN_SIZE
     test_fraction: Fraction = 0.2
     synthetic: SyntheticSection | None = None
     shakespeare: ShakespeareSection | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _user_data(cls, raw: Any) -> Any:
+        """A ``loader`` is dataset "loader" with the natural partition (a client per call);
+        ``files`` default to the natural partition (a file per client)."""
+        if not isinstance(raw, Mapping):
+            return raw
+        raw = dict(raw)
+        if raw.get("loader") is not None and "dataset" not in raw:
+            raw["dataset"] = "loader"
+        if raw.get("dataset") in USER_DATASETS and "partition" not in raw:
+            raw["partition"] = "natural"
+        return raw
+
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return _one_of("dataset", value, DATASET_NAMES)
+        return value if value == "loader" else _one_of("dataset", value, DATASET_NAMES)
+
+    @field_validator("loader")
+    @classmethod
+    def _known_loader(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                DATA_LOADERS.get(value)
+            except ResolveError as exc:
+                raise PydanticCustomError("scenario", str(exc)) from None
+        return value
 
     @field_validator("partition")
     @classmethod
@@ -108,11 +140,20 @@ class DataSection(_Section):
             raise _fail(
                 "data.min_size", f"only used by the dirichlet partition, not {self.partition!r}"
             )
-        if self.partition == "natural" and self.dataset not in NATURAL_DATASETS:
+        if (self.dataset == "files") != (self.path is not None):
+            if self.path is None:
+                raise _fail("data.path", "missing required key (dataset 'files' reads it)")
+            raise _fail("data.path", f"only for dataset 'files', not {self.dataset!r}")
+        if (self.dataset == "loader") != (self.loader is not None):
+            raise _fail("data.loader", "missing required key (dataset 'loader' calls it)")
+        if self.dataset == "loader" and self.partition != "natural":
+            raise _fail("data.partition", "a loader gives each client its data: only 'natural'")
+        natural = (*NATURAL_DATASETS, *USER_DATASETS)
+        if self.partition == "natural" and self.dataset not in natural:
             raise _fail(
                 "data.partition",
                 f"'natural' needs a dataset with its own per-client split "
-                f"({', '.join(NATURAL_DATASETS)}), not {self.dataset!r}",
+                f"({', '.join(NATURAL_DATASETS)}, files or a loader), not {self.dataset!r}",
             )
         for name in NATURAL_DATASETS:
             if getattr(self, name) is not None and self.dataset != name:
@@ -121,7 +162,12 @@ class DataSection(_Section):
 
     @property
     def options(self) -> dict[str, Any]:
-        """Keyword options for `load_dataset` beyond test_fraction and seed."""
+        """Keyword options for `load_dataset` beyond test_fraction and seed (a loader's
+        ``num_clients`` is the federation's, added by ``simulations.prepare``)."""
+        if self.dataset == "files":
+            return {"path": self.path}
+        if self.dataset == "loader":
+            return {"loader": self.loader}
         section = self.dataset_section
         if section is None:
             return {}
@@ -156,80 +202,126 @@ class LoraSection(_Section):
 
 
 class ModelSection(_Section):
-    """The model every client trains: a name in the model registry (``fedcore.models.MODELS``)
-    and its hyperparameters. Each key is passed to the builder's keyword of the same name and
-    is only allowed for models whose builder takes it; a key left out gets the builder's default
-    (filled in, so a stored scenario says what was built). Sizes (input shape, classes,
-    vocabulary) come from the dataset, see `simulations.prepare.build_scenario_model`.
+    """The model every client trains: ``name`` (or ``factory``) names its builder: a
+    registered model (``fedcore.models.MODELS``: the built-ins and ``fedcore.models`` entry
+    points) or ``package.module:build``. Every other key is passed to the builder's keyword
+    of the same name and is only allowed when the builder takes it; a declared key left out
+    gets the builder's default (filled in, so a stored scenario says what was built). Sizes
+    (input shape, classes, vocabulary) and the seed come from the data and the run, see
+    `simulations.prepare.build_scenario_model`.
     """
 
-    name: str
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    name: str | None = None
+    factory: str | None = None  # the same as name: "package.module:build" reads well here
     hidden: list[PositiveInt] | None = None  # mlp: hidden widths; lstm: one width (or an int)
     channels: list[PositiveInt] | None = None  # cnn: output channels of each conv block
     embed_dim: PositiveInt | None = None  # lstm: word-embedding width
     lora: LoraSection | None = None  # fine-tune adapters only (any model with Dense layers)
 
-    @field_validator("name")
+    @field_validator("name", "factory")
     @classmethod
-    def _known_model(cls, value: str) -> str:
-        return _one_of("model", value, MODELS)
+    def _known_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not is_reference(value) and value not in MODELS:
+            return _one_of("model", value, MODELS)
+        try:
+            model_builder(value)
+        except ResolveError as exc:
+            raise PydanticCustomError("scenario", str(exc)) from None
+        return value
 
     @field_validator("hidden", mode="before")
     @classmethod
     def _one_width(cls, value: Any, info: ValidationInfo) -> Any:
         """A model with one hidden width (lstm) may say ``hidden = 128`` for ``[128]``."""
-        name = info.data.get("name")
-        if type(value) is int and name in MODELS and one_width_key(name, "hidden"):
+        name = info.data.get("factory") or info.data.get("name")
+        if type(value) is int and name and one_width_key(name, "hidden"):
             if value <= 0:
                 raise PydanticCustomError("scenario", f"must be > 0, got {value}")
             return [value]
         return value
 
+    @property
+    def builder(self) -> str:
+        """What names the builder: ``factory`` or ``name``."""
+        return self.factory or self.name or ""
+
     @model_validator(mode="after")
     def _fits_model(self) -> Self:
-        params = builder_parameters(self.name)
-        keys = model_keys(self.name)
+        if (self.name is None) == (self.factory is None):
+            if self.name is None:
+                raise _fail("model.name", "missing required key (or model.factory)")
+            raise _fail("model.factory", "give model.name or model.factory, not both")
+        name = self.builder
+        params = builder_parameters(name)
+        keys = model_keys(name)
+        for key, value in (self.model_extra or {}).items():
+            if key not in keys:
+                takes = f"its keys: {', '.join(keys)}" if keys else "it has none"
+                reason = "set from the data and the run" if key in SIZE_KEYS else "not used"
+                raise _fail(f"model.{key}", f"{reason} by model {name!r} ({takes})")
+            if not _plain_value(value):
+                raise _fail(f"model.{key}", "expected a number, string, boolean or list")
         for key in _HYPERPARAMETERS:
             value = getattr(self, key)
             if key not in keys:
                 if value is not None:
                     takes = f"its keys: {', '.join(keys)}" if keys else "it has none"
-                    raise _fail(f"model.{key}", f"not used by model {self.name!r} ({takes})")
+                    raise _fail(f"model.{key}", f"not used by model {name!r} ({takes})")
                 continue
             default = params[key].default
             if value is None and default is inspect.Parameter.empty:
-                raise _fail(f"model.{key}", f"missing required key (model {self.name!r} needs it)")
+                raise _fail(f"model.{key}", f"missing required key (model {name!r} needs it)")
             if value is None:
-                value = [default] if one_width_key(self.name, key) else default
+                value = [default] if one_width_key(name, key) else default
                 value = list(value) if isinstance(value, tuple | list) else value
                 self.__dict__[key] = value
             if isinstance(value, list) and not value:
                 noun = WIDTH_OF.get(key, "value")
-                raise _fail(f"model.{key}", f"{self.name} needs at least one {noun}")
-            if isinstance(value, list) and len(value) > 1 and one_width_key(self.name, key):
-                raise _fail(
-                    f"model.{key}", f"{self.name} takes one width (e.g. {key} = {value[0]})"
-                )
+                raise _fail(f"model.{key}", f"{name} needs at least one {noun}")
+            if isinstance(value, list) and len(value) > 1 and one_width_key(name, key):
+                raise _fail(f"model.{key}", f"{name} takes one width (e.g. {key} = {value[0]})")
+        for key in keys:
+            missing = key not in _HYPERPARAMETERS and key not in (self.model_extra or {})
+            if missing and params[key].default is inspect.Parameter.empty:
+                raise _fail(f"model.{key}", f"missing required key (model {name!r} needs it)")
         return self
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        """The builder keywords this config sets (one-width keys as an int)."""
+        """The builder keywords this table sets (one-width keys as an int)."""
+        name = self.builder
         out: dict[str, Any] = {}
-        for key in model_keys(self.name):
-            value = getattr(self, key)
-            out[key] = value[0] if one_width_key(self.name, key) else value
+        for key in model_keys(name):
+            if key in _HYPERPARAMETERS:
+                value = getattr(self, key)
+                out[key] = value[0] if one_width_key(name, key) else value
+            elif key in (self.model_extra or {}):
+                out[key] = self.model_extra[key]
         return out
 
 
-_HYPERPARAMETERS: tuple[str, ...] = tuple(
-    k for k in ModelSection.model_fields if k not in ("name", "lora"))
+_HYPERPARAMETERS: tuple[str, ...] = ("hidden", "channels", "embed_dim")
+
+
+def _plain_value(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_plain_value(v) for v in value)
+    return isinstance(value, bool | int | float | str)
 
 
 def model_keys(name: str) -> tuple[str, ...]:
-    """The ``[model]`` keys (besides name) that model ``name`` takes."""
+    """The ``[model]`` keys (besides name) that model ``name`` takes: its builder's keyword
+    parameters other than the sizes and the seed (the declared ones first)."""
     params = builder_parameters(name)
-    return tuple(key for key in _HYPERPARAMETERS if key in params)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    declared = [key for key in _HYPERPARAMETERS if key in params]
+    others = [key for key, p in params.items()
+              if p.kind in kinds and key not in SIZE_KEYS and key not in declared]
+    return tuple(declared + others)
 
 
 class FederationSection(_Section):
@@ -240,7 +332,7 @@ class FederationSection(_Section):
     clients_per_round: PositiveInt | None = Field(default=None, validate_default=True)
     rounds: PositiveInt
     strategy: str = "fedavg"
-    strategy_options: dict[str, int | float] = Field(default_factory=dict)
+    strategy_options: dict[str, bool | int | float | str] = Field(default_factory=dict)
     compression: str = "none"
     compression_options: dict[str, int | float] = Field(default_factory=dict)
     secagg: bool = False  # secure aggregation (SecAgg+); see also the [secagg] table
@@ -268,7 +360,13 @@ class FederationSection(_Section):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        return _one_of("strategy", value, KNOWN_STRATEGIES)
+        if not is_reference(value) and value not in known_strategies():  # registered now
+            return _one_of("strategy", value, known_strategies())
+        try:
+            strategy_spec(value)
+        except ResolveError as exc:
+            raise PydanticCustomError("scenario", str(exc)) from None
+        return value
 
     @field_validator("compression")
     @classmethod
@@ -296,6 +394,18 @@ class FederationSection(_Section):
         return self
 
 
+class EvaluationSection(_Section):
+    """Federated evaluation: every ``every`` rounds (and after the last), ``fraction`` of the
+    clients evaluate the global model on the ``local_test`` share of their examples, which
+    they hold out of training (stratified by label). ``server = false`` skips the server's
+    own test set (a deployment needs none)."""
+
+    every: PositiveInt = 1
+    fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    local_test: Fraction = 0.2
+    server: bool = True
+
+
 class Scenario(_Section):
     """A validated scenario. ``model_dump()`` gives plain JSON-ready data (defaults filled in)
     to store with a run; ``Scenario.model_validate`` of that dump gives the scenario back."""
@@ -306,6 +416,7 @@ class Scenario(_Section):
     model: ModelSection
     federation: FederationSection
     train: TrainSettings = TrainSettings()
+    evaluation: EvaluationSection | None = None  # federated evaluation on the clients
     secagg: SecAggSection | None = None
     population: PopulationSection | None = None  # simulated devices (simulations/population.py)
 
@@ -373,15 +484,31 @@ class Scenario(_Section):
             )
         for key in TrainSettings.from_strategy():
             if getattr(self.train, key) != TrainSettings.model_fields[key].default:
-                raise _fail(
-                    f"train.{key}",
+                where = TrainSettings.set_by(key)
+                hint = (
                     "set by the strategy, not here (e.g. federation.strategy = 'fedprox' with "
-                    f"federation.strategy_options.{key})",
+                    f"federation.strategy_options.{key})"
+                    if where.startswith("federation")
+                    else f"set by {where}, not here"
                 )
+                raise _fail(f"train.{key}", hint)
+        try:
+            objective(self.train.loss)
+        except ResolveError as exc:
+            raise _fail("train.loss", str(exc)) from None
+        if self.train.optimizer != "sgd" and self.train.momentum:
+            raise _fail("train.momentum", "only used by optimizer 'sgd' (adam has its own)")
         misfit = secagg_misfit(self)
         if misfit:
             raise _fail(*misfit)
         return self
+
+    @property
+    def train_settings(self) -> TrainSettings:
+        """``[train]`` as clients get it: with ``[evaluation] local_test`` when there is one."""
+        if self.evaluation is None:
+            return self.train
+        return self.train.with_values({"local_test": self.evaluation.local_test})
 
     @property
     def clients_with_data(self) -> int:

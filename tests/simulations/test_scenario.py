@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from aggregator.strategies import known_strategies
 from fedcore.models import MODELS
 from simulations.prepare import client_partitions, load_data, prepare_scenario
 from simulations.scenario import (
-    KNOWN_STRATEGIES,
     Scenario,
     ScenarioError,
     load_scenario,
@@ -105,7 +105,7 @@ def test_synthetic_generators_default_to_the_federation_size() -> None:
 
 
 def test_known_names() -> None:
-    assert {"mlp", "logreg"} <= set(MODELS) and {"fedavg", "fedadam"} <= set(KNOWN_STRATEGIES)
+    assert {"mlp", "logreg"} <= set(MODELS) and {"fedavg", "fedadam"} <= set(known_strategies())
 
 
 # (changes to BASE, the exact "key: message" expected after "<source>: ") -- or a prefix of it.
@@ -179,7 +179,7 @@ ERRORS = [
     (
         {"data.partition": "natural", "data.alpha": DELETE},
         "data.partition: 'natural' needs a dataset with its own per-client split (synthetic, "
-        "shakespeare)",
+        "shakespeare, files or a loader), not 'digits'",
     ),
     ({"data.synthetic": {"alpha": 1.0}}, "data.synthetic: only for dataset 'synthetic', not"),
     (
