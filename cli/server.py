@@ -190,7 +190,13 @@ def server(
         stopped(f"run {run_id} aborted (logs in {work})")
     if logs is None:
         shutil.rmtree(work, ignore_errors=True)
-    print_summary(_summary(run, store.url, address, time.perf_counter() - start), as_json)
+    from simulations.reports import write_stored_report
+
+    seconds = time.perf_counter() - start
+    summary = _summary(run, store.url, address, seconds)
+    folder = store.checkpoint_root / f"run-{run_id}" / "report"
+    summary["report"] = [str(p) for p in write_stored_report(run, folder, seconds)]
+    print_summary(summary, as_json)
 
 
 def _claim_for_resume(store: Store, run_id: int, prepared: Any) -> int:
@@ -483,6 +489,16 @@ def _summary(run: Any, db_url: str, address: str, seconds: float) -> dict[str, A
         "last_round": last.number if last else None,
         "final_test_accuracy": last.test_accuracy if last else None,
         "final_test_loss": last.test_loss if last else None,
+        "final_federated": _final_federated(rounds),
         "seconds": round(seconds, 3),
         "db": db_url,
     }
+
+
+def _final_federated(rounds: list[Any]) -> dict[str, Any] | None:
+    """The last stored federated evaluation's summary (with ``metric_name``), or None."""
+    for r in reversed(rounds):
+        if r.evaluation and r.evaluation.get("summary"):
+            return {**r.evaluation["summary"], "round": r.number,
+                    "metric_name": r.evaluation.get("metric", "accuracy")}
+    return None

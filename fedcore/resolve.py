@@ -120,6 +120,10 @@ class Registry(Generic[T]):
         self._names[name] = obj
         return obj
 
+    def unregister(self, name: str) -> None:
+        """Forget a registered name (entry points stay installed)."""
+        self._names.pop(name, None)
+
     def decorator(self, name: str) -> Callable[[T], T]:
         """``@registry.decorator("name")``: register the decorated object."""
         return lambda obj: self.register(name, obj)

@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 Momentum = Annotated[float, Field(ge=0.0, lt=1.0)]
 _FROM_STRATEGY = {"from_strategy": True, "set_by": "federation.strategy_options"}
 _FROM_EVALUATION = {"from_strategy": True, "set_by": "evaluation.local_test"}
+_FOR_THE_RUN = {"for_the_run": True}  # set by the scenario, not changed by an operator mid-run
 LocalTest = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
@@ -47,8 +48,11 @@ class TrainSettings(BaseModel):
     momentum: Momentum = 0.0
     weight_decay: NonNegativeFloat = 0.0  # sgd: L2 added to the gradient; adam: AdamW's decay
     # what is minimised: cross_entropy | mse | a fedcore.losses name | package.module:fn
-    loss: Annotated[str, Field(min_length=1, max_length=200)] = "cross_entropy"
-    optimizer: Literal["sgd", "adam"] = "sgd"  # adam: AdamW (decoupled weight decay)
+    loss: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        default="cross_entropy", json_schema_extra=_FOR_THE_RUN
+    )
+    # adam: AdamW (decoupled weight decay)
+    optimizer: Literal["sgd", "adam"] = Field(default="sgd", json_schema_extra=_FOR_THE_RUN)
     max_grad_norm: NonNegativeFloat = 0.0  # clip each step's gradient to this L2 norm (0: off)
     # FedProx: after each step, p -= lr * mu * (p - p_start)
     proximal_mu: NonNegativeFloat = Field(default=0.0, json_schema_extra=_FROM_STRATEGY)
@@ -59,6 +63,16 @@ class TrainSettings(BaseModel):
     def settable(cls) -> tuple[str, ...]:
         """Fields a scenario's ``[train]`` table and an operator may set (not the strategy's)."""
         return tuple(name for name, info in cls.model_fields.items() if not _by_strategy(info))
+
+    @classmethod
+    def operator_settable(cls) -> tuple[str, ...]:
+        """Fields ``fedcore runs set`` may change between rounds (numbers; not the loss or
+        the optimizer, which the run is defined by)."""
+        return tuple(
+            name for name in cls.settable()
+            if not (isinstance(extra := cls.model_fields[name].json_schema_extra, dict)
+                    and extra.get("for_the_run"))
+        )
 
     @classmethod
     def from_strategy(cls) -> tuple[str, ...]:

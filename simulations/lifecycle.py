@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # SQLAlchemy is imported only by a run that is stored
     from simulations.interrupts import Interrupts
 
 # ``fedcore runs set`` keys: the training settings an operator may change, and the round size
-SETTABLE = (*TrainSettings.settable(), "clients_per_round")
+SETTABLE = (*TrainSettings.operator_settable(), "clients_per_round")
 
 
 def check_settings(values: Mapping[str, str | int | float]) -> dict[str, int | float]:
@@ -68,7 +68,7 @@ def _number(key: str, value: str | int | float) -> int | float:
 def apply_settings(config: FederationConfig, settings: dict[str, Any]) -> FederationConfig:
     """A round config with an operator's ``set`` values applied (keys from ``SETTABLE``)."""
     settings = check_settings(settings)
-    train = {k: v for k, v in settings.items() if k in TrainSettings.settable()}
+    train = {k: v for k, v in settings.items() if k in TrainSettings.operator_settable()}
     if train:
         new = config.train.settings.with_values(train)
         config = replace(config, train=replace(config.train, settings=new))
@@ -104,7 +104,7 @@ class StoreHooks:
             if control.command == "set":
                 settings = control.payload or {}
                 config = apply_settings(config, settings)
-                train_keys = TrainSettings.settable()
+                train_keys = TrainSettings.operator_settable()
                 train = {k: v for k, v in settings.items() if k in train_keys}
                 federation = {k: v for k, v in settings.items() if k not in train_keys}
                 for section, values in (("train", train), ("federation", federation)):

@@ -191,3 +191,27 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_stored_report(run: Any, folder: str | Path, seconds: float) -> list[Path]:
+    """`write_report` for a run read back from the store (a deployed run's report)."""
+    from types import SimpleNamespace
+
+    from aggregator.evaluation import FederatedEvaluation
+
+    rounds = []
+    for r in sorted(run.rounds, key=lambda r: r.number):
+        clients = [
+            SimpleNamespace(accepted=c.accepted, reason=c.reason, device_class=c.device_class,
+                            metrics=c.metrics or {})
+            for c in r.clients
+        ]
+        evaluation = FederatedEvaluation.from_json(r.evaluation) if r.evaluation else None
+        rounds.append(SimpleNamespace(
+            number=r.number, num_selected=r.num_selected, num_accepted=r.num_accepted,
+            train_loss=r.train_loss, test_loss=r.test_loss, test_accuracy=r.test_accuracy,
+            seconds=r.seconds, metrics=r.metrics or {}, clients=clients, evaluation=evaluation,
+        ))
+    result = SimpleNamespace(scenario=SimpleNamespace(name=run.name), backend=run.backend,
+                             run_id=run.id, seconds=seconds, rounds=rounds)
+    return write_report(result, folder)

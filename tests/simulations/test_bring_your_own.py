@@ -228,3 +228,35 @@ def test_bad_code_is_caught_when_preparing(user_code, changes, expected):
     with pytest.raises(ScenarioError) as info:
         prepare_scenario(byo(**changes), source="byo.toml")
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_federated_evaluation_through_secagg_rounds():
+    scenario = scenario_from_dict({
+        "name": "secagg-eval", "seed": 3,
+        "data": {"dataset": "digits", "partition": "iid"},
+        "model": {"name": "logreg"},
+        "federation": {"num_clients": 5, "clients_per_round": 5, "rounds": 2, "secagg": True},
+        "train": {"local_epochs": 1, "learning_rate": 0.05},
+        "evaluation": {"fraction": 0.6, "local_test": 0.2},
+    })
+    prepared = prepare_scenario(scenario)
+    result = run_scenario(prepared, "inprocess")
+    assert prepared.config.secagg is not None
+    check_federated_evaluation(result, prepared)
+
+
+def test_a_stored_run_writes_the_same_report(tmp_path, user_code):
+    import json
+
+    from aggregator.store import Store
+    from simulations.reports import write_report, write_stored_report
+
+    user_code("usr", USER_PACKAGE)
+    store = Store(str(tmp_path / "runs.db"))
+    result = run_scenario(byo(), "inprocess", store=store)
+    live = json.loads(write_report(result, tmp_path / "live")[0].read_text())
+    stored = json.loads(
+        write_stored_report(store.get_run(result.run_id), tmp_path / "stored", 0.0)[0].read_text()
+    )
+    assert stored["evaluation"] == json.loads(json.dumps(live["evaluation"]))
+    assert [r["fed_metric"] for r in stored["rounds"]] == [r["fed_metric"] for r in live["rounds"]]
