@@ -57,6 +57,9 @@ def data_mismatch(spec: protocol.ModelSpec, x: np.ndarray, y: np.ndarray) -> str
         if shape is not None and len(row) > 1 and row != shape:
             return f"{where}: each example has shape {row} but the model takes {shape}"
         classes = kwargs.get("num_classes") if isinstance(kwargs.get("num_classes"), int) else None
+    if classes is not None and y.dtype.kind == "f":  # regression: a float target per output
+        if (1 if y.ndim == 1 else math.prod(y.shape[1:])) == classes:
+            return None
     if classes is not None:
         if y.dtype.kind not in "iu":
             return f"{where}: y must hold integer labels 0..{classes - 1}, not {y.dtype}"

@@ -118,9 +118,9 @@ def test_training_never_sees_the_local_test_split(user_code):
 
     original = device.train_local
 
-    def spy(model, x, y, settings, seed=0, loss_fn=None):
+    def spy(model, x, y, settings, seed=0, step=None, loss_fn=None):
         seen.append((len(y), settings.local_test))
-        return original(model, x, y, settings, seed, loss_fn)
+        return original(model, x, y, settings, seed, step, loss_fn)
 
     device.train_local = spy
     try:

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,8 +17,9 @@ from aggregator.store import Store, StoreError
 from simulations.lifecycle import resume_run, run_scenario
 from simulations.prepare import prepare_scenario
 from simulations.scenario import scenario_from_dict
+from tests.simulations.run_watch import committed, wait_for_round
 from tests.simulations.test_bring_your_own import check_federated_evaluation
-from tests.simulations.test_lifecycle import REPO, _wait_for_run
+from tests.simulations.test_lifecycle import REPO
 
 RAW = {
     "name": "fed-eval",
@@ -25,7 +27,7 @@ RAW = {
     "data": {"dataset": "digits", "partition": "dirichlet", "alpha": 1.0},
     "model": {"name": "mlp", "hidden": [16]},
     "federation": {"num_clients": 6, "clients_per_round": 3, "rounds": 5},
-    "train": {"local_epochs": 1, "batch_size": 32, "learning_rate": 0.05, "momentum": 0.9},
+    "train": {"local_epochs": 3, "batch_size": 32, "learning_rate": 0.05, "momentum": 0.9},
     "evaluation": {"every": 2, "fraction": 0.5, "local_test": 0.25},
 }
 
@@ -72,18 +74,18 @@ def test_kill_9_then_resume_keeps_every_evaluation(tmp_path, trial):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(scenario), str(db)], env=env)
     try:
-        _wait_for_run(db, proc)
-        import time
-
-        time.sleep(random.Random(trial).uniform(0.0, 0.8))
+        wait_for_round(db, proc, 1 + trial % 3)  # killed mid-run, evaluated rounds behind it
+        time.sleep(random.Random(trial).uniform(0.0, 0.2))
+        status, _ = committed(db)
+        assert status == "running" and proc.poll() is None
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     store = Store(str(db))
-    if store.get_run(1).status != "completed":
-        try:
-            resume_run(store, 1)
-        except StoreError as exc:  # killed after the last commit, before "completed"
-            assert "already run all" in str(exc)
+    assert store.get_run(1).status == "running"
+    try:
+        resume_run(store, 1)
+    except StoreError as exc:  # killed after the last commit, before "completed"
+        assert "already run all" in str(exc)
     np.testing.assert_array_equal(store.load_checkpoint(1)[1].params, whole.final)
     assert _stored_evaluations(store, 1) == _stored_evaluations(reference, whole.run_id)
