@@ -1,15 +1,13 @@
-"""A federated run of a CNN exported from PyTorch and imported (model "onnx:PATH") learns what
-the same CNN written in fedcore.nn learns."""
+"""A federated run of a CNN exported from PyTorch and imported (``[model] factory =
+"onnx:PATH"``) learns what the same CNN written in fedcore.nn learns."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedcore import protocol
 from fedcore.models import build_model
 from simulations.lifecycle import run_scenario
 from simulations.prepare import prepare_scenario
@@ -60,12 +58,11 @@ def test_imported_cnn_learns_like_the_native_one(tmp_path: Path,
     ours = build_model(native.spec.name, **native.spec.kwargs)
     monkeypatch.chdir(tmp_path)  # "onnx:PATH" is relative to the working directory
     export(_torch_twin(ours), np.zeros((2, 1, 28, 28), np.float32), Path("cnn.onnx"))
-    kwargs = {"num_classes": 10, "input_dim": 784, "seed": SCENARIO["seed"]}
-    spec = protocol.ModelSpec("onnx:cnn.onnx", kwargs)
-    initial = build_model(spec.name, **spec.kwargs).get_flat()  # the file's layout
-    imported = dataclasses.replace(  # what the scenario's [model] name = "onnx:cnn.onnx" sets
-        native, spec=spec, initial=initial, config=dataclasses.replace(
-            native.config, train=dataclasses.replace(native.config.train, model=spec)))
+    scenario = scenario_from_dict({**SCENARIO, "model": {"factory": "onnx:cnn.onnx"}})
+    imported = sliced(prepare_scenario(scenario), per_client=100, test=300)
+    spec = imported.spec
+    assert spec.name == "onnx:cnn.onnx" and spec.kwargs == {
+        "num_classes": 10, "input_dim": 784, "seed": SCENARIO["seed"]}
 
     from client_runtime.cost import forward_flops, model_family
 
