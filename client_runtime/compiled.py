@@ -46,6 +46,13 @@ def compiled_step(model: Module, config: TrainSettings, budget: int | None) -> A
     return step
 
 
+def drop_compiled_step(model: Module) -> None:
+    """Forget `model`'s step (its arena goes back to the pool once collected)."""
+    entry = _steps.get(id(model))
+    if entry is not None and entry[0] is model:
+        del _steps[id(model)]
+
+
 def clear_compiled_steps() -> None:
     """Drop every cached step (and its arena)."""
     _steps.clear()

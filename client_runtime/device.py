@@ -14,13 +14,14 @@ the planned step, 0 for eager). Without a device the budget is left alone.
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from client_runtime.compiled import compiled_step
+from client_runtime.compiled import compiled_step, drop_compiled_step
 from client_runtime.cost import training_flops
 from client_runtime.trainer import train_local
 from fedcore import protocol
@@ -29,8 +30,8 @@ from fedcore.nn import Module
 from fedcore.objectives import Objective
 from fedcore.settings import TrainSettings
 
-#: (id(model), batch size, budget) whose eager step ran out of budget in this process
-_EAGER_TOO_BIG: set[tuple[int, int, int | None]] = set()
+#: model -> {(batch size, budget)} whose eager step ran out of budget in this process
+_EAGER_TOO_BIG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class DoesNotFit(RuntimeError):
@@ -78,19 +79,22 @@ def train_on_device(
         while True:
             pool.reset_peak()
             pool.budget_bytes = budget
-            key = (id(model), settings.batch_size, budget)
-            hybrid = budget is not None and key in _EAGER_TOO_BIG
+            key = (settings.batch_size, budget)
+            too_big = _EAGER_TOO_BIG.setdefault(model, set())
+            hybrid = budget is not None and key in too_big
             try:
                 step = compiled_step(model, settings, budget) if hybrid else None
                 result = train_local(model, x, y, settings, seed, step, loss_fn)
                 break
             except MemoryBudgetError as exc:
                 model.set_flat(start)
+                if hybrid:  # its arena must not stay allocated while a smaller batch is tried
+                    drop_compiled_step(model)
                 gc.collect()  # the failed step's graph holds pool buffers in reference cycles
                 plain = (settings.loss, settings.optimizer, settings.max_grad_norm) == (
                     "cross_entropy", "sgd", 0.0)  # what a compiled step does
                 if not hybrid and budget is not None and plain:  # the planner may fit it
-                    _EAGER_TOO_BIG.add(key)
+                    too_big.add(key)
                     continue
                 if not adapt or settings.batch_size == 1:
                     device = node_config.get(protocol.DEVICE, "this device")
