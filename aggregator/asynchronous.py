@@ -216,13 +216,13 @@ class AsyncRun:
         self._records: tuple[int, Callable[[int], dict]] | None = None
 
     # -- dispatch ---------------------------------------------------------------------------
-    def dispatch(self, clients: Mapping[int, int], order: list[int]) -> None:
-        """Fill the free training slots with idle clients (``order``: ``clients`` sorted),
-        drawn reproducibly from the seed; when every idle client fits, all go, in order."""
-
+    def dispatch(self, clients: Mapping[int, int], order: list[int], members: set[int]) -> None:
+        """Fill the free training slots with idle clients (``order``: ``clients`` sorted,
+        ``members``: the same as a set), drawn reproducibly from the seed; when every idle
+        client fits, all go, in order."""
         free = self.asynchrony.concurrency - len(self.in_flight)
         busy = self.busy()
-        idle_count = len(order) - sum(1 for c in busy if c in clients)
+        idle_count = len(order) - len(busy & members)
         if free <= 0 or idle_count <= 0:
             return
         step = self.version + 1
@@ -419,14 +419,15 @@ def run_async_federation(
         if listed != run.version:  # who is available: once per model version
             available = directory(run.version + 1)
             order = sorted(available)
+            members = set(order)
             by_node.update({node: client for client, node in available.items()})
             listed = run.version
-        run.dispatch(available, order)
+        run.dispatch(available, order, members)
         got = courier.receive()
         if got is not None:
             run.collect(*got, by_node, declared or {})
         enough = len(run.buffer) >= run.asynchrony.buffer
-        idle = len(order) > sum(1 for c in run.busy() if c in available)
+        idle = len(order) > len(run.busy() & members)
         stuck = got is None or (not run.in_flight and not idle)
         if not enough and not (stuck and run.buffer):
             if got is None and not run.buffer:
