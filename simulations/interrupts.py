@@ -47,8 +47,13 @@ class Interrupts:
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # Interrupted: the run is paused and the command is on its way out (saying how to
+            # continue); a further signal must not cut that short with a bare traceback.
+            signal.signal(sig, self._late if self.count else handler)
         self._previous.clear()
+
+    def _late(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
 
     @property
     def exit_code(self) -> int:
