@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from aggregator.collect.base import train_records
+from aggregator.collect.base import finish_round, train_records
 from aggregator.round_types import (
     BeforeRound,
     ClientOutcome,
@@ -40,7 +40,7 @@ from aggregator.round_types import (
     RoundFailed,
     RoundOutcome,
 )
-from aggregator.strategies import AggregationError, Strategy
+from aggregator.strategies import Strategy
 from aggregator.updates import ClientUpdate, Rejected, client_report, decode_reply
 from fedcore.wire import vector_record
 
@@ -357,13 +357,7 @@ class AsyncRun:
                     for o, r in zip(outcomes, reasons, strict=True)]
         outcomes += self.rejected
         self.buffer, self.rejected = [], []
-        if not any(o.accepted for o in outcomes):
-            text = "; ".join(f"client {o.client_id}: {o.reason}" for o in outcomes)
-            raise RoundFailed(f"step {number}: no contribution was accepted ({text})")
-        try:
-            new = aggregation.finish()
-        except AggregationError as exc:
-            raise RoundFailed(f"step {number}: {exc}") from exc
+        new = finish_round(aggregation, outcomes, f"step {number}", "contribution")
         self.version, self.params = number, new
         self.bases[number] = new
         self._prune()

@@ -31,6 +31,7 @@ from aggregator.collect import (
     SecureSum,
     client_seed,
     collector_for,
+    finish_round,
 )
 from aggregator.evaluation import run_evaluation
 from aggregator.round_types import (
@@ -51,7 +52,7 @@ from aggregator.select import (
     select_clients,
     wait_for_nodes,
 )
-from aggregator.strategies import AggregationError, Strategy
+from aggregator.strategies import Strategy
 
 
 def run_round(
@@ -97,13 +98,7 @@ def run_round(
     reasons = aggregation.offer_all([c.update for _, c in pending])
     for (index, _), reason in zip(pending, reasons, strict=True):
         outcomes[index] = replace(outcomes[index], accepted=reason is None, reason=reason)
-    if not any(o.accepted for o in outcomes):
-        reasons_text = "; ".join(f"client {o.client_id}: {o.reason}" for o in outcomes)
-        raise RoundFailed(f"round {round_number}: no update was accepted ({reasons_text})")
-    try:
-        return aggregation.finish(), outcomes
-    except AggregationError as exc:
-        raise RoundFailed(f"round {round_number}: {exc}") from exc
+    return finish_round(aggregation, outcomes, f"round {round_number}", "update"), outcomes
 
 
 def run_federation(

@@ -12,6 +12,7 @@ from aggregator.collect.base import (
     RoundPlan,
     SecureSum,
     client_seed,
+    finish_round,
 )
 from aggregator.collect.replies import CompressedCollector, PlainCollector
 from aggregator.round_types import FederationConfig
@@ -38,5 +39,6 @@ __all__ = [
     "RoundPlan",
     "SecureSum",
     "client_seed",
+    "finish_round",
     "collector_for",
 ]

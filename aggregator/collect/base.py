@@ -20,9 +20,9 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from aggregator.backend import Backend
-from aggregator.round_types import ClientOutcome, FederationConfig
+from aggregator.round_types import ClientOutcome, FederationConfig, RoundFailed
 from aggregator.select import Selection
-from aggregator.strategies import Strategy
+from aggregator.strategies import AggregationError, RoundAggregation, Strategy
 from aggregator.updates import ClientUpdate
 from fedcore import protocol
 from fedcore.wire import vector_record
@@ -31,6 +31,20 @@ from fedcore.wire import vector_record
 def client_seed(seed: int, round_number: int, client_id: int) -> int:
     """A per-client, per-round seed derived from the run seed (order-independent)."""
     return int(np.random.SeedSequence([seed, round_number, client_id]).generate_state(1)[0])
+
+
+def finish_round(
+    aggregation: RoundAggregation, outcomes: list[ClientOutcome], label: str, what: str
+) -> np.ndarray:
+    """The new model of a round (or an asynchronous step) whose updates were offered;
+    ``RoundFailed`` naming ``label`` when none was accepted or the result is unusable."""
+    if not any(o.accepted for o in outcomes):
+        text = "; ".join(f"client {o.client_id}: {o.reason}" for o in outcomes)
+        raise RoundFailed(f"{label}: no {what} was accepted ({text})")
+    try:
+        return aggregation.finish()
+    except AggregationError as exc:
+        raise RoundFailed(f"{label}: {exc}") from exc
 
 
 def train_records(

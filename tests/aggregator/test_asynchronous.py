@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from simulations.harness import simulate
 from simulations.lifecycle import resume_run, run_scenario
 from simulations.prepare import prepare_scenario
 from simulations.scenario import ScenarioError, scenario_from_dict
+from tests.simulations.run_watch import wait_for_round
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -156,15 +155,7 @@ def test_kill_9_after_a_committed_step_then_resume_gives_the_same_model(tmp_path
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(spec), str(db)], env=env)
     try:
-        committed = 0
-        deadline = time.monotonic() + 120
-        while committed < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-            try:
-                with sqlite3.connect(db) as conn:
-                    committed = conn.execute("select count(*) from rounds").fetchone()[0]
-            except sqlite3.Error:
-                committed = 0
+        wait_for_round(db, proc, 2)  # two steps committed, six to go
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
