@@ -12,25 +12,30 @@ A stale contribution is re-based onto the current model: ``current + w(s) * (loc
 a fresh one (s = 0) is offered unchanged, so with ``concurrency = buffer = clients`` and no
 latency the run is synchronous FedAvg bit for bit.
 
-Time comes from a ``Courier``: in a simulation the reply of a message is computed when it is
-sent and is due at the sender's simulated time plus the client's simulated duration (so runs
-are deterministic for a seed on any backend); in a deployment replies arrive when they arrive.
+Time comes from a ``Courier`` (``aggregator.couriers``): in a simulation the reply of a message
+is computed when it is sent and is due at the sender's simulated time plus the client's
+simulated duration (so runs are deterministic for a seed on any backend); in a deployment
+replies arrive when they arrive.
+
+Federated evaluation (``config.evaluation``) runs after a due step, on a cohort drawn from the
+clients idle at that moment (a device answers one message at a time: one still training
+would answer only when done, holding the step up); see ``idle_cohort``.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from flwr.app import Message, RecordDict
 
 from aggregator.collect.base import finish_round, train_records
+from aggregator.couriers import Courier, LiveCourier, SimulatedCourier
+from aggregator.evaluation import run_evaluation
 from aggregator.round_types import (
     BeforeRound,
     ClientOutcome,
@@ -83,88 +88,6 @@ class AsyncConfig:
     max_staleness: int | None = None
 
 
-class Courier(Protocol):
-    """Delivers train messages and hands back replies in arrival order."""
-
-    def send(self, message: Message, now: float) -> None:
-        """Send ``message`` at time ``now``."""
-
-    def receive(self) -> tuple[float, Message] | None:
-        """The next reply and its arrival time; None when nothing is in flight."""
-
-
-class TimedGrid(Protocol):
-    """A grid that knows each reply's simulated duration (``SimulatedGrid``)."""
-
-    def send_timed(self, messages: list[Message]) -> list[tuple[float, Message]]:
-        """Deliver ``messages``; return ``(seconds after sending, reply)`` pairs."""
-
-
-class SimulatedCourier:
-    """Virtual time: a message is delivered (the client trains) when sent; its reply is due at
-    ``now`` plus its simulated duration, ties in the order sent."""
-
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
-        self.queue: list[tuple[float, int, Message]] = []
-        self.sent = 0
-
-    def send(self, message: Message, now: float) -> None:
-        """Deliver now; queue the reply for its simulated arrival."""
-        if hasattr(self.grid, "send_timed"):
-            timed = self.grid.send_timed([message])
-        else:
-            timed = [(0.0, r) for r in self.grid.send_and_receive([message])]
-        for seconds, reply in timed:
-            heapq.heappush(self.queue, (now + seconds, self.sent, reply))
-            self.sent += 1
-
-    def receive(self) -> tuple[float, Message] | None:
-        """The earliest queued reply."""
-        if not self.queue:
-            return None
-        arrival, _, reply = heapq.heappop(self.queue)
-        return arrival, reply
-
-
-class LiveCourier:
-    """A deployment: push each message, pull until a reply comes (wall-clock arrival)."""
-
-    def __init__(self, grid: Grid, poll: float = 0.05, timeout: float | None = None) -> None:
-        self.grid, self.poll, self.timeout = grid, poll, timeout
-        self.pending: dict[str, tuple[float, Message]] = {}
-        self.ready: deque[tuple[float, Message]] = deque()
-        self.start = time.monotonic()
-
-    def send(self, message: Message, now: float) -> None:
-        """Push ``message``; remember when."""
-        for message_id in self.grid.push_messages([message]):
-            self.pending[message_id] = (time.monotonic(), message)
-
-    def receive(self) -> tuple[float, Message] | None:
-        """Poll until a reply is in (or a pending message times out: an error reply)."""
-        from flwr.app import Error
-        from flwr.common.constant import ErrorCode
-
-        while not self.ready:
-            if not self.pending:
-                return None
-            for reply in self.grid.pull_messages(list(self.pending)):
-                sent = self.pending.pop(reply.metadata.reply_to_message_id, None)
-                if sent is not None:
-                    self.ready.append((time.monotonic() - self.start, reply))
-            if self.timeout is not None:
-                for message_id, (sent_at, msg) in list(self.pending.items()):
-                    if time.monotonic() - sent_at > self.timeout:
-                        del self.pending[message_id]
-                        lost = Message(Error(ErrorCode.UNKNOWN, "no reply before the timeout"),
-                                       reply_to=msg)
-                        self.ready.append((time.monotonic() - self.start, lost))
-            if not self.ready:
-                time.sleep(self.poll)
-        return self.ready.popleft()
-
-
 def rebase(update: ClientUpdate, base: np.ndarray, weight: float) -> ClientUpdate:
     """``update`` (trained from ``base``) as a weighted delta to whatever model it meets."""
     if update.values is not None:
@@ -209,6 +132,7 @@ class AsyncRun:
         self.bases: dict[int, np.ndarray] = {self.version: self.params}
         self.in_flight: dict[int, int] = {}  # client -> base version
         self.sent: dict[int, tuple[float, int]] = {}  # client -> (sent at, courier order)
+        self.flying: dict[int, int] = {}  # node -> the client training on it
         self.buffer: list[_Contribution] = []
         self.rejected: list = []  # ClientOutcomes waiting for the next step's record
         self.now = now
@@ -253,6 +177,7 @@ class AsyncRun:
               records: Callable[[int], dict], now: float) -> None:
         self.in_flight[client] = base_version
         self.sent[client] = (now, getattr(self.courier, "sent", 0))
+        self.flying[node] = client
         message = Message(RecordDict(records(client)), node, "train",
                           group_id=str(base_version + 1))
         self.courier.send(message, now)
@@ -299,16 +224,15 @@ class AsyncRun:
             self.courier.sent = total
 
     # -- collect ----------------------------------------------------------------------------
-    def collect(self, arrival: float, reply: Message, nodes: Mapping[int, int],
-                declared: Mapping[int, int]) -> None:
-        """Validate one reply (``nodes``: node id -> client id) and buffer it, or record why
-        not."""
+    def collect(self, arrival: float, reply: Message, declared: Mapping[int, int]) -> None:
+        """Validate one reply and buffer it, or record why not; a reply from a node with no
+        client training on it (not ours, or a second reply) is ignored."""
 
         self.now = max(self.now, arrival)
         node = reply.metadata.src_node_id
-        client = nodes.get(node)
-        if client is None or client not in self.in_flight:
-            return  # not a message of ours (or a second reply): ignore
+        client = self.flying.pop(node, None)
+        if client is None:
+            return
         base_version = self.in_flight.pop(client)
         self.sent.pop(client, None)
         outcome = ClientOutcome(client, node, accepted=False)
@@ -371,6 +295,14 @@ class AsyncRun:
             del self.bases[version]
 
 
+def idle_cohort(available: Mapping[int, int], order: list[int],
+                busy: set[int]) -> dict[int, int]:
+    """The available clients (``{client_id: node_id}``, ``order`` their sorted ids) that are
+    neither training nor waiting in the buffer: who may evaluate a step without holding it up.
+    Right after a step its contributors are idle, so the cohort is never empty."""
+    return {c: available[c] for c in order if c not in busy}
+
+
 def run_async_federation(
     grid: Grid,
     config: FederationConfig,
@@ -398,10 +330,8 @@ def run_async_federation(
     directory: Callable[[int], Mapping[int, int]] = (
         config.directory if config.directory is not None else (lambda _: clients or {})
     )
-    by_node: dict[int, int] = {node: client for client, node in (clients or {}).items()}
     if resume_state:
         available = directory(first_round)
-        by_node.update({node: client for client, node in available.items()})
         run.load_state_dict(dict(resume_state), available)
     last_step_at = run.now
     wall = time.perf_counter()
@@ -414,12 +344,11 @@ def run_async_federation(
             available = directory(run.version + 1)
             order = sorted(available)
             members = set(order)
-            by_node.update({node: client for client, node in available.items()})
             listed = run.version
         run.dispatch(available, order, members)
         got = courier.receive()
         if got is not None:
-            run.collect(*got, by_node, declared or {})
+            run.collect(*got, declared or {})
         enough = len(run.buffer) >= run.asynchrony.buffer
         idle = len(order) > len(run.busy() & members)
         stuck = got is None or (not run.in_flight and not idle)
@@ -430,6 +359,14 @@ def run_async_federation(
             continue
         params, outcomes = run.step()
         test_loss, test_accuracy = evaluate_fn(params) if evaluate_fn else (None, None)
+        evaluation = None
+        if config.evaluation is not None and config.evaluation.due(run.version,
+                                                                   config.num_rounds):
+            evaluation = run_evaluation(
+                grid, idle_cohort(available, order, run.busy()), params, run.version,
+                config.evaluation, config.seed, config.timeout, max_examples=config.max_examples,
+                declared=declared, of=len(order),
+            )  # fmt: skip
         accepted = [o for o in outcomes if o.accepted]
         weight = sum(o.num_examples for o in accepted) or 1
         staleness = [o.metrics["staleness"] for o in accepted]
@@ -449,6 +386,7 @@ def run_async_federation(
                 "staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
                 "staleness_max": float(max(staleness, default=0.0)),
             },
+            evaluation=evaluation,
         )
         last_step_at, wall = run.now, time.perf_counter()
         if on_round is not None:

@@ -15,6 +15,7 @@ over clients: p10, median, p90 and the worst decile (the mean of the worst tenth
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,12 +118,14 @@ class FederatedEvaluation:
 
 
 def evaluation_sample(client_ids: list[int], fraction: float, seed: int,
-                      round_number: int) -> list[int]:
-    """``ceil(fraction * n)`` (at least one) distinct clients, reproducibly per round."""
+                      round_number: int, of: int | None = None) -> list[int]:
+    """``ceil(fraction * n)`` (at least one, at most all) distinct ``client_ids``, reproducibly
+    per round; ``n`` is ``of`` when the ids are a part of the clients the fraction is of (an
+    asynchronous step's idle ones), else their number."""
     ids = sorted(client_ids)
     if not ids:
         return []
-    k = min(len(ids), max(1, math.ceil(fraction * len(ids))))
+    k = min(len(ids), max(1, math.ceil(fraction * (of or len(ids)))))
     rng = np.random.default_rng([seed, round_number, 0xE7A1])
     return sorted(int(i) for i in rng.choice(ids, size=k, replace=False))
 
@@ -166,11 +169,13 @@ def run_evaluation(
     timeout: float | None = None,
     *,
     max_examples: int = 2**31,
-    declared: dict[int, int] | None = None,
+    declared: Mapping[int, int] | None = None,
+    of: int | None = None,
 ) -> FederatedEvaluation:
     """Ask a sample of ``clients`` (``{client_id: node_id}``) to evaluate ``params``; each
-    reply's count is checked against ``max_examples`` and what its client ``declared``."""
-    chosen = evaluation_sample(list(clients), config.fraction, seed, round_number)
+    reply's count is checked against ``max_examples`` and what its client ``declared``;
+    ``of``: see ``evaluation_sample``."""
+    chosen = evaluation_sample(list(clients), config.fraction, seed, round_number, of)
     result = FederatedEvaluation(config.metric)
     if not chosen:
         return result

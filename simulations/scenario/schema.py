@@ -496,8 +496,6 @@ class Scenario(_Section):
             objective(self.train.loss)
         except ResolveError as exc:
             raise _fail("train.loss", str(exc)) from None
-        if self.evaluation is not None and self.federation.mode == "async":
-            raise _fail("evaluation", 'not available with mode = "async" yet (no round barrier)')
         if self.train.optimizer != "sgd" and self.train.momentum:
             raise _fail("train.momentum", "only used by optimizer 'sgd' (adam has its own)")
         misfit = secagg_misfit(self)

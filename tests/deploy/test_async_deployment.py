@@ -55,6 +55,7 @@ def test_a_slow_device_does_not_stop_the_model_and_counts_when_it_returns(tmp_pa
         "concurrency = 4\nbuffer = 2\nmax_staleness = 3",
     )
     assert 'mode = "async"' in scenario
+    scenario += "\n[evaluation]\nevery = 2\nlocal_test = 0.25\n"
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     settings = DeploySettings(scenario=scenario, db=db, connect_timeout=5)
     nodes = [{"dataset": "digits", "partition-id": i, "num-partitions": 4} for i in range(4)]
@@ -76,3 +77,7 @@ def test_a_slow_device_does_not_stop_the_model_and_counts_when_it_returns(tmp_pa
     late = [c for step in clients for c in step if c.client_id == 0]
     assert late, "the slow device's update never arrived"
     assert any(c.accepted and c.metrics.get("staleness", 0) >= 1 for c in late)
+    # the clients' evaluation of steps 2, 4 and 5, by devices idle then (never one held back)
+    evaluations = {n: store.get_round(run.id, n).evaluation for n in range(1, 6)}
+    assert [n for n, e in evaluations.items() if e] == [2, 4, 5]
+    assert all(e["clients"] and not e["rejected"] for e in evaluations.values() if e)
