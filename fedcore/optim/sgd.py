@@ -2,7 +2,9 @@
 
 Same update as PyTorch's SGD (dampening 0): d = g + wd * p; b = m * b + d;
 d = d + m * b (Nesterov) or d = b; p -= lr * d. Parameters and the momentum buffer are
-updated in place by one engine op per slot, with both in its write set.
+updated in place by one engine op per slot, with both in its write set. The op walks the
+vector in cache-sized chunks with one chunk-sized scratch (as Adam), so the update needs no
+parameter-sized temporary: full fine-tuning holds weights, gradients and momentum, no more.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from ..engine.parallel import parallel_for
 from .optimizer import Optimizer
 
 __all__ = ["SGD", "sgd_update"]
+
+CHUNK = 1 << 15  # elements per pass: 128 KiB of float32 scratch, cache-resident
 
 
 def sgd_update(p: np.ndarray, g: np.ndarray, b: np.ndarray | None, s: np.ndarray, lr: float,
@@ -69,23 +73,26 @@ class SGD(Optimizer):
         eng = get_engine()
         lr, m, wd, nesterov = self.lr, self.momentum, self.weight_decay, self.nesterov
         buf = self._state("momentum") if m else None
-        scratch = self._state("scratch")
-        writes_extra: tuple[Var, ...] = (scratch,) if buf is None else (buf, scratch)
+        writes_extra: tuple[Var, ...] = () if buf is None else (buf,)
+        pool = eng.pool
         for pvar, gvar, off, k in self._slots():
             def update(pvar: Var = pvar, gvar: Var = gvar, off: int = off, k: int = k) -> None:
                 p, g = pvar.data, gvar.data
                 b = None if buf is None else buf.data[off:off + k]
-                s = scratch.data[off:off + k]
-                if p.flags.c_contiguous and g.flags.c_contiguous:  # flat views: slabs
-                    p, g = p.reshape(-1), g.reshape(-1)
-                else:  # a strided user array: one update in its own shape
-                    b, s = None if b is None else b.reshape(p.shape), s.reshape(p.shape)
-                    sgd_update(p, g, b, s, lr, m, wd, nesterov)
+                if not (p.flags.c_contiguous and g.flags.c_contiguous):
+                    # a strided user array: one update in its own shape
+                    s = pool.alloc(p.shape, p.dtype, what="SGD scratch")
+                    sgd_update(p, g, None if b is None else b.reshape(p.shape), s, lr, m, wd,
+                               nesterov)
                     return
+                p, g = p.reshape(-1), g.reshape(-1)
 
                 def slab(lo: int, hi: int) -> None:  # elementwise: any split rounds alike
-                    sgd_update(p[lo:hi], g[lo:hi], None if b is None else b[lo:hi], s[lo:hi],
-                               lr, m, wd, nesterov)
+                    s = pool.alloc((min(CHUNK, hi - lo),), p.dtype, what="SGD scratch")
+                    for c0 in range(lo, hi, CHUNK):
+                        c1 = min(c0 + CHUNK, hi)
+                        sgd_update(p[c0:c1], g[c0:c1], None if b is None else b[c0:c1],
+                                   s[:c1 - c0], lr, m, wd, nesterov)
 
                 parallel_for(k, slab, k // 2)  # two light passes (axpby): split from ~1M
 
