@@ -1,10 +1,15 @@
-"""``fedcore runs compare RUN RUN...``: runs side by side, and their accuracy curves overlaid."""
+"""``fedcore runs compare RUN RUN...``: runs side by side, and their accuracy curves overlaid.
+
+The curves' x axis is simulated time when every run has it (a synchronous round and an
+asynchronous server step are not the same unit, but a simulated second is), else the round;
+``--x`` picks ``simulated``, ``round`` or ``wall`` (wall-clock seconds of the stored rounds).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -16,6 +21,39 @@ from cli.render import federated_summary, metric_text, untrusted
 from cli.store_access import open_store
 
 console = Console(highlight=False)
+
+Axis = Literal["simulated", "round", "wall"]
+AXES: dict[str, str] = {  # the x axis of the plot and its label
+    "simulated": "simulated time (s)",
+    "round": "round (server step for async runs)",
+    "wall": "wall-clock time (s)",
+}
+SIMULATED = "sim_clock_s"  # a round's metric: the simulated clock when it was committed
+
+
+def mode_of(run: Any) -> str:
+    """``sync`` or ``async``: how a stored run trained."""
+    return str(run.config.get("federation", {}).get("mode", "sync"))
+
+
+def default_axis(runs: list[Any]) -> Axis:
+    """Simulated time when every round of every run has it, else the round."""
+    rounds = [r for run in runs for r in run.rounds]
+    simulated = rounds and all(SIMULATED in (r.metrics or {}) for r in rounds)
+    return "simulated" if simulated else "round"
+
+
+def x_values(run: Any, axis: Axis) -> list[float]:
+    """One x per stored round of ``run`` on ``axis`` (wall: the rounds' seconds summed)."""
+    if axis == "round":
+        return [float(r.number) for r in run.rounds]
+    if axis == "simulated":
+        return [float((r.metrics or {}).get(SIMULATED, float("nan"))) for r in run.rounds]
+    total, out = 0.0, []
+    for r in run.rounds:
+        total += float(r.seconds or 0.0)
+        out.append(total)
+    return out
 
 
 def final_figures(run: Any) -> dict[str, Any]:
@@ -44,6 +82,14 @@ def compare(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write the overlaid accuracy curves (PNG).")
     ] = None,
+    x: Annotated[
+        str | None,
+        typer.Option(
+            "--x",
+            help="The plot's x axis: simulated (default when every run has simulated time), "
+            "round, or wall (wall-clock seconds).",
+        ),
+    ] = None,
     db: Db = None,
     as_json: Json = False,
 ) -> None:
@@ -54,6 +100,8 @@ def compare(
         fail("compare needs at least two different run ids")
     if plot is not None and not plot.parent.is_dir():
         fail(f"--plot: directory does not exist: {plot.parent}")
+    if x is not None and x not in AXES:
+        fail(f"--x: expected one of {', '.join(AXES)}, got {x!r}")
     store = open_store(db)
     try:
         runs = [store.get_run(run_id) for run_id in run_ids]
@@ -63,23 +111,33 @@ def compare(
     for run in runs:
         federation = run.config.get("federation", {})
         rows.append({
-            "run_id": run.id, "name": run.name, "status": run.status,
+            "run_id": run.id, "name": run.name, "status": run.status, "mode": mode_of(run),
             "strategy": federation.get("strategy"), "rounds": len(run.rounds),
             **final_figures(run),
         })
+    axis: Axis = x if x is not None else default_axis(runs)  # type: ignore[assignment]
+    untimed = [str(run.id) for run in runs
+               if not any(SIMULATED in (r.metrics or {}) for r in run.rounds)]
+    if plot is not None and axis == "simulated" and untimed:
+        fail(f"--x simulated: run {', '.join(untimed)} has no simulated time (simulate with "
+             "a [population] or mode = \"async\"; or plot --x round or --x wall)")
     if plot is not None:
-        _plot(runs, plot)
+        _plot(runs, plot, axis)
     if as_json:
-        print(json.dumps({"runs": rows, "plot": str(plot) if plot else None}))
+        print(json.dumps({"runs": rows, "plot": str(plot) if plot else None,
+                          "x": axis if plot else None}))
         return
     table = Table(title="runs compared")
-    for column in ("run", "name", "strategy", "rounds", "final test", "best test (round)",
+    for column in ("run", "name", "mode", "strategy", "rounds", "final test",
+                   "best test (round)",
                    "clients' (weighted)", "clients' p10", "worst 10 %"):
-        table.add_column(column, justify="left" if column in ("name", "strategy") else "right")
+        left = column in ("name", "mode", "strategy")
+        table.add_column(column, justify="left" if left else "right")
     for row in rows:
         m, fed, best = row["metric"], row["federated"] or {}, row["best_test"]
         table.add_row(
-            str(row["run_id"]), untrusted(row["name"]), untrusted(row["strategy"]),
+            str(row["run_id"]), untrusted(row["name"]), untrusted(row["mode"]),
+            untrusted(row["strategy"]),
             str(row["rounds"]),
             metric_text(row["final_test"], m),
             f"{metric_text(best['value'], m)} ({best['round']})" if best else "-",
@@ -88,10 +146,10 @@ def compare(
         )
     console.print(table)
     if plot is not None:
-        console.print(f"plot: {plot}")
+        console.print(f"plot: {plot} (x: {AXES[axis]})")
 
 
-def _plot(runs: list[Any], path: Path) -> None:
+def _plot(runs: list[Any], path: Path, axis: Axis) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -102,17 +160,23 @@ def _plot(runs: list[Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for run in runs:
-        tested = [(r.number, r.test_accuracy) for r in run.rounds if r.test_accuracy is not None]
+        xs = x_values(run, axis)
+        label = f"{run.id} {run.name} ({mode_of(run)})"
+        tested = [(x, r.test_accuracy) for x, r in zip(xs, run.rounds, strict=True)
+                  if r.test_accuracy is not None]
+        style = "-o" if mode_of(run) == "sync" else "-"
         if tested:
-            line = ax.plot(*zip(*tested, strict=True), marker="o", label=f"{run.id} {run.name}")
-        fed = [(r.number, federated_summary(r)[1]) for r in run.rounds]
-        fed = [(n, s) for n, s in fed if s]
+            line = ax.plot(*zip(*tested, strict=True), style, markersize=3, label=label)
+        fed = [(x, federated_summary(r)[1]) for x, r in zip(xs, run.rounds, strict=True)]
+        fed = [(x, s) for x, s in fed if s]
         if fed:
             color = line[0].get_color() if tested else None
-            ax.plot([n for n, _ in fed], [s["metric"] for _, s in fed], linestyle="--",
+            ax.plot([x for x, _ in fed], [s["metric"] for _, s in fed], linestyle="--",
                     color=color, label=f"{run.id} clients")
-    ax.set(xlabel="round", ylabel="test figure", title="runs compared")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel=AXES[axis], ylabel="test figure", title="runs compared")
+    if axis == "round":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
