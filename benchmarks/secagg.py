@@ -47,7 +47,7 @@ def fedcore_client_app() -> Any:
     from flwr.clientapp import ClientApp
 
     from client_runtime.app import partition_id
-    from client_runtime.secagg import TrainOutput, register_secagg
+    from client_runtime.secagg_app import TrainOutput, register_secagg
     from fedcore import protocol
     from fedcore.wire import read_vector, vector_record
 

@@ -20,7 +20,7 @@ from client_runtime.datacheck import check_data
 from client_runtime.device import device_budget, train_on_device
 from client_runtime.evaluation import evaluate_message, train_part
 from client_runtime.model_budget import ModelCache
-from client_runtime.secagg import TrainOutput, register_secagg
+from client_runtime.secagg_app import TrainOutput, register_secagg
 from fedcore import protocol
 from fedcore.nn import Module
 from fedcore.objectives import objective

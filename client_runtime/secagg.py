@@ -1,14 +1,15 @@
-"""The client side of SecAgg+: a state machine over the four stages, and its ClientApp handlers.
+"""The client side of SecAgg+: a state machine over the protocol's stages.
 
 ``SecAggClient`` is the protocol alone (no Flower): idle -> shared -> masked -> done for each
 round, plus a key ring of advertised key pairs kept across rounds (stage 0 fills it; the
-share-keys request names the slot to use, and a slot serves once). Each stage checks that the
-server's request is for this round (session), in order, well formed and safe to answer
-(Bonawitz et al.'s checks: enough neighbours, never both shares of one client), and raises
-``ProtocolViolation`` with the reason otherwise; the handler then answers with an error and
-the server counts this client as dropped. ``register_secagg``
-adds the four handlers to a ``ClientApp``; the client's state lives in ``context.state``
-between messages, as Flower keeps a node's context for the run on every backend.
+share-keys request names the slot to use, and a slot serves once). A client with
+``Credentials`` (an enrolled identity) also runs the active-adversary checks of
+``client_runtime.consistency`` (masked -> checked -> done) and refuses a round without
+them. Each stage checks that the server's request is for this round (session), in order,
+well formed and safe to answer (Bonawitz et al.'s checks: enough neighbours, never both
+shares of one client), and raises ``ProtocolViolation`` with the reason otherwise; the
+handler then answers with an error and the server counts this client as dropped.
+``client_runtime.secagg_app`` adds the stage handlers to a ``ClientApp``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from client_runtime import consistency
 from fedcore.secagg import aead, codec, graph, keys, shamir
 from fedcore.secagg.errors import DecryptionFailed, InvalidKey, ProtocolViolation
 from fedcore.secagg.fixedpoint import FixedPoint
+from fedcore.secagg.identity import Credentials
 from fedcore.secagg.messages import (
+    CheckReply,
+    CheckRequest,
     KeysReply,
     KeysRequest,
     MaskReply,
@@ -37,26 +41,10 @@ from fedcore.secagg.messages import (
 )
 from fedcore.secagg.prg import apply_mask
 
-if TYPE_CHECKING:
-    from flwr.app import Context, Message
-    from flwr.clientapp import ClientApp
-
-STATE_RECORD = "secagg_state"
 MAX_KEYS_AHEAD = 32  # unused key pairs a client keeps at most
 _KEYRING = ("next_slot", "slots", "slot_c_sks", "slot_s_sks", "used_sessions")
 SHARE_WORDS = shamir.CHUNKS
 _PLAINTEXT_BYTES = 8 + 2 * 4 * SHARE_WORDS
-
-
-class TrainOutput(NamedTuple):
-    """What local training hands to the masking step."""
-
-    params: np.ndarray  # the new local parameters (float32, flat)
-    num_examples: int
-    loss: float
-    seconds: float
-    # a simulated device's costs and class (``protocol.SIMULATED``), for the simulated clock
-    simulated: dict[str, Any] | None = None
 
 
 @dataclass
@@ -87,12 +75,14 @@ class ClientState:
     peers: tuple[int, ...] = ()  # neighbours that advertised keys (U1), with their keys
     peer_c_pks: tuple[bytes, ...] = ()
     peer_s_pks: tuple[bytes, ...] = ()
+    peer_certs: tuple[bytes, ...] = ()  # with identities: the neighbours' certificates
     share_keys: tuple[bytes, ...] = ()  # AEAD keys agreed with each peer (both directions)
     senders: tuple[int, ...] = ()  # neighbours that shared keys (U2): masked with
     owners: tuple[int, ...] = ()  # whose shares this client holds
     shares_s: bytes = b""  # len(owners) x 16 '<u4' words each
     shares_b: bytes = b""
     rejected: tuple[int, ...] = ()
+    u3: tuple[int, ...] = ()  # with identities: the survivor set this client signed
 
     def to_bytes(self) -> bytes:
         """A compact binary encoding (``fedcore.secagg.codec``) to keep in ``context.state``."""
@@ -112,9 +102,12 @@ def _expect(condition: bool, reason: str) -> None:
 class SecAggClient:
     """One client's part in one round of SecAgg+ (see the module docstring)."""
 
-    def __init__(self, node_id: int, state: ClientState | None = None) -> None:
+    def __init__(
+        self, node_id: int, state: ClientState | None = None, credentials: Credentials | None = None
+    ) -> None:
         self.node_id = node_id
         self.state = state or ClientState()
+        self.credentials = credentials
         self._parsed: dict[bytes, X25519PrivateKey] = {}
 
     def _key(self, raw: bytes) -> X25519PrivateKey:
@@ -137,7 +130,13 @@ class SecAggClient:
         # the server holds none of this client's unused keys: start the ring afresh
         self.state = dataclasses.replace(self.state, slots=(), slot_c_sks=(), slot_s_sks=())
         slots, c_pks, s_pks = self._new_keys(request.count)
-        return KeysReply(request.session, slots, c_pks, s_pks)
+        cert = self.credentials.identity.cert if self.credentials else b""
+        return KeysReply(request.session, slots, c_pks, s_pks, cert, self._sign(c_pks, s_pks))
+
+    def _sign(self, c_pks: tuple[bytes, ...], s_pks: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        if self.credentials is None:
+            return ()
+        return consistency.sign_keys(self.credentials.identity, c_pks, s_pks)
 
     def _new_keys(self, count: int) -> tuple[tuple[int, ...], tuple[bytes, ...], tuple[bytes, ...]]:
         s = self.state
@@ -208,6 +207,10 @@ class SecAggClient:
             except InvalidKey as exc:
                 raise ProtocolViolation(f"neighbour key: {exc}") from None
         _expect(len(peers) >= t, f"only {len(peers)} neighbours advertised keys; t = {t}")
+        if self.credentials is not None:
+            consistency.check_neighbours(
+                self.credentials.authority, self.credentials.identity, request
+            )
         c_sk_raw, s_sk_raw = self._take_slot(request.slot)
         keyring = {f: getattr(self.state, f) for f in _KEYRING}
         keyring["used_sessions"] = (*self.state.used_sessions, request.session)[-8:]
@@ -252,6 +255,7 @@ class SecAggClient:
             peers=peers,
             peer_c_pks=request.c_pks,
             peer_s_pks=request.s_pks,
+            peer_certs=request.certs if self.credentials is not None else (),
             share_keys=tuple(share_keys),
         )
         return ShareReply(
@@ -318,11 +322,25 @@ class SecAggClient:
         update, num_examples, loss = train()
         return self.mask(update, num_examples, loss)
 
+    # -- consistency check (with identities) ------------------------------------------------
+    def check(self, request: CheckRequest) -> CheckReply:
+        """Sign the survivor set U3 the server announces (once per round)."""
+        self._require("masked", request.session)
+        _expect(self.credentials is not None, "this device holds no identity to sign with")
+        assert self.credentials is not None
+        signature = consistency.sign_survivors(self.credentials.identity, self.state, request)
+        self.state = dataclasses.replace(self.state, stage="checked", u3=request.survivors)
+        return CheckReply(request.session, signature)
+
     # -- stage 3 ---------------------------------------------------------------------------
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
         """Reveal self-mask seed shares of survivors and secret-key shares of dropped
         neighbours, never both for one client; then forget this round's secrets."""
-        self._require("masked", request.session)
+        if self.credentials is None:
+            self._require("masked", request.session)
+        else:  # only after t neighbours signed the survivor set this client signed
+            self._require("checked", request.session)
+            consistency.check_unmask(self.credentials.authority, self.state, request)
         s = self.state
         survivors, dropped = set(request.survivors), set(request.dropped)
         _expect(len(survivors) == len(request.survivors), "survivor list has duplicates")
@@ -346,7 +364,8 @@ class SecAggClient:
             **{f: getattr(s, f) for f in _KEYRING},
         )
         slots, c_pks, s_pks = self._new_keys(max(0, min(request.more_keys, MAX_KEYS_AHEAD)))
-        return UnmaskReply(s.session, tuple(owners), shares, slots, c_pks, s_pks)
+        sigs = self._sign(c_pks, s_pks)
+        return UnmaskReply(s.session, tuple(owners), shares, slots, c_pks, s_pks, sigs)
 
 
 def _check_plaintext(plain: bytes, sender: int, recipient: int) -> None:
@@ -357,62 +376,4 @@ def _check_plaintext(plain: bytes, sender: int, recipient: int) -> None:
     _expect(bool((values < shamir.PRIME).all()), "share values outside the field")
 
 
-# --- Flower ClientApp handlers --------------------------------------------------------------
-
-TrainFn = Callable[["Message", "Context"], TrainOutput]
-
-
-def _load(context: Context) -> SecAggClient:
-    record = context.state.get(STATE_RECORD)  # (``.config_records`` copies every record)
-    state = ClientState.from_bytes(record["state"]) if record is not None else None
-    return SecAggClient(context.node_id, state)
-
-
-def _save(context: Context, client: SecAggClient) -> None:
-    from flwr.app import ConfigRecord
-
-    context.state[STATE_RECORD] = ConfigRecord({"state": client.state.to_bytes()})
-
-
-def register_secagg(app: ClientApp, train: TrainFn) -> None:
-    """Add the four SecAgg+ stage handlers to ``app``; ``train(msg, context)`` runs local
-    training on the masked-input message (global vector + instructions)."""
-    from flwr.app import ConfigRecord, Message, MetricRecord
-
-    from fedcore import protocol
-    from fedcore.secagg import messages as m
-    from fedcore.wire import read_vector
-
-    def stage(kind: type, run: Callable[[SecAggClient, Any, Message, Context], Any]) -> Callable:
-        def handler(msg: Message, context: Context) -> Message:
-            client = _load(context)
-            request = m.from_content(kind, msg.content)
-            reply, extra = run(client, request, msg, context)
-            _save(context, client)
-            return Message(m.to_content(reply, **extra), reply_to=msg)
-
-        return handler
-
-    def masked(
-        client: SecAggClient, request: MaskRequest, msg: Message, context: Context
-    ) -> tuple[MaskReply, dict[str, Any]]:
-        client.open_shares(request)
-        out = train(msg, context)
-        base = read_vector(msg.content[protocol.GLOBAL])
-        update = np.asarray(out.params, dtype=np.float32) - base
-        reply = client.mask(update, out.num_examples, out.loss)
-        metrics = {"seconds": out.seconds}
-        extra: dict[str, Any] = {}
-        if out.simulated:  # a simulated device: what the simulated clock needs, never more
-            metrics.update(out.simulated["costs"])
-            extra[protocol.CLIENT_INFO] = ConfigRecord(out.simulated["info"])
-        extra[protocol.METRICS] = MetricRecord(metrics)
-        return reply, extra
-
-    app.query("secagg_advertise")(stage(KeysRequest, lambda c, r, *_: (c.advertise(r), {})))
-    app.query("secagg_share")(stage(ShareRequest, lambda c, r, *_: (c.share_keys(r), {})))
-    app.train("secagg_masked")(stage(MaskRequest, masked))
-    app.query("secagg_unmask")(stage(UnmaskRequest, lambda c, r, *_: (c.unmask(r), {})))
-
-
-__all__ = ["ClientState", "SecAggClient", "TrainOutput", "register_secagg"]
+__all__ = ["ClientState", "SecAggClient"]

@@ -1,4 +1,4 @@
-"""Collect through SecAgg+: three or four ``send_and_receive`` stages, one `SecureSum` out.
+"""Collect through SecAgg+: three to five ``send_and_receive`` stages, one `SecureSum` out.
 
 Each stage sends every live client its message (types in ``fedcore.secagg.messages.TYPES``),
 files the replies with the ``SecAggServer`` (an error reply, a malformed reply or no reply
@@ -25,7 +25,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from aggregator.collect.base import Collected, RoundPlan, SecureSum
 from aggregator.round_types import ClientOutcome, RoundFailed
 from aggregator.secagg.config import SecAggConfig
-from aggregator.secagg.server import STAGES, KeyBook, SecAggServer
+from aggregator.secagg.keybook import KeyBook
+from aggregator.secagg.server import SecAggServer
 from aggregator.strategies import Strategy, build_strategy, known_strategies
 from aggregator.updates import client_report
 from fedcore import protocol
@@ -36,6 +37,7 @@ REPLIES = {
     "advertise": messages.KeysReply,
     "share": messages.ShareReply,
     "masked": messages.MaskReply,
+    "check": messages.CheckReply,
     "unmask": messages.UnmaskReply,
 }
 
@@ -105,12 +107,13 @@ class SecAggCollector:
             number,
             backend=plan.backend,
             book=self.book,
+            identities=self.settings.identities,
         )
         bytes_up = dict.fromkeys(nodes, 0)
         seconds: dict[int, float] = {}
         reports: dict[int, dict[str, Any]] = {}
         try:
-            for stage in STAGES[:4]:
+            for stage in server.stages[:-1]:
                 requests = server.requests()
                 if not requests:  # every client advertised its keys in an earlier round
                     server.close_stage()

@@ -4,13 +4,16 @@ n is the number of clients sampled for the round (``federation.clients_per_round
 default to ``fedcore.secagg.params.derive_params(n, dropout, corruption, ...)`` (see there for
 the derivation) unless given. ``clip`` bounds each coordinate of a client's update (new local
 minus global parameters) and ``max_weight`` the examples a client's weight may count, for the
-fixed-point encoding (``fedcore.secagg.fixedpoint``).
+fixed-point encoding (``fedcore.secagg.fixedpoint``). ``identities`` (the CA, and who may take
+part) switches on the active-adversary checks: signed keys and the consistency check
+(``aggregator.secagg.keybook``); devices that hold an identity require them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from aggregator.secagg.keybook import Identities
 from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.secagg.params import (
     DEFAULT_CORRECTNESS_BITS,
@@ -34,6 +37,7 @@ class SecAggConfig:
     correctness_bits: float = DEFAULT_CORRECTNESS_BITS
     clip: float = 8.0
     max_weight: float = 1000.0
+    identities: Identities | None = field(default=None, compare=False, repr=False)
 
     def params_for(self, n: int, extra_dropout: float = 0.0) -> SecAggParams:
         """k and t for a round of ``n`` clients; ``extra_dropout`` more of them leave on

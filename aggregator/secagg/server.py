@@ -1,6 +1,7 @@
 """The server side of SecAgg+ as an explicit state machine over one round.
 
-advertise -> share -> masked -> unmask -> done. For the current stage, ``requests()`` gives
+advertise -> share -> masked [-> check] -> unmask -> done (the consistency check only with
+identities: ``aggregator.secagg.keybook.Identities``). For the current stage, ``requests()`` gives
 each live client its message, ``receive(node, reply)`` checks and files a reply (a malformed,
 replayed or foreign one drops that client, with the reason), ``fail(node, reason)`` records a
 client that errored or timed out, and ``close_stage()`` moves on. The sets of clients alive
@@ -9,7 +10,11 @@ masked input) and U4 (helped unmask). Masked inputs are summed as they arrive (o
 state, on the array backend when one is given). ``result()`` reconstructs, from the shares U4
 hands in, the self-mask seeds of U3 and the pairwise secret keys of U2 \\ U3, removes those
 masks and returns the exact sum of U3's encoded inputs, or raises ``Aborted``: never a wrong
-sum.
+sum. With identities, every advertised key pair is signed under a CA-issued identity
+certificate (checked here and again by every neighbour), and between the masked-input and
+unmasking stages U3 is sent to its members, each signs it, and each unmasking request carries
+the neighbours' signatures: a client reveals shares only for the U3 that t of its neighbours
+signed (Bonawitz et al.'s consistency check).
 
 Transport-free: the Flower round's collector (``aggregator.collect.secagg``) and the scale benchmark
 drive the same object.
@@ -26,10 +31,14 @@ from typing import Any
 import numpy as np
 
 from aggregator.secagg import unmask
-from fedcore.secagg import graph, keys, shamir
-from fedcore.secagg.errors import Aborted, InvalidKey, ProtocolViolation
+from aggregator.secagg.keybook import Identities, KeyBook, advertised
+from fedcore.secagg import graph, shamir
+from fedcore.secagg.errors import Aborted, ProtocolViolation
 from fedcore.secagg.fixedpoint import TAIL, FixedPoint
+from fedcore.secagg.identity import InvalidIdentity, survivors_message
 from fedcore.secagg.messages import (
+    CheckReply,
+    CheckRequest,
     KeysReply,
     KeysRequest,
     MaskReply,
@@ -42,9 +51,15 @@ from fedcore.secagg.messages import (
 )
 from fedcore.secagg.params import SecAggParams
 
-STAGES = ("advertise", "share", "masked", "unmask", "done")
+STAGES = ("advertise", "share", "masked", "check", "unmask", "done")
 KEYS_AHEAD = 8  # key pairs a client advertises at a time
-_REPLY = {"advertise": KeysReply, "share": ShareReply, "masked": MaskReply, "unmask": UnmaskReply}
+_REPLY = {
+    "advertise": KeysReply,
+    "share": ShareReply,
+    "masked": MaskReply,
+    "check": CheckReply,
+    "unmask": UnmaskReply,
+}
 
 
 @dataclass
@@ -55,59 +70,6 @@ class Dropout:
     reason: str
 
 
-class KeyBook:
-    """Public keys clients advertised for coming rounds, by node: unused (slot, c_pk, s_pk).
-
-    Kept by the round loop across the rounds of a run, so that a client that has taken part
-    before needs no advertise stage. A client that drops out is forgotten (it advertises
-    again next time), so a book out of step with a client costs one round, never a wrong sum.
-    """
-
-    def __init__(self) -> None:
-        self._keys: dict[int, list[tuple[int, bytes, bytes]]] = {}
-
-    def count(self, node: int) -> int:
-        """Unused key pairs known for ``node``."""
-        return len(self._keys.get(node, ()))
-
-    def take(self, node: int) -> tuple[int, bytes, bytes] | None:
-        """The oldest unused key pair of ``node`` (removed), or None."""
-        queue = self._keys.get(node)
-        return queue.pop(0) if queue else None
-
-    def add(
-        self, node: int, slots: Sequence[int], c_pks: Sequence[bytes], s_pks: Sequence[bytes]
-    ) -> None:
-        """Record newly advertised key pairs (slots ascending, after the known ones)."""
-        queue = self._keys.setdefault(node, [])
-        last = queue[-1][0] if queue else -1
-        for slot, c_pk, s_pk in zip(slots, c_pks, s_pks, strict=True):
-            if slot > last:
-                queue.append((slot, c_pk, s_pk))
-                last = slot
-
-    def forget(self, node: int) -> None:
-        """Drop everything known about ``node``."""
-        self._keys.pop(node, None)
-
-
-def check_keys(slots: Sequence[int], c_pks: Sequence[bytes], s_pks: Sequence[bytes]) -> None:
-    """``ProtocolViolation`` unless the advertised keys are well formed."""
-    if not len(slots) == len(c_pks) == len(s_pks):
-        raise ProtocolViolation("advertised key lists differ in length")
-    if list(slots) != sorted(set(slots)) or any(slot < 0 for slot in slots):
-        raise ProtocolViolation("key slots must be distinct, ascending and >= 0")
-    if any(len(k) != keys.KEY_BYTES for k in (*c_pks, *s_pks)):
-        raise ProtocolViolation("public keys must be 32 bytes")
-    if len({*c_pks, *s_pks}) != 2 * len(slots):
-        raise ProtocolViolation("advertised public keys are not all distinct")
-    for public in (*c_pks, *s_pks):
-        try:
-            keys.check_public(public)
-        except InvalidKey as exc:
-            raise ProtocolViolation(str(exc)) from None
-
-
 @dataclass
 class ServerState:
     """What the server has learnt so far in the round (all public or ciphertext)."""
@@ -115,6 +77,9 @@ class ServerState:
     slot: dict[int, int] = field(default_factory=dict)  # the key slot each client uses now
     c_pk: dict[int, bytes] = field(default_factory=dict)
     s_pk: dict[int, bytes] = field(default_factory=dict)
+    key_sig: dict[int, bytes] = field(default_factory=dict)  # with identities: its signature
+    cert: dict[int, bytes] = field(default_factory=dict)  # and the identity certificate
+    signatures: dict[int, bytes] = field(default_factory=dict)  # of U3, consistency check
     commitments: dict[int, bytes] = field(default_factory=dict)
     inbox: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
     shares: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
@@ -136,6 +101,7 @@ class SecAggServer:
         backend: Any = None,
         book: KeyBook | None = None,
         keys_ahead: int = KEYS_AHEAD,
+        identities: Identities | None = None,
     ) -> None:
         if len(set(participants)) != len(participants) or len(participants) != params.n:
             raise ValueError(f"need {params.n} distinct participants, got {len(participants)}")
@@ -158,6 +124,8 @@ class SecAggServer:
         )
         table = graph.neighbours(params.n, params.k, self.setup.graph_seed) + 1
         self.neighbours = {i + 1: frozenset(int(j) for j in row) for i, row in enumerate(table)}
+        self.identities = identities
+        self.stages = STAGES if identities is not None else tuple(s for s in STAGES if s != "check")
         self.stage = "advertise"
         self.alive: set[int] = set(self.index.values())  # indices still in the round
         self.replied: set[int] = set()
@@ -169,13 +137,18 @@ class SecAggServer:
         for index, node in enumerate(self.nodes, start=1):  # keys advertised in earlier rounds
             entry = self.book.take(node)
             if entry is not None:
-                self.known.slot[index], self.known.c_pk[index], self.known.s_pk[index] = entry
+                self._use(index, entry, self.book.certs.get(node, b""))
         self.backend = backend  # aggregator.backend.Backend; None: plain numpy
         size = vector_size + TAIL
         if backend is None:
             self.total = np.zeros(size, dtype=np.uint32)
         else:
             self.total = backend.xp.zeros(size, dtype=backend.xp.uint32)
+
+    def _use(self, index: int, entry: Any, cert: bytes) -> None:
+        known = self.known
+        known.slot[index], known.c_pk[index], known.s_pk[index] = entry.slot, entry.c_pk, entry.s_pk
+        known.key_sig[index], known.cert[index] = entry.sig, cert
 
     @property
     def _setup_fields(self) -> dict[str, Any]:
@@ -211,6 +184,7 @@ class SecAggServer:
         make = {
             "share": self._share_request,
             "masked": self._mask_request,
+            "check": self._check_request,
             "unmask": self._unmask_request,
         }[self.stage]
         return {self.nodes[i - 1]: make(i) for i in sorted(self.alive)}
@@ -251,7 +225,7 @@ class SecAggServer:
             )
         self.survivors[stage] = frozenset(self.alive)
         self.replied = set()
-        self.stage = STAGES[STAGES.index(stage) + 1]
+        self.stage = self.stages[self.stages.index(stage) + 1]
 
     def _prune(self) -> None:
         """Drop clients with fewer than t live neighbours (they could not be unmasked)."""
@@ -268,26 +242,25 @@ class SecAggServer:
     def _receive_advertise(self, index: int, reply: KeysReply) -> None:
         if index in self.known.slot:
             raise ProtocolViolation("keys advertised unasked")
-        check_keys(reply.slots, reply.c_pks, reply.s_pks)
-        if not reply.slots:
+        node = self.nodes[index - 1]
+        batch = advertised(reply, self.identities, node)
+        if not batch:
             raise ProtocolViolation("no key pair advertised")
-        known = self.known
-        known.slot[index], known.c_pk[index], known.s_pk[index] = (
-            reply.slots[0],
-            reply.c_pks[0],
-            reply.s_pks[0],
-        )
-        self.book.add(self.nodes[index - 1], reply.slots[1:], reply.c_pks[1:], reply.s_pks[1:])
+        self._use(index, batch[0], reply.cert)
+        self.book.add(node, batch[1:], reply.cert)
 
     # -- stage 1: share keys ---------------------------------------------------------------
     def _share_request(self, index: int) -> ShareRequest:
         peers = tuple(sorted(self.neighbours[index] & self.alive))
+        known, signed = self.known, self.identities is not None
         return ShareRequest(
             **self._setup_fields,
-            slot=self.known.slot[index],
+            slot=known.slot[index],
             neighbours=peers,
-            c_pks=tuple(self.known.c_pk[j] for j in peers),
-            s_pks=tuple(self.known.s_pk[j] for j in peers),
+            c_pks=tuple(known.c_pk[j] for j in peers),
+            s_pks=tuple(known.s_pk[j] for j in peers),
+            certs=tuple(known.cert[j] for j in peers) if signed else (),
+            sigs=tuple(known.key_sig[j] for j in peers) if signed else (),
         )
 
     def _receive_share(self, index: int, reply: ShareReply) -> None:
@@ -320,6 +293,20 @@ class SecAggServer:
         else:
             self.total += self.backend.asarray(vector)
 
+    # -- consistency check (with identities) -----------------------------------------------
+    def _check_request(self, index: int) -> CheckRequest:
+        return CheckRequest(self.session, tuple(sorted(self.survivors["masked"])))
+
+    def _receive_check(self, index: int, reply: CheckReply) -> None:
+        assert self.identities is not None
+        data = survivors_message(self.session, self.setup.round, self.survivors["masked"])
+        try:
+            peer = self.identities.authority.verify(self.known.cert[index])
+            peer.verify(reply.signature, data, "survivor set")
+        except InvalidIdentity as exc:
+            raise ProtocolViolation(str(exc)) from None
+        self.known.signatures[index] = reply.signature
+
     # -- stage 3: unmasking ----------------------------------------------------------------
     def _unmask_request(self, index: int) -> UnmaskRequest:
         shared = self.neighbours[index] & self.survivors["share"]
@@ -327,7 +314,15 @@ class SecAggServer:
         dropped = shared - survivors
         low = self.book.count(self.nodes[index - 1]) < 2
         more = self.keys_ahead if low else 0
-        return UnmaskRequest(self.session, tuple(sorted(survivors)), tuple(sorted(dropped)), more)
+        signers = sorted(self.neighbours[index] & self.survivors.get("check", frozenset()))
+        return UnmaskRequest(
+            self.session,
+            tuple(sorted(survivors)),
+            tuple(sorted(dropped)),
+            more,
+            tuple(signers),
+            tuple(self.known.signatures[j] for j in signers),
+        )
 
     def _receive_unmask(self, index: int, reply: UnmaskReply) -> None:
         request = self._unmask_request(index)
@@ -339,10 +334,11 @@ class SecAggServer:
         rows = np.frombuffer(reply.shares, "<u4").reshape(-1, shamir.CHUNKS)
         if (rows >= shamir.PRIME).any():
             raise ProtocolViolation("share values outside the field")
-        check_keys(reply.slots, reply.c_pks, reply.s_pks)
-        if len(reply.slots) > request.more_keys:
+        node = self.nodes[index - 1]
+        batch = advertised(reply, self.identities, node, self.known.cert.get(index, b""))
+        if len(batch) > request.more_keys:
             raise ProtocolViolation("more key pairs advertised than asked for")
-        self.book.add(self.nodes[index - 1], reply.slots, reply.c_pks, reply.s_pks)
+        self.book.add(node, batch, self.known.cert.get(index, b""))
         for owner, row in zip(reply.owners, rows, strict=True):
             self.known.shares.setdefault(owner, []).append((index, row.tobytes()))
 

@@ -7,6 +7,8 @@ share keys      (query.secagg_share)     ``ShareRequest``        ``ShareReply``
 masked input    (train.secagg_masked)    ``MaskRequest`` + the   ``MaskReply`` + the masked
                                          global vector and the   vector (uint32 ArrayRecord)
                                          train instructions
+consistency     (query.secagg_check)     ``CheckRequest``        ``CheckReply``
+check (with identities only)
 unmasking       (query.secagg_unmask)    ``UnmaskRequest``       ``UnmaskReply``
 
 Keys are advertised ahead: a client hands in key pairs for several rounds at once, by key
@@ -41,6 +43,7 @@ TYPES = {
     "advertise": "query.secagg_advertise",
     "share": "query.secagg_share",
     "masked": "train.secagg_masked",
+    "check": "query.secagg_check",
     "unmask": "query.secagg_unmask",
 }
 
@@ -76,12 +79,15 @@ class KeysRequest(_Message):
 
 @dataclass(frozen=True)
 class KeysReply(_Message):
-    """Stage 0 reply: fresh X25519 public keys (c for shares, s for masks) by key slot."""
+    """Stage 0 reply: fresh X25519 public keys (c for shares, s for masks) by key slot; with
+    identities, the client's identity certificate (DER) and its signature of each pair."""
 
     STAGE: ClassVar[str] = "advertise"
     slots: tuple[int, ...]
     c_pks: tuple[bytes, ...]
     s_pks: tuple[bytes, ...]
+    cert: bytes = b""
+    sigs: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,13 +109,16 @@ class Setup(_Message):
 @dataclass(frozen=True)
 class ShareRequest(Setup):
     """Stage 1 request: the setup, which of the client's advertised key slots to use, and
-    the public keys of its neighbours (for their slots)."""
+    the public keys of its neighbours (for their slots); with identities, each neighbour's
+    certificate and signature of its keys."""
 
     STAGE: ClassVar[str] = "share"
     slot: int
     neighbours: tuple[int, ...]
     c_pks: tuple[bytes, ...]
     s_pks: tuple[bytes, ...]
+    certs: tuple[bytes, ...] = ()
+    sigs: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,14 +152,34 @@ class MaskReply(_Message):
 
 
 @dataclass(frozen=True)
+class CheckRequest(_Message):
+    """Consistency check request (with identities): the round's survivor set U3, the clients
+    whose masked inputs are in the sum."""
+
+    STAGE: ClassVar[str] = "check"
+    survivors: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CheckReply(_Message):
+    """Consistency check reply: the client's signature of (session, round, U3)."""
+
+    STAGE: ClassVar[str] = "check"
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class UnmaskRequest(_Message):
     """Stage 3 request: which neighbours survived (reveal b shares), which dropped (s shares),
-    and how many fresh key pairs to advertise for later rounds (0: none needed)."""
+    and how many fresh key pairs to advertise for later rounds (0: none needed); with
+    identities, the neighbours that signed U3 and their signatures."""
 
     STAGE: ClassVar[str] = "unmask"
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     more_keys: int = 0
+    signers: tuple[int, ...] = ()
+    signatures: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +193,7 @@ class UnmaskReply(_Message):
     slots: tuple[int, ...] = ()
     c_pks: tuple[bytes, ...] = ()
     s_pks: tuple[bytes, ...] = ()
+    sigs: tuple[bytes, ...] = ()
 
 
 # --- Flower records ---------------------------------------------------------------------------

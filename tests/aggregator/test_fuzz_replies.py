@@ -18,7 +18,7 @@ from aggregator.secagg import SecAggConfig
 from aggregator.strategies import build_strategy
 from client_runtime.app import partition_id
 from client_runtime.compression import compress_update
-from client_runtime.secagg import TrainOutput, register_secagg
+from client_runtime.secagg_app import TrainOutput, register_secagg
 from fedcore import compression, protocol
 from fedcore.secagg import messages
 from fedcore.secagg.fixedpoint import FixedPoint

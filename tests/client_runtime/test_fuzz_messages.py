@@ -253,6 +253,7 @@ SECAGG_TYPES = {
     "query.secagg_advertise": messages.KeysRequest,
     "query.secagg_share": messages.ShareRequest,
     "train.secagg_masked": messages.MaskRequest,
+    "query.secagg_check": messages.CheckRequest,
     "query.secagg_unmask": messages.UnmaskRequest,
 }
 
@@ -261,7 +262,7 @@ SECAGG_TYPES = {
 @given(
     message_type=st.sampled_from(sorted(SECAGG_TYPES)),
     body=st.one_of(st.binary(max_size=300), st.just(b"\xff" * 64)),
-    stage=st.sampled_from(["advertise", "share", "masked", "unmask", "x"]),
+    stage=st.sampled_from(["advertise", "share", "masked", "check", "unmask", "x"]),
 )
 def test_garbage_secagg_requests_get_an_error_reply(message_type, body, stage):
     content = RecordDict({messages.RECORD: ConfigRecord({"stage": stage, "body": body})})

@@ -11,7 +11,8 @@ from aggregator.rounds import FederationConfig, RoundFailed, run_federation
 from aggregator.secagg import SecAggConfig
 from aggregator.strategies import StrategyContext, build_strategy
 from client_runtime.app import partition_id
-from client_runtime.secagg import STATE_RECORD, ClientState, TrainOutput, register_secagg
+from client_runtime.secagg import ClientState
+from client_runtime.secagg_app import STATE_RECORD, TrainOutput, register_secagg
 from fedcore import protocol
 from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.settings import TrainSettings
@@ -25,8 +26,9 @@ def shift(k):
     return np.float32(0.01 * (k + 1))
 
 
-def toy_app(log=None):
-    """Client k adds 0.01 (k + 1) to the global vector, with weight k + 1 and loss k / 10."""
+def toy_app(log=None, authority=None):
+    """Client k adds 0.01 (k + 1) to the global vector, with weight k + 1 and loss k / 10;
+    with ``authority`` (a ``SimulatedAuthority``) each client holds an identity."""
     app = ClientApp()
 
     @app.query()
@@ -49,7 +51,8 @@ def toy_app(log=None):
         )
         return Message(content, reply_to=msg)
 
-    register_secagg(app, local)
+    credentials = (lambda c: authority.credentials(partition_id(c))) if authority else None
+    register_secagg(app, local, credentials)
     if log is None:
         return app
 
@@ -192,3 +195,25 @@ def test_keys_are_advertised_ahead_and_a_client_that_lost_them_rejoins():
     lost = {c.client_id: c.reason for c in outcomes[2].clients if not c.accepted}
     assert list(lost) == [5] and "key slot" in lost[5]
     assert outcomes[3].num_accepted == 8
+
+
+def test_identities_in_the_round_loop_give_the_bit_identical_model():
+    from aggregator.secagg.keybook import Identities
+    from fedcore.secagg.identity import SimulatedAuthority
+
+    authority = SimulatedAuthority.create()
+    plain, _ = run(toy_app(), rounds=2, secagg=SecAggConfig(max_weight=8))
+    log = []
+    settings = SecAggConfig(max_weight=8, identities=Identities(authority.authority()))
+    checked, outcomes = run(toy_app(log, authority), rounds=2, secagg=settings)
+    assert checked.tobytes() == plain.tobytes()
+    assert outcomes[-1].num_accepted == 8
+    assert sum(kind == "query.secagg_check" for _, kind, _, _ in log) == 16
+
+
+def test_a_device_with_an_identity_refuses_a_server_without_the_checks():
+    from fedcore.secagg.identity import SimulatedAuthority
+
+    app = toy_app(authority=SimulatedAuthority.create())
+    with pytest.raises(SecAggAborted, match="identity-checked"):
+        run(app, secagg=SecAggConfig(max_weight=8))
