@@ -105,10 +105,9 @@ def rebase(update: ClientUpdate, base: np.ndarray, weight: float) -> ClientUpdat
 
 @dataclass
 class _Contribution:
-    client_id: int
-    node_id: int
     base_version: int
     update: ClientUpdate
+    outcome: ClientOutcome  # who sent it and what its reply said (device class, metrics)
 
 
 class AsyncRun:
@@ -171,7 +170,7 @@ class AsyncRun:
 
     def busy(self) -> set[int]:
         """Clients training now or waiting in the buffer (not to be sent another model)."""
-        return set(self.in_flight) | {c.client_id for c in self.buffer}
+        return set(self.in_flight) | {c.outcome.client_id for c in self.buffer}
 
     def _send(self, client: int, node: int, base_version: int,
               records: Callable[[int], dict], now: float) -> None:
@@ -235,10 +234,10 @@ class AsyncRun:
             return
         base_version = self.in_flight.pop(client)
         self.sent.pop(client, None)
-        outcome = ClientOutcome(client, node, accepted=False)
+        staleness = self.version - base_version  # steps behind (as it will be at the next step)
+        outcome = replace(ClientOutcome(client, node, accepted=False), **client_report(reply))
+        outcome = replace(outcome, metrics={**outcome.metrics, "staleness": float(staleness)})
         try:
-            outcome = replace(outcome, **client_report(reply))
-            staleness = self.version - base_version
             limit = self.asynchrony.max_staleness
             if limit is not None and staleness > limit:
                 raise Rejected(f"stale: trained from step {base_version}, {staleness} steps "
@@ -254,7 +253,7 @@ class AsyncRun:
         except Rejected as exc:
             self.rejected.append(replace(outcome, reason=str(exc)))
             return
-        self.buffer.append(_Contribution(client, node, base_version, update))
+        self.buffer.append(_Contribution(base_version, update, outcome))
 
     # -- aggregate --------------------------------------------------------------------------
     def step(self) -> tuple[np.ndarray, list]:
@@ -271,10 +270,11 @@ class AsyncRun:
             if staleness > 0:
                 update = rebase(update, self.bases[c.base_version], weight)
             offered.append(update)
-            outcomes.append(ClientOutcome(
-                c.client_id, c.node_id, accepted=False, num_examples=update.num_examples,
-                train_loss=update.train_loss, seconds=update.seconds, bytes_up=update.bytes_up,
-                metrics={"staleness": float(staleness), "staleness_weight": weight},
+            outcomes.append(replace(
+                c.outcome, num_examples=update.num_examples, train_loss=update.train_loss,
+                seconds=update.seconds, bytes_up=update.bytes_up,
+                metrics={**c.outcome.metrics, "staleness": float(staleness),
+                         "staleness_weight": weight},
             ))
         reasons = aggregation.offer_all(offered)
         outcomes = [replace(o, accepted=r is None, reason=r)

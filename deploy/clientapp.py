@@ -4,11 +4,20 @@ It is ``client_runtime.app.make_client_app`` (the handlers every simulation runs
 that reads, per message, where this node's data is (``--node-config``, see ``deploy.node``)
 and the run's scenario (``context.run_config``). A node with its own ``.npz`` file and no
 ``partition-id`` gets a client id from its Flower node id.
+
+For tests only: with ``FEDCORE_TEST_HOLD_TRAINING=FILE`` in a device's environment (which
+Flower's processes inherit from ``fedcore client``), the device starts each train message only
+once ``FILE`` exists (at most ``HOLD_LIMIT_S``): a slow device whose slowness the test ends
+when it chooses (``tests/deploy/test_async_processes.py``). Only the device's own environment
+sets it; no message can.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +29,8 @@ from deploy.node import SCENARIO, NodeData
 from fedcore import protocol
 
 CLIENT_ID_RANGE = 2**31  # a node id folded into a client id (partition-id) when none is given
+HOLD_TRAINING = "FEDCORE_TEST_HOLD_TRAINING"  # tests: train only once this file exists
+HOLD_LIMIT_S = 600.0
 
 
 class NodeLoader:
@@ -52,9 +63,21 @@ def bind_node(msg: Message, context: Context, call_next: Any) -> Message:
     if node.partition_id is None:
         context.node_config[protocol.PARTITION_ID] = int(context.node_id) % CLIENT_ID_RANGE
     loader.bind(node, context.run_config)
+    if msg.metadata.message_type.startswith("train"):
+        hold_training()
     return call_next(msg, context)
+
+
+def hold_training(poll: float = 0.1) -> None:
+    """Tests: wait until the file ``FEDCORE_TEST_HOLD_TRAINING`` names exists (see above)."""
+    gate = os.environ.get(HOLD_TRAINING)
+    if not gate:
+        return
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(poll)
 
 
 app: ClientApp = make_client_app(loader, mods=[bind_node])
 
-__all__ = ["NodeLoader", "app", "bind_node", "loader"]
+__all__ = ["NodeLoader", "app", "bind_node", "hold_training", "loader"]

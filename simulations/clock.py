@@ -99,7 +99,8 @@ class SimulatedNetwork:
     Clients that drop out or miss the deadline still drew energy: a drop-out trains (so its
     FLOPs are known) and drops at a seeded random point of its round, a late client computes
     until the deadline, when the server stops waiting. Their joules wait in ``spent``, keyed by
-    (round, client), for ``World.annotate`` to put on the rejected clients.
+    (round, client), for ``World.annotate`` to put on the rejected clients (a list: an
+    asynchronous client may drop out twice from the same model version, in order).
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class SimulatedNetwork:
         self.population = population
         self.deadline_s = deadline_s
         self.nodes = nodes or NodeMap()
-        self.spent: dict[tuple[int, int], float] = {}
+        self.spent: dict[tuple[int, int], list[float]] = {}
 
     def _drops_at(self, msg: Message) -> float | None:
         """The share of its round after which the addressee drops out, or None if it stays."""
@@ -126,12 +127,19 @@ class SimulatedNetwork:
         from device_profiles import get_profile
 
         key = (int(msg.metadata.group_id), self.nodes.client(msg.metadata.dst_node_id))
-        self.spent[key] = get_profile(device).energy_joules(seconds)
+        self.spent.setdefault(key, []).append(get_profile(device).energy_joules(seconds))
         return Message(Error(ErrorCode.NODE_UNAVAILABLE, reason), reply_to=msg)
 
     def take_spent(self, number: int, client: int) -> float | None:
-        """Joules a rejected client drew in round ``number`` (once), or None."""
-        return self.spent.pop((number, client), None)
+        """Joules a rejected client drew in round ``number`` (each loss once, oldest first;
+        an asynchronous run's ``number`` is the step its model was sent for), or None."""
+        losses = self.spent.get((number, client))
+        if not losses:
+            return None
+        joules = losses.pop(0)
+        if not losses:
+            del self.spent[(number, client)]
+        return joules
 
     def stamp(self, msg: Message, reply: Message) -> tuple[Message, float]:
         """Add simulated times to a train reply; return it (or a deadline error) and its

@@ -91,14 +91,16 @@ class World:
             for c in outcome.clients
         ]
         outcome.clients = [self._spent(outcome.number, c) for c in outcome.clients]
-        for key in [k for k in self.network.spent if k[0] <= outcome.number]:
-            del self.network.spent[key]
+        asynchronous = "sim_clock_s" in outcome.metrics  # an async step keeps its own time
+        if not asynchronous:  # a round's leftovers; an async client's wait for its late reply
+            for key in [k for k in self.network.spent if k[0] <= outcome.number]:
+                del self.network.spent[key]
         accepted = [c.metrics for c in outcome.clients if c.accepted and c.metrics]
         missed = any(c.reason and DEADLINE in c.reason for c in outcome.clients)
         deadline = self.network.deadline_s
         slowest = max((m.get("sim_seconds", 0.0) for m in accepted), default=0.0)
         length = deadline if missed and deadline is not None else slowest
-        if "sim_clock_s" in outcome.metrics:  # an asynchronous step keeps its own time
+        if asynchronous:
             length = float(outcome.metrics["sim_clock_s"]) - self.clock.now_s
         self.clock.advance(length)
         outcome.metrics = {
@@ -112,10 +114,12 @@ class World:
         }
 
     def _spent(self, number: int, client: Any) -> Any:
-        """``client`` with the energy it drew before it dropped out or was cut off."""
+        """``client`` with the energy it drew before it dropped out or was cut off (in an
+        asynchronous step, while training from the model ``staleness`` steps old)."""
         if client.accepted:
             return client
-        joules = self.network.take_spent(number, client.client_id)
+        sent_for = number - int(client.metrics.get("staleness", 0))
+        joules = self.network.take_spent(sent_for, client.client_id)
         if joules is None:
             return client
         return replace(client, metrics={**client.metrics, "energy_j": joules})
