@@ -20,7 +20,12 @@ from client_runtime.datacheck import check_data
 from client_runtime.device import device_budget, train_on_device
 from client_runtime.evaluation import evaluate_message, train_part
 from client_runtime.model_budget import ModelCache
-from client_runtime.secagg_app import TrainOutput, register_secagg
+from client_runtime.secagg_app import (
+    CredentialsFn,
+    TrainOutput,
+    node_credentials,
+    register_secagg,
+)
 from fedcore import protocol
 from fedcore.nn import Module
 from fedcore.objectives import objective
@@ -50,12 +55,17 @@ def partition_id(context: Context) -> int:
 
 
 def make_client_app(
-    load_partition: LoadPartition, mods: list[Mod] | None = None, *, allow_import: bool = False
+    load_partition: LoadPartition,
+    mods: list[Mod] | None = None,
+    *,
+    allow_import: bool = False,
+    credentials: CredentialsFn = node_credentials,
 ) -> ClientApp:
     """Build the ClientApp whose nodes train on ``load_partition(partition_id)``; ``mods``
     (Flower ClientApp mods) wrap every handler. ``allow_import``: build models named
     ``package.module:name`` (a simulation, whose scenario is the user's own input); a
-    deployed device leaves it off."""
+    deployed device leaves it off. ``credentials(context)``: a node's identity for SecAgg+
+    (default: the one its node config names; a simulation's CA hands out its own)."""
     app = ClientApp(mods=mods)
 
     @app.query()
@@ -142,7 +152,7 @@ def make_client_app(
             lambda spec, size: _model_for(spec, allow_import, size, budget), allow_import,
         )
 
-    register_secagg(app, secagg_training)  # the four SecAgg+ stage handlers
+    register_secagg(app, secagg_training, credentials)  # the SecAgg+ stage handlers
     return app
 
 

@@ -46,6 +46,34 @@ class TrainOutput(NamedTuple):
 TrainFn = Callable[["Message", "Context"], TrainOutput]
 
 
+_NODE_CREDENTIALS: dict[tuple, Credentials] = {}
+
+
+def node_credentials(context: Context) -> Credentials | None:
+    """The identity a node's config names (``protocol.IDENTITY_*``: paths the device's
+    operator gave, never a message), loaded once per file version; None if it names none."""
+    from pathlib import Path
+
+    from fedcore import protocol
+    from fedcore.secagg.identity import Authority, Identity
+
+    keys = (protocol.IDENTITY_KEY, protocol.IDENTITY_CERT, protocol.IDENTITY_CA)
+    named = [context.node_config.get(k) for k in keys]
+    if not any(named):
+        return None
+    if not all(isinstance(v, str) and v for v in named):
+        raise ValueError(f"node config: give all of {', '.join(keys)} or none")
+    paths = [Path(str(v)) for v in named]
+    stamp = tuple((str(p), p.stat().st_mtime_ns) for p in paths)
+    if stamp not in _NODE_CREDENTIALS:
+        identity = Identity.load(paths[0], paths[1])
+        authority = Authority.from_pem(paths[2].read_bytes()[:65536])
+        authority.verify(identity.cert)  # this device's own certificate must pass, too
+        _NODE_CREDENTIALS.clear()
+        _NODE_CREDENTIALS[stamp] = Credentials(identity, authority)
+    return _NODE_CREDENTIALS[stamp]
+
+
 def _load(context: Context, credentials: Credentials | None) -> SecAggClient:
     record = context.state.get(STATE_RECORD)  # (``.config_records`` copies every record)
     state = ClientState.from_bytes(record["state"]) if record is not None else None
@@ -59,11 +87,11 @@ def _save(context: Context, client: SecAggClient) -> None:
 
 
 def register_secagg(
-    app: ClientApp, train: TrainFn, credentials: CredentialsFn | None = None
+    app: ClientApp, train: TrainFn, credentials: CredentialsFn | None = node_credentials
 ) -> None:
     """Add the SecAgg+ stage handlers to ``app``; ``train(msg, context)`` runs local
     training on the masked-input message (global vector + instructions); ``credentials``
-    gives a node's identity (None: the node has none)."""
+    gives a node's identity (default: from its node config; None: the node has none)."""
     from flwr.app import ConfigRecord, Message, MetricRecord
 
     from fedcore import protocol
@@ -103,4 +131,4 @@ def register_secagg(
     app.query("secagg_unmask")(stage(UnmaskRequest, lambda c, r, *_: (c.unmask(r), {})))
 
 
-__all__ = ["STATE_RECORD", "TrainOutput", "register_secagg"]
+__all__ = ["STATE_RECORD", "TrainOutput", "node_credentials", "register_secagg"]

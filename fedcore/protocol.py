@@ -37,6 +37,9 @@ MEMORY_BUDGET = "memory-budget"  # node_config: bytes the engine may use (defaul
 # training costs and device class too, for the simulated clock (a real device never sends them)
 SIMULATED = "simulated"
 ADAPT_BATCH = "adapt-batch"  # node_config: halve the batch until training fits the budget
+# node_config: a device's identity for SecAgg+'s active-adversary checks (paths on the device:
+# its enrolled signing key, its identity certificate, the operator's CA); all three or none
+IDENTITY_KEY, IDENTITY_CERT, IDENTITY_CA = "identity-key", "identity-cert", "identity-ca"
 
 
 def record(content: Mapping[str, Any], key: str, kind: type[R]) -> R | None:

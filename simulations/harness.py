@@ -18,12 +18,14 @@ from aggregator.rounds import BeforeRound, RoundOutcome
 from aggregator.serverapp import FederationApp
 from aggregator.strategies import Strategy, StrategyContext, build_strategy
 from client_runtime.app import make_client_app
+from client_runtime.secagg_app import node_credentials
 from fedcore.evaluate import evaluate
 from fedcore.models import build_model
 from fedcore.objectives import objective
 from simulations.backends import BACKENDS
 from simulations.prepare import PreparedScenario
 from simulations.scenario import Scenario
+from simulations.secagg_section import simulated_identities
 
 
 @dataclass
@@ -133,8 +135,9 @@ def simulate(
         from simulations.backends.simulated import SimulatedGrid
 
         prepare_grid = partial(SimulatedGrid, network=None)
+    config, credentials = simulated_identities(prepared.config)
     app = FederationApp(
-        prepared.config,
+        config,
         initial,
         strategy,
         server.evaluate,
@@ -148,6 +151,7 @@ def simulate(
         prepared.loader,
         mods=[world.device_mod()] if world is not None else None,
         allow_import=True,
+        credentials=credentials or node_credentials,
     )
     if backend == "inprocess":
         from flwr.app import Context, RecordDict

@@ -16,6 +16,9 @@ Either switches SecAgg+ on for every round (per run, ``fedcore simulate --secagg
     clip = 8.0              # bound on each coordinate of an update (local - global)
     max_weight = 120        # examples a client's weight counts at most (default: the largest
                             # partition of the scenario, so FedAvg weights are exact)
+    identities = true       # devices hold identities: signed keys and the consistency check
+                            # against a malicious server (a simulation makes a CA per run;
+                            # a deployment uses the operator's, see README "Threat model")
 
 n is ``federation.clients_per_round``; the derivation of k and t is in
 ``fedcore.secagg.params``. Only strategies whose rule takes a sum in place of the updates work
@@ -36,6 +39,7 @@ from aggregator.secagg.config import SecAggConfig
 from aggregator.strategies import build_strategy
 
 if TYPE_CHECKING:
+    from aggregator.round_types import FederationConfig
     from simulations.scenario import Scenario
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -54,6 +58,7 @@ class SecAggSection(BaseModel):
     correctness_bits: PositiveFloat = SecAggConfig.correctness_bits
     clip: PositiveFloat = SecAggConfig.clip
     max_weight: PositiveFloat | None = None
+    identities: bool = False
 
 
 def switch_on_with_table(raw: Any) -> Any:
@@ -84,7 +89,30 @@ def secagg_config(scenario: Scenario, largest_partition: int | None = None) -> S
     values: dict[str, Any] = section.model_dump()
     if values["max_weight"] is None:
         values["max_weight"] = float(largest_partition or SecAggConfig.max_weight)
+    values["require_identities"] = values.pop("identities")
     return SecAggConfig(**values)
+
+
+def simulated_identities(config: FederationConfig) -> tuple[FederationConfig, Any]:
+    """A simulation's CA, when its SecAgg+ requires identities: ``(config with the server's
+    side of it, credentials(context) for the ClientApp)``; else ``(config, None)``."""
+    from dataclasses import replace
+    from functools import partial
+
+    from aggregator.secagg.keybook import Identities
+    from fedcore.secagg.identity import SimulatedAuthority
+
+    if config.secagg is None or not config.secagg.require_identities:
+        return config, None
+    authority = SimulatedAuthority.create()
+    secagg = replace(config.secagg, identities=Identities(authority.authority()))
+    return replace(config, secagg=secagg), partial(_simulated_credentials, authority)
+
+
+def _simulated_credentials(authority: Any, context: Any) -> Any:
+    from fedcore import protocol
+
+    return authority.credentials(int(context.node_config[protocol.PARTITION_ID]))
 
 
 def secagg_misfit(scenario: Scenario) -> tuple[str, str] | None:

@@ -77,7 +77,13 @@ class SecAggCollector:
         self.book = KeyBook()
 
     def check(self, strategy: Strategy) -> None:
-        """``RoundFailed`` unless the strategy can take a sum in place of the updates."""
+        """``RoundFailed`` unless the strategy can take a sum in place of the updates (and,
+        when the run requires identities, there is a CA to check them against)."""
+        if self.settings.require_identities and self.settings.identities is None:
+            raise RoundFailed(
+                "secagg.identities = true, but the server has no CA to check device "
+                "identities against (fedcore server --certificates DIR)"
+            )
         if not strategy.takes_sums:
             raise RoundFailed(
                 f"strategy {strategy.name!r} needs individual updates; secure aggregation "

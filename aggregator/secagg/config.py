@@ -7,6 +7,7 @@ minus global parameters) and ``max_weight`` the examples a client's weight may c
 fixed-point encoding (``fedcore.secagg.fixedpoint``). ``identities`` (the CA, and who may take
 part) switches on the active-adversary checks: signed keys and the consistency check
 (``aggregator.secagg.keybook``); devices that hold an identity require them.
+``require_identities`` (the scenario's ``secagg.identities``) refuses to run a round without.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SecAggConfig:
     correctness_bits: float = DEFAULT_CORRECTNESS_BITS
     clip: float = 8.0
     max_weight: float = 1000.0
+    require_identities: bool = False
     identities: Identities | None = field(default=None, compare=False, repr=False)
 
     def params_for(self, n: int, extra_dropout: float = 0.0) -> SecAggParams:

@@ -62,3 +62,18 @@ def test_secure_run_learns_the_same_model():
     assert [r.train_loss for r in secure.rounds] == pytest.approx(
         [r.train_loss for r in plain.rounds], abs=1e-4
     )
+
+
+def test_identities_run_the_consistency_check_and_learn_the_bit_identical_model(monkeypatch):
+    from client_runtime import consistency
+
+    checks = []
+    original = consistency.check_unmask
+    monkeypatch.setattr(consistency, "check_unmask", lambda *a: checks.append(a) or original(*a))
+    unchecked = run_scenario(scenario({"rounds": 2}, {"k": 3}), "inprocess")
+    assert not checks
+    checked = run_scenario(scenario({"rounds": 2}, {"k": 3, "identities": True}), "inprocess")
+    assert len(checks) == 2 * 4  # every client of both rounds checked before unmasking
+    assert checked.final.tobytes() == unchecked.final.tobytes()
+    assert all(r.num_accepted == unchecked.rounds[0].num_accepted for r in checked.rounds)
+    assert secagg_config(scenario(secagg={"identities": True})).require_identities
