@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedcore import compression, protocol
+from fedcore.records import kit_of
 
 RESIDUAL = "fedcore.error_feedback"
 
 
-def _residual(state: RecordDict, size: int) -> np.ndarray:
-    stored = protocol.record(state, RESIDUAL, ArrayRecord)
+def _residual(state: Any, size: int) -> np.ndarray:
+    stored = protocol.record(state, RESIDUAL, kit_of(state).ArrayRecord)
     if stored is not None:
         residual = stored["residual"].numpy()
         if residual.shape == (size,) and residual.dtype == np.float32:
@@ -32,10 +32,12 @@ def compress_update(
     global_vector: np.ndarray,
     codec: str,
     options: dict[str, Any],
-    state: RecordDict,
+    state: Any,
     seed: int,
-) -> tuple[ArrayRecord, ConfigRecord]:
-    """Encode ``local - global`` (+ carried error) with ``codec``; update the residual."""
+) -> tuple[Any, Any]:
+    """Encode ``local - global`` (+ carried error) with ``codec``; update the residual.
+    ``state`` is the node's RecordDict (Flower's or lean): the records made are of its kind."""
+    kit = kit_of(state)
     corrected = (local - global_vector).astype(np.float32) + _residual(state, local.size)
     rng = np.random.default_rng(seed)
     payload = compression.encode(codec, corrected, rng, **options)
@@ -46,6 +48,7 @@ def compress_update(
         residual = corrected
     else:
         residual = corrected - decoded
-    state[RESIDUAL] = ArrayRecord({"residual": Array(residual.astype(np.float32))})
-    record = ArrayRecord({key: Array(np.ascontiguousarray(v)) for key, v in payload.items()})
-    return record, ConfigRecord({"name": codec, **options})
+    state[RESIDUAL] = kit.ArrayRecord({"residual": kit.Array(residual.astype(np.float32))})
+    record = kit.ArrayRecord(
+        {key: kit.Array(np.ascontiguousarray(v)) for key, v in payload.items()})
+    return record, kit.ConfigRecord({"name": codec, **options})

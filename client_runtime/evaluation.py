@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedcore import protocol
 from fedcore.evaluate import evaluate
 from fedcore.nn import Module
 from fedcore.objectives import objective
+from fedcore.records import kit_of
 from fedcore.split import local_split
 from fedcore.wire import read_vector
 
-__all__ = ["evaluate_message", "train_part"]
+__all__ = ["evaluate_content", "train_part"]
 
 
 def train_part(x: np.ndarray, y: np.ndarray, local_test: float, client_id: int
@@ -34,17 +35,19 @@ def train_part(x: np.ndarray, y: np.ndarray, local_test: float, client_id: int
     return x[train], y[train]
 
 
-def evaluate_message(
-    msg: Message,
+def evaluate_content(
+    content: Any,
     client_id: int,
     data: tuple[np.ndarray, np.ndarray],
     model_for: Callable[[protocol.ModelSpec, int], Module],
     allow_import: bool,
-) -> Message:
-    """Answer an ``evaluate`` message on ``data`` (this client's examples); ``model_for(spec,
-    size)`` gives the model (built within the device's budget, matching the vector's size)."""
-    config = protocol.record(msg.content, protocol.CONFIG, ConfigRecord)
-    global_record = protocol.record(msg.content, protocol.GLOBAL, ArrayRecord)
+) -> Any:
+    """Answer an ``evaluate`` message's content (a RecordDict, Flower's or lean) on ``data``
+    (this client's examples) with the reply's content; ``model_for(spec, size)`` gives the
+    model (built within the device's budget, matching the vector's size)."""
+    kit = kit_of(content)
+    config = protocol.record(content, protocol.CONFIG, kit.ConfigRecord)
+    global_record = protocol.record(content, protocol.GLOBAL, kit.ArrayRecord)
     if config is None or global_record is None:
         raise ValueError(f"evaluate message needs {protocol.CONFIG!r} and {protocol.GLOBAL!r}")
     local_test = float(config["local_test"])
@@ -63,5 +66,5 @@ def evaluate_message(
     loss, metric = evaluate(model, x[test], y[test], loss=loss_fn)
     if not (math.isfinite(loss) and math.isfinite(metric)):
         raise ValueError("the global model's loss on the local test split is not finite")
-    metrics = MetricRecord({"num_examples": len(test), "loss": loss, "metric": metric})
-    return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+    metrics = kit.MetricRecord({"num_examples": len(test), "loss": loss, "metric": metric})
+    return kit.RecordDict({protocol.METRICS: metrics})

@@ -1,9 +1,12 @@
-"""The SecAgg+ stage handlers of a ``ClientApp`` (the protocol is ``client_runtime.secagg``).
+"""The SecAgg+ stage handlers (the protocol is ``client_runtime.secagg``).
 
-``register_secagg`` adds one handler per stage; the client's state lives in ``context.state``
-between messages, as Flower keeps a node's context for the run on every backend. A node with
-an identity (``credentials(context)``: its enrolled key and certificate and the CA, from its
-node config or a simulation's authority) takes part only with the consistency check.
+``secagg_handlers`` gives one handler per stage, ``(content, context) -> reply content``, for
+Flower's records or ``fedcore.records`` (the lean device agent) alike; ``register_secagg``
+adds them to a Flower ``ClientApp``. The client's state lives in ``context.state`` between
+messages, as Flower keeps a node's context for the run on every backend (and the lean agent
+keeps one per run). A node with an identity (``credentials(context)``: its enrolled key and
+certificate and the CA, from its node config or a simulation's authority) takes part only
+with the consistency check.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from client_runtime.secagg import ClientState, SecAggClient
+from fedcore.records import kit_of
 from fedcore.secagg.identity import Credentials
 from fedcore.secagg.messages import (
+    TYPES,
     CheckRequest,
     KeysRequest,
-    MaskReply,
     MaskRequest,
     ShareRequest,
     UnmaskRequest,
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
 
 STATE_RECORD = "secagg_state"
-CredentialsFn = Callable[["Context"], Credentials | None]
+CredentialsFn = Callable[[Any], Credentials | None]
 
 
 class TrainOutput(NamedTuple):
@@ -43,13 +47,20 @@ class TrainOutput(NamedTuple):
     simulated: dict[str, Any] | None = None
 
 
-TrainFn = Callable[["Message", "Context"], TrainOutput]
+TrainFn = Callable[[Any, Any], TrainOutput]  # (message content, node context) -> TrainOutput
+Handler = Callable[[Any, Any], Any]  # (message content, node context) -> reply content
+_STAGES: dict[str, tuple[type, Callable[[SecAggClient, Any], Any]]] = {
+    "advertise": (KeysRequest, lambda c, r: c.advertise(r)),
+    "share": (ShareRequest, lambda c, r: c.share_keys(r)),
+    "check": (CheckRequest, lambda c, r: c.check(r)),
+    "unmask": (UnmaskRequest, lambda c, r: c.unmask(r)),
+}
 
 
 _NODE_CREDENTIALS: dict[tuple, Credentials] = {}
 
 
-def node_credentials(context: Context) -> Credentials | None:
+def node_credentials(context: Any) -> Credentials | None:
     """The identity a node's config names (``protocol.IDENTITY_*``: paths the device's
     operator gave, never a message), loaded once per file version; None if it names none."""
     from pathlib import Path
@@ -74,61 +85,75 @@ def node_credentials(context: Context) -> Credentials | None:
     return _NODE_CREDENTIALS[stamp]
 
 
-def _load(context: Context, credentials: Credentials | None) -> SecAggClient:
+def _load(context: Any, credentials: Credentials | None) -> SecAggClient:
     record = context.state.get(STATE_RECORD)  # (``.config_records`` copies every record)
     state = ClientState.from_bytes(record["state"]) if record is not None else None
     return SecAggClient(context.node_id, state, credentials)
 
 
-def _save(context: Context, client: SecAggClient) -> None:
-    from flwr.app import ConfigRecord
+def _save(context: Any, client: SecAggClient) -> None:
+    kit = kit_of(context.state)
+    context.state[STATE_RECORD] = kit.ConfigRecord({"state": client.state.to_bytes()})
 
-    context.state[STATE_RECORD] = ConfigRecord({"state": client.state.to_bytes()})
 
-
-def register_secagg(
-    app: ClientApp, train: TrainFn, credentials: CredentialsFn | None = node_credentials
-) -> None:
-    """Add the SecAgg+ stage handlers to ``app``; ``train(msg, context)`` runs local
-    training on the masked-input message (global vector + instructions); ``credentials``
-    gives a node's identity (default: from its node config; None: the node has none)."""
-    from flwr.app import ConfigRecord, Message, MetricRecord
-
+def _stage_handler(stage: str, train: TrainFn, credentials: CredentialsFn | None) -> Handler:
+    """The handler of one stage: the client's state from ``context.state``, the request
+    parsed from the content, the reply as content of the same kind (Flower's or lean)."""
     from fedcore import protocol
     from fedcore.secagg import messages as m
     from fedcore.wire import read_vector
 
-    def stage(kind: type, run: Callable[[SecAggClient, Any, Message, Context], Any]) -> Callable:
-        def handler(msg: Message, context: Context) -> Message:
-            client = _load(context, credentials(context) if credentials else None)
-            request = m.from_content(kind, msg.content)
-            reply, extra = run(client, request, msg, context)
-            _save(context, client)
-            return Message(m.to_content(reply, **extra), reply_to=msg)
-
-        return handler
-
-    def masked(
-        client: SecAggClient, request: MaskRequest, msg: Message, context: Context
-    ) -> tuple[MaskReply, dict[str, Any]]:
-        client.open_shares(request)
-        out = train(msg, context)
-        base = read_vector(msg.content[protocol.GLOBAL])
-        update = np.asarray(out.params, dtype=np.float32) - base
-        reply = client.mask(update, out.num_examples, out.loss)
-        metrics = {"seconds": out.seconds}
+    def handler(content: Any, context: Any) -> Any:
+        kit = kit_of(content)
+        client = _load(context, credentials(context) if credentials else None)
         extra: dict[str, Any] = {}
-        if out.simulated:  # a simulated device: what the simulated clock needs, never more
-            metrics.update(out.simulated["costs"])
-            extra[protocol.CLIENT_INFO] = ConfigRecord(out.simulated["info"])
-        extra[protocol.METRICS] = MetricRecord(metrics)
-        return reply, extra
+        if stage != "masked":
+            kind, run = _STAGES[stage]
+            reply = run(client, m.from_content(kind, content))
+        else:
+            client.open_shares(m.from_content(MaskRequest, content))
+            out = train(content, context)
+            base = read_vector(content[protocol.GLOBAL])
+            update = np.asarray(out.params, dtype=np.float32) - base
+            reply = client.mask(update, out.num_examples, out.loss)
+            metrics = {"seconds": out.seconds}
+            if out.simulated:  # a simulated device: what the simulated clock needs, never more
+                metrics.update(out.simulated["costs"])
+                extra[protocol.CLIENT_INFO] = kit.ConfigRecord(out.simulated["info"])
+            extra[protocol.METRICS] = kit.MetricRecord(metrics)
+        _save(context, client)
+        return m.to_content(reply, kit, **extra)
 
-    app.query("secagg_advertise")(stage(KeysRequest, lambda c, r, *_: (c.advertise(r), {})))
-    app.query("secagg_share")(stage(ShareRequest, lambda c, r, *_: (c.share_keys(r), {})))
-    app.train("secagg_masked")(stage(MaskRequest, masked))
-    app.query("secagg_check")(stage(CheckRequest, lambda c, r, *_: (c.check(r), {})))
-    app.query("secagg_unmask")(stage(UnmaskRequest, lambda c, r, *_: (c.unmask(r), {})))
+    return handler
 
 
-__all__ = ["STATE_RECORD", "TrainOutput", "node_credentials", "register_secagg"]
+def secagg_handlers(train: TrainFn, credentials: CredentialsFn | None = node_credentials
+                    ) -> dict[str, Handler]:
+    """The SecAgg+ stage handlers by message type; ``train(content, context)`` runs local
+    training on the masked-input message (global vector + instructions); ``credentials``
+    gives a node's identity (default: from its node config; None: the node has none)."""
+    return {TYPES[stage]: _stage_handler(stage, train, credentials) for stage in TYPES}
+
+
+def register_secagg(
+    app: ClientApp, train: Callable[[Message, Context], TrainOutput],
+    credentials: CredentialsFn | None = node_credentials,
+) -> None:
+    """Add the SecAgg+ stage handlers to a Flower ``ClientApp``; ``train(msg, context)`` runs
+    local training on the masked-input message; ``credentials`` as for ``secagg_handlers``."""
+    from flwr.app import Message
+
+    def flower_handler(stage: str) -> Callable[[Message, Context], Message]:
+        def handle(msg: Message, context: Context) -> Message:
+            handler = _stage_handler(stage, lambda _content, ctx: train(msg, ctx), credentials)
+            return Message(handler(msg.content, context), reply_to=msg)
+
+        return handle
+
+    for stage, message_type in TYPES.items():
+        category, _, action = message_type.partition(".")
+        getattr(app, category)(action)(flower_handler(stage))
+
+
+__all__ = ["STATE_RECORD", "TrainOutput", "node_credentials", "register_secagg",
+           "secagg_handlers"]

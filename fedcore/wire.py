@@ -15,29 +15,28 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedcore.records import NPY_STYPE, Kit, flower_kit
+
 if TYPE_CHECKING:
     from flwr.app import Array, ArrayRecord
 
 VECTOR_KEY = "vector"
 
 
-def vector_record(vector: np.ndarray) -> ArrayRecord:
-    """Wrap one flat vector in an ``ArrayRecord`` under ``VECTOR_KEY``.
+def vector_record(vector: np.ndarray, kit: Kit | None = None) -> ArrayRecord:
+    """Wrap one flat vector in an ``ArrayRecord`` (of ``kit``, default Flower's) under
+    ``VECTOR_KEY``.
 
     The payload is the same ``.npy`` bytes ``Array(ndarray)`` would write, built from a cached
     header and one copy of the data (``np.save`` through a ``BytesIO`` costs 2.4x more).
     """
-    from flwr.app import Array, ArrayRecord
-
+    kit = kit or flower_kit()
     vector = np.ascontiguousarray(vector)
     if vector.ndim != 1:
-        return ArrayRecord({VECTOR_KEY: Array(vector)})
+        return kit.ArrayRecord({VECTOR_KEY: kit.Array(vector)})
     data = _npy_header(vector.dtype.str, vector.size) + vector.tobytes()
-    array = Array(dtype=str(vector.dtype), shape=vector.shape, stype=NPY_STYPE, data=data)
-    return ArrayRecord({VECTOR_KEY: array})
-
-
-NPY_STYPE = "numpy.ndarray"  # Flower's serialisation type for np.save bytes
+    array = kit.Array(dtype=str(vector.dtype), shape=vector.shape, stype=NPY_STYPE, data=data)
+    return kit.ArrayRecord({VECTOR_KEY: array})
 
 
 @lru_cache(maxsize=64)

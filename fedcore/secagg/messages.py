@@ -37,6 +37,8 @@ from fedcore.secagg.errors import ProtocolViolation
 if TYPE_CHECKING:
     from flwr.app import RecordDict
 
+    from fedcore.records import Kit
+
 RECORD = "secagg"  # ConfigRecord name inside a message's RecordDict
 MASKED = "secagg_masked"  # ArrayRecord name of the masked vector
 TYPES = {
@@ -199,36 +201,38 @@ class UnmaskReply(_Message):
 # --- Flower records ---------------------------------------------------------------------------
 
 
-def to_content(message: _Message, **extra: Any) -> RecordDict:
-    """A RecordDict holding ``message`` (and the masked vector of a ``MaskReply``).
+def to_content(message: _Message, kit: Kit | None = None, **extra: Any) -> RecordDict:
+    """A RecordDict (of ``kit``, default Flower's) holding ``message`` (and the masked vector
+    of a ``MaskReply``).
 
     ``extra`` records (e.g. the global vector) are added under their keyword names.
     """
-    from flwr.app import ConfigRecord, RecordDict
-
+    from fedcore.records import flower_kit
     from fedcore.wire import vector_record
 
-    content = RecordDict({RECORD: ConfigRecord(message.to_config())})
+    kit = kit or flower_kit()
+    content = kit.RecordDict({RECORD: kit.ConfigRecord(message.to_config())})
     if isinstance(message, MaskReply):
-        content[MASKED] = vector_record(message.masked)
+        content[MASKED] = vector_record(message.masked, kit)
     for name, record in extra.items():
         content[name] = record
     return content
 
 
 def from_content(kind: type[_Message], content: RecordDict) -> Any:
-    """Parse a stage message of type ``kind`` from a RecordDict (``ProtocolViolation`` if bad)."""
-    from flwr.app import ArrayRecord, ConfigRecord
-
+    """Parse a stage message of type ``kind`` from a RecordDict (Flower's or lean;
+    ``ProtocolViolation`` if bad)."""
+    from fedcore.records import kit_of
     from fedcore.wire import read_vector
 
+    kit = kit_of(content)
     config = content.get(RECORD)  # not content.config_records: that view copies every record
-    if not isinstance(config, ConfigRecord):
+    if not isinstance(config, kit.ConfigRecord):
         raise ProtocolViolation(f"message has no {RECORD!r} record")
     if kind is not MaskReply:
         return kind.from_config(config)
     record = content.get(MASKED)
-    if not isinstance(record, ArrayRecord):
+    if not isinstance(record, kit.ArrayRecord):
         raise ProtocolViolation("masked reply carries no vector")
     try:
         vector = read_vector(record)

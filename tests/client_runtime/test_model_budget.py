@@ -75,9 +75,10 @@ def test_a_client_app_pickles_without_the_models_it_cached():
     the module, or the driver's models reach the actors read-only and training fails."""
     cloudpickle = pytest.importorskip("ray.cloudpickle")
     from client_runtime import app as client_app
+    from client_runtime import handlers
 
     spec = protocol.ModelSpec("mlp", {"input_dim": 256, "num_classes": 10, "hidden": [256]})
     size = parameter_count(spec)
-    client_app._model_for(spec, False, 256 * 256 + 256 + 256 * 10 + 10, None)
+    handlers._model_for(spec, False, 256 * 256 + 256 + 256 * 10 + 10, None)
     app = client_app.make_client_app(lambda pid: (np.zeros((1, 256), np.float32), [0]))
     assert size > 60_000 and len(cloudpickle.dumps(app)) < 4 * 60_000
