@@ -10,6 +10,8 @@ stays light: it imports the vendored data sets only for a ``dataset`` node.
 from __future__ import annotations
 
 import json
+import os
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +28,11 @@ DATASET = "dataset"  # a vendored data set's name
 DATA = "data"  # path of an .npz file with arrays x and y
 NUM_PARTITIONS = "num-partitions"  # how many shards the data set is cut into
 SCENARIO = "scenario"  # run config: the scenario (TOML text) both sides read
+
+
+CLIENT_ID_RANGE = 2**31  # a node id folded into a client id (partition-id) when none is given
+HOLD_TRAINING = "FEDCORE_TEST_HOLD_TRAINING"  # tests: train only once this file exists
+HOLD_LIMIT_S = 600.0
 
 
 class NodeConfigError(ValueError):
@@ -199,3 +206,40 @@ def dataset_shard(node: NodeData, scenario: Mapping[str, Any] | None) -> tuple[n
         raise NodeConfigError(str(exc)) from None
     index = shards[node.partition_id]
     return data.x_train[index], data.y_train[index]
+
+
+class NodeLoader:
+    """``partition_id -> (x, y)`` for the node the current message is for (the last data
+    loaded stays warm: a long-lived device agent loads it once per scenario)."""
+
+    def __init__(self) -> None:
+        self.node: NodeData | None = None
+        self.run_config: Mapping[str, Any] = {}
+        self._cache: dict[tuple[NodeData, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def bind(self, node: NodeData, run_config: Mapping[str, Any]) -> None:
+        """Serve ``node``'s data for the run whose config is ``run_config``."""
+        self.node, self.run_config = node, run_config
+
+    def __call__(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.node is None:
+            raise RuntimeError("no node bound: the node mod did not run")
+        key = (self.node, str(self.run_config.get(SCENARIO, "")))
+        if key not in self._cache:
+            self._cache.clear()  # one data set at a time: free the last before loading
+            self._cache[key] = self.node.load(self.run_config)
+        return self._cache[key]
+
+
+def hold_training(poll: float = 0.1) -> None:
+    """Tests only: with ``FEDCORE_TEST_HOLD_TRAINING=FILE`` in a device's environment, the
+    device starts each train message only once ``FILE`` exists (at most ``HOLD_LIMIT_S``): a
+    slow device whose slowness the test ends when it chooses
+    (``tests/deploy/test_async_processes.py``). Only the device's own environment sets it; no
+    message can."""
+    gate = os.environ.get(HOLD_TRAINING)
+    if not gate:
+        return
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(poll)

@@ -1,0 +1,460 @@
+"""The lean device agent: one long-lived process that speaks Flower 1.42's Fleet API itself.
+
+Where a stock SuperNode starts a ``flwr-clientapp`` process per message (a fresh Python, model
+and data set each time, 290-304 MiB for the device's process tree), this agent keeps the model
+cache, the data and the engine warm in one process, and answers every message with the same
+handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
+
+- **joins** with its key (activate; the SuperLink must know the key: enrolment) or, with no
+  key, registers a throw-away one (a plain loopback server), then sends heartbeats from a
+  thread, as Flower's SuperNode does;
+- **polls** every ``poll_active`` s while a run is active (a message came in the last
+  ``active_window`` s) and backs off to ``poll_idle`` s when idle;
+- **answers** a message: pulls its objects (checked against their ids, within
+  ``max_message_bytes``), confirms receipt, runs the handler of its type, pushes the reply
+  (a handler's exception becomes Flower's error reply, code 2, so the server records the
+  reason); a message id it has answered is never answered again;
+- **survives** the SuperLink going away: exponential back-off with jitter (``backoff``),
+  re-activation with the same key once it is back, for up to ``max_wait`` s.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+import tomllib
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from client_runtime.datacheck import MARK
+from client_runtime.fleet import objects
+from client_runtime.fleet.proto import (
+    fab_pb2,
+    fleet_pb2,
+    heartbeat_pb2,
+    message_pb2,
+    node_pb2,
+    recorddict_pb2,
+    run_pb2,
+)
+from client_runtime.fleet.transport import (
+    FleetClient,
+    FleetError,
+    NodeSigner,
+    Refused,
+    RunGone,
+    Unreachable,
+)
+from client_runtime.handlers import Handler, handler_for
+from fedcore.records import RecordDict
+
+log = logging.getLogger("fedcore.device")
+
+HEARTBEAT_INTERVAL = 30.0  # what the node promises (Flower's default; the SuperLink wants 10..1800)
+HEARTBEAT_TIMEOUT = 5.0
+CLIENT_APP_RAISED_EXCEPTION = 2  # Flower's ErrorCode for an error reply
+MAX_FAB_BYTES = 64 * 1024 * 1024
+MAX_PYPROJECT_BYTES = 1 << 20
+REPLIED_MEMORY = 4096  # message ids remembered as answered
+
+
+class AgentStopped(Exception):
+    """The agent stops: refused, or the SuperLink has been gone ``max_wait`` s (the message)."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+@dataclass
+class Settings:
+    """How the agent talks to its SuperLink (the defaults suit a loopback test and a Pi)."""
+
+    poll_active: float = 0.2
+    poll_idle: float = 3.0
+    active_window: float = 30.0
+    max_wait: float = 120.0
+    backoff: tuple[float, float] = (0.5, 10.0)  # first and longest wait while unreachable
+    max_message_bytes: int = 512 * 1024 * 1024
+    pull_patience: float = 60.0  # how long an announced object may stay unavailable
+
+
+@dataclass
+class NodeContext:
+    """What a handler sees of the node (Flower's ``Context`` has the same fields)."""
+
+    node_id: int
+    node_config: dict[str, Any]
+    run_config: dict[str, Any]
+    state: RecordDict = field(default_factory=RecordDict)
+
+
+@dataclass
+class _Run:
+    config: dict[str, Any]
+    state: RecordDict = field(default_factory=RecordDict)
+
+
+Bind = Callable[[NodeContext, str], None]  # (context, message type): before each handler
+
+
+def backoff_delays(first: float, longest: float, rng: random.Random) -> Iterator[float]:
+    """Exponential back-off with full jitter: uniform(first, min(longest, first * 2**k))."""
+    ceiling = first
+    while True:
+        yield rng.uniform(first, ceiling)
+        ceiling = min(longest, ceiling * 2)
+
+
+def scalar(value: Any) -> Any:
+    """A Flower ``Scalar`` (run config value) as a Python value."""
+    which = value.WhichOneof("scalar")
+    if which is None:
+        raise FleetError("run config holds an empty value")
+    return getattr(value, which)
+
+
+def fab_config(fab: bytes, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config: the FAB's ``[tool.flwr.app.config]`` flattened (``a.b`` keys), with
+    the run's overrides of keys it has (Flower's ``get_fused_config_from_fab``)."""
+    if len(fab) > MAX_FAB_BYTES:
+        raise FleetError(f"the run's app bundle exceeds {MAX_FAB_BYTES} bytes")
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab)) as bundle:
+            info = bundle.getinfo("pyproject.toml")
+            if info.file_size > MAX_PYPROJECT_BYTES:
+                raise FleetError("the app bundle's pyproject.toml is too large")
+            with bundle.open(info) as handle:
+                text = handle.read(MAX_PYPROJECT_BYTES + 1).decode("utf-8")
+        table = tomllib.loads(text)
+    except (KeyError, ValueError, zipfile.BadZipFile, tomllib.TOMLDecodeError) as exc:
+        raise FleetError(f"the run's app bundle is unreadable: {exc}") from None
+    app = table.get("tool", {}).get("flwr", {}).get("app", {})
+    config = app.get("config", {}) if isinstance(app, dict) else {}
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                walk(name, value)
+            elif isinstance(value, bool | int | float | str):
+                flat[name] = value
+
+    if isinstance(config, dict):
+        walk("", config)
+    flat.update({k: v for k, v in overrides.items() if k in flat})
+    return flat
+
+
+class Agent:
+    """One device's connection to one SuperLink (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: FleetClient,
+        handlers: dict[str, Handler],
+        node_config: Mapping[str, Any],
+        *,
+        bind: Bind | None = None,
+        settings: Settings | None = None,
+        register: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client, self.handlers = client, handlers
+        self.node_config = dict(node_config)
+        self.bind = bind
+        self.settings = settings or Settings()
+        self.register = register  # no enrolled key: register this (throw-away) key first
+        self.rng = rng or random.Random()
+        self.node_id: int | None = None
+        self.replied: OrderedDict[str, None] = OrderedDict()
+        self.runs: dict[int, _Run] = {}
+        self.rounds = 0  # messages answered
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._last_message = 0.0
+
+    # -- connection ----------------------------------------------------------------------------
+    @property
+    def node(self) -> node_pb2.Node:
+        assert self.node_id is not None
+        return node_pb2.Node(node_id=self.node_id)
+
+    def _public_key(self) -> bytes:
+        signer = self.client.signer
+        if signer is None:
+            raise AgentStopped("a key is needed to join (none given)", refused=True)
+        return signer.public
+
+    def activate(self) -> int:
+        """Register (throw-away key only) and activate this node; its node id."""
+        key = self._public_key()
+        if self.register:
+            try:
+                self.client.call("register-node", fleet_pb2.RegisterNodeFleetRequest(
+                    public_key=key), fleet_pb2.RegisterNodeFleetResponse)
+            except FleetError as exc:
+                if exc.code != 23:  # already registered (a rejoin with the same key)
+                    raise
+        response = self.client.call(
+            "activate-node",
+            fleet_pb2.ActivateNodeRequest(public_key=key, heartbeat_interval=HEARTBEAT_INTERVAL),
+            fleet_pb2.ActivateNodeResponse,
+        )
+        self.node_id = int(response.node_id)
+        return self.node_id
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait((HEARTBEAT_INTERVAL - HEARTBEAT_TIMEOUT)
+                                  * self.rng.uniform(0.7, 0.9)):
+            if self.node_id is None:
+                continue
+            try:
+                self.client.call(
+                    "send-node-heartbeat",
+                    heartbeat_pb2.SendNodeHeartbeatRequest(
+                        node=self.node, heartbeat_interval=HEARTBEAT_INTERVAL),
+                    heartbeat_pb2.SendNodeHeartbeatResponse, timeout=HEARTBEAT_TIMEOUT)
+            except FleetError as exc:  # the main loop notices and reconnects
+                log.debug("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        """Ask the loop to end (from a signal handler or another thread)."""
+        self._stop.set()
+
+    def leave(self) -> None:
+        """Deactivate this node (best effort) and close the connection."""
+        self._stop.set()
+        if self.node_id is not None:
+            try:
+                self.client.call("deactivate-node", fleet_pb2.DeactivateNodeRequest(
+                    node_id=self.node_id), fleet_pb2.DeactivateNodeResponse, timeout=5.0)
+            except FleetError:
+                pass
+        self.client.close()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self, on_joined: Callable[[int], None] | None = None) -> None:
+        """Serve until ``stop()``; raises ``AgentStopped`` when refused or the SuperLink has
+        been gone ``max_wait`` s."""
+        self._connect(first=True)
+        if on_joined is not None:
+            assert self.node_id is not None
+            on_joined(self.node_id)
+        self._heartbeat = threading.Thread(target=self._heartbeats, daemon=True)
+        self._heartbeat.start()
+        idle_polls = 0
+        while not self._stop.is_set():
+            try:
+                answered = self.poll_once()
+            except (Unreachable, Refused) as exc:
+                log.warning("lost the SuperLink (%s); reconnecting", exc)
+                self._connect(first=False)
+                continue
+            except FleetError as exc:  # the SuperLink failed this call: try again later
+                log.warning("%s", exc)
+                self._stop.wait(self.settings.poll_idle)
+                continue
+            if answered:
+                idle_polls = 0
+                continue
+            idle_polls += 1
+            active = time.monotonic() - self._last_message < self.settings.active_window
+            wait = (self.settings.poll_active if active else
+                    min(self.settings.poll_idle, self.settings.poll_active * 1.5 ** idle_polls))
+            self._stop.wait(wait)
+
+    def _connect(self, first: bool) -> None:
+        """Activate, retrying with back-off while the SuperLink is away (``max_wait``)."""
+        started = time.monotonic()
+        delays = backoff_delays(*self.settings.backoff, self.rng)
+        while not self._stop.is_set():
+            try:
+                self.activate()
+                if not first:
+                    log.warning("rejoined the SuperLink as node %d", self.node_id)
+                return
+            except Refused as exc:
+                if first:
+                    raise AgentStopped(_refusal(exc), refused=True) from None
+                reason = _refusal(exc)  # e.g. revoked; or a restarted SuperLink not ready yet
+            except Unreachable as exc:
+                reason = str(exc)
+            waited = time.monotonic() - started
+            if waited >= self.settings.max_wait:
+                raise AgentStopped(
+                    f"the SuperLink has been gone {waited:.0f} s ({reason}); left the federation")
+            self._stop.wait(min(next(delays), self.settings.max_wait - waited))
+
+    def poll_once(self) -> bool:
+        """Pull at most one message and answer it; True if one came."""
+        response = self.client.call(
+            "pull-messages", fleet_pb2.PullMessagesRequest(node=self.node),
+            fleet_pb2.PullMessagesResponse)
+        if not response.messages_list:
+            return False
+        if len(response.message_object_trees) != len(response.messages_list):
+            raise FleetError("pull-messages: messages and object trees differ in number")
+        self._last_message = time.monotonic()
+        self.answer(response.messages_list[0], response.message_object_trees[0])
+        return True
+
+    # -- one message ---------------------------------------------------------------------------
+    def answer(self, message: message_pb2.Message, tree: message_pb2.ObjectTree) -> None:
+        """Pull, handle and reply to one message (never twice for one message id)."""
+        meta = message.metadata
+        if meta.message_id in self.replied:
+            log.warning("message %s came again: already answered, not answering twice",
+                        meta.message_id[:12])
+            return
+        if tree.object_id != meta.message_id:
+            log.warning("message %s: its object tree is for another message; ignored",
+                        meta.message_id[:12])
+            return
+        started = time.monotonic()
+        try:
+            run = self._run(meta.run_id)
+            contents = objects.pull_tree(tree, lambda oid: self._pull(meta.run_id, oid),
+                                         self.settings.max_message_bytes)
+            self.client.call(
+                "confirm-message-received",
+                message_pb2.ConfirmMessageReceivedRequest(
+                    node=self.node, run_id=meta.run_id, message_object_id=meta.message_id),
+                message_pb2.ConfirmMessageReceivedResponse)
+        except Unreachable:
+            raise  # the loop reconnects; the message stays unconfirmed on the SuperLink
+        except (FleetError, objects.ObjectError) as exc:  # run gone, hostile or broken message
+            log.warning("%s message of run %d not received: %s", meta.message_type,
+                        meta.run_id, exc)
+            self._remember(meta.message_id)
+            return
+        content, error = None, None
+        try:
+            _, content_in = objects.inflate(tree, contents, self.settings.max_message_bytes)
+            if content_in is None:
+                raise ValueError("the message carries an error, not content")
+            content, error = self._handle(meta, run, content_in), None
+        except Exception as exc:  # any failure is the server's to record, never a crash here
+            error = (CLIENT_APP_RAISED_EXCEPTION, f"{type(exc)}:<'{exc}'>")
+            if MARK in str(exc):
+                log.error("this device's data does not fit the run: %s",
+                          str(exc)[str(exc).index(MARK):])
+            else:
+                log.warning("%s: %s: %s", meta.message_type, type(exc).__name__, exc)
+        self._remember(meta.message_id)
+        self._reply(meta, content, error, time.monotonic() - started)
+        self.rounds += 1
+
+    def _handle(self, meta: message_pb2.Metadata, run: _Run, content: RecordDict) -> RecordDict:
+        handler = handler_for(self.handlers, meta.message_type)
+        if handler is None:
+            raise ValueError(f"no handler for message type {meta.message_type!r}")
+        assert self.node_id is not None
+        context = NodeContext(self.node_id, dict(self.node_config), run.config, run.state)
+        if self.bind is not None:
+            self.bind(context, meta.message_type)
+        return handler(content, context)
+
+    def _remember(self, message_id: str) -> None:
+        self.replied[message_id] = None
+        while len(self.replied) > REPLIED_MEMORY:
+            self.replied.popitem(last=False)
+
+    def _run(self, run_id: int) -> _Run:
+        if run_id not in self.runs:
+            got = self.client.call("get-run", run_pb2.GetRunRequest(node=self.node, run_id=run_id),
+                                   run_pb2.GetRunResponse)
+            fab = self.client.call(
+                "get-fab", fab_pb2.GetFabRequest(node=self.node, hash_str=got.run.fab_hash,
+                                                 run_id=run_id), fab_pb2.GetFabResponse)
+            overrides = {k: scalar(v) for k, v in got.run.override_config.items()}
+            self.runs = {k: v for k, v in self.runs.items() if k > run_id - 8}  # bounded
+            self.runs[run_id] = _Run(fab_config(fab.fab.content, overrides))
+        return self.runs[run_id]
+
+    def _pull(self, run_id: int, object_id: str) -> bytes:
+        deadline = time.monotonic() + self.settings.pull_patience
+        while True:
+            response = self.client.call(
+                "pull-object", message_pb2.PullObjectRequest(
+                    node=self.node, run_id=run_id, object_id=object_id),
+                message_pb2.PullObjectResponse)
+            if not response.object_found:
+                raise objects.ObjectError(f"object {object_id[:12]} is not on the SuperLink")
+            if response.object_available:
+                return response.object_content
+            if time.monotonic() > deadline:
+                raise objects.ObjectError(f"object {object_id[:12]} never became available")
+            time.sleep(0.1)
+
+    def _reply(self, meta: message_pb2.Metadata, content: RecordDict | None,
+               error: tuple[int, str] | None, runtime: float) -> None:
+        now = time.time()
+        reply = message_pb2.Metadata(
+            run_id=meta.run_id, src_node_id=meta.dst_node_id, dst_node_id=meta.src_node_id,
+            reply_to_message_id=meta.message_id, group_id=meta.group_id, created_at=now,
+            ttl=meta.created_at + meta.ttl - now, message_type=meta.message_type)
+        if meta.HasField("dst_task_id"):
+            reply.src_task_id = meta.dst_task_id
+        if meta.HasField("src_task_id"):
+            reply.dst_task_id = meta.src_task_id
+        deflated = objects.deflate(reply, content, error)
+        reply.message_id = deflated.object_id
+        head = message_pb2.Message(metadata=reply)
+        if error is not None:
+            head.error.code, head.error.reason = error
+        else:
+            head.content.CopyFrom(recorddict_pb2.RecordDict())
+        delays = backoff_delays(*self.settings.backoff, self.rng)
+        started = time.monotonic()
+        while True:  # the same reply (same id) until it is in, or the round is gone
+            try:
+                self._push(meta.run_id, head, deflated, runtime)
+                return
+            except RunGone as exc:
+                log.info("reply to %s not delivered: %s", meta.message_type, exc)
+                return
+            except Unreachable as exc:
+                if time.monotonic() - started > min(self.settings.max_wait, max(reply.ttl, 0)):
+                    log.warning("reply to %s not delivered: %s", meta.message_type, exc)
+                    return
+                self._stop.wait(next(delays))
+
+    def _push(self, run_id: int, head: message_pb2.Message, deflated: objects.Deflated,
+              runtime: float) -> None:
+        response = self.client.call(
+            "push-messages",
+            fleet_pb2.PushMessagesRequest(node=self.node, messages_list=[head],
+                                          message_object_trees=[deflated.tree],
+                                          clientapp_runtime_list=[runtime]),
+            fleet_pb2.PushMessagesResponse)
+        wanted = set(response.objects_to_push)
+        for oid in dict.fromkeys(objects.tree_ids(deflated.tree)):
+            if oid not in wanted:
+                continue
+            pushed = self.client.call(
+                "push-object",
+                message_pb2.PushObjectRequest(
+                    node=self.node, run_id=run_id, object_id=oid,
+                    object_content=deflated.contents[oid], session_id=response.session_id),
+                message_pb2.PushObjectResponse)
+            if not pushed.stored:
+                raise FleetError(f"push-object: the SuperLink did not store {oid[:12]}")
+
+
+def _refusal(exc: FleetError) -> str:
+    return (
+        "the SuperLink refused this device's key: not enrolled, revoked, or already in use "
+        f"by another device (the operator's `fedcore clients list` shows which) [{exc}]"
+    )
+
+
+__all__ = ["Agent", "AgentStopped", "NodeContext", "NodeSigner", "Settings", "backoff_delays",
+           "fab_config"]

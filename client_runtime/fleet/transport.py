@@ -1,0 +1,201 @@
+"""Flower 1.42's Fleet API over HTTP(S), as its SuperNode speaks it, with ``httpx``.
+
+Each call is one ``POST /v1/fleet/<name>`` with a serialized protobuf request and response
+(``flwr/supernode/fleet_http_client.py``). Every request carries Flower's runtime-version
+headers (this agent speaks the pinned protocol, ``proto.FLOWER_VERSION``; a SuperLink of
+another minor release answers 412 and ``VersionMismatch`` says so) and, with a key, the node
+authentication headers of ``node_auth_http_interceptor.py``: the current UTC time in ISO
+format signed with ECDSA/SHA-256 by the SuperNode key, and the public key (PEM,
+SubjectPublicKeyInfo), both base64. Errors are sorted into what a caller can act on:
+``Unreachable`` (retry later), ``Refused`` (the SuperLink does not accept this node),
+``RunGone`` (the run is not running), ``VersionMismatch`` and ``FleetError`` (anything else).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import ssl
+from base64 import b64encode
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError, Message
+
+from client_runtime.fleet.proto import FLOWER_VERSION
+
+R = TypeVar("R", bound=Message)
+MEDIA_TYPE = "application/protobuf"
+VERSION_HEADERS = {  # flwr.supercore.runtime_version_compatibility
+    "flwr-package-name": "flwr",
+    "flwr-package-version": FLOWER_VERSION,
+    "flwr-component-name": "SuperNode",
+}
+VERSION_WARNING = "flwr-version-incompatibility-message"
+MAX_ERROR_BODY = 64 * 1024
+# Flower's ApiErrorCode values this agent tells apart
+RUNTIME_VERSION_INCOMPATIBLE = 1001
+REFUSED_CODES = {2001, 2004, 23, 22}  # registration disabled, activation failed, key in use/bad
+RUN_GONE_CODES = {2007, 2008, 2009}  # run status does not allow it, get run / get FAB failed
+
+
+class FleetError(RuntimeError):
+    """A Fleet call failed; ``code`` is Flower's error code (0 if none came back)."""
+
+    def __init__(self, message: str, code: int = 0, status: int = 0) -> None:
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+class Unreachable(FleetError):
+    """The SuperLink did not answer (connection refused, reset, timeout, 502-504)."""
+
+
+class Refused(FleetError):
+    """The SuperLink does not accept this node: unauthenticated, not enrolled or revoked."""
+
+
+class RunGone(FleetError):
+    """The run this call was for is no longer running."""
+
+
+class VersionMismatch(FleetError):
+    """The SuperLink speaks another Flower release's protocol."""
+
+
+def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The SuperNode key (``fedcore clients keygen`` writes it: OpenSSH or PEM, unencrypted)."""
+    data = path.read_bytes()[:16384]
+    try:
+        key = serialization.load_ssh_private_key(data, None)
+    except (ValueError, TypeError):
+        key = serialization.load_pem_private_key(data, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path}: not an ECDSA private key")
+    return key
+
+
+def public_key_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The public key as Flower sends and stores it (PEM, SubjectPublicKeyInfo)."""
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class NodeSigner:
+    """Flower's SuperNode authentication headers for one key."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self.key = key
+        self.public = public_key_bytes(key)
+        self._public_b64 = b64encode(self.public).decode("ascii")
+
+    def headers(self) -> dict[str, str]:
+        """Headers for one request, signed now."""
+        timestamp = datetime.datetime.now(tz=datetime.UTC).isoformat()
+        signature = self.key.sign(timestamp.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+        return {
+            "flwr-public-key": self._public_b64,
+            "flwr-timestamp": timestamp,
+            "flwr-signature": b64encode(signature).decode("ascii"),
+        }
+
+
+def tls_context(root_certificates: Path) -> ssl.SSLContext:
+    """A client context that trusts only ``root_certificates`` (the federation's CA)."""
+    context = ssl.create_default_context(cafile=str(root_certificates))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class FleetClient:
+    """One kept-alive HTTP(S) connection to a SuperLink's Fleet API."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        root_certificates: Path | None,
+        signer: NodeSigner | None,
+        timeout: float = 30.0,
+    ) -> None:
+        scheme = "https" if root_certificates is not None else "http"
+        verify: ssl.SSLContext | bool = (
+            tls_context(root_certificates) if root_certificates is not None else False
+        )
+        self.base = f"{scheme}://{address}"
+        self.signer = signer
+        self.warning: str | None = None  # the SuperLink's version warning, if it sent one
+        self._http = httpx.Client(verify=verify, timeout=timeout, follow_redirects=False)
+
+    def call(self, name: str, request: Message, response_type: type[R],
+             timeout: float | None = None) -> R:
+        """``POST /v1/fleet/<name>``; the parsed response, or one of this module's errors."""
+        headers = {"content-type": MEDIA_TYPE, "accept": MEDIA_TYPE, **VERSION_HEADERS}
+        if self.signer is not None:
+            headers.update(self.signer.headers())
+        body = request.SerializeToString(deterministic=True)
+        wait = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+        try:
+            response = self._http.post(f"{self.base}/v1/fleet/{name}", content=body,
+                                       headers=headers, timeout=wait)
+        except ssl.SSLError as exc:
+            raise Refused(f"TLS: {exc}") from None
+        except httpx.ConnectError as exc:
+            if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc).upper():
+                raise Refused(f"TLS: {exc}") from None
+            raise Unreachable(f"cannot connect: {exc}") from None
+        except httpx.TransportError as exc:
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+        if warning := response.headers.get(VERSION_WARNING):
+            self.warning = warning
+        if response.status_code >= 400:
+            raise _error(name, response)
+        result = response_type()
+        try:
+            result.ParseFromString(response.content)
+        except DecodeError:
+            raise FleetError(f"{name}: the SuperLink sent a malformed response") from None
+        return result
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._http.close()
+
+
+def _error(name: str, response: httpx.Response) -> FleetError:
+    status = response.status_code
+    code, detail = 0, ""
+    try:
+        payload = json.loads(response.content[:MAX_ERROR_BODY])
+        if isinstance(payload, dict):
+            code = int(payload.get("code") or 0)
+            detail = str(payload.get("detail") or "")
+            if payload.get("extra"):
+                detail += f" ({payload['extra']})"
+    except (ValueError, TypeError):
+        detail = response.content[:200].decode("utf-8", "replace")
+    message = f"{name}: {status} {detail}".strip()
+    if code == RUNTIME_VERSION_INCOMPATIBLE:
+        return VersionMismatch(
+            f"the SuperLink runs another Flower release than {FLOWER_VERSION}, whose Fleet "
+            f"protocol this device speaks: {detail}", code, status)
+    if status in (502, 503, 504):
+        return Unreachable(message, code, status)
+    if status == 401 or code in REFUSED_CODES:
+        return Refused(message, code, status)
+    if code in RUN_GONE_CODES:
+        return RunGone(message, code, status)
+    if status in (404, 405):
+        return VersionMismatch(
+            f"no Flower {FLOWER_VERSION} Fleet API at this address ({message})", code, status)
+    return FleetError(message, code, status)
+
+
+__all__ = [
+    "FleetClient", "FleetError", "NodeSigner", "Refused", "RunGone", "Unreachable",
+    "VersionMismatch", "load_private_key", "public_key_bytes", "tls_context",
+]

@@ -1,0 +1,230 @@
+"""``fedcore-device``: join a federation with the lean device agent (no Flower, no Typer).
+
+The same options as ``fedcore client`` (which runs this by default): where this device's
+data is (``--dataset``/``--partition-id``/``--num-partitions`` or ``--data``, ``--device``),
+the SuperLink (``--superlink``, ``--root-certificates``) and the device's key (``--key``).
+Everything is checked before joining; a mistake is one line and exit 2. Then the agent
+(``client_runtime.fleet.agent``) serves until Ctrl-C or SIGTERM (exit 130), until the SuperLink
+has been gone ``--max-wait`` s (exit 0), or until the SuperLink refuses this device (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+USAGE, FAILED, INTERRUPTED = 2, 1, 130
+
+
+class UsageError(ValueError):
+    """A user mistake (one line)."""
+
+
+@dataclass
+class JoinOptions:
+    """What ``fedcore-device`` and ``fedcore client`` pass to ``join``."""
+
+    superlink: str
+    node_config: dict[str, Any]
+    root_certificates: Path | None = None
+    key: Path | None = None
+    max_wait: float = 120.0
+
+
+def node_values(dataset: str | None, partition_id: int | None, num_partitions: int | None,
+                data: Path | None, device: str | None) -> dict[str, Any]:
+    """The node config of these options (the keys ``deploy.node`` reads), checked."""
+    from deploy.node import DATA, DATASET, NUM_PARTITIONS, NodeConfigError, NodeData
+    from fedcore import protocol
+
+    values: dict[str, Any] = {}
+    for key, value in ((DATASET, dataset), (protocol.PARTITION_ID, partition_id),
+                       (NUM_PARTITIONS, num_partitions),
+                       (DATA, None if data is None else str(data.expanduser().resolve())),
+                       (protocol.DEVICE, device)):
+        if value is not None:
+            values[key] = value
+    try:
+        NodeData.parse(values).check()
+    except NodeConfigError as exc:
+        raise UsageError(as_options(str(exc))) from None
+    return values
+
+
+def check_connection(options: JoinOptions) -> None:
+    """The address, CA file, key and TLS handshake, before joining (``UsageError``)."""
+    from deploy.probe import check_tls
+    from deploy.processes import reachable, split_address
+
+    try:
+        host, port = split_address(options.superlink)
+    except ValueError as exc:
+        raise UsageError(f"--superlink: {exc}") from None
+    ca = options.root_certificates
+    if ca is not None and not ca.is_file():
+        raise UsageError(f"--root-certificates: no such file: {ca}")
+    if options.key is not None:
+        if ca is None:
+            raise UsageError(
+                "--key: device authentication needs TLS: give --root-certificates ca.pem too")
+        if not options.key.is_file():
+            raise UsageError(f"--key: no such file: {options.key}")
+        from client_runtime.fleet.transport import load_private_key
+
+        try:
+            load_private_key(options.key)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"--key: {options.key}: not an unencrypted ECDSA private key "
+                             f"(`fedcore clients keygen` makes one): {exc}") from None
+    why = reachable(host, port)
+    if why is not None:
+        raise UsageError(f"--superlink: cannot reach a SuperLink at {options.superlink}: {why}")
+    why = check_tls(host, port, ca)
+    if why is not None:
+        raise UsageError(why)
+
+
+def join(options: JoinOptions, say: Any = None) -> int:
+    """Run the agent until it stops; the exit code (0 gone, 1 refused, 130 interrupted)."""
+    from client_runtime.fleet.agent import Agent, AgentStopped, Settings
+    from client_runtime.fleet.transport import FleetClient, NodeSigner, load_private_key
+    from client_runtime.handlers import make_handlers
+    from deploy.node import CLIENT_ID_RANGE, NodeData, NodeLoader, hold_training
+    from fedcore import protocol
+
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    if options.key is not None:
+        signer, register = NodeSigner(load_private_key(options.key)), False
+    else:  # a plain server without node authentication: a throw-away key, registered
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        signer, register = NodeSigner(ec.generate_private_key(ec.SECP384R1())), True
+    client = FleetClient(options.superlink, root_certificates=options.root_certificates,
+                         signer=signer)
+    node = NodeData.parse(options.node_config)
+    loader = NodeLoader()
+
+    def bind(context: Any, message_type: str) -> None:
+        if node.partition_id is None:
+            context.node_config[protocol.PARTITION_ID] = context.node_id % CLIENT_ID_RANGE
+        loader.bind(node, context.run_config)
+        if message_type.startswith("train"):
+            hold_training()
+
+    agent = Agent(client, make_handlers(loader), options.node_config, bind=bind,
+                  settings=Settings(max_wait=options.max_wait), register=register)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        agent.run(on_joined=lambda node_id: say(
+            f"device joined {options.superlink} as node {node_id} ({describe(node)}); "
+            "Ctrl-C to leave"))
+    except KeyboardInterrupt:
+        say("left the federation")
+        return INTERRUPTED
+    except AgentStopped as exc:
+        say(f"error: {exc}" if exc.refused else str(exc))
+        return FAILED if exc.refused else 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        agent.leave()
+        if client.warning:
+            say(f"the SuperLink warned: {client.warning}")
+    return 0
+
+
+def describe(node: Any) -> str:
+    """One phrase for the node's data and device class."""
+    if node.data is not None:
+        what = f"data {node.data}"
+    else:
+        parts = f" of {node.num_partitions}" if node.num_partitions else ""
+        what = f"{node.dataset} partition {node.partition_id}{parts}"
+    return what + (f", device {node.device}" if node.device else "")
+
+
+def as_options(message: str) -> str:
+    """Name the command's options, not the node-config keys, in an error message."""
+    for key in ("partition-id", "num-partitions", "dataset", "data", "device"):
+        message = message.replace(f"node config: {key}", f"--{key}")
+        message = message.replace(f"'{key}'", f"--{key}")
+    return message.replace("node config: ", "").replace("node config ", "")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``fedcore-device``."""
+    p = argparse.ArgumentParser(
+        prog="fedcore-device",
+        description="Join a federation from this device with the lean agent.")
+    p.add_argument("--superlink", help="HOST:PORT of the SuperLink (`fedcore server`).")
+    p.add_argument("--check", type=Path, metavar="SCENARIO",
+                   help="Check offline that this device's data fits SCENARIO's model and exit.")
+    p.add_argument("--dataset", help="A vendored data set this device holds a shard of.")
+    p.add_argument("--partition-id", type=int, help="Which shard (with --dataset); with "
+                   "--data: client id.")
+    p.add_argument("--num-partitions", type=int, help="Into how many shards the data set is "
+                   "cut (default: federation.num_clients).")
+    p.add_argument("--data", type=Path, help="This device's own examples: an .npz with x, y.")
+    p.add_argument("--device", help="Device class (its memory budget).")
+    p.add_argument("--root-certificates", type=Path, help="TLS: the SuperLink's CA certificate.")
+    p.add_argument("--key", type=Path, help="This device's private key (`fedcore clients "
+                   "keygen`): its identity on a server that admits enrolled devices only.")
+    p.add_argument("--max-wait", type=float, default=120.0,
+                   help="Stop after the SuperLink is gone this long (s; default 120).")
+    p.add_argument("--verbose", action="store_true", help="Log every message exchanged.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``fedcore-device``: parse, check, join; the exit code."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(message)s",
+                        level=logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
+    try:
+        if args.partition_id is not None and args.partition_id < 0:
+            raise UsageError("--partition-id must be >= 0")
+        if args.num_partitions is not None and args.num_partitions < 1:
+            raise UsageError("--num-partitions must be >= 1")
+        if args.max_wait < 1:
+            raise UsageError("--max-wait must be >= 1")
+        values = node_values(args.dataset, args.partition_id, args.num_partitions, args.data,
+                             args.device)
+        if args.check is not None:
+            return check(args.check, values)
+        if not args.superlink:
+            raise UsageError("--superlink: give HOST:PORT of the SuperLink (or --check "
+                             "SCENARIO to check data)")
+        options = JoinOptions(args.superlink, values, args.root_certificates, args.key,
+                              args.max_wait)
+        check_connection(options)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+    return join(options)
+
+
+def check(scenario: Path, values: dict[str, Any]) -> int:
+    """``--check``: one line; 0 if the data fits the scenario's model, else 2."""
+    from deploy.check import check_offline
+    from deploy.node import NodeConfigError, NodeData
+
+    if not scenario.is_file():
+        raise UsageError(f"--check: no such file: {scenario}")
+    try:
+        print(check_offline(scenario, NodeData.parse(values)), file=sys.stderr)
+    except NodeConfigError as exc:
+        raise UsageError(as_options(str(exc))) from None
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
