@@ -2,7 +2,7 @@
 devices as separate processes on loopback, one of them slow.
 
 Device 0 starts its first training only when the test lets it (``FEDCORE_TEST_HOLD_TRAINING``,
-see ``deploy.node.hold_training``), so its slowness does not depend on timing: the test waits until the
+see ``deploy.node``), so its slowness does not depend on timing: the test waits until the
 other two devices have moved the model on by two server steps, lets device 0 go, waits for its
 late update to be recorded, then aborts the run (``rounds`` is set far out). The late update is
 recorded with its staleness and counted; the idle devices evaluated the model meanwhile.
