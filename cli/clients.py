@@ -2,6 +2,8 @@
 
 ``keygen`` runs on the device; ``enroll``, ``list`` and ``revoke`` on the server (they use the
 store). A revoked device is refused from its next message on, also in a running deployment.
+``certify`` (or ``enroll --ca-key``) signs a device's identity certificate with the CA, for
+SecAgg+'s checks against a malicious server; it runs wherever the CA's key is kept.
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from cli.errors import err_console, fail
 from cli.options import Db, Json
 
 app = typer.Typer(no_args_is_help=True)
+CaKey = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-key",
+        help="Also sign its identity certificate with this CA key (certs/ca.key; ca.pem beside "
+        "it), for SecAgg+'s checks against a malicious server.",
+    ),
+]
+IdentityOut = Annotated[
+    Path | None,
+    typer.Option("--identity-out", help="Where to write it (default: NAME.identity.pem)."),
+]
 console = Console(highlight=False)
 
 
@@ -65,11 +79,14 @@ def enroll(
     device: Annotated[
         str | None, typer.Option("--device", help="Its device class (`fedcore profiles list`).")
     ] = None,
+    ca_key: CaKey = None,
+    identity_out: IdentityOut = None,
     db: Db = None,
     as_json: Json = False,
 ) -> None:
     """Allow a device to join: its key becomes its identity, with a name, shard and class."""
     from aggregator.store import StoreError
+    from aggregator.store.enrolment import check_name
     from aggregator.store.enrolment import enroll as enroll_device
     from cli.store_access import open_store
     from deploy.keys import KeyFileError, read_public_key
@@ -87,18 +104,73 @@ def enroll(
     except KeyFileError as exc:
         fail(f"--public-key: {exc}")
     try:
+        check_name(name)
+    except StoreError as exc:
+        fail(str(exc))
+    identity = None
+    if ca_key is not None:
+        identity = _certify(name, key.openssh, ca_key, identity_out or Path(f"{name}.identity.pem"))
+    elif identity_out is not None:
+        fail("--identity-out: needs --ca-key (the CA that signs the identity certificate)")
+    try:
         row = enroll_device(
             open_store(db, create=True), name, key.openssh, key.fingerprint, partition, device
         )
     except StoreError as exc:
+        if identity is not None:
+            identity.unlink(missing_ok=True)
         fail(str(exc))
     if as_json:
-        print(json.dumps(_as_dict(row)))
+        print(json.dumps({**_as_dict(row), "identity": str(identity) if identity else None}))
         return
     err_console.print(
         f"enrolled {row.name}: partition {row.partition_id}, "
         f"device {row.device_class or '-'}, key {row.fingerprint}"
+        + (f"; identity certificate {identity} (put it in its bundle)" if identity else "")
     )
+
+
+@app.command("certify")
+def certify(
+    name: Annotated[str, typer.Argument(help="The device's enrolled name.")],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", help="The device's node.pub (`clients keygen`).")
+    ],
+    ca_key: Annotated[Path, typer.Option("--ca-key", help="The CA's key (certs/ca.key).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write its identity certificate.")],
+    days: Annotated[int, typer.Option("--days", min=1, help="Validity in days.")] = 365,
+) -> None:
+    """Sign a device's identity certificate (name + key) with the CA; no store needed, so
+    the CA's key can stay on another machine than the server."""
+    from aggregator.store import StoreError
+    from aggregator.store.enrolment import check_name
+    from deploy.keys import KeyFileError, read_public_key
+
+    try:
+        check_name(name)
+    except StoreError as exc:
+        fail(str(exc))
+    try:
+        key = read_public_key(public_key)
+    except KeyFileError as exc:
+        fail(f"--public-key: {exc}")
+    written = _certify(name, key.openssh, ca_key, out, days)
+    err_console.print(f"wrote {written}: identity of {name} ({key.fingerprint})")
+
+
+def _certify(name: str, openssh: str, ca_key: Path, out: Path, days: int = 365) -> Path:
+    """Issue the identity certificate (CA certificate ``ca.pem`` beside ``ca_key``)."""
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    from deploy.certs import CA_CERT, CertError, issue_identity
+
+    try:
+        public = load_ssh_public_key(openssh.encode("ascii"))
+        return issue_identity(ca_key.parent / CA_CERT, ca_key, name, public, out, days)  # type: ignore[arg-type]
+    except CertError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"--out: cannot write {out}: {exc.strerror or exc}")
 
 
 @app.command("list")
@@ -185,6 +257,14 @@ def bundle(
             help="Put a new key pair in the bundle (default: the device makes its own at install).",
         ),
     ] = False,
+    identity: Annotated[
+        Path | None,
+        typer.Option(
+            "--identity",
+            help="Its identity certificate (`clients certify`): secure aggregation with the "
+            "checks against a malicious server.",
+        ),
+    ] = None,
 ) -> None:
     """Write what a device needs: CA, env file, systemd unit, install and Termux scripts."""
     from aggregator.store import StoreError
@@ -208,9 +288,10 @@ def bundle(
         fail(f"--device: {exc}")
     if not data.startswith("/") or not fedcore_bin.startswith("/"):
         fail("--data and --fedcore must be absolute paths on the device")
-    spec = BundleSpec(name, superlink, device, profile.memory_budget_bytes, data, fedcore_bin)
+    budget, has_identity = profile.memory_budget_bytes, identity is not None
+    spec = BundleSpec(name, superlink, device, budget, data, fedcore_bin, has_identity)
     try:
-        written = write_bundle(out, spec, ca, generate_key)
+        written = write_bundle(out, spec, ca, generate_key, identity)
     except BundleError as exc:
         fail(str(exc))
     err_console.print(

@@ -139,6 +139,9 @@ def server(
         prepared = prepare_scenario(spec, source=str(scenario))
     except (ScenarioError, SettingsError) as exc:
         fail(str(exc))
+    secagg = prepared.config.secagg
+    if secagg is not None and secagg.require_identities and tls is None:
+        fail("secagg.identities: needs --certs DIR, the CA that issued the devices' identities")
     if port_in_use(host, port):
         fail(f"--address: {address} is in use (another SuperLink?); pick another port")
     try:
@@ -153,6 +156,7 @@ def server(
         _check_enrolled(store)
     settings = DeploySettings(
         enrolled=tls is not None,
+        identity_ca=str(tls.ca_certfile) if tls is not None else None,
         scenario=text,
         db=store.url,
         checkpoints=str(store.checkpoint_root.expanduser().resolve()),

@@ -1,6 +1,9 @@
 """What a device needs to join: ``fedcore clients bundle`` writes it into one folder.
 
 - ``ca.pem``: the CA that signed the SuperLink's certificate (copied from ``--ca``);
+- ``identity.pem`` (with ``--identity``): the device's identity certificate (``fedcore clients
+  certify``): the device then takes part in secure aggregation only with the checks against
+  a malicious server;
 - ``fedcore-client.env``: where the SuperLink is, the device's name, class, data and key;
 - ``fedcore-client.service``: a systemd unit running ``fedcore client`` as user ``fedcore``,
   restarted when it stops, sandboxed, with ``MemoryMax`` the device class's memory for
@@ -30,6 +33,7 @@ UNIT, ENV, INSTALL, TERMUX = (
     "install.sh",
     "termux-start.sh",
 )
+IDENTITY = "identity.pem"
 FEDCORE_BIN = "/opt/fedcore/venv/bin/fedcore"
 CONFIG_DIR = "/etc/fedcore"
 STATE_DIR = "/var/lib/fedcore"
@@ -49,6 +53,7 @@ class BundleSpec:
     memory_bytes: int  # the device class's memory for applications
     data: str = f"{STATE_DIR}/data.npz"  # the device's examples, where it will have them
     fedcore: str = FEDCORE_BIN  # the fedcore command on the device
+    identity: bool = False  # the bundle carries the device's identity certificate
 
 
 def env_file(spec: BundleSpec, config_dir: str = CONFIG_DIR) -> str:
@@ -60,17 +65,19 @@ def env_file(spec: BundleSpec, config_dir: str = CONFIG_DIR) -> str:
         "FEDCORE_DATA": spec.data,
         "FEDCORE_CA": f"{config_dir}/ca.pem",
         "FEDCORE_KEY": f"{config_dir}/node.key",
+        **({"FEDCORE_IDENTITY": f"{config_dir}/{IDENTITY}"} if spec.identity else {}),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
     }
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
-def client_command(fedcore: str) -> str:
+def client_command(fedcore: str, identity: bool = False) -> str:
     """The ``fedcore client`` command line, reading the env file's variables."""
     return (
         f"{fedcore} client --superlink ${{FEDCORE_SUPERLINK}} --root-certificates ${{FEDCORE_CA}} "
         "--key ${FEDCORE_KEY} --data ${FEDCORE_DATA} --device ${FEDCORE_DEVICE} --max-wait 600"
+        + (" --identity ${FEDCORE_IDENTITY}" if identity else "")
     )
 
 
@@ -88,7 +95,7 @@ User=fedcore
 Group=fedcore
 EnvironmentFile={CONFIG_DIR}/{ENV}
 WorkingDirectory={STATE_DIR}
-ExecStart={client_command(spec.fedcore)}
+ExecStart={client_command(spec.fedcore, spec.identity)}
 Restart=always
 RestartSec=15
 # the device class's memory for applications ({spec.device}: {mib} MiB)
@@ -128,6 +135,7 @@ install -d -m 0750 -o fedcore -g fedcore {STATE_DIR}
 [ -d {venv} ] || python3 -m venv {venv}
 {venv}/bin/pip install --no-index --find-links "$here" "$wheel"
 install -m 0644 "$here/ca.pem" {CONFIG_DIR}/ca.pem
+if [ -f "$here/{IDENTITY}" ]; then install -m 0644 "$here/{IDENTITY}" {CONFIG_DIR}/{IDENTITY}; fi
 install -m 0644 "$here/{ENV}" {CONFIG_DIR}/{ENV}
 if [ -f "$here/node.key" ] && [ ! -f {CONFIG_DIR}/node.key ]; then
     install -m 0600 -o fedcore -g fedcore "$here/node.key" {CONFIG_DIR}/node.key
@@ -166,6 +174,8 @@ set +a
 FEDCORE_CA="$here/ca.pem"
 FEDCORE_KEY="$here/node.key"
 FEDCORE_DATA=${{FEDCORE_DATA_FILE:-$here/data.npz}}
+identity=""
+if [ -f "$here/{IDENTITY}" ]; then identity="--identity $here/{IDENTITY}"; fi
 if [ ! -f "$FEDCORE_KEY" ]; then
     "$fedcore" clients keygen --out "$here"
     echo "Enrol this device on the server: fedcore clients enroll {spec.name} --public-key node.pub"
@@ -175,15 +185,21 @@ fi
 command -v termux-wake-lock >/dev/null && termux-wake-lock || true
 exec "$fedcore" client --superlink "$FEDCORE_SUPERLINK" --root-certificates "$FEDCORE_CA" \\
     --key "$FEDCORE_KEY" --data "$FEDCORE_DATA" --device "$FEDCORE_DEVICE" \\
-    --max-wait "${{FEDCORE_MAX_WAIT:-600}}"
+    --max-wait "${{FEDCORE_MAX_WAIT:-600}}" $identity
 """
 
 
-def write_bundle(out: Path, spec: BundleSpec, ca: Path, generate_key: bool = False) -> list[Path]:
+def write_bundle(
+    out: Path, spec: BundleSpec, ca: Path, generate_key: bool = False, identity: Path | None = None
+) -> list[Path]:
     """Write the bundle into ``out`` (new files only); the paths written."""
     if not ca.is_file():
         raise BundleError(f"--ca: no such file: {ca}")
-    names = [UNIT, ENV, INSTALL, TERMUX, "ca.pem"]
+    if identity is not None and not identity.is_file():
+        raise BundleError(f"--identity: no such file: {identity}")
+    if spec.identity != (identity is not None):
+        raise BundleError("--identity: the spec and the file disagree")
+    names = [UNIT, ENV, INSTALL, TERMUX, "ca.pem", *([IDENTITY] if identity else [])]
     if generate_key:
         names += ["node.key", "node.pub"]
     existing = [out / n for n in names if (out / n).exists()]
@@ -201,6 +217,9 @@ def write_bundle(out: Path, spec: BundleSpec, ca: Path, generate_key: bool = Fal
         written.append(out / name)
     shutil.copyfile(ca, out / "ca.pem")
     written.append(out / "ca.pem")
+    if identity is not None:
+        shutil.copyfile(identity, out / IDENTITY)
+        written.append(out / IDENTITY)
     if generate_key:
         from deploy.keys import generate_node_keys
 

@@ -8,6 +8,11 @@ every device trusts), ``ca.key`` (keep it offline: it signs server certificates)
 (``serverAuth``, digital signature) and the CA only signs certificates (``keyCertSign``,
 ``cRLSign``, path length 0). Keys are ECDSA P-256; private keys are written 0600. Nothing is
 ever overwritten: if any of the four files exists, nothing is written.
+
+``issue_identity`` signs an enrolled device's identity certificate with the same CA (``fedcore
+clients certify`` / ``enroll --ca-key``): its name and its signing key, for SecAgg+'s checks
+against a malicious server (``fedcore.secagg.identity``). It needs ``ca.key``, so it runs
+wherever the operator keeps that key; the server needs only ``ca.pem``.
 """
 
 from __future__ import annotations
@@ -170,4 +175,38 @@ def create_certificates(
     return files
 
 
-__all__ = ["CertError", "CertFiles", "create_certificates", "subject_alt_name", "write_new"]
+def issue_identity(
+    ca_cert: Path, ca_key: Path, name: str, public_key: ec.EllipticCurvePublicKey, out: Path,
+    days: int = 365,
+) -> Path:
+    """Write the identity certificate of device ``name`` (its enrolled ``public_key``) to
+    ``out``, signed by the CA; never overwrite. ``CertError`` names what is wrong."""
+    from fedcore.secagg.identity import issue
+
+    if not 1 <= days <= MAX_DAYS:
+        raise CertError(f"--days: must be 1..{MAX_DAYS} days, got {days}")
+    if out.exists():
+        raise CertError(f"--out: {out} exists; refusing to overwrite")
+    for path in (ca_cert, ca_key):
+        if not path.is_file():
+            raise CertError(f"no such file: {path} (the folder of `fedcore certs create`)")
+    try:
+        ca = x509.load_pem_x509_certificate(ca_cert.read_bytes()[:65536])
+        key = serialization.load_pem_private_key(ca_key.read_bytes()[:65536], None)
+    except (ValueError, TypeError) as exc:
+        raise CertError(f"{ca_cert} / {ca_key}: not a CA certificate and its key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != ca.public_key():
+        raise CertError(f"{ca_key} is not the key of {ca_cert}")
+    cert = issue(key, ca, name, public_key, days)
+    write_new(out, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return out
+
+
+__all__ = [
+    "CertError",
+    "CertFiles",
+    "create_certificates",
+    "issue_identity",
+    "subject_alt_name",
+    "write_new",
+]

@@ -8,6 +8,8 @@ and records ``node id -> enrolment`` for the run; ``EnrolledDirectory`` hands th
 a device's identity is its key, never a number it declares. ``Revocations`` unregisters a
 revoked device's node (``flwr supernode unregister``): the SuperLink refuses its next request.
 ``Refusals`` turns the SuperLink log's refused activations into one line each, naming the key.
+``admit_identity`` is what SecAgg+'s identity check asks of the enrolment: a node's identity
+certificate must name the device enrolled for that node, with its enrolled key, unrevoked.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from deploy.processes import CONNECTION, flower_bin, flower_env
 if TYPE_CHECKING:
     from aggregator.store import Store
     from aggregator.store.enrolment import Enrolled
+    from fedcore.secagg.identity import Peer
 
 FLWR_TIMEOUT = 60.0
 
@@ -175,6 +178,26 @@ def describe_key(store: Store) -> Callable[[str], str]:
     return describe
 
 
+def admit_identity(store: Store, run_id: int) -> Callable[[int, Peer], str | None]:
+    """``(node id, certified peer) -> refusal reason or None`` from the store's enrolment."""
+    from aggregator.store.enrolment import registered_nodes
+    from deploy.keys import fingerprint
+
+    def admit(node: int, peer: Peer) -> str | None:
+        device = registered_nodes(store, run_id).get(node)
+        if device is None:
+            return f"node {node} is not an enrolled device of this run"
+        if not device.active:
+            return f"{device.name} is revoked"
+        if peer.name != device.name:
+            return f"node {node} is enrolled as {device.name!r}"
+        if fingerprint(peer.key) != device.fingerprint:
+            return f"the certified key is not the one {device.name!r} enrolled"
+        return None
+
+    return admit
+
+
 class EnrolledDirectory:
     """``round -> {enrolled shard: node id}`` of enrolled, unrevoked, connected nodes.
 
@@ -228,6 +251,7 @@ class EnrolledDirectory:
 
 __all__ = [
     "EnrolledDirectory",
+    "admit_identity",
     "EnrolmentError",
     "Refusals",
     "Revocations",

@@ -144,6 +144,8 @@ def _federate(
     if resume is not None:
         initial = resume.params
         server.strategy.load_state_dict(resume.server_state)
+    if config.secagg is not None and config.secagg.require_identities:
+        config = _with_identities(config, settings, hooks)
     if settings.enrolled:
         directory = _enrolled_directory(grid, config, hooks, first_round)
         config = replace(config, directory=directory)
@@ -189,6 +191,33 @@ def _enrolled_directory(
         config.connect_timeout,
         on_wait=lambda: hooks.stop_if_asked(first_round, config),
     )
+
+
+def _with_identities(
+    config: FederationConfig, settings: DeploySettings, hooks: StoreHooks | None
+) -> FederationConfig:
+    """SecAgg+ with identities: checked against the operator's CA and, for enrolled devices,
+    against the enrolment (the certificate names the node's device, unrevoked)."""
+    from pathlib import Path
+
+    from aggregator.secagg.keybook import Identities
+    from deploy.enrolment import admit_identity
+    from fedcore.secagg.identity import Authority
+
+    if settings.identity_ca is None:
+        raise SettingsError(
+            "secagg.identities = true: the server needs the CA that issued the devices' "
+            "identity certificates (fedcore server --certs DIR)"
+        )
+    try:
+        authority = Authority.from_pem(Path(settings.identity_ca).read_bytes()[:65536])
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"identity CA {settings.identity_ca}: {exc}") from None
+    admit = None
+    if settings.enrolled and hooks is not None:
+        admit = admit_identity(hooks.store, hooks.run_id)
+    secagg = replace(config.secagg, identities=Identities(authority, admit))  # type: ignore[arg-type]
+    return replace(config, secagg=secagg)
 
 
 def _enrolled_classes(record: OnRound, hooks: StoreHooks) -> OnRound:

@@ -30,6 +30,8 @@ CHECKPOINTS = "checkpoints"
 # (inherited from ``flower-superlink``, which ``fedcore server`` starts), never in the config.
 DB_ENV = "FEDCORE_DEPLOY_DB"
 CHECKPOINTS_ENV = "FEDCORE_DEPLOY_CHECKPOINTS"
+# the CA certificate that issued the devices' identities (secagg.identities), a server path
+IDENTITY_CA_ENV = "FEDCORE_DEPLOY_IDENTITY_CA"
 RUN_ID = "run-id"
 CONNECT_TIMEOUT = "connect-timeout"
 ROUND_TIMEOUT = "round-timeout"
@@ -76,6 +78,7 @@ class DeploySettings:
     round_timeout: float | None = 600.0
     device: str = "auto"
     enrolled: bool = False
+    identity_ca: str | None = None  # path of the CA certificate device identities come from
 
     @classmethod
     def of(
@@ -98,6 +101,7 @@ class DeploySettings:
             scenario=read_scenario(run_config.get(SCENARIO)),
             db=environ.get(DB_ENV) or None,
             checkpoints=environ.get(CHECKPOINTS_ENV) or None,
+            identity_ca=environ.get(IDENTITY_CA_ENV) or None,
             run_id=run_id or None,
             connect_timeout=_number(run_config, CONNECT_TIMEOUT, 600.0),
             round_timeout=round_timeout or None,
@@ -119,7 +123,11 @@ class DeploySettings:
 
     def environment(self) -> dict[str, str]:
         """The ServerApp's environment variables that name the store (``of`` reads them)."""
-        return {DB_ENV: self.db or "", CHECKPOINTS_ENV: self.checkpoints or ""}
+        return {
+            DB_ENV: self.db or "",
+            CHECKPOINTS_ENV: self.checkpoints or "",
+            IDENTITY_CA_ENV: self.identity_ca or "",
+        }
 
 
 def _number(config: Mapping[str, Any], key: str, default: float) -> float:
