@@ -79,6 +79,14 @@ def client(
             "server that admits enrolled devices only (needs --root-certificates).",
         ),
     ] = None,
+    models: Annotated[
+        Path | None,
+        typer.Option(
+            "--models",
+            help="Folder of model files this device may load (`fedcore models import` output): "
+            "a run's `onnx:NAME` model is read from here only (default: none).",
+        ),
+    ] = None,
     identity: Annotated[
         Path | None,
         typer.Option(
@@ -144,6 +152,10 @@ def client(
         _check_private_key(private_key, root_certificates)
     if identity is not None:
         values.update(_identity_config(identity, private_key, root_certificates))
+    if models is not None:
+        if not models.is_dir():
+            fail(f"--models: no such folder: {models}")
+        values[protocol.MODELS_DIR] = str(models.expanduser().resolve())
     why = p.reachable(host, link_port)
     if why is not None:
         fail(f"--superlink: cannot reach a SuperLink at {superlink}: {why}")

@@ -7,12 +7,14 @@ is a ``RecordDict``, Flower's (``client_runtime.app`` wraps the handlers in a Fl
 device agent, ``client_runtime.fleet``); a handler answers with records of the same kind.
 ``context`` needs ``node_id``, ``node_config``, ``run_config`` and ``state`` (a RecordDict
 kept for the run), as Flower's ``Context`` has. A handler raises on anything it cannot
-answer; its runtime turns that into an error reply.
+answer; its runtime turns that into an error reply. A device's handlers (no imports by name)
+read a model file a message names only from the models folder its operator configured.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ from fedcore import protocol
 from fedcore.nn import Module
 from fedcore.objectives import objective
 from fedcore.records import kit_of
+from fedcore.resolve import device_files
 from fedcore.wire import read_vector, vector_record
 
 LoadPartition = Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -155,8 +158,23 @@ def make_handlers(
             lambda spec, size: _model_for(spec, allow_import, size, budget), allow_import,
         )
 
-    return {"query": query, "train": train, "evaluate": evaluate,
-            **secagg_handlers(secagg_training, credentials)}
+    handlers = {"query": query, "train": train, "evaluate": evaluate,
+                **secagg_handlers(secagg_training, credentials)}
+    if allow_import:  # a simulation: the scenario is the operator's, files are theirs
+        return handlers
+    return {kind: _operator_files_only(handler) for kind, handler in handlers.items()}
+
+
+def _operator_files_only(handler: Handler) -> Handler:
+    """A device's handler: a model file a message names (``onnx:NAME``) is read only from
+    the models folder the device's operator configured (``protocol.MODELS_DIR``), if any."""
+
+    def handle(content: Any, context: Any) -> Any:
+        folder = context.node_config.get(protocol.MODELS_DIR)
+        with device_files(Path(folder) if isinstance(folder, str) and folder else None):
+            return handler(content, context)
+
+    return handle
 
 
 def handler_for(handlers: dict[str, Handler], message_type: str) -> Handler | None:

@@ -37,6 +37,9 @@ MEMORY_BUDGET = "memory-budget"  # node_config: bytes the engine may use (defaul
 # training costs and device class too, for the simulated clock (a real device never sends them)
 SIMULATED = "simulated"
 ADAPT_BATCH = "adapt-batch"  # node_config: halve the batch until training fits the budget
+# node_config: the folder a device's operator keeps its model files in (``onnx:NAME`` resolves
+# only inside it on a device; without it a device reads no model file a message names)
+MODELS_DIR = "models"
 # node_config: a device's identity for SecAgg+'s active-adversary checks (paths on the device:
 # its enrolled signing key, its identity certificate, the operator's CA); all three or none
 IDENTITY_KEY, IDENTITY_CERT, IDENTITY_CA = "identity-key", "identity-cert", "identity-ca"

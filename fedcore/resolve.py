@@ -10,6 +10,11 @@ Models (``fedcore.models``), data loaders (``fedcore.datasets``) and strategies
 3. a name registered in the registry (built-ins register this way, at import);
 4. a name an installed distribution declares in the registry's entry-point group.
 
+A scheme that reads a file (``onnx:PATH``) resolves PATH with ``scheme_file``: relative to
+the working directory on the operator's side; on a device (``device_files(root)``, around
+every message a device handles) only inside the models folder its operator configured, and
+not at all without one, so a server's message never picks a file on the device.
+
 Lookups are live: a name registered after the registry was created (or an entry point of a
 package installed since) is seen. Every failure is a `ResolveError` with one line naming the
 reference. A device never imports code because a message said so: it resolves with
@@ -24,11 +29,12 @@ import importlib
 import importlib.metadata
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 __all__ = [
-    "Registry", "ResolveError", "import_reference", "is_reference", "no_imports",
-    "register_scheme",
+    "Registry", "ResolveError", "device_files", "import_reference", "is_reference", "no_imports",
+    "register_scheme", "scheme_file",
 ]
 
 T = TypeVar("T")
@@ -58,6 +64,43 @@ def no_imports() -> Iterator[None]:
         yield
     finally:
         _IMPORTS_ALLOWED.reset(token)
+
+
+_OPERATOR = object()  # scheme files relative to the working directory (the operator's side)
+_FILE_ROOT: contextvars.ContextVar[Any] = contextvars.ContextVar("fedcore_file_root",
+                                                                 default=_OPERATOR)
+
+
+@contextlib.contextmanager
+def device_files(root: Path | None) -> Iterator[None]:
+    """Within this block a scheme reads files only inside ``root`` (None: none at all): what a
+    device's operator configured, never what a message names."""
+    token = _FILE_ROOT.set(root)
+    try:
+        yield
+    finally:
+        _FILE_ROOT.reset(token)
+
+
+def scheme_file(path: str, scheme: str) -> Path:
+    """The file ``scheme:path`` names: a relative path without '..'; on a device, inside its
+    models folder (symbolic links may not lead out of it). `ResolveError` otherwise."""
+    p = Path(path)
+    if not path or p.is_absolute() or ".." in p.parts:
+        raise ResolveError(f"{scheme}:{path}: the path must be relative, without '..'")
+    root = _FILE_ROOT.get()
+    if root is _OPERATOR:
+        return p
+    if root is None:
+        raise ResolveError(
+            f"{scheme}:{path}: this device has no models folder; a message never names a file "
+            "on a device (its operator gives one: fedcore client --models DIR)"
+        )
+    base = Path(root).resolve()
+    found = (base / p).resolve()
+    if not found.is_relative_to(base):
+        raise ResolveError(f"{scheme}:{path}: leads out of the device's models folder")
+    return found
 
 
 def register_scheme(scheme: str, resolver: Callable[[str], Any]) -> None:

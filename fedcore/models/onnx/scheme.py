@@ -7,8 +7,9 @@ output width, so a model that does not fit the data is one line before any train
 
 PATH may be an `.onnx` file (needs the `onnx` package) or the file `fedcore models import`
 writes (numpy and safetensors only: what a device should get). It must be a relative path
-inside the working directory, without '..': a device resolves the model a server's message
-names, and a message must not make it read files elsewhere.
+without '..' (``fedcore.resolve.scheme_file``): on the operator's side inside the working
+directory; on a device inside the models folder its operator configured (``fedcore client
+--models DIR``), and refused without one: a message must not make a device read its files.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from ...nn import Module
-from ...resolve import register_scheme
+from ...resolve import register_scheme, scheme_file
 from . import read_graph
 from .module import OnnxModel
 from .spec import GraphSpec, OnnxImportError
@@ -29,16 +29,8 @@ __all__ = ["onnx_builder"]
 _CACHE: dict[tuple[str, int, int], GraphSpec] = {}
 
 
-def _safe_path(path: str) -> Path:
-    p = Path(path)
-    if not path or p.is_absolute() or ".." in p.parts:
-        raise OnnxImportError(f"onnx:{path}: the path must be relative to the working "
-                              f"directory, without '..'")
-    return p
-
-
 def _spec(path: str) -> GraphSpec:
-    p = _safe_path(path)
+    p = scheme_file(path, "onnx")
     try:
         st = p.stat()
     except OSError as e:
