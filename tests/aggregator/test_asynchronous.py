@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -19,9 +13,7 @@ from simulations.harness import simulate
 from simulations.lifecycle import resume_run, run_scenario
 from simulations.prepare import prepare_scenario
 from simulations.scenario import ScenarioError, scenario_from_dict
-from tests.simulations.run_watch import wait_for_round
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.simulations.run_watch import kill_after_round
 
 
 def scenario(rounds: int = 3, population: bool = False, **federation) -> dict:
@@ -142,23 +134,8 @@ def test_pause_then_resume_continues_in_flight_clients_bit_for_bit(tmp_path):
 def test_kill_9_after_a_committed_step_then_resume_gives_the_same_model(tmp_path):
     data = scenario(rounds=8, population=True, mode="async", concurrency=6, buffer=3)
     reference = run_scenario(scenario_from_dict(data), store=Store(str(tmp_path / "a.db")))
-    spec = tmp_path / "s.json"
-    spec.write_text(__import__("json").dumps(data))
     db = tmp_path / "b.db"
-    code = (
-        "import json, sys\n"
-        "from aggregator.store import Store\n"
-        "from simulations.lifecycle import run_scenario\n"
-        "from simulations.scenario import scenario_from_dict\n"
-        "run_scenario(scenario_from_dict(json.load(open(sys.argv[1]))), store=Store(sys.argv[2]))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(spec), str(db)], env=env)
-    try:
-        wait_for_round(db, proc, 2)  # two steps committed, six to go
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_after_round(data, db, 2)  # two steps committed, six to go
     store = Store(str(db))
     stored = len(store.get_run(1).rounds)
     if stored < 8:  # killed mid-run (the usual case): resume continues from the last step

@@ -6,7 +6,6 @@ result must be the simulation's, bit for bit, and stored like it.
 """
 
 import os
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -21,8 +20,7 @@ from deploy.settings import DeploySettings, SettingsError
 from simulations.backends.inprocess import InProcessGrid
 from simulations.lifecycle import run_scenario
 from simulations.scenario import load_scenario
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"
+from tests.deploy.fleet import EXAMPLE
 
 
 def grid_of(run_config: dict, node_configs: list[dict]) -> InProcessGrid:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from unittest import mock
 
 from flwr.app import Context, Message, RecordDict
@@ -19,8 +18,7 @@ from aggregator.store import Store
 from deploy import clientapp, serverapp
 from deploy.settings import DeploySettings
 from simulations.backends.inprocess import InProcessGrid
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"
+from tests.deploy.fleet import example
 
 
 class SlowNodeGrid(InProcessGrid):
@@ -49,10 +47,9 @@ class SlowNodeGrid(InProcessGrid):
 
 
 def test_a_slow_device_does_not_stop_the_model_and_counts_when_it_returns(tmp_path):
-    scenario = EXAMPLE.read_text().replace(
-        "num_clients = 2\nclients_per_round = 2\nrounds = 2",
-        'num_clients = 4\nclients_per_round = 4\nrounds = 5\nmode = "async"\n'
-        "concurrency = 4\nbuffer = 2\nmax_staleness = 3",
+    scenario = example(
+        num_clients=4, clients_per_round=4, rounds=5, mode="async", concurrency=4, buffer=2,
+        max_staleness=3,
     )
     assert 'mode = "async"' in scenario
     scenario += "\n[evaluation]\nevery = 2\nlocal_test = 0.25\n"

@@ -9,35 +9,25 @@ import numpy as np
 import pytest
 
 from aggregator.store import Store
-from deploy.processes import free_port
-from tests.deploy.test_end_to_end import EXAMPLE, Fleet
+from tests.deploy.fleet import example, loopback_address, needs_flower
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    left = fleet.stop_all()
-    assert not left, f"processes left behind: {left}"
+pytestmark = [pytest.mark.slow, needs_flower]
 
 
 def test_a_misfit_device_is_named_on_both_sides(fleet, tmp_path):
     bad = tmp_path / "images.npz"  # 28x28 images for a model of 8x8 digits
     np.savez(bad, x=np.zeros((50, 28, 28), np.float32), y=np.zeros(50, np.int64))
     scenario = tmp_path / "one.toml"
-    scenario.write_text(EXAMPLE.read_text().replace("rounds = 2", "rounds = 1"))
-    address = f"127.0.0.1:{free_port()}"
+    scenario.write_text(example(rounds=1))
+    address = loopback_address()
     db = tmp_path / "runs.db"
-    server = fleet.start(
-        "server", "server", str(scenario), "--address", address, "--db", str(db), "--json",
-        "--connect-timeout", "90", "--round-timeout", "60",
-    )  # fmt: skip
-    fleet.wait_for("server", "waiting for 2 device(s)", server, timeout=60)
-    common = ("client", "--superlink", address, "--max-wait", "2")
-    fleet.start("good", *common, "--dataset", "digits", "--partition-id", "0")
-    misfit = fleet.start("bad", *common, "--data", str(bad), "--logs", str(tmp_path / "bad-logs"))
+    server = fleet.server(
+        "server", scenario, address, db, "--connect-timeout", "90", "--round-timeout", "60"
+    )
+    fleet.device("good", address, "--max-wait", "2", "--dataset", "digits", "--partition-id", "0")
+    misfit = fleet.device(
+        "bad", address, "--max-wait", "2", "--data", str(bad), "--logs", str(tmp_path / "bad-logs")
+    )
     assert server.wait(timeout=180) == 0, fleet.output("server")
 
     summary = json.loads(fleet.output("server").split("\n")[0])

@@ -33,26 +33,12 @@ from deploy.keys import generate_node_keys, read_public_key
 from deploy.node import NodeData
 from deploy.processes import free_port
 from device_profiles import get_profile
-from tests.deploy.test_end_to_end import EXAMPLE, Fleet, flower_bin
+from tests.deploy.fleet import Fleet, example, needs_flower
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(flower_bin("flower-superlink")).exists(),
-        reason="flower-superlink is not installed",
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_flower]
 
 REFUSED = 1  # fedcore client's exit code when the SuperLink refuses its key
 USAGE = 2
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    left = fleet.stop_all()
-    assert not left, f"processes left behind: {left}"
 
 
 def start_script(fleet: Fleet, script: Path, name: str) -> subprocess.Popen:
@@ -60,16 +46,7 @@ def start_script(fleet: Fleet, script: Path, name: str) -> subprocess.Popen:
     wrapper = fleet.tmp_path / "fedcore"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cli.main "$@"\n')
     wrapper.chmod(0o755)
-    process = subprocess.Popen(
-        ["sh", str(script)],
-        env={**fleet.env, "FEDCORE_BIN": str(wrapper), "FEDCORE_MAX_WAIT": "2"},
-        stdin=subprocess.DEVNULL,
-        stdout=(fleet.tmp_path / f"{name}.out").open("wb"),
-        stderr=(fleet.tmp_path / f"{name}.err").open("wb"),
-        start_new_session=True,
-    )
-    fleet.started.append(process)
-    return process
+    return fleet.spawn(name, ["sh", str(script)], FEDCORE_BIN=str(wrapper), FEDCORE_MAX_WAIT="2")
 
 
 def control_call(port: int, ca: Path) -> bytes:
@@ -98,9 +75,8 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     db = tmp_path / "runs.db"
     store = Store(str(db), create=True)
     scenario = tmp_path / "three.toml"
-    text = EXAMPLE.read_text().replace("num_clients = 2", "num_clients = 3")
-    text = text.replace("clients_per_round = 2", "clients_per_round = 3")
-    scenario.write_text(text.replace("rounds = 2", "rounds = 4"))
+    text = example(num_clients=3, clients_per_round=3, rounds=4)
+    scenario.write_text(text)
     port = free_port()
     address = f"127.0.0.1:{port}"  # the devices connect here; the server listens on all
     # dev-b runs from its bundle's Termux start script, with its own data file and key
@@ -115,18 +91,16 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     for i, name in enumerate("abc"):
         key = keys[name][2]
         enroll(store, f"dev-{name}", key.openssh, key.fingerprint, i, classes[name])
-    server = fleet.start(
-        "server", "server", str(scenario), "--address", f"0.0.0.0:{port}", "--certs",
-        str(certs.ca_cert.parent), "--db", str(db), "--json", "--connect-timeout", "120",
-        "--round-timeout", "30", "--logs", str(tmp_path / "server-logs"),
+    server = fleet.server(
+        "server", scenario, f"0.0.0.0:{port}", db, "--certs", str(certs.ca_cert.parent),
+        "--connect-timeout", "120", "--round-timeout", "30",
+        "--logs", str(tmp_path / "server-logs"), devices=3,
     )  # fmt: skip
-    fleet.wait_for("server", "waiting for 3 device(s)", server, timeout=90)
 
     def device(name: str, key: str, *extra: str):
-        return fleet.start(
-            name, "client", "--superlink", address, "--dataset", "digits", "--partition-id",
-            str("abcx".index(key) % 3), "--num-partitions", "3", "--max-wait", "2",
-            "--key", str(keys[key][0]), *extra,
+        return fleet.device(
+            name, address, "--dataset", "digits", "--partition-id", str("abcx".index(key) % 3),
+            "--num-partitions", "3", "--max-wait", "2", "--key", str(keys[key][0]), *extra,
         )  # fmt: skip
 
     # off loopback only the Fleet API is public: Flower's Control API is not reachable
@@ -143,9 +117,7 @@ def test_only_enrolled_devices_join_and_a_revoked_one_leaves(fleet, tmp_path):
     wrong_ca = device("wrong-ca", "x", "--root-certificates", str(other_ca))
     assert wrong_ca.wait(timeout=60) == USAGE
     assert "is not trusted with" in fleet.output("wrong-ca")
-    plain = fleet.start(
-        "plain", "client", "--superlink", address, "--dataset", "digits", "--partition-id", "0"
-    )
+    plain = fleet.device("plain", address, "--dataset", "digits", "--partition-id", "0")
     assert plain.wait(timeout=60) == USAGE
     assert "speaks TLS: give --root-certificates" in fleet.output("plain")
 

@@ -25,25 +25,10 @@ import numpy as np
 import pytest
 
 from aggregator.store import Store
-from deploy.processes import flower_bin, free_port
-from tests.deploy.test_end_to_end import EXAMPLE, Fleet
+from tests.deploy.fleet import example, loopback_address, needs_flower
 from tests.simulations.run_watch import committed
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(flower_bin("flower-superlink")).exists(),
-        reason="flower-superlink is not installed",
-    ),
-]
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    left = fleet.stop_all()
-    assert not left, f"processes left behind: {left}"
+pytestmark = [pytest.mark.slow, needs_flower]
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 120) -> None:
@@ -59,10 +44,8 @@ def test_interrupted_server_resumes_to_the_simulated_model(fleet, tmp_path):
 
     rng = random.Random(12)
     scenario = tmp_path / "digits.toml"
-    text = EXAMPLE.read_text()
-    assert "rounds = 2" in text
-    scenario.write_text(text.replace("rounds = 2", "rounds = 3"))
-    address = f"127.0.0.1:{free_port()}"
+    scenario.write_text(example(rounds=3))
+    address = loopback_address()
     db = tmp_path / "runs.db"
     hint = f"`fedcore server {scenario} --resume 1` continues it"
 
@@ -72,17 +55,16 @@ def test_interrupted_server_resumes_to_the_simulated_model(fleet, tmp_path):
     def server(phase: str, logs: str, *extra: str):
         """``fedcore server`` keeping its SuperLink's state in ``logs``: devices a SuperLink
         knows rejoin it after a restart; a fresh one knows no stale devices."""
-        return fleet.start(
-            phase, "server", str(scenario), "--address", address, "--db", str(db), "--json",
-            "--connect-timeout", "120", "--round-timeout", "120",
-            "--logs", str(tmp_path / logs), *extra,
+        return fleet.server(
+            phase, scenario, address, db, "--connect-timeout", "120", "--round-timeout", "120",
+            "--logs", str(tmp_path / logs), *extra, devices=None,
         )  # fmt: skip
 
     def clients():
         return [
-            fleet.start(
-                f"client{i}", "client", "--superlink", address, "--dataset", "digits",
-                "--partition-id", str(i), "--num-partitions", "2", "--max-wait", "120",
+            fleet.device(
+                f"client{i}", address, "--dataset", "digits", "--partition-id", str(i),
+                "--num-partitions", "2", "--max-wait", "120",
             )  # fmt: skip
             for i in range(2)
         ]

@@ -1,15 +1,12 @@
 """A device's node config: parsing, checks, and the data it names (vendored shard or .npz)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from deploy.node import NodeConfigError, NodeData, dataset_shard, load_npz, scenario_table
 from simulations.prepare import prepare_scenario
 from simulations.scenario import load_scenario
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"
+from tests.deploy.fleet import EXAMPLE
 
 
 def run_config() -> dict:

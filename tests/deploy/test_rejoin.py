@@ -9,18 +9,9 @@ import time
 import pytest
 
 from aggregator.store import Store
-from deploy.processes import free_port
-from tests.deploy.test_end_to_end import EXAMPLE, Fleet
+from tests.deploy.fleet import example, loopback_address, needs_flower
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    left = fleet.stop_all()
-    assert not left, f"processes left behind: {left}"
+pytestmark = [pytest.mark.slow, needs_flower]
 
 
 @pytest.mark.xfail(
@@ -31,15 +22,13 @@ def fleet(tmp_path):
 )
 def test_devices_wait_for_a_resumed_server(fleet, tmp_path):
     scenario = tmp_path / "four.toml"
-    scenario.write_text(EXAMPLE.read_text().replace("rounds = 2", "rounds = 4"))
-    address = f"127.0.0.1:{free_port()}"
+    scenario.write_text(example(rounds=4))
+    address = loopback_address()
     db = tmp_path / "runs.db"
-    server_args = ("server", str(scenario), "--address", address, "--db", str(db), "--json")
-    first = fleet.start("first", *server_args, "--connect-timeout", "90")
-    fleet.wait_for("first", "waiting for 2 device(s)", first, timeout=60)
+    first = fleet.server("first", scenario, address, db, "--connect-timeout", "90")
     devices = [
-        fleet.start(f"dev{i}", "client", "--superlink", address, "--dataset", "digits",
-                    "--partition-id", str(i), "--max-wait", "120")
+        fleet.device(f"dev{i}", address, "--dataset", "digits", "--partition-id", str(i),
+                     "--max-wait", "120", "--logs", str(tmp_path / f"dev{i}-logs"))
         for i in range(2)
     ]  # fmt: skip
     deadline = time.monotonic() + 180
@@ -53,7 +42,9 @@ def test_devices_wait_for_a_resumed_server(fleet, tmp_path):
     time.sleep(20)  # Flower's SuperNodes exit some seconds after their SuperLink stops
     assert all(d.poll() is None for d in devices), [fleet.output(f"dev{i}") for i in range(2)]
 
-    second = fleet.start("second", *server_args, "--resume", "1", "--connect-timeout", "120")
+    second = fleet.server(
+        "second", scenario, address, db, "--resume", "1", "--connect-timeout", "120", devices=None
+    )
     assert second.wait(timeout=240) == 0, fleet.output("second")
     summary = json.loads(fleet.output("second").split("\n")[0])
     assert summary["status"] == "completed" and summary["rounds"] == 4

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -24,8 +23,7 @@ from simulations.backends.inprocess import InProcessGrid
 from simulations.lifecycle import StoreHooks, create_stored_run
 from simulations.prepare import prepare_scenario
 from simulations.scenario import load_scenario
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "digits.toml"
+from tests.deploy.fleet import EXAMPLE
 
 
 class Recording(InProcessGrid):

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,9 +11,8 @@ from aggregator.store import Store, StoreError
 from simulations.lifecycle import resume_run, run_scenario
 from simulations.prepare import prepare_scenario
 from simulations.scenario import scenario_from_dict
-from tests.simulations.run_watch import committed, wait_for_round
+from tests.simulations.run_watch import kill_after_round
 from tests.simulations.test_bring_your_own import check_federated_evaluation
-from tests.simulations.test_lifecycle import REPO
 
 RAW = {
     "name": "fed-eval",
@@ -63,26 +56,10 @@ def test_kill_9_then_resume_keeps_every_evaluation(tmp_path, trial):
     raw = {**RAW, "federation": {**RAW["federation"], "rounds": 16}}
     reference = Store(str(tmp_path / "ref.db"))
     whole = run_scenario(scenario_from_dict(raw), store=reference)
-    scenario = tmp_path / "s.json"
-    scenario.write_text(json.dumps(raw))
     db = tmp_path / "runs.db"
-    code = (
-        "import json, sys\n"
-        "from aggregator.store import Store\n"
-        "from simulations.lifecycle import run_scenario\n"
-        "from simulations.scenario import scenario_from_dict\n"
-        "run_scenario(scenario_from_dict(json.load(open(sys.argv[1]))), store=Store(sys.argv[2]))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(scenario), str(db)], env=env)
-    try:
-        wait_for_round(db, proc, 1 + trial % 3)  # killed mid-run, evaluated rounds behind it
-        time.sleep(random.Random(trial).uniform(0.0, 0.05))
-        status, _ = committed(db)
-        assert status == "running" and proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    # killed mid-run, evaluated rounds behind it
+    status, _ = kill_after_round(raw, db, 1 + trial % 3, random.Random(trial).uniform(0.0, 0.05))
+    assert status == "running"
     store = Store(str(db))
     assert store.get_run(1).status == "running"
     try:

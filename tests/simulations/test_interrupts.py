@@ -25,11 +25,10 @@ import pytest
 from aggregator.store import Store
 from simulations.lifecycle import run_scenario
 from simulations.scenario import load_scenario
-from tests.simulations.run_watch import committed, wait_for_round
+from tests.simulations.run_watch import REPO, committed, wait_for_round
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 16  # plenty of boundaries left however fast the rounds run
 SCENARIO = f"""
 name = "interrupted"

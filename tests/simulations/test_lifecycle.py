@@ -1,13 +1,8 @@
 """Runs in the store: pause, abort, set, and resume after a stop or a kill -9, bit for bit."""
 
-import json
 import os
 import random
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +11,7 @@ from aggregator.rounds import StopRun
 from aggregator.store import Store, StoreError
 from simulations.lifecycle import resume_run, run_scenario
 from simulations.scenario import scenario_from_dict
-from tests.simulations.run_watch import committed, wait_for_round
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.simulations.run_watch import kill_after_round
 
 
 def scenario_dict(strategy: str = "fedavg", rounds: int = 6, local_epochs: int = 1) -> dict:
@@ -125,28 +118,10 @@ def test_kill_9_mid_round_then_resume_gives_the_same_model(
     uninterrupted model."""
     rng = random.Random(trial)
     strategy = "fedadam" if trial % 2 else "fedavg"
-    scenario = tmp_path / "s.json"
-    scenario.write_text(json.dumps(scenario_dict(strategy, rounds=KILL_ROUNDS, local_epochs=4)))
     db = tmp_path / "runs.db"
-    code = (
-        "import json, sys\n"
-        "from aggregator.store import Store\n"
-        "from simulations.lifecycle import run_scenario\n"
-        "from simulations.scenario import scenario_from_dict\n"
-        "spec = scenario_from_dict(json.load(open(sys.argv[1])))\n"
-        "run_scenario(spec, store=Store(sys.argv[2]))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(scenario), str(db)], env=env)
-    try:
-        wait_for_round(db, proc, 1 + trial % 3)
-        time.sleep(rng.uniform(0.0, 0.1))
-        status, at_kill = committed(db)
-        assert status == "running" and at_kill < KILL_ROUNDS and proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    raw = scenario_dict(strategy, rounds=KILL_ROUNDS, local_epochs=4)
+    status, at_kill = kill_after_round(raw, db, 1 + trial % 3, rng.uniform(0.0, 0.1))
+    assert status == "running" and at_kill < KILL_ROUNDS
     store = Store(str(db))
     run = store.get_run(1)
     assert run.status == "running"  # killed: no chance to record anything else
