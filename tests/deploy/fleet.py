@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -84,16 +85,20 @@ class Fleet:
             "PIP_NO_INDEX": "1",
         }
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(
+        self, name: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
         """``fedcore ARGS`` with stdout/stderr in ``tmp_path/name.out|err``."""
-        return self.spawn(name, [sys.executable, "-m", "cli.main", *args])
+        return self.spawn(name, [sys.executable, "-m", "cli.main", *args], env)
 
-    def spawn(self, name: str, argv: list[str], **env: str) -> subprocess.Popen:
+    def spawn(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
         """Any command, in a session of its own, with the fleet's environment (plus ``env``)
         and its output in ``tmp_path/name.out|err``; stopped at teardown like the others."""
         process = subprocess.Popen(
             argv,
-            env={**self.env, **env},
+            env={**self.env, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=(self.tmp_path / f"{name}.out").open("wb"),
             stderr=(self.tmp_path / f"{name}.err").open("wb"),
@@ -120,9 +125,11 @@ class Fleet:
             self.wait_for(name, f"waiting for {devices} device(s)", process, timeout)
         return process
 
-    def device(self, name: str, address: str, *extra: str) -> subprocess.Popen:
-        """``fedcore client --superlink ADDRESS EXTRA``."""
-        return self.start(name, "client", "--superlink", address, *extra)
+    def device(
+        self, name: str, address: str, *extra: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
+        """``fedcore client --superlink ADDRESS EXTRA`` (``env``: added to its environment)."""
+        return self.start(name, "client", "--superlink", address, *extra, env=env)
 
     def output(self, name: str) -> str:
         """What ``name`` printed so far (stdout, then stderr)."""

@@ -19,27 +19,12 @@ import pytest
 from aggregator.store import Store
 from cli.errors import STOPPED
 from deploy.node import HOLD_TRAINING
-from deploy.processes import flower_bin, free_port
-from tests.deploy.test_end_to_end import EXAMPLE, Fleet
+from tests.deploy.fleet import Fleet, example, loopback_address, needs_flower
 from tests.simulations.run_watch import committed
 
-pytestmark = [
-    pytest.mark.slow,  # real SuperLink and SuperNode processes
-    pytest.mark.skipif(
-        not Path(flower_bin("flower-superlink")).exists(),
-        reason="flower-superlink is not installed",
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_flower]  # real SuperLink and SuperNode processes
 
 SLOW = 0  # the held device's partition (its client id)
-
-
-@pytest.fixture
-def fleet(tmp_path):
-    fleet = Fleet(tmp_path)
-    yield fleet
-    left = fleet.stop_all()
-    assert not left, f"processes left behind: {left}"
 
 
 def client_rows(db: Path, client_id: int) -> list[tuple[int, int]]:
@@ -64,29 +49,23 @@ def wait_until(predicate, server, timeout: float, what: str, fleet: Fleet) -> No
 
 def test_a_slow_device_returns_late_with_its_staleness_while_the_others_move_on(
         fleet, tmp_path):
-    text = EXAMPLE.read_text()
-    old = "num_clients = 2\nclients_per_round = 2\nrounds = 2"
-    assert old in text
+    text = example(num_clients=3, clients_per_round=3, rounds=40, mode="async", concurrency=3,
+                   buffer=2)  # fmt: skip
     scenario = tmp_path / "async.toml"
-    scenario.write_text(text.replace(old, 'num_clients = 3\nclients_per_round = 3\nrounds = 40\n'
-                                          'mode = "async"\nconcurrency = 3\nbuffer = 2')
-                        + "\n[evaluation]\nevery = 2\nlocal_test = 0.25\n")
+    scenario.write_text(text + "\n[evaluation]\nevery = 2\nlocal_test = 0.25\n")
     db = tmp_path / "runs.db"
     gate = tmp_path / "let-device-0-train"
-    address = f"127.0.0.1:{free_port()}"
-    server = fleet.start(
-        "server", "server", str(scenario), "--address", address, "--db", str(db), "--json",
-        "--connect-timeout", "90", "--round-timeout", "300",
+    address = loopback_address()
+    server = fleet.server(
+        "server", scenario, address, db, "--connect-timeout", "90", "--round-timeout", "300",
+        devices=3,
     )  # fmt: skip
-    fleet.wait_for("server", "waiting for 3 device(s)", server, timeout=90)
-    base_env = fleet.env
     for i in range(3):
-        fleet.env = {**base_env, HOLD_TRAINING: str(gate)} if i == SLOW else base_env
-        fleet.start(
-            f"client{i}", "client", "--superlink", address, "--dataset", "digits",
-            "--partition-id", str(i), "--num-partitions", "3", "--max-wait", "2",
+        fleet.device(
+            f"client{i}", address, "--dataset", "digits", "--partition-id", str(i),
+            "--num-partitions", "3", "--max-wait", "2",
+            env={HOLD_TRAINING: str(gate)} if i == SLOW else None,
         )  # fmt: skip
-    fleet.env = base_env
 
     wait_until(lambda: committed(db)[1] >= 2, server, 240, "two server steps", fleet)
     assert client_rows(db, SLOW) == []  # the others moved the model on without it

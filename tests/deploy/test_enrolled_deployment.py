@@ -46,7 +46,8 @@ def start_script(fleet: Fleet, script: Path, name: str) -> subprocess.Popen:
     wrapper = fleet.tmp_path / "fedcore"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cli.main "$@"\n')
     wrapper.chmod(0o755)
-    return fleet.spawn(name, ["sh", str(script)], FEDCORE_BIN=str(wrapper), FEDCORE_MAX_WAIT="2")
+    env = {"FEDCORE_BIN": str(wrapper), "FEDCORE_MAX_WAIT": "2"}
+    return fleet.spawn(name, ["sh", str(script)], env)
 
 
 def control_call(port: int, ca: Path) -> bytes:
