@@ -119,6 +119,7 @@ def client(
 ) -> None:
     """Join a federation from this device: start a Flower SuperNode with this device's data."""
     from deploy import processes as p
+    from deploy.agent import UsageError, local_values
     from deploy.node import DATA, DATASET, NUM_PARTITIONS, NodeConfigError, NodeData
     from fedcore import protocol
 
@@ -150,12 +151,10 @@ def client(
         fail(f"--root-certificates: no such file: {root_certificates}")
     if private_key is not None:
         _check_private_key(private_key, root_certificates)
-    if identity is not None:
-        values.update(_identity_config(identity, private_key, root_certificates))
-    if models is not None:
-        if not models.is_dir():
-            fail(f"--models: no such folder: {models}")
-        values[protocol.MODELS_DIR] = str(models.expanduser().resolve())
+    try:
+        values.update(local_values(identity, private_key, root_certificates, models))
+    except UsageError as exc:
+        fail(str(exc))
     why = p.reachable(host, link_port)
     if why is not None:
         fail(f"--superlink: cannot reach a SuperLink at {superlink}: {why}")
@@ -327,30 +326,6 @@ def _check_private_key(key: Path, root_certificates: Path | None) -> None:
         fail(f"--key: {key}: not an unencrypted OpenSSH private key ({exc})")
     if not isinstance(private, ec.EllipticCurvePrivateKey):
         fail(f"--key: {key}: needs an ECDSA key (`fedcore clients keygen` makes one)")
-
-
-def _identity_config(
-    identity: Path, key: Path | None, root_certificates: Path | None
-) -> dict[str, str]:
-    """``--identity``: the certificate must be the CA's, for this device's key; the node
-    config keys that make its ClientApp load it (``client_runtime.secagg_app``)."""
-    from fedcore import protocol
-    from fedcore.secagg.identity import Authority, Identity, InvalidIdentity
-
-    if key is None or root_certificates is None:
-        fail("--identity: needs --key (the enrolled key) and --root-certificates (the CA)")
-    if not identity.is_file():
-        fail(f"--identity: no such file: {identity}")
-    try:
-        own = Identity.load(key, identity)
-        Authority.from_pem(root_certificates.read_bytes()[:65536]).verify(own.cert)
-    except (ValueError, InvalidIdentity) as exc:
-        fail(f"--identity: {identity}: {exc}")
-    return {
-        protocol.IDENTITY_KEY: str(key.expanduser().resolve()),
-        protocol.IDENTITY_CERT: str(identity.expanduser().resolve()),
-        protocol.IDENTITY_CA: str(root_certificates.expanduser().resolve()),
-    }
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -56,6 +56,37 @@ def node_values(dataset: str | None, partition_id: int | None, num_partitions: i
     return values
 
 
+def local_values(identity: Path | None, key: Path | None, root_certificates: Path | None,
+                 models: Path | None) -> dict[str, str]:
+    """The node config of ``--identity`` (checked against ``--key`` and the CA of
+    ``--root-certificates``: the ClientApp then takes part in SecAgg+ only with the checks
+    against a malicious server) and ``--models`` (the folder a run's ``onnx:NAME`` models are
+    read from); ``UsageError`` names what is wrong."""
+    from fedcore import protocol
+    from fedcore.secagg.identity import Authority, Identity, InvalidIdentity
+
+    values: dict[str, str] = {}
+    if identity is not None:
+        if key is None or root_certificates is None:
+            raise UsageError("--identity: needs --key (the enrolled key) and "
+                             "--root-certificates (the CA)")
+        if not identity.is_file():
+            raise UsageError(f"--identity: no such file: {identity}")
+        try:
+            own = Identity.load(key, identity)
+            Authority.from_pem(root_certificates.read_bytes()[:65536]).verify(own.cert)
+        except (OSError, ValueError, InvalidIdentity) as exc:
+            raise UsageError(f"--identity: {identity}: {exc}") from None
+        values[protocol.IDENTITY_KEY] = str(key.expanduser().resolve())
+        values[protocol.IDENTITY_CERT] = str(identity.expanduser().resolve())
+        values[protocol.IDENTITY_CA] = str(root_certificates.expanduser().resolve())
+    if models is not None:
+        if not models.is_dir():
+            raise UsageError(f"--models: no such folder: {models}")
+        values[protocol.MODELS_DIR] = str(models.expanduser().resolve())
+    return values
+
+
 def check_connection(options: JoinOptions) -> None:
     """The address, CA file, key and TLS handshake, before joining (``UsageError``)."""
     from deploy.probe import check_tls
@@ -177,6 +208,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root-certificates", type=Path, help="TLS: the SuperLink's CA certificate.")
     p.add_argument("--key", type=Path, help="This device's private key (`fedcore clients "
                    "keygen`): its identity on a server that admits enrolled devices only.")
+    p.add_argument("--identity", type=Path, help="This device's identity certificate "
+                   "(`fedcore clients certify`): secure aggregation only with the checks "
+                   "against a malicious server (needs --key and --root-certificates).")
+    p.add_argument("--models", type=Path, help="Folder of model files this device may load: "
+                   "a run's `onnx:NAME` model is read from here only (default: none).")
     p.add_argument("--max-wait", type=float, default=120.0,
                    help="Stop after the SuperLink is gone this long (s; default 120).")
     p.add_argument("--verbose", action="store_true", help="Log every message exchanged.")
@@ -198,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--max-wait must be >= 1")
         values = node_values(args.dataset, args.partition_id, args.num_partitions, args.data,
                              args.device)
+        values.update(local_values(args.identity, args.key, args.root_certificates,
+                                   args.models))
         if args.check is not None:
             return check(args.check, values)
         if not args.superlink:

@@ -4,7 +4,8 @@
 - ``identity.pem`` (with ``--identity``): the device's identity certificate (``fedcore clients
   certify``): the device then takes part in secure aggregation only with the checks against
   a malicious server;
-- ``fedcore-client.env``: where the SuperLink is, the device's name, class, data and key;
+- ``fedcore-client.env``: where the SuperLink is, the device's name, class, data, key and
+  models folder (the only place a run's ``onnx:NAME`` model is read from);
 - ``fedcore-client.service``: a systemd unit running ``fedcore client`` as user ``fedcore``,
   restarted when it stops, sandboxed, with ``MemoryMax`` the device class's memory for
   applications (``ram_gib * app_memory_share``) and ``MemoryHigh`` 90 % of it;
@@ -37,6 +38,7 @@ IDENTITY = "identity.pem"
 FEDCORE_BIN = "/opt/fedcore/venv/bin/fedcore"
 CONFIG_DIR = "/etc/fedcore"
 STATE_DIR = "/var/lib/fedcore"
+MODELS_DIR = f"{STATE_DIR}/models"  # model files a run may name (`onnx:NAME`), the operator's
 
 
 class BundleError(ValueError):
@@ -65,6 +67,7 @@ def env_file(spec: BundleSpec, config_dir: str = CONFIG_DIR) -> str:
         "FEDCORE_DATA": spec.data,
         "FEDCORE_CA": f"{config_dir}/ca.pem",
         "FEDCORE_KEY": f"{config_dir}/node.key",
+        "FEDCORE_MODELS": MODELS_DIR,
         **({"FEDCORE_IDENTITY": f"{config_dir}/{IDENTITY}"} if spec.identity else {}),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -76,8 +79,8 @@ def client_command(fedcore: str, identity: bool = False) -> str:
     """The ``fedcore client`` command line, reading the env file's variables."""
     return (
         f"{fedcore} client --superlink ${{FEDCORE_SUPERLINK}} --root-certificates ${{FEDCORE_CA}} "
-        "--key ${FEDCORE_KEY} --data ${FEDCORE_DATA} --device ${FEDCORE_DEVICE} --max-wait 600"
-        + (" --identity ${FEDCORE_IDENTITY}" if identity else "")
+        "--key ${FEDCORE_KEY} --data ${FEDCORE_DATA} --device ${FEDCORE_DEVICE} --max-wait 600 "
+        "--models ${FEDCORE_MODELS}" + (" --identity ${FEDCORE_IDENTITY}" if identity else "")
     )
 
 
@@ -132,6 +135,7 @@ id fedcore >/dev/null 2>&1 ||
     useradd --system --home-dir {STATE_DIR} --shell /usr/sbin/nologin fedcore
 install -d -m 0755 {CONFIG_DIR}
 install -d -m 0750 -o fedcore -g fedcore {STATE_DIR}
+install -d -m 0755 {MODELS_DIR}
 [ -d {venv} ] || python3 -m venv {venv}
 {venv}/bin/pip install --no-index --find-links "$here" "$wheel"
 install -m 0644 "$here/ca.pem" {CONFIG_DIR}/ca.pem
@@ -176,6 +180,7 @@ FEDCORE_KEY="$here/node.key"
 FEDCORE_DATA=${{FEDCORE_DATA_FILE:-$here/data.npz}}
 identity=""
 if [ -f "$here/{IDENTITY}" ]; then identity="--identity $here/{IDENTITY}"; fi
+mkdir -p "$here/models"
 if [ ! -f "$FEDCORE_KEY" ]; then
     "$fedcore" clients keygen --out "$here"
     echo "Enrol this device on the server: fedcore clients enroll {spec.name} --public-key node.pub"
@@ -185,7 +190,7 @@ fi
 command -v termux-wake-lock >/dev/null && termux-wake-lock || true
 exec "$fedcore" client --superlink "$FEDCORE_SUPERLINK" --root-certificates "$FEDCORE_CA" \\
     --key "$FEDCORE_KEY" --data "$FEDCORE_DATA" --device "$FEDCORE_DEVICE" \\
-    --max-wait "${{FEDCORE_MAX_WAIT:-600}}" $identity
+    --max-wait "${{FEDCORE_MAX_WAIT:-600}}" --models "$here/models" $identity
 """
 
 

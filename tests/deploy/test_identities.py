@@ -130,6 +130,22 @@ def test_fedcore_client_checks_its_identity_before_joining(setup):
     assert no_key.exit_code == 2 and "needs --key" in no_key.output
 
 
+def test_the_lean_agent_takes_the_same_identity_and_models_options(setup, capsys):
+    from deploy.agent import USAGE, local_values, main
+
+    tmp_path, certs, keys = setup
+    _, out = certify(tmp_path, certs, keys, "dev-a")
+    values = local_values(out, keys["a"][0], certs.ca_cert, tmp_path)
+    assert values[protocol.IDENTITY_CERT] == str(out.resolve())
+    assert values[protocol.MODELS_DIR] == str(tmp_path.resolve())
+    base = ["--superlink", "127.0.0.1:1", "--dataset", "digits", "--partition-id", "0",
+            "--root-certificates", str(certs.ca_cert)]
+    assert main([*base, "--key", str(keys["b"][0]), "--identity", str(out)]) == USAGE
+    assert "certifies another key" in capsys.readouterr().err
+    assert main([*base, "--models", str(tmp_path / "none")]) == USAGE
+    assert "--models: no such folder" in capsys.readouterr().err
+
+
 def test_the_enrolment_admits_only_the_nodes_own_unrevoked_identity(setup, tmp_path):
     _, certs, keys = setup
     store = Store(str(tmp_path / "runs.db"), create=True)
