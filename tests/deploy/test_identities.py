@@ -21,6 +21,7 @@ from deploy.enrolment import admit_identity
 from deploy.keys import generate_node_keys
 from fedcore import protocol
 from fedcore.secagg.identity import Authority, Identity, InvalidIdentity
+from tests.deploy.fleet import example, loopback_address, needs_flower
 
 runner = CliRunner()
 
@@ -180,16 +181,11 @@ def test_the_server_needs_the_ca_for_identities(tmp_path):
 
 
 @pytest.mark.slow
-def test_enrolled_devices_with_identities_run_secure_aggregation_with_the_checks(tmp_path):
+@needs_flower
+def test_enrolled_devices_with_identities_run_secure_aggregation_with_the_checks(fleet, tmp_path):
     """Real processes: SuperLink over TLS, three enrolled devices each with its identity; the
     run completes with every device in the sum (a device with an identity refuses a round
     without the checks, so the round ran them)."""
-    from tests.deploy.test_end_to_end import EXAMPLE, Fleet, flower_bin
-
-    if not Path(flower_bin("flower-superlink")).exists():
-        pytest.skip("flower-superlink is not installed")
-    from deploy.processes import free_port
-
     certs = create_certificates(tmp_path / "certs", ["127.0.0.1"])
     db = tmp_path / "runs.db"
     store = Store(str(db), create=True)
@@ -203,39 +199,30 @@ def test_enrolled_devices_with_identities_run_secure_aggregation_with_the_checks
             "--ca-key", str(certs.ca_key), "--out", str(identities[i]),
         ])  # fmt: skip
         assert result.exit_code == 0, result.output
-    text = EXAMPLE.read_text().replace("num_clients = 2", "num_clients = 3")
-    text = text.replace("clients_per_round = 2", "clients_per_round = 3")
-    text = text.replace("rounds = 2", "rounds = 1")
+    text = example(num_clients=3, clients_per_round=3, rounds=1)
     scenario = tmp_path / "secure.toml"
     scenario.write_text(text + "\n[secagg]\nk = 2\nt = 2\nidentities = true\n")
-    port = free_port()
-    fleet = Fleet(tmp_path)
-    try:
-        server = fleet.start(
-            "server", "server", str(scenario), "--address", f"127.0.0.1:{port}", "--certs",
-            str(certs.ca_cert.parent), "--db", str(db), "--json", "--connect-timeout", "120",
-            "--round-timeout", "60", "--logs", str(tmp_path / "server-logs"),
+    address = loopback_address()
+    server = fleet.server(
+        "server", scenario, address, db, "--certs", str(certs.ca_cert.parent),
+        "--connect-timeout", "120", "--round-timeout", "60",
+        "--logs", str(tmp_path / "server-logs"), devices=3,
+    )  # fmt: skip
+    devices = [
+        fleet.device(
+            f"d{i}", address, "--dataset", "digits", "--partition-id", str(i),
+            "--num-partitions", "3", "--max-wait", "2", "--root-certificates",
+            str(certs.ca_cert), "--key", str(keys[i][0]), "--identity", str(identities[i]),
         )  # fmt: skip
-        fleet.wait_for("server", "waiting for 3 device(s)", server, timeout=90)
-        devices = [
-            fleet.start(
-                f"d{i}", "client", "--superlink", f"127.0.0.1:{port}", "--dataset", "digits",
-                "--partition-id", str(i), "--num-partitions", "3", "--max-wait", "2",
-                "--root-certificates", str(certs.ca_cert), "--key", str(keys[i][0]),
-                "--identity", str(identities[i]),
-            )  # fmt: skip
-            for i in range(3)
-        ]
-        assert server.wait(timeout=300) == 0, fleet.output("server")
-        summary = json.loads(fleet.output("server").split("\n")[0])
-        assert summary["status"] == "completed" and summary["rounds"] == 1
-        run = Store(str(db)).get_run(summary["run_id"])
-        assert all(c.accepted for r in run.rounds for c in r.clients), [
-            c.reason for r in run.rounds for c in r.clients
-        ]
-        assert all(len(r.clients) == 3 for r in run.rounds)
-        for device in devices:
-            assert device.wait(timeout=60) == 0
-    finally:
-        left = fleet.stop_all()
-    assert not left
+        for i in range(3)
+    ]
+    assert server.wait(timeout=300) == 0, fleet.output("server")
+    summary = json.loads(fleet.output("server").split("\n")[0])
+    assert summary["status"] == "completed" and summary["rounds"] == 1
+    run = Store(str(db)).get_run(summary["run_id"])
+    assert all(c.accepted for r in run.rounds for c in r.clients), [
+        c.reason for r in run.rounds for c in r.clients
+    ]
+    assert all(len(r.clients) == 3 for r in run.rounds)
+    for device in devices:
+        assert device.wait(timeout=60) == 0
