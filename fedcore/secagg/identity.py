@@ -118,16 +118,21 @@ class Authority:
         try:
             cert = x509.load_der_x509_certificate(der)
             cert.verify_directly_issued_by(self.ca)
-            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
             names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound) as exc:
+        except (ValueError, TypeError, InvalidSignature) as exc:
             raise InvalidIdentity(f"identity certificate not issued by this CA ({exc})") from None
+        try:
+            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except (ValueError, x509.ExtensionNotFound):
+            usage = x509.ExtendedKeyUsage([])
         if DEVICE_IDENTITY not in usage or not names:
             raise InvalidIdentity("the certificate is not a fedcore device identity")
         now = datetime.datetime.now(datetime.UTC)
         name = str(names[0].value)
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise InvalidIdentity(f"the identity certificate of {name!r} is not valid now")
+        if now > cert.not_valid_after_utc:
+            raise InvalidIdentity(f"the identity certificate of {name!r} has expired")
+        if now < cert.not_valid_before_utc:
+            raise InvalidIdentity(f"the identity certificate of {name!r} is not valid yet")
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise InvalidIdentity(f"the identity of {name!r} is not an ECDSA key")
