@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp
+from .channels import channel_op, channel_sum
 from .checks import check_same_dtype
 from .ops import Operand, tensor
 from .tensor import Tensor, no_grad
@@ -40,26 +41,25 @@ def _feature_check(op: str, x: np.ndarray, **params: np.ndarray) -> int:
 def _moments_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
     if x.ndim < 2:
         raise ValueError(f"batch_moments: input must be at least 2-D (..., C), got {x.shape}")
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     if x2.shape[0] < 2:
         raise ValueError(f"batch_moments: need more than one value per feature, got {x.shape}")
     out = ctx.alloc((2, x.shape[-1]), x.dtype)
-    np.mean(x2, axis=0, out=out[0])
-    xc = x2 - out[0]
+    inv = 1.0 / x2.shape[0]
+    np.multiply(channel_sum(x2), inv, out=out[0])
+    xc = channel_op(np.subtract, x2, out[0], ctx.pool.alloc(x2.shape, x.dtype))
     np.square(xc, out=xc)
-    np.mean(xc, axis=0, out=out[1])
+    np.multiply(channel_sum(xc), inv, out=out[1])
     return out
 
 
 def _moments_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     # d mean / dx = 1/M; d var / dx = 2 (x - mean) / M
-    x = ctx.args[0]
+    x = np.ascontiguousarray(ctx.args[0])
     m = x.size // x.shape[-1]
-    mean = ctx.ans[0]
-    dx = np.subtract(x, mean)
-    dx *= g[1] * (2.0 / m)
-    dx += g[0] * (1.0 / m)
-    return dx
+    dx = channel_op(np.subtract, x, ctx.ans[0], np.empty(x.shape, np.result_type(x, g)))
+    channel_op(np.multiply, dx, g[1] * (2.0 / m), dx)
+    return channel_op(np.add, dx, g[0] * (1.0 / m), dx)
 
 
 batch_moments_p = Primitive("batch_moments", _moments_fwd, saves=(0,), saves_output=True)
@@ -78,27 +78,28 @@ def _bn_apply_fwd(ctx: Ctx, x: np.ndarray, stats: np.ndarray, gamma: np.ndarray,
     ctx.rstd = rstd
     ctx.sums = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     scale = rstd * gamma
-    out = np.subtract(x, stats[0], out=ctx.alloc(x.shape, x.dtype))
-    out *= scale
-    out += beta
-    return out
+    x = np.ascontiguousarray(x)
+    out = channel_op(np.subtract, x, stats[0], ctx.alloc(x.shape, x.dtype))
+    channel_op(np.multiply, out, scale, out)
+    return channel_op(np.add, out, beta, out)
 
 
 def _bn_sums(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sum of g, sum of g * (x - mean)) over all but the last axis, computed once."""
     sums = getattr(ctx, "sums", None)
     if sums is None:
-        x, stats = ctx.args[0], ctx.args[1]
-        c = x.shape[-1]
-        g2 = g.reshape(-1, c)
-        xc = np.subtract(x.reshape(-1, c), stats[0])
-        xc *= g2
-        sums = ctx.sums = (np.add.reduce(g2, axis=0), np.add.reduce(xc, axis=0))
+        x, stats = np.ascontiguousarray(ctx.args[0]), ctx.args[1]
+        g = np.ascontiguousarray(g)
+        xc = channel_op(np.subtract, x, stats[0], ctx.pool.alloc(x.shape, x.dtype))
+        xc *= g
+        sums = ctx.sums = (channel_sum(g), channel_sum(xc))
     return sums
 
 
 def _bn_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    return np.multiply(g, ctx.rstd * ctx.args[2])
+    g = np.ascontiguousarray(g)
+    scale = ctx.rstd * ctx.args[2]
+    return channel_op(np.multiply, g, scale, np.empty(g.shape, np.result_type(g, scale)))
 
 
 def _bn_vjp_stats(ctx: Ctx, g: np.ndarray) -> np.ndarray:

@@ -122,10 +122,17 @@ def test_matmul_nt_matches_torch():
     run_both(matmul_nt, lambda x, y: x @ y.T, [a, w], (0, 1))
 
 
-@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 1), (1, 0), (2, 2)])
-def test_depthwise_conv_matches_torch(stride, padding):
-    x = rng.standard_normal((2, 7, 6, 5))
-    w = rng.standard_normal((3, 3, 5))
+@pytest.mark.parametrize("stride, padding, kernel", [
+    (1, 1, (3, 3)), (2, 1, (3, 3)), (1, 0, (3, 3)), (2, 2, (3, 3)),
+    ((1, 2), (0, 1), (3, 3)),  # a stride along the width only: two column phases
+    (3, 1, (3, 2)),            # stride as long as the kernel: one tap per phase
+    (4, 0, (3, 3)),            # stride beyond the kernel: rows and columns no window reads
+    ((2, 3), (2, 1), (5, 4)),  # uneven taps per phase
+    (1, 3, (3, 3)), (2, (0, 3), (2, 2)),  # padding beyond the kernel
+])
+def test_depthwise_conv_matches_torch(stride, padding, kernel):
+    x = rng.standard_normal((2, 9, 11, 5))
+    w = rng.standard_normal((*kernel, 5))
     b = rng.standard_normal(5)
 
     def th(x_, w_, b_):  # NHWC <-> NCHW; torch's depthwise weight is (C, 1, KH, KW)

@@ -37,7 +37,11 @@ def _setup(name: str, tmp_path: Path):  # noqa: ANN202
     theirs = build()
     rng = np.random.default_rng(1)
     ours, idx = imported(theirs, make(rng, 2), tmp_path / f"{name}.onnx")
-    x = make(rng, 5)  # a batch size the export never saw
+    # a batch size the export never saw; drawn apart from the export's example so that no
+    # ReLU input lies within float32 rounding of zero (seed 1's ResNet-block batch had one at
+    # 1.5e-7: whether it passed then hung on the last bit of a BatchNorm mean's summation
+    # order, and one flipped mask moved conv1's gradient by 2 %)
+    x = make(np.random.default_rng(11), 5)
     return theirs, ours, idx, x
 
 
