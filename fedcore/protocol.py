@@ -84,7 +84,7 @@ class TrainInstructions:
         return {
             "round": self.round,
             "model": self.model.key(),
-            **self.settings.model_dump(),
+            **self.settings.as_dict(),
             "seed": self.seed,
             "compression": self.compression,
             "compression_options": json.dumps(self.compression_options, sort_keys=True),
@@ -94,7 +94,7 @@ class TrainInstructions:
     def from_config(cls, config: Mapping[str, Any]) -> TrainInstructions:
         """Inverse of ``to_config``. The config comes from the server, so it is untrusted:
         anything missing, mistyped or out of range raises ``ValueError`` naming the key
-        (settings: ``pydantic.ValidationError``, a ``ValueError``, naming the field)."""
+        (settings: ``fedcore.settings.SettingsError``, a ``ValueError``, naming the field)."""
         from fedcore.compression import codec_options
 
         compression = _text(config, "compression", "none")
@@ -108,7 +108,7 @@ class TrainInstructions:
         _int(config, "local_epochs", 1, MAX_EPOCHS, default=1)
         _int(config, "batch_size", 1, MAX_BATCH, default=1)
         for key in ("learning_rate", "momentum", "weight_decay", "proximal_mu"):
-            _float(config, key, default=0.0)  # finite: pydantic lets inf and NaN through
+            _float(config, key, default=0.0)
         return cls(
             round=_int(config, "round", 0, 2**31),
             model=model_spec(_json(config, "model")),

@@ -13,15 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from aggregator.rounds import FederationConfig, RoundOutcome, StopRun
-from fedcore.settings import TrainSettings
+from fedcore.settings import SettingsError, TrainSettings
 from simulations.harness import Resume, SimulationResult
 from simulations.harness import simulate as simulate_prepared
 from simulations.prepare import PreparedScenario, prepare_scenario
 from simulations.scenario import Scenario, scenario_from_dict
-from simulations.scenario.errors import format_error
 
 if TYPE_CHECKING:  # SQLAlchemy is imported only by a run that is stored
     from aggregator.store import Store
@@ -44,10 +41,9 @@ def check_settings(values: Mapping[str, str | int | float]) -> dict[str, int | f
                 raise ValueError(f"{key}: expected a positive integer, got {value!r}")
         else:
             try:
-                TrainSettings.model_validate({key: number})
-            except ValidationError as error:
-                text = format_error(error, "set", TrainSettings).removeprefix("set: ")
-                raise ValueError(text) from None
+                TrainSettings.from_table({key: number})
+            except SettingsError as error:
+                raise ValueError(str(error)) from None
         out[key] = number
     return out
 

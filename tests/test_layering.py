@@ -51,3 +51,12 @@ def test_an_unstored_simulation_imports_no_store_and_no_ray():
     """The in-process path (``benchmarks.simulate``'s fedcore run) pays for what it uses."""
     loaded = imported_after(["simulations.lifecycle", "simulations.scenario"])
     assert not loaded & {"sqlalchemy", "alembic", "ray", "matplotlib", "cupy"}
+
+
+def test_the_settings_and_the_trainer_need_no_pydantic():
+    """A device install has no pydantic: the settings type checks itself (fedcore.settings)."""
+    loaded = imported_after(
+        ["fedcore", "fedcore.settings", "fedcore.protocol", "client_runtime.trainer",
+         "client_runtime.device"]
+    )
+    assert "pydantic" not in loaded and "pydantic_core" not in loaded

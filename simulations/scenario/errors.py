@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
+from fedcore.settings import describe
+
 
 class ScenarioError(Exception):
     """A scenario file or dict is unreadable or invalid; the message is one line."""
@@ -89,18 +91,6 @@ def _describe_error(error: Mapping[str, Any], root: type[BaseModel]) -> str:
     if kind == "string_too_short":
         return "must not be empty"
     return str(error["msg"]).removeprefix("Value error, ")
-
-
-def describe(value: object) -> str:
-    """A value as an error message shows it (short)."""
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -32,7 +33,7 @@ from fedcore.models import MODELS
 from fedcore.models.registry import model_builder
 from fedcore.objectives import objective
 from fedcore.resolve import ResolveError, is_reference
-from fedcore.settings import TrainSettings
+from fedcore.settings import SettingsError, TrainSettings
 from simulations.async_section import Mode, StalenessSection, async_problem
 from simulations.datasets import DATA_LOADERS, DATASET_NAMES
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
@@ -406,6 +407,17 @@ class EvaluationSection(_Section):
     server: bool = True
 
 
+def _train_table(raw: object) -> TrainSettings:
+    """``[train]`` checked by the settings type itself (``fedcore.settings``: no pydantic on a
+    device), its error named by the dotted key like any other."""
+    if isinstance(raw, TrainSettings):
+        return raw
+    try:
+        return TrainSettings.from_table(raw)
+    except SettingsError as exc:
+        raise _fail(f"train.{exc.key}" if exc.key else "train", exc.message) from None
+
+
 class Scenario(_Section):
     """A validated scenario. ``model_dump()`` gives plain JSON-ready data (defaults filled in)
     to store with a run; ``Scenario.model_validate`` of that dump gives the scenario back."""
@@ -415,7 +427,7 @@ class Scenario(_Section):
     data: DataSection
     model: ModelSection
     federation: FederationSection
-    train: TrainSettings = TrainSettings()
+    train: Annotated[TrainSettings, BeforeValidator(_train_table)] = TrainSettings()
     evaluation: EvaluationSection | None = None  # federated evaluation on the clients
     secagg: SecAggSection | None = None
     population: PopulationSection | None = None  # simulated devices (simulations/population.py)
@@ -483,7 +495,7 @@ class Scenario(_Section):
                 f"!= federation.num_clients ({clients})",
             )
         for key in TrainSettings.from_strategy():
-            if getattr(self.train, key) != TrainSettings.model_fields[key].default:
+            if getattr(self.train, key) != TrainSettings.default(key):
                 where = TrainSettings.set_by(key)
                 hint = (
                     "set by the strategy, not here (e.g. federation.strategy = 'fedprox' with "
