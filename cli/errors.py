@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -43,12 +45,21 @@ def paused_or_aborted(stop: BaseException, status: str, interrupts: Interrupts) 
     stopped(str(stop))
 
 
+def stop_if_interrupted(interrupts: Interrupts) -> None:
+    """After preparing a scenario: a first interrupt during it stops the command now, with
+    nothing stored; exit ``STOPPED``."""
+    if interrupts.signal is not None and interrupts.run_id is None:
+        stopped(f"{interrupts.signal}: interrupted while preparing the scenario: nothing stored")
+    interrupts.preparing = False
+
+
 def interrupted(interrupts: Interrupts) -> NoReturn:
     """Stopped at once by a second interrupt: the run is paused at its last committed round;
     say how to continue and exit 128 + the signal's number (130 for Ctrl-C)."""
     run = interrupts.run_id
     if run is None:
-        err_console.print("interrupted before the run started: nothing was stored", markup=False)
+        what = "while preparing the scenario" if interrupts.preparing else "before the run started"
+        err_console.print(f"interrupted {what}: nothing was stored", markup=False)
     else:
         hint = interrupts.hint.format(run=run)
         message = f"interrupted: run {run} paused at its last committed round; {hint}"
@@ -63,3 +74,20 @@ def interrupted(interrupts: Interrupts) -> NoReturn:
         sys.stderr.flush()
         os._exit(interrupts.exit_code)
     raise typer.Exit(interrupts.exit_code)
+
+
+@contextmanager
+def run_stops(interrupts: Interrupts) -> Iterator[None]:
+    """How a command that drives a run ends when the run does not complete: a failed round
+    exits 1; a pause or abort at a round boundary exits 3 saying how to continue; a second
+    interrupt exits 128 + its number, the run paused at its last committed round."""
+    from aggregator.round_types import RoundFailed, StopRun
+
+    try:
+        yield
+    except RoundFailed as exc:
+        fail(str(exc), code=FAILED)
+    except StopRun as stop:
+        paused_or_aborted(stop, stop.status, interrupts)
+    except KeyboardInterrupt:
+        interrupted(interrupts)

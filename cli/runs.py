@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.errors import FAILED, fail, interrupted, paused_or_aborted
+from cli.errors import fail, run_stops
 from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json, output_file, output_format
 from cli.render import RoundRow, csv_cell, round_table, untrusted
@@ -159,7 +159,6 @@ def resume(
     as_json: Json = False,
 ) -> None:
     """Continue a paused or interrupted run from its last committed round."""
-    from aggregator.rounds import RoundFailed, StopRun
     from aggregator.store import StoreError
     from aggregator.store.checkpoints import CheckpointError
     from simulations.backends import BACKENDS
@@ -171,29 +170,25 @@ def resume(
         fail(f"--backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     store = open_store(db)
     interrupts = Interrupts()
-    try:
-        run = store.get_run(run_id)
-        if run.status in ("completed", "failed", "aborted"):
-            fail(f"run {run_id} is {run.status}: there is nothing to resume")
-        if backend is None and run.backend not in BACKENDS:  # e.g. a deployment
-            fail(
-                f"run {run_id} ran as a {run.backend}: continue it with `fedcore server "
-                f"SCENARIO --resume {run_id}`, or here as a simulation with --backend inprocess"
-            )
-        total = run.config["federation"]["rounds"]
-        title = f"{run.name} (resume run {run_id})"
-        with interrupts, RoundProgress(title, total, done=len(run.rounds), quiet=as_json) as ui:
-            result = resume_run(
-                store, run_id, backend, on_round=ui.on_round, interrupts=interrupts
-            )
-    except (StoreError, CheckpointError, ScenarioError) as exc:
-        fail(str(exc))
-    except RoundFailed as exc:
-        fail(str(exc), code=FAILED)
-    except StopRun as stop:
-        paused_or_aborted(stop, stop.status, interrupts)
-    except KeyboardInterrupt:
-        interrupted(interrupts)
+    with run_stops(interrupts):
+        try:
+            run = store.get_run(run_id)
+            if run.status in ("completed", "failed", "aborted"):
+                fail(f"run {run_id} is {run.status}: there is nothing to resume")
+            if backend is None and run.backend not in BACKENDS:  # e.g. a deployment
+                fail(
+                    f"run {run_id} ran as a {run.backend}: continue it with `fedcore server "
+                    f"SCENARIO --resume {run_id}`, or here as a simulation with --backend "
+                    "inprocess"
+                )
+            total = run.config["federation"]["rounds"]
+            title = f"{run.name} (resume run {run_id})"
+            with interrupts, RoundProgress(title, total, done=len(run.rounds), quiet=as_json) as ui:
+                result = resume_run(
+                    store, run_id, backend, on_round=ui.on_round, interrupts=interrupts
+                )
+        except (StoreError, CheckpointError, ScenarioError) as exc:
+            fail(str(exc))
     from cli.simulate import run_summary
 
     summary = run_summary(result, store.url, False)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.errors import FAILED, err_console, fail, interrupted, stopped
+from cli.errors import FAILED, err_console, fail, interrupted, stop_if_interrupted, stopped
 from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json, Sets
 
@@ -122,7 +122,7 @@ def server(
     from deploy.serverapp import BACKEND, check_deployable
     from deploy.settings import DeploySettings, SettingsError
     from simulations.interrupts import Interrupts
-    from simulations.lifecycle import create_stored_run
+    from simulations.lifecycle import StoredRun
     from simulations.prepare import prepare_scenario
     from simulations.scenario import ScenarioError, load_scenario
 
@@ -132,55 +132,68 @@ def server(
         fail(f"--address: {exc}")
     tls = _server_tls(ssl_certfile, ssl_keyfile, ssl_ca_certfile, certs)
     _check_exposure(host, address, tls, insecure)
-    try:
-        spec = check_deployable(load_scenario(scenario, sets or ()), str(scenario))  # once
-        # the devices read the scenario: the file, or with --set the validated scenario
-        text = json.dumps(spec.model_dump()) if sets else scenario.read_text(encoding="utf-8")
-        prepared = prepare_scenario(spec, source=str(scenario))
-    except (ScenarioError, SettingsError) as exc:
-        fail(str(exc))
-    secagg = prepared.config.secagg
-    if secagg is not None and secagg.require_identities and tls is None:
-        fail("secagg.identities: needs --certs DIR, the CA that issued the devices' identities")
-    if port_in_use(host, port):
-        fail(f"--address: {address} is in use (another SuperLink?); pick another port")
-    try:
-        store = Store(_absolute_db(db))
-    except StoreError as exc:
-        fail(str(exc))
-    if resume is None:
-        run_id = create_stored_run(store, prepared, BACKEND)
-    else:
-        run_id = _claim_for_resume(store, resume, prepared)
-    if tls is not None:
-        _check_enrolled(store)
-    settings = DeploySettings(
-        enrolled=tls is not None,
-        identity_ca=str(tls.ca_certfile) if tls is not None else None,
-        scenario=text,
-        db=store.url,
-        checkpoints=str(store.checkpoint_root.expanduser().resolve()),
-        run_id=run_id,
-        connect_timeout=connect_timeout,
-        round_timeout=round_timeout or None,
-    )
-    work = logs.resolve() if logs is not None else Path(tempfile.mkdtemp(prefix="fedcore-server-"))
-    work.mkdir(parents=True, exist_ok=True)
-    fed = prepared.scenario.federation
-    start = time.perf_counter()
     interrupts = Interrupts(hint=f"`fedcore server {scenario} --resume {{run}}` continues it")
-    interrupts.run_id = run_id
+    interrupts.preparing = True  # Ctrl-C now: stop once prepared, nothing stored
     error: str | None = None
     try:
-        with interrupts, _Deployment(work, host, port, tls, public_control_api) as deployment:
-            deployment.start(settings, store, run_id)
-            _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)  # on stderr
-            title = f"{prepared.scenario.name} (deployment on {address})"
-            with RoundProgress(title, fed.rounds, quiet=as_json) as ui:
-                error = deployment.follow(store, run_id, ui, interrupts)
+        with interrupts:
+            try:
+                spec = check_deployable(load_scenario(scenario, sets or ()), str(scenario))
+                # the devices read the scenario: the file, or with --set the validated one
+                text = (
+                    json.dumps(spec.model_dump()) if sets else scenario.read_text(encoding="utf-8")
+                )
+                prepared = prepare_scenario(spec, source=str(scenario))
+            except (ScenarioError, SettingsError) as exc:
+                fail(str(exc))
+            stop_if_interrupted(interrupts)
+            secagg = prepared.config.secagg
+            if secagg is not None and secagg.require_identities and tls is None:
+                fail(
+                    "secagg.identities: needs --certs DIR, the CA that issued the devices' "
+                    "identities"
+                )
+            if port_in_use(host, port):
+                fail(f"--address: {address} is in use (another SuperLink?); pick another port")
+            try:
+                store = Store(_absolute_db(db))
+            except StoreError as exc:
+                fail(str(exc))
+            if resume is None:
+                run_id = StoredRun.create(store, prepared, BACKEND).run_id
+            else:
+                run_id = _claim_for_resume(store, resume, prepared)
+            interrupts.run_id = run_id
+            if tls is not None:
+                _check_enrolled(store)
+            settings = DeploySettings(
+                enrolled=tls is not None,
+                identity_ca=str(tls.ca_certfile) if tls is not None else None,
+                scenario=text,
+                db=store.url,
+                checkpoints=str(store.checkpoint_root.expanduser().resolve()),
+                run_id=run_id,
+                connect_timeout=connect_timeout,
+                round_timeout=round_timeout or None,
+            )
+            work = (
+                logs.resolve()
+                if logs is not None
+                else Path(tempfile.mkdtemp(prefix="fedcore-server-"))
+            )
+            work.mkdir(parents=True, exist_ok=True)
+            fed = prepared.scenario.federation
+            start = time.perf_counter()
+            with _Deployment(work, host, port, tls, public_control_api) as deployment:
+                deployment.start(settings, store, run_id)
+                _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)  # stderr
+                title = f"{prepared.scenario.name} (deployment on {address})"
+                with RoundProgress(title, fed.rounds, quiet=as_json) as ui:
+                    error = deployment.follow(store, run_id, ui, interrupts)
     except KeyboardInterrupt:  # a second interrupt: everything was stopped on the way out
-        _wait_until_finished(store, run_id)  # the ServerApp records its own end if it can
-        _finish_if_running(store, run_id, "paused", "interrupted: fedcore server was stopped")
+        if interrupts.run_id is not None:
+            _wait_until_finished(store, run_id)  # the ServerApp records its own end if it can
+            _finish_if_running(store, run_id, "paused", "interrupted: fedcore server was stopped")
         interrupted(interrupts)
     except _StartError as exc:
         error = str(exc)
@@ -189,7 +202,9 @@ def server(
     if run.status == "failed":
         fail(f"run {run_id} failed: {run.error or error} (logs in {work})", code=FAILED)
     if run.status == "paused":
-        stopped(f"run {run_id} paused: {interrupts.hint.format(run=run_id)} (logs in {work})")
+        why = f" ({run.error})" if run.error and not run.error.startswith("interrupted") else ""
+        hint = interrupts.hint.format(run=run_id)
+        stopped(f"run {run_id} paused{why}: {hint} (logs in {work})")
     if run.status == "aborted":
         stopped(f"run {run_id} aborted (logs in {work})")
     if logs is None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.errors import FAILED, fail, interrupted, paused_or_aborted
+from cli.errors import fail, run_stops, stop_if_interrupted
 from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json, Sets
 
@@ -50,7 +50,6 @@ def simulate(
     ] = None,
 ) -> None:
     """Run a federated simulation and store every round."""
-    from aggregator.rounds import RoundFailed, StopRun
     from aggregator.store import Store, StoreError
     from simulations.backends import BACKENDS
     from simulations.interrupts import Interrupts
@@ -70,25 +69,25 @@ def simulate(
         from rich.markup import escape
 
         fail(f"--device: {escape(str(exc))}")
-    try:
-        spec = load_scenario(scenario, sets or ())
-        if secagg is not None:
-            from simulations.scenario import with_secagg
-
-            spec = with_secagg(spec, secagg)
-        if rounds is not None:
-            spec = spec.model_copy(
-                update={"federation": spec.federation.model_copy(update={"rounds": rounds})}
-            )
-        prepared = prepare_scenario(spec, source=str(scenario))
-        store = Store(db)
-    except (ScenarioError, StoreError) as exc:
-        fail(str(exc))
-
     interrupts = Interrupts()
-    title = f"{spec.name} ({backend})"
-    try:
-        with interrupts, RoundProgress(title, spec.federation.rounds, quiet=as_json) as ui:
+    interrupts.preparing = True  # Ctrl-C now: stop once prepared, nothing stored
+    with run_stops(interrupts), interrupts:
+        try:
+            spec = load_scenario(scenario, sets or ())
+            if secagg is not None:
+                from simulations.scenario import with_secagg
+
+                spec = with_secagg(spec, secagg)
+            if rounds is not None:
+                fed = spec.federation.model_copy(update={"rounds": rounds})
+                spec = spec.model_copy(update={"federation": fed})
+            prepared = prepare_scenario(spec, source=str(scenario))
+            store = Store(db)
+        except (ScenarioError, StoreError) as exc:
+            fail(str(exc))
+        stop_if_interrupted(interrupts)
+        title = f"{spec.name} ({backend})"
+        with RoundProgress(title, spec.federation.rounds, quiet=as_json) as ui:
             result = run_scenario(
                 prepared,
                 backend,
@@ -98,12 +97,6 @@ def simulate(
                 device=device,
                 interrupts=interrupts,
             )
-    except RoundFailed as exc:
-        fail(str(exc), code=FAILED)
-    except StopRun as stop:
-        paused_or_aborted(stop, stop.status, interrupts)
-    except KeyboardInterrupt:
-        interrupted(interrupts)
     from simulations.reports import write_report
 
     folder = report or store.checkpoint_root / f"run-{result.run_id}" / "report"

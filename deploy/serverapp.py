@@ -16,7 +16,6 @@ import time
 import tomllib
 from dataclasses import replace
 from logging import INFO
-from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Context
@@ -34,12 +33,9 @@ from aggregator.rounds import (
 )
 from deploy.settings import DeploySettings, SettingsError
 from simulations.harness import Resume, server_side
-from simulations.lifecycle import StoreHooks, create_stored_run, prepare_stored_run
+from simulations.lifecycle import StoredRun, StoreHooks
 from simulations.prepare import PreparedScenario, prepare_scenario
 from simulations.scenario import Scenario, scenario_from_dict
-
-if TYPE_CHECKING:
-    from aggregator.store import Store
 
 BACKEND = "deployment"  # the ``backend`` a deployed run is stored with
 
@@ -82,46 +78,35 @@ def log_round(outcome: RoundOutcome) -> None:
 def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
     """Run the scenario's rounds over ``grid`` (a SuperLink's); return the final model.
 
-    With a store, the run ends ``completed``, ``failed`` (the error is re-raised) or, when an
-    operator paused or aborted it, ``paused``/``aborted`` (then None is returned); stopped by a
-    signal (Flower's handler exits with ``SystemExit``), it is left ``paused``. A stored
-    ``run_id`` runs its own stored scenario, resumed after its last checkpoint if it has one.
+    With a store, the run goes through the stored-run lifecycle (``simulations.lifecycle.
+    StoredRun``) like a simulated one: it ends ``completed``, ``failed`` (the error is
+    re-raised) or, when an operator paused or aborted it, ``paused``/``aborted`` (then None is
+    returned); stopped by a signal (Flower's handler exits with ``SystemExit``), it is left
+    ``paused``. A stored ``run_id`` (recorded by ``fedcore server``) runs its own stored
+    scenario, resumed after its last checkpoint if it has one.
     """
-    store: Store | None = None
-    if settings.db is not None:
-        from aggregator.store import Store
+    if settings.db is None:
+        prepared = prepare_scenario(load_deployable(settings.scenario))
+        return _federate(grid, prepared, settings, None)
+    from aggregator.store import Store
 
-        store = Store(settings.db, checkpoints=settings.checkpoints)
-    run_id = settings.run_id
-    resume: Resume | None = None
+    store = Store(settings.db, checkpoints=settings.checkpoints)
+    if settings.run_id is not None:
+        run = StoredRun.reopen(store, settings.run_id)  # `fedcore server` has claimed it
+        if run.resume is not None:
+            log(INFO, "fedcore: resuming run %d after round %d", run.run_id, run.resume.round)
+    else:
+        run = StoredRun.create(store, prepare_scenario(load_deployable(settings.scenario)), BACKEND)
+    log(INFO, "fedcore: recording run %d in %s", run.run_id, store.url)
     try:
-        if store is not None and run_id is not None:  # recorded by `fedcore server`
-            prepared, resume = prepare_stored_run(store, run_id)
-            if resume is not None:
-                log(INFO, "fedcore: resuming run %d after round %d", run_id, resume.round)
-        else:
-            prepared = prepare_scenario(load_deployable(settings.scenario))
-        if store is not None and run_id is None:
-            run_id = create_stored_run(store, prepared, BACKEND)
-        hooks = None if store is None else StoreHooks(store, run_id, log_round)
-        if store is not None:
-            log(INFO, "fedcore: recording run %d in %s", run_id, store.url)
-        final = _federate(grid, prepared, settings, hooks, resume)
+        return run.drive(
+            lambda hooks: _federate(grid, run.prepared, settings, hooks, run.resume),
+            log_round,
+            stopped_by="the ServerApp was stopped",
+        )
     except StopRun as stop:
-        store.finish_run(run_id, stop.status)  # only a stored run's hooks stop it
         log(INFO, "fedcore: %s", stop)
         return None
-    except (KeyboardInterrupt, SystemExit):  # stopped by a signal: resumable, not an error
-        if store is not None and run_id is not None:
-            store.finish_run(run_id, "paused", error="interrupted: the ServerApp was stopped")
-        raise
-    except BaseException as exc:
-        if store is not None and run_id is not None:
-            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    if store is not None:
-        store.finish_run(run_id, "completed")
-    return final
 
 
 def _federate(

@@ -29,6 +29,8 @@ class Interrupts:
     the second's once that stopped the command.
     ``run_id`` is set by ``simulations.lifecycle`` once the run is in the store, so the
     notice can name it. ``hint`` says how to continue a paused run (``{run}``: its id).
+    While ``preparing`` (a command checks and prepares its scenario before any run is
+    stored), the first signal asks the command to stop once that is done, storing nothing.
     """
 
     def __init__(self, hint: str = "`fedcore runs resume {run}` continues it") -> None:
@@ -36,6 +38,7 @@ class Interrupts:
         self.signal: str | None = None
         self.signum: int | None = None
         self.run_id: int | None = None
+        self.preparing = False
         self.count = 0  # signals received
         self._previous: dict[int, Any] = {}
 
@@ -68,6 +71,13 @@ class Interrupts:
         if self.count > 2:
             return
         self.signal, self.signum = signal.Signals(signum).name, signum
+        if self.preparing and self.run_id is None:
+            notice = (
+                f"\n{self.signal}: stopping once the scenario is prepared; nothing is stored yet "
+                "(interrupt again to stop at once)\n"
+            )
+            os.write(2, notice.encode())
+            return
         run = "the run" if self.run_id is None else f"run {self.run_id}"
         hint = "" if self.run_id is None else "; then " + self.hint.format(run=self.run_id)
         notice = (

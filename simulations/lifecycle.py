@@ -1,17 +1,20 @@
-"""Runs in the store: start one, apply operators' commands between rounds, resume after a stop.
+"""Stored runs: one lifecycle (create, run, pause or abort, finish, resume) for every runtime.
 
-``run_scenario`` records a new run; ``resume_run`` continues a paused or crashed one from its
-last committed round (checkpointed model and server state, same seed), so it ends with the same
-final model as an uninterrupted run. Commands queued with ``fedcore runs pause|abort|set`` are
-applied by ``StoreHooks.before_round`` at the next round boundary, as is an interrupt
-(``simulations.interrupts``): a run stopped by a signal or Ctrl-C is ``paused``, never lost.
+`StoredRun` owns it: ``create`` records a new run, ``reopen`` rebuilds a paused or crashed one
+from its last committed round (checkpointed model and server state, same seed, the virtual
+clock) so it ends with the same final model as an uninterrupted run, and ``drive`` runs the
+rounds and records how the run ended. Simulations (``run_scenario``, ``resume_run`` here) and
+deployments (``deploy.serverapp``) both go through it. Commands queued with ``fedcore runs
+pause|abort|set`` are applied by ``StoreHooks.before_round`` at the next round boundary, as is
+an interrupt (``simulations.interrupts``): a run stopped by a signal or Ctrl-C is ``paused``,
+never lost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aggregator.rounds import FederationConfig, RoundOutcome, StopRun
 from fedcore.settings import SettingsError, TrainSettings
@@ -122,56 +125,145 @@ class StoreHooks:
             self.before_round(number, config)
 
 
-def _run_stored(
-    store: Store,
-    run_id: int,
-    prepared: PreparedScenario,
-    backend: str,
+T = TypeVar("T")
+
+
+@dataclass
+class StoredRun:
+    """One run in the store, from its creation (or its reopening to resume it) to how it ended.
+
+    Simulation (``run_scenario``, ``resume_run``) and deployment (``deploy.serverapp``) drive
+    their rounds through ``drive``, so a stored run starts, commits, pauses, aborts, fails and
+    resumes the same way whatever runs its rounds.
+    """
+
+    store: Store
+    run_id: int
+    prepared: PreparedScenario
+    resume: Resume | None = None  # where it goes on: after this committed round (None: round 1)
+
+    @classmethod
+    def create(cls, store: Store, prepared: PreparedScenario, runtime: str) -> StoredRun:
+        """Record a new run of ``prepared`` on ``runtime`` (its scenario and model spec)."""
+        spec = prepared.scenario
+        run_id = store.create_run(
+            spec.name,
+            runtime,
+            spec.seed,
+            spec.model_dump(mode="json"),
+            {
+                "name": prepared.spec.name,
+                "kwargs": prepared.spec.kwargs,
+                "input_shape": list(prepared.data.input_shape),
+            },
+        )
+        return cls(store, run_id, prepared)
+
+    @classmethod
+    def reopen(
+        cls,
+        store: Store,
+        run_id: int,
+        runtime: str | None = None,
+        interrupts: Interrupts | None = None,
+    ) -> StoredRun:
+        """A paused or cut-off run rebuilt from the store: its own scenario, and its last
+        checkpoint (model, server state, the virtual clock) to go on from. With ``runtime``
+        this process takes the run over first (``Store.claim_run``: a finished run, or one
+        still driven by a live process, is refused with ``StoreError``); without, whoever
+        started this process has (``fedcore server``). A run that had run all its rounds is
+        recorded ``completed`` and refused; one that cannot be rebuilt (its data gone, say)
+        is left ``paused`` with the reason, to be resumed once that is mended."""
+        from aggregator.store import StoreError
+
+        if runtime is not None:
+            store.claim_run(run_id, runtime)
+        if interrupts is not None:  # from now on an interrupt names the run
+            interrupts.run_id = run_id
+        try:
+            prepared, resume = _rebuild(store, run_id)
+        except KeyboardInterrupt as exc:
+            store.finish_run(run_id, "paused", error=_interrupted(exc))
+            raise
+        except BaseException as exc:
+            store.finish_run(run_id, "paused", error=f"cannot resume: {type(exc).__name__}: {exc}")
+            raise
+        if resume is not None and resume.round >= prepared.config.num_rounds:
+            store.finish_run(run_id, "completed")  # it crashed after its last commit
+            raise StoreError(f"run {run_id} had already run all {resume.round} rounds")
+        return cls(store, run_id, prepared, resume)
+
+    def drive(
+        self,
+        federate: Callable[[StoreHooks], T],
+        on_round: Callable[[RoundOutcome], None] | None = None,
+        interrupts: Interrupts | None = None,
+        stopped_by: str | None = None,
+    ) -> T:
+        """Run ``federate(hooks)`` (the rounds, committed by ``hooks.record``, operators'
+        commands applied by ``hooks.before_round``) and record how the run ended: ``completed``;
+        ``paused`` or ``aborted`` at a round boundary (``StopRun``, re-raised); ``paused`` when
+        a signal stopped it at once (``KeyboardInterrupt`` or ``SystemExit``, re-raised; the
+        error names ``stopped_by`` if given): it resumes from its last commit; else ``failed``
+        with the error, re-raised."""
+        hooks = StoreHooks(self.store, self.run_id, on_round, interrupts)
+        try:
+            result = federate(hooks)
+        except StopRun as stop:
+            self.store.finish_run(self.run_id, stop.status)
+            raise
+        except (KeyboardInterrupt, SystemExit) as exc:
+            error = _interrupted(exc) if stopped_by is None else f"interrupted: {stopped_by}"
+            self.store.finish_run(self.run_id, "paused", error=error)
+            raise
+        except BaseException as exc:
+            self.store.finish_run(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.store.finish_run(self.run_id, "completed")
+        return result
+
+
+def _interrupted(exc: BaseException) -> str | None:
+    """The error a run stopped at once by a signal is recorded with (None: no detail)."""
+    return f"interrupted: {exc}" if str(exc) else None
+
+
+def _rebuild(store: Store, run_id: int) -> tuple[PreparedScenario, Resume | None]:
+    """A stored run's scenario prepared again, and where it stopped (None: before round 1)."""
+    run = store.get_run(run_id)
+    prepared = prepare_scenario(scenario_from_dict(run.config, source=f"run {run_id}"))
+    if not run.rounds:
+        return prepared, None
+    last, checkpoint = store.load_checkpoint(run_id)
+    if prepared.world is not None:  # the virtual clock goes on from the stored sim_clock_s
+        done = sorted((r for r in run.rounds if r.number <= last.number), key=lambda r: r.number)
+        prepared.world.restore_clock([r.metrics for r in done])
+    return prepared, Resume(last.number, checkpoint.params, checkpoint.server_state)
+
+
+def _simulate_stored(
+    run: StoredRun,
+    runtime: str,
     on_round: Callable[[RoundOutcome], None] | None,
-    resume: Resume | None = None,
-    interrupts: Interrupts | None = None,
+    interrupts: Interrupts | None,
     **options: Any,
 ) -> SimulationResult:
-    """Simulate stored run ``run_id`` (from after ``resume`` if given) with its store hooks,
-    and record how it ended: completed, paused (also when interrupted), aborted or failed."""
-    hooks = StoreHooks(store, run_id, on_round, interrupts)
-    try:
-        result = simulate_prepared(
-            prepared,
-            backend,
+    """Simulate stored ``run`` on ``runtime`` (from after ``run.resume``) through its
+    lifecycle."""
+
+    def federate(hooks: StoreHooks) -> SimulationResult:
+        return simulate_prepared(
+            run.prepared,
+            runtime,
             hooks.record,
-            resume_from=resume,
+            resume_from=run.resume,
             before_round=hooks.before_round,
             **options,
         )
-    except StopRun as stop:
-        store.finish_run(run_id, stop.status)
-        raise
-    except KeyboardInterrupt as exc:  # stopped at once: resumable from the last commit
-        store.finish_run(run_id, "paused", error=f"interrupted: {exc}" if str(exc) else None)
-        raise
-    except BaseException as exc:
-        store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    store.finish_run(run_id, "completed")
-    result.run_id = run_id
+
+    result = run.drive(federate, on_round, interrupts)
+    result.run_id = run.run_id
     return result
-
-
-def create_stored_run(store: Store, prepared: PreparedScenario, backend: str) -> int:
-    """Record a new run of ``prepared`` on ``backend`` (its scenario and model spec)."""
-    spec = prepared.scenario
-    return store.create_run(
-        spec.name,
-        backend,
-        spec.seed,
-        spec.model_dump(mode="json"),
-        {
-            "name": prepared.spec.name,
-            "kwargs": prepared.spec.kwargs,
-            "input_shape": list(prepared.data.input_shape),
-        },
-    )
 
 
 def run_scenario(
@@ -189,34 +281,11 @@ def run_scenario(
     Nothing is stored for a scenario that ``prepare_scenario`` rejects.
     """
     prepared = scenario if isinstance(scenario, PreparedScenario) else prepare_scenario(scenario)
+    options: dict[str, Any] = {"device": device, "flower_verbose": flower_verbose}
     if store is None:
-        return simulate_prepared(
-            prepared, backend, on_round, device=device, flower_verbose=flower_verbose
-        )
-    run_id = create_stored_run(store, prepared, backend)
-    return _run_stored(
-        store,
-        run_id,
-        prepared,
-        backend,
-        on_round,
-        interrupts=interrupts,
-        device=device,
-        flower_verbose=flower_verbose,
-    )
-
-
-def prepare_stored_run(store: Store, run_id: int) -> tuple[PreparedScenario, Resume | None]:
-    """Rebuild a stored run's scenario and find where it stopped (None: before round 1)."""
-    run = store.get_run(run_id)
-    prepared = prepare_scenario(scenario_from_dict(run.config, source=f"run {run_id}"))
-    if not run.rounds:
-        return prepared, None
-    last, checkpoint = store.load_checkpoint(run_id)
-    if prepared.world is not None:  # the virtual clock goes on from the stored sim_clock_s
-        done = sorted((r for r in run.rounds if r.number <= last.number), key=lambda r: r.number)
-        prepared.world.restore_clock([r.metrics for r in done])
-    return prepared, Resume(last.number, checkpoint.params, checkpoint.server_state)
+        return simulate_prepared(prepared, backend, on_round, **options)
+    run = StoredRun.create(store, prepared, backend)
+    return _simulate_stored(run, backend, on_round, interrupts, **options)
 
 
 def resume_run(
@@ -228,22 +297,9 @@ def resume_run(
     device: str | None = None,
     interrupts: Interrupts | None = None,
 ) -> SimulationResult:
-    """Continue a paused or interrupted run from its last committed round."""
-    from aggregator.store import StoreError
-
-    run = store.claim_run(run_id, backend or store.get_run(run_id).backend)
-    prepared, resume = prepare_stored_run(store, run_id)
-    if resume is not None and resume.round >= prepared.config.num_rounds:
-        store.finish_run(run_id, "completed")  # it crashed after its last commit
-        raise StoreError(f"run {run_id} had already run all {resume.round} rounds")
-    return _run_stored(
-        store,
-        run_id,
-        prepared,
-        run.backend,
-        on_round,
-        resume,
-        interrupts,
-        device=device,
-        flower_verbose=flower_verbose,
-    )
+    """Continue a paused or interrupted run from its last committed round (on ``backend``,
+    default the one it ran on)."""
+    backend = backend or store.get_run(run_id).backend
+    run = StoredRun.reopen(store, run_id, backend, interrupts)
+    options: dict[str, Any] = {"device": device, "flower_verbose": flower_verbose}
+    return _simulate_stored(run, backend, on_round, interrupts, **options)

@@ -130,16 +130,16 @@ def test_a_paused_deployment_is_not_resumed_as_a_simulation_unasked(tmp_path):
 def test_server_resume_names_what_is_wrong(tmp_path):
     from aggregator.store import Store
     from deploy.serverapp import BACKEND, load_deployable
-    from simulations.lifecycle import create_stored_run, run_scenario
+    from simulations.lifecycle import StoredRun, run_scenario
     from simulations.prepare import prepare_scenario
     from simulations.scenario import load_scenario
 
     db = str(tmp_path / "runs.db")
     store = Store(db)
     run_scenario(load_scenario(EXAMPLE), store=store)  # run 1: a simulation
-    deployed = create_stored_run(  # run 2: a deployment that finished
+    deployed = StoredRun.create(  # run 2: a deployment that finished
         store, prepare_scenario(load_deployable(EXAMPLE.read_text())), BACKEND
-    )
+    ).run_id
     store.finish_run(deployed, "completed")
     other = tmp_path / "other.toml"
     other.write_text(EXAMPLE.read_text().replace("rounds = 2", "rounds = 3"))

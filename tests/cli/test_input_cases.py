@@ -201,18 +201,15 @@ def test_pause_set_resume_and_abort_through_the_cli(tmp_path, monkeypatch):
 def _paused_after_one_round(store, folder: Path) -> int:
     """A stored run of the 3-round scenario paused after committing round 1."""
     from aggregator.rounds import StopRun
-    from simulations.lifecycle import _run_stored, create_stored_run
-    from simulations.prepare import prepare_scenario
+    from simulations.lifecycle import run_scenario
     from simulations.scenario import load_scenario
-
-    prepared = prepare_scenario(load_scenario(folder / "s.toml"))
-    run_id = create_stored_run(store, prepared, "inprocess")
 
     def stop_after_one(outcome):
         raise StopRun("paused")
 
     with pytest.raises(StopRun):
-        _run_stored(store, run_id, prepared, "inprocess", stop_after_one)
+        run_scenario(load_scenario(folder / "s.toml"), store=store, on_round=stop_after_one)
+    run_id = store.list_runs()[0].id
     assert store.get_run(run_id).status == "paused"
     return run_id
 

@@ -170,15 +170,15 @@ def test_the_app_folder_is_a_valid_flower_app_carrying_the_run_config(tmp_path):
 
 
 def test_a_paused_deployed_run_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
-    from simulations.lifecycle import create_stored_run
+    from simulations.lifecycle import StoredRun
     from simulations.prepare import prepare_scenario
 
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     store = Store(db)
     text = EXAMPLE.read_text()
-    run_id = create_stored_run(  # as `fedcore server` records it before submitting
+    run_id = StoredRun.create(  # as `fedcore server` records it before submitting
         store, prepare_scenario(serverapp.load_deployable(text)), serverapp.BACKEND
-    )
+    ).run_id
     settings = DeploySettings(scenario=text, db=db, run_id=run_id, connect_timeout=5)
 
     def pause_after_round_1(outcome):

@@ -15,7 +15,7 @@ from fedcore.models import build_model
 from fedcore.settings import TrainSettings
 from simulations.clock import DEADLINE, DROPPED, client_time
 from simulations.harness import simulate
-from simulations.lifecycle import prepare_stored_run, resume_run, run_scenario
+from simulations.lifecycle import StoredRun, resume_run, run_scenario
 from simulations.population import Population, PopulationSection
 from simulations.prepare import prepare_scenario
 from simulations.reports import write_report
@@ -201,7 +201,8 @@ def test_resume_restores_the_virtual_clock(tmp_path):
     with pytest.raises(StopRun):
         run_scenario(spec, store=store, on_round=operator)
     stored = [r.metrics["sim_clock_s"] for r in store.get_run(1).rounds]
-    prepared, resume = prepare_stored_run(store, 1)
+    reopened = StoredRun.reopen(store, 1)
+    prepared, resume = reopened.prepared, reopened.resume
     assert resume is not None and resume.round == 2
     assert prepared.world is not None and prepared.world.clock.now_s == stored[-1] > 0
     assert len(prepared.world.clock.history) == 2
