@@ -1,125 +1,142 @@
-"""Drive SecAgg+ protocol objects directly, without Flower messaging (tests, scale benchmark).
+"""SecAgg+ rounds without a transport, through the round's own collector (tests, scale benchmark).
 
-The same ``SecAggClient`` and ``SecAggServer`` that the ClientApp handlers and the round loop
-use, wired by plain function calls, so that 1,000 clients x 1M parameters measure the
-protocol's own cost rather than the transport's. Each client's update is produced on demand
-by ``update_of(i)`` and folded into the server's running sum right away, so memory stays at
-a few vectors whatever n is. ``drop[stage]`` names the clients (0-based) that vanish at that
-stage, i.e. never answer it.
+Nothing here drives the protocol: ``aggregator.collect.secagg.SecAggCollector`` runs its stages
+exactly as in a simulated or deployed round. `DirectGrid` only stands in for the network: it
+hands each stage message straight to the clients' own stage handlers
+(``client_runtime.secagg_app``), lazily, so the server folds each masked vector in before the
+next client computes its own and 1,000 clients x 1M parameters take a few vectors of memory.
+Client i (node id ``BASE + i``) trains to ``global + update_of(i)``. ``drop[stage]`` names the
+clients (0-based) that never answer that stage; ``tamper(stage, i, reply)`` may replace client
+i's parsed reply before the server sees it. Each client's handler time and reply bytes are
+measured; the server's time is the rest.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from uuid import uuid4
 
 import numpy as np
+from flwr.app import Message
+from flwr.clientapp import ClientApp
 
-from aggregator.secagg.server import SecAggServer
-from client_runtime.secagg import SecAggClient
-from fedcore.secagg.fixedpoint import FixedPoint
-from fedcore.secagg.params import SecAggParams
+from aggregator.backend import select_backend
+from aggregator.collect import RoundPlan, SecureSum
+from aggregator.collect.secagg import REPLIES, SecAggAborted, SecAggCollector, record_bytes
+from aggregator.round_types import ClientOutcome, FederationConfig
+from aggregator.secagg import SecAggConfig
+from aggregator.select import Selection
+from client_runtime.secagg_app import TrainOutput, register_secagg
+from fedcore import protocol
+from fedcore.secagg import messages
+from fedcore.settings import TrainSettings
+from fedcore.wire import read_vector
+from simulations.backends.inprocess import InProcessGrid
 
+BASE = 1000  # client i is node BASE + i
 UpdateFn = Callable[[int], tuple[np.ndarray, float, float]]  # i -> (update, examples, loss)
+Tamper = Callable[[str, int, object], object]  # (stage, i, parsed reply) -> reply
+STAGE_OF = {message_type: stage for stage, message_type in messages.TYPES.items()}
 
 
 @dataclass
 class DirectRound:
-    """The outcome of one directly driven round, with costs per side."""
+    """The outcome of one round: the secure sum (None if the round was abandoned, then
+    ``error`` says why), each client's outcome, and the costs per side."""
 
-    server: SecAggServer
-    total: np.ndarray | None  # the unmasked uint32 sum (None if aborted)
-    error: Exception | None
+    result: SecureSum | None
+    error: SecAggAborted | None
     server_seconds: float
     client_seconds: np.ndarray  # per client, summed over its stages
-    client_bytes: np.ndarray  # per client, payload bytes sent
+    client_bytes: np.ndarray  # per client, reply payload bytes
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def outcomes(self) -> list[ClientOutcome]:
+        """Every client's outcome (empty when the round was abandoned)."""
+        return [] if self.result is None else self.result.outcomes
 
-def payload_bytes(reply: object) -> int:
-    """Bytes a reply carries: byte strings at length, ints at 8, the vector at 4 per word."""
-    size = 0
-    for value in vars(reply).values():
-        if isinstance(value, bytes):
-            size += len(value)
-        elif isinstance(value, np.ndarray):
-            size += value.nbytes
-        elif isinstance(value, tuple):
-            size += sum(len(v) if isinstance(v, bytes) else 8 for v in value)
-        elif isinstance(value, int):
-            size += 8
-    return size
+    def summed(self) -> list[int]:
+        """The clients (0-based) whose updates are in the sum."""
+        return sorted(o.node_id - BASE for o in self.outcomes if o.accepted)
+
+
+class DirectGrid(InProcessGrid):
+    """``n`` in-process clients whose ``send_and_receive`` answers one message at a time."""
+
+    def __init__(
+        self,
+        n: int,
+        update_of: UpdateFn,
+        drop: Mapping[str, set[int]] | None = None,
+        tamper: Tamper | None = None,
+    ) -> None:
+        app = ClientApp()
+        register_secagg(app, self._train, credentials=None)
+        super().__init__(app, n, base=BASE)
+        self.update_of, self.drop, self.tamper = update_of, drop or {}, tamper
+        self.client_seconds = np.zeros(n)
+        self.client_bytes = np.zeros(n, dtype=np.int64)
+        self.stage_spans: dict[str, list[float]] = {}  # stage -> [start, end of its replies]
+
+    def _train(self, msg: Message, context: object) -> TrainOutput:
+        update, examples, loss = self.update_of(msg.metadata.dst_node_id - BASE)
+        base = read_vector(msg.content.array_records[protocol.GLOBAL])
+        return TrainOutput(base + update, examples, loss, 0.0)
+
+    def send_and_receive(
+        self, messages_out: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        """Each message's reply, computed when the collector asks for it."""
+        outgoing = list(messages_out)
+        stage = STAGE_OF[outgoing[0].metadata.message_type] if outgoing else "none"
+        span = self.stage_spans.setdefault(stage, [time.perf_counter(), 0.0])
+        for msg in outgoing:
+            i = msg.metadata.dst_node_id - BASE
+            if i in self.drop.get(stage, ()):
+                continue
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # as a transport would
+            tick = time.perf_counter()
+            reply = self._deliver(msg)
+            self.client_seconds[i] += time.perf_counter() - tick
+            if self.tamper is not None and not reply.has_error():
+                parsed = messages.from_content(REPLIES[stage], reply.content)
+                reply = Message(messages.to_content(self.tamper(stage, i, parsed)), reply_to=msg)
+            self.client_bytes[i] += record_bytes(reply.content)
+            yield reply
+        span[1] = time.perf_counter()
 
 
 def run_direct(
     n: int,
     vector_size: int,
     update_of: UpdateFn,
-    params: SecAggParams,
-    encoding: FixedPoint,
+    settings: SecAggConfig,
     drop: Mapping[str, set[int]] | None = None,
-    tamper: Callable[[str, int, object], object] | None = None,
+    tamper: Tamper | None = None,
 ) -> DirectRound:
-    """Run one round among clients 0..n-1 (node id = i + 1000); see the module docstring.
-
-    ``tamper(stage, i, reply)`` may replace client i's reply before the server sees it.
-    """
-    drop = drop or {}
-    nodes = [i + 1000 for i in range(n)]
-    server = SecAggServer(nodes, params, encoding, vector_size)
-    clients = [SecAggClient(node) for node in nodes]
-    client_seconds = np.zeros(n)
-    client_bytes = np.zeros(n, dtype=np.int64)
-    server_seconds = 0.0
-    stage_seconds: dict[str, float] = {}
-
-    def answer(i: int, request: object) -> object:
-        client = clients[i]
-        stage = server.stage
-        if stage == "advertise":
-            return client.advertise(request)
-        if stage == "share":
-            return client.share_keys(request)
-        if stage == "masked":
-            return client.masked_input(request, lambda: update_of(i))
-        return client.unmask(request)
-
+    """One SecAgg+ round among clients 0..n-1 (all of them chosen, every one counted), from a
+    zero global vector of ``vector_size``; see the module docstring."""
+    grid = DirectGrid(n, update_of, drop, tamper)
+    train = protocol.TrainInstructions(1, protocol.ModelSpec("direct"), TrainSettings(), 0)
+    config = FederationConfig(1, n, train, seed=0, secagg=settings)
+    selection = Selection(list(range(n)), {i: BASE + i for i in range(n)}, keep=n)
+    zero = np.zeros(vector_size, np.float32)
+    plan = RoundPlan(grid, selection, zero, 1, config, backend=select_backend("cpu"))
+    start = time.perf_counter()
+    result: SecureSum | None = None
+    error: SecAggAborted | None = None
     try:
-        for stage in ("advertise", "share", "masked", "unmask"):
-            start = time.perf_counter()
-            requests = server.requests()
-            server_seconds += time.perf_counter() - start
-            for node, request in requests.items():
-                i = node - 1000
-                if i in drop.get(stage, set()):
-                    continue
-                tick = time.perf_counter()
-                try:
-                    reply = answer(i, request)
-                except Exception as exc:  # a refusing client is a dropped client
-                    client_seconds[i] += time.perf_counter() - tick
-                    server.fail(node, f"client error: {exc}")
-                    continue
-                client_seconds[i] += time.perf_counter() - tick
-                client_bytes[i] += payload_bytes(reply)
-                if tamper is not None:
-                    reply = tamper(stage, i, reply)
-                tick = time.perf_counter()
-                server.receive(node, reply)
-                server_seconds += time.perf_counter() - tick
-            tick = time.perf_counter()
-            server.close_stage()
-            server_seconds += time.perf_counter() - tick
-            stage_seconds[stage] = time.perf_counter() - start
-        tick = time.perf_counter()
-        total = server.result()
-        server_seconds += time.perf_counter() - tick
-        stage_seconds["result"] = time.perf_counter() - tick
-    except Exception as exc:  # Aborted, mostly: report it with the costs so far
-        return DirectRound(
-            server, None, exc, server_seconds, client_seconds, client_bytes, stage_seconds
-        )
-    return DirectRound(
-        server, total, None, server_seconds, client_seconds, client_bytes, stage_seconds
-    )
+        [collected] = list(SecAggCollector(settings).collect(plan))
+        assert isinstance(collected, SecureSum)
+        result = collected
+    except SecAggAborted as exc:  # reported with the costs so far
+        error = exc
+    total = time.perf_counter() - start
+    stages = {stage: end - begin for stage, (begin, end) in grid.stage_spans.items()}
+    last_end = max((end for _, end in grid.stage_spans.values()), default=start)
+    stages["result"] = start + total - last_end  # unmasking and decoding the sum
+    server = total - float(grid.client_seconds.sum())
+    return DirectRound(result, error, server, grid.client_seconds, grid.client_bytes, stages)
