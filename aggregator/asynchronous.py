@@ -132,51 +132,51 @@ class AsyncRun:
         self.in_flight: dict[int, int] = {}  # client -> base version
         self.sent: dict[int, tuple[float, int]] = {}  # client -> (sent at, courier order)
         self.flying: dict[int, int] = {}  # node -> the client training on it
+        self.busy: set[int] = set()  # training or buffered: not to be sent another model
         self.buffer: list[_Contribution] = []
         self.rejected: list = []  # ClientOutcomes waiting for the next step's record
         self.now = now
         self.dispatched = 0
-        self._records: tuple[int, Callable[[int], dict]] | None = None
+        # per model version: its train records and the draw that picks idle clients for it
+        self._version: tuple[int, Callable[[int], dict], np.random.Generator] | None = None
 
     # -- dispatch ---------------------------------------------------------------------------
     def dispatch(self, clients: Mapping[int, int], order: list[int], members: set[int]) -> None:
         """Fill the free training slots with idle clients (``order``: ``clients`` sorted,
-        ``members``: the same as a set), drawn reproducibly from the seed; when every idle
-        client fits, all go, in order."""
+        ``members``: the same as a set), drawn from one stream per model version (seeded by
+        the run's seed and the version: a run resumed from a step's checkpoint draws the
+        same); when every idle client fits, all go, in order."""
         free = self.asynchrony.concurrency - len(self.in_flight)
-        busy = self.busy()
+        busy = self.busy
         idle_count = len(order) - len(busy & members)
         if free <= 0 or idle_count <= 0:
             return
         step = self.version + 1
-        if self._records is None or self._records[0] != step:  # one record per model version
+        if self._version is None or self._version[0] != step:
             record = vector_record(self.params)
             options = self.strategy.client_options
-            self._records = (step, train_records(self.config, options, step, record))
-        records = self._records[1]
+            self._version = (step, train_records(self.config, options, step, record),
+                             np.random.default_rng([self.config.seed, 7, step]))
+        _, records, rng = self._version
         if idle_count <= free:
             chosen = [c for c in order if c not in busy]
         else:  # draw without replacement; busy clients are few next to the available ones
-            chosen = []
-            rng = np.random.default_rng([self.config.seed, 7, self.dispatched])
+            chosen, taken = [], set()
             while len(chosen) < free:
                 pick = order[int(rng.integers(len(order)))]
-                if pick not in busy:
+                if pick not in busy and pick not in taken:
                     chosen.append(pick)
-                    busy.add(pick)
+                    taken.add(pick)
         for client in chosen:
             self.dispatched += 1
             self._send(client, clients[client], self.version, records, self.now)
-
-    def busy(self) -> set[int]:
-        """Clients training now or waiting in the buffer (not to be sent another model)."""
-        return set(self.in_flight) | {c.outcome.client_id for c in self.buffer}
 
     def _send(self, client: int, node: int, base_version: int,
               records: Callable[[int], dict], now: float) -> None:
         self.in_flight[client] = base_version
         self.sent[client] = (now, getattr(self.courier, "sent", 0))
         self.flying[node] = client
+        self.busy.add(client)
         message = Message(RecordDict(records(client)), node, "train",
                           group_id=str(base_version + 1))
         self.courier.send(message, now)
@@ -235,8 +235,11 @@ class AsyncRun:
         base_version = self.in_flight.pop(client)
         self.sent.pop(client, None)
         staleness = self.version - base_version  # steps behind (as it will be at the next step)
-        outcome = replace(ClientOutcome(client, node, accepted=False), **client_report(reply))
-        outcome = replace(outcome, metrics={**outcome.metrics, "staleness": float(staleness)})
+        report = client_report(reply)
+        outcome = ClientOutcome(
+            client, node, accepted=False, device_class=report.get("device_class"),
+            metrics={**report.get("metrics", {}), "staleness": float(staleness)},
+        )
         try:
             limit = self.asynchrony.max_staleness
             if limit is not None and staleness > limit:
@@ -252,6 +255,7 @@ class AsyncRun:
             )
         except Rejected as exc:
             self.rejected.append(replace(outcome, reason=str(exc)))
+            self.busy.discard(client)
             return
         self.buffer.append(_Contribution(base_version, update, outcome))
 
@@ -280,6 +284,7 @@ class AsyncRun:
         outcomes = [replace(o, accepted=r is None, reason=r)
                     for o, r in zip(outcomes, reasons, strict=True)]
         outcomes += self.rejected
+        self.busy.difference_update(c.outcome.client_id for c in self.buffer)
         self.buffer, self.rejected = [], []
         new = finish_round(aggregation, outcomes, f"step {number}", "contribution")
         self.version, self.params = number, new
@@ -350,7 +355,7 @@ def run_async_federation(
         if got is not None:
             run.collect(*got, declared or {})
         enough = len(run.buffer) >= run.asynchrony.buffer
-        idle = len(order) > len(run.busy() & members)
+        idle = len(order) > len(run.busy & members)
         stuck = got is None or (not run.in_flight and not idle)
         if not enough and not (stuck and run.buffer):
             if got is None and not run.buffer:
@@ -363,7 +368,7 @@ def run_async_federation(
         if config.evaluation is not None and config.evaluation.due(run.version,
                                                                    config.num_rounds):
             evaluation = run_evaluation(
-                grid, idle_cohort(available, order, run.busy()), params, run.version,
+                grid, idle_cohort(available, order, run.busy), params, run.version,
                 config.evaluation, config.seed, config.timeout, max_examples=config.max_examples,
                 declared=declared, of=len(order),
             )  # fmt: skip
