@@ -1,9 +1,12 @@
-"""``fedcore client``: this device joins a SuperLink as a Flower SuperNode.
+"""``fedcore client``: this device joins a SuperLink.
 
 The node's data is given as options and checked here (unknown data set or device class,
-missing file, partition out of range, unreachable SuperLink: one line, exit 2); they become
-the SuperNode's ``--node-config``, which ``deploy.clientapp`` reads for every message. The
-SuperNode serves runs until Ctrl-C, or until the SuperLink has been gone ``--max-wait`` s.
+missing file, partition out of range, unreachable SuperLink: one line, exit 2). By default the
+device joins with the lean agent (``deploy.agent``, the same as ``fedcore-device``): one
+process that speaks Flower's Fleet API itself and keeps model and data warm. With
+``--stock-supernode`` it starts a Flower SuperNode instead, whose ``--node-config`` these
+options become (``deploy.clientapp`` reads it for every message). Either serves runs until
+Ctrl-C, or until the SuperLink has been gone ``--max-wait`` s.
 """
 
 from __future__ import annotations
@@ -111,13 +114,23 @@ def client(
     ] = 120.0,
     logs: Annotated[
         Path | None,
-        typer.Option("--logs", help="Keep the SuperNode's log in this folder."),
+        typer.Option(
+            "--logs", help="Keep the device's log in this folder (agent.log; stock: supernode.log)."
+        ),
     ] = None,
     verbose: Annotated[
-        bool, typer.Option("--verbose", help="Show the SuperNode's own log here.")
+        bool, typer.Option("--verbose", help="Log every message (stock: the SuperNode's log).")
+    ] = False,
+    stock_supernode: Annotated[
+        bool,
+        typer.Option(
+            "--stock-supernode",
+            help="Join with Flower's own SuperNode (a process per message) instead of the "
+            "lean agent.",
+        ),
     ] = False,
 ) -> None:
-    """Join a federation from this device: start a Flower SuperNode with this device's data."""
+    """Join a federation from this device with this device's data."""
     from deploy import processes as p
     from deploy.agent import UsageError, local_values
     from deploy.node import DATA, DATASET, NUM_PARTITIONS, NodeConfigError, NodeData
@@ -163,6 +176,9 @@ def client(
     why = check_tls(host, link_port, root_certificates)
     if why is not None:
         fail(why)
+    if not stock_supernode:
+        _join_lean(superlink, values, root_certificates, private_key, max_wait, logs, verbose)
+        return
 
     work = logs.resolve() if logs is not None else Path(tempfile.mkdtemp(prefix="fedcore-client-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -205,6 +221,28 @@ def client(
     err_console.print(
         f"the SuperLink at {superlink} has been gone {max_wait:g} s; left the federation"
     )
+
+
+def _join_lean(
+    superlink: str,
+    values: dict[str, str | int],
+    root_certificates: Path | None,
+    private_key: Path | None,
+    max_wait: float,
+    logs: Path | None,
+    verbose: bool,
+) -> None:
+    """Serve with the lean agent in this process; exit as ``fedcore-device`` does."""
+    from deploy.agent import FAILED as REFUSED
+    from deploy.agent import JoinOptions, join, setup_logging
+
+    setup_logging(verbose, None if logs is None else logs.resolve() / "agent.log")
+    options = JoinOptions(superlink, dict(values), root_certificates, private_key, max_wait)
+    code = join(options, say=lambda line: err_console.print(line, markup=False))
+    if code == REFUSED:
+        raise typer.Exit(FAILED)
+    if code:
+        raise typer.Exit(code)
 
 
 class _Supervisor:

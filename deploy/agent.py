@@ -219,12 +219,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
+    """The agent's log on stderr (warnings; every message with ``verbose``), and in
+    ``log_file`` too if given."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(format="%(asctime)s %(message)s", handlers=handlers,
+                        level=logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
+
+
 def main(argv: list[str] | None = None) -> int:
     """``fedcore-device``: parse, check, join; the exit code."""
     args = parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(message)s",
-                        level=logging.INFO if args.verbose else logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
+    setup_logging(args.verbose)
     try:
         if args.partition_id is not None and args.partition_id < 0:
             raise UsageError("--partition-id must be >= 0")

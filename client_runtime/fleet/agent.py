@@ -288,6 +288,8 @@ class Agent:
             except Unreachable as exc:
                 reason = str(exc)
             waited = time.monotonic() - started
+            if waited >= self.settings.max_wait and reason.startswith("the SuperLink refused"):
+                raise AgentStopped(reason, refused=True)  # e.g. revoked during the run
             if waited >= self.settings.max_wait:
                 raise AgentStopped(
                     f"the SuperLink has been gone {waited:.0f} s ({reason}); left the federation")

@@ -1,6 +1,6 @@
 """A real deployment on loopback: ``fedcore server`` (a flower-superlink and ``flwr run``) and
-two ``fedcore client`` devices (flower-supernodes), as separate processes, offline
-(`tests.deploy.fleet`). SuperNodes poll every 3 s: the run takes about 30-40 s on two cores.
+two ``fedcore client`` devices (lean agents), as separate processes, offline
+(`tests.deploy.fleet`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_two_devices_train_a_scenario_on_a_real_superlink(fleet, tmp_path):
         assert "left the federation" in fleet.output(f"client{i}")
 
     logs = [tmp_path / "server-logs" / "superlink.log", tmp_path / "server-logs" / "flwr-run.log"]
-    logs += [tmp_path / f"client{i}-logs" / "supernode.log" for i in range(2)]
+    logs += [tmp_path / f"client{i}-logs" / "agent.log" for i in range(2)]  # the lean agent
     for log in logs:
         text = log.read_text(errors="replace")
         assert "uv sync" not in text and "Installing dependencies" not in text, log
