@@ -120,7 +120,8 @@ def run_mode(secagg: bool, rounds: int, idle: float, work: Path) -> dict:
                 idle_from = time.monotonic() + idle / 2  # the first device has settled
                 time.sleep(idle)
                 idle_to = time.monotonic()
-            device = fedcore("client", "--superlink", address, "--dataset", "digits",
+            device = fedcore("client", "--stock-supernode", "--superlink", address,
+                             "--dataset", "digits",
                              "--partition-id", str(i), "--max-wait", "2",
                              log=work / f"device{i}.log")  # fmt: skip
             started.append(device)

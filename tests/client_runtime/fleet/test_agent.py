@@ -1,0 +1,199 @@
+"""The lean agent's loop against a scripted Fleet API (no processes, no timing)."""
+
+import io
+import random
+import zipfile
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from client_runtime.fleet import objects
+from client_runtime.fleet.agent import Agent, AgentStopped, Settings, backoff_delays, fab_config
+from client_runtime.fleet.proto import (
+    fab_pb2,
+    fleet_pb2,
+    heartbeat_pb2,
+    message_pb2,
+    run_pb2,
+    transport_pb2,
+)
+from client_runtime.fleet.transport import FleetError, NodeSigner, Refused, Unreachable
+from fedcore.records import ConfigRecord, RecordDict
+
+NODE = 5
+
+
+def fab() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        bundle.writestr("pyproject.toml", '[tool.flwr.app.config]\nlr = 0.1\nnested.k = "a"\n')
+    return buffer.getvalue()
+
+
+class Link:
+    """A SuperLink's Fleet API as the agent sees it: scripted answers, recorded calls."""
+
+    def __init__(self) -> None:
+        self.signer = NodeSigner(ec.generate_private_key(ec.SECP384R1()))
+        self.warning = None
+        self.inbox: list[tuple[message_pb2.Message, objects.Deflated]] = []
+        self.pushed: list[tuple[message_pb2.Message, message_pb2.ObjectTree]] = []
+        self.objects: dict[str, bytes] = {}
+        self.failures: list[FleetError] = []  # raised, one per call, before answering
+        self.calls: list[str] = []
+
+    def send(self, message_type: str, content: RecordDict, message_id_salt: str = "") -> str:
+        meta = message_pb2.Metadata(run_id=7, src_node_id=1, dst_node_id=NODE, group_id="1",
+                                    created_at=1000.0, ttl=1e9, message_type=message_type)
+        content = RecordDict({**content, "salt": ConfigRecord({"s": message_id_salt})})
+        deflated = objects.deflate(meta, content)
+        meta.message_id = deflated.object_id
+        self.inbox.append((message_pb2.Message(metadata=meta), deflated))
+        return deflated.object_id
+
+    def call(self, name, request, response_type, timeout=None):
+        self.calls.append(name)
+        if self.failures:
+            raise self.failures.pop(0)
+        if name == "activate-node":
+            return fleet_pb2.ActivateNodeResponse(node_id=NODE)
+        if name == "pull-messages":
+            if not self.inbox:
+                return fleet_pb2.PullMessagesResponse()
+            message, deflated = self.inbox.pop(0)
+            self.current = deflated
+            return fleet_pb2.PullMessagesResponse(messages_list=[message],
+                                                  message_object_trees=[deflated.tree])
+        if name == "get-run":
+            run = run_pb2.Run(run_id=request.run_id, fab_hash="h")
+            run.override_config["lr"].CopyFrom(transport_pb2.Scalar(double=0.5))
+            return run_pb2.GetRunResponse(run=run)
+        if name == "get-fab":
+            return fab_pb2.GetFabResponse(fab=fab_pb2.Fab(hash_str="h", content=fab()))
+        if name == "pull-object":
+            content = self.current.contents[request.object_id]
+            return message_pb2.PullObjectResponse(object_found=True, object_available=True,
+                                                  object_content=content)
+        if name == "push-messages":
+            self.pushed.append((request.messages_list[0], request.message_object_trees[0]))
+            ids = list(objects.tree_ids(request.message_object_trees[0]))
+            return fleet_pb2.PushMessagesResponse(objects_to_push=ids, session_id="s")
+        if name == "push-object":
+            self.objects[request.object_id] = request.object_content
+            return message_pb2.PushObjectResponse(stored=True)
+        if name == "send-node-heartbeat":
+            return heartbeat_pb2.SendNodeHeartbeatResponse(success=True)
+        return response_type()
+
+    def reply(self, index: int = -1):
+        head, tree = self.pushed[index]
+        return head, objects.inflate(tree, self.objects, 1 << 20)[1]
+
+    def close(self) -> None:
+        pass
+
+
+def query(content, context):
+    return RecordDict({"info": ConfigRecord({"node": context.node_id,
+                                             "lr": context.run_config["lr"]})})
+
+
+def train(content, context):
+    raise ValueError("data check: model 'logreg': each example has shape (3,)")
+
+
+FAST = Settings(backoff=(0.001, 0.002), max_wait=0.05, poll_active=0.0)
+
+
+def make_agent(link: Link, **settings) -> Agent:
+    agent = Agent(link, {"query": query, "train": train}, {"partition-id": 0},
+                  settings=Settings(**{**FAST.__dict__, **settings}), rng=random.Random(0))
+    agent.activate()
+    return agent
+
+
+def test_a_message_is_answered_with_the_handlers_reply():
+    link = Link()
+    agent = make_agent(link)
+    message_id = link.send("query", RecordDict())
+    assert agent.poll_once()
+    head, content = link.reply()
+    meta = head.metadata
+    assert meta.reply_to_message_id == message_id and meta.dst_node_id == 1
+    assert meta.src_node_id == NODE and meta.message_type == "query" and meta.group_id == "1"
+    assert meta.message_id == link.pushed[-1][1].object_id  # Flower's message id: the root's
+    assert content["info"] == {"node": NODE, "lr": 0.5}  # the run's override of the FAB's lr
+    assert "confirm-message-received" in link.calls
+
+
+def test_a_message_that_comes_again_is_not_answered_twice():
+    link = Link()
+    agent = make_agent(link)
+    link.send("query", RecordDict(), "same")
+    link.inbox.append(link.inbox[0])  # the SuperLink hands the same message out again
+    assert agent.poll_once() and agent.poll_once()
+    assert len(link.pushed) == 1
+
+
+def test_a_handler_that_raises_answers_with_flowers_error_reply():
+    link = Link()
+    agent = make_agent(link)
+    link.send("train", RecordDict())
+    agent.poll_once()
+    head, _ = link.pushed[-1]
+    assert head.HasField("error") and head.error.code == 2
+    assert "data check: model 'logreg'" in head.error.reason
+    link.send("evaluate.nothing", RecordDict())  # no handler: an error reply too
+    agent.poll_once()
+    assert "no handler" in link.pushed[-1][0].error.reason
+
+
+def test_the_agent_waits_out_an_absent_superlink_and_rejoins():
+    link = Link()
+    agent = make_agent(link, max_wait=30.0)
+    link.failures = [Unreachable("down")] * 5
+    agent._connect(first=False)
+    assert agent.node_id == NODE and link.calls.count("activate-node") == 1 + 5 + 1
+
+
+def test_the_agent_gives_up_after_max_wait():
+    link = Link()
+    agent = make_agent(link)
+    link.failures = [Unreachable("down")] * 10_000
+    with pytest.raises(AgentStopped, match="has been gone") as stopped:
+        agent._connect(first=False)
+    assert not stopped.value.refused
+
+
+def test_a_refused_key_stops_the_agent_at_once():
+    link = Link()
+    link.failures = [Refused("activate-node: 412 Failed to activate SuperNode.", 2004, 412)]
+    agent = Agent(link, {}, {}, settings=FAST)
+    with pytest.raises(AgentStopped, match="refused this device's key") as stopped:
+        agent.run()
+    assert stopped.value.refused
+
+
+def test_a_message_whose_objects_do_not_match_is_refused_in_the_reply():
+    link = Link()
+    agent = make_agent(link)
+    link.send("query", RecordDict())
+    _, deflated = link.inbox[0]
+    oid = next(iter(deflated.contents))
+    deflated.contents[oid] += b"x"
+    assert agent.poll_once()
+    head, _ = link.pushed[-1]  # the server records why; no handler ran
+    assert head.error.code == 2 and "does not match its id" in head.error.reason
+
+
+def test_backoff_grows_with_jitter_up_to_its_ceiling():
+    delays = backoff_delays(0.5, 10.0, random.Random(1))
+    waits = [next(delays) for _ in range(12)]
+    assert all(0.5 <= w <= 10.0 for w in waits) and max(waits[-4:]) > 2.0
+    assert len(set(waits)) == len(waits)
+
+
+def test_the_run_config_is_the_fabs_with_the_runs_overrides():
+    assert fab_config(fab(), {"lr": 0.5, "unknown": 1}) == {"lr": 0.5, "nested.k": "a"}
+    with pytest.raises(FleetError, match="unreadable"):
+        fab_config(b"not a zip", {})
