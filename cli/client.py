@@ -131,26 +131,15 @@ def client(
     ] = False,
 ) -> None:
     """Join a federation from this device with this device's data."""
+    from deploy import agent
     from deploy import processes as p
-    from deploy.agent import UsageError, local_values
-    from deploy.node import DATA, DATASET, NUM_PARTITIONS, NodeConfigError, NodeData
-    from fedcore import protocol
+    from deploy.node import NodeData
 
-    values: dict[str, str | int] = {}
-    for key, value in (
-        (DATASET, dataset),
-        (protocol.PARTITION_ID, partition_id),
-        (NUM_PARTITIONS, num_partitions),
-        (DATA, None if data is None else str(data.expanduser().resolve())),
-        (protocol.DEVICE, device),
-    ):
-        if value is not None:
-            values[key] = value
     try:
-        node = NodeData.parse(values)
-        node.check()
-    except NodeConfigError as exc:
-        fail(_as_options(str(exc)))
+        values = agent.node_values(dataset, partition_id, num_partitions, data, device)
+    except agent.UsageError as exc:
+        fail(str(exc))
+    node = NodeData.parse(values)
     if check is not None:
         _check_offline(check, node)
         return
@@ -162,11 +151,11 @@ def client(
         fail(f"--superlink: {exc}")
     if root_certificates is not None and not root_certificates.is_file():
         fail(f"--root-certificates: no such file: {root_certificates}")
-    if private_key is not None:
-        _check_private_key(private_key, root_certificates)
     try:
-        values.update(local_values(identity, private_key, root_certificates, models))
-    except UsageError as exc:
+        if private_key is not None:
+            agent.check_key(private_key, root_certificates)
+        values.update(agent.local_values(identity, private_key, root_certificates, models))
+    except agent.UsageError as exc:
         fail(str(exc))
     why = p.reachable(host, link_port)
     if why is not None:
@@ -191,7 +180,7 @@ def client(
     def start() -> FlowerProcess:
         return p.FlowerProcess("flower-supernode", args, env, log)
 
-    err_console.print(f"device joined {superlink} ({_describe(node)}); Ctrl-C to leave")
+    err_console.print(f"device joined {superlink} ({agent.describe(node)}); Ctrl-C to leave")
     supervisor = _Supervisor(start, host, link_port, max_wait, _DataMismatches(log))
     try:
         gone = supervisor.run()
@@ -337,6 +326,7 @@ class _DataMismatches:
 
 def _check_offline(scenario: Path, node: object) -> None:
     """``--check``: one line, exit 0 if the data fits the scenario's model, else exit 2."""
+    from deploy.agent import as_options
     from deploy.check import check_offline
     from deploy.node import NodeConfigError, NodeData
 
@@ -346,47 +336,9 @@ def _check_offline(scenario: Path, node: object) -> None:
     try:
         err_console.print(check_offline(scenario, node), markup=False)
     except NodeConfigError as exc:
-        fail(_as_options(str(exc)))
-
-
-def _check_private_key(key: Path, root_certificates: Path | None) -> None:
-    """``--key`` must be an OpenSSH EC private key (as keygen writes) and come with TLS."""
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-
-    if root_certificates is None:
-        fail("--key: device authentication needs TLS: give --root-certificates ca.pem too")
-    if not key.is_file():
-        fail(f"--key: no such file: {key}")
-    try:
-        private = load_ssh_private_key(key.read_bytes()[:16384], None)
-    except (ValueError, TypeError) as exc:
-        fail(f"--key: {key}: not an unencrypted OpenSSH private key ({exc})")
-    if not isinstance(private, ec.EllipticCurvePrivateKey):
-        fail(f"--key: {key}: needs an ECDSA key (`fedcore clients keygen` makes one)")
+        fail(as_options(str(exc)))
 
 
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM: leave like Ctrl-C, so the SuperNode is stopped on the way out."""
     raise KeyboardInterrupt
-
-
-def _describe(node: object) -> str:
-    """One phrase for the node's data and device class."""
-    from deploy.node import NodeData
-
-    assert isinstance(node, NodeData)
-    if node.data is not None:
-        what = f"data {node.data}"
-    else:
-        parts = f" of {node.num_partitions}" if node.num_partitions else ""
-        what = f"{node.dataset} partition {node.partition_id}{parts}"
-    return what + (f", device {node.device}" if node.device else "")
-
-
-def _as_options(message: str) -> str:
-    """Name the command's options, not the node-config keys, in an error message."""
-    for key in ("partition-id", "num-partitions", "dataset", "data", "device"):
-        message = message.replace(f"node config: {key}", f"--{key}")
-        message = message.replace(f"'{key}'", f"--{key}")
-    return message.replace("node config: ", "").replace("node config ", "")

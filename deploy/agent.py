@@ -87,6 +87,22 @@ def local_values(identity: Path | None, key: Path | None, root_certificates: Pat
     return values
 
 
+def check_key(key: Path, root_certificates: Path | None) -> None:
+    """``--key`` must be an unencrypted ECDSA private key (as keygen writes) and come with TLS."""
+    from client_runtime.fleet.transport import load_private_key
+
+    if root_certificates is None:
+        raise UsageError(
+            "--key: device authentication needs TLS: give --root-certificates ca.pem too")
+    if not key.is_file():
+        raise UsageError(f"--key: no such file: {key}")
+    try:
+        load_private_key(key)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--key: {key}: not an unencrypted ECDSA private key "
+                         f"(`fedcore clients keygen` makes one): {exc}") from None
+
+
 def check_connection(options: JoinOptions) -> None:
     """The address, CA file, key and TLS handshake, before joining (``UsageError``)."""
     from deploy.probe import check_tls
@@ -100,18 +116,7 @@ def check_connection(options: JoinOptions) -> None:
     if ca is not None and not ca.is_file():
         raise UsageError(f"--root-certificates: no such file: {ca}")
     if options.key is not None:
-        if ca is None:
-            raise UsageError(
-                "--key: device authentication needs TLS: give --root-certificates ca.pem too")
-        if not options.key.is_file():
-            raise UsageError(f"--key: no such file: {options.key}")
-        from client_runtime.fleet.transport import load_private_key
-
-        try:
-            load_private_key(options.key)
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"--key: {options.key}: not an unencrypted ECDSA private key "
-                             f"(`fedcore clients keygen` makes one): {exc}") from None
+        check_key(options.key, ca)
     why = reachable(host, port)
     if why is not None:
         raise UsageError(f"--superlink: cannot reach a SuperLink at {options.superlink}: {why}")
