@@ -28,7 +28,7 @@ from aggregator.collect.secagg import REPLIES, SecAggAborted, SecAggCollector, r
 from aggregator.round_types import ClientOutcome, FederationConfig
 from aggregator.secagg import SecAggConfig
 from aggregator.select import Selection
-from client_runtime.secagg_app import TrainOutput, register_secagg
+from client_runtime.secagg_app import CredentialsFn, TrainOutput, register_secagg
 from fedcore import protocol
 from fedcore.secagg import messages
 from fedcore.settings import TrainSettings
@@ -72,9 +72,10 @@ class DirectGrid(InProcessGrid):
         update_of: UpdateFn,
         drop: Mapping[str, set[int]] | None = None,
         tamper: Tamper | None = None,
+        credentials: CredentialsFn | None = None,
     ) -> None:
         app = ClientApp()
-        register_secagg(app, self._train, credentials=None)
+        register_secagg(app, self._train, credentials=credentials)
         super().__init__(app, n, base=BASE)
         self.update_of, self.drop, self.tamper = update_of, drop or {}, tamper
         self.client_seconds = np.zeros(n)
@@ -116,10 +117,12 @@ def run_direct(
     settings: SecAggConfig,
     drop: Mapping[str, set[int]] | None = None,
     tamper: Tamper | None = None,
+    credentials: CredentialsFn | None = None,
 ) -> DirectRound:
     """One SecAgg+ round among clients 0..n-1 (all of them chosen, every one counted), from a
-    zero global vector of ``vector_size``; see the module docstring."""
-    grid = DirectGrid(n, update_of, drop, tamper)
+    zero global vector of ``vector_size``; see the module docstring. ``credentials``: the
+    clients' identities (with ``settings.identities``: the round runs the consistency check)."""
+    grid = DirectGrid(n, update_of, drop, tamper, credentials)
     train = protocol.TrainInstructions(1, protocol.ModelSpec("direct"), TrainSettings(), 0)
     config = FederationConfig(1, n, train, seed=0, secagg=settings)
     selection = Selection(list(range(n)), {i: BASE + i for i in range(n)}, keep=n)

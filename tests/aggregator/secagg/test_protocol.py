@@ -164,3 +164,19 @@ def test_each_side_is_measured():
     assert set(outcome.stage_seconds) == {*STAGES, "result"}
     assert (outcome.client_seconds > 0).all()
     assert outcome.client_bytes[0] < 4 * d <= outcome.client_bytes[1:].min()  # 0 sent no vector
+
+
+def test_a_direct_round_with_identities_sums_the_same():
+    from aggregator.secagg.keybook import Identities
+    from fedcore.secagg.identity import SimulatedAuthority
+
+    authority = SimulatedAuthority.create()
+    x, examples, update_of = make_updates(6, 50, 3)
+    plain = run_direct(6, 50, update_of, settings(k=5, t=4), {"masked": {2}})
+    checked = run_direct(
+        6, 50, update_of, settings(k=5, t=4, identities=Identities(authority.authority())),
+        {"masked": {2}}, credentials=lambda c: authority.credentials(c.node_id - 1000),
+    )
+    assert plain.error is None and checked.error is None
+    assert checked.result.mean_update.tobytes() == plain.result.mean_update.tobytes()
+    assert "check" in checked.stage_seconds and "check" not in plain.stage_seconds
