@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ...optim.optimizer import Optimizer
+from ...optim.sgd import CHUNK as SGD_CHUNK  # the eager step's: a 128 KiB scratch at most
 from ...optim.sgd import SGD, sgd_update
 from ..engine import get_engine
 from ..tensor import Tensor, as_array
@@ -31,8 +32,6 @@ from .program import Instr
 from .tracer import Tracer, trace
 
 __all__ = ["BoundPlan", "TrainStep", "compile_step"]
-
-SGD_CHUNK = 1 << 18  # elements per SGD update chunk: a 1 MiB scratch at most
 
 
 class BoundPlan:
