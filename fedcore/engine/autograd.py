@@ -6,6 +6,14 @@ an op's maths. Recording saves *(var, version)* pairs, never copies: when backwa
 a saved var whose version moved (an in-place write after it was saved) raises `MutationError`
 naming the op and the var. Forward and backward steps are both pushed through the engine with
 their read and write sets. The backward pass itself is in `fedcore.engine.backprop`.
+
+What a node keeps is only what its backward will read. A primitive that declares `reads` (for
+each input, which saved inputs that input's VJP reads) keeps nothing for an input that needs no
+gradient: `x @ W` with W frozen (LoRA's base, a tied head's frozen table) keeps no x. And an
+input that a cheap `remat` primitive produced (RMSNorm, the SwiGLU gate: each keeps all its own
+inputs for its own backward anyway) is not kept at all but recomputed from those inputs when
+the consumer's backward runs: a matmul after a norm holds no copy of the normalised
+activations between forward and backward.
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ from .pool import MemoryPool
 from .tensor import Leaf, Tensor, _mode, default_float
 from .var import Var
 
-__all__ = ["VJPS", "VJPS_INTO", "Ctx", "Node", "Primitive", "apply", "apply_inplace", "defvjp",
-           "defvjp_into"]
+__all__ = ["VJPS", "VJPS_INTO", "Ctx", "Node", "Primitive", "Remat", "apply", "apply_inplace",
+           "defvjp", "defvjp_into"]
 
 VJP = Callable[["Ctx", np.ndarray], np.ndarray]
 
@@ -42,22 +50,32 @@ class Primitive:
     """An op's identity and forward: `forward(ctx, *arrays, **params) -> np.ndarray`.
 
     `saves`: indices of inputs the VJPs read; `saves_output`: the VJPs read the result.
+    `reads`: per input, the saved inputs its VJP reads (None: every VJP may read every saved
+    input); an input no differentiable input's VJP reads is not kept.
+    `remat`: the result is cheap to recompute and the op saves every input it has, so a
+    consumer keeps the recipe instead of the result (see the module docstring).
     `view`: the result is a view of input 0 (no allocation, shares its version).
     `inplace`: forward writes into input 0 and returns nothing.
     """
 
-    __slots__ = ("name", "forward", "saves", "saves_output", "view", "inplace")
+    __slots__ = ("name", "forward", "saves", "saves_output", "view", "inplace", "reads",
+                 "remat")
 
     def __init__(self, name: str, forward: Callable[..., Any], saves: tuple[int, ...] = (),
-                 saves_output: bool = False, view: bool = False, inplace: bool = False):
+                 saves_output: bool = False, view: bool = False, inplace: bool = False,
+                 reads: tuple[tuple[int, ...], ...] | None = None, remat: bool = False):
         if inplace and 0 in saves:
             raise ValueError(f"{name}: an in-place op cannot save the input it overwrites")
+        if remat and (inplace or view):
+            raise ValueError(f"{name}: only an op with a fresh result can be recomputed")
         self.name = name
         self.forward = forward
         self.saves = saves
         self.saves_output = saves_output
         self.view = view
         self.inplace = inplace
+        self.reads = reads
+        self.remat = remat
 
     def __repr__(self) -> str:
         return f"Primitive({self.name!r})"
@@ -127,6 +145,36 @@ class Node:
         return f"Node({self.prim.name})"
 
 
+class Remat:
+    """What a node keeps instead of an input a `remat` op produced: that op, its inputs and
+    parameters, and the shape the consumer saw (a reshape of the result)."""
+
+    __slots__ = ("prim", "in_vars", "params", "dtype", "shape")
+
+    def __init__(self, node: Node, shape: tuple[int, ...]):
+        self.prim, self.in_vars, self.shape = node.prim, node.in_vars, shape
+        self.params, self.dtype = node.ctx.params, node.ctx.dtype
+
+    def value(self, pool: MemoryPool) -> np.ndarray:
+        """The producer's result, computed again (a fresh pool buffer)."""
+        ctx = Ctx(pool, self.params)
+        ctx.dtype = self.dtype
+        out = self.prim.forward(ctx, *[v.data for v in self.in_vars], **self.params)
+        return out.reshape(self.shape)
+
+
+def _remat_source(t: Tensor) -> Node | None:
+    """The recomputable node whose result `t` is (through reshapes), else None."""
+    node = t._node
+    while type(node) is Node and node.prim.view and node.prim.name == "reshape":
+        node = node.parents[0]
+    if type(node) is not Node or not node.prim.remat or node.ctx is None:
+        return None
+    if any(v is None for v in node.in_vars):  # it must keep every input it recomputes from
+        return None
+    return node
+
+
 def _record(prim: Primitive, inputs: tuple[Tensor, ...], in_vars: tuple[Var, ...],
             out_var: Var, ctx: Ctx) -> Node:
     vjps = VJPS.get(prim.name)
@@ -136,13 +184,23 @@ def _record(prim: Primitive, inputs: tuple[Tensor, ...], in_vars: tuple[Var, ...
         if t._node is not None and (i >= len(vjps) or vjps[i] is None):
             raise TypeError(f"op '{prim.name}' is not differentiable in argument {i}")
     saves = prim.saves
-    kept = tuple(v if i in saves else None for i, v in enumerate(in_vars))
-    saved_vars = [in_vars[i] for i in saves]
+    if prim.reads is not None:  # only what the VJPs that will run read
+        need = {j for i, t in enumerate(inputs) if t._node is not None for j in prim.reads[i]}
+        saves = tuple(i for i in saves if i in need)
+    kept: list[Var | Remat | None] = [None] * len(in_vars)
+    saved: list[tuple[Var, int]] = []
+    for i in saves:
+        src = _remat_source(inputs[i])
+        if src is None:
+            kept[i] = in_vars[i]
+            saved.append((in_vars[i], expected_version(in_vars[i])))
+        else:  # recomputed at backward from the producer's inputs (checked and read then)
+            kept[i] = Remat(src, inputs[i].shape)
+            saved.extend(src.saved)
     if prim.saves_output:
-        saved_vars.append(out_var)
-    saved = tuple((v, expected_version(v)) for v in saved_vars)
-    return Node(prim, tuple(t._node for t in inputs), ctx, kept,
-                out_var if prim.saves_output else None, saved)
+        saved.append((out_var, expected_version(out_var)))
+    return Node(prim, tuple(t._node for t in inputs), ctx, tuple(kept),
+                out_var if prim.saves_output else None, tuple(saved))
 
 
 class _Tracing:

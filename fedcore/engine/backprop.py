@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .autograd import VJPS, VJPS_INTO, Node
+from .autograd import VJPS, VJPS_INTO, Node, Remat
 from .engine import get_engine
 from .errors import MutationError
 from .tensor import Leaf, Tensor
@@ -99,7 +99,8 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
 
     def fn() -> None:
         _check_saved(prim.name, saved)
-        ctx.args = tuple([None if v is None else v.data for v in in_vars])
+        ctx.args = tuple([None if v is None else v.value(pool) if type(v) is Remat else v.data
+                          for v in in_vars])
         ctx.ans = None if out_var is None else out_var.data
         g = gvar.data
         for i, dst in enumerate(dsts):

@@ -261,7 +261,7 @@ def _rms_vjp_gamma(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     return np.add.reduce(xr.reshape(-1, c), axis=0)
 
 
-rms_norm_p = Primitive("rms_norm", _rms_fwd, saves=(0, 1))
+rms_norm_p = Primitive("rms_norm", _rms_fwd, saves=(0, 1), remat=True)
 defvjp(rms_norm_p, _rms_vjp_x, _rms_vjp_gamma)
 
 

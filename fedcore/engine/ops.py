@@ -68,7 +68,7 @@ def _grad_b(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarra
     return gemm(ctx.args[0].T, g, out)  # dB = A^T G
 
 
-matmul_p = Primitive("matmul", _matmul_fwd, saves=(0, 1))
+matmul_p = Primitive("matmul", _matmul_fwd, saves=(0, 1), reads=((1,), (0,)))
 defvjp(matmul_p, _grad_a, _grad_b)
 defvjp_into(matmul_p, _grad_a, _grad_b)
 
@@ -79,7 +79,7 @@ def _linear_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.nda
     return elementwise(np.add, out, out, b)  # the bias row goes to every slab whole
 
 
-linear_p = Primitive("linear", _linear_fwd, saves=(0, 1))
+linear_p = Primitive("linear", _linear_fwd, saves=(0, 1), reads=((1,), (0,), ()))
 defvjp(linear_p, _grad_a, _grad_b, lambda ctx, g: g.sum(axis=0))
 defvjp_into(linear_p, None, _grad_b, lambda ctx, g, out: np.sum(g, axis=0, out=out))
 
@@ -97,7 +97,7 @@ def _nt_grad_w(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.nda
     return gemm(g.T, ctx.args[0], out)  # dW = G^T A
 
 
-matmul_nt_p = Primitive("matmul_nt", _matmul_nt_fwd, saves=(0, 1))
+matmul_nt_p = Primitive("matmul_nt", _matmul_nt_fwd, saves=(0, 1), reads=((1,), (0,)))
 defvjp(matmul_nt_p, _nt_grad_a, _nt_grad_w)
 defvjp_into(matmul_nt_p, _nt_grad_a, _nt_grad_w)
 
@@ -153,7 +153,7 @@ defvjp(add_p, lambda ctx, g: unbroadcast(g, ctx.shapes[0]),
 sub_p = Primitive("sub", _sub_fwd)
 defvjp(sub_p, lambda ctx, g: unbroadcast(g, ctx.shapes[0]),
        lambda ctx, g: np.negative(unbroadcast(g, ctx.shapes[1])))
-mul_p = Primitive("mul", _mul_fwd, saves=(0, 1))
+mul_p = Primitive("mul", _mul_fwd, saves=(0, 1), reads=((1,), (0,)))
 defvjp(mul_p, lambda ctx, g: unbroadcast(g * ctx.args[1], ctx.shapes[0]),
        lambda ctx, g: unbroadcast(g * ctx.args[0], ctx.shapes[1]))
 neg_p = Primitive("neg", _neg_fwd)

@@ -134,7 +134,7 @@ def _swiglu_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
 
 silu_p = Primitive("silu", _silu_fwd, saves=(0,))
 defvjp(silu_p, _silu_vjp)
-swiglu_p = Primitive("swiglu", _swiglu_fwd, saves=(0, 1))
+swiglu_p = Primitive("swiglu", _swiglu_fwd, saves=(0, 1), remat=True)
 defvjp(swiglu_p, _swiglu_vjp_a, _swiglu_vjp_b)
 
 
