@@ -86,10 +86,11 @@ def export_model(
 
 def _model(spec: dict[str, Any], params: np.ndarray) -> Any:
     from fedcore.models import build_model
+    from fedcore.nn import set_state
     from fedcore.nn.lora import merge_lora
 
     model = build_model(spec["name"], **spec["kwargs"])
-    model.set_flat(params)
+    set_state(model, params)
     model = merge_lora(model)  # LoRA runs export the base with the adapters folded in
     model.eval()
     return model

@@ -26,7 +26,7 @@ from client_runtime.cost import training_flops
 from client_runtime.trainer import train_local
 from fedcore import protocol
 from fedcore.engine import MemoryBudgetError, get_engine
-from fedcore.nn import Module
+from fedcore.nn import Module, get_state, set_state
 from fedcore.objectives import Objective
 from fedcore.settings import TrainSettings
 
@@ -73,7 +73,7 @@ def train_on_device(
     adapt = bool(node_config.get(protocol.ADAPT_BATCH, False))
     pool = get_engine().pool
     previous = pool.budget_bytes
-    start = model.get_flat().copy() if budget is not None else None
+    start = get_state(model) if budget is not None else None
     hybrid = False
     try:
         while True:
@@ -87,7 +87,7 @@ def train_on_device(
                 result = train_local(model, x, y, settings, seed, step, loss_fn)
                 break
             except MemoryBudgetError as exc:
-                model.set_flat(start)
+                set_state(model, start)
                 if hybrid:  # its arena must not stay allocated while a smaller batch is tried
                     drop_compiled_step(model)
                 gc.collect()  # the failed step's graph holds pool buffers in reference cycles

@@ -17,7 +17,7 @@ import numpy as np
 
 from fedcore import protocol
 from fedcore.evaluate import evaluate
-from fedcore.nn import Module
+from fedcore.nn import Module, set_state
 from fedcore.objectives import objective
 from fedcore.records import kit_of
 from fedcore.split import local_split
@@ -59,7 +59,7 @@ def evaluate_content(
         raise ValueError(f"global vector is {global_vector.dtype}{list(global_vector.shape)}")
     spec = protocol.ModelSpec(spec_data["name"], spec_data["kwargs"])
     model = model_for(spec, global_vector.size)
-    model.set_flat(global_vector)
+    set_state(model, global_vector)
     x, y = data
     _, test = local_split(y, local_test, client_id)
     loss_fn = objective(str(config["loss"]), y, allow_import=allow_import)

@@ -32,7 +32,7 @@ from client_runtime.secagg_app import (
     secagg_handlers,
 )
 from fedcore import protocol
-from fedcore.nn import Module
+from fedcore.nn import Module, get_state, set_state
 from fedcore.objectives import objective
 from fedcore.records import kit_of
 from fedcore.resolve import device_files
@@ -97,7 +97,7 @@ def make_handlers(
             raise ValueError(f"global vector is {global_vector.dtype}{list(global_vector.shape)}")
         budget = device_budget(context.node_config)
         model = _model_for(instructions.model, allow_import, global_vector.size, budget)
-        model.set_flat(global_vector)
+        set_state(model, global_vector)  # parameters, then BatchNorm statistics
         settings = instructions.settings
         x, y = train_part(x, y, settings.local_test, pid)  # never the local test split
         loss_fn = objective(settings.loss, y, allow_import=allow_import)
@@ -123,10 +123,10 @@ def make_handlers(
                 {"device_class": device, "model_family": model_family(model)}
             )
         if instructions.compression == "none":
-            reply[protocol.UPDATE] = vector_record(model.get_flat(), kit)
+            reply[protocol.UPDATE] = vector_record(get_state(model), kit)
         else:
             reply[protocol.UPDATE], reply[protocol.CODEC] = compress_update(
-                model.get_flat(),
+                get_state(model),
                 global_vector,
                 instructions.compression,
                 instructions.compression_options,
@@ -147,7 +147,7 @@ def make_handlers(
                     "model_family": model_family(model),
                 },
             }
-        flat = model.get_flat()
+        flat = get_state(model)
         return TrainOutput(flat, result.num_examples, result.train_loss, result.seconds, simulated)
 
     def evaluate(content: Any, context: Any) -> Any:

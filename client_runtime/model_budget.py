@@ -20,7 +20,7 @@ from typing import Any
 from fedcore import protocol
 from fedcore.models import build_model
 from fedcore.models.registry import model_builder
-from fedcore.nn import Module
+from fedcore.nn import Module, state_size
 
 BYTES_PER_PARAMETER = 4 * 4  # float32 parameter, gradient and two optimizer slots (Adam)
 DEFAULT_MODEL_BUDGET = 2**32  # bytes, when the node names no device and no memory budget
@@ -82,9 +82,9 @@ def _mobilenet(a: Mapping[str, Any]) -> int:
     _, _, c = _image(a)
     widths = _ints(a["channels"])
     width = widths[0] if widths else 0
-    total = 9 * c * width + 3 * width
+    total = 9 * c * width + 5 * width  # BatchNorm: scale, shift and two running statistics
     for out in widths:
-        total += 10 * width + 2 * width + _dense(width, out) + 2 * out
+        total += 10 * width + 4 * width + _dense(width, out) + 4 * out
         width = out
     return total + _dense(width, int(a["num_classes"]))
 
@@ -101,7 +101,8 @@ PARAMETER_COUNTS: dict[str, Callable[[Mapping[str, Any]], int]] = {
 
 
 def parameter_count(spec: protocol.ModelSpec) -> int | None:
-    """An upper bound of the parameters ``spec`` builds (None: no count known for it)."""
+    """An upper bound of the values ``spec``'s global vector carries: its parameters and any
+    BatchNorm statistics (None: no count known for it)."""
     count = PARAMETER_COUNTS.get(spec.name)
     if count is None:
         return None
@@ -156,10 +157,10 @@ class ModelCache:
         while len(self._models) >= self.size:
             self._models.popitem(last=False)  # free before building the next one
         model = build_model(spec.name, allow_import=allow_import, **spec.kwargs)
-        if model.num_parameters() != global_size:
+        if state_size(model) != global_size:
             raise ValueError(
-                f"model {spec.name!r} has {model.num_parameters()} parameters, the server sent "
-                f"{global_size}"
+                f"model {spec.name!r} has {state_size(model)} values (parameters and "
+                f"statistics), the server sent {global_size}"
             )
         self._models[key] = model
         return model

@@ -21,6 +21,7 @@ from client_runtime.app import make_client_app
 from client_runtime.secagg_app import node_credentials
 from fedcore.evaluate import evaluate
 from fedcore.models import build_model
+from fedcore.nn import set_state
 from fedcore.objectives import objective
 from simulations.backends import BACKENDS
 from simulations.prepare import PreparedScenario
@@ -75,7 +76,7 @@ def server_side(prepared: PreparedScenario, device: str | None = None) -> Server
     loss = objective(scenario.train.loss, data.y_test)
 
     def evaluate_global(params: np.ndarray) -> tuple[float, float]:
-        model.set_flat(params)
+        set_state(model, params)
         return evaluate(model, data.x_test, data.y_test, loss=loss)
 
     fed = scenario.federation

@@ -19,7 +19,7 @@ from aggregator.updates import DEFAULT_MAX_EXAMPLES
 from fedcore import protocol
 from fedcore.datafiles import DataFileError
 from fedcore.models import build_model
-from fedcore.nn import Module
+from fedcore.nn import Module, get_state
 from fedcore.objectives import objective
 from fedcore.resolve import ResolveError
 from simulations.async_section import async_config
@@ -272,7 +272,7 @@ def prepare_scenario(scenario: Scenario, source: str | None = None) -> PreparedS
     )
     if world is not None:
         config = world.federation_config(config)
-    initial = model.get_flat()
+    initial = get_state(model)  # the parameters, then BatchNorm statistics (FedAvg'd too)
     initial.flags.writeable = False
     return PreparedScenario(scenario, data, loader, spec, config, initial, world)
 
