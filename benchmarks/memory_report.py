@@ -47,9 +47,11 @@ def memory_report(cases: list[str]) -> None:
         print("LoRA rank 8 on attn + mlp vs full fine-tuning (fedcore), batch 8, T 128:")
         full = measure("full", 128, 8)
         print(_row("full fine-tuning", full))
-        for base in ("float32", "int8"):
-            r = measure(f"lora-{base}", 128, 8)
-            print(_row(f"LoRA, {base} base", r))
+        for what, label in (("lora-float32", "LoRA, float32 base"),
+                            ("lora-int8", "LoRA, int8 base"),
+                            ("lora-int8-ffa", "LoRA, int8 base, A frozen")):
+            r = measure(what, 128, 8)
+            print(_row(label, r))
             added = (r["peak_mb"] - r["base_mb"]) / (full["peak_mb"] - full["base_mb"])
             print(f"    peak ratio to full {r['peak_mb'] / full['peak_mb']:.2f} (target <= 0.4), "
                   f"added {added:.2f}; "

@@ -7,7 +7,8 @@ prints one JSON line with the RSS after building the model and data (`base_mb`) 
 RSS after three training steps (`peak_mb`, the kernel's VmHWM), so `peak_mb - base_mb` is what
 training itself added. WHAT is `gpt-fedcore`, `gpt-torch` (eager attention: the T x T scores
 materialised, as a PyTorch model written out by hand does), `gpt-torch-sdpa`, `lora-int8`,
-`lora-float32` or `full`, with `--seq` and `--batch`.
+`lora-float32`, `lora-int8-ffa` (A frozen: B alone trains and travels) or `full`, with
+`--seq` and `--batch`.
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def measure(what: str, seq: int, batch: int, steps: int = 3) -> dict:
         set_num_threads(1)
         lora = None
         if what.startswith("lora"):
-            lora = dict(rank=8, alpha=16, targets=["attn", "mlp"], base=what.split("-")[1])
+            lora = dict(rank=8, alpha=16, targets=["attn", "mlp"], base=what.split("-")[1],
+                        freeze_a=what.endswith("-ffa"))
         model = build_model("tiny_gpt", seed=0, lora=lora, **GPT)
         out["trained_params"] = model.layout.size
         out["model_params"] = gpt_params()
@@ -208,7 +210,7 @@ def measure(what: str, seq: int, batch: int, steps: int = 3) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description="one peak-memory figure (see the module doc)")
     ap.add_argument("what", choices=["gpt-fedcore", "gpt-torch", "gpt-torch-sdpa", "lora-int8",
-                                     "lora-float32", "full"])
+                                     "lora-float32", "lora-int8-ffa", "full"])
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()

@@ -8,6 +8,12 @@ federated round sends and averages) is the adapters only. With `base="int8"` eac
 held as int8 codes and per-output-channel scales and multiplied by `qmatmul`, which
 dequantizes a block at a time. `merge_lora(model)` folds the adapters back into plain `Dense`
 weights (float32) for export.
+
+`freeze_a=True` trains B only (FFA-LoRA, Sun et al. 2024): A stays at its seeded random
+value, the same on every client and the server (all build it from the run's seed), so a round
+sends half the values, and averaging the Bs averages the updates A B exactly (averaging A and
+B separately does not: the mean of products is not the product of means). The step then keeps
+no layer input for A's gradient either, only x A.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ class LoRADense(Module):
     """A `Dense` with a frozen (float32 or int8) base and trained adapters `lora_a`, `lora_b`."""
 
     def __init__(self, dense: Dense, rank: int, alpha: float, base: str = "float32",
-                 rng: np.random.Generator | None = None):
+                 rng: np.random.Generator | None = None, freeze_a: bool = False):
         super().__init__()
         if base not in BASES:
             raise ValueError(f"LoRA base must be one of {BASES}, got {base!r}")
@@ -78,8 +84,8 @@ class LoRADense(Module):
             self.codes = self.scales = None
         self.bias = None if dense.bias is None else _frozen(dense.bias.data, "bias")
         bound = 1.0 / np.sqrt(fin)  # PyTorch's Linear init for A (as PEFT), B = 0
-        self.lora_a = Parameter(rng.uniform(-bound, bound, (fin, rank)).astype(np.float32),
-                                name="lora_a")
+        a = rng.uniform(-bound, bound, (fin, rank)).astype(np.float32)
+        self.lora_a = _frozen(a, "lora_a") if freeze_a else Parameter(a, name="lora_a")
         self.lora_b = Parameter(np.zeros((rank, fout), np.float32), name="lora_b")
 
     def forward(self, x: Operand) -> Tensor:
@@ -112,8 +118,9 @@ class LoRADense(Module):
         return w
 
     def extra_repr(self) -> str:
+        frozen = ", A frozen" if type(self.lora_a) is Frozen else ""
         return (f"{self.in_features}, {self.out_features}, rank={self.rank}, "
-                f"alpha={self.alpha}, base={self.base}")
+                f"alpha={self.alpha}, base={self.base}{frozen}")
 
 
 def _swap(mod: Module, name: str, child: Module) -> None:
@@ -131,17 +138,18 @@ def _matches(path: str, targets: Sequence[str]) -> str | None:
 
 
 def lora_config(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A checked, JSON-ready {rank, alpha, targets, base}; ValueError naming the bad key.
+    """A checked, JSON-ready {rank, alpha, targets, base, freeze_a}; ValueError naming the
+    bad key.
 
     For settings that arrive in a message as much as from a scenario: nothing is allocated
     before the values are known to be sane.
     """
     if not isinstance(raw, Mapping):
         raise ValueError(f"lora must be a table, got {type(raw).__name__}")
-    extra = set(raw) - {"rank", "alpha", "targets", "base"}
+    extra = set(raw) - {"rank", "alpha", "targets", "base", "freeze_a"}
     if extra:
         raise ValueError(f"lora: unknown key {sorted(extra)[0]!r} (keys: rank, alpha, targets, "
-                         f"base)")
+                         f"base, freeze_a)")
     rank = raw.get("rank", 8)
     if type(rank) is not int or not 1 <= rank <= MAX_RANK:
         raise ValueError(f"lora.rank must be a whole number in [1, {MAX_RANK}], got {rank!r}")
@@ -156,14 +164,19 @@ def lora_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     base = raw.get("base", "float32")
     if base not in BASES:
         raise ValueError(f"lora.base must be one of {', '.join(BASES)}, got {base!r}")
-    return {"rank": rank, "alpha": float(alpha), "targets": list(targets), "base": base}
+    freeze_a = raw.get("freeze_a", False)
+    if type(freeze_a) is not bool:
+        raise ValueError(f"lora.freeze_a must be true or false, got {freeze_a!r}")
+    return {"rank": rank, "alpha": float(alpha), "targets": list(targets), "base": base,
+            "freeze_a": freeze_a}
 
 
 def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0,
                targets: Iterable[str] = ("attn", "mlp"), base: str = "float32",
-               seed: int = 0) -> Module:
+               seed: int = 0, freeze_a: bool = False) -> Module:
     """Put LoRA adapters on the `Dense` layers `targets` name and freeze everything else
-    (in place; returns `model`). ValueError if a target names no Dense layer."""
+    (in place; returns `model`); `freeze_a`: train B only. ValueError if a target names no
+    Dense layer."""
     targets = list(targets)
     rng = np.random.default_rng(seed)
     hit: set[str] = set()
@@ -172,7 +185,7 @@ def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0,
             full = f"{path}.{name}" if path else name
             t = _matches(full, targets)
             if t is not None and type(child) is Dense:
-                _swap(mod, name, LoRADense(child, rank, alpha, base, rng))
+                _swap(mod, name, LoRADense(child, rank, alpha, base, rng, freeze_a))
                 hit.add(t)
     missing = [t for t in targets if t not in hit]
     if missing:

@@ -188,13 +188,15 @@ class LoraSection(_Section):
     """``[model] lora = { rank = 8, alpha = 16, targets = ["attn", "mlp"], base = "int8" }``:
     adapters on the Dense layers the targets name, everything else frozen, so a round trains
     and sends the adapters only (`fedcore.nn.lora`); ``base = "int8"`` holds the frozen
-    weights as int8 codes with per-output-channel scales."""
+    weights as int8 codes with per-output-channel scales; ``freeze_a = true`` trains and
+    sends B only (FFA-LoRA: half the values, and averaging them is exact)."""
 
     rank: Annotated[int, Field(ge=1, le=256)] = 8
     alpha: PositiveFloat = 16.0
     targets: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = [
         "attn", "mlp"]
     base: Literal["float32", "int8"] = "float32"
+    freeze_a: bool = False
 
     @field_validator("alpha", mode="before")
     @classmethod

@@ -116,6 +116,7 @@ def test_int8_base_is_close_and_merge_gives_the_same_function():
     (dict(alpha=-1), "lora.alpha"), (dict(alpha=float("nan")), "lora.alpha"),
     (dict(targets=[]), "lora.targets"), (dict(targets="attn"), "lora.targets"),
     (dict(base="int4"), "lora.base"), (dict(bogus=1), "unknown key"),
+    (dict(freeze_a=1), "lora.freeze_a"), (dict(freeze_a="yes"), "lora.freeze_a"),
 ])
 def test_bad_lora_settings_are_refused_before_building(raw, key):
     with pytest.raises(ValueError, match=key):
@@ -136,3 +137,39 @@ def test_a_message_may_carry_a_lora_table_of_plain_values_only():
                 {"lora": {str(i): i for i in range(20)}}):
         with pytest.raises(ValueError, match="model arguments"):
             model_spec({"name": "tiny_gpt", "kwargs": bad})
+
+
+def test_freeze_a_trains_and_sends_b_only_and_averaging_is_exact():
+    lora = dict(rank=4, alpha=8, targets=["attn", "mlp"], base="int8", freeze_a=True)
+    models = [build_model("tiny_gpt", seed=3, lora=lora, **GPT) for _ in range(3)]
+    full = build_model("tiny_gpt", seed=3, lora={**lora, "freeze_a": False}, **GPT)
+    layers = [m for _, m in models[0].named_modules() if isinstance(m, LoRADense)]
+    assert models[0].layout.size == sum(m.lora_b.size for m in layers)
+    assert models[0].layout.size < full.layout.size
+    assert all(not m.lora_a.requires_grad for m in layers)
+    ids = rng.integers(0, GPT["vocab_size"], (2, 6))
+    for k, m in enumerate(models[1:]):  # two clients train; A stays the seeded one
+        opt = SGD(m.parameters(), lr=0.5)
+        for _ in range(2):
+            opt.zero_grad()
+            softmax_cross_entropy(m(ids), rng.integers(0, GPT["vocab_size"], 12)).backward()
+            opt.step()
+        assert np.abs(m.get_flat()).max() > 0, k
+    merged = [[ly.merged_weight() for _, ly in m.named_modules() if isinstance(ly, LoRADense)]
+              for m in models[1:]]
+    models[0].set_flat((models[1].get_flat() + models[2].get_flat()) / 2)  # FedAvg of B
+    for ly, w1, w2 in zip(layers, *merged, strict=True):  # = FedAvg of the updates A B
+        np.testing.assert_allclose(ly.merged_weight(), (w1 + w2) / 2, rtol=1e-5, atol=1e-6)
+    first = [m for _, m in models[1].named_modules() if isinstance(m, LoRADense)][0]
+    x = Tensor(rng.standard_normal((3, GPT["embed_dim"])).astype(np.float32),
+               requires_grad=True)
+    out = first(x)  # x A keeps A for x's gradient, and no x: A needs no gradient
+    a_products = [n for n in _nodes(out) if n.prim.name == "matmul"
+                  and n.in_vars[1] is not None and n.in_vars[1].data is first.lora_a.data]
+    assert len(a_products) == 1 and a_products[0].in_vars[0] is None
+
+def _nodes(t):
+    from fedcore.engine.backprop import _toposort
+    from fedcore.engine.tensor import Leaf
+
+    return [n for n in _toposort(t._node) if type(n) is not Leaf]
