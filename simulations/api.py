@@ -42,7 +42,8 @@ class SimulationRun:
 
     @property
     def final_params(self) -> Any:
-        """The final global model as one flat float32 vector."""
+        """The final global model as one flat float32 vector (the parameters, then any
+        BatchNorm statistics: `fedcore.nn.set_state` loads it)."""
         return self.result.final
 
     @property
