@@ -247,9 +247,9 @@ def bundle(
     data: Annotated[
         str, typer.Option("--data", help="Where the device will keep its examples (.npz).")
     ] = "/var/lib/fedcore/data.npz",
-    fedcore_bin: Annotated[
-        str, typer.Option("--fedcore", help="The fedcore command's path on the device.")
-    ] = "/opt/fedcore/venv/bin/fedcore",
+    agent: Annotated[
+        str, typer.Option("--agent", help="Where fedcore-device will be on the device.")
+    ] = "/opt/fedcore/venv/bin/fedcore-device",
     generate_key: Annotated[
         bool,
         typer.Option(
@@ -286,10 +286,10 @@ def bundle(
         profile = get_profile(device)
     except ProfileError as exc:
         fail(f"--device: {exc}")
-    if not data.startswith("/") or not fedcore_bin.startswith("/"):
-        fail("--data and --fedcore must be absolute paths on the device")
+    if not data.startswith("/") or not agent.startswith("/"):
+        fail("--data and --agent must be absolute paths on the device")
     budget, has_identity = profile.memory_budget_bytes, identity is not None
-    spec = BundleSpec(name, superlink, device, budget, data, fedcore_bin, has_identity)
+    spec = BundleSpec(name, superlink, device, budget, data, agent, has_identity)
     try:
         written = write_bundle(out, spec, ca, generate_key, identity)
     except BundleError as exc:

@@ -6,14 +6,17 @@
   a malicious server;
 - ``fedcore-client.env``: where the SuperLink is, the device's name, class, data, key and
   models folder (the only place a run's ``onnx:NAME`` model is read from);
-- ``fedcore-client.service``: a systemd unit running ``fedcore client`` as user ``fedcore``,
+- ``fedcore-client.service``: a systemd unit running the lean agent (``fedcore-device``) as user
+  ``fedcore``,
   restarted when it stops, sandboxed, with ``MemoryMax`` the device class's memory for
   applications (``ram_gib * app_memory_share``) and ``MemoryHigh`` 90 % of it;
-- ``install.sh``: Raspberry Pi OS / Debian: a venv with fedcore (from a wheel in the folder, or
-  ``FEDCORE_WHEEL``), the user, ``/etc/fedcore``, a key pair made on the device (printed for
-  the operator to enrol) and the unit, enabled but started only once enrolled;
+- ``install.sh``: Raspberry Pi OS / Debian: a venv with the device install of fedcore (its wheel
+  from the folder, or ``FEDCORE_WHEEL``, without the ``server`` extra: no Flower, no SQLAlchemy,
+  no Typer; offline when the dependencies' wheels are in the folder too), the user,
+  ``/etc/fedcore``, a key pair made on the device (``python -m deploy.keys``, printed for the
+  operator to enrol) and the unit, enabled but started only once enrolled;
 - ``termux-start.sh``: Android (Termux): makes the key pair on first start, then runs
-  ``fedcore client`` in the foreground with the same settings.
+  ``fedcore-device`` in the foreground with the same settings.
 
 The private key is made on the device by default; ``--generate-key`` puts one in the bundle
 instead (a lab, or devices without a shell). Nothing is overwritten.
@@ -35,7 +38,7 @@ UNIT, ENV, INSTALL, TERMUX = (
     "termux-start.sh",
 )
 IDENTITY = "identity.pem"
-FEDCORE_BIN = "/opt/fedcore/venv/bin/fedcore"
+AGENT_BIN = "/opt/fedcore/venv/bin/fedcore-device"
 CONFIG_DIR = "/etc/fedcore"
 STATE_DIR = "/var/lib/fedcore"
 MODELS_DIR = f"{STATE_DIR}/models"  # model files a run may name (`onnx:NAME`), the operator's
@@ -54,7 +57,7 @@ class BundleSpec:
     device: str
     memory_bytes: int  # the device class's memory for applications
     data: str = f"{STATE_DIR}/data.npz"  # the device's examples, where it will have them
-    fedcore: str = FEDCORE_BIN  # the fedcore command on the device
+    agent: str = AGENT_BIN  # the fedcore-device command on the device (in its venv)
     identity: bool = False  # the bundle carries the device's identity certificate
 
 
@@ -75,10 +78,10 @@ def env_file(spec: BundleSpec, config_dir: str = CONFIG_DIR) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
-def client_command(fedcore: str, identity: bool = False) -> str:
-    """The ``fedcore client`` command line, reading the env file's variables."""
+def agent_command(agent: str, identity: bool = False) -> str:
+    """The ``fedcore-device`` command line, reading the env file's variables."""
     return (
-        f"{fedcore} client --superlink ${{FEDCORE_SUPERLINK}} --root-certificates ${{FEDCORE_CA}} "
+        f"{agent} --superlink ${{FEDCORE_SUPERLINK}} --root-certificates ${{FEDCORE_CA}} "
         "--key ${FEDCORE_KEY} --data ${FEDCORE_DATA} --device ${FEDCORE_DEVICE} --max-wait 600 "
         "--models ${FEDCORE_MODELS}" + (" --identity ${FEDCORE_IDENTITY}" if identity else "")
     )
@@ -98,7 +101,7 @@ User=fedcore
 Group=fedcore
 EnvironmentFile={CONFIG_DIR}/{ENV}
 WorkingDirectory={STATE_DIR}
-ExecStart={client_command(spec.fedcore, spec.identity)}
+ExecStart={agent_command(spec.agent, spec.identity)}
 Restart=always
 RestartSec=15
 # the device class's memory for applications ({spec.device}: {mib} MiB)
@@ -120,7 +123,7 @@ WantedBy=multi-user.target
 
 def install_script(spec: BundleSpec) -> str:
     """``install.sh`` for Raspberry Pi OS / Debian (run as root from the bundle folder)."""
-    venv = str(Path(spec.fedcore).parent.parent)
+    venv = str(Path(spec.agent).parent.parent)
     return f"""#!/bin/sh
 # Install the fedcore device agent for {spec.name} ({spec.device}); run as root from this folder.
 set -eu
@@ -137,7 +140,13 @@ install -d -m 0755 {CONFIG_DIR}
 install -d -m 0750 -o fedcore -g fedcore {STATE_DIR}
 install -d -m 0755 {MODELS_DIR}
 [ -d {venv} ] || python3 -m venv {venv}
-{venv}/bin/pip install --no-index --find-links "$here" "$wheel"
+# the device install: fedcore's base dependencies only (no `server` extra); offline when the
+# dependencies' wheels lie in this folder too
+if [ "$(ls "$here"/*.whl 2>/dev/null | wc -l)" -gt 1 ]; then
+    {venv}/bin/pip install --no-index --find-links "$here" "$wheel"
+else
+    {venv}/bin/pip install "$wheel"
+fi
 install -m 0644 "$here/ca.pem" {CONFIG_DIR}/ca.pem
 if [ -f "$here/{IDENTITY}" ]; then install -m 0644 "$here/{IDENTITY}" {CONFIG_DIR}/{IDENTITY}; fi
 install -m 0644 "$here/{ENV}" {CONFIG_DIR}/{ENV}
@@ -146,7 +155,7 @@ if [ -f "$here/node.key" ] && [ ! -f {CONFIG_DIR}/node.key ]; then
 fi
 if [ ! -f {CONFIG_DIR}/node.key ]; then
     keys=$(mktemp -d)
-    {spec.fedcore} clients keygen --out "$keys"
+    {venv}/bin/python -m deploy.keys --out "$keys"
     install -m 0600 -o fedcore -g fedcore "$keys/node.key" {CONFIG_DIR}/node.key
     install -m 0644 "$keys/node.pub" {CONFIG_DIR}/node.pub
     rm -rf "$keys"
@@ -166,12 +175,13 @@ echo "Then here: systemctl start {UNIT}"
 def termux_script(spec: BundleSpec) -> str:
     """``termux-start.sh``: Android's Termux; the bundle folder holds the key and settings.
 
-    Install once: ``pkg install python`` and ``pip install fedcore-*.whl``."""
+    Install once: ``pkg install python`` and ``pip install fedcore-*.whl`` (the device install)."""
     return f"""#!/bin/sh
 # Start the fedcore device agent for {spec.name} in Termux (Android), in the foreground.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-fedcore=${{FEDCORE_BIN:-fedcore}}
+agent=${{FEDCORE_AGENT:-fedcore-device}}
+python=${{FEDCORE_PYTHON:-python3}}
 set -a
 . "$here/{ENV}"
 set +a
@@ -182,13 +192,13 @@ identity=""
 if [ -f "$here/{IDENTITY}" ]; then identity="--identity $here/{IDENTITY}"; fi
 mkdir -p "$here/models"
 if [ ! -f "$FEDCORE_KEY" ]; then
-    "$fedcore" clients keygen --out "$here"
+    "$python" -m deploy.keys --out "$here"
     echo "Enrol this device on the server: fedcore clients enroll {spec.name} --public-key node.pub"
     cat "$here/node.pub"
     exit 0
 fi
 command -v termux-wake-lock >/dev/null && termux-wake-lock || true
-exec "$fedcore" client --superlink "$FEDCORE_SUPERLINK" --root-certificates "$FEDCORE_CA" \\
+exec "$agent" --superlink "$FEDCORE_SUPERLINK" --root-certificates "$FEDCORE_CA" \\
     --key "$FEDCORE_KEY" --data "$FEDCORE_DATA" --device "$FEDCORE_DEVICE" \\
     --max-wait "${{FEDCORE_MAX_WAIT:-600}}" --models "$here/models" $identity
 """

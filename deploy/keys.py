@@ -1,6 +1,7 @@
 """A device's identity: an ECDSA key pair in OpenSSH format, as Flower's SuperNode auth wants.
 
-``fedcore clients keygen --out DIR`` writes ``node.key`` (the private key, 0600, never leaves
+``fedcore clients keygen --out DIR`` (or, on a device install without the ``fedcore`` command,
+``python -m deploy.keys --out DIR``) writes ``node.key`` (the private key, 0600, never leaves
 the device; ``flower-supernode --auth-supernode-private-key`` reads it) and ``node.pub`` (the
 public key the operator enrols with ``fedcore clients enroll``). A key is named by its
 fingerprint, ``SHA256:`` + base64 of the SHA-256 of its OpenSSH blob (what ``ssh-keygen -l``
@@ -100,6 +101,29 @@ def generate_node_keys(out: Path) -> tuple[Path, Path, NodeKey]:
     return private_path, public_path, key
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deploy.keys --out DIR``: ``generate_node_keys``, one line; exit 2 on a
+    mistake (a key already there, a folder that cannot be written)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.keys", description="Make this device's key pair (its identity)."
+    )
+    parser.add_argument("--out", type=Path, required=True, help="Folder for node.key/node.pub.")
+    out = parser.parse_args(argv).out
+    try:
+        private, public, key = generate_node_keys(out)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: --out: cannot write in {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {private} (keep it on this device) and {public} ({key.fingerprint})")
+    return 0
+
+
 __all__ = [
     "KeyFileError",
     "NodeKey",
@@ -109,3 +133,7 @@ __all__ = [
     "parse_public_key",
     "read_public_key",
 ]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

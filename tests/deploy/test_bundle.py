@@ -14,7 +14,7 @@ from deploy.certs import create_certificates
 from device_profiles import get_profile
 
 runner = CliRunner()
-FEDCORE = str(Path(sys.executable).parent / "fedcore")
+AGENT = str(Path(sys.executable).parent / "fedcore-device")
 
 
 def make_bundle(tmp_path, *extra):
@@ -22,7 +22,7 @@ def make_bundle(tmp_path, *extra):
     if not ca.exists():
         create_certificates(tmp_path / "certs", ["127.0.0.1"])
     args = ["clients", "bundle", "--name", "pi-1", "--superlink", "10.0.0.1:9092", "--device",
-            "rpi-zero-2w", "--ca", str(ca), "--out", str(tmp_path / "b"), "--fedcore", FEDCORE,
+            "rpi-zero-2w", "--ca", str(ca), "--out", str(tmp_path / "b"), "--agent", AGENT,
             *extra]  # fmt: skip
     return runner.invoke(app, args), tmp_path / "b"
 
@@ -36,7 +36,7 @@ def test_unit_verifies_and_takes_memory_from_the_device_class(tmp_path):
     assert check.returncode == 0 and check.stdout + check.stderr == "", check.stderr
     mib = get_profile("rpi-zero-2w").memory_budget_bytes // 2**20
     assert f"MemoryMax={mib}M\n" in unit.read_text()
-    assert f"ExecStart={FEDCORE} client --superlink ${{FEDCORE_SUPERLINK}}" in unit.read_text()
+    assert f"ExecStart={AGENT} --superlink ${{FEDCORE_SUPERLINK}}" in unit.read_text()
     env = (out / "fedcore-client.env").read_text()
     assert "FEDCORE_SUPERLINK=10.0.0.1:9092\n" in env and "FEDCORE_DEVICE=rpi-zero-2w\n" in env
     for script in ("install.sh", "termux-start.sh"):
@@ -67,7 +67,7 @@ def test_bad_options_are_one_line(tmp_path):
 def test_termux_script_makes_the_key_on_first_start(tmp_path):
     done, out = make_bundle(tmp_path)
     assert done.exit_code == 0, done.output
-    env = {**os.environ, "FEDCORE_BIN": FEDCORE}
+    env = {**os.environ, "FEDCORE_AGENT": AGENT, "FEDCORE_PYTHON": sys.executable}
     first = subprocess.run(
         ["sh", str(out / "termux-start.sh")], env=env, capture_output=True, text=True, timeout=120
     )

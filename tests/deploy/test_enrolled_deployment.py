@@ -42,11 +42,11 @@ USAGE = 2
 
 
 def start_script(fleet: Fleet, script: Path, name: str) -> subprocess.Popen:
-    """Run a bundle's start script with ``fedcore`` being this checkout's CLI."""
-    wrapper = fleet.tmp_path / "fedcore"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cli.main "$@"\n')
+    """Run a bundle's start script with ``fedcore-device`` being this checkout's agent."""
+    wrapper = fleet.tmp_path / "fedcore-device"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m deploy.agent "$@"\n')
     wrapper.chmod(0o755)
-    env = {"FEDCORE_BIN": str(wrapper), "FEDCORE_MAX_WAIT": "2"}
+    env = {"FEDCORE_AGENT": str(wrapper), "FEDCORE_PYTHON": sys.executable, "FEDCORE_MAX_WAIT": "2"}
     return fleet.spawn(name, ["sh", str(script)], env)
 
 

@@ -50,3 +50,13 @@ def test_rejects_what_is_not_an_ecdsa_public_key(tmp_path):
         read_public_key(big)
     with pytest.raises(KeyFileError, match="no such file"):
         read_public_key(tmp_path / "missing.pub")
+
+
+def test_device_keygen_without_the_fedcore_command(tmp_path, capsys):
+    from deploy.keys import main
+
+    assert main(["--out", str(tmp_path)]) == 0
+    key = read_public_key(tmp_path / "node.pub")
+    assert capsys.readouterr().out.strip().endswith(f"({key.fingerprint})")
+    assert main(["--out", str(tmp_path)]) == 2  # never overwrites
+    assert "refusing to overwrite" in capsys.readouterr().err

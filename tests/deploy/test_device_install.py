@@ -1,0 +1,82 @@
+"""The device install: a fresh venv with this checkout's wheel and its base dependencies only
+(``pip install fedcore``, offline from this machine's wheels) runs the lean agent and imports
+none of the server's stack; the ``fedcore`` command there says what to run instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from benchmarks.device_env import SERVER_MODULES, NoWheels, build_device_env, wheel_sources
+
+pytestmark = pytest.mark.slow  # builds a wheel and a venv (about a minute)
+
+TARGET_MB = 120  # the issue's bound for a device's environment
+DEVICE_IMPORTS = ["deploy.agent", "client_runtime.fleet.agent", "client_runtime.handlers",
+                  "client_runtime.trainer", "device_profiles", "fedcore.models"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def device_env(tmp_path_factory):
+    try:
+        wheel_sources()
+    except NoWheels as exc:
+        if os.environ.get("FEDCORE_REQUIRE_DEVICE_ENV"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    work = tmp_path_factory.mktemp("device")
+    return build_device_env(work / "venv", work)
+
+
+def run(env, *argv: str, **kwargs) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=120, env=clean, cwd=env.root, **kwargs
+    )
+
+
+def test_the_device_install_has_no_server_parts(device_env):
+    code = (
+        "import importlib.util, json\n"
+        f"print(json.dumps([m for m in {list(SERVER_MODULES)!r} "
+        "if importlib.util.find_spec(m) is not None]))\n"
+    )
+    done = run(device_env, str(device_env.python), "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []  # not even installed
+
+
+def test_the_agent_runs_and_imports_none_of_them(device_env):
+    done = run(device_env, str(device_env.bin("fedcore-device")), "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--superlink" in done.stdout
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {DEVICE_IMPORTS!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))\n"
+    )
+    done = run(device_env, str(device_env.python), "-c", code)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout))
+    assert not loaded & set(SERVER_MODULES), sorted(loaded & set(SERVER_MODULES))
+    # the installed copy, not this checkout
+    where = run(device_env, str(device_env.python), "-c", "import deploy; print(deploy.__file__)")
+    assert str(device_env.root) in where.stdout
+
+
+def test_fedcore_there_says_what_to_run_instead(device_env):
+    done = run(device_env, str(device_env.bin("fedcore")), "--help")
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "this is a device install" in line and "fedcore-device" in line
+    assert "pip install 'fedcore[server]'" in line
+
+
+def test_the_device_install_fits_its_budget(device_env):
+    megabytes = device_env.site_packages_size() / 1e6
+    print(f"device install: {megabytes:.1f} MB besides pip and setuptools; "
+          f"whole venv {device_env.size() / 1e6:.1f} MB")  # fmt: skip
+    assert megabytes <= TARGET_MB
