@@ -35,6 +35,7 @@ from flwr.app import Message, RecordDict
 
 from aggregator.collect.base import finish_round, train_records
 from aggregator.couriers import Courier, LiveCourier, SimulatedCourier
+from aggregator.decode import client_report, decode_reply
 from aggregator.evaluation import run_evaluation
 from aggregator.round_types import (
     BeforeRound,
@@ -46,7 +47,7 @@ from aggregator.round_types import (
     RoundOutcome,
 )
 from aggregator.strategies import Strategy
-from aggregator.updates import ClientUpdate, Rejected, client_report, decode_reply
+from aggregator.updates import ClientUpdate, Rejected
 from fedcore.wire import vector_record
 
 if TYPE_CHECKING:

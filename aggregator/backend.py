@@ -18,7 +18,8 @@ idle one two threads read about 1.7x faster than one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -81,61 +82,83 @@ def numpy_axpy(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
     _NUMPY_AXPY(acc, weight, x, 1)
 
 
-def _numpy_axpy() -> Callable[..., None]:
-    """BLAS saxpy on ``threads`` threads for large vectors; numpy ufuncs for small ones.
+def _ufunc_axpy(acc: np.ndarray, weight: float, x: np.ndarray, tmp: np.ndarray) -> None:
+    """``acc += weight * x`` as two ufuncs (product rounded into ``tmp``, then the sum)."""
+    np.multiply(x, acc.dtype.type(weight), out=tmp)
+    np.add(acc, tmp, out=acc)
+
+
+@cache
+def _blas_pools() -> tuple[Any, ...] | None:
+    """The BLAS libraries' thread controllers, once SciPy's BLAS is loaded (None without
+    SciPy or threadpoolctl: the ufuncs then do the work).
 
     SciPy's BLAS and threadpoolctl (about 0.3 s to import) are loaded on the first vector of
     at least ``BLAS_MIN_SIZE`` elements, so a small model's run never pays for them.
     """
-    scratch: dict[tuple[int, np.dtype], np.ndarray] = {}
-    blas: list[Callable[..., None]] = []
+    try:
+        import scipy.linalg.blas  # noqa: F401 - loads SciPy's BLAS, so its pool is seen
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - both come with the server's dependencies
+        return None
+    return tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
 
-    def ufunc_axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
+
+@contextmanager
+def blas_threads(threads: int, size: int = BLAS_MIN_SIZE) -> Iterator[None]:
+    """Every BLAS pool (numpy's and SciPy's) at ``threads`` inside the block, for work on
+    vectors of ``size`` elements (below ``BLAS_MIN_SIZE`` SciPy is not loaded for it)."""
+    libs = (_blas_pools() or ()) if size >= BLAS_MIN_SIZE else ()
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before, strict=True):
+            lib.set_num_threads(n)
+
+
+def host_axpy(size: int, block: int) -> Callable[[np.ndarray, float, np.ndarray], None]:
+    """``axpy(acc, weight, x)`` for float32, C-contiguous blocks (at most ``block`` elements)
+    of vectors of ``size`` elements: the kernel ``numpy_axpy`` applies to the whole vector
+    (BLAS saxpy from ``BLAS_MIN_SIZE`` on, else a product then a sum), so folding block by
+    block gives its bits exactly (both are elementwise). Call it inside ``blas_threads``."""
+    if size >= BLAS_MIN_SIZE and _blas_pools() is not None:
+        from scipy.linalg.blas import saxpy
+
+        def blas(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
+            out = saxpy(x, acc, a=weight)
+            if out is not acc and not np.shares_memory(out, acc):  # pragma: no cover
+                np.copyto(acc, out)
+
+        return blas
+    tmp = np.empty(block, np.float32)
+    return lambda acc, weight, x: _ufunc_axpy(acc, weight, x, tmp[: x.size])
+
+
+def _numpy_axpy() -> Callable[..., None]:
+    """BLAS saxpy on ``threads`` threads for large float32 vectors; numpy ufuncs for small
+    ones (and for other dtypes or non-contiguous operands)."""
+    scratch: dict[tuple[int, np.dtype], np.ndarray] = {}
+
+    def ufunc_axpy(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
         tmp = scratch.get((x.size, acc.dtype))
         if tmp is None:
             scratch.clear()
             tmp = scratch[x.size, acc.dtype] = np.empty(x.size, acc.dtype)
-        np.multiply(x, acc.dtype.type(weight), out=tmp)
-        np.add(acc, tmp, out=acc)
+        _ufunc_axpy(acc, weight, x, tmp)
 
     def axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
-        if x.size < BLAS_MIN_SIZE:
+        contiguous = x.flags.c_contiguous and acc.flags.c_contiguous
+        float32 = x.dtype == np.float32 and acc.dtype == np.float32
+        if x.size < BLAS_MIN_SIZE or not (float32 and contiguous) or _blas_pools() is None:
             ufunc_axpy(acc, weight, x)
             return
-        if not blas:
-            blas.append(_blas_axpy(ufunc_axpy))
-        blas[0](acc, weight, x, threads)
+        with blas_threads(threads, x.size):
+            host_axpy(x.size, x.size)(acc, weight, x)
 
     return axpy
-
-
-def _blas_axpy(fallback: Callable[..., None]) -> Callable[..., None]:
-    """SciPy's saxpy with the BLAS pool set to ``threads`` per call (``fallback`` without
-    SciPy, or for non-contiguous or non-float32 operands)."""
-    try:
-        from scipy.linalg.blas import saxpy
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - both come with the server's dependencies
-        return fallback
-    libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
-
-    def blas_axpy(acc: np.ndarray, weight: float, x: np.ndarray, threads: int = 1) -> None:
-        contiguous = x.flags.c_contiguous and acc.flags.c_contiguous
-        if x.dtype != np.float32 or acc.dtype != np.float32 or not contiguous:
-            fallback(acc, weight, x)
-            return
-        before = [lib.num_threads for lib in libs]
-        for lib in libs:
-            lib.set_num_threads(threads)
-        try:
-            out = saxpy(x, acc, a=weight)
-        finally:
-            for lib, n in zip(libs, before, strict=True):
-                lib.set_num_threads(n)
-        if out is not acc and not np.shares_memory(out, acc):  # pragma: no cover
-            np.copyto(acc, out)
-
-    return blas_axpy
 
 
 def _cupy_axpy(cp: Any) -> Callable[..., None]:  # pragma: no cover - needs a GPU

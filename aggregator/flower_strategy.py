@@ -7,7 +7,7 @@ sends the strategy's client-side settings in the train config under Flower's nam
 ``aggregator.strategies.flower_options``), keeps each array's shape and dtype, and answers a
 round it cannot aggregate with a logged warning and ``(None, None)``.
 
-Aggregation runs on fedcore's own path: each reply goes through ``updates.read_reply`` (with
+Aggregation runs on fedcore's own path: each reply goes through ``decode.read_reply`` (with
 Flower's reply format: any positive weight under ``weighted_by_key``), its arrays are laid out
 into one vector in the model's dtype (``ArrayLayout``), and the round's updates are judged
 together (``RoundAggregation.offer_all``) in node order, so the result does not depend on the
@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from aggregator.decode import ReplyFormat, read_reply
 from aggregator.strategies import (
     AggregationError,
     Strategy,
@@ -35,7 +36,7 @@ from aggregator.strategies import (
     build_strategy,
     flower_options,
 )
-from aggregator.updates import ClientUpdate, Rejected, ReplyFormat, read_reply
+from aggregator.updates import ClientUpdate, Rejected
 from fedcore.wire import array_view
 
 _KINDS = "fiu"  # floating and integer arrays are averaged; bool, complex, object are refused

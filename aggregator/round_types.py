@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aggregator.decode import DEFAULT_MAX_EXAMPLES
 from aggregator.secagg.config import SecAggConfig
-from aggregator.updates import DEFAULT_MAX_EXAMPLES
 from fedcore import protocol
 
 if TYPE_CHECKING:  # the asynchronous loop imports these types; its config is only named here

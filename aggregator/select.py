@@ -18,8 +18,9 @@ from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from aggregator.decode import decode_client_info
 from aggregator.round_types import FederationConfig, RoundFailed
-from aggregator.updates import Rejected, decode_client_info
+from aggregator.updates import Rejected
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator.backend import select_backend
+from aggregator.decode import decode_reply
 from aggregator.strategies import StrategyContext, WeightedMean, build_strategy
-from aggregator.updates import decode_reply
 from fedcore import protocol
 from fedcore.wire import read_vector, vector_record
 

@@ -59,6 +59,29 @@ MAX_HEADER_BYTES = 4096  # an honest .npy header of a flat vector is 128 bytes
 _PLAIN_KINDS = "fiub"  # numbers and booleans; no objects, records, strings or datetimes
 
 
+def _header_end(data: memoryview) -> int:
+    """Where a ``.npy`` header ends by its length field (at most ``12 + MAX_HEADER_BYTES``;
+    a payload too short for the field: its length, and the parser refuses it)."""
+    if len(data) < 12:
+        return len(data)
+    if data[6] == 1:
+        return min(10 + int.from_bytes(data[8:10], "little"), 12 + MAX_HEADER_BYTES)
+    return min(12 + int.from_bytes(data[8:12], "little"), 12 + MAX_HEADER_BYTES)
+
+
+@lru_cache(maxsize=64)
+def _parse_npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran order, dtype, data offset)`` of a ``.npy`` header, parsed once per
+    distinct header (a round's replies share one: numpy's parser costs ~40 us a reply)."""
+    stream = io.BytesIO(header)
+    version = np.lib.format.read_magic(stream)
+    read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+        version, np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read(stream, max_header_size=MAX_HEADER_BYTES)
+    return tuple(shape), bool(fortran), dtype, stream.tell()
+
+
 def array_view(array: Array, max_bytes: int | None = None) -> np.ndarray:
     """View a Flower ``Array`` (``np.save`` bytes) as an ndarray without copying.
 
@@ -73,13 +96,10 @@ def array_view(array: Array, max_bytes: int | None = None) -> np.ndarray:
         raise ValueError(f"array payload of {len(data)} bytes exceeds {max_bytes}")
     if len(data) < 10 or bytes(data[:6]) != b"\x93NUMPY":
         raise ValueError("array payload is not in .npy format")
-    stream = io.BytesIO(data[: min(len(data), 12 + MAX_HEADER_BYTES)])
     try:
-        version = np.lib.format.read_magic(stream)
-        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
-            version, np.lib.format.read_array_header_2_0
+        shape, fortran, header_dtype, offset = _parse_npy_header(
+            bytes(data[: min(len(data), _header_end(data))])
         )
-        shape, fortran, header_dtype = read(stream, max_header_size=MAX_HEADER_BYTES)
         dtype = np.dtype(str(array.dtype))
     except Exception as exc:  # a hostile header: every parser error is one ValueError
         raise ValueError(f"array payload has a malformed .npy header: {exc}") from None
@@ -91,7 +111,6 @@ def array_view(array: Array, max_bytes: int | None = None) -> np.ndarray:
     if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None or dtype.byteorder == ">":
         raise ValueError(f"array payload has unsupported dtype {dtype}")
     count = math.prod(shape)
-    offset = stream.tell()
     if count * dtype.itemsize != len(data) - offset:
         raise ValueError(
             f"array payload holds {len(data) - offset} data bytes, its header says "

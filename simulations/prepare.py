@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.decode import DEFAULT_MAX_EXAMPLES
 from aggregator.evaluation import EvaluationConfig
 from aggregator.rounds import FederationConfig
-from aggregator.updates import DEFAULT_MAX_EXAMPLES
 from fedcore import protocol
 from fedcore.datafiles import DataFileError
 from fedcore.models import build_model

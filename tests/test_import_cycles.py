@@ -128,6 +128,9 @@ def test_the_round_and_its_collectors_import_one_way_even_lazily():
                 "aggregator.secagg",
                 "aggregator.strategies",
                 "aggregator.updates",
+                "aggregator.decode",
+                "aggregator.fold",
+                "aggregator.guard",
             )
         )
     ]

@@ -16,8 +16,9 @@ from typing import Any
 from flwr.app import Message, RecordDict
 
 from aggregator.collect.base import Collected, Contribution, Rejection, RoundPlan
+from aggregator.decode import client_report, decode_reply
 from aggregator.strategies import Strategy
-from aggregator.updates import ClientUpdate, Rejected, client_report, decode_reply
+from aggregator.updates import ClientUpdate, Rejected
 
 
 class PlainCollector:

@@ -23,12 +23,12 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from aggregator.collect.base import Collected, RoundPlan, SecureSum
+from aggregator.decode import client_report
 from aggregator.round_types import ClientOutcome, RoundFailed
 from aggregator.secagg.config import SecAggConfig
 from aggregator.secagg.keybook import KeyBook
 from aggregator.secagg.server import SecAggServer
 from aggregator.strategies import Strategy, build_strategy, known_strategies
-from aggregator.updates import client_report
 from fedcore import protocol
 from fedcore.secagg import messages
 from fedcore.secagg.errors import Aborted, ProtocolViolation

@@ -13,11 +13,13 @@ model (differential-privacy clipping). After ``result``, ``chosen`` lists the in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from aggregator.backend import Backend
+from aggregator.fold import fold_measured
 from aggregator.updates import ClientUpdate, Rejected
 
 
@@ -65,24 +67,31 @@ class WeightedMean:
             self._dtype = global_host.dtype
             self._acc = self.backend.zeros(global_host.size, self._dtype)
 
-    def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
-        """Fold in one update with weight ``weight`` (> 0; 1 when ``uniform``)."""
+    def _weight_of(self, weight: float) -> float:
+        """An update's weight: 1 when ``uniform``, else ``weight`` (which must be > 0)."""
         weight = 1.0 if self.uniform else float(weight)
         if weight <= 0:
             raise ValueError(f"update weight must be positive, got {weight}")
+        return weight
+
+    def add(self, update: ClientUpdate, weight: float, scale: float = 1.0) -> None:
+        """Fold in one update with weight ``weight`` (> 0; 1 when ``uniform``)."""
+        weight = self._weight_of(weight)
         self._global_coef += update.fold(self.backend, self._acc, weight, scale)
         self._weight += weight
         self.count += 1
 
-    def add_measured(self, update: ClientUpdate, weight: float, global_host: Any) -> float:
-        """``add`` (no clipping) while measuring the update's norm in the same pass (numpy
-        backend): return the norm, NaN/inf when the update is not finite (then ``remove``
-        is not possible: fold the round again without it)."""
-        weight = 1.0 if self.uniform else float(weight)
-        self._global_coef += update.fold_measured(self._acc, weight, global_host)
-        self._weight += weight
-        self.count += 1
-        return update.norm
+    def add_measured(self, updates: Sequence[ClientUpdate], global_host: np.ndarray) -> list[float]:
+        """``add`` each update (no clipping) while measuring its norm in the same pass over
+        it (numpy backend, ``aggregator.fold``): return the norms, NaN/inf for an update that
+        is not finite (no ``add`` can be undone: fold the round again without it)."""
+        weights = [self._weight_of(u.num_examples) for u in updates]
+        coefs = fold_measured(self._acc, updates, weights, global_host, self.backend)
+        for weight, coef in zip(weights, coefs, strict=True):
+            self._global_coef += coef
+            self._weight += weight
+            self.count += 1
+        return [u.norm for u in updates]
 
     @property
     def count_weight(self) -> float:

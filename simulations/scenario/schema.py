@@ -340,7 +340,7 @@ class FederationSection(_Section):
     compression_options: dict[str, int | float] = Field(default_factory=dict)
     secagg: bool = False  # secure aggregation (SecAgg+); see also the [secagg] table
     # the most examples one client's reply may count (a cap on any one client's weight; it
-    # may never claim more than it declared either); None: aggregator.updates' default
+    # may never claim more than it declared either); None: aggregator.decode's default
     max_examples: PositiveInt | None = None
     mode: Mode = "sync"  # "async": buffered asynchronous training (async_section.py)
     concurrency: PositiveInt | None = None

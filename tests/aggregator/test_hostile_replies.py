@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from aggregator.decode import check_examples, decode_client_info, decode_reply
 from aggregator.rounds import discover
 from aggregator.strategies import AggregationError, QFedAvg, Strategy, WeightedMean
-from aggregator.strategies.base import RoundAggregation
-from aggregator.updates import Rejected, check_examples, decode_client_info, decode_reply
+from aggregator.strategies.aggregation import RoundAggregation
+from aggregator.updates import Rejected
 from client_runtime.app import partition_id
 from fedcore import compression, protocol
 from fedcore.wire import VECTOR_KEY

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from aggregator.backend import BLAS_MIN_SIZE, select_backend
+from aggregator.fold import BLOCK
+from aggregator.guard import NormGuard
 from aggregator.strategies import StrategyContext, build_strategy
-from aggregator.updates import ClientUpdate, NormGuard
+from aggregator.updates import ClientUpdate
 
 
 def _updates(size: int, scales: list[float], seed: int = 0) -> tuple[np.ndarray, list]:
@@ -36,17 +38,27 @@ def _round(center, updates, factor=10.0, history=(), two_pass=False):
     return aggregation.finish(), reasons, strategy.guard
 
 
-@pytest.mark.parametrize("size", [1000, BLAS_MIN_SIZE * 3 + 17])
-def test_one_pass_gives_the_two_pass_model_and_norms(size):
+@pytest.mark.parametrize("size", [1000, BLOCK + 3, BLAS_MIN_SIZE * 3 + 17])
+@pytest.mark.parametrize("kind", ["values", "delta"])
+def test_one_pass_gives_the_two_pass_model_and_norms(size, kind):
     center, updates = _updates(size, [0.01] * 5)
+    if kind == "delta":  # a compressed reply decodes to a dense delta
+        for u in updates:
+            u.delta, u.values = u.values - center, None
     one, reasons, guard = _round(center, updates)
     norms = [u.norm for u in updates]
     for u in updates:
         u.norm = math.nan
     two, reasons2, guard2 = _round(center, updates, two_pass=True)
     assert reasons == reasons2 == [None] * 5
-    np.testing.assert_allclose(one, two, rtol=1e-6, atol=1e-6 * np.abs(two).max())
-    expected = [float(np.linalg.norm(u.values.astype(np.float64) - center)) for u in updates]
+    # block by block, the same kernel in the same order: the two-pass model bit for bit
+    assert np.array_equal(one, two)
+    expected = [
+        float(np.linalg.norm(u.values.astype(np.float64) - center))
+        if kind == "values"
+        else float(np.linalg.norm(u.delta.astype(np.float64)))
+        for u in updates
+    ]
     np.testing.assert_allclose(norms, expected, rtol=1e-5)
     assert list(guard.norms) == pytest.approx(list(guard2.norms), rel=1e-5)
 
@@ -57,8 +69,9 @@ def test_a_refused_update_is_undone_exactly():
     updates[3].values[7] = np.nan
     model, reasons, guard = _round(center, updates, history=[0.7] * 10)
     assert reasons[3] == "non-finite values (NaN or inf)"
-    assert reasons[2].startswith("update norm 70") and "exceeds the limit 7 (10 x the median" in (
-        reasons[2]
+    assert (
+        reasons[2].startswith("update norm 70")
+        and "exceeds the limit 7 (10 x the median" in (reasons[2])
     )
     clean, clean_reasons, _ = _round(center, [updates[i] for i in (0, 1, 4)], history=[0.7] * 10)
     assert clean_reasons == [None] * 3
@@ -84,3 +97,31 @@ def test_two_pass_path_for_rules_that_need_the_norm_first():
     aggregation = strategy.start_round(center, 1)
     assert not aggregation.one_pass
     assert aggregation.offer_all(updates) == [None] * 4
+
+
+def test_sparse_updates_fold_one_by_one_with_their_norms():
+    center, updates = _updates(3000, [0.01] * 3)
+    for u in updates:
+        idx = np.arange(0, 3000, 7, dtype=np.int64)
+        u.sparse, u.values = (idx, (u.values - center)[idx]), None
+    one, reasons, _ = _round(center, updates)
+    two, reasons2, _ = _round(center, updates, two_pass=True)
+    assert reasons == reasons2 == [None] * 3
+    assert np.array_equal(one, two)
+    assert [u.norm for u in updates] == pytest.approx(
+        [float(np.linalg.norm(u.sparse[1].astype(np.float64))) for u in updates], rel=1e-5
+    )
+
+
+def test_the_reason_states_the_norm_the_limit_and_the_median():
+    guard = NormGuard(factor=10.0)
+    guard.norms.extend([0.5, 0.7, 0.9])
+    assert guard.judge([8.1]) == [
+        "update norm 8.1 exceeds the limit 7 (10 x the median norm 0.7 of recent updates)"
+    ]
+
+
+def test_zero_norms_tell_no_scale_and_are_left_out_of_the_median():
+    guard = NormGuard(factor=10.0)
+    guard.norms.extend([0.0] * 50 + [1.0, 1.0, 1.0])
+    assert guard.median() == 1.0 and guard.judge([5.0, 0.0]) == [None, None]

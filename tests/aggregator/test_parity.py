@@ -15,8 +15,8 @@ from flwr.serverapp import strategy as fl
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from aggregator.backend import select_backend
+from aggregator.decode import decode_reply
 from aggregator.strategies import StrategyContext, build_strategy
-from aggregator.updates import decode_reply
 from fedcore.wire import VECTOR_KEY
 from tests.aggregator.conftest import client_vectors, reply
 
@@ -104,4 +104,3 @@ def test_same_next_global_model_as_flower(name, device):
         scale = float(np.abs(want).max())
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * scale, err_msg=f"round {rnd}")
         global_vector = want.astype(np.float32)  # Flower's FedAdam and QFedAvg answer float64
-

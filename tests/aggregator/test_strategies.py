@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from aggregator.backend import select_backend
+from aggregator.fold import delta_norm
 from aggregator.strategies import (
     AggregationError,
     StrategyContext,
@@ -12,7 +13,7 @@ from aggregator.strategies import (
     known_strategies,
     strategy_options,
 )
-from aggregator.updates import ClientUpdate, Rejected, delta_norm
+from aggregator.updates import ClientUpdate, Rejected
 from fedcore import compression
 
 BACKENDS = ["cpu", "strict"]

@@ -1,6 +1,6 @@
 """Issue 13, finding 1: the cap on examples one reply may count is a scenario setting."""
 
-from aggregator.updates import DEFAULT_MAX_EXAMPLES
+from aggregator.decode import DEFAULT_MAX_EXAMPLES
 from simulations.prepare import prepare_scenario
 from simulations.scenario import scenario_from_dict
 
