@@ -19,6 +19,7 @@ import numpy as np
 from .autograd import Ctx, Primitive, apply, defvjp
 from .checks import check_float
 from .ops import Operand, tensor
+from .parallel import parallel_for
 from .tensor import Tensor
 
 __all__ = ["dropout", "embedding", "gelu", "sigmoid", "silu", "softmax", "swiglu", "tanh"]
@@ -112,24 +113,55 @@ def _swiglu_fwd(ctx: Ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape != b.shape or a.dtype != b.dtype:
         raise ValueError(f"swiglu: gate {a.shape} {a.dtype} and value {b.shape} {b.dtype} "
                          f"must match")
+    ctx.grads = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     out = _silu_fwd(ctx, a)
     out *= b
     return out
 
 
+#: elements per piece of the SwiGLU backward: its five temporaries stay in a core's L2
+SWIGLU_PIECE = 1 << 15
+
+
+def _swiglu_grads(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d gate, d value), computed together once per backward: one sigmoid, and
+    d gate = g b (s + silu (1 - s)), d value = g silu, with silu = a s; in L2-sized pieces,
+    split over the intra-op threads."""
+    if getattr(ctx, "grads", None) is not None:
+        return ctx.grads
+    a, b = ctx.args[0], ctx.args[1]
+    dt = np.result_type(a, g)
+    da, db = ctx.alloc(a.shape, dt), ctx.alloc(a.shape, dt)  # recycled: no page faults
+    flat = [np.ascontiguousarray(x).reshape(-1) for x in (a, b, g)]
+    fa, fb = da.reshape(-1), db.reshape(-1)
+
+    def pieces(lo: int, hi: int) -> None:
+        tmp = ctx.pool.alloc((3, SWIGLU_PIECE), dt)  # one set per thread, reused per piece
+        for p0 in range(lo * SWIGLU_PIECE, min(hi * SWIGLU_PIECE, fa.size), SWIGLU_PIECE):
+            p1 = min(p0 + SWIGLU_PIECE, fa.size)
+            x, y, gg = flat[0][p0:p1], flat[1][p0:p1], flat[2][p0:p1]
+            sig, silu, t = tmp[0, :p1 - p0], tmp[1, :p1 - p0], tmp[2, :p1 - p0]
+            _sig(x, sig)
+            np.multiply(x, sig, out=silu)
+            np.multiply(gg, silu, out=fb[p0:p1])  # d value
+            np.multiply(silu, sig, out=t)
+            np.subtract(silu, t, out=t)
+            t += sig  # s + silu (1 - s): d silu / d gate
+            np.multiply(gg, y, out=fa[p0:p1])
+            fa[p0:p1] *= t
+
+    n = -(-fa.size // SWIGLU_PIECE)
+    parallel_for(n, pieces, 12 * fa.size)
+    ctx.grads = (da, db)
+    return ctx.grads
+
+
 def _swiglu_vjp_a(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    d = _dsilu(ctx.args[0])[1]
-    d *= ctx.args[1]
-    d *= g
-    return d
+    return _swiglu_grads(ctx, g)[0]
 
 
 def _swiglu_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    a = ctx.args[0]
-    out = _sig(a, np.empty_like(a))
-    out *= a
-    out *= g
-    return out
+    return _swiglu_grads(ctx, g)[1]
 
 
 silu_p = Primitive("silu", _silu_fwd, saves=(0,))
