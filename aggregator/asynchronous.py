@@ -134,6 +134,12 @@ class AsyncRun:
         self.sent: dict[int, tuple[float, int]] = {}  # client -> (sent at, courier order)
         self.flying: dict[int, int] = {}  # node -> the client training on it
         self.busy: set[int] = set()  # training or buffered: not to be sent another model
+        # who is available for the current model version (``offer``), sorted and as a set,
+        # and how many of them are busy (kept as clients turn busy and idle)
+        self.available: Mapping[int, int] = {}
+        self.order: list[int] = []
+        self.members: set[int] = set()
+        self.busy_members = 0
         self.buffer: list[_Contribution] = []
         self.rejected: list = []  # ClientOutcomes waiting for the next step's record
         self.now = now
@@ -142,14 +148,35 @@ class AsyncRun:
         self._version: tuple[int, Callable[[int], dict], np.random.Generator] | None = None
 
     # -- dispatch ---------------------------------------------------------------------------
-    def dispatch(self, clients: Mapping[int, int], order: list[int], members: set[int]) -> None:
-        """Fill the free training slots with idle clients (``order``: ``clients`` sorted,
-        ``members``: the same as a set), drawn from one stream per model version (seeded by
-        the run's seed and the version: a run resumed from a step's checkpoint draws the
-        same); when every idle client fits, all go, in order."""
+    def offer(self, available: Mapping[int, int]) -> None:
+        """The clients available for the next model version (``{client_id: node_id}``)."""
+        self.available, self.order = available, sorted(available)
+        self.members = set(self.order)
+        self.busy_members = len(self.busy & self.members)
+
+    @property
+    def idle_count(self) -> int:
+        """Available clients neither training nor buffered."""
+        return len(self.order) - self.busy_members
+
+    def _busy(self, client: int) -> None:
+        if client not in self.busy:
+            self.busy.add(client)
+            self.busy_members += client in self.members
+
+    def _idle(self, client: int) -> None:
+        if client in self.busy:
+            self.busy.remove(client)
+            self.busy_members -= client in self.members
+
+    def dispatch(self) -> None:
+        """Fill the free training slots with idle clients of those offered, drawn from one
+        stream per model version (seeded by the run's seed and the version: a run resumed
+        from a step's checkpoint draws the same); when every idle client fits, all go, in
+        order."""
         free = self.asynchrony.concurrency - len(self.in_flight)
-        busy = self.busy
-        idle_count = len(order) - len(busy & members)
+        busy, order, clients = self.busy, self.order, self.available
+        idle_count = self.idle_count
         if free <= 0 or idle_count <= 0:
             return
         step = self.version + 1
@@ -177,7 +204,7 @@ class AsyncRun:
         self.in_flight[client] = base_version
         self.sent[client] = (now, getattr(self.courier, "sent", 0))
         self.flying[node] = client
-        self.busy.add(client)
+        self._busy(client)
         message = Message(RecordDict(records(client)), node, "train",
                           group_id=str(base_version + 1))
         self.courier.send(message, now)
@@ -256,7 +283,7 @@ class AsyncRun:
             )
         except Rejected as exc:
             self.rejected.append(replace(outcome, reason=str(exc)))
-            self.busy.discard(client)
+            self._idle(client)
             return
         self.buffer.append(_Contribution(base_version, update, outcome))
 
@@ -285,7 +312,8 @@ class AsyncRun:
         outcomes = [replace(o, accepted=r is None, reason=r)
                     for o, r in zip(outcomes, reasons, strict=True)]
         outcomes += self.rejected
-        self.busy.difference_update(c.outcome.client_id for c in self.buffer)
+        for c in self.buffer:
+            self._idle(c.outcome.client_id)
         self.buffer, self.rejected = [], []
         new = finish_round(aggregation, outcomes, f"step {number}", "contribution")
         self.version, self.params = number, new
@@ -337,8 +365,7 @@ def run_async_federation(
         config.directory if config.directory is not None else (lambda _: clients or {})
     )
     if resume_state:
-        available = directory(first_round)
-        run.load_state_dict(dict(resume_state), available)
+        run.load_state_dict(dict(resume_state), directory(first_round))
     last_step_at = run.now
     wall = time.perf_counter()
     asked, listed = run.version, -1
@@ -347,16 +374,14 @@ def run_async_federation(
             run.config = config = before_round(run.version + 1, config)
             asked = run.version + 1
         if listed != run.version:  # who is available: once per model version
-            available = directory(run.version + 1)
-            order = sorted(available)
-            members = set(order)
+            run.offer(directory(run.version + 1))
             listed = run.version
-        run.dispatch(available, order, members)
+        run.dispatch()
         got = courier.receive()
         if got is not None:
             run.collect(*got, declared or {})
         enough = len(run.buffer) >= run.asynchrony.buffer
-        idle = len(order) > len(run.busy & members)
+        idle = run.idle_count > 0
         stuck = got is None or (not run.in_flight and not idle)
         if not enough and not (stuck and run.buffer):
             if got is None and not run.buffer:
@@ -369,9 +394,9 @@ def run_async_federation(
         if config.evaluation is not None and config.evaluation.due(run.version,
                                                                    config.num_rounds):
             evaluation = run_evaluation(
-                grid, idle_cohort(available, order, run.busy), params, run.version,
+                grid, idle_cohort(run.available, run.order, run.busy), params, run.version,
                 config.evaluation, config.seed, config.timeout, max_examples=config.max_examples,
-                declared=declared, of=len(order),
+                declared=declared, of=len(run.order),
             )  # fmt: skip
         accepted = [o for o in outcomes if o.accepted]
         weight = sum(o.num_examples for o in accepted) or 1
