@@ -265,6 +265,14 @@ def bundle(
             "checks against a malicious server.",
         ),
     ] = None,
+    ca_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-key",
+            help="With --generate-key: also issue the new key's identity certificate with this "
+            "CA key (certs/ca.key).",
+        ),
+    ] = None,
 ) -> None:
     """Write what a device needs: CA, env file, systemd unit, install and Termux scripts."""
     from aggregator.store import StoreError
@@ -288,10 +296,10 @@ def bundle(
         fail(f"--device: {exc}")
     if not data.startswith("/") or not agent.startswith("/"):
         fail("--data and --agent must be absolute paths on the device")
-    budget, has_identity = profile.memory_budget_bytes, identity is not None
+    budget, has_identity = profile.memory_budget_bytes, identity is not None or ca_key is not None
     spec = BundleSpec(name, superlink, device, budget, data, agent, has_identity)
     try:
-        written = write_bundle(out, spec, ca, generate_key, identity)
+        written = write_bundle(out, spec, ca, generate_key, identity, ca_key)
     except BundleError as exc:
         fail(str(exc))
     err_console.print(

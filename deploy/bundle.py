@@ -1,9 +1,9 @@
 """What a device needs to join: ``fedcore clients bundle`` writes it into one folder.
 
 - ``ca.pem``: the CA that signed the SuperLink's certificate (copied from ``--ca``);
-- ``identity.pem`` (with ``--identity``): the device's identity certificate (``fedcore clients
-  certify``): the device then takes part in secure aggregation only with the checks against
-  a malicious server;
+- ``identity.pem`` (with ``--identity``, or ``--generate-key --ca-key``: issued for the new
+  key): the device's identity certificate (``fedcore clients certify``): the device then takes
+  part in secure aggregation only with the checks against a malicious server;
 - ``fedcore-client.env``: where the SuperLink is, the device's name, class, data, key and
   models folder (the only place a run's ``onnx:NAME`` model is read from);
 - ``fedcore-client.service``: a systemd unit running the lean agent (``fedcore-device``) as user
@@ -205,16 +205,35 @@ exec "$agent" --superlink "$FEDCORE_SUPERLINK" --root-certificates "$FEDCORE_CA"
 
 
 def write_bundle(
-    out: Path, spec: BundleSpec, ca: Path, generate_key: bool = False, identity: Path | None = None
+    out: Path,
+    spec: BundleSpec,
+    ca: Path,
+    generate_key: bool = False,
+    identity: Path | None = None,
+    ca_key: Path | None = None,
 ) -> list[Path]:
-    """Write the bundle into ``out`` (new files only); the paths written."""
+    """Write the bundle into ``out`` (new files only); the paths written. The identity
+    certificate is ``identity`` (made for the device's key beforehand) or, with
+    ``generate_key``, issued here for the new key with the CA's ``ca_key``."""
     if not ca.is_file():
         raise BundleError(f"--ca: no such file: {ca}")
     if identity is not None and not identity.is_file():
         raise BundleError(f"--identity: no such file: {identity}")
-    if spec.identity != (identity is not None):
-        raise BundleError("--identity: the spec and the file disagree")
-    names = [UNIT, ENV, INSTALL, TERMUX, "ca.pem", *([IDENTITY] if identity else [])]
+    if identity is not None and ca_key is not None:
+        raise BundleError("--identity and --ca-key: give one (a certificate, or its CA's key)")
+    if ca_key is not None:
+        if not generate_key:
+            raise BundleError("--ca-key: certifies the key --generate-key makes; for a device's "
+                              "own key use `fedcore clients certify` and --identity")
+        from deploy.certs import CertError, load_ca
+
+        try:
+            load_ca(ca, ca_key)  # before anything is written
+        except CertError as exc:
+            raise BundleError(f"--ca-key: {exc}") from None
+    if spec.identity != (identity is not None or ca_key is not None):
+        raise BundleError("--identity: the spec and the files disagree")
+    names = [UNIT, ENV, INSTALL, TERMUX, "ca.pem", *([IDENTITY] if spec.identity else [])]
     if generate_key:
         names += ["node.key", "node.pub"]
     existing = [out / n for n in names if (out / n).exists()]
@@ -240,7 +259,21 @@ def write_bundle(
 
         private, public, _ = generate_node_keys(out)
         written += [private, public]
+        if ca_key is not None:
+            written.append(_certify_new_key(spec.name, ca, ca_key, private, out / IDENTITY))
     return written
+
+
+def _certify_new_key(name: str, ca: Path, ca_key: Path, private: Path, out: Path) -> Path:
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    from deploy.certs import CertError, issue_identity
+
+    key = load_ssh_private_key(private.read_bytes(), None)
+    try:
+        return issue_identity(ca, ca_key, name, key.public_key(), out)  # type: ignore[arg-type]
+    except CertError as exc:
+        raise BundleError(f"--ca-key: {exc}") from None
 
 
 __all__ = ["BundleError", "BundleSpec", "write_bundle", "unit_file", "env_file"]

@@ -175,6 +175,23 @@ def create_certificates(
     return files
 
 
+def load_ca(
+    ca_cert: Path, ca_key: Path
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA certificate and its key, checked to belong together (``CertError`` if not)."""
+    for path in (ca_cert, ca_key):
+        if not path.is_file():
+            raise CertError(f"no such file: {path} (the folder of `fedcore certs create`)")
+    try:
+        ca = x509.load_pem_x509_certificate(ca_cert.read_bytes()[:65536])
+        key = serialization.load_pem_private_key(ca_key.read_bytes()[:65536], None)
+    except (ValueError, TypeError) as exc:
+        raise CertError(f"{ca_cert} / {ca_key}: not a CA certificate and its key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != ca.public_key():
+        raise CertError(f"{ca_key} is not the key of {ca_cert}")
+    return ca, key
+
+
 def issue_identity(
     ca_cert: Path, ca_key: Path, name: str, public_key: ec.EllipticCurvePublicKey, out: Path,
     days: int = 365,
@@ -187,16 +204,7 @@ def issue_identity(
         raise CertError(f"--days: must be 1..{MAX_DAYS} days, got {days}")
     if out.exists():
         raise CertError(f"--out: {out} exists; refusing to overwrite")
-    for path in (ca_cert, ca_key):
-        if not path.is_file():
-            raise CertError(f"no such file: {path} (the folder of `fedcore certs create`)")
-    try:
-        ca = x509.load_pem_x509_certificate(ca_cert.read_bytes()[:65536])
-        key = serialization.load_pem_private_key(ca_key.read_bytes()[:65536], None)
-    except (ValueError, TypeError) as exc:
-        raise CertError(f"{ca_cert} / {ca_key}: not a CA certificate and its key ({exc})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != ca.public_key():
-        raise CertError(f"{ca_key} is not the key of {ca_cert}")
+    ca, key = load_ca(ca_cert, ca_key)
     cert = issue(key, ca, name, public_key, days)
     write_new(out, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return out
@@ -207,6 +215,7 @@ __all__ = [
     "CertFiles",
     "create_certificates",
     "issue_identity",
+    "load_ca",
     "subject_alt_name",
     "write_new",
 ]

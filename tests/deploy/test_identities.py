@@ -226,3 +226,25 @@ def test_enrolled_devices_with_identities_run_secure_aggregation_with_the_checks
     assert all(len(r.clients) == 3 for r in run.rounds)
     for device in devices:
         assert device.wait(timeout=60) == 0
+
+
+def test_a_bundle_with_a_generated_key_gets_its_identity_issued(setup):
+    tmp_path, certs, _ = setup
+    out = tmp_path / "bundle-g"
+    result = runner.invoke(app, [
+        "clients", "bundle", "--name", "dev-g", "--superlink", "127.0.0.1:9092", "--device",
+        "rpi-4-2gb", "--ca", str(certs.ca_cert), "--out", str(out), "--generate-key",
+        "--ca-key", str(certs.ca_key),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    identity = Identity.load(out / "node.key", out / "identity.pem")
+    assert identity.name == "dev-g"
+    Authority.from_pem(certs.ca_cert.read_bytes()).verify(identity.cert)
+    assert "--identity" in (out / "fedcore-client.service").read_text()
+    wrong = runner.invoke(app, [
+        "clients", "bundle", "--name", "dev-h", "--superlink", "127.0.0.1:9092", "--device",
+        "rpi-4-2gb", "--ca", str(certs.ca_cert), "--out", str(tmp_path / "h"),
+        "--generate-key", "--ca-key", str(certs.server_key),
+    ])  # fmt: skip
+    assert wrong.exit_code == 2 and "is not the key of" in wrong.output
+    assert not (tmp_path / "h").exists()  # nothing written
