@@ -183,9 +183,9 @@ def test_the_server_needs_the_ca_for_identities(tmp_path):
 @pytest.mark.slow
 @needs_flower
 def test_enrolled_devices_with_identities_run_secure_aggregation_with_the_checks(fleet, tmp_path):
-    """Real processes: SuperLink over TLS, three enrolled devices each with its identity; the
-    run completes with every device in the sum (a device with an identity refuses a round
-    without the checks, so the round ran them)."""
+    """Real processes: SuperLink over TLS, three enrolled devices each with its identity (two
+    lean agents, one stock SuperNode); the run completes with every device in the sum (a
+    device with an identity refuses a round without the checks, so the round ran them)."""
     certs = create_certificates(tmp_path / "certs", ["127.0.0.1"])
     db = tmp_path / "runs.db"
     store = Store(str(db), create=True)
@@ -213,6 +213,7 @@ def test_enrolled_devices_with_identities_run_secure_aggregation_with_the_checks
             f"d{i}", address, "--dataset", "digits", "--partition-id", str(i),
             "--num-partitions", "3", "--max-wait", "2", "--root-certificates",
             str(certs.ca_cert), "--key", str(keys[i][0]), "--identity", str(identities[i]),
+            *(["--stock-supernode"] if i == 2 else []),
         )  # fmt: skip
         for i in range(3)
     ]
@@ -224,8 +225,8 @@ def test_enrolled_devices_with_identities_run_secure_aggregation_with_the_checks
         c.reason for r in run.rounds for c in r.clients
     ]
     assert all(len(r.clients) == 3 for r in run.rounds)
-    for device in devices:
-        assert device.wait(timeout=60) == 0
+    for i, device in enumerate(devices):
+        assert device.wait(timeout=60) == 0, fleet.output(f"d{i}")
 
 
 def test_a_bundle_with_a_generated_key_gets_its_identity_issued(setup):
