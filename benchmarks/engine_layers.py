@@ -1,6 +1,6 @@
 """Training-step time of fedcore's reference CNN and LSTM against PyTorch, side by side.
 
-    python -m benchmarks.engine_layers [--reps 40] [--threads N]
+    python -m benchmarks.engine_layers [--reps 40] [--threads N [N ...]]
         [--case cnn lstm gpt mobilenet lora onnx-resnet]
 
 Both frameworks get the same model, the same initial weights (copied from fedcore into torch,
@@ -9,7 +9,9 @@ and SGD with momentum. Repetitions are interleaved (fedcore, torch, fedcore, ...
 load hits both alike, and medians are reported. torch gets as many threads as fedcore (every
 core by default, or --threads), printed with the load average. Needs the `bench` extra
 (torch==2.13.0). `gpt` and `lora` also print peak-memory tables, each figure from a fresh
-process (benchmarks.memory_report).
+process (benchmarks.memory_report). Several thread counts (`--threads 1 2`) run every case at
+each count in turn, both frameworks alike, and print each framework's speed-up over its own
+time at the first count ("self-speedup"), measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from fedcore.models import build_model
 from fedcore.optim import SGD
 
 TARGETS = {"cnn": 0.9, "lstm": 1.2, "gpt": 1.0, "mobilenet": 0.9}
+#: fedcore's speed-up at two (or more) threads over its own one-thread time (issue 18)
+SELF_SPEEDUP = 1.6
 
 
 def set_threads(requested: int | None) -> int:
@@ -179,19 +183,20 @@ def main(argv: list[str] | None = None) -> None:
                     "each in its own process (time and peak RSS; benchmarks.onnx_resnet); "
                     "gpt also prints peak-memory tables, lora only those (LoRA against full "
                     "fine-tuning; benchmarks.memory_report)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="fedcore and torch threads (default: every core)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="fedcore and torch threads (default: every core); several counts "
+                    "run each case at each and print the self-speedup over the first")
     ap.add_argument("--gap", type=float, default=0.2,
                     help="seconds of pause before each timed step (lets spinning threads sleep)")
     args = ap.parse_args(argv)
-    threads = set_threads(args.threads)
+    if args.threads is not None and min(args.threads) < 1:
+        ap.error("--threads: every count must be at least 1")
+    counts = args.threads or [set_threads(None)]
     import torch
 
-    torch.set_num_threads(threads)
     load0 = os.getloadavg()
-    print(f"numpy {np.__version__} (fedcore threads {threads}), "
-          f"torch {torch.__version__} "
-          f"(threads {torch.get_num_threads()}), {os.cpu_count()} CPUs, "
+    print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"thread counts {counts} (fedcore and torch alike), "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     for case in args.case:
         if case == "onnx-resnet":
@@ -201,20 +206,39 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if case == "lora":
             continue
-        r = run_case(torch, case, args.reps, args.gap)
-        fo, fi = r["fedcore_iqr"], r["torch_iqr"]
-        ok = "ok" if r["ratio"] <= TARGETS[case] else "ABOVE TARGET"
-        print(f"{case:5s} fedcore {r['fedcore_ms']:7.2f} ms [IQR {fo[0]:.1f}-{fo[1]:.1f}]  "
-              f"torch {r['torch_ms']:7.2f} ms [IQR {fi[0]:.1f}-{fi[1]:.1f}]  "
-              f"ratio {r['ratio']:.2f} (target <= {TARGETS[case]}: {ok})  "
-              f"first losses {r['first_losses'][0]:.5f} / {r['first_losses'][1]:.5f}")
-        if threads == 1:
-            co, ct = r["cpu_ms"]
-            print(f"      CPU time: fedcore {co:7.2f} ms  torch {ct:7.2f} ms  "
-                  f"ratio {r['cpu_ratio']:.2f}")
+        first: dict | None = None
+        for n in counts:
+            threads = set_threads(n)
+            torch.set_num_threads(threads)
+            r = run_case(torch, case, args.reps, args.gap)
+            print_case(r, threads, first)
+            first = first or r
     memory_report([c for c in args.case if c in ("gpt", "lora")])
     load1 = os.getloadavg()
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+
+
+def print_case(r: dict, threads: int, first: dict | None) -> None:
+    """One case's line: medians, IQRs, the ratio to torch and its target; the CPU times
+    with one thread; with a first thread count before, each framework's self-speedup."""
+    case = r["case"]
+    fo, fi = r["fedcore_iqr"], r["torch_iqr"]
+    ok = "ok" if r["ratio"] <= TARGETS[case] else "ABOVE TARGET"
+    print(f"{case:5s} threads {threads}: fedcore {r['fedcore_ms']:7.2f} ms "
+          f"[IQR {fo[0]:.1f}-{fo[1]:.1f}]  torch {r['torch_ms']:7.2f} ms "
+          f"[IQR {fi[0]:.1f}-{fi[1]:.1f}]  ratio {r['ratio']:.2f} "
+          f"(target <= {TARGETS[case]}: {ok})  "
+          f"first losses {r['first_losses'][0]:.5f} / {r['first_losses'][1]:.5f}")
+    if threads == 1:
+        co, ct = r["cpu_ms"]
+        print(f"      CPU time: fedcore {co:7.2f} ms  torch {ct:7.2f} ms  "
+              f"ratio {r['cpu_ratio']:.2f}")
+    if first is not None:
+        so = first["fedcore_ms"] / r["fedcore_ms"]
+        st = first["torch_ms"] / r["torch_ms"]
+        mark = "ok" if so >= SELF_SPEEDUP else "BELOW TARGET"
+        print(f"      self-speedup over the first count: fedcore {so:.2f}x "
+              f"(target >= {SELF_SPEEDUP}: {mark})  torch {st:.2f}x")
 
 
 if __name__ == "__main__":

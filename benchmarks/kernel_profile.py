@@ -10,6 +10,13 @@ Both are per step, averaged over `--steps` steps after a warm-up. Times are proc
 time (all threads together), which a busy machine disturbs far less than wall time: with one
 thread they are what the step costs; with more, compare them against the 1-thread figures to
 see which kernels gained work (hand-offs, spinning) rather than lost time.
+
+With more than one thread it also prints, per op, the share of its CPU time spent inside
+regions fedcore split over its threads (`fedcore.engine.parallel`), and the Amdahl bound that
+follows for the whole step: with a share p split perfectly over n threads, the step can go at
+most 1 / ((1 - p) + p / n) times faster than on one. That bound is measured from CPU time, so
+a busy machine does not disturb it; the wall-clock speed-up itself needs a quiet machine
+(`python -m benchmarks.engine_layers --threads 1 2`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fedcore.engine import NaiveEngine, use_engine
+from fedcore.engine import NaiveEngine, parallel, use_engine
 from fedcore.engine.var import Var
 
 
@@ -33,6 +40,8 @@ class TimingEngine(NaiveEngine):
         super().__init__()
         self.times: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.split: dict[str, float] = defaultdict(float)  # CPU time in split regions
+        self.current = ""
 
     def push(self, fn: Callable[[], None], reads: Sequence[Var], writes: Sequence[Var],
              name: str = "op") -> None:
@@ -41,6 +50,7 @@ class TimingEngine(NaiveEngine):
             super().push(fn, reads, writes, name)
             return
         t0 = time.process_time()
+        self.current = name
         try:
             super().push(fn, reads, writes, name)
         finally:
@@ -48,21 +58,45 @@ class TimingEngine(NaiveEngine):
             self.calls[name] += 1
 
 
-def fedcore_profile(step: Callable[[], float], steps: int) -> tuple[dict[str, float], float]:
-    """(ms per step by op name, including 'between ops'; total ms per step)."""
-    eng = TimingEngine()
-    with use_engine(eng):
-        for _ in range(3):
-            step()
-        eng.times.clear()
-        eng.calls.clear()
+def _timed_split(eng: TimingEngine, split: Callable) -> Callable:
+    """parallel._split, adding the CPU time of regions that really split to eng.split."""
+
+    def wrapper(n: int, fn: Callable[[int, int], None], threads: int) -> None:
+        if threads < 2:
+            split(n, fn, threads)
+            return
         t0 = time.process_time()
-        for _ in range(steps):
-            step()
-        total = (time.process_time() - t0) * 1e3 / steps
+        try:
+            split(n, fn, threads)
+        finally:
+            eng.split[eng.current] += time.process_time() - t0
+
+    return wrapper
+
+
+def fedcore_profile(step: Callable[[], float], steps: int
+                    ) -> tuple[dict[str, float], float, dict[str, float]]:
+    """(CPU ms per step by op name, including 'between ops'; total CPU ms per step; CPU ms
+    per step inside split regions, by op name)."""
+    eng = TimingEngine()
+    split = parallel._split
+    parallel._split = _timed_split(eng, split)
+    try:
+        with use_engine(eng):
+            for _ in range(3):
+                step()
+            eng.times.clear()
+            eng.calls.clear()
+            eng.split.clear()
+            t0 = time.process_time()
+            for _ in range(steps):
+                step()
+            total = (time.process_time() - t0) * 1e3 / steps
+    finally:
+        parallel._split = split
     per = {k: v * 1e3 / steps for k, v in eng.times.items()}
     per["between ops"] = total - sum(per.values())
-    return per, total
+    return per, total, {k: v * 1e3 / steps for k, v in eng.split.items()}
 
 
 def torch_profile(torch: Any, step: Callable[[], float], steps: int) -> tuple[dict[str, float],
@@ -82,11 +116,16 @@ def torch_profile(torch: Any, step: Callable[[], float], steps: int) -> tuple[di
     return per, total
 
 
-def table(title: str, per: dict[str, float], total: float, top: int) -> None:
-    """Print the `top` largest entries of `per` with their share of `total`."""
+def table(title: str, per: dict[str, float], total: float, top: int,
+          split: dict[str, float] | None = None) -> None:
+    """Print the `top` largest entries of `per` with their share of `total` (and, given
+    `split`, the share of each op's time that ran split over the threads)."""
     print(f"{title}: {total:.2f} CPU ms per step")
     for name, ms in sorted(per.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"  {name:40s} {ms:7.3f} ms  {100 * ms / total:5.1f} %")
+        extra = ""
+        if split is not None:
+            extra = f"  split {100 * split.get(name, 0.0) / ms if ms else 0.0:5.1f} %"
+        print(f"  {name:40s} {ms:7.3f} ms  {100 * ms / total:5.1f} %{extra}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,8 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"threads {threads} (fedcore and torch)")
     for case in args.case:
         ours, theirs = steps(torch, case)
-        per, total = fedcore_profile(ours, args.steps)
-        table(f"{case} fedcore", per, total, args.top)
+        per, total, split = fedcore_profile(ours, args.steps)
+        table(f"{case} fedcore", per, total, args.top, split if threads > 1 else None)
+        if threads > 1:
+            p = sum(split.values()) / total
+            print(f"  split over {threads} threads: {100 * p:.1f} % of the CPU time; Amdahl "
+                  f"bound on the speed-up over one thread {1 / ((1 - p) + p / threads):.2f}x")
         per_t, total_t = torch_profile(torch, theirs, args.steps)
         table(f"{case} torch (self CPU time per op; total without the profiler)", per_t,
               total_t, args.top)

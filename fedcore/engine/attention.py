@@ -23,6 +23,7 @@ import numpy as np
 from .autograd import Ctx, Primitive, apply, defvjp
 from .checks import check_float, check_ndim, check_same_dtype
 from .ops import Operand, tensor
+from .parallel import parallel_for
 from .tensor import Tensor
 
 __all__ = ["CAUSAL_ROWS", "SCORE_ELEMS", "attention", "rope"]
@@ -108,34 +109,45 @@ def _scores(ctx: Ctx, qh: np.ndarray, kh: np.ndarray, i0: int, i1: int, causal: 
     return s, qb, kend
 
 
+def _work(b: int, h: int, t: int, s_len: int, d: int, causal: bool) -> int:
+    """Elementwise-pass equivalents of one pass over the scores (for the intra-op split)."""
+    return b * h * t * s_len * (d // 4 + 8) // (2 if causal else 1)
+
+
 def _attn_fwd(ctx: Ctx, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool,
               scale: float | None, block: int | None) -> np.ndarray:
     b, t, h, d, s_len, hk = _check(q, k, v, causal)
     g = h // hk
     scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
     dt = q.dtype
-    qh = _heads(q, hk, ctx.pool.alloc((b, hk, g, t, d), dt))
-    kh = _kv(k, ctx.pool.alloc((b * hk, s_len, d), dt))
-    vh = _kv(v, ctx.pool.alloc((b * hk, s_len, d), dt))
+    qh = ctx.pool.alloc((b, hk, g, t, d), dt)
+    kh = ctx.pool.alloc((b * hk, s_len, d), dt)
+    vh = ctx.pool.alloc((b * hk, s_len, d), dt)
     out = ctx.alloc((b, t, h, d), dt)
     out5 = out.reshape(b, t, hk, g, d).transpose(0, 2, 3, 1, 4)  # (B, Hkv, G, T, D) view
     lse = ctx.alloc((b, hk, g, t), dt)  # kept for the backward
     rows = block_rows(b, h, t, s_len, block, causal)
-    for i0 in range(0, t, rows):
-        i1 = min(t, i0 + rows)
-        n = i1 - i0
-        sc, qb, kend = _scores(ctx, qh, kh, i0, i1, causal, scale)
-        m = sc.max(axis=2, keepdims=True)
-        sc -= m
-        np.exp(sc, out=sc)
-        tot = sc.sum(axis=2, keepdims=True)
-        ob = np.matmul(sc, vh[:, :kend], out=qb)  # qb is free now: same shape as a block out
-        ob /= tot
-        out5[:, :, :, i0:i1] = ob.reshape(b, hk, g, n, d)
-        np.log(tot, out=tot)
-        tot += m
-        lse[:, :, :, i0:i1] = tot.reshape(b, hk, g, n)
-        del sc, qb, ob
+
+    def images(b0: int, b1: int) -> None:  # every block of sequences [b0, b1)
+        nb, k0, k1 = b1 - b0, b0 * hk, b1 * hk
+        qs, ks, vs = _heads(q[b0:b1], hk, qh[b0:b1]), _kv(k[b0:b1], kh[k0:k1]), \
+            _kv(v[b0:b1], vh[k0:k1])
+        for i0 in range(0, t, rows):
+            i1 = min(t, i0 + rows)
+            n = i1 - i0
+            sc, qb, kend = _scores(ctx, qs, ks, i0, i1, causal, scale)
+            m = sc.max(axis=2, keepdims=True)
+            sc -= m
+            np.exp(sc, out=sc)
+            tot = sc.sum(axis=2, keepdims=True)
+            ob = np.matmul(sc, vs[:, :kend], out=qb)  # qb is free now: a block out's shape
+            ob /= tot
+            out5[b0:b1, :, :, i0:i1] = ob.reshape(nb, hk, g, n, d)
+            np.log(tot, out=tot)
+            tot += m
+            lse[b0:b1, :, :, i0:i1] = tot.reshape(nb, hk, g, n)
+
+    parallel_for(b, images, _work(b, h, t, s_len, d, causal))
     ctx.lse, ctx.scale, ctx.rows, ctx.grads = lse, scale, rows, None
     return out
 
@@ -152,39 +164,47 @@ def _attn_grads(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     gq = h // hk
     dt, scale, lse, rows = q.dtype, ctx.scale, ctx.lse, ctx.rows
     pool = ctx.pool
-    qh = _heads(q, hk, pool.alloc((b, hk, gq, t, d), dt))
-    gh = _heads(g, hk, pool.alloc((b, hk, gq, t, d), dt))
-    kh = _kv(k, pool.alloc((b * hk, s_len, d), dt))
-    vh = _kv(v, pool.alloc((b * hk, s_len, d), dt))
-    delta = np.multiply(g, o).sum(axis=-1)  # (B, T, H): rowsum(dO * O)
-    delta = delta.reshape(b, t, hk, gq).transpose(0, 2, 3, 1)  # (B, Hkv, G, T)
-    dq = np.empty_like(q)
+    qh = pool.alloc((b, hk, gq, t, d), dt)
+    gh = pool.alloc((b, hk, gq, t, d), dt)
+    kh = pool.alloc((b * hk, s_len, d), dt)
+    vh = pool.alloc((b * hk, s_len, d), dt)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     dq5 = dq.reshape(b, t, hk, gq, d).transpose(0, 2, 3, 1, 4)  # (B, Hkv, G, T, D) view
-    dkh = pool.zeros((b * hk, s_len, d), dt)
-    dvh = pool.zeros((b * hk, s_len, d), dt)
-    bh = b * hk
-    gb = pool.alloc((bh, gq * rows, d), dt)
-    for i0 in range(0, t, rows):
-        i1 = min(t, i0 + rows)
-        n = i1 - i0
-        p, qb, kend = _scores(ctx, qh, kh, i0, i1, causal, scale)  # qb: scaled queries
-        p -= lse[:, :, :, i0:i1].reshape(bh, gq * n, 1)
-        np.exp(p, out=p)
-        gbn = gb[:, :gq * n]
-        np.copyto(gbn.reshape(b, hk, gq, n, d), gh[:, :, :, i0:i1])
-        dvh[:, :kend] += np.matmul(p.transpose(0, 2, 1), gbn)
-        dp = np.matmul(gbn, vh[:, :kend].transpose(0, 2, 1))
-        dp -= delta[:, :, :, i0:i1].reshape(bh, gq * n, 1)
-        dp *= p  # dS / scale: the scale goes into the (n, D) and (kend, D) products
-        del p
-        dqb = np.matmul(dp, kh[:, :kend], out=gbn)  # gbn is free now
-        np.multiply(dqb.reshape(b, hk, gq, n, d), scale, out=dq5[:, :, :, i0:i1])
-        dkh[:, :kend] += np.matmul(dp.transpose(0, 2, 1), qb)  # qb carries the scale
-        del dp, qb
-    dk = np.empty_like(k)
-    np.copyto(dk.transpose(0, 2, 1, 3), dkh.reshape(b, hk, s_len, d))
-    dv = np.empty_like(v)
-    np.copyto(dv.transpose(0, 2, 1, 3), dvh.reshape(b, hk, s_len, d))
+    dkh = pool.alloc((b * hk, s_len, d), dt)
+    dvh = pool.alloc((b * hk, s_len, d), dt)
+
+    def images(b0: int, b1: int) -> None:  # every block of sequences [b0, b1)
+        nb, k0, k1 = b1 - b0, b0 * hk, b1 * hk
+        qs, gs = _heads(q[b0:b1], hk, qh[b0:b1]), _heads(g[b0:b1], hk, gh[b0:b1])
+        ks, vs = _kv(k[b0:b1], kh[k0:k1]), _kv(v[b0:b1], vh[k0:k1])
+        dks, dvs = dkh[k0:k1], dvh[k0:k1]
+        dks.fill(0)
+        dvs.fill(0)
+        delta = np.multiply(g[b0:b1], o[b0:b1]).sum(axis=-1)  # (nb, T, H): rowsum(dO * O)
+        delta = delta.reshape(nb, t, hk, gq).transpose(0, 2, 3, 1)  # (nb, Hkv, G, T)
+        bh = nb * hk
+        gb = pool.alloc((bh, gq * rows, d), dt)
+        for i0 in range(0, t, rows):
+            i1 = min(t, i0 + rows)
+            n = i1 - i0
+            p, qb, kend = _scores(ctx, qs, ks, i0, i1, causal, scale)  # qb: scaled queries
+            p -= lse[b0:b1, :, :, i0:i1].reshape(bh, gq * n, 1)
+            np.exp(p, out=p)
+            gbn = gb[:, :gq * n]
+            np.copyto(gbn.reshape(nb, hk, gq, n, d), gs[:, :, :, i0:i1])
+            dvs[:, :kend] += np.matmul(p.transpose(0, 2, 1), gbn)
+            dp = np.matmul(gbn, vs[:, :kend].transpose(0, 2, 1))
+            dp -= delta[:, :, :, i0:i1].reshape(bh, gq * n, 1)
+            dp *= p  # dS / scale: the scale goes into the (n, D) and (kend, D) products
+            del p
+            dqb = np.matmul(dp, ks[:, :kend], out=gbn)  # gbn is free now
+            np.multiply(dqb.reshape(nb, hk, gq, n, d), scale, out=dq5[b0:b1, :, :, i0:i1])
+            dks[:, :kend] += np.matmul(dp.transpose(0, 2, 1), qb)  # qb carries the scale
+            del dp, qb
+        np.copyto(dk[b0:b1].transpose(0, 2, 1, 3), dks.reshape(nb, hk, s_len, d))
+        np.copyto(dv[b0:b1].transpose(0, 2, 1, 3), dvs.reshape(nb, hk, s_len, d))
+
+    parallel_for(b, images, 2 * _work(b, h, t, s_len, d, causal))
     ctx.grads = (dq, dk, dv)
     return ctx.grads
 
@@ -219,14 +239,22 @@ def rope_tables(t: int, d: int, base: float, offset: int,
 
 
 def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = x rotated: [x1 cos - x2 sin, x2 cos + x1 sin] over the two feature halves."""
+    """out = x rotated: [x1 cos - x2 sin, x2 cos + x1 sin] over the two feature halves
+    (sequences split over the intra-op threads)."""
     h = x.shape[-1] // 2
-    x1, x2 = x[..., :h], x[..., h:]
-    o1, o2 = out[..., :h], out[..., h:]
-    np.multiply(x1, cos, out=o1)
-    o1 -= x2 * sin
-    np.multiply(x2, cos, out=o2)
-    o2 += x1 * sin
+
+    def seqs(lo: int, hi: int) -> None:
+        xs, os_ = x[lo:hi], out[lo:hi]
+        x1, x2 = xs[..., :h], xs[..., h:]
+        o1, o2 = os_[..., :h], os_[..., h:]
+        tmp = np.multiply(x2, sin)
+        np.multiply(x1, cos, out=o1)
+        o1 -= tmp
+        np.multiply(x1, sin, out=tmp)
+        np.multiply(x2, cos, out=o2)
+        o2 += tmp
+
+    parallel_for(x.shape[0], seqs, 6 * x.size)
     return out
 
 

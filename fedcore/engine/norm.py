@@ -16,6 +16,7 @@ from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp
 from .channels import channel_op, channel_sum
 from .checks import check_same_dtype
 from .ops import Operand, tensor
+from .parallel import parallel_for
 from .tensor import Tensor, no_grad
 
 __all__ = [
@@ -230,35 +231,49 @@ def _rms_fwd(ctx: Ctx, x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarr
     if x.ndim < 1 or gamma.shape != (c,):
         raise ValueError(f"rms_norm: gamma {gamma.shape} does not match input {x.shape} "
                          f"({c} features)")
-    out = np.multiply(x, x, out=ctx.alloc(x.shape, x.dtype))
+    out = ctx.alloc(x.shape, x.dtype)
     rstd = ctx.alloc((*x.shape[:-1], 1), x.dtype)  # kept for the backward
-    np.mean(out, axis=-1, keepdims=True, out=rstd)
-    rstd += eps
-    np.sqrt(rstd, out=rstd)
-    np.divide(1.0, rstd, out=rstd)
-    np.multiply(x, rstd, out=out)
-    out *= gamma
+    x2, o2, r2 = x.reshape(-1, c), out.reshape(-1, c), rstd.reshape(-1, 1)
+
+    def rows(lo: int, hi: int) -> None:
+        xs, os_, rs = x2[lo:hi], o2[lo:hi], r2[lo:hi]
+        np.multiply(xs, xs, out=os_)
+        np.mean(os_, axis=-1, keepdims=True, out=rs)
+        rs += eps
+        np.sqrt(rs, out=rs)
+        np.divide(1.0, rs, out=rs)
+        np.multiply(xs, rs, out=os_)
+        os_ *= gamma
+
+    parallel_for(x2.shape[0], rows, 6 * x.size)
     ctx.rstd = rstd
     return out
 
 
 def _rms_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     # y = x r gamma, r = (mean(x^2) + eps)^-1/2: dx = r gg - x r^3 mean(gg x), gg = g gamma
-    x, rstd = ctx.args[0], ctx.rstd
-    gg = np.multiply(g, ctx.args[1])
-    m = np.multiply(gg, x).mean(axis=-1, keepdims=True)
-    m *= rstd
-    m *= rstd
-    gg -= x * m
-    gg *= rstd
-    return gg
+    x, rstd, gamma = ctx.args[0], ctx.rstd, ctx.args[1]
+    c = x.shape[-1]
+    out = np.empty(x.shape, np.result_type(g, gamma))
+    x2, g2, r2, o2 = x.reshape(-1, c), g.reshape(-1, c), rstd.reshape(-1, 1), out.reshape(-1, c)
+
+    def rows(lo: int, hi: int) -> None:
+        xs, rs, gg = x2[lo:hi], r2[lo:hi], o2[lo:hi]
+        np.multiply(g2[lo:hi], gamma, out=gg)
+        m = np.multiply(gg, xs).mean(axis=-1, keepdims=True)
+        m *= rs
+        m *= rs
+        gg -= xs * m
+        gg *= rs
+
+    parallel_for(x2.shape[0], rows, 8 * x.size)
+    return out
 
 
 def _rms_vjp_gamma(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    c = g.shape[-1]
     xr = np.multiply(ctx.args[0], ctx.rstd)
     xr *= g
-    return np.add.reduce(xr.reshape(-1, c), axis=0)
+    return channel_sum(xr)
 
 
 rms_norm_p = Primitive("rms_norm", _rms_fwd, saves=(0, 1), remat=True)

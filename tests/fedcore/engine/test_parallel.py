@@ -244,3 +244,28 @@ def test_rnn_gradients_match_across_thread_counts(threads):
     for a, b in zip(grads(), two, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
+
+
+def test_attention_split_over_threads_matches_serial():
+    """Sequences split over two intra-op threads give the one-thread result bit for bit
+    (each thread runs whole sequences; nothing is summed across threads)."""
+    from fedcore.engine import attention, mul
+    from fedcore.engine import sum as esum
+
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((4, 24, 4, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((4, 24, 2, 8)).astype(np.float32) for _ in range(2))
+    r = rng.standard_normal(q.shape).astype(np.float32)
+    results = []
+    for split in (False, True):
+        ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+        if split:
+            with two_threads():
+                out = attention(*ts, block=8)
+                esum(mul(out, r)).backward()
+        else:
+            out = attention(*ts, block=8)
+            esum(mul(out, r)).backward()
+        results.append([out.numpy().copy()] + [t.grad.copy() for t in ts])
+    for serial, split in zip(*results, strict=True):
+        np.testing.assert_array_equal(serial, split)
