@@ -3,7 +3,7 @@
 ``python -m benchmarks.asynchrony [--seeds 7 8 9] [--population 10000] [--plot PNG]
 [--skip-phones] [--skip-population] [--profile DIR]``
 
-For each scenario and seed both variants run on the in-process backend with the scenario's
+For each scenario and seed both variants run on the in-process runtime with the scenario's
 device mix, availability, dropouts, deadline and over-selection (the synchronous baseline is
 the scenario as tuned). Reported, median over seeds:
 - simulated seconds until the test accuracy first reaches the target,

@@ -109,7 +109,7 @@ def fedcore_rounds(grid, clients: int, size: int, rounds: int) -> dict:
 
 def part_fedcore_inprocess(clients: int, size: int, rounds: int) -> dict:
     """fedcore's loop on its in-process grid."""
-    from simulations.backends.inprocess import InProcessGrid
+    from simulations.runtimes.inprocess import InProcessGrid
 
     return fedcore_rounds(InProcessGrid(fedcore_client_app(), clients), clients, size, rounds)
 
@@ -118,7 +118,7 @@ def part_fedcore_ray(clients: int, size: int, rounds: int) -> dict:
     """fedcore's ServerApp on Flower's simulation runtime."""
     from flwr.serverapp import ServerApp
 
-    from simulations.backends.flower import run_on_flower
+    from simulations.runtimes.flower import run_on_flower
 
     result: dict = {}
     app = ServerApp()
@@ -148,7 +148,7 @@ def part_flower_ray(clients: int, size: int, rounds: int) -> dict:
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
     from flwr.server.workflow.default_workflows import default_fit_workflow
 
-    from simulations.backends.flower import run_on_flower
+    from simulations.runtimes.flower import run_on_flower
 
     class Toy(NumPyClient):
         def __init__(self, pid: int) -> None:

@@ -1,10 +1,10 @@
-"""Simulation cost: fedcore's in-process backend vs plain Flower simulation (Ray), side by side.
+"""Simulation cost: fedcore's in-process runtime vs plain Flower simulation (Ray), side by side.
 
 ``python -m benchmarks.simulate [--repeat 3] [--clients 100] [--rounds 10] [--pop-rounds 3]``
 
 The same scenario (handwritten digits split IID among ``--clients`` clients, all of them
 selected every round, softmax regression, one local epoch of SGD) runs
-- on fedcore's in-process backend (``simulations.lifecycle.run_scenario``), and
+- on fedcore's in-process runtime (``simulations.lifecycle.run_scenario``), and
 - on Flower's simulation runtime (``flwr.simulation.run_simulation``, Ray, one CPU per client)
   with a plain-numpy ClientApp (Message API) and a ServerApp driving Flower's own ``FedAvg``.
 
@@ -71,7 +71,7 @@ def scenario_dict(clients: int, rounds: int) -> dict[str, Any]:
 
 
 def run_fedcore(clients: int, rounds: int) -> dict[str, Any]:
-    """The scenario on fedcore's in-process backend."""
+    """The scenario on fedcore's in-process runtime."""
     from simulations.lifecycle import run_scenario
     from simulations.scenario import scenario_from_dict
 
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in runs:
             runs[name].append(measure([name, *common]))
     med: dict[str, dict[str, float]] = {}
-    print(f"{'backend':<22}{'wall s':>9}{'run s':>9}{'peak MiB':>10}{'procs':>7}{'accuracy':>10}")
+    print(f"{'runtime':<22}{'wall s':>9}{'run s':>9}{'peak MiB':>10}{'procs':>7}{'accuracy':>10}")
     for name, label in (("fedcore", "fedcore in-process"), ("flower", "Flower + Ray")):
         rs = runs[name]
         med[name] = {

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.errors import FAILED, err_console, fail
+from cli.options import DeviceClass
 
 if TYPE_CHECKING:
     from deploy.processes import FlowerProcess
@@ -64,12 +65,7 @@ def client(
         Path | None,
         typer.Option("--data", help="This device's own examples: an .npz with arrays x and y."),
     ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            "--device", help="Device class (see `fedcore profiles list`): its memory budget."
-        ),
-    ] = None,
+    device: DeviceClass = None,
     root_certificates: Annotated[
         Path | None,
         typer.Option("--root-certificates", help="TLS: the CA certificate of the SuperLink."),

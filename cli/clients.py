@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.errors import err_console, fail
-from cli.options import Db, Json
+from cli.options import Db, DeviceClass, Json
 
 app = typer.Typer(no_args_is_help=True)
 CaKey = Annotated[
@@ -76,9 +76,7 @@ def enroll(
         int | None,
         typer.Option("--partition", min=0, help="Its data shard / client id (default: next)."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help="Its device class (`fedcore profiles list`).")
-    ] = None,
+    device: DeviceClass = None,
     ca_key: CaKey = None,
     identity_out: IdentityOut = None,
     db: Db = None,
@@ -98,7 +96,7 @@ def enroll(
         try:
             get_profile(device)
         except ProfileError as exc:
-            fail(f"--device: {exc}")
+            fail(f"--device-class: {exc}")
     try:
         key = read_public_key(public_key)
     except KeyFileError as exc:
@@ -241,7 +239,10 @@ def bundle(
     superlink: Annotated[
         str, typer.Option("--superlink", help="HOST:PORT devices use to reach the server.")
     ],
-    device: Annotated[str, typer.Option("--device", help="Its device class: sets MemoryMax.")],
+    device: Annotated[
+        str,
+        typer.Option("--device-class", "--device", help="Its device class: sets MemoryMax."),
+    ],
     ca: Annotated[Path, typer.Option("--ca", help="The CA certificate (certs/ca.pem).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the bundle into.")],
     data: Annotated[
@@ -293,7 +294,7 @@ def bundle(
     try:
         profile = get_profile(device)
     except ProfileError as exc:
-        fail(f"--device: {exc}")
+        fail(f"--device-class: {exc}")
     if not data.startswith("/") or not agent.startswith("/"):
         fail("--data and --agent must be absolute paths on the device")
     budget, has_identity = profile.memory_budget_bytes, identity is not None or ca_key is not None

@@ -14,6 +14,37 @@ Db = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+Runtime = Annotated[
+    str | None,
+    typer.Option(
+        "--runtime",
+        "-r",
+        help="Where the ClientApps run: inprocess (fast, one process) or flower (Flower's "
+        "simulation runtime, Ray).",
+    ),
+]
+OldBackend = Annotated[str | None, typer.Option("--backend", "-b", hidden=True)]  # --runtime
+DeviceClass = Annotated[
+    str | None,
+    typer.Option(
+        "--device-class",
+        "--device",
+        help="Device class (see `fedcore profiles list`): its memory budget.",
+    ),
+]
+
+
+def renamed(new_value: str | None, old_value: str | None, new: str, old: str) -> str | None:
+    """The value of option ``new`` given under its old spelling ``old`` (kept one release):
+    say it is deprecated; both given, refuse."""
+    if old_value is None:
+        return new_value
+    from cli.errors import err_console, fail
+
+    if new_value is not None:
+        fail(f"{old}: renamed {new}; give one of them")
+    err_console.print(f"warning: {old} is deprecated, use {new}", markup=False)
+    return old_value
 
 
 def output_file(out: Path, option: str = "--out") -> None:

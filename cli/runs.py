@@ -18,7 +18,7 @@ from rich.table import Table
 
 from cli.errors import fail, run_stops
 from cli.live import RoundProgress, print_summary
-from cli.options import Db, Json, output_file, output_format
+from cli.options import Db, Json, OldBackend, Runtime, output_file, output_format, renamed
 from cli.render import RoundRow, csv_cell, round_table, untrusted
 from cli.store_access import open_store, round_dict, run_dict
 
@@ -39,7 +39,7 @@ def list_runs(db: Db = None, as_json: Json = False) -> None:
     from cli.render import metric_text
 
     table = Table()
-    for column in ("id", "name", "backend", "status", "rounds", "final", "created"):
+    for column in ("id", "name", "runtime", "status", "rounds", "final", "created"):
         table.add_column(column)
     for r in runs:
         data = run_dict(r)
@@ -51,7 +51,7 @@ def list_runs(db: Db = None, as_json: Json = False) -> None:
         table.add_row(
             str(r.id),
             untrusted(r.name),
-            r.backend,
+            r.runtime,
             r.status,
             str(done),
             metric_text(final, figures["metric"]),
@@ -73,7 +73,7 @@ def show_run(run_id: RunId, db: Db = None, as_json: Json = False) -> None:
         print(json.dumps({**run_dict(run), "rounds": [round_dict(r) for r in run.rounds]}))
         return
     rows = [RoundRow.of(r) for r in run.rounds]
-    title = f"run {run.id} · {untrusted(run.name)} · {run.backend} · {run.status}"
+    title = f"run {run.id} · {untrusted(run.name)} · {run.runtime} · {run.status}"
     console.print(round_table(rows, title=title))
     rejected = [(r.number, c) for r in run.rounds for c in r.clients if not c.accepted]
     for number, c in rejected[:20]:
@@ -153,21 +153,21 @@ def set_config(
 def resume(
     run_id: RunId,
     db: Db = None,
-    backend: Annotated[
-        str | None, typer.Option("--backend", "-b", help="Resume on another backend.")
-    ] = None,
+    runtime: Runtime = None,
+    old_backend: OldBackend = None,
     as_json: Json = False,
 ) -> None:
     """Continue a paused or interrupted run from its last committed round."""
     from aggregator.store import StoreError
     from aggregator.store.checkpoints import CheckpointError
-    from simulations.backends import BACKENDS
     from simulations.interrupts import Interrupts
     from simulations.lifecycle import resume_run
+    from simulations.runtimes import RUNTIMES
     from simulations.scenario import ScenarioError
 
-    if backend is not None and backend not in BACKENDS:
-        fail(f"--backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    runtime = renamed(runtime, old_backend, "--runtime", "--backend")
+    if runtime is not None and runtime not in RUNTIMES:
+        fail(f"--runtime: unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     store = open_store(db)
     interrupts = Interrupts()
     with run_stops(interrupts):
@@ -175,17 +175,17 @@ def resume(
             run = store.get_run(run_id)
             if run.status in ("completed", "failed", "aborted"):
                 fail(f"run {run_id} is {run.status}: there is nothing to resume")
-            if backend is None and run.backend not in BACKENDS:  # e.g. a deployment
+            if runtime is None and run.runtime not in RUNTIMES:  # e.g. a deployment
                 fail(
-                    f"run {run_id} ran as a {run.backend}: continue it with `fedcore server "
-                    f"SCENARIO --resume {run_id}`, or here as a simulation with --backend "
+                    f"run {run_id} ran as a {run.runtime}: continue it with `fedcore server "
+                    f"SCENARIO --resume {run_id}`, or here as a simulation with --runtime "
                     "inprocess"
                 )
             total = run.config["federation"]["rounds"]
             title = f"{run.name} (resume run {run_id})"
             with interrupts, RoundProgress(title, total, done=len(run.rounds), quiet=as_json) as ui:
                 result = resume_run(
-                    store, run_id, backend, on_round=ui.on_round, interrupts=interrupts
+                    store, run_id, runtime, on_round=ui.on_round, interrupts=interrupts
                 )
         except (StoreError, CheckpointError, ScenarioError) as exc:
             fail(str(exc))

@@ -1,6 +1,6 @@
 """``fedcore server SCENARIO``: a real Flower SuperLink running the scenario on real devices.
 
-It checks the scenario and the store, records a new run (backend ``deployment``), starts
+It checks the scenario and the store, records a new run (runtime ``deployment``), starts
 ``flower-superlink`` (no runtime ``uv sync``; state, logs and the app in a work folder),
 writes the Flower App (``deploy.appdir``) and submits it with ``flwr run --stream``. The
 ServerApp commits each round to the store; this command shows them as they land and stops
@@ -119,7 +119,7 @@ def server(
     """Run a scenario on real devices: start a Flower SuperLink and submit the scenario."""
     from aggregator.store import Store, StoreError
     from deploy.processes import port_in_use, split_address
-    from deploy.serverapp import BACKEND, check_deployable
+    from deploy.serverapp import RUNTIME, check_deployable
     from deploy.settings import DeploySettings, SettingsError
     from simulations.interrupts import Interrupts
     from simulations.lifecycle import StoredRun
@@ -160,7 +160,7 @@ def server(
             except StoreError as exc:
                 fail(str(exc))
             if resume is None:
-                run_id = StoredRun.create(store, prepared, BACKEND).run_id
+                run_id = StoredRun.create(store, prepared, RUNTIME).run_id
             else:
                 run_id = _claim_for_resume(store, resume, prepared)
             interrupts.run_id = run_id
@@ -221,18 +221,18 @@ def server(
 def _claim_for_resume(store: Store, run_id: int, prepared: Any) -> int:
     """Take over stored deployed run ``run_id`` if the scenario given is its own; else fail."""
     from aggregator.store import StoreError
-    from deploy.serverapp import BACKEND
+    from deploy.serverapp import RUNTIME
 
     try:
         run = store.get_run(run_id)
-        if run.backend != BACKEND:
+        if run.runtime != RUNTIME:
             fail(
-                f"--resume: run {run_id} ran on the {run.backend} backend; "
+                f"--resume: run {run_id} ran on the {run.runtime} runtime; "
                 f"resume it with `fedcore runs resume {run_id}`"
             )
         if run.config != prepared.scenario.model_dump(mode="json"):
             fail(f"--resume: run {run_id} ran another scenario ({run.name!r}); give its own file")
-        store.claim_run(run_id, BACKEND)
+        store.claim_run(run_id, RUNTIME)
     except StoreError as exc:
         fail(f"--resume: {exc}")
     return run_id
@@ -502,7 +502,7 @@ def _summary(run: Any, db_url: str, address: str, seconds: float) -> dict[str, A
         "run_id": run.id,
         "status": run.status,
         "scenario": run.name,
-        "backend": run.backend,
+        "runtime": run.runtime,
         "address": address,
         "rounds": len(rounds),
         "last_round": last.number if last else None,

@@ -10,19 +10,15 @@ import typer
 
 from cli.errors import fail, run_stops, stop_if_interrupted
 from cli.live import RoundProgress, print_summary
-from cli.options import Db, Json, Sets
+from cli.options import Db, Json, OldBackend, Runtime, Sets, renamed
 
 
 def simulate(
     scenario: Annotated[
         Path, typer.Argument(help="Scenario file (TOML), e.g. simulations/quickstart.toml.")
     ],
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend", "-b", help="inprocess (fast, one process) or flower (Ray runtime)."
-        ),
-    ] = "inprocess",
+    runtime: Runtime = None,
+    old_backend: OldBackend = None,
     db: Db = None,
     rounds: Annotated[
         int | None, typer.Option("--rounds", min=1, help="Override federation.rounds.")
@@ -31,10 +27,15 @@ def simulate(
     verbose: Annotated[
         bool, typer.Option("--verbose", help="Show Flower's and Ray's own logs.")
     ] = False,
-    device: Annotated[
-        str,
-        typer.Option("--device", help="Where the server averages: auto (GPU if usable), cpu, gpu."),
-    ] = "auto",
+    array_backend: Annotated[
+        str | None,
+        typer.Option(
+            "--array-backend",
+            help="Where the server averages: auto (CuPy on a usable GPU, else numpy), cpu, gpu "
+            "[default: auto].",
+        ),
+    ] = None,
+    old_device: Annotated[str | None, typer.Option("--device", hidden=True)] = None,
     secagg: Annotated[
         bool | None,
         typer.Option("--secagg/--no-secagg", help="Override secure aggregation (SecAgg+)."),
@@ -51,24 +52,26 @@ def simulate(
 ) -> None:
     """Run a federated simulation and store every round."""
     from aggregator.store import Store, StoreError
-    from simulations.backends import BACKENDS
     from simulations.interrupts import Interrupts
     from simulations.lifecycle import run_scenario
     from simulations.prepare import prepare_scenario
+    from simulations.runtimes import RUNTIMES
     from simulations.scenario import ScenarioError, load_scenario
 
-    if backend not in BACKENDS:
-        fail(f"--backend: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if backend == "flower" and importlib.util.find_spec("ray") is None:
-        fail("--backend flower needs Flower's simulation runtime: pip install 'fedcore[sim]'")
+    runtime = renamed(runtime, old_backend, "--runtime", "--backend") or "inprocess"
+    array_backend = renamed(array_backend, old_device, "--array-backend", "--device") or "auto"
+    if runtime not in RUNTIMES:
+        fail(f"--runtime: unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    if runtime == "flower" and importlib.util.find_spec("ray") is None:
+        fail("--runtime flower needs Flower's simulation runtime: pip install 'fedcore[sim]'")
     from aggregator.backend import BackendUnavailable, select_backend
 
     try:
-        select_backend(device)
+        select_backend(array_backend)
     except (ValueError, BackendUnavailable) as exc:
         from rich.markup import escape
 
-        fail(f"--device: {escape(str(exc))}")
+        fail(f"--array-backend: {escape(str(exc))}")
     interrupts = Interrupts()
     interrupts.preparing = True  # Ctrl-C now: stop once prepared, nothing stored
     with run_stops(interrupts), interrupts:
@@ -86,15 +89,15 @@ def simulate(
         except (ScenarioError, StoreError) as exc:
             fail(str(exc))
         stop_if_interrupted(interrupts)
-        title = f"{spec.name} ({backend})"
+        title = f"{spec.name} ({runtime})"
         with RoundProgress(title, spec.federation.rounds, quiet=as_json) as ui:
             result = run_scenario(
                 prepared,
-                backend,
+                runtime,
                 on_round=ui.on_round,
                 store=store,
                 flower_verbose=verbose,
-                device=device,
+                array_backend=array_backend,
                 interrupts=interrupts,
             )
     from simulations.reports import write_report
@@ -113,7 +116,7 @@ def run_summary(result: Any, db_url: str, language_model: bool) -> dict[str, Any
         "run_id": result.run_id,
         "status": "completed",
         "scenario": result.scenario.name,
-        "backend": result.backend,
+        "runtime": result.runtime,
         "rounds": len(result.rounds),
         "last_round": last.number if last else None,
         "final_test_accuracy": last.test_accuracy if last else None,

@@ -27,7 +27,7 @@ def run_dict(run: Any) -> dict[str, Any]:
     return {
         "id": run.id,
         "name": run.name,
-        "backend": run.backend,
+        "runtime": run.runtime,
         "status": run.status,
         "seed": run.seed,
         "rounds": len(run.rounds),

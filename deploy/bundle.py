@@ -165,7 +165,7 @@ systemctl daemon-reload
 systemctl enable {UNIT}
 echo "Put this device's examples in {spec.data} (arrays x and y)."
 echo "On the server: fedcore clients enroll {spec.name} --public-key node.pub" \\
-    "--device {spec.device}"
+    "--device-class {spec.device}"
 echo "with this public key:"
 cat {CONFIG_DIR}/node.pub 2>/dev/null || echo "(the bundle's node.pub)"
 echo "Then here: systemctl start {UNIT}"

@@ -37,7 +37,7 @@ from simulations.lifecycle import StoredRun, StoreHooks
 from simulations.prepare import PreparedScenario, prepare_scenario
 from simulations.scenario import Scenario, scenario_from_dict
 
-BACKEND = "deployment"  # the ``backend`` a deployed run is stored with
+RUNTIME = "deployment"  # the ``runtime`` a deployed run is stored with
 
 app = ServerApp()
 
@@ -96,7 +96,7 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
         if run.resume is not None:
             log(INFO, "fedcore: resuming run %d after round %d", run.run_id, run.resume.round)
     else:
-        run = StoredRun.create(store, prepare_scenario(load_deployable(settings.scenario)), BACKEND)
+        run = StoredRun.create(store, prepare_scenario(load_deployable(settings.scenario)), RUNTIME)
     log(INFO, "fedcore: recording run %d in %s", run.run_id, store.url)
     try:
         return run.drive(
@@ -124,7 +124,7 @@ def _federate(
         timeout=settings.round_timeout,
     )
     first_round = 1 if resume is None else resume.round + 1
-    server = server_side(prepared, settings.device)
+    server = server_side(prepared, settings.array_backend)
     initial = server.initial
     if resume is not None:
         initial = resume.params

@@ -8,7 +8,8 @@ Flower hands ``[tool.flwr.app.config]`` of the app's ``pyproject.toml`` (with ``
   like the server does;
 - ``run-id``: the stored run to record into (0: the ServerApp creates one);
 - ``connect-timeout``: seconds to wait for ``federation.num_clients`` nodes; ``round-timeout``:
-  seconds a round waits for replies (0: no limit); ``device``: where the server averages;
+  seconds a round waits for replies (0: no limit); ``array-backend``: where the server averages
+  (auto | cpu | gpu; the old key ``device`` is read too);
 - ``enrolled``: only enrolled devices take part, each as its enrolled shard (the SuperLink
   authenticates their keys; ``fedcore server`` registered them for ``run-id``).
 """
@@ -35,7 +36,8 @@ IDENTITY_CA_ENV = "FEDCORE_DEPLOY_IDENTITY_CA"
 RUN_ID = "run-id"
 CONNECT_TIMEOUT = "connect-timeout"
 ROUND_TIMEOUT = "round-timeout"
-DEVICE = "device"
+ARRAY_BACKEND = "array-backend"
+OLD_ARRAY_BACKEND = "device"  # its name before 2026-12; read, never written
 ENROLLED = "enrolled"
 
 
@@ -76,7 +78,7 @@ class DeploySettings:
     run_id: int | None = None
     connect_timeout: float = 600.0
     round_timeout: float | None = 600.0
-    device: str = "auto"
+    array_backend: str = "auto"
     enrolled: bool = False
     identity_ca: str | None = None  # path of the CA certificate device identities come from
 
@@ -105,7 +107,9 @@ class DeploySettings:
             run_id=run_id or None,
             connect_timeout=_number(run_config, CONNECT_TIMEOUT, 600.0),
             round_timeout=round_timeout or None,
-            device=str(run_config.get(DEVICE) or "auto"),
+            array_backend=str(
+                run_config.get(ARRAY_BACKEND) or run_config.get(OLD_ARRAY_BACKEND) or "auto"
+            ),
             enrolled=bool(run_config.get(ENROLLED, False)),
         )
 
@@ -117,7 +121,7 @@ class DeploySettings:
             RUN_ID: self.run_id or 0,
             CONNECT_TIMEOUT: float(self.connect_timeout),
             ROUND_TIMEOUT: float(self.round_timeout or 0.0),
-            DEVICE: self.device,
+            ARRAY_BACKEND: self.array_backend,
             ENROLLED: self.enrolled,
         }
 

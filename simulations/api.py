@@ -99,21 +99,29 @@ def simulate(
     model: Callable[..., Any] | str | None = None,
     loader: Callable[..., Any] | str | None = None,
     strategy: Callable[..., Any] | str | None = None,
-    backend: str = "inprocess",
+    runtime: str = "inprocess",
     db: str | bool | None = None,
     on_round: Callable[[RoundOutcome], None] | None = None,
     report: str | os.PathLike[str] | None = None,
+    backend: str | None = None,
 ) -> SimulationRun:
-    """Validate, prepare and run ``scenario``; `ScenarioError` (one line) if it is invalid."""
+    """Validate, prepare and run ``scenario`` on ``runtime`` (inprocess | flower);
+    `ScenarioError` (one line) if it is invalid. ``backend`` is ``runtime``'s old name."""
+    if backend is not None:
+        import warnings
+
+        warnings.warn("simulate(backend=...) is deprecated: use runtime=", DeprecationWarning,
+                      stacklevel=2)
+        runtime = backend
     made: list[Any] = []
     try:
-        return _simulate(scenario, model, loader, strategy, backend, db, on_round, report, made)
+        return _simulate(scenario, model, loader, strategy, runtime, db, on_round, report, made)
     finally:
         for registry, name in made:
             registry.unregister(name)
 
 
-def _simulate(scenario: Any, model: Any, loader: Any, strategy: Any, backend: str,
+def _simulate(scenario: Any, model: Any, loader: Any, strategy: Any, runtime: str,
               db: str | bool | None, on_round: Any, report: Any, made: list[Any]
               ) -> SimulationRun:
     from aggregator.strategies import STRATEGIES
@@ -145,7 +153,7 @@ def _simulate(scenario: Any, model: Any, loader: Any, strategy: Any, backend: st
         from aggregator.store import Store
 
         store = Store(None if db is None or db is True else str(db))
-    result = run_scenario(spec, backend, on_round=on_round, store=store)
+    result = run_scenario(spec, runtime, on_round=on_round, store=store)
     if report is not None:
         from simulations.reports import write_report
 

@@ -4,7 +4,7 @@ A client's local time = FLOPs it trained (reported by ``client_runtime.device``)
 sustained FLOP/s x the engine's measured efficiency for the model's family, see
 ``device_profiles.efficiency``) + bytes up and down / its bandwidth. A round lasts until its
 slowest accepted client reports, or until the deadline when someone missed it.
-``SimulatedNetwork`` is what the simulated grid (``simulations.backends.simulated``)
+``SimulatedNetwork`` is what the simulated grid (``simulations.runtimes.simulated``)
 consults around each train message: it drops clients out mid-round, stamps each reply with its
 simulated times and energy, and turns replies later than the deadline into errors; the grid
 orders replies by simulated arrival (so

@@ -1,7 +1,7 @@
-"""Run a prepared scenario (``simulations.prepare``): the ServerApp and ClientApp on a backend.
+"""Run a prepared scenario (``simulations.prepare``): the ServerApp and ClientApp on a runtime.
 
 The harness only wires things together; the round loop (``aggregator.rounds``) and the
-client's training (``client_runtime``) are the same objects on every backend.
+client's training (``client_runtime``) are the same objects on every runtime.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from fedcore.evaluate import evaluate
 from fedcore.models import build_model
 from fedcore.nn import set_state
 from fedcore.objectives import objective
-from simulations.backends import BACKENDS
 from simulations.prepare import PreparedScenario
+from simulations.runtimes import RUNTIMES
 from simulations.scenario import Scenario
 from simulations.secagg_section import simulated_identities
 
@@ -34,7 +34,7 @@ class SimulationResult:
     """The outcome of a simulated run."""
 
     scenario: Scenario
-    backend: str
+    runtime: str  # where the ClientApps ran (simulations.runtimes.RUNTIMES)
     rounds: list[RoundOutcome]
     final: np.ndarray = field(repr=False)
     seconds: float
@@ -68,9 +68,9 @@ class ServerSide:
     strategy: Strategy
 
 
-def server_side(prepared: PreparedScenario, device: str | None = None) -> ServerSide:
-    """The server's model, evaluation and strategy for a prepared scenario (any backend, and a
-    deployment), averaging on ``device`` (auto | cpu | gpu)."""
+def server_side(prepared: PreparedScenario, array_backend: str | None = None) -> ServerSide:
+    """The server's model, evaluation and strategy for a prepared scenario (any runtime, and a
+    deployment), averaging on ``array_backend`` (auto | cpu | gpu: ``aggregator.backend``)."""
     scenario, data, spec = prepared.scenario, prepared.data, prepared.spec
     model = build_model(spec.name, **spec.kwargs)  # the server's own, for evaluation
     loss = objective(scenario.train.loss, data.y_test)
@@ -84,7 +84,7 @@ def server_side(prepared: PreparedScenario, device: str | None = None) -> Server
         fed.strategy,
         dict(fed.strategy_options),
         StrategyContext(
-            fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(device)
+            fed.num_clients, fed.clients_per_round, scenario.seed, select_backend(array_backend)
         ),
     )
     on_server = scenario.evaluation is None or scenario.evaluation.server
@@ -93,23 +93,23 @@ def server_side(prepared: PreparedScenario, device: str | None = None) -> Server
 
 def simulate(
     prepared: PreparedScenario,
-    backend: str = "inprocess",
+    runtime: str = "inprocess",
     on_round: Callable[[RoundOutcome], None] | None = None,
     *,
-    device: str | None = None,
+    array_backend: str | None = None,
     flower_verbose: bool = False,
     resume_from: Resume | None = None,
     before_round: BeforeRound | None = None,
 ) -> SimulationResult:
-    """Run a prepared scenario on ``backend``; ``resume_from`` continues after a checkpoint.
+    """Run a prepared scenario on ``runtime``; ``resume_from`` continues after a checkpoint.
 
     The result lists the rounds run by this call (after ``resume_from.round`` if given).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     start = time.perf_counter()
     scenario = prepared.scenario
-    server = server_side(prepared, device)
+    server = server_side(prepared, array_backend)
     strategy = server.strategy
     rounds: list[RoundOutcome] = []
 
@@ -130,10 +130,10 @@ def simulate(
     # a fine-tuned language model reports its perplexity before and after
     initial_loss = server.evaluate(initial)[0] if prepared.data.sequence_targets else None
     prepare_grid = None
-    if world is not None:  # the population's network around either backend's grid
-        prepare_grid = partial(world.attach, discover=backend != "inprocess")
+    if world is not None:  # the population's network around either runtime's grid
+        prepare_grid = partial(world.attach, discover=runtime != "inprocess")
     elif prepared.config.asynchrony is not None:  # virtual time, no latency: deterministic
-        from simulations.backends.simulated import SimulatedGrid
+        from simulations.runtimes.simulated import SimulatedGrid
 
         prepare_grid = partial(SimulatedGrid, network=None)
     config, credentials = simulated_identities(prepared.config)
@@ -154,20 +154,20 @@ def simulate(
         allow_import=True,
         credentials=credentials or node_credentials,
     )
-    if backend == "inprocess":
+    if runtime == "inprocess":
         from flwr.app import Context, RecordDict
 
-        from simulations.backends.inprocess import InProcessGrid
         from simulations.population import NODE_BASE
+        from simulations.runtimes.inprocess import InProcessGrid
 
         base = NODE_BASE if world is not None else None
         grid = InProcessGrid(client_app, fed.num_clients, seed=scenario.seed, base=base)
         context = Context(grid.run.run_id, 0, {}, RecordDict(), {})
         app.server_app(grid, context)
     else:
-        from simulations.backends.flower import run_on_flower
+        from simulations.runtimes.flower import run_on_flower
 
         run_on_flower(app.server_app, client_app, fed.num_clients, verbose=flower_verbose)
     final = app.result()
-    return SimulationResult(scenario, backend, rounds, final, time.perf_counter() - start,
+    return SimulationResult(scenario, runtime, rounds, final, time.perf_counter() - start,
                             initial_test_loss=initial_loss)

@@ -268,38 +268,40 @@ def _simulate_stored(
 
 def run_scenario(
     scenario: Scenario | PreparedScenario,
-    backend: str = "inprocess",
+    runtime: str = "inprocess",
     on_round: Callable[[RoundOutcome], None] | None = None,
     store: Store | None = None,
     flower_verbose: bool = False,
-    device: str | None = None,
+    array_backend: str | None = None,
     interrupts: Interrupts | None = None,
 ) -> SimulationResult:
-    """Run ``scenario`` on ``backend``; with a ``store``, record the run and every round
-    (and pause it at the next round boundary when ``interrupts`` catches a signal).
+    """Run ``scenario`` on ``runtime`` (``simulations.runtimes``), averaging on
+    ``array_backend`` (``aggregator.backend``: auto | cpu | gpu); with a ``store``, record
+    the run and every round (and pause it at the next round boundary when ``interrupts``
+    catches a signal).
 
     Nothing is stored for a scenario that ``prepare_scenario`` rejects.
     """
     prepared = scenario if isinstance(scenario, PreparedScenario) else prepare_scenario(scenario)
-    options: dict[str, Any] = {"device": device, "flower_verbose": flower_verbose}
+    options: dict[str, Any] = {"array_backend": array_backend, "flower_verbose": flower_verbose}
     if store is None:
-        return simulate_prepared(prepared, backend, on_round, **options)
-    run = StoredRun.create(store, prepared, backend)
-    return _simulate_stored(run, backend, on_round, interrupts, **options)
+        return simulate_prepared(prepared, runtime, on_round, **options)
+    run = StoredRun.create(store, prepared, runtime)
+    return _simulate_stored(run, runtime, on_round, interrupts, **options)
 
 
 def resume_run(
     store: Store,
     run_id: int,
-    backend: str | None = None,
+    runtime: str | None = None,
     on_round: Callable[[RoundOutcome], None] | None = None,
     flower_verbose: bool = False,
-    device: str | None = None,
+    array_backend: str | None = None,
     interrupts: Interrupts | None = None,
 ) -> SimulationResult:
-    """Continue a paused or interrupted run from its last committed round (on ``backend``,
+    """Continue a paused or interrupted run from its last committed round (on ``runtime``,
     default the one it ran on)."""
-    backend = backend or store.get_run(run_id).backend
-    run = StoredRun.reopen(store, run_id, backend, interrupts)
-    options: dict[str, Any] = {"device": device, "flower_verbose": flower_verbose}
-    return _simulate_stored(run, backend, on_round, interrupts, **options)
+    runtime = runtime or store.get_run(run_id).runtime
+    run = StoredRun.reopen(store, run_id, runtime, interrupts)
+    options: dict[str, Any] = {"array_backend": array_backend, "flower_verbose": flower_verbose}
+    return _simulate_stored(run, runtime, on_round, interrupts, **options)

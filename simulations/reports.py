@@ -88,7 +88,7 @@ def write_report(result: Any, folder: str | Path) -> list[Path]:
     devices = device_summary(result.rounds)
     metrics = {
         "scenario": result.scenario.name,
-        "backend": result.backend,
+        "runtime": result.runtime,
         "run_id": result.run_id,
         "wall_seconds": result.seconds,
         "rounds": rows,
@@ -212,6 +212,6 @@ def write_stored_report(run: Any, folder: str | Path, seconds: float) -> list[Pa
             train_loss=r.train_loss, test_loss=r.test_loss, test_accuracy=r.test_accuracy,
             seconds=r.seconds, metrics=r.metrics or {}, clients=clients, evaluation=evaluation,
         ))
-    result = SimpleNamespace(scenario=SimpleNamespace(name=run.name), backend=run.backend,
+    result = SimpleNamespace(scenario=SimpleNamespace(name=run.name), runtime=run.runtime,
                              run_id=run.id, seconds=seconds, rounds=rounds)
     return write_report(result, folder)

@@ -33,7 +33,7 @@ from fedcore import protocol
 from fedcore.secagg import messages
 from fedcore.settings import TrainSettings
 from fedcore.wire import read_vector
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 
 BASE = 1000  # client i is node BASE + i
 UpdateFn = Callable[[int], tuple[np.ndarray, float, float]]  # i -> (update, examples, loss)

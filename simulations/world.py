@@ -1,8 +1,8 @@
 """A simulated world for one run: the population, its virtual clock and network, wired in.
 
 The round loop stays generic: it gets a client directory (who is available in round n, from the
-population and the clock's time of day) instead of querying every node each round; the grid of
-either backend is wrapped in the simulated network (``attach``); each node learns its device
+population and the clock's time of day) instead of querying every node each round; either
+runtime's grid is wrapped in the simulated network (``attach``); each node learns its device
 class from a ClientApp mod (``device_mod``); and each finished round is annotated here with
 device classes, simulated seconds and energy before it is stored. In-process, client ``c`` is
 node ``NODE_BASE + c``; Flower's runtime numbers its own nodes, so they are asked once who they
@@ -56,7 +56,7 @@ class World:
     def attach(self, grid: Grid, discover: bool = False, timeout: float = 120.0) -> Grid:
         """``grid`` behind the simulated network; with ``discover``, first ask each of the
         population's nodes (waiting up to ``timeout`` s for all to connect) who it is."""
-        from simulations.backends.simulated import SimulatedGrid
+        from simulations.runtimes.simulated import SimulatedGrid
 
         if discover:
             from aggregator.rounds import discover_clients, wait_for_nodes

@@ -181,7 +181,7 @@ class Store:
     def create_run(
         self,
         name: str,
-        backend: str,
+        runtime: str,
         seed: int,
         config: dict[str, Any],
         model_spec: dict[str, Any] | None = None,
@@ -190,7 +190,7 @@ class Store:
         with self.session() as s, s.begin():
             run = Run(
                 name=name,
-                backend=backend,
+                runtime=runtime,
                 seed=seed,
                 config=config,
                 model_spec=model_spec,
@@ -201,7 +201,7 @@ class Store:
             s.flush()
             return run.id
 
-    def claim_run(self, run_id: int, backend: str) -> Run:
+    def claim_run(self, run_id: int, runtime: str) -> Run:
         """Take over a paused or interrupted run to resume it; refuse a finished one. A pause
         still queued is dropped (the resume supersedes it)."""
         with self.session() as s, s.begin():
@@ -210,7 +210,7 @@ class Store:
                 raise StoreError(f"run {run_id} is {run.status}: there is nothing to resume")
             if run.status == "running" and _alive(run.owner):
                 raise StoreError(f"run {run_id} is still running (driven by {run.owner})")
-            run.status, run.owner, run.backend, run.error = "running", this_process(), backend, None
+            run.status, run.owner, run.runtime, run.error = "running", this_process(), runtime, None
             # A pause queued before the stop (an interrupt's, say) is what stopped it, or was
             # overtaken by it: resuming supersedes it. Queued settings and aborts still apply.
             stale = select(Control).where(

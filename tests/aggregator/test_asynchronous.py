@@ -34,8 +34,8 @@ def scenario(rounds: int = 3, population: bool = False, **federation) -> dict:
     return data
 
 
-def run(data: dict, backend: str = "inprocess"):
-    return simulate(prepare_scenario(scenario_from_dict(data)), backend=backend)
+def run(data: dict, runtime: str = "inprocess"):
+    return simulate(prepare_scenario(scenario_from_dict(data)), runtime=runtime)
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ from fedcore import protocol
 from fedcore.evaluate import evaluate
 from fedcore.models import build_model
 from fedcore.wire import read_vector, vector_record
-from simulations.backends.inprocess import InProcessGrid
 from simulations.prepare import prepare_scenario
+from simulations.runtimes.inprocess import InProcessGrid
 from simulations.scenario import load_scenario
 
 ATTACKERS = {16, 17, 18, 19}

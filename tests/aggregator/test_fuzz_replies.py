@@ -24,7 +24,7 @@ from fedcore.secagg import messages
 from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.settings import TrainSettings
 from fedcore.wire import VECTOR_KEY, vector_record
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 
 SIZE = 16
 N = 8

@@ -14,7 +14,7 @@ from aggregator.updates import Rejected
 from client_runtime.app import partition_id
 from fedcore import compression, protocol
 from fedcore.wire import VECTOR_KEY
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 
 from .conftest import reply
 from .test_rounds import SIZE, run, toy_app

@@ -18,7 +18,7 @@ from client_runtime.app import partition_id
 from fedcore import protocol
 from fedcore.settings import TrainSettings
 from fedcore.wire import read_vector, vector_record
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 
 SIZE = 8
 

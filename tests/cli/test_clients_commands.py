@@ -38,7 +38,7 @@ def test_keygen_enroll_list_revoke(tmp_path):
     for args, message in (
         (("pi-2", "--public-key", pub1), "already enrolled as 'pi-1'"),
         (("pi-2", "--public-key", pub2, "--partition", 0), "already 'pi-1''s shard"),
-        (("pi-2", "--public-key", pub2, "--device", "toaster"), "--device"),
+        (("pi-2", "--public-key", pub2, "--device-class", "toaster"), "--device-class"),
         (("pi-2", "--public-key", tmp_path / "nope.pub"), "no such file"),
     ):
         bad = invoke("clients", "enroll", *args, "--db", db)

@@ -122,14 +122,14 @@ def test_a_paused_deployment_is_not_resumed_as_a_simulation_unasked(tmp_path):
     result = runner.invoke(app, ["runs", "resume", str(run_id), "--db", db])
     assert f"fedcore server SCENARIO --resume {run_id}" in one_line_error(result)
     assert store.get_run(run_id).status == "paused"
-    result = runner.invoke(app, ["runs", "resume", str(run_id), "--db", db, "-b", "inprocess"])
+    result = runner.invoke(app, ["runs", "resume", str(run_id), "--db", db, "-r", "inprocess"])
     assert result.exit_code == 0, result.output
     assert store.get_run(run_id).status == "completed"
 
 
 def test_server_resume_names_what_is_wrong(tmp_path):
     from aggregator.store import Store
-    from deploy.serverapp import BACKEND, load_deployable
+    from deploy.serverapp import RUNTIME, load_deployable
     from simulations.lifecycle import StoredRun, run_scenario
     from simulations.prepare import prepare_scenario
     from simulations.scenario import load_scenario
@@ -138,7 +138,7 @@ def test_server_resume_names_what_is_wrong(tmp_path):
     store = Store(db)
     run_scenario(load_scenario(EXAMPLE), store=store)  # run 1: a simulation
     deployed = StoredRun.create(  # run 2: a deployment that finished
-        store, prepare_scenario(load_deployable(EXAMPLE.read_text())), BACKEND
+        store, prepare_scenario(load_deployable(EXAMPLE.read_text())), RUNTIME
     ).run_id
     store.finish_run(deployed, "completed")
     other = tmp_path / "other.toml"
@@ -149,6 +149,6 @@ def test_server_resume_names_what_is_wrong(tmp_path):
         return one_line_error(runner.invoke(app, args))
 
     assert "no run with id 7" in resume(EXAMPLE, 7)
-    assert "ran on the inprocess backend" in resume(EXAMPLE, 1)
+    assert "ran on the inprocess runtime" in resume(EXAMPLE, 1)
     assert "ran another scenario" in resume(other, deployed)
     assert "is completed: there is nothing to resume" in resume(EXAMPLE, deployed)

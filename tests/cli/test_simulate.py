@@ -54,7 +54,8 @@ def test_simulate_prints_a_round_table(tmp_path):
     "args_of, needle",
     [
         (lambda p, t: ["simulate", str(t / "missing.toml")], "missing.toml"),
-        (lambda p, t: ["simulate", str(p), "--backend", "gpu-cloud"], "--backend"),
+        (lambda p, t: ["simulate", str(p), "--runtime", "gpu-cloud"], "--runtime"),
+        (lambda p, t: ["simulate", str(p), "--array-backend", "tpu"], "--array-backend"),
         (
             lambda p, t: ["simulate", str(p), "--db", str(t / "no" / "dir" / "x.db")],
             "does not exist",
@@ -89,6 +90,19 @@ def test_bad_scenarios_name_the_key(tmp_path, old, new, key):
     assert result.exit_code == 2, result.output
     assert key in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r.db").exists()  # nothing was opened, let alone written
+
+
+def test_the_old_option_names_still_work_for_one_release(tmp_path):
+    """--backend (now --runtime) and --device (now --array-backend): a deprecation line."""
+    db = str(tmp_path / "runs.db")
+    args = ["simulate", str(small_toml(tmp_path)), "--db", db, "--json"]
+    result = runner.invoke(app, [*args, "--backend", "inprocess", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --backend is deprecated, use --runtime" in result.output
+    assert "warning: --device is deprecated, use --array-backend" in result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["runtime"] == "inprocess"
+    both = runner.invoke(app, [*args, "--backend", "inprocess", "--runtime", "inprocess"])
+    assert both.exit_code == 2 and "--backend: renamed --runtime" in both.output
 
 
 def test_a_bad_scenario_stores_nothing(tmp_path):

@@ -23,7 +23,7 @@ from fedcore import protocol
 from fedcore.secagg import messages
 from fedcore.settings import TrainSettings
 from fedcore.wire import VECTOR_KEY, vector_record
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 
 BUDGET = 64 << 20  # the device's memory budget, bytes
 X = np.random.default_rng(0).standard_normal((24, 8)).astype(np.float32)

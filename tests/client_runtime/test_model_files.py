@@ -15,7 +15,7 @@ from fedcore import protocol
 from fedcore.resolve import ResolveError, device_files, scheme_file
 from fedcore.settings import TrainSettings
 from fedcore.wire import vector_record
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 
 onnx = pytest.importorskip("onnx")
 from onnx import helper, numpy_helper  # noqa: E402

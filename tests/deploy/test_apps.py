@@ -17,8 +17,8 @@ from aggregator.store import Store
 from deploy import clientapp, serverapp
 from deploy.appdir import pyproject, write_app
 from deploy.settings import DeploySettings, SettingsError
-from simulations.backends.inprocess import InProcessGrid
 from simulations.lifecycle import run_scenario
+from simulations.runtimes.inprocess import InProcessGrid
 from simulations.scenario import load_scenario
 from tests.deploy.fleet import EXAMPLE
 
@@ -51,7 +51,7 @@ def test_a_deployed_run_is_stored_like_the_simulated_one(tmp_path):
 
     store = Store(db)
     [run] = store.list_runs()
-    assert (run.backend, run.status) == ("deployment", "completed")
+    assert (run.runtime, run.status) == ("deployment", "completed")
     assert [r.number for r in run.rounds] == [1, 2]
     simulated = run_scenario(load_scenario(EXAMPLE))
     assert run.rounds[-1].test_accuracy == simulated.final_accuracy
@@ -177,7 +177,7 @@ def test_a_paused_deployed_run_resumes_to_the_uninterrupted_model(tmp_path, monk
     store = Store(db)
     text = EXAMPLE.read_text()
     run_id = StoredRun.create(  # as `fedcore server` records it before submitting
-        store, prepare_scenario(serverapp.load_deployable(text)), serverapp.BACKEND
+        store, prepare_scenario(serverapp.load_deployable(text)), serverapp.RUNTIME
     ).run_id
     settings = DeploySettings(scenario=text, db=db, run_id=run_id, connect_timeout=5)
 
@@ -191,7 +191,7 @@ def test_a_paused_deployed_run_resumes_to_the_uninterrupted_model(tmp_path, monk
     assert paused.status == "paused" and [r.number for r in paused.rounds] == [1]
 
     monkeypatch.undo()
-    store.claim_run(run_id, serverapp.BACKEND)  # what `fedcore server --resume` does
+    store.claim_run(run_id, serverapp.RUNTIME)  # what `fedcore server --resume` does
     deploy_in_process(settings, digits_nodes())
     run = store.get_run(run_id)
     assert run.status == "completed" and [r.number for r in run.rounds] == [1, 2]

@@ -17,7 +17,7 @@ from flwr.app import Context, Message, RecordDict
 from aggregator.store import Store
 from deploy import clientapp, serverapp
 from deploy.settings import DeploySettings
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 from tests.deploy.fleet import example
 
 

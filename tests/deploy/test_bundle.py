@@ -52,7 +52,7 @@ def test_bad_options_are_one_line(tmp_path):
     base = ["clients", "bundle", "--name", "pi-1", "--superlink", "h:1", "--device",
             "rpi-4-2gb", "--ca", str(ca), "--out", str(tmp_path / "b")]  # fmt: skip
     for swap, message in (
-        (("--device", "toaster"), "--device"),
+        (("--device", "toaster"), "--device-class"),
         (("--superlink", "nohost"), "--superlink"),
         (("--name", "bad name"), "--name"),
         (("--ca", str(tmp_path / "none.pem")), "no such file"),

@@ -37,7 +37,7 @@ def test_two_devices_train_a_scenario_on_a_real_superlink(fleet, tmp_path):
     seconds = time.perf_counter() - start
 
     summary = json.loads(fleet.output("server").split("\n")[0])
-    assert summary["status"] == "completed" and summary["backend"] == "deployment"
+    assert summary["status"] == "completed" and summary["runtime"] == "deployment"
     assert summary["rounds"] == 2 and summary["final_test_accuracy"] > 0.85
 
     store = Store(str(db))

@@ -19,9 +19,9 @@ from aggregator.rounds import RoundFailed, StopRun
 from aggregator.store import Store
 from deploy import clientapp, serverapp
 from deploy.settings import DeploySettings
-from simulations.backends.inprocess import InProcessGrid
 from simulations.lifecycle import StoredRun, StoreHooks
 from simulations.prepare import prepare_scenario
+from simulations.runtimes.inprocess import InProcessGrid
 from simulations.scenario import load_scenario
 from tests.deploy.fleet import EXAMPLE
 
@@ -101,7 +101,7 @@ def test_a_pause_or_abort_stops_the_wait_for_devices(tmp_path, command):
     the run stops now, not after the connect timeout (an hour here)."""
     store = Store(str(tmp_path / "runs.db"))
     prepared = prepare_scenario(load_scenario(EXAMPLE))
-    run_id = StoredRun.create(store, prepared, serverapp.BACKEND).run_id
+    run_id = StoredRun.create(store, prepared, serverapp.RUNTIME).run_id
     store.queue_control(run_id, command)
     hooks = StoreHooks(store, run_id, None)
     config = replace(prepared.config, connect_timeout=3600.0)
@@ -113,7 +113,7 @@ def test_a_pause_or_abort_stops_the_wait_for_devices(tmp_path, command):
 def test_devices_that_connect_leave_the_rest_of_the_connect_timeout(tmp_path):
     store = Store(str(tmp_path / "runs.db"))
     prepared = prepare_scenario(load_scenario(EXAMPLE))
-    run_id = StoredRun.create(store, prepared, serverapp.BACKEND).run_id
+    run_id = StoredRun.create(store, prepared, serverapp.RUNTIME).run_id
     grid = Recording({})
     config = serverapp._await_devices(grid, prepared.config, StoreHooks(store, run_id, None), 1)
     assert 0 < config.connect_timeout <= prepared.config.connect_timeout

@@ -72,4 +72,6 @@ def test_a_path_and_bad_input(tmp_path):
         fedcore.simulate(tmp_path / "missing.toml", db=False)
     path = tmp_path / "s.toml"
     path.write_text(QUICKSTART.read_text().replace("rounds = 20", "rounds = 1"))
-    assert fedcore.simulate(path, db=False, backend="inprocess").history[0]["round"] == 1
+    assert fedcore.simulate(path, db=False, runtime="inprocess").history[0]["round"] == 1
+    with pytest.warns(DeprecationWarning, match="runtime="):
+        assert fedcore.simulate(path, db=False, backend="inprocess").history[0]["round"] == 1

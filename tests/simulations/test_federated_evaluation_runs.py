@@ -26,7 +26,7 @@ RAW = {
 
 
 @pytest.mark.slow
-def test_flower_backend_evaluates_like_the_direct_computation():
+def test_flower_runtime_evaluates_like_the_direct_computation():
     pytest.importorskip("ray", reason="Flower's simulation runtime needs fedcore[sim]")
     prepared = prepare_scenario(scenario_from_dict(RAW))
     local = run_scenario(prepared, "inprocess")
@@ -40,7 +40,7 @@ def test_flower_backend_evaluates_like_the_direct_computation():
             c.client_id for c in b.evaluation.clients]
         assert [c.metric for c in b.evaluation.clients] == pytest.approx(
             [c.metric for c in a.evaluation.clients], abs=1e-6)
-    evaluated = type(flower)(flower.scenario, flower.backend,
+    evaluated = type(flower)(flower.scenario, flower.runtime,
                              [r for r in flower.rounds if r.evaluation], flower.final, 0.0)
     check_federated_evaluation(evaluated, prepared)
 

@@ -231,7 +231,7 @@ def test_generated_population_does_not_need_the_whole_population_in_memory():
 
 def test_a_runtime_that_numbers_its_own_nodes_is_asked_who_is_who():
     from client_runtime.app import make_client_app
-    from simulations.backends.inprocess import InProcessGrid
+    from simulations.runtimes.inprocess import InProcessGrid
 
     prepared = prepare_scenario(scenario_from_dict(scenario()))
     world = prepared.world

@@ -15,7 +15,7 @@ from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.secagg.messages import KeysReply, KeysRequest, MaskReply, ShareRequest
 from fedcore.secagg.params import SecAggParams
 from fedcore.wire import vector_record
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 
 from .test_round import expected_mean, run, toy_app
 

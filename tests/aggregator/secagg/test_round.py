@@ -17,7 +17,7 @@ from fedcore import protocol
 from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.settings import TrainSettings
 from fedcore.wire import read_vector, vector_record
-from simulations.backends.inprocess import InProcessGrid
+from simulations.runtimes.inprocess import InProcessGrid
 
 SIZE = 300
 

@@ -4,7 +4,7 @@ The in-process grid and Flower's simulation runtime deliver messages; this wrapp
 round behave as on the simulated devices: each train reply is stamped with its simulated
 compute and transfer times and energy (``simulations.clock.SimulatedNetwork``), drop-outs and
 clients later than the deadline become errors, and replies come back in simulated arrival
-order, so over-selection keeps the first that report, whichever backend ran the clients.
+order, so over-selection keeps the first that report, whichever runtime ran the clients.
 """
 
 from __future__ import annotations
@@ -75,5 +75,5 @@ class SimulatedGrid(Grid):
             arrival = 0.0
             if msg is not None and self._network is not None:
                 reply, arrival = self._network.stamp(msg, reply)
-            timed.append((arrival, order, reply))  # ties: in the order sent, on any backend
+            timed.append((arrival, order, reply))  # ties: in the order sent, on any runtime
         return [(arrival, reply) for arrival, _, reply in sorted(timed, key=lambda t: t[:2])]

@@ -10,7 +10,7 @@ pytest.importorskip("ray", reason="Flower's simulation runtime needs fedcore[sim
 pytestmark = pytest.mark.slow  # Ray
 
 
-def test_flower_backend_matches_inprocess():
+def test_flower_runtime_matches_inprocess():
     scenario = small_scenario(rounds=3)
     local = run_scenario(scenario, "inprocess")
     flower = run_scenario(scenario, "flower")

@@ -27,7 +27,7 @@ class InProcessGrid(Grid):
     Node ``i`` (partition ``i``) has node id ``base + i``; its ``Context`` is built on its first
     message, so a population of 100,000 costs nothing until its clients are asked to train.
     ``node_config(i)`` says what node ``i`` is told (default: its partition). A simulated
-    population's network wraps this grid (``simulations.backends.simulated``).
+    population's network wraps this grid (``simulations.runtimes.simulated``).
     """
 
     def __init__(

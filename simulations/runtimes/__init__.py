@@ -1,3 +1,3 @@
 """Where the ClientApps of a simulation run: in this process, or on Flower's runtime (Ray)."""
 
-BACKENDS = ("inprocess", "flower")
+RUNTIMES = ("inprocess", "flower")

@@ -35,7 +35,7 @@ def run_on_flower(
         from flwr.simulation import run_simulation
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise RuntimeError(
-            "the flower backend needs Flower's simulation runtime: pip install 'fedcore[sim]'"
+            "the flower runtime needs Flower's simulation runtime: pip install 'fedcore[sim]'"
         ) from exc
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
