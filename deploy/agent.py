@@ -209,7 +209,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-partitions", type=int, help="Into how many shards the data set is "
                    "cut (default: federation.num_clients).")
     p.add_argument("--data", type=Path, help="This device's own examples: an .npz with x, y.")
-    p.add_argument("--device", help="Device class (its memory budget).")
+    p.add_argument("--device-class", "--device", dest="device",
+                   help="Device class (its memory budget).")
     p.add_argument("--root-certificates", type=Path, help="TLS: the SuperLink's CA certificate.")
     p.add_argument("--key", type=Path, help="This device's private key (`fedcore clients "
                    "keygen`): its identity on a server that admits enrolled devices only.")
