@@ -11,6 +11,7 @@ Ctrl-C, or until the SuperLink has been gone ``--max-wait`` s.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import tempfile
@@ -167,17 +168,19 @@ def client(
 
     work = logs.resolve() if logs is not None else Path(tempfile.mkdtemp(prefix="fedcore-client-"))
     work.mkdir(parents=True, exist_ok=True)
-    runtime_port = port or p.free_port()
-    args = p.supernode_args(superlink, values, runtime_port, root_certificates, private_key)
     log = None if verbose else work / "supernode.log"
     previous = signal.signal(signal.SIGTERM, _interrupt)
     env = p.flower_env(work / "flwr-home")
 
     def start() -> FlowerProcess:
+        # a port of its own for each SuperNode: its predecessor's SuperExec, still retrying the
+        # old port while it dies, never reaches the new one's runtime API
+        runtime_port = port or p.free_port()
+        args = p.supernode_args(superlink, values, runtime_port, root_certificates, private_key)
         return p.FlowerProcess("flower-supernode", args, env, log)
 
     err_console.print(f"device joined {superlink} ({agent.describe(node)}); Ctrl-C to leave")
-    supervisor = _Supervisor(start, host, link_port, max_wait, _DataMismatches(log))
+    supervisor = _Supervisor(start, host, link_port, max_wait, log)
     try:
         gone = supervisor.run()
     except KeyboardInterrupt:  # the usual way to leave: nothing to keep
@@ -233,11 +236,19 @@ def _join_lean(
 class _Supervisor:
     """Keeps this device's SuperNode running while the SuperLink comes and goes.
 
-    Flower's SuperNode exits some seconds after its SuperLink stops (a paused or restarted
-    server); the device waits up to ``max_wait`` s for the SuperLink to come back and starts a
-    new SuperNode, which rejoins with the same key (a resumed run continues with it). A
-    SuperNode refused by the SuperLink, or one that keeps exiting while the SuperLink is up,
-    ends the wait (``run`` returns False); True once the SuperLink has been gone ``max_wait``.
+    The device waits up to ``max_wait`` s for a SuperLink that went away (a paused or
+    restarted server) to come back; a new SuperLink refuses the node the old SuperNode had,
+    which then exits, and a new SuperNode is started once the SuperLink is reachable.
+
+    A SuperNode may also stop serving without exiting: Flower 1.42's SuperNode ends its
+    connection loop on a status it does not retry (any 4xx/5xx but 401 and 502-504: a 500
+    from a SuperLink that is shutting down, say), logs the error, unregisters its node and
+    returns from its main function, but its runtime API thread is not a daemon, so the
+    process lives on, connected to nothing, for ever. Such a SuperNode, told apart by that
+    error line in its log, is stopped and replaced like one that exited (this is what kept a
+    device from rejoining a resumed server in CI). A SuperNode refused by the SuperLink, or
+    one that keeps ending while the SuperLink is up, ends the wait (``run`` returns False);
+    True once the SuperLink has been gone ``max_wait``.
     """
 
     CRASHES = 3  # consecutive short-lived SuperNodes while the SuperLink is up: give up
@@ -249,11 +260,11 @@ class _Supervisor:
         host: str,
         port: int,
         max_wait: float,
-        mismatches: _DataMismatches,
+        log: Path | None,
         poll: float = 1.0,
     ) -> None:
         self.start, self.host, self.port, self.max_wait = start, host, port, max_wait
-        self.mismatches, self.poll = mismatches, poll
+        self.lines, self.mismatches, self.poll = _NewLines(log), _DataMismatches(), poll
         self.node: FlowerProcess | None = None
 
     def run(self) -> bool:
@@ -264,8 +275,8 @@ class _Supervisor:
         gone_since: float | None = None
         while True:
             time.sleep(self.poll)
-            for line in self.mismatches.check():
-                err_console.print(f"this device's data does not fit the run: {line}", markup=False)
+            lines = self.lines()
+            self._report(lines)
             now = time.monotonic()
             if reachable(self.host, self.port, timeout=2.0) is None:
                 if gone_since is not None:
@@ -276,7 +287,9 @@ class _Supervisor:
             elif now - gone_since >= self.max_wait:
                 return True
             if self.node.running():
-                continue
+                if not any(_ends_the_loop(line) for line in lines):
+                    continue
+                self.node.stop()  # serving nothing, but alive: as if it had exited
             if "Failed to activate SuperNode" in self.node.tail(40):
                 return False  # refused: waiting will not change that
             if gone_since is not None:
@@ -286,7 +299,12 @@ class _Supervisor:
                 return False
             err_console.print("rejoining the SuperLink")
             self.node.stop()
+            self._report(self.lines())  # the old SuperNode's last words are not the new one's
             self.node, started = self.start(), now
+
+    def _report(self, lines: list[str]) -> None:
+        for line in self.mismatches.check(lines):
+            err_console.print(f"this device's data does not fit the run: {line}", markup=False)
 
     def stop(self) -> None:
         """Stop the current SuperNode (if any)."""
@@ -294,15 +312,28 @@ class _Supervisor:
             self.node.stop()
 
 
-class _DataMismatches:
-    """New ``data check:`` lines in the SuperNode's log (its ClientApp refused to train)."""
+# Errors Flower's SuperNode logs and carries on after (start_client_internal.py); any other
+# error it logs ends its connection loop, or its process (``Exit Code:``, which it leaves by)
+_CARRIES_ON = ("Failed to receive message", "Failed to send message", "Failed to create task",
+               "The FAB could not be verified", "FAB verification failed")  # fmt: skip
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _ends_the_loop(line: str) -> bool:
+    """Whether a SuperNode log line is the error that ended its connection loop."""
+    level, _, message = _ANSI.sub("", line).partition(":")
+    message = message.strip()
+    return (level.strip() == "ERROR" and not message.startswith(_CARRIES_ON)
+            and not message.startswith("Exit Code:"))  # fmt: skip
+
+
+class _NewLines:
+    """The complete lines a log gained since the last call (at most 1 MiB a call)."""
 
     def __init__(self, log: Path | None) -> None:
-        self.log, self.offset, self.seen = log, 0, set()
+        self.log, self.offset = log, 0
 
-    def check(self) -> list[str]:
-        from client_runtime.datacheck import MARK
-
+    def __call__(self) -> list[str]:
         if self.log is None or not self.log.exists():
             return []
         with self.log.open("rb") as handle:
@@ -310,8 +341,20 @@ class _DataMismatches:
             chunk = handle.read(1 << 20)
         end = chunk.rfind(b"\n") + 1
         self.offset += end
+        return chunk[:end].decode("utf-8", "replace").splitlines()
+
+
+class _DataMismatches:
+    """New ``data check:`` lines in the SuperNode's log (its ClientApp refused to train)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def check(self, lines: list[str]) -> list[str]:
+        from client_runtime.datacheck import MARK
+
         found = []
-        for raw in chunk[:end].decode("utf-8", "replace").splitlines():
+        for raw in lines:
             if MARK in raw:
                 line = raw[raw.index(MARK) :].rstrip("'\">) ")
                 if line not in self.seen:
