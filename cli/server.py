@@ -190,6 +190,9 @@ def server(
                 title = f"{prepared.scenario.name} (deployment on {address})"
                 with RoundProgress(title, fed.rounds, quiet=as_json) as ui:
                     error = deployment.follow(store, run_id, ui, interrupts)
+            if deployment.lost_superlink:  # stopped above: the ServerApp with it
+                _wait_until_finished(store, run_id)
+                _pause_after_lost_superlink(store, run_id, deployment.lost_superlink)
     except KeyboardInterrupt:  # a second interrupt: everything was stopped on the way out
         if interrupts.run_id is not None:
             _wait_until_finished(store, run_id)  # the ServerApp records its own end if it can
@@ -255,6 +258,7 @@ class _Deployment:
         self.gateway: FlowerProcess | None = None  # the Fleet-only front, off loopback
         self.submitted: FlowerProcess | None = None
         self.watch: list[Any] = []  # revocations and refusals, checked while following
+        self.lost_superlink: str | None = None  # why the SuperLink exited under a running run
 
     def __enter__(self) -> _Deployment:
         return self
@@ -374,6 +378,7 @@ class _Deployment:
                     self.gateway.tail(3) or "no output"
                 )
             if not self.superlink.running():
+                self.lost_superlink = f"the SuperLink exited ({self.superlink.popen.returncode})"
                 return f"the SuperLink exited ({self.superlink.popen.returncode}): " + (
                     self.superlink.tail(3) or "no output"
                 )
@@ -486,6 +491,14 @@ def _wait_until_finished(store: Store, run_id: int, timeout: float = 5.0) -> Non
     deadline = time.monotonic() + timeout
     while store.get_run(run_id).status == "running" and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def _pause_after_lost_superlink(store: Store, run_id: int, why: str) -> None:
+    """A SuperLink that died under a run leaves it resumable: its committed rounds are whole,
+    the round it was in is run again. The ServerApp may have recorded a failure first (its
+    SuperLink stopped answering): that failure is this one. (Its log is in ``--logs``.)"""
+    if store.get_run(run_id).status in ("running", "failed"):
+        store.finish_run(run_id, "paused", error=why)
 
 
 def _finish_if_running(store: Store, run_id: int, status: str, error: str) -> None:

@@ -32,6 +32,7 @@ SCENARIO = "scenario"  # run config: the scenario (TOML text) both sides read
 
 CLIENT_ID_RANGE = 2**31  # a node id folded into a client id (partition-id) when none is given
 HOLD_TRAINING = "FEDCORE_TEST_HOLD_TRAINING"  # tests: train only once this file exists
+HOLD_FROM = "FEDCORE_TEST_HOLD_FROM"  # tests: ... from this process's N-th train message on
 HOLD_LIMIT_S = 600.0
 
 
@@ -231,15 +232,24 @@ class NodeLoader:
         return self._cache[key]
 
 
+_trained = [0]  # train messages this process has started (``hold_training``)
+
+
 def hold_training(poll: float = 0.1) -> None:
     """Tests only: with ``FEDCORE_TEST_HOLD_TRAINING=FILE`` in a device's environment, the
     device starts each train message only once ``FILE`` exists (at most ``HOLD_LIMIT_S``): a
     slow device whose slowness the test ends when it chooses
-    (``tests/deploy/test_async_processes.py``). Only the device's own environment sets it; no
-    message can."""
+    (``tests/deploy/test_async_processes.py``), or one the test kills mid-round: while it
+    waits, ``FILE.held`` exists; with ``FEDCORE_TEST_HOLD_FROM=N`` (a long-lived agent) the
+    first N-1 train messages pass (``tests/deploy/test_faults.py``). Only the device's own
+    environment sets these; no message can."""
     gate = os.environ.get(HOLD_TRAINING)
-    if not gate:
+    _trained[0] += 1
+    if not gate or Path(gate).exists() or _trained[0] < int(os.environ.get(HOLD_FROM, "1")):
         return
+    held = Path(gate + ".held")
+    held.touch()
     deadline = time.monotonic() + HOLD_LIMIT_S
     while not Path(gate).exists() and time.monotonic() < deadline:
         time.sleep(poll)
+    held.unlink(missing_ok=True)
