@@ -92,6 +92,13 @@ class NodeData:
         if self.dataset is not None:
             from simulations.datasets import DATASETS
 
+            if not server_parts():  # the shard is cut as the scenario cuts it: simulations'
+                raise NodeConfigError(
+                    f"node config: {DATASET}: a vendored data set's shard is cut by the "
+                    "scenario code of fedcore's server parts, which this device install lacks "
+                    "(pip install 'fedcore[server]'); give this device's own data as "
+                    f"{DATA}=FILE.npz instead"
+                )
             if self.dataset not in DATASETS:
                 known = ", ".join(sorted(DATASETS))
                 raise NodeConfigError(
@@ -105,6 +112,14 @@ class NodeData:
         if self.data is not None:
             return load_npz(self.data)
         return dataset_shard(self, scenario_table(run_config))
+
+
+def server_parts() -> bool:
+    """Whether fedcore's ``server`` extra is installed (Flower: what cutting a vendored data
+    set's shard imports, through the scenario code); found without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("flwr") is not None
 
 
 def _int(config: Mapping[str, Any], key: str) -> int | None:

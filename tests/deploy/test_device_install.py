@@ -1,6 +1,8 @@
 """The device install: a fresh venv with this checkout's wheel and its base dependencies only
-(``pip install fedcore``, offline from this machine's wheels) runs the lean agent and imports
-none of the server's stack; the ``fedcore`` command there says what to run instead."""
+(``pip install fedcore``, offline from this machine's wheels) runs the lean agent, which trains
+a round against a real SuperLink, and imports none of the server's stack; the ``fedcore``
+command there says what to run instead, and so does ``--dataset`` (its shards are cut by
+server code: a device gives its own ``--data``)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
+from aggregator.store import Store
 from benchmarks.device_env import SERVER_MODULES, NoWheels, build_device_env, wheel_sources
+from deploy.node import NodeData
+from tests.deploy.fleet import example, loopback_address, needs_flower
 
 pytestmark = pytest.mark.slow  # builds a wheel and a venv (about a minute)
 
@@ -80,3 +86,32 @@ def test_the_device_install_fits_its_budget(device_env):
     print(f"device install: {megabytes:.1f} MB besides pip and setuptools; "
           f"whole venv {device_env.size() / 1e6:.1f} MB")  # fmt: skip
     assert megabytes <= TARGET_MB
+
+
+def test_a_vendored_data_set_needs_the_server_parts(device_env):
+    done = run(device_env, str(device_env.bin("fedcore-device")), "--superlink", "127.0.0.1:9",
+               "--dataset", "digits", "--partition-id", "0")  # fmt: skip
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "--dataset" in line and "pip install 'fedcore[server]'" in line and "--data" in line
+
+
+@needs_flower
+def test_agents_from_the_device_install_train_a_round(device_env, fleet, tmp_path):
+    text = example(rounds=1)
+    scenario = tmp_path / "one.toml"
+    scenario.write_text(text)
+    address, db = loopback_address(), tmp_path / "runs.db"
+    server = fleet.server("server", scenario, address, db, "--connect-timeout", "120",
+                          "--round-timeout", "120")  # fmt: skip
+    fleet.env.pop("PYTHONPATH", None)  # the agents import the device venv's own copy
+    for i in range(2):  # each device holds its own examples, as a real one does
+        x, y = NodeData(dataset="digits", partition_id=i, num_partitions=2).load(
+            {"scenario": text})
+        np.savez(tmp_path / f"device{i}.npz", x=x, y=y)
+        fleet.spawn(f"device{i}", [str(device_env.bin("fedcore-device")), "--superlink", address,
+                                   "--data", str(tmp_path / f"device{i}.npz"), "--partition-id",
+                                   str(i), "--max-wait", "2"])  # fmt: skip
+    assert server.wait(timeout=300) == 0, fleet.output("server") + fleet.output("device0")
+    (row,) = Store(str(db)).get_run(1).rounds
+    assert row.num_accepted == 2, [c.reason for c in row.clients]
