@@ -1,23 +1,30 @@
-"""What a device pays to take part in a deployment: memory, time per round, install size.
+"""What a device pays to take part in a deployment: memory, time per round, install size;
+Flower's stock SuperNode and fedcore's lean agent side by side, in one run.
 
-``python -m benchmarks.deploy [--rounds 3] [--skip-secagg] [--json FILE]``
+``python -m benchmarks.deploy [--rounds 3] [--skip-secagg] [--skip-install] [--json FILE]``
 
-Real processes on loopback: ``fedcore server`` with the digits example and ``fedcore client``
-devices (each a stock ``flower-supernode`` running fedcore's ClientApp), plain with 2 devices
-and with SecAgg+ with 3 (SecAgg+ needs a threshold t > k/2). For each it reports
+Real processes on loopback: ``fedcore server`` with the digits example and devices of each
+kind: ``fedcore client --stock-supernode`` (a stock ``flower-supernode`` running fedcore's
+ClientApp, supervised by ``fedcore client``) and ``fedcore-device`` (the lean agent, one
+process), plain with 2 devices and with SecAgg+ with 3 (SecAgg+ needs a threshold t > k/2).
+For each it reports
 
-- *idle RSS*: the first device's whole process tree (``fedcore client``, ``flower-supernode``,
-  ``flower-superexec`` and their children, summed from ``/proc``) while it waits for the run to
-  start (the server waits for the last device, started ``--idle`` s later);
+- *idle RSS*: the first device's whole process tree (summed from ``/proc``: the stock kind's
+  ``fedcore client``, ``flower-supernode``, ``flower-superexec`` and their children; the
+  agent's one process) while it waits for the run to start (the server waits for the last
+  device, started ``--idle`` s later);
 - *peak RSS*: the largest tree total of any device during the run;
 - *added time per round*: a round's wall time minus its slowest device's training time (from
   the store), median over the rounds, and per message exchange (1 plain, 4 with SecAgg+);
-- *install size*: the files of fedcore's base dependency closure in this environment (what a
-  device installs today: ``pip install fedcore`` pulls ``flwr`` and its server stack).
+- *install size*: the stock kind needs Flower (``fedcore[server]``): the files of that
+  dependency closure in this environment; the lean agent's: a fresh device venv built
+  offline (``benchmarks.device_env``: ``pip install fedcore``), besides pip and setuptools.
+  The lean devices run ``fedcore-device`` from that venv, as a device would (from this
+  environment ``httpx`` also imports the Click and Rich it finds: importing the agent peaks
+  at 58 MiB here against 52 MiB there, measured on 2026-12-07).
 
-Only the stock SuperNode column exists: the lean device agent it is meant to be compared with
-is not built yet (see README, Deploying on devices). Targets for a device: idle <= 48 MiB,
-peak <= 96 MiB, added <= 0.3 s per exchange, install <= 120 MB.
+Targets for a device: idle <= 48 MiB, peak <= 96 MiB, added <= 0.3 s per exchange, install
+<= 120 MB. Figures from a shared machine are not a device's: rerun alone to quote them.
 """
 
 from __future__ import annotations
@@ -80,10 +87,18 @@ class Sampler(threading.Thread):
             self.stopped.wait(self.period)
 
 
-def fedcore(*args: str, log: Path) -> subprocess.Popen:
+KINDS = ("stock", "lean")  # flower-supernode under fedcore client; fedcore-device
+
+
+def fedcore(*args: str, log: Path, command: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``fedcore ARGS`` of this checkout (or ``command ARGS``: a device venv's agent, run
+    outside this checkout so that it imports its own installed copy)."""
+    argv = [*command, *args] if command else [sys.executable, "-m", "cli.main", *args]
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"} if command else ENV
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args],
-        env=ENV,
+        argv,
+        env=env,
+        cwd=log.parent if command else None,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -91,9 +106,26 @@ def fedcore(*args: str, log: Path) -> subprocess.Popen:
     )
 
 
-def run_mode(secagg: bool, rounds: int, idle: float, work: Path) -> dict:
-    """One deployment; its memory and time figures."""
+def device(kind: str, address: str, i: int, log: Path, agent: tuple[str, ...]) -> subprocess.Popen:
+    """Device ``i`` of ``kind``: the stock SuperNode, or the lean agent ``agent``; its own
+    examples in ``device{i}.npz`` beside its log (a device install cannot cut a vendored data
+    set's shard: that is server code)."""
+    data = log.parent / f"device{i}.npz"
+    args = ("--superlink", address, "--data", str(data), "--partition-id", str(i),
+            "--max-wait", "2")  # fmt: skip
+    if kind == "stock":
+        return fedcore("client", "--stock-supernode", *args, log=log)
+    return fedcore(*args, log=log, command=agent)
+
+
+def run_mode(
+    kind: str, secagg: bool, rounds: int, idle: float, work: Path, agent: tuple[str, ...]
+) -> dict:
+    """One deployment with devices of ``kind``; its memory and time figures."""
+    import numpy as np
+
     from aggregator.store import Store
+    from deploy.node import NodeData
     from deploy.processes import free_port
 
     devices = 3 if secagg else 2
@@ -104,6 +136,10 @@ def run_mode(secagg: bool, rounds: int, idle: float, work: Path) -> dict:
         text = text.replace('strategy = "fedavg"', 'strategy = "fedavg"\nsecagg = true')
     scenario, db = work / "scenario.toml", work / "runs.db"
     scenario.write_text(text)
+    for i in range(devices):  # each device's shard, cut as the scenario cuts the data set
+        x, y = NodeData(dataset="digits", partition_id=i, num_partitions=devices).load(
+            {"scenario": text})
+        np.savez(work / f"device{i}.npz", x=x, y=y)
     address = f"127.0.0.1:{free_port()}"
     server = fedcore("server", str(scenario), "--address", address, "--db", str(db), "--json",
                      log=work / "server.log")  # fmt: skip
@@ -120,12 +156,9 @@ def run_mode(secagg: bool, rounds: int, idle: float, work: Path) -> dict:
                 idle_from = time.monotonic() + idle / 2  # the first device has settled
                 time.sleep(idle)
                 idle_to = time.monotonic()
-            device = fedcore("client", "--stock-supernode", "--superlink", address,
-                             "--dataset", "digits",
-                             "--partition-id", str(i), "--max-wait", "2",
-                             log=work / f"device{i}.log")  # fmt: skip
-            started.append(device)
-            sampler.devices.append(device)
+            process = device(kind, address, i, work / f"device{i}.log", agent)
+            started.append(process)
+            sampler.devices.append(process)
         if server.wait(timeout=900) != 0:
             raise RuntimeError((work / "server.log").read_text(errors="replace"))
     finally:
@@ -139,6 +172,7 @@ def run_mode(secagg: bool, rounds: int, idle: float, work: Path) -> dict:
     added = [r.seconds - max(c.seconds or 0.0 for c in r.clients) for r in run.rounds]
     exchanges = 4 if secagg else 1
     return {
+        "kind": kind,
         "mode": "SecAgg+" if secagg else "plain",
         "devices": devices,
         "idle_rss_mib": statistics.median(first) / MIB if first else None,
@@ -149,9 +183,10 @@ def run_mode(secagg: bool, rounds: int, idle: float, work: Path) -> dict:
     }
 
 
-def install_bytes(root: str = "fedcore") -> int:
-    """Bytes of the installed files of ``root``'s base dependency closure (no extras)."""
-    seen, stack, total = set(), [root], 0
+def install_bytes(roots: tuple[str, ...]) -> int:
+    """Bytes of the installed files of ``roots``' base dependency closure (no extras; a
+    ``fedcore`` root is its base requirements, not its files: an editable checkout here)."""
+    seen, stack, total = set(), list(roots), 0
     while stack:
         name = re.split(r"[<>=!~ ;\[]", stack.pop(), maxsplit=1)[0].lower().replace("_", "-")
         if name in seen:
@@ -164,8 +199,8 @@ def install_bytes(root: str = "fedcore") -> int:
         for requirement in dist.requires or []:
             if "extra ==" not in requirement:
                 stack.append(requirement)
-        if name == root:
-            continue  # fedcore itself is an editable checkout here
+        if name == "fedcore":
+            continue
         for file in dist.files or []:
             try:
                 total += Path(dist.locate_file(file)).stat().st_size
@@ -179,26 +214,61 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds the first device idles")
     parser.add_argument("--skip-secagg", action="store_true")
+    parser.add_argument("--skip-install", action="store_true",
+                        help="no fresh device venv (about a minute): the lean agent then runs "
+                        "from this environment, which has the server's packages too")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    rows = []
-    for secagg in (False, True)[: 1 if args.skip_secagg else 2]:
-        with tempfile.TemporaryDirectory(prefix="fedcore-bench-deploy-") as folder:
-            rows.append(run_mode(secagg, args.rounds, args.idle, Path(folder)))
-    install = install_bytes() / 1e6
-    print("device side: stock flower-supernode + fedcore ClientApp (lean agent: not built)")
-    print(f"{'mode':8} {'devices':>7} {'idle MiB':>9} {'peak MiB':>9} {'round s':>8} "
-          f"{'added s/round':>14} {'added s/exchange':>17}")  # fmt: skip
+    sizes: dict[str, float | None] = {"stock": install_bytes(("fedcore", "flwr")) / 1e6,
+                                      "lean closure": install_bytes(("fedcore",)) / 1e6,
+                                      "lean": None}  # fmt: skip
+    agent: tuple[str, ...] = (sys.executable, "-m", "deploy.agent")
+    agent_from = "this environment"
+    with tempfile.TemporaryDirectory(prefix="fedcore-bench-env-") as envs:
+        if not args.skip_install:
+            from benchmarks.device_env import NoWheels, build_device_env
+
+            try:
+                env = build_device_env(Path(envs) / "venv", Path(envs))
+            except NoWheels as exc:
+                print(f"no fresh device venv ({exc}): the lean agent runs from this environment")
+            else:
+                sizes["lean"], sizes["lean venv"] = env.site_packages_size() / 1e6, env.size() / 1e6
+                agent, agent_from = (str(env.bin("fedcore-device")),), "a fresh device venv"
+        rows = []
+        for secagg in (False, True)[: 1 if args.skip_secagg else 2]:
+            for kind in KINDS:
+                with tempfile.TemporaryDirectory(prefix="fedcore-bench-deploy-") as folder:
+                    rows.append(run_mode(kind, secagg, args.rounds, args.idle, Path(folder),
+                                         agent))  # fmt: skip
+    print("device side: stock = flower-supernode + fedcore ClientApp under fedcore client; "
+          f"lean = fedcore-device from {agent_from}")  # fmt: skip
+    print(f"{'mode':8} {'kind':6} {'devices':>7} {'idle MiB':>9} {'peak MiB':>9} "
+          f"{'round s':>8} {'added s/round':>14} {'added s/exchange':>17}")  # fmt: skip
     for r in rows:
         idle = f"{r['idle_rss_mib']:.0f}" if r["idle_rss_mib"] is not None else "-"
-        print(f"{r['mode']:8} {r['devices']:>7} {idle:>9} {r['peak_rss_mib']:>9.0f} "
-              f"{r['round_seconds']:>8.2f} {r['added_seconds_per_round']:>14.2f} "
+        print(f"{r['mode']:8} {r['kind']:6} {r['devices']:>7} {idle:>9} "
+              f"{r['peak_rss_mib']:>9.0f} {r['round_seconds']:>8.2f} "
+              f"{r['added_seconds_per_round']:>14.2f} "
               f"{r['added_seconds_per_exchange']:>17.2f}")  # fmt: skip
-    print(f"install: {install:.0f} MB (fedcore's base dependency closure)")
+    for mode in ("plain", "SecAgg+"):
+        pair = {r["kind"]: r for r in rows if r["mode"] == mode}
+        if len(pair) < 2:
+            continue
+        lean, stock = pair["lean"], pair["stock"]
+        ratios = [f"{key} {lean[field] / stock[field]:.2f}x"
+                  for key, field in (("idle", "idle_rss_mib"), ("peak", "peak_rss_mib"),
+                                     ("round", "round_seconds"))
+                  if lean[field] and stock[field]]  # fmt: skip
+        print(f"{mode}: lean/stock " + ", ".join(ratios))
+    fresh = "-" if sizes["lean"] is None else f"{sizes['lean']:.0f} MB"
+    print(f"install: stock {sizes['stock']:.0f} MB (fedcore's base + flwr closure); lean {fresh} "
+          f"(fresh device venv besides pip and setuptools; closure here "
+          f"{sizes['lean closure']:.0f} MB)")  # fmt: skip
     print("targets for a device: idle <= 48 MiB, peak <= 96 MiB, <= 0.3 s per exchange, "
           "install <= 120 MB")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "install_mb": install}, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "install_mb": sizes}, indent=1))
 
 
 if __name__ == "__main__":
