@@ -10,8 +10,9 @@ keeps, and when the view dies (and no other view of the bytes is left) the bytes
 free list for the next request of exactly that size, so an eager step does not fault fresh
 pages in for every activation. Live plus cached bytes never exceed the peak (CACHE_SLACK adds
 a quarter of it: measured, the slack bought no step time on the CNN, LSTM or tiny GPT and
-cost the GPT 8 MB of its 159 MB peak RSS); `reset_peak` trims the free list to the new peak. A pool with a budget recycles
-nothing: there memory comes first. Cached bytes are not live bytes.
+cost the GPT 8 MB of its 159 MB peak RSS); `reset_peak` trims the free list to the new peak.
+A pool with a budget recycles nothing: there memory comes first. Cached bytes are not live
+bytes.
 """
 
 from __future__ import annotations
