@@ -50,6 +50,7 @@ from client_runtime.fleet.transport import (
     Refused,
     RunGone,
     Unreachable,
+    VersionMismatch,
 )
 from client_runtime.handlers import Handler, handler_for
 from fedcore.records import RecordDict
@@ -258,6 +259,8 @@ class Agent:
                 log.warning("lost the SuperLink (%s); reconnecting", exc)
                 self._connect(first=False)
                 continue
+            except VersionMismatch as exc:
+                raise AgentStopped(str(exc), refused=True) from None
             except FleetError as exc:  # the SuperLink failed this call: try again later
                 log.warning("%s", exc)
                 self._stop.wait(self.settings.poll_idle)
@@ -286,6 +289,10 @@ class Agent:
                     raise AgentStopped(_refusal(exc), refused=True) from None
                 reason = _refusal(exc)  # e.g. revoked; or a restarted SuperLink not ready yet
             except Unreachable as exc:
+                reason = str(exc)
+            except VersionMismatch as exc:
+                raise AgentStopped(str(exc), refused=True) from None
+            except FleetError as exc:  # the SuperLink failed the call: try again, as if away
                 reason = str(exc)
             waited = time.monotonic() - started
             if waited >= self.settings.max_wait and reason.startswith("the SuperLink refused"):

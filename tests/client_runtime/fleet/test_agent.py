@@ -17,7 +17,13 @@ from client_runtime.fleet.proto import (
     run_pb2,
     transport_pb2,
 )
-from client_runtime.fleet.transport import FleetError, NodeSigner, Refused, Unreachable
+from client_runtime.fleet.transport import (
+    FleetError,
+    NodeSigner,
+    Refused,
+    Unreachable,
+    VersionMismatch,
+)
 from fedcore.records import ConfigRecord, RecordDict
 
 NODE = 5
@@ -197,3 +203,12 @@ def test_the_run_config_is_the_fabs_with_the_runs_overrides():
     assert fab_config(fab(), {"lr": 0.5, "unknown": 1}) == {"lr": 0.5, "nested.k": "a"}
     with pytest.raises(FleetError, match="unreadable"):
         fab_config(b"not a zip", {})
+
+
+def test_a_superlink_of_another_flower_release_stops_the_agent_with_a_clear_line():
+    link = Link()
+    link.failures = [VersionMismatch("the SuperLink runs another Flower release than 1.42.0")]
+    agent = Agent(link, {}, {}, settings=FAST)
+    with pytest.raises(AgentStopped, match="another Flower release") as stopped:
+        agent.run()
+    assert stopped.value.refused

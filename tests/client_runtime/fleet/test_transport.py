@@ -1,0 +1,100 @@
+"""The Fleet transport against a loopback HTTP server: headers, signatures, errors sorted."""
+
+import json
+import threading
+from base64 import b64decode
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from client_runtime.fleet import transport
+from client_runtime.fleet.proto import fleet_pb2
+
+
+class Scripted(BaseHTTPRequestHandler):
+    answers: list[tuple[int, bytes]] = []
+    seen: list[tuple[str, dict, bytes]] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.seen.append((self.path, dict(self.headers), body))
+        status, payload = self.answers.pop(0)
+        self.send_response(status)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    Scripted.answers, Scripted.seen = [], []
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def client(address):
+    signer = transport.NodeSigner(ec.generate_private_key(ec.SECP384R1()))
+    return transport.FleetClient(address, root_certificates=None, signer=signer, timeout=10)
+
+
+def error(code: int, detail: str) -> bytes:
+    return json.dumps({"code": code, "detail": detail}).encode()
+
+
+def test_a_call_is_flowers_request_signed_as_flowers_supernode_signs(server):
+    verify = pytest.importorskip("flwr.supercore.primitives.asymmetric")
+    fleet = client(server)
+    answer = fleet_pb2.ActivateNodeResponse(node_id=42)
+    Scripted.answers = [(200, answer.SerializeToString())]
+    request = fleet_pb2.ActivateNodeRequest(public_key=fleet.signer.public, heartbeat_interval=30)
+    got = fleet.call("activate-node", request, fleet_pb2.ActivateNodeResponse)
+    assert got.node_id == 42
+    path, headers, body = Scripted.seen[0]
+    assert path == "/v1/fleet/activate-node" and body == request.SerializeToString()
+    assert headers["content-type"] == "application/protobuf"
+    assert headers["flwr-package-version"] == "1.42.0"
+    assert headers["flwr-component-name"] == "SuperNode"
+    public = b64decode(headers["flwr-public-key"])
+    assert public == fleet.signer.public
+    assert verify.verify_signature(verify.bytes_to_public_key(public),
+                                   headers["flwr-timestamp"].encode("ascii"),
+                                   b64decode(headers["flwr-signature"]))
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "kind", "says"),
+    [
+        (412, error(1001, "Runtime version compatibility check failed."),
+         transport.VersionMismatch, "another Flower release than 1.42.0"),
+        (404, b"Not Found", transport.VersionMismatch, "no Flower 1.42.0 Fleet API"),
+        (401, error(0, "Invalid SuperNode authentication"), transport.Refused, "401"),
+        (412, error(2004, "Failed to activate SuperNode."), transport.Refused, "activate"),
+        (403, error(2007, "run status"), transport.RunGone, "403"),
+        (503, b"", transport.Unreachable, "503"),
+        (500, b"\xff" * 10, transport.FleetError, "500"),
+    ],
+)
+def test_errors_are_sorted_into_what_the_agent_can_act_on(server, status, payload, kind, says):
+    fleet = client(server)
+    Scripted.answers = [(status, payload)]
+    with pytest.raises(kind, match=says):
+        fleet.call("activate-node", fleet_pb2.ActivateNodeRequest(),
+                   fleet_pb2.ActivateNodeResponse)
+
+
+def test_nobody_listening_is_unreachable_and_a_garbled_answer_an_error(server):
+    with pytest.raises(transport.Unreachable):
+        client("127.0.0.1:9").call("pull-messages", fleet_pb2.PullMessagesRequest(),
+                                   fleet_pb2.PullMessagesResponse)
+    Scripted.answers = [(200, b"\xff\xff\xff")]
+    with pytest.raises(transport.FleetError, match="malformed"):
+        client(server).call("pull-messages", fleet_pb2.PullMessagesRequest(),
+                            fleet_pb2.PullMessagesResponse)
