@@ -282,7 +282,7 @@ class Agent:
             try:
                 self.activate()
                 if not first:
-                    log.warning("rejoined the SuperLink as node %d", self.node_id)
+                    log.warning("the SuperLink is back: rejoined as node %d", self.node_id)
                 return
             except Refused as exc:
                 if first:
