@@ -247,5 +247,8 @@ def _await_devices(
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Flower's entry point: the settings come from the run config."""
-    run_deployment(grid, DeploySettings.of(context.run_config))
+    """Flower's entry point: the settings come from the run config; replies are collected
+    promptly (``deploy.prompt_grid``), not every 3 s."""
+    from deploy.prompt_grid import PromptGrid
+
+    run_deployment(PromptGrid(grid), DeploySettings.of(context.run_config))
