@@ -68,4 +68,12 @@ class PromptGrid(Grid):
         return replies
 
 
-__all__ = ["PromptGrid"]
+def prompt(grid: Grid) -> Grid:
+    """``grid`` made prompt if it is a SuperLink's (Flower's ``HttpGrid``); any other grid
+    (in-process, simulated) already answers at once and is left as it is."""
+    from flwr.superlink.grid import HttpGrid
+
+    return PromptGrid(grid) if isinstance(grid, HttpGrid) else grid
+
+
+__all__ = ["PromptGrid", "prompt"]

@@ -247,8 +247,8 @@ def _await_devices(
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Flower's entry point: the settings come from the run config; replies are collected
-    promptly (``deploy.prompt_grid``), not every 3 s."""
-    from deploy.prompt_grid import PromptGrid
+    """Flower's entry point: the settings come from the run config; a SuperLink's replies are
+    collected promptly (``deploy.prompt_grid``), not every 3 s."""
+    from deploy.prompt_grid import prompt
 
-    run_deployment(PromptGrid(grid), DeploySettings.of(context.run_config))
+    run_deployment(prompt(grid), DeploySettings.of(context.run_config))
