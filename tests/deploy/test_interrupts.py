@@ -11,6 +11,13 @@ end with ``fedcore server SCENARIO --resume 1``:
    the run is paused at round 2.
 
 The finished run's model equals ``fedcore simulate``'s of the same scenario, bit for bit.
+
+The devices are stock SuperNodes (``--stock-supernode``): the last phase resumes on the same
+SuperLink state, whose node list still shows the devices' old nodes online for up to two
+heartbeat intervals; a stock SuperNode carries on as its node, while the lean agent cannot
+activate its node again until that entry lapses, and the resumed ServerApp's discovery gets
+"Node Unavailable" from both (seen 2026-12-07; the lean agent after a SuperLink restart with
+fresh state: ``test_faults.py``).
 """
 
 from __future__ import annotations
@@ -63,8 +70,8 @@ def test_interrupted_server_resumes_to_the_simulated_model(fleet, tmp_path):
     def clients():
         return [
             fleet.device(
-                f"client{i}", address, "--dataset", "digits", "--partition-id", str(i),
-                "--num-partitions", "2", "--max-wait", "120",
+                f"client{i}", address, "--stock-supernode", "--dataset", "digits",
+                "--partition-id", str(i), "--num-partitions", "2", "--max-wait", "120",
             )  # fmt: skip
             for i in range(2)
         ]
