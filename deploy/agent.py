@@ -129,7 +129,6 @@ def join(options: JoinOptions, say: Any = None) -> int:
     """Run the agent until it stops; the exit code (0 gone, 1 refused, 130 interrupted)."""
     from client_runtime.fleet.agent import Agent, AgentStopped, Settings
     from client_runtime.fleet.transport import FleetClient, NodeSigner, load_private_key
-    from client_runtime.handlers import make_handlers
     from deploy.node import CLIENT_ID_RANGE, NodeData, NodeLoader, hold_training
     from fedcore import protocol
 
@@ -152,7 +151,12 @@ def join(options: JoinOptions, say: Any = None) -> int:
         if message_type.startswith("train"):
             hold_training()
 
-    agent = Agent(client, make_handlers(loader), options.node_config, bind=bind,
+    def handlers() -> Any:  # loaded with the first message: an idle device stays small
+        from client_runtime.handlers import make_handlers
+
+        return make_handlers(loader)
+
+    agent = Agent(client, handlers, options.node_config, bind=bind,
                   settings=Settings(max_wait=options.max_wait), register=register)
 
     def interrupt(signum: int, frame: object) -> None:

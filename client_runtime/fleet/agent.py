@@ -10,6 +10,8 @@ handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
   thread, as Flower's SuperNode does;
 - **polls** every ``poll_active`` s while a run is active (a message came in the last
   ``active_window`` s) and backs off to ``poll_idle`` s when idle;
+- **loads** the handlers (the engine, models, numpy's kernels) with the first message, not
+  while it waits for a run, when given a factory for them;
 - **answers** a message: pulls its objects (checked against their ids, within
   ``max_message_bytes``), confirms receipt, runs the handler of its type, pushes the reply
   (a handler's exception becomes Flower's error reply, code 2, so the server records the
@@ -30,7 +32,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client_runtime.datacheck import MARK
 from client_runtime.fleet import objects
@@ -52,8 +54,12 @@ from client_runtime.fleet.transport import (
     Unreachable,
     VersionMismatch,
 )
-from client_runtime.handlers import Handler, handler_for
 from fedcore.records import RecordDict
+
+if TYPE_CHECKING:
+    from client_runtime.handlers import Handler
+
+Handlers = Mapping[str, "Handler"]
 
 log = logging.getLogger("fedcore.device")
 
@@ -160,7 +166,7 @@ class Agent:
     def __init__(
         self,
         client: FleetClient,
-        handlers: dict[str, Handler],
+        handlers: Handlers | Callable[[], Handlers],
         node_config: Mapping[str, Any],
         *,
         bind: Bind | None = None,
@@ -362,6 +368,10 @@ class Agent:
         self.rounds += 1
 
     def _handle(self, meta: message_pb2.Metadata, run: _Run, content: RecordDict) -> RecordDict:
+        from client_runtime.handlers import handler_for
+
+        if callable(self.handlers):  # the first message loads the engine and its handlers
+            self.handlers = self.handlers()
         handler = handler_for(self.handlers, meta.message_type)
         if handler is None:
             raise ValueError(f"no handler for message type {meta.message_type!r}")
