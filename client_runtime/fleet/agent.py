@@ -17,7 +17,9 @@ handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
   (a handler's exception becomes Flower's error reply, code 2, so the server records the
   reason); a message id it has answered is never answered again;
 - **survives** the SuperLink going away: exponential back-off with jitter (``backoff``),
-  re-activation with the same key once it is back, for up to ``max_wait`` s.
+  re-activation with the same key once it is back, for up to ``max_wait`` s (a SuperLink
+  restarted on its old state, which still counts the node online and refuses to activate it
+  again, acknowledges its heartbeat: the agent goes on as that node).
 """
 
 from __future__ import annotations
@@ -293,6 +295,9 @@ class Agent:
             except Refused as exc:
                 if first:
                     raise AgentStopped(_refusal(exc), refused=True) from None
+                if self._still_online():  # a SuperLink restarted on its old state
+                    log.warning("the SuperLink is back: continuing as node %d", self.node_id)
+                    return
                 reason = _refusal(exc)  # e.g. revoked; or a restarted SuperLink not ready yet
             except Unreachable as exc:
                 reason = str(exc)
@@ -307,6 +312,21 @@ class Agent:
                 raise AgentStopped(
                     f"the SuperLink has been gone {waited:.0f} s ({reason}); left the federation")
             self._stop.wait(min(next(delays), self.settings.max_wait - waited))
+
+    def _still_online(self) -> bool:
+        """Whether the SuperLink still counts this node online (it refuses to activate a node
+        it has not yet seen time out, as after a restart on its old state): a heartbeat for
+        the node id this key had is acknowledged."""
+        if self.node_id is None:
+            return False
+        try:
+            return bool(self.client.call(
+                "send-node-heartbeat",
+                heartbeat_pb2.SendNodeHeartbeatRequest(
+                    node=self.node, heartbeat_interval=HEARTBEAT_INTERVAL),
+                heartbeat_pb2.SendNodeHeartbeatResponse, timeout=HEARTBEAT_TIMEOUT).success)
+        except FleetError:
+            return False
 
     def poll_once(self) -> bool:
         """Pull at most one message and answer it; True if one came."""

@@ -212,3 +212,25 @@ def test_a_superlink_of_another_flower_release_stops_the_agent_with_a_clear_line
     with pytest.raises(AgentStopped, match="another Flower release") as stopped:
         agent.run()
     assert stopped.value.refused
+
+
+def test_a_superlink_back_on_its_old_state_is_rejoined_as_the_same_node():
+    """Restarted on its old state the SuperLink still counts the node online and refuses to
+    activate it again; it acknowledges the node's heartbeat, so the agent goes on as it."""
+    link = Link()
+    agent = make_agent(link, max_wait=30.0)
+    link.failures = [Unreachable("down"), Refused("activate-node: 412", 2004, 412)]
+    agent._connect(first=False)
+    assert agent.node_id == NODE and link.calls[-1] == "send-node-heartbeat"
+    link.send("query", RecordDict())
+    assert agent.poll_once() and len(link.pushed) == 1
+
+
+def test_a_revoked_node_is_not_taken_for_an_online_one():
+    link = Link()
+    agent = make_agent(link)
+    refused = Refused("401 Invalid SuperNode authentication", 0, 401)
+    link.failures = [refused] * 10_000  # activation and heartbeat alike
+    with pytest.raises(AgentStopped, match="refused this device's key") as stopped:
+        agent._connect(first=False)
+    assert stopped.value.refused
