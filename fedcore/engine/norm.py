@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp
-from .channels import channel_op, channel_sum
+from .channels import channel_dot, channel_op, channel_sum
 from .checks import check_same_dtype
 from .ops import Operand, tensor
 from .parallel import parallel_for
@@ -49,8 +49,7 @@ def _moments_fwd(ctx: Ctx, x: np.ndarray) -> np.ndarray:
     inv = 1.0 / x2.shape[0]
     np.multiply(channel_sum(x2), inv, out=out[0])
     xc = channel_op(np.subtract, x2, out[0], ctx.pool.alloc(x2.shape, x.dtype))
-    np.square(xc, out=xc)
-    np.multiply(channel_sum(xc), inv, out=out[1])
+    np.multiply(channel_dot(xc, xc), inv, out=out[1])
     return out
 
 
@@ -92,8 +91,7 @@ def _bn_sums(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, stats = np.ascontiguousarray(ctx.args[0]), ctx.args[1]
         g = np.ascontiguousarray(g)
         xc = channel_op(np.subtract, x, stats[0], ctx.pool.alloc(x.shape, x.dtype))
-        xc *= g
-        sums = ctx.sums = (channel_sum(g), channel_sum(xc))
+        sums = ctx.sums = (channel_sum(g), channel_dot(xc, g))
     return sums
 
 
