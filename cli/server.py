@@ -12,6 +12,7 @@ continues it from its last committed round.
 With certificates the SuperLink authenticates devices by their enrolled keys
 (``deploy.enrolment``); off loopback it needs certificates or ``--insecure``, and listens on
 loopback behind the Fleet-only gateway (``deploy.gateway``) unless ``--public-control-api``.
+The processes themselves are ``cli.deployment``'s.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cli.deployment import Deployment, StartError
 from cli.errors import FAILED, err_console, fail, interrupted, stop_if_interrupted, stopped
 from cli.live import RoundProgress, print_summary
 from cli.options import Db, Json, Sets
 
 if TYPE_CHECKING:
     from aggregator.store import Store
-    from deploy.processes import FlowerProcess, Tls
-    from simulations.interrupts import Interrupts
+    from deploy.processes import Tls
 
 
 
@@ -184,7 +185,7 @@ def server(
             work.mkdir(parents=True, exist_ok=True)
             fed = prepared.scenario.federation
             start = time.perf_counter()
-            with _Deployment(work, host, port, tls, public_control_api) as deployment:
+            with Deployment(work, host, port, tls, public_control_api) as deployment:
                 deployment.start(settings, store, run_id)
                 _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)  # stderr
                 title = f"{prepared.scenario.name} (deployment on {address})"
@@ -198,7 +199,7 @@ def server(
             _wait_until_finished(store, run_id)  # the ServerApp records its own end if it can
             _finish_if_running(store, run_id, "paused", "interrupted: fedcore server was stopped")
         interrupted(interrupts)
-    except _StartError as exc:
+    except StartError as exc:
         error = str(exc)
     _finish_if_running(store, run_id, "failed", error or "the ServerApp stopped early")
     run = store.get_run(run_id)
@@ -239,157 +240,6 @@ def _claim_for_resume(store: Store, run_id: int, prepared: Any) -> int:
     except StoreError as exc:
         fail(f"--resume: {exc}")
     return run_id
-
-
-class _StartError(RuntimeError):
-    """The SuperLink or ``flwr run`` did not start."""
-
-
-class _Deployment:
-    """The SuperLink and the submitted run: started in order, stopped in reverse."""
-
-    def __init__(
-        self, work: Path, host: str, port: int, tls: Tls | None, public_control: bool = False
-    ) -> None:
-        self.work, self.host, self.port, self.tls = work, host, port, tls
-        self.public_control = public_control
-        self.home = work / "flwr-home"
-        self.superlink: FlowerProcess | None = None
-        self.gateway: FlowerProcess | None = None  # the Fleet-only front, off loopback
-        self.submitted: FlowerProcess | None = None
-        self.watch: list[Any] = []  # revocations and refusals, checked while following
-        self.lost_superlink: str | None = None  # why the SuperLink exited under a running run
-
-    def __enter__(self) -> _Deployment:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for process in (self.submitted, self.gateway, self.superlink):
-            if process is not None:
-                process.stop()
-
-    def start(self, settings: Any, store: Store, run_id: int) -> None:
-        """Start the SuperLink, wait until it listens, register the enrolled devices' keys
-        (with TLS), submit the app with ``flwr run``."""
-        from deploy import processes as p
-        from deploy.appdir import write_app
-        from deploy.enrolment import (
-            EnrolmentError,
-            Refusals,
-            Revocations,
-            describe_key,
-            register_enrolled,
-        )
-
-        env = p.flower_env(self.home)
-        state = self.work / "superlink-state.db"
-        # Off loopback only the Fleet API is public: the SuperLink (Fleet, Control and runtime
-        # APIs on one port) listens on loopback behind the Fleet-only gateway.
-        fronted = not p.is_loopback(self.host) and not self.public_control
-        link_host, link_port = ("127.0.0.1", p.free_port()) if fronted else (self.host, self.port)
-        args = p.superlink_args(
-            link_host, link_port, state, self.tls, node_auth=self.tls is not None
-        )
-        # the store reaches the ServerApp through the SuperLink's environment, not the run
-        # config (which every SuperNode receives)
-        link_env = {**env, **settings.environment()}
-        self.superlink = p.FlowerProcess(
-            "flower-superlink", args, link_env, self.work / "superlink.log"
-        )
-        try:
-            self.superlink.wait_listening(link_host, link_port)
-            if fronted:
-                listen = _local_address(self.host, self.port, keep_wildcard=True)
-                gateway = p.gateway_args(listen, f"127.0.0.1:{link_port}", self.tls)
-                self.gateway = p.FlowerProcess(
-                    "fleet gateway", gateway, env, self.work / "gateway.log"
-                )
-                self.gateway.wait_listening(self.host, self.port)
-        except p.ProcessError as exc:
-            raise _StartError(str(exc)) from None
-        app = write_app(self.work / "app", settings.run_config())
-        control = _local_address(link_host, link_port)
-        p.write_connection(self.home, control, None if self.tls is None else self.tls.ca_certfile)
-        if self.tls is not None:
-            try:
-                names = register_enrolled(store, run_id, self.home)
-            except EnrolmentError as exc:
-                raise _StartError(str(exc)) from None
-            err_console.print(f"enrolled devices allowed to join: {', '.join(names)}")
-            self.watch = [
-                Revocations(store, run_id, self.home, set(names.values())),
-                Refusals(self.work / "superlink.log", describe_key(store)),
-            ]
-        self.submitted = p.FlowerProcess(
-            "flwr run", p.flwr_run_args(app), env, self.work / "flwr-run.log"
-        )
-
-    def follow(
-        self,
-        store: Store,
-        run_id: int,
-        ui: RoundProgress,
-        interrupts: Interrupts,
-        poll: float = 0.5,
-    ) -> str | None:
-        """Show stored rounds as they commit until the run ends; why it stopped early, or None.
-
-        An interrupt is passed on to the ServerApp (another process) as a queued pause.
-        """
-        from aggregator.store import StoreError
-        from aggregator.store.enrolment import device_names
-        from cli.render import RoundRow, untrusted
-
-        assert self.superlink is not None and self.submitted is not None
-        shown, asked = 0, False
-        while True:
-            for watcher in self.watch:
-                for line in watcher.check():
-                    err_console.print(line, markup=False)
-            if interrupts.signal is not None and not asked:
-                asked = True
-                try:
-                    store.queue_control(run_id, "pause")
-                except StoreError:  # it ended meanwhile (or an operator paused it): nothing to ask
-                    pass
-            run = store.get_run(run_id)
-            for row in sorted(run.rounds, key=lambda r: r.number)[shown:]:
-                ui.add(RoundRow.of(row))
-                shown += 1
-                names = device_names(store, run_id) if self.watch else {}
-                for c in row.clients:
-                    if not c.accepted:
-                        who = f"client {c.client_id}"
-                        who += f" ({names[c.node_id]})" if c.node_id in names else ""
-                        why = f"round {row.number}: {who} rejected: {untrusted(c.reason)}"
-                        err_console.print(why, markup=False)
-            if run.status != "running":
-                self._let_flwr_run_finish()
-                return None
-            if not self.submitted.running():
-                time.sleep(1.0)  # the ServerApp may still be committing its last words
-                if store.get_run(run_id).status != "running":
-                    continue
-                return f"`flwr run` exited ({self.submitted.popen.returncode}): " + (
-                    self.submitted.tail(3) or "no output"
-                )
-            if self.gateway is not None and not self.gateway.running():
-                return f"the Fleet gateway exited ({self.gateway.popen.returncode}): " + (
-                    self.gateway.tail(3) or "no output"
-                )
-            if not self.superlink.running():
-                self.lost_superlink = f"the SuperLink exited ({self.superlink.popen.returncode})"
-                return f"the SuperLink exited ({self.superlink.popen.returncode}): " + (
-                    self.superlink.tail(3) or "no output"
-                )
-            time.sleep(poll)
-
-    def _let_flwr_run_finish(self, timeout: float = 10.0) -> None:
-        """``flwr run --stream`` leaves once the SuperLink has sent the run's last logs."""
-        assert self.submitted is not None
-        deadline = time.monotonic() + timeout
-        while self.submitted.running() and time.monotonic() < deadline:
-            time.sleep(0.2)
 
 
 def _server_tls(
@@ -458,18 +308,6 @@ def _absolute_db(db: str | None) -> str:
 
     value = db or os.environ.get(DB_ENV) or DEFAULT_DB
     return value if "://" in value else str(Path(value).expanduser().resolve())
-
-
-def _local_address(host: str, port: int, keep_wildcard: bool = False) -> str:
-    """Where ``flwr run`` on this machine reaches a SuperLink bound to ``host`` (with
-    ``keep_wildcard``: ``host:port`` as an address to bind)."""
-    if keep_wildcard:
-        pass
-    elif host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _hint(address: str, dataset: str, devices: int, tls: Tls | None) -> None:
