@@ -8,9 +8,9 @@ around the current model, so the rule, the server optimizer, clipping, DP and th
 all apply — and the step is stored like a round. The client that just answered gets the
 newest model at once.
 
-A stale contribution is re-based onto the current model: ``current + w(s) * (local - base)``;
-a fresh one (s = 0) is offered unchanged, so with ``concurrency = buffer = clients`` and no
-latency the run is synchronous FedAvg bit for bit.
+A stale contribution is re-based onto the current model: ``current + w(s) * (local - base)``
+(``aggregator.staleness``); a fresh one (s = 0) is offered unchanged, so with
+``concurrency = buffer = clients`` and no latency the run is synchronous FedAvg bit for bit.
 
 Time comes from a ``Courier`` (``aggregator.couriers``): in a simulation the reply of a message
 is computed when it is sent and is due at the sender's simulated time plus the client's
@@ -24,11 +24,10 @@ would answer only when done, holding the step up); see ``idle_cohort``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -46,6 +45,7 @@ from aggregator.round_types import (
     RoundFailed,
     RoundOutcome,
 )
+from aggregator.staleness import rebase
 from aggregator.strategies import Strategy
 from aggregator.updates import ClientUpdate, Rejected
 from fedcore.wire import vector_record
@@ -53,55 +53,6 @@ from fedcore.wire import vector_record
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
 
-
-
-@dataclass(frozen=True)
-class Staleness:
-    """How much a contribution ``s`` server steps old counts (FedBuff's ``w(s)``).
-
-    ``constant``: 1; ``polynomial``: ``(1 + s) ** -exponent``; ``hinge``: 1 up to ``hinge``
-    steps, then ``1 / (exponent * (s - hinge) + 1)``.
-    """
-
-    kind: Literal["constant", "polynomial", "hinge"] = "polynomial"
-    exponent: float = 0.5
-    hinge: int = 10
-
-    def weight(self, staleness: int) -> float:
-        """The factor on a contribution of this staleness (1.0 when fresh)."""
-        if self.kind == "constant" or staleness <= 0:
-            return 1.0
-        if self.kind == "polynomial":
-            return float((1.0 + staleness) ** -self.exponent)
-        if staleness <= self.hinge:
-            return 1.0
-        return 1.0 / (self.exponent * (staleness - self.hinge) + 1.0)
-
-
-@dataclass(frozen=True)
-class AsyncConfig:
-    """``concurrency`` clients train at once; a server step every ``buffer`` contributions;
-    contributions older than ``max_staleness`` steps are rejected (None: never)."""
-
-    concurrency: int
-    buffer: int
-    staleness: Staleness = Staleness()
-    max_staleness: int | None = None
-
-
-def rebase(update: ClientUpdate, base: np.ndarray, weight: float) -> ClientUpdate:
-    """``update`` (trained from ``base``) as a weighted delta to whatever model it meets."""
-    if update.values is not None:
-        delta = update.values.astype(np.float32) - base
-    elif update.delta is not None:
-        delta = np.array(update.delta, dtype=np.float32)
-    else:
-        assert update.sparse is not None
-        delta = np.zeros_like(base)
-        indices, values = update.sparse
-        delta[indices] = values
-    delta *= np.float32(weight)
-    return replace(update, values=None, delta=delta, sparse=None, norm=math.nan)
 
 
 @dataclass

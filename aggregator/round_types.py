@@ -17,8 +17,8 @@ from aggregator.secagg.config import SecAggConfig
 from fedcore import protocol
 
 if TYPE_CHECKING:  # the asynchronous loop imports these types; its config is only named here
-    from aggregator.asynchronous import AsyncConfig
     from aggregator.evaluation import EvaluationConfig, FederatedEvaluation
+    from aggregator.staleness import AsyncConfig
 
 ClientDirectory = Callable[[int], Mapping[int, int]]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 
-from aggregator.asynchronous import AsyncConfig, Staleness
+from aggregator.staleness import AsyncConfig, Staleness
 
 if TYPE_CHECKING:
     from simulations.scenario import FederationConfig

@@ -51,25 +51,23 @@ one line naming the file and the dotted key, e.g.
 
 Loading checks the file and nothing else (no data is read, no model built); what needs the
 data (does the model fit it, are there enough examples) is checked once, when
-``simulations.prepare.prepare_scenario`` loads it. The package: ``schema`` (the tables),
-``model_fit`` (what a model builder takes), ``errors`` (one-line messages), ``load``.
+``simulations.prepare.prepare_scenario`` loads it. The package: ``schema`` (the whole file,
+``[federation]``, ``[evaluation]``), ``data_section`` (``[data]``), ``model_section``
+(``[model]``), ``section`` (their strict base), ``model_fit`` (what a model builder takes),
+``errors`` (one-line messages), ``load``.
 """
 
+from simulations.scenario.data_section import (
+    NATURAL_DATASETS,
+    DataSection,
+    ShakespeareSection,
+    SyntheticSection,
+)
 from simulations.scenario.errors import ScenarioError
 from simulations.scenario.load import load_scenario, scenario_from_dict, with_secagg
 from simulations.scenario.model_fit import builder_parameters, model_arguments, model_misfit
-from simulations.scenario.schema import (
-    KNOWN_CODECS,
-    NATURAL_DATASETS,
-    DataSection,
-    EvaluationSection,
-    FederationSection,
-    ModelSection,
-    Scenario,
-    ShakespeareSection,
-    SyntheticSection,
-    model_keys,
-)
+from simulations.scenario.model_section import ModelSection, model_keys
+from simulations.scenario.schema import KNOWN_CODECS, EvaluationSection, FederationSection, Scenario
 
 __all__ = [
     "KNOWN_CODECS",

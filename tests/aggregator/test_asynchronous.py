@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aggregator.asynchronous import Staleness, rebase
 from aggregator.rounds import StopRun
+from aggregator.staleness import Staleness, rebase
 from aggregator.store import Store, StoreError
 from aggregator.updates import ClientUpdate
 from simulations.harness import simulate
