@@ -1,8 +1,8 @@
 """``FlowerStrategy`` keeps the contract of Flower's own strategies.
 
 Each test pins one way the adapter used to break the contract (the property-based parity
-suite against Flower is ``test_flower_strategy_parity``), then Flower's defaults, the README's table of
-the defaults that differ and the README's Flower app run on Flower's simulation.
+suite against Flower is ``test_flower_strategy_parity``), then Flower's defaults, the
+README's table of the defaults that differ and the README's Flower app on Flower's simulation.
 """
 
 from __future__ import annotations
