@@ -16,14 +16,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-from fedcore.resolve import ResolveError
 from simulations.datasets import DATA_LOADERS, DATASET_NAMES
 from simulations.datasets.shakespeare import DEFAULT_SEQ_LEN, DEFAULT_VOCAB_SIZE
 from simulations.partition import DEFAULT_MIN_SIZE, PARTITIONS
 from simulations.scenario.errors import fail as _fail
 from simulations.scenario.errors import one_of as _one_of
+from simulations.scenario.errors import resolved as _resolved
 from simulations.scenario.section import Section
 
 # Datasets that come with their own per-client split (Dataset.groups_train), for "natural".
@@ -91,12 +90,7 @@ class DataSection(Section):
     @field_validator("loader")
     @classmethod
     def _known_loader(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                DATA_LOADERS.get(value)
-            except ResolveError as exc:
-                raise PydanticCustomError("scenario", str(exc)) from None
-        return value
+        return value if value is None else _resolved(value, DATA_LOADERS.get)
 
     @field_validator("partition")
     @classmethod

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
+from fedcore.resolve import ResolveError
 from fedcore.settings import describe
 
 
@@ -34,6 +35,16 @@ def one_of(kind: str, value: str, known: typing.Iterable[str]) -> str:
         raise PydanticCustomError(
             "unknown_name", f"unknown {kind} {value!r} (known: {', '.join(known)})"
         )
+    return value
+
+
+def resolved(value: str, resolve: Callable[[str], object]) -> str:
+    """``value`` once ``resolve`` (a registry's or an import's lookup) finds what it names;
+    else its ``ResolveError`` as the key's error."""
+    try:
+        resolve(value)
+    except ResolveError as exc:
+        raise PydanticCustomError("scenario", str(exc)) from None
     return value
 
 

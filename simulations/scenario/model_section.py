@@ -19,9 +19,10 @@ from pydantic_core import PydanticCustomError
 
 from fedcore.models import MODELS
 from fedcore.models.registry import model_builder
-from fedcore.resolve import ResolveError, is_reference
+from fedcore.resolve import is_reference
 from simulations.scenario.errors import fail as _fail
 from simulations.scenario.errors import one_of as _one_of
+from simulations.scenario.errors import resolved as _resolved
 from simulations.scenario.model_fit import WIDTH_OF, builder_parameters, one_width_key
 from simulations.scenario.section import Section
 
@@ -75,11 +76,7 @@ class ModelSection(Section):
             return None
         if not is_reference(value) and value not in MODELS:
             return _one_of("model", value, MODELS)
-        try:
-            model_builder(value)
-        except ResolveError as exc:
-            raise PydanticCustomError("scenario", str(exc)) from None
-        return value
+        return _resolved(value, model_builder)
 
     @field_validator("hidden", mode="before")
     @classmethod

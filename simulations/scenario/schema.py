@@ -34,6 +34,7 @@ from simulations.population import PopulationSection, population_defaults
 from simulations.scenario.data_section import NATURAL_DATASETS, DataSection, Fraction
 from simulations.scenario.errors import fail as _fail
 from simulations.scenario.errors import one_of as _one_of
+from simulations.scenario.errors import resolved as _resolved
 from simulations.scenario.model_section import ModelSection
 from simulations.scenario.section import Section
 from simulations.secagg_section import SecAggSection, secagg_misfit, switch_on_with_table
@@ -79,11 +80,7 @@ class FederationSection(Section):
     def _known_strategy(cls, value: str) -> str:
         if not is_reference(value) and value not in known_strategies():  # registered now
             return _one_of("strategy", value, known_strategies())
-        try:
-            strategy_spec(value)
-        except ResolveError as exc:
-            raise PydanticCustomError("scenario", str(exc)) from None
-        return value
+        return _resolved(value, strategy_spec)
 
     @field_validator("compression")
     @classmethod

@@ -7,16 +7,14 @@ import pytest
 
 from aggregator.asynchronous import idle_cohort
 from aggregator.evaluation import evaluation_sample
-from aggregator.rounds import StopRun
 from aggregator.store import Store
 from fedcore.evaluate import evaluate
 from fedcore.models import build_model
 from fedcore.objectives import objective
 from fedcore.split import local_split
-from simulations.lifecycle import resume_run, run_scenario
 from simulations.prepare import prepare_scenario
 from simulations.scenario import scenario_from_dict
-from tests.aggregator.test_asynchronous import run, scenario
+from tests.aggregator.test_asynchronous import paused_and_resumed, run, scenario
 
 EVALUATION = {"every": 2, "fraction": 0.5, "local_test": 0.25}
 
@@ -78,16 +76,7 @@ def test_a_step_is_evaluated_by_idle_clients_on_their_local_test_split():
 def test_evaluations_are_stored_and_a_resumed_run_evaluates_the_same(tmp_path):
     data = with_evaluation(scenario(rounds=6, population=True, mode="async", concurrency=6,
                                     buffer=3))
-    reference = run_scenario(scenario_from_dict(data), store=Store(str(tmp_path / "a.db")))
-    store = Store(str(tmp_path / "b.db"))
-
-    def operator(outcome):
-        if outcome.number == 3:
-            store.queue_control(1, "pause")
-
-    with pytest.raises(StopRun, match="paused"):
-        run_scenario(scenario_from_dict(data), store=store, on_round=operator)
-    resumed = resume_run(store, 1)
+    reference, resumed, store = paused_and_resumed(data, tmp_path)
     np.testing.assert_array_equal(resumed.final, reference.final)
     stored = {r.number: r.evaluation for r in store.get_run(1).rounds}
     expected = {r.number: r.evaluation for r in Store(str(tmp_path / "a.db")).get_run(1).rounds}

@@ -38,6 +38,21 @@ def run(data: dict, runtime: str = "inprocess"):
     return simulate(prepare_scenario(scenario_from_dict(data)), runtime=runtime)
 
 
+def paused_and_resumed(data: dict, tmp_path, at: int = 3):
+    """Run ``data`` through (store ``a.db``) and again paused after step ``at`` and resumed
+    (store ``b.db``): the uninterrupted result, the resumed one and the resumed run's store."""
+    reference = run_scenario(scenario_from_dict(data), store=Store(str(tmp_path / "a.db")))
+    store = Store(str(tmp_path / "b.db"))
+
+    def operator(outcome):
+        if outcome.number == at:
+            store.queue_control(1, "pause")
+
+    with pytest.raises(StopRun, match="paused"):
+        run_scenario(scenario_from_dict(data), store=store, on_round=operator)
+    return reference, resume_run(store, 1), store
+
+
 @pytest.mark.parametrize(
     ("rule", "staleness", "expected"),
     [
@@ -116,16 +131,7 @@ def test_bad_async_settings_are_one_line_naming_the_key(change, message):
 def test_pause_then_resume_continues_in_flight_clients_bit_for_bit(tmp_path):
     data = scenario(rounds=6, population=True, mode="async", concurrency=6, buffer=3,
                     strategy="fedadam", strategy_options={"eta": 0.01})
-    reference = run_scenario(scenario_from_dict(data), store=Store(str(tmp_path / "a.db")))
-    store = Store(str(tmp_path / "b.db"))
-
-    def operator(outcome):
-        if outcome.number == 3:
-            store.queue_control(1, "pause")
-
-    with pytest.raises(StopRun, match="paused"):
-        run_scenario(scenario_from_dict(data), store=store, on_round=operator)
-    result = resume_run(store, 1)
+    reference, result, _ = paused_and_resumed(data, tmp_path)
     assert [r.number for r in result.rounds] == [4, 5, 6]
     np.testing.assert_array_equal(result.final, reference.final)
 

@@ -1,82 +1,31 @@
-"""Issue 13: property-based fuzzing of what clients send the server, in plain, compressed and
-SecAgg+ rounds. Hostile replies (wrong types, shapes, dtypes, sizes, non-finite values,
-absurd counts and options, truncated payloads, missing records, duplicates) are mixed with
-honest ones; every round completes, every hostile client is rejected with a reason, the
-model stays finite and equals the honest clients' FedAvg mean."""
+"""Issue 13: property-based fuzzing of what clients send the server, in plain and compressed
+rounds (SecAgg+: ``test_fuzz_secagg``; the honest clients: ``fuzz_clients``). Hostile replies
+(wrong types, shapes, dtypes, sizes, non-finite values, absurd counts and options, truncated
+payloads, missing records, duplicates) are mixed with honest ones; every round completes,
+every hostile client is rejected with a reason, the model stays finite and equals the honest
+clients' FedAvg mean."""
 
 import math
 
 import numpy as np
-import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-from hypothesis import HealthCheck, given, settings
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message
+from hypothesis import given
 from hypothesis import strategies as st
 
-from aggregator.rounds import FederationConfig, run_federation
-from aggregator.secagg import SecAggConfig
-from aggregator.strategies import build_strategy
 from client_runtime.app import partition_id
-from client_runtime.compression import compress_update
-from client_runtime.secagg_app import TrainOutput, register_secagg
 from fedcore import compression, protocol
-from fedcore.secagg import messages
-from fedcore.secagg.fixedpoint import FixedPoint
-from fedcore.settings import TrainSettings
 from fedcore.wire import VECTOR_KEY, vector_record
 from simulations.runtimes.inprocess import InProcessGrid
-
-SIZE = 16
-N = 8
-
-
-def fuzz(examples):
-    """Hypothesis settings for a fuzz test: derandomised (the same cases on every CI run)."""
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-
-
-COUNTS = {"plain": 0, "int8": 0, "secagg": 0}
-
-
-def honest_app(codec="none"):
-    """Client k trains global + k (int8: the same delta, which int8 encodes exactly) on k + 1
-    examples, and declares k + 1 examples when asked."""
-    app = ClientApp()
-
-    @app.query()
-    def query(msg, context):
-        k = partition_id(context)
-        info = ConfigRecord({"partition_id": k, "num_examples": k + 1})
-        return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
-
-    def local(msg, context):
-        k = partition_id(context)
-        base = np.asarray(msg.content[protocol.GLOBAL]["vector"].numpy(), np.float32)
-        return TrainOutput(base + np.float32(k), k + 1, k / 10, 0.0)
-
-    @app.train()
-    def train(msg, context):
-        out = local(msg, context)
-        metrics = {"num_examples": out.num_examples, "train_loss": out.loss, "seconds": 0.0}
-        content = RecordDict({protocol.METRICS: MetricRecord(metrics)})
-        if codec == "none":
-            content[protocol.UPDATE] = vector_record(out.params)
-        else:
-            base = np.asarray(msg.content[protocol.GLOBAL]["vector"].numpy(), np.float32)
-            content[protocol.UPDATE], content[protocol.CODEC] = compress_update(
-                out.params, base, codec, {}, context.state, seed=1
-            )
-        return Message(content, reply_to=msg)
-
-    register_secagg(app, local)
-    return app
-
+from tests.aggregator.fuzz_clients import (
+    COUNTS,
+    SIZE,
+    N,
+    fuzz,
+    honest_app,
+    hostile_clients,
+    one_round,
+    replace_array,
+)
 
 # --- hostile train replies ----------------------------------------------------------------
 
@@ -157,14 +106,6 @@ INT8 = st.one_of(
 )
 
 
-def _replace_array(record, key, **changes):
-    old = record[key]
-    fields = {"dtype": old.dtype, "shape": tuple(old.shape), "stype": old.stype}
-    fields["data"] = bytes(old.data)
-    fields.update(changes)
-    record[key] = Array(**fields)
-
-
 def mutate_train(answer, msg, kind, param, declared):
     """Apply one hostile change to an honest train reply (or replace it)."""
     content = answer.content
@@ -184,16 +125,16 @@ def mutate_train(answer, msg, kind, param, declared):
     elif kind == "truncate":
         key, cut = param
         data = bytes(update[key].data)
-        _replace_array(update, key, data=data[: max(0, len(data) - cut)])
+        replace_array(update, key, data=data[: max(0, len(data) - cut)])
     elif kind == "garbage":
         key, data = param
-        _replace_array(update, key, data=data)
+        replace_array(update, key, data=data)
     elif kind == "dtype":
         key, dtype = param
-        _replace_array(update, key, dtype=dtype)
+        replace_array(update, key, dtype=dtype)
     elif kind == "shape":
         key, shape = param
-        _replace_array(update, key, shape=shape)
+        replace_array(update, key, shape=shape)
     elif kind == "extra":
         update["extra"] = Array(np.zeros(param, np.float32))
     elif kind == "nonfinite":
@@ -244,23 +185,6 @@ class TwiceGrid(InProcessGrid):
         return out + [m for m in out if m.metadata.src_node_id in self.twice]
 
 
-def one_round(app, grid=None, codec="none", secagg=None):
-    train = protocol.TrainInstructions(
-        0, protocol.ModelSpec("toy"), TrainSettings(), 0, compression=codec
-    )
-    config = FederationConfig(1, N, train, seed=3, secagg=secagg)
-    outcomes = []
-    final = run_federation(
-        grid or InProcessGrid(app, N),
-        config,
-        np.zeros(SIZE, np.float32),
-        build_strategy("fedavg"),
-        lambda p: (0.0, 0.0),
-        outcomes.append,
-    )
-    return final, outcomes[0]
-
-
 def fedavg(honest):
     return sum(k * (k + 1) for k in honest) / sum(k + 1 for k in honest)
 
@@ -283,10 +207,6 @@ def check_round(final, outcome, hostile, duplicated=()):
     assert all(not c.accepted and "duplicate" in c.reason for c in extra)
 
 
-def hostile_clients(mutations, low, high):
-    return st.dictionaries(st.integers(0, N - 1), mutations, min_size=low, max_size=high)
-
-
 @fuzz(300)
 @given(hostile=hostile_clients(PLAIN, 2, 3), twice=st.sets(st.integers(0, N - 1), max_size=2))
 def test_plain_rounds_reject_every_hostile_reply(hostile, twice):
@@ -303,140 +223,6 @@ def test_compressed_rounds_reject_every_hostile_reply(hostile):
     final, outcome = one_round(HostileApp("int8", hostile), codec="int8")
     check_round(final, outcome, hostile)
     COUNTS["int8"] += len(hostile)
-
-
-# --- SecAgg+ ---------------------------------------------------------------------------------
-
-STAGE_TYPES = {
-    "advertise": "query.secagg_advertise",
-    "share": "query.secagg_share",
-    "masked": "train.secagg_masked",
-}
-SECAGG = st.tuples(
-    st.sampled_from(sorted(STAGE_TYPES)),
-    st.one_of(
-        st.tuples(st.just("body"), st.binary(max_size=120)),
-        st.tuples(st.just("stage"), st.sampled_from(["share", "unmask", "", "advertise "])),
-        st.tuples(st.just("no_record"), st.none()),
-        st.tuples(st.just("error"), st.text(max_size=20)),
-        st.tuples(st.just("field"), st.integers(0, 5)),
-        st.tuples(st.just("vector"), st.sampled_from(["truncate", "dtype", "shape", "drop"])),
-    ),
-)
-
-
-def _tamper_fields(stage, parsed, which):
-    """A structurally wrong but parseable variant of an honest stage reply."""
-    import dataclasses
-
-    if stage == "advertise":
-        options = [
-            {"c_pks": (bytes(32), *parsed.c_pks[1:])},  # a low-order key
-            {"s_pks": parsed.c_pks},  # keys not distinct
-            {"c_pks": parsed.c_pks[:-1]},  # lists differ in length
-            {"c_pks": (b"short", *parsed.c_pks[1:])},
-            {"slots": tuple(reversed(parsed.slots))},
-            {"slots": (), "c_pks": (), "s_pks": ()},
-        ]
-    elif stage == "share":
-        options = [
-            {"recipients": parsed.recipients[1:], "ciphertexts": parsed.ciphertexts[1:]},
-            {"ciphertexts": parsed.ciphertexts[1:]},
-            {"commitment": b"x" * 31},
-            {"recipients": (*parsed.recipients[:-1], 99)},
-            {"session": b"0" * 16},
-            {"recipients": (), "ciphertexts": ()},
-        ]
-    else:
-        size = parsed.masked.size
-        options = [
-            {"masked": parsed.masked[:-1]},
-            {"masked": parsed.masked.astype(np.int64)},
-            {"masked": np.zeros(size + 5, np.uint32)},
-            {"session": b"1" * 16},
-            {"masked": parsed.masked.astype(np.float32)},
-            {"masked": np.zeros(0, np.uint32)},
-        ]
-    return dataclasses.replace(parsed, **options[which % len(options)])
-
-
-def mutate_secagg(answer, msg, stage, kind, param):
-    if kind == "error":
-        return Message(Error(code=0, reason=param), reply_to=msg)
-    content = answer.content
-    record = content[messages.RECORD]
-    if kind == "body":
-        record["body"] = param
-    elif kind == "stage":
-        record["stage"] = param if param != stage else param + "!"
-    elif kind == "no_record":
-        del content[messages.RECORD]
-    elif kind == "field":
-        kinds = {"advertise": messages.KeysReply, "share": messages.ShareReply}
-        parsed = messages.from_content(kinds.get(stage, messages.MaskReply), content)
-        changed = _tamper_fields(stage, parsed, param)
-        new = messages.to_content(changed)
-        for name in list(content):
-            del content[name]
-        for name, value in new.items():
-            content[name] = value
-    elif kind == "vector":
-        if stage != "masked" or param == "drop":
-            content.pop(messages.MASKED, None)
-            if stage != "masked":
-                record["body"] = record["body"][:-1]
-        else:
-            old = content[messages.MASKED][VECTOR_KEY]
-            changes = {
-                "truncate": {"data": bytes(old.data)[:-3]},
-                "dtype": {"dtype": "complex64"},
-                "shape": {"shape": (old.shape[0] + 1,)},
-            }[param]
-            _replace_array(content[messages.MASKED], VECTOR_KEY, **changes)
-    return answer
-
-
-class HostileSecAggApp:
-    def __init__(self, hostile):
-        self.app, self.hostile = honest_app(), hostile
-
-    def __call__(self, msg, context):
-        answer = self.app(msg, context)
-        k = partition_id(context)
-        if k not in self.hostile or answer.has_error():
-            return answer
-        stage, (kind, param) = self.hostile[k]
-        if msg.metadata.message_type != STAGE_TYPES[stage]:
-            return answer
-        return mutate_secagg(answer, msg, stage, kind, param)
-
-
-def secagg_mean(honest, n=N, max_weight=8.0):
-    enc = FixedPoint.for_round(n, SecAggConfig.clip, max_weight)
-    w = np.array([enc.weight_units(k + 1) for k in honest], np.float64)
-    value = sum(k * wk for k, wk in zip(honest, w, strict=True)) / w.sum()
-    return value, enc.error_bound(n, w.sum())
-
-
-@fuzz(80)
-@given(hostile=hostile_clients(SECAGG, 1, 2))
-def test_secagg_rounds_drop_every_hostile_participant(hostile):
-    final, outcome = one_round(HostileSecAggApp(hostile), secagg=SecAggConfig(t=5, max_weight=8))
-    honest = [k for k in range(N) if k not in hostile]
-    value, bound = secagg_mean(honest)
-    assert np.isfinite(final).all()
-    np.testing.assert_allclose(final, value, atol=bound + 1e-6)
-    for c in outcome.clients:
-        assert c.accepted == (c.client_id not in hostile), (c, hostile.get(c.client_id))
-        assert c.accepted or c.reason
-    COUNTS["secagg"] += len(hostile)
-
-
-def test_at_least_a_thousand_hostile_replies_were_tried():
-    if not all(COUNTS.values()):
-        pytest.skip("run with the fuzz tests above (same module, default order)")
-    print("hostile replies tried:", COUNTS)
-    assert sum(COUNTS.values()) >= 1000, COUNTS
 
 
 def test_compression_codecs_round_trip_the_honest_update():
