@@ -1,14 +1,12 @@
 """The honest side of the reply fuzzers (``test_fuzz_replies``: plain and compressed rounds,
 ``test_fuzz_secagg``: SecAgg+): ``N`` in-process clients whose honest answers give a known
-mean, one federated round over them, the hypothesis settings every fuzzer uses and the count of
-hostile replies tried."""
+mean, one federated round over them and the count of hostile replies tried."""
 
 from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from aggregator.rounds import FederationConfig, run_federation
@@ -23,17 +21,6 @@ from simulations.runtimes.inprocess import InProcessGrid
 
 SIZE = 16
 N = 8
-
-
-def fuzz(examples):
-    """Hypothesis settings for a fuzz test: derandomised (the same cases on every CI run)."""
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
 
 
 # hostile replies tried, by fuzzer (test_fuzz_secagg checks the total)

@@ -20,12 +20,12 @@ from tests.aggregator.fuzz_clients import (
     COUNTS,
     SIZE,
     N,
-    fuzz,
     honest_app,
     hostile_clients,
     one_round,
     replace_array,
 )
+from tests.fuzzing import fuzz
 
 # --- hostile train replies ----------------------------------------------------------------
 

@@ -17,12 +17,12 @@ from fedcore.wire import VECTOR_KEY
 from tests.aggregator.fuzz_clients import (
     COUNTS,
     N,
-    fuzz,
     honest_app,
     hostile_clients,
     one_round,
     replace_array,
 )
+from tests.fuzzing import fuzz
 
 STAGE_TYPES = {
     "advertise": "query.secagg_advertise",

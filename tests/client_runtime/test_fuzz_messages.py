@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from client_runtime.app import make_client_app
@@ -24,6 +24,7 @@ from fedcore.secagg import messages
 from fedcore.settings import TrainSettings
 from fedcore.wire import VECTOR_KEY, vector_record
 from simulations.runtimes.inprocess import InProcessGrid
+from tests.fuzzing import fuzz
 
 BUDGET = 64 << 20  # the device's memory budget, bytes
 X = np.random.default_rng(0).standard_normal((24, 8)).astype(np.float32)
@@ -195,17 +196,7 @@ def hostile_instructions(draw):
     return config
 
 
-def _fuzz(examples):
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-
-
-@_fuzz(250)
+@fuzz(250)
 @given(config=hostile_instructions())
 def test_hostile_instructions_get_an_error_reply(config):
     reply = deliver(train_message(config))
@@ -222,7 +213,7 @@ BAD_VECTORS = st.one_of(
 )
 
 
-@_fuzz(120)
+@fuzz(120)
 @given(change=BAD_VECTORS)
 def test_broken_global_vectors_get_an_error_reply(change):
     kind, param = change
@@ -258,7 +249,7 @@ SECAGG_TYPES = {
 }
 
 
-@_fuzz(150)
+@fuzz(150)
 @given(
     message_type=st.sampled_from(sorted(SECAGG_TYPES)),
     body=st.one_of(st.binary(max_size=300), st.just(b"\xff" * 64)),
@@ -277,7 +268,7 @@ def test_a_key_request_for_absurdly_many_keys_is_refused(count):
     assert reply.has_error() and "key pairs" in reply.error.reason
 
 
-@_fuzz(60)
+@fuzz(60)
 @given(
     scenario=st.one_of(
         st.sampled_from(["/etc/passwd", "/dev/zero", "~/.ssh/id_rsa", "relative/path.toml"]),
