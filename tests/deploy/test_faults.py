@@ -185,4 +185,4 @@ def test_a_killed_superlink_is_resumed_and_nothing_counts_twice(fleet, tmp_path)
     np.testing.assert_array_equal(deployed, run_scenario(load_scenario(devices.scenario)).final)
     for i in range(3):  # the same agents, started once, rejoined by themselves
         assert agents[i].poll() in (None, 0), fleet.output(f"dev-{i}")
-        assert "rejoined the SuperLink" in fleet.output(f"dev-{i}"), fleet.output(f"dev-{i}")
+        assert "the SuperLink is back" in fleet.output(f"dev-{i}"), fleet.output(f"dev-{i}")
