@@ -139,12 +139,19 @@ class Deployment:
                         who += f" ({names[c.node_id]})" if c.node_id in names else ""
                         why = f"round {row.number}: {who} rejected: {untrusted(c.reason)}"
                         err_console.print(why, markup=False)
+            # Before the run's status and `flwr run`: both follow a SuperLink that died (the
+            # ServerApp records a failure, `flwr run` exits), and the run is then paused.
+            if not self.superlink.running():
+                self.lost_superlink = f"the SuperLink exited ({self.superlink.popen.returncode})"
+                return f"the SuperLink exited ({self.superlink.popen.returncode}): " + (
+                    self.superlink.tail(3) or "no output"
+                )
             if run.status != "running":
                 self._let_flwr_run_finish()
                 return None
             if not self.submitted.running():
                 time.sleep(1.0)  # the ServerApp may still be committing its last words
-                if store.get_run(run_id).status != "running":
+                if store.get_run(run_id).status != "running" or not self.superlink.running():
                     continue
                 return f"`flwr run` exited ({self.submitted.popen.returncode}): " + (
                     self.submitted.tail(3) or "no output"
@@ -152,11 +159,6 @@ class Deployment:
             if self.gateway is not None and not self.gateway.running():
                 return f"the Fleet gateway exited ({self.gateway.popen.returncode}): " + (
                     self.gateway.tail(3) or "no output"
-                )
-            if not self.superlink.running():
-                self.lost_superlink = f"the SuperLink exited ({self.superlink.popen.returncode})"
-                return f"the SuperLink exited ({self.superlink.popen.returncode}): " + (
-                    self.superlink.tail(3) or "no output"
                 )
             time.sleep(poll)
 
