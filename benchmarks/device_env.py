@@ -124,10 +124,18 @@ def build_device_env(root: Path, work: Path) -> DeviceEnv:
     wheel = build_wheel(work)
     _run([sys.executable, "-m", "venv", str(root)], dict(os.environ))
     env = DeviceEnv(root)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     _run([str(env.python), "-m", "pip", "install", "-q", *sources, str(wheel)],
-         {**clean, **OFFLINE})  # fmt: skip
+         {**isolated_environment(), **OFFLINE})  # fmt: skip
+    if not env.bin("fedcore-device").exists():  # pip saw them installed elsewhere: did nothing
+        raise RuntimeError(f"the device install in {root} has no fedcore-device script")
     return env
+
+
+def isolated_environment() -> dict[str, str]:
+    """This process's environment without what points a Python at other packages (``PYTHON*``
+    such as a ``PYTHONPATH`` that Ray leaves behind, ``VIRTUAL_ENV``) or configures pip."""
+    drop = ("PIP_", "PYTHON", "VIRTUAL_ENV")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
 def _run(argv: list[str], env: dict[str, str]) -> None:

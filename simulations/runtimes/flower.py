@@ -43,10 +43,25 @@ def run_on_flower(
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
         "init_args": {"include_dashboard": False, "logging_level": logging.ERROR},
     }
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=num_nodes,
-        backend_config=backend_config,
-        verbose_logging=verbose,
-    )
+    before = dict(os.environ)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_nodes,
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )
+    finally:
+        restore_environment(before)
+
+
+def restore_environment(before: dict[str, str]) -> None:
+    """Undo what Ray wrote into this process's environment while it ran (``PYTHONPATH`` with
+    this venv's site-packages, ``PYTHONBREAKPOINT``...): every program started afterwards would
+    inherit it, and a fresh venv started with that ``PYTHONPATH`` sees this one's packages."""
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value

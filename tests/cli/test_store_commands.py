@@ -53,7 +53,7 @@ def test_models_export(stored, fmt):
         tensors = np.load(out)
         assert sum(tensors[k].size for k in tensors.files) == 64 * 64 + 64 + 64 * 10 + 10
     if fmt == "onnx":
-        said = " ".join(result.stdout.split())  # the console wraps at 80 columns, where the path ends
+        said = " ".join(result.stdout.split())  # the console wraps at 80 columns
         assert "onnxruntime matches the engine" in said
 
 

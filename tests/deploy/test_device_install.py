@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from aggregator.store import Store
-from benchmarks.device_env import SERVER_MODULES, NoWheels, build_device_env, wheel_sources
+from benchmarks.device_env import (
+    SERVER_MODULES,
+    NoWheels,
+    build_device_env,
+    isolated_environment,
+    wheel_sources,
+)
 from deploy.node import NodeData
 from tests.deploy.fleet import example, loopback_address, needs_flower
 
@@ -38,10 +44,8 @@ def device_env(tmp_path_factory):
 
 
 def run(env, *argv: str, **kwargs) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    return subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=120, env=clean, cwd=env.root, **kwargs
-    )
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120,
+                          env=isolated_environment(), cwd=env.root, **kwargs)  # fmt: skip
 
 
 def test_the_device_install_has_no_server_parts(device_env):
