@@ -6,7 +6,10 @@ only records itself: the run's ``StoreHooks`` pause it before the next round (th
 progress is finished and committed first), and the command says how to continue. A second
 signal raises ``KeyboardInterrupt`` at once; the run is then recorded ``paused`` and resumes
 from its last committed round (later signals are ignored, so that record and the cleanup of
-child processes are not cut short). Either way ``fedcore runs resume`` (or ``fedcore server
+child processes are not cut short). A second signal that lands inside a finaliser (a weakref
+callback or ``__del__``, where Python prints and drops exceptions) is delivered again a
+millisecond later (by a one-shot SIGALRM timer, so outside the finaliser), so it is neither lost
+nor shown as a traceback. Either way ``fedcore runs resume`` (or ``fedcore server
 --resume``) ends with the model of an uninterrupted run, bit for bit; only ``fedcore runs
 abort`` makes a run final.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -41,19 +45,43 @@ class Interrupts:
         self.preparing = False
         self.count = 0  # signals received
         self._previous: dict[int, Any] = {}
+        self._previous_hook: Any = None
+        self._stop: KeyboardInterrupt | None = None  # the second signal's exception, once raised
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if signal.SIGALRM in self._previous:  # a redelivery timer was armed: disarm it
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous.pop(signal.SIGALRM))
         for sig, handler in self._previous.items():
             # Interrupted: the run is paused and the command is on its way out (saying how to
             # continue); a further signal must not cut that short with a bare traceback.
             signal.signal(sig, self._late if self.count else handler)
         self._previous.clear()
+        if self._previous_hook is not None:
+            sys.unraisablehook, self._previous_hook = self._previous_hook, None
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """Python dropped an exception; if it is our stop, deliver the signal again."""
+        if self._stop is not None and unraisable.exc_value is self._stop:
+            self._stop = None
+            self.count = 1  # the redelivered signal is the second again
+            # Not interrupt_main(): its handler would run before this hook returns, and be
+            # dropped again. A timer fires once Python is back outside the finaliser.
+            if signal.SIGALRM not in self._previous:
+                self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._redeliver)
+            signal.setitimer(signal.ITIMER_REAL, 0.001)
+            return
+        self._previous_hook(unraisable)
+
+    def _redeliver(self, signum: int, frame: FrameType | None) -> None:
+        self._handle(self.signum or signal.SIGINT, frame)
 
     def _late(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
@@ -67,7 +95,8 @@ class Interrupts:
         self.count += 1
         if self.count == 2:
             self.signum = signum  # the one that stopped the command
-            raise KeyboardInterrupt(f"{signal.Signals(signum).name} (second interrupt)")
+            self._stop = KeyboardInterrupt(f"{signal.Signals(signum).name} (second interrupt)")
+            raise self._stop
         if self.count > 2:
             return
         self.signal, self.signum = signal.Signals(signum).name, signum
