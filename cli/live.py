@@ -58,6 +58,48 @@ class RoundProgress:
                 console.print()  # Live leaves the cursor after the bar when not a terminal
 
 
+def run_summary(
+    run: Any,
+    db_url: str,
+    seconds: float,
+    language_model: bool = False,
+    initial_test_loss: float | None = None,
+) -> dict[str, Any]:
+    """What a run reports when it ends, read from its stored row (``Store.get_run``): the same
+    keys for ``fedcore simulate``, ``fedcore runs resume`` and ``fedcore server``."""
+    rounds = sorted(run.rounds, key=lambda r: r.number)
+    last = rounds[-1] if rounds else None
+    summary: dict[str, Any] = {
+        "run_id": run.id,
+        "status": run.status,
+        "scenario": run.name,
+        "runtime": run.runtime,
+        "rounds": len(rounds),
+        "last_round": last.number if last else None,
+        "final_test_accuracy": last.test_accuracy if last else None,
+        "final_test_loss": last.test_loss if last else None,
+        "final_federated": _final_federated(rounds),
+        "seconds": round(seconds, 3),
+        "db": db_url,
+    }
+    if language_model and last is not None and last.test_loss is not None:
+        from fedcore.evaluate import perplexity
+
+        summary["final_test_perplexity"] = perplexity(last.test_loss)
+        if initial_test_loss is not None:
+            summary["initial_test_perplexity"] = perplexity(initial_test_loss)
+    return summary
+
+
+def _final_federated(rounds: list[Any]) -> dict[str, Any] | None:
+    """The last stored federated evaluation's summary (with ``metric_name``), or None."""
+    for r in reversed(rounds):
+        if r.evaluation and r.evaluation.get("summary"):
+            metric = r.evaluation.get("metric", "accuracy")
+            return {**r.evaluation["summary"], "round": r.number, "metric_name": metric}
+    return None
+
+
 def print_summary(summary: dict[str, Any], as_json: bool) -> None:
     """The end of a run: one JSON line for scripts, or one sentence for people."""
     if as_json:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.errors import fail, run_stops
-from cli.live import RoundProgress, print_summary
+from cli.live import RoundProgress, print_summary, run_summary
 from cli.options import Db, Json, OldBackend, Runtime, output_file, output_format, renamed
 from cli.render import RoundRow, csv_cell, round_table, untrusted
 from cli.store_access import open_store, round_dict, run_dict
@@ -189,10 +189,7 @@ def resume(
                 )
         except (StoreError, CheckpointError, ScenarioError) as exc:
             fail(str(exc))
-    from cli.simulate import run_summary
-
-    summary = run_summary(result, store.url, False)
-    summary["rounds"] = len(store.get_run(run_id).rounds)
+    summary = run_summary(store.get_run(run_id), store.url, result.seconds)
     print_summary(summary, as_json)
 
 

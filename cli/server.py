@@ -28,7 +28,7 @@ import typer
 
 from cli.deployment import Deployment, StartError
 from cli.errors import FAILED, err_console, fail, interrupted, stop_if_interrupted, stopped
-from cli.live import RoundProgress, print_summary
+from cli.live import RoundProgress, print_summary, run_summary
 from cli.options import Db, Json, Sets
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def server(
     from simulations.reports import write_stored_report
 
     seconds = time.perf_counter() - start
-    summary = _summary(run, store.url, address, seconds)
+    summary = {**run_summary(run, store.url, seconds), "address": address}
     folder = store.checkpoint_root / f"run-{run_id}" / "report"
     summary["report"] = [str(p) for p in write_stored_report(run, folder, seconds)]
     print_summary(summary, as_json)
@@ -343,32 +343,3 @@ def _finish_if_running(store: Store, run_id: int, status: str, error: str) -> No
     """Record how a run ended when the ServerApp could not (it died or never started)."""
     if store.get_run(run_id).status == "running":
         store.finish_run(run_id, status, error=error)
-
-
-def _summary(run: Any, db_url: str, address: str, seconds: float) -> dict[str, Any]:
-    """What a finished deployed run reports (the keys ``fedcore simulate --json`` has)."""
-    rounds = sorted(run.rounds, key=lambda r: r.number)
-    last = rounds[-1] if rounds else None
-    return {
-        "run_id": run.id,
-        "status": run.status,
-        "scenario": run.name,
-        "runtime": run.runtime,
-        "address": address,
-        "rounds": len(rounds),
-        "last_round": last.number if last else None,
-        "final_test_accuracy": last.test_accuracy if last else None,
-        "final_test_loss": last.test_loss if last else None,
-        "final_federated": _final_federated(rounds),
-        "seconds": round(seconds, 3),
-        "db": db_url,
-    }
-
-
-def _final_federated(rounds: list[Any]) -> dict[str, Any] | None:
-    """The last stored federated evaluation's summary (with ``metric_name``), or None."""
-    for r in reversed(rounds):
-        if r.evaluation and r.evaluation.get("summary"):
-            return {**r.evaluation["summary"], "round": r.number,
-                    "metric_name": r.evaluation.get("metric", "accuracy")}
-    return None

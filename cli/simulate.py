@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cli.errors import fail, run_stops, stop_if_interrupted
-from cli.live import RoundProgress, print_summary
+from cli.live import RoundProgress, print_summary, run_summary
 from cli.options import Db, Json, OldBackend, Runtime, Sets, renamed
 
 
@@ -104,39 +104,12 @@ def simulate(
 
     folder = report or store.checkpoint_root / f"run-{result.run_id}" / "report"
     written = write_report(result, folder)
-    summary = run_summary(result, store.url, prepared.data.sequence_targets)
+    summary = run_summary(
+        store.get_run(result.run_id),
+        store.url,
+        result.seconds,
+        prepared.data.sequence_targets,
+        result.initial_test_loss,
+    )
     summary["report"] = [str(path) for path in written]
     print_summary(summary, as_json)
-
-
-def run_summary(result: Any, db_url: str, language_model: bool) -> dict[str, Any]:
-    """What a finished simulation reports (a ``SimulationResult``)."""
-    last = result.rounds[-1] if result.rounds else None
-    summary: dict[str, Any] = {
-        "run_id": result.run_id,
-        "status": "completed",
-        "scenario": result.scenario.name,
-        "runtime": result.runtime,
-        "rounds": len(result.rounds),
-        "last_round": last.number if last else None,
-        "final_test_accuracy": last.test_accuracy if last else None,
-        "final_test_loss": last.test_loss if last else None,
-        "final_federated": final_federated(result.rounds),
-        "seconds": round(result.seconds, 3),
-        "db": db_url,
-    }
-    if language_model and last is not None and last.test_loss is not None:
-        from fedcore.evaluate import perplexity
-
-        summary["final_test_perplexity"] = perplexity(last.test_loss)
-        if getattr(result, "initial_test_loss", None) is not None:
-            summary["initial_test_perplexity"] = perplexity(result.initial_test_loss)
-    return summary
-
-
-def final_federated(rounds: list[Any]) -> dict[str, Any] | None:
-    """The last federated evaluation's summary (with ``metric_name``), or None."""
-    for r in reversed(rounds):
-        if getattr(r, "evaluation", None) is not None and r.evaluation.clients:
-            return {**r.evaluation.summary, "round": r.number, "metric_name": r.evaluation.metric}
-    return None

@@ -106,46 +106,37 @@ def _qfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
 _DP = {"noise_multiplier": 1.0, "target_delta": 1e-5}
 
 
-@register(
+def _central_dp(name: str, options: dict[str, Any], doc: str, flower: str, adaptive: bool) -> None:
+    """Register a central-DP FedAvg: a uniform mean of the clipped deltas, noised and accounted
+    by ``DifferentialPrivacy`` (fixed clipping, or adaptive: the norm follows a quantile)."""
+    clip = "initial_clipping_norm" if adaptive else "clipping_norm"
+    tuning = ("target_quantile", "clip_lr") if adaptive else ()
+
+    @register(name, {**_DP, **options}, doc, flower)
+    def build(o: dict[str, Any], c: StrategyContext) -> Strategy:
+        privacy = DifferentialPrivacy(
+            o["noise_multiplier"],
+            o[clip],
+            c.clients_per_round,
+            c.num_clients,
+            o["target_delta"],
+            adaptive=adaptive,
+            **{k: o[k] for k in tuning},
+        )
+        return Strategy(name, lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy)
+
+
+_central_dp(
     "dpfedavg",
-    {**_DP, "clipping_norm": 1.0},
+    {"clipping_norm": 1.0},
     "central DP, fixed clipping",
     "DifferentialPrivacyServerSideFixedClipping",
+    adaptive=False,
 )
-def _dpfedavg(o: dict[str, Any], c: StrategyContext) -> Strategy:
-    privacy = DifferentialPrivacy(
-        o["noise_multiplier"],
-        o["clipping_norm"],
-        c.clients_per_round,
-        c.num_clients,
-        o["target_delta"],
-    )
-    return Strategy("dpfedavg", lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy)
-
-
-@register(
+_central_dp(
     "dpfedavg-adaptive",
-    {
-        **_DP,
-        "noise_multiplier": 0.1,
-        "initial_clipping_norm": 0.1,
-        "target_quantile": 0.5,
-        "clip_lr": 0.2,
-    },
+    {"noise_multiplier": 0.1, "initial_clipping_norm": 0.1, "target_quantile": 0.5, "clip_lr": 0.2},
     "central DP, adaptive clipping (Andrew et al., 2021)",
     "DifferentialPrivacyServerSideAdaptiveClipping",
+    adaptive=True,
 )
-def _dpfedavg_adaptive(o: dict[str, Any], c: StrategyContext) -> Strategy:
-    privacy = DifferentialPrivacy(
-        o["noise_multiplier"],
-        o["initial_clipping_norm"],
-        c.clients_per_round,
-        c.num_clients,
-        o["target_delta"],
-        adaptive=True,
-        target_quantile=o["target_quantile"],
-        clip_lr=o["clip_lr"],
-    )
-    return Strategy(
-        "dpfedavg-adaptive", lambda n, b: WeightedMean(n, b, uniform=True), privacy=privacy
-    )
