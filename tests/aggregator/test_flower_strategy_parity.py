@@ -14,40 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message
-from flwr.serverapp import strategy as fl
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from aggregator.flower_strategy import FlowerStrategy
+from tests.aggregator.flower_cases import OPTIONS, case_names, flower_strategy
 from tests.aggregator.flower_messages import FakeGrid, error_reply, numpy, record, reply
 
-# name -> (Flower's strategy, our options), both with the same hyperparameters
-PARITY = {
-    "fedavg": (lambda: fl.FedAvg(), {}),
-    "fedprox": (lambda: fl.FedProx(proximal_mu=0.3), {"proximal_mu": 0.3}),
-    "fedavgm": (
-        lambda: fl.FedAvgM(server_learning_rate=0.7, server_momentum=0.9),
-        {"server_learning_rate": 0.7, "server_momentum": 0.9},
-    ),
-    "fedadam": (
-        lambda: fl.FedAdam(eta=0.05, beta_1=0.8, beta_2=0.95, tau=1e-2),
-        {"eta": 0.05, "beta_1": 0.8, "beta_2": 0.95, "tau": 1e-2},
-    ),
-    "fedyogi": (lambda: fl.FedYogi(eta=0.05, tau=1e-2), {"eta": 0.05, "tau": 1e-2}),
-    "fedadagrad": (lambda: fl.FedAdagrad(eta=0.05, tau=1e-2), {"eta": 0.05, "tau": 1e-2}),
-    "fedmedian": (lambda: fl.FedMedian(), {}),
-    "fedtrimmedavg": (lambda: fl.FedTrimmedAvg(beta=0.2), {"beta": 0.2}),
-    "krum": (lambda: fl.Krum(num_malicious_nodes=1), {"num_malicious": 1}),
-    "multikrum": (
-        lambda: fl.MultiKrum(num_malicious_nodes=1, num_nodes_to_select=3),
-        {"num_malicious": 1, "select": 3},
-    ),
-    "bulyan": (lambda: fl.Bulyan(num_malicious_nodes=1), {"num_malicious": 1}),
-    "qfedavg": (
-        lambda: fl.QFedAvg(client_learning_rate=0.1, q=0.2),
-        {"q": 0.2, "client_learning_rate": 0.1},
-    ),
-}
 # Flower's FedAdam and QFedAvg answer a float32 model in float64 (numpy promotes their
 # float64 scalars); fedcore keeps the model's dtype (README: differences from Flower).
 PROMOTES_FLOAT32 = {"fedadam", "qfedavg"}
@@ -84,13 +57,7 @@ def _replies(values, wts, losses, errors: int) -> list[Message]:
     return made + [error_reply(len(values) + 1 + i) for i in range(errors)]
 
 
-LONG = ("qfedavg", "bulyan")  # minutes of Flower's own arithmetic: the slow subset
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n in LONG else n for n in sorted(PARITY)],
-)
+@pytest.mark.parametrize("name", case_names())
 @settings(
     max_examples=25,
     deadline=None,
@@ -98,13 +65,12 @@ LONG = ("qfedavg", "bulyan")  # minutes of Flower's own arithmetic: the slow sub
 )
 @given(data=st.data())
 def test_parity_with_flower(name, data):
-    make_flower, options = PARITY[name]
     dtype = data.draw(st.sampled_from([np.float32, np.float64]), "dtype")
     layout = data.draw(shapes, "shapes")
     seed = data.draw(st.integers(0, 2**32 - 1), "seed")
     rng = np.random.default_rng(seed)
     model = {f"layer{i}": np.asarray(rng.standard_normal(s), dtype) for i, s in enumerate(layout)}
-    flower, ours = make_flower(), FlowerStrategy(name, options)
+    flower, ours = flower_strategy(name), FlowerStrategy(name, OPTIONS[name])
     flower_model = ours_model = model
     plan = []
     for rnd in (1, 2):

@@ -1,7 +1,8 @@
 """Parity with Flower: the same replies give the same next global model (1e-6 relative).
 
-FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg, Krum, MultiKrum,
-Bulyan and QFedAvg.
+FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg, Krum,
+MultiKrum, Bulyan and QFedAvg (the table of ``flower_cases.py``, shared with the
+``FlowerStrategy`` parity suite).
 
 Each case feeds identical hand-built reply messages to Flower's ``aggregate_train`` and to
 our composition (on numpy and on array-api-strict), for three rounds so that server-optimizer
@@ -19,44 +20,10 @@ from aggregator.decode import decode_reply
 from aggregator.strategies import StrategyContext, build_strategy
 from fedcore.wire import VECTOR_KEY
 from tests.aggregator.conftest import client_vectors, reply
+from tests.aggregator.flower_cases import OPTIONS, case_names, flower_strategy
 
 SIZE, CLIENTS, ROUNDS = 2_000, 7, 3
 KEY = "num_examples"
-
-CASES = {
-    "fedavg": (lambda: fl.FedAvg(weighted_by_key=KEY), {}),
-    "fedavgm": (
-        lambda: fl.FedAvgM(weighted_by_key=KEY, server_learning_rate=0.7, server_momentum=0.9),
-        {"server_learning_rate": 0.7, "server_momentum": 0.9},
-    ),
-    "fedadam": (
-        lambda: fl.FedAdam(weighted_by_key=KEY, eta=0.05, beta_1=0.8, beta_2=0.95, tau=1e-2),
-        {"eta": 0.05, "beta_1": 0.8, "beta_2": 0.95, "tau": 1e-2},
-    ),
-    "fedyogi": (
-        lambda: fl.FedYogi(weighted_by_key=KEY, eta=0.05, tau=1e-2),
-        {"eta": 0.05, "tau": 1e-2},
-    ),
-    "fedadagrad": (
-        lambda: fl.FedAdagrad(weighted_by_key=KEY, eta=0.05, tau=1e-2),
-        {"eta": 0.05, "tau": 1e-2},
-    ),
-    "fedmedian": (lambda: fl.FedMedian(weighted_by_key=KEY), {}),
-    "fedtrimmedavg": (lambda: fl.FedTrimmedAvg(weighted_by_key=KEY, beta=0.2), {"beta": 0.2}),
-    "krum": (lambda: fl.Krum(weighted_by_key=KEY, num_malicious_nodes=1), {"num_malicious": 1}),
-    "multikrum": (
-        lambda: fl.MultiKrum(weighted_by_key=KEY, num_malicious_nodes=1, num_nodes_to_select=3),
-        {"num_malicious": 1, "select": 3},
-    ),
-    "bulyan": (lambda: fl.Bulyan(weighted_by_key=KEY, num_malicious_nodes=1), {"num_malicious": 1}),
-    "qfedavg": (
-        lambda: fl.QFedAvg(client_learning_rate=0.1, q=0.2, weighted_by_key=KEY),
-        {"q": 0.2, "client_learning_rate": 0.1},
-    ),
-}
-
-
-LONG = ("qfedavg", "bulyan")  # Flower's side takes 10-25 s on 2 busy cores: the slow subset
 
 
 def _set_current(flower, global_vector):
@@ -70,16 +37,12 @@ def _set_current(flower, global_vector):
 
 
 @pytest.mark.parametrize("device", ["cpu", "strict"])
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n in LONG else n for n in sorted(CASES)],
-)
+@pytest.mark.parametrize("name", case_names())
 def test_same_next_global_model_as_flower(name, device):
-    make_flower, options = CASES[name]
-    flower = make_flower()
+    flower = flower_strategy(name, weighted_by_key=KEY)
     ours = build_strategy(
         name,
-        {**options, "max_norm_factor": 0.0},
+        {**OPTIONS[name], "max_norm_factor": 0.0},
         StrategyContext(
             num_clients=CLIENTS, clients_per_round=CLIENTS, backend=select_backend(device)
         ),

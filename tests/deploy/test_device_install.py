@@ -48,15 +48,20 @@ def run(env, *argv: str, **kwargs) -> subprocess.CompletedProcess:
                           env=isolated_environment(), cwd=env.root, **kwargs)  # fmt: skip
 
 
+def python_json(env, code: str):
+    """Run ``code`` with the device venv's python; what it printed, as JSON."""
+    done = run(env, str(env.python), "-c", "import json\n" + code)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def test_the_device_install_has_no_server_parts(device_env):
     code = (
-        "import importlib.util, json\n"
+        "import importlib.util\n"
         f"print(json.dumps([m for m in {list(SERVER_MODULES)!r} "
         "if importlib.util.find_spec(m) is not None]))\n"
     )
-    done = run(device_env, str(device_env.python), "-c", code)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == []  # not even installed
+    assert python_json(device_env, code) == []  # not even installed
 
 
 def test_the_agent_runs_and_imports_none_of_them(device_env):
@@ -64,13 +69,11 @@ def test_the_agent_runs_and_imports_none_of_them(device_env):
     assert done.returncode == 0, done.stderr
     assert "--superlink" in done.stdout
     code = (
-        "import importlib, json, sys\n"
+        "import importlib, sys\n"
         f"for m in {DEVICE_IMPORTS!r}: importlib.import_module(m)\n"
         "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))\n"
     )
-    done = run(device_env, str(device_env.python), "-c", code)
-    assert done.returncode == 0, done.stderr
-    loaded = set(json.loads(done.stdout))
+    loaded = set(python_json(device_env, code))
     assert not loaded & set(SERVER_MODULES), sorted(loaded & set(SERVER_MODULES))
     # the installed copy, not this checkout
     where = run(device_env, str(device_env.python), "-c", "import deploy; print(deploy.__file__)")
