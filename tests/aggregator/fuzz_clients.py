@@ -5,8 +5,7 @@ mean, one federated round over them and the count of hostile replies tried."""
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Array, Message, MetricRecord, RecordDict
 from hypothesis import strategies as st
 
 from aggregator.rounds import FederationConfig, run_federation
@@ -18,6 +17,7 @@ from fedcore import protocol
 from fedcore.settings import TrainSettings
 from fedcore.wire import vector_record
 from simulations.runtimes.inprocess import InProcessGrid
+from tests.aggregator.conftest import querying_app
 
 SIZE = 16
 N = 8
@@ -30,13 +30,7 @@ COUNTS = {"plain": 0, "int8": 0, "secagg": 0}
 def honest_app(codec="none"):
     """Client k trains global + k (int8: the same delta, which int8 encodes exactly) on k + 1
     examples, and declares k + 1 examples when asked."""
-    app = ClientApp()
-
-    @app.query()
-    def query(msg, context):
-        k = partition_id(context)
-        info = ConfigRecord({"partition_id": k, "num_examples": k + 1})
-        return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
+    app = querying_app()
 
     def local(msg, context):
         k = partition_id(context)

@@ -9,6 +9,7 @@ import pytest
 
 from aggregator import backend as backend_module
 from aggregator.backend import BackendUnavailable, select_backend
+from tests.aggregator.conftest import BACKENDS
 from tests.tolerances import assert_close_to_operands
 
 
@@ -28,7 +29,7 @@ def test_gpu_without_cupy_is_a_clear_error(monkeypatch):
         select_backend("tpu")
 
 
-@pytest.mark.parametrize("device", ["cpu", "strict"])
+@pytest.mark.parametrize("device", BACKENDS)
 def test_axpy_is_in_place_for_any_layout(device):
     b = select_backend(device)
     acc = b.zeros(5)

@@ -19,7 +19,7 @@ from aggregator.backend import select_backend
 from aggregator.decode import decode_reply
 from aggregator.strategies import StrategyContext, build_strategy
 from fedcore.wire import VECTOR_KEY
-from tests.aggregator.conftest import client_vectors, reply
+from tests.aggregator.conftest import BACKENDS, client_vectors, reply
 from tests.aggregator.flower_cases import OPTIONS, case_names, flower_strategy
 
 SIZE, CLIENTS, ROUNDS = 2_000, 7, 3
@@ -36,7 +36,7 @@ def _set_current(flower, global_vector):
         flower.current_arrays = ArrayRecord({VECTOR_KEY: Array(global_vector.copy())})
 
 
-@pytest.mark.parametrize("device", ["cpu", "strict"])
+@pytest.mark.parametrize("device", BACKENDS)
 @pytest.mark.parametrize("name", case_names())
 def test_same_next_global_model_as_flower(name, device):
     flower = flower_strategy(name, weighted_by_key=KEY)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from aggregator.rounds import (
@@ -19,6 +19,7 @@ from fedcore import protocol
 from fedcore.settings import TrainSettings
 from fedcore.wire import read_vector, vector_record
 from simulations.runtimes.inprocess import InProcessGrid
+from tests.aggregator.conftest import querying_app
 
 SIZE = 8
 
@@ -26,13 +27,7 @@ SIZE = 8
 def toy_app(bad_clients: dict[int, str] | None = None) -> ClientApp:
     """Client k returns global + k with weight k + 1; some clients misbehave on request."""
     bad_clients = bad_clients or {}
-    app = ClientApp()
-
-    @app.query()
-    def query(msg, context):
-        k = partition_id(context)
-        info = ConfigRecord({"partition_id": k, "num_examples": k + 1})  # as it trains
-        return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
+    app = querying_app()
 
     @app.train()
     def train(msg, context):

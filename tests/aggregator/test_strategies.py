@@ -15,8 +15,7 @@ from aggregator.strategies import (
 )
 from aggregator.updates import ClientUpdate, Rejected
 from fedcore import compression
-
-BACKENDS = ["cpu", "strict"]
+from tests.aggregator.conftest import BACKENDS
 
 
 def dense(vector, n=1, loss=1.0):
@@ -176,7 +175,7 @@ def test_registry_names_and_options():
         build_strategy("fedsomething")
 
 
-@pytest.mark.parametrize("device", ["cpu", "strict"])
+@pytest.mark.parametrize("device", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_strategy_answers_in_the_models_dtype(device, dtype):
     """A float64 model is aggregated and stepped in float64 (FlowerStrategy relies on it),

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Message, MetricRecord, RecordDict
 
 from aggregator.backend import select_backend
 from aggregator.collect.secagg import SecAggAborted
@@ -18,6 +17,7 @@ from fedcore.secagg.fixedpoint import FixedPoint
 from fedcore.settings import TrainSettings
 from fedcore.wire import read_vector, vector_record
 from simulations.runtimes.inprocess import InProcessGrid
+from tests.aggregator.conftest import BACKENDS, querying_app
 
 SIZE = 300
 
@@ -29,13 +29,7 @@ def shift(k):
 def toy_app(log=None, authority=None):
     """Client k adds 0.01 (k + 1) to the global vector, with weight k + 1 and loss k / 10;
     with ``authority`` (a ``SimulatedAuthority``) each client holds an identity."""
-    app = ClientApp()
-
-    @app.query()
-    def query(msg, context):
-        k = partition_id(context)
-        info = ConfigRecord({"partition_id": k, "num_examples": k + 1})  # as it trains
-        return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
+    app = querying_app()
 
     def local(msg, context):
         k = partition_id(context)
@@ -104,7 +98,7 @@ def expected_mean(clients, max_weight=8.0, n=8):
     return value, enc.error_bound(n, w.sum())
 
 
-@pytest.mark.parametrize("device", ["cpu", "strict"])  # numpy and array-api-strict backends
+@pytest.mark.parametrize("device", BACKENDS)  # numpy and array-api-strict backends
 def test_secure_fedavg_matches_plain_fedavg(device):
     plain, plain_outcomes = run(toy_app(), rounds=2)
     secure, outcomes = run(toy_app(), rounds=2, secagg=SecAggConfig(max_weight=8), device=device)
