@@ -56,6 +56,7 @@ __all__ = [
 
 # -- layer ops (conv, pooling, activations, normalisation, embedding, recurrent, attention) -
 from .attention import attention, rope  # noqa: E402
+from .checkpoint import checkpoint  # noqa: E402
 from .conv import avg_pool2d, conv2d, conv_output_size, max_pool2d  # noqa: E402
 from .depthwise import depthwise_conv2d, global_avg_pool2d  # noqa: E402
 from .norm import (  # noqa: E402
@@ -70,7 +71,8 @@ from .ops_nn import dropout, embedding, gelu, sigmoid, silu, softmax, swiglu, ta
 from .rnn import gru, lstm  # noqa: E402
 
 __all__ += [
-    "attention", "avg_pool2d", "batch_moments", "batch_norm", "batch_norm_apply", "conv2d",
+    "attention", "avg_pool2d", "batch_moments", "batch_norm", "batch_norm_apply", "checkpoint",
+    "conv2d",
     "conv_output_size", "default_float", "depthwise_conv2d", "dropout", "embedding",
     "float64_mode", "gelu", "global_avg_pool2d", "gru", "layer_norm", "lstm", "max_pool2d",
     "rms_norm", "rope", "running_moments_update_", "sigmoid", "silu", "softmax", "swiglu",

@@ -19,7 +19,7 @@ from .errors import MutationError
 from .tensor import Leaf, Tensor
 from .var import Var
 
-__all__ = ["backward"]
+__all__ = ["backward", "propagate"]
 
 
 def _toposort(root: Any) -> list[Any]:
@@ -54,21 +54,36 @@ def backward(tensor: Tensor, grad: np.ndarray | None = None) -> None:
         g = np.asarray(grad, dtype=tensor.dtype)
         if g.shape != tensor.shape:
             raise ValueError(f"grad shape {g.shape} does not match tensor shape {tensor.shape}")
+    propagate(root, Var(g, "grad"))
+    eng = get_engine()
+    if eng.asynchronous:  # a sync point, as in eager mode: a MutationError surfaces here
+        eng.wait_all()
+
+
+def propagate(root: Any, gvar: Var, stop: set | frozenset = frozenset()) -> dict[Any, Var]:
+    """Push the VJPs of every node `root` depends on, from gradient `gvar` at `root`, into the
+    leaves' gradients; returns the gradient reaching each node of `stop` (not gone past).
+    A node other than `Node` and `Leaf` (a `fedcore.engine.checkpoint.Checkpoint`) runs its
+    own `backprop(eng, gvar)`."""
     eng = get_engine()
     # node -> [grad var, owned]; owned grads are private buffers safe to accumulate into
-    grads: dict[Any, list] = {root: [Var(g, "grad"), False]}
+    grads: dict[Any, list] = {root: [gvar, False]}
+    reached: dict[Any, Var] = {}
     for node in _toposort(root):
         entry = grads.pop(node, None)
         if entry is None:
             continue
-        if type(node) is Leaf:
+        if node in stop:
+            reached[node] = entry[0]
+        elif type(node) is Leaf:
             _accumulate_leaf(eng, node, entry[0])
-            continue
-        for parent, gvar in zip(node.parents, _run_vjp(eng, node, entry[0]), strict=True):
-            if gvar is not None:
-                _accumulate(eng, grads, parent, gvar)
-    if eng.asynchronous:  # a sync point, as in eager mode: a MutationError surfaces here
-        eng.wait_all()
+        else:
+            outs = (_run_vjp(eng, node, entry[0]) if type(node) is Node
+                    else node.backprop(eng, entry[0]))
+            for parent, g in zip(node.parents, outs, strict=True):
+                if g is not None:
+                    _accumulate(eng, grads, parent, g)
+    return reached
 
 
 def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:

@@ -7,12 +7,16 @@ from importlib import resources
 
 import numpy as np
 
-from ..engine import Tensor, reshape
+from ..engine import Tensor, checkpoint, reshape
 from ..engine.ops import Operand, tensor
 from ..nn import DecoderBlock, Embedding, Module, RMSNorm, TiedHead
 from .registry import register_model
 
-__all__ = ["BASE_FILE", "SHAKESPEARE_BASE", "TinyGPT", "tiny_gpt", "tiny_gpt_shakespeare"]
+__all__ = ["BASE_FILE", "CHECKPOINTS", "SHAKESPEARE_BASE", "TinyGPT", "tiny_gpt",
+           "tiny_gpt_shakespeare"]
+
+#: what a training step recomputes instead of keeping: nothing, or each decoder block
+CHECKPOINTS = ("none", "blocks")
 
 #: the base the Shakespeare LoRA scenarios fine-tune (~1M parameters)
 SHAKESPEARE_BASE = dict(vocab_size=2000, embed_dim=128, hidden=344, n_layers=4, n_heads=4,
@@ -26,11 +30,18 @@ class TinyGPT(Module):
 
     Positions come from rotary embeddings inside attention (no position table, so any
     sequence length works); the output head is the embedding table itself (weight tying).
+    `checkpoint="blocks"`: a training step keeps only each block's input and recomputes the
+    block in the backward pass (`fedcore.engine.checkpoint`): one block's activations live
+    at a time, for a second forward pass of the blocks.
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
-                 n_kv_heads: int, hidden: int, seed: int = 0):
+                 n_kv_heads: int, hidden: int, seed: int = 0, checkpoint: str = "none"):
         super().__init__()
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"tiny_gpt: checkpoint must be one of {', '.join(CHECKPOINTS)}, "
+                             f"got {checkpoint!r}")
+        self.checkpoint = checkpoint
         rng = np.random.default_rng(seed)
         self.vocab_size, self.d_model = vocab_size, d_model
         self.embed = Embedding(vocab_size, d_model, init_range=0.02, rng=rng)
@@ -43,7 +54,7 @@ class TinyGPT(Module):
         """Logits for every position of every sequence."""
         h = self.embed(tensor(tokens))
         for block in self.blocks:
-            h = block(h)
+            h = checkpoint(block, h) if self.checkpoint == "blocks" else block(h)
         return self.head(reshape(self.norm(h), -1, self.d_model))
 
 
@@ -62,17 +73,19 @@ class _Blocks(Module):
 @register_model("tiny_gpt")
 def tiny_gpt(vocab_size: int | None = None, embed_dim: int = 128, hidden: int = 344,
              n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2, seed: int = 0,
-             input_dim: int | None = None) -> TinyGPT:
+             input_dim: int | None = None, checkpoint: str = "none") -> TinyGPT:
     """A decoder-only language model: `embed_dim` wide, `n_layers` blocks of GQA attention
     (`n_heads` query heads, `n_kv_heads` key/value heads, RoPE) and a SwiGLU of `hidden`
-    units, RMSNorm, head tied to the embedding. `input_dim` (a sequence length) is unused."""
+    units, RMSNorm, head tied to the embedding. `input_dim` (a sequence length) is unused.
+    `checkpoint = "blocks"` recomputes each block in the backward pass instead of keeping
+    its activations (less memory, one more forward pass of compute)."""
     del input_dim
     if vocab_size is None or vocab_size < 2:
         raise ValueError(f"tiny_gpt: vocab_size must be >= 2, got {vocab_size}")
     if isinstance(hidden, list | tuple):
         hidden = int(hidden[0])
     model = TinyGPT(int(vocab_size), int(embed_dim), int(n_layers), int(n_heads),
-                    int(n_kv_heads), int(hidden), seed)
+                    int(n_kv_heads), int(hidden), seed, checkpoint)
     model.flatten_parameters()
     return model
 
@@ -89,18 +102,18 @@ def _base_weights() -> dict[str, np.ndarray]:
 
 @register_model("tiny_gpt_shakespeare")
 def tiny_gpt_shakespeare(vocab_size: int | None = None, seed: int = 0,
-                         input_dim: int | None = None) -> TinyGPT:
+                         input_dim: int | None = None, checkpoint: str = "none") -> TinyGPT:
     """The tiny GPT pretrained on the Shakespeare roles no federated client uses (the
     package's `BASE_FILE`): the base a LoRA scenario fine-tunes. `vocab_size` must be the
     dataset's 2,000 words; `seed` and `input_dim` are accepted and unused (the weights are
-    fixed)."""
+    fixed); `checkpoint` as for `tiny_gpt`."""
     del seed, input_dim
     want = SHAKESPEARE_BASE["vocab_size"]
     if vocab_size is not None and vocab_size != want:
         raise ValueError(f"tiny_gpt_shakespeare was trained on a {want}-word vocabulary; "
                          f"set data.shakespeare.vocab_size = {want}, got {vocab_size}")
     weights = _base_weights()
-    model = tiny_gpt(**SHAKESPEARE_BASE)
+    model = tiny_gpt(**SHAKESPEARE_BASE, checkpoint=checkpoint)
     for name, p in model.named_parameters():
         w = weights.get(name)
         if w is None or w.shape != p.shape:

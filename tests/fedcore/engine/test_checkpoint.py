@@ -1,0 +1,135 @@
+"""Activation recomputation: gradients equal the recorded step's, nothing but the inputs kept."""
+
+import numpy as np
+import pytest
+
+from fedcore.engine import (
+    MutationError,
+    Tensor,
+    add_,
+    checkpoint,
+    create_engine,
+    get_engine,
+    matmul,
+    mul,
+    no_grad,
+    softmax_cross_entropy,
+    tanh,
+    use_engine,
+)
+from fedcore.models import build_model
+
+GPT = dict(vocab_size=50, embed_dim=32, hidden=48, n_layers=3, n_heads=4, n_kv_heads=2)
+LORA = dict(rank=4, alpha=8, targets=["attn", "mlp"], base="int8")
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float32 rounding scaled to the operands (the recomputation runs the same
+    kernels on the same inputs, so in practice the results are identical)."""
+    scale = max(float(np.abs(b).max()), 1e-30)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * scale)
+
+
+def _grads(checkpointing: str, lora: dict | None, steps: int = 2) -> tuple[list, np.ndarray]:
+    """Losses and the flat gradient after `steps` SGD-free steps (same batch each time)."""
+    model = build_model("tiny_gpt", seed=3, lora=lora, checkpoint=checkpointing, **GPT)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, GPT["vocab_size"], (2, 12))
+    y = rng.integers(0, GPT["vocab_size"], (2, 12)).reshape(-1)
+    if lora:  # B = 0 would hide A's gradient and the base's input gradients
+        with no_grad():
+            model.set_flat(rng.standard_normal(model.layout.size).astype(np.float32) * 0.1)
+    losses = []
+    for _ in range(steps):
+        model.zero_grad()
+        loss = softmax_cross_entropy(model(x), y)
+        loss.backward()
+        losses.append(loss.item())
+    return losses, model.grad_flat().copy()
+
+
+@pytest.mark.parametrize("lora", [None, LORA, {**LORA, "freeze_a": True}],
+                         ids=["full", "lora-int8", "lora-int8-ffa"])
+def test_checkpointed_blocks_give_the_recorded_gradients(lora):
+    ref_losses, ref = _grads("none", lora)
+    losses, got = _grads("blocks", lora)
+    assert np.allclose(losses, ref_losses, rtol=1e-6)
+    assert np.abs(ref).max() > 0
+    _close(got, ref)
+
+
+def test_checkpointed_blocks_on_the_threaded_engine():
+    _, ref = _grads("none", LORA)
+    with use_engine(create_engine("threaded")):
+        _, got = _grads("blocks", LORA)
+    _close(got, ref)
+
+
+def _fn(w: Tensor):
+    def fn(x: Tensor) -> Tensor:
+        return tanh(matmul(tanh(matmul(x, w)), w))
+    return fn
+
+
+def test_input_and_parameter_gradients_flow_through_a_checkpoint():
+    rng = np.random.default_rng(0)
+    w = Tensor(rng.standard_normal((4, 4)).astype(np.float32), requires_grad=True)
+    x0 = rng.standard_normal((3, 4)).astype(np.float32)
+    grads = []
+    for ckpt in (False, True):
+        w._grad = None
+        x = Tensor(x0, requires_grad=True)
+        h = mul(x, 2.0)  # the checkpoint's input has a node of its own
+        out = checkpoint(_fn(w), h) if ckpt else _fn(w)(h)
+        assert (out.grad_fn == "checkpoint") is ckpt
+        out.sum().backward()
+        grads.append((x.grad.copy(), w.grad.copy()))
+    for a, b in zip(*grads, strict=True):
+        _close(a, b)
+
+
+def test_an_input_written_after_the_forward_is_refused():
+    w = Tensor(np.eye(3, dtype=np.float32), requires_grad=True)
+    x = mul(Tensor(np.ones((2, 3), np.float32), requires_grad=True), 1.0)
+    out = checkpoint(_fn(w), x)
+    add_(x, 1.0)  # the recomputation would see other values
+    with pytest.raises(MutationError):
+        out.sum().backward()
+
+
+def test_backward_twice_through_a_checkpoint_is_refused():
+    w = Tensor(np.eye(3, dtype=np.float32), requires_grad=True)
+    out = checkpoint(_fn(w), np.ones((2, 3), np.float32))
+    loss = out.sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
+
+
+def test_nothing_is_recorded_without_grad_and_an_input_returned_keeps_its_node():
+    w = Tensor(np.eye(3, dtype=np.float32), requires_grad=True)
+    with no_grad():
+        assert checkpoint(_fn(w), np.ones((2, 3), np.float32))._node is None
+    x = Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    out = checkpoint(lambda t: t, x)
+    assert x.is_leaf and out.grad_fn == "checkpoint"
+    out.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.ones((2, 3)))
+
+
+def test_checkpointed_blocks_keep_less_at_the_peak():
+    """The pool's peak over a step (engine-accounted bytes, not RSS: load-independent)."""
+    peaks = {}
+    for mode in ("none", "blocks"):
+        model = build_model("tiny_gpt", seed=0, checkpoint=mode, **{**GPT, "n_layers": 4})
+        x = np.zeros((4, 32), np.int64)
+        pool = get_engine().pool
+        with pool.transient_peak() as peak:
+            softmax_cross_entropy(model(x), x.reshape(-1)).backward()
+        peaks[mode] = peak[0]
+    assert peaks["blocks"] < 0.7 * peaks["none"]
+
+
+def test_an_unknown_checkpoint_mode_is_one_clear_error():
+    with pytest.raises(ValueError, match="checkpoint must be one of none, blocks"):
+        build_model("tiny_gpt", checkpoint="layers", **GPT)
