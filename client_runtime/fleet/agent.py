@@ -5,9 +5,8 @@ and data set each time, 290-304 MiB for the device's process tree), this agent k
 cache, the data and the engine warm in one process, and answers every message with the same
 handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
 
-- **joins** with its key (activate; the SuperLink must know the key: enrolment) or, with no
-  key, registers a throw-away one (a plain loopback server), then sends heartbeats from a
-  thread, as Flower's SuperNode does;
+- **joins** and **survives** the SuperLink going away as a ``Session`` (``fleet.session``:
+  enrolment key, heartbeats, back-off with jitter, rejoining for up to ``max_wait`` s);
 - **polls** every ``poll_active`` s while a run is active (a message came in the last
   ``active_window`` s) and backs off to ``poll_idle`` s when idle;
 - **loads** the handlers (the engine, models, numpy's kernels) with the first message, not
@@ -15,38 +14,25 @@ handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
 - **answers** a message: pulls its objects (checked against their ids, within
   ``max_message_bytes``), confirms receipt, runs the handler of its type, pushes the reply
   (a handler's exception becomes Flower's error reply, code 2, so the server records the
-  reason); a message id it has answered is never answered again;
-- **survives** the SuperLink going away: exponential back-off with jitter (``backoff``),
-  re-activation with the same key once it is back, for up to ``max_wait`` s (a SuperLink
-  restarted on its old state, which still counts the node online and refuses to activate it
-  again, acknowledges its heartbeat: the agent goes on as that node).
+  reason); a message id it has answered is never answered again.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import threading
 import time
-import tomllib
-import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from client_runtime.datacheck import MARK
 from client_runtime.fleet import objects
-from client_runtime.fleet.proto import (
-    fab_pb2,
-    fleet_pb2,
-    heartbeat_pb2,
-    message_pb2,
-    node_pb2,
-    recorddict_pb2,
-    run_pb2,
-)
+from client_runtime.fleet.proto import fab_pb2, fleet_pb2, message_pb2, recorddict_pb2, run_pb2
+from client_runtime.fleet.runconfig import fab_config, scalar
+from client_runtime.fleet.session import AgentStopped, Session, Settings, backoff_delays
 from client_runtime.fleet.transport import (
     FleetClient,
     FleetError,
@@ -65,33 +51,8 @@ Handlers = Mapping[str, "Handler"]
 
 log = logging.getLogger("fedcore.device")
 
-HEARTBEAT_INTERVAL = 30.0  # what the node promises (Flower's default; the SuperLink wants 10..1800)
-HEARTBEAT_TIMEOUT = 5.0
 CLIENT_APP_RAISED_EXCEPTION = 2  # Flower's ErrorCode for an error reply
-MAX_FAB_BYTES = 64 * 1024 * 1024
-MAX_PYPROJECT_BYTES = 1 << 20
 REPLIED_MEMORY = 4096  # message ids remembered as answered
-
-
-class AgentStopped(Exception):
-    """The agent stops: refused, or the SuperLink has been gone ``max_wait`` s (the message)."""
-
-    def __init__(self, message: str, refused: bool = False) -> None:
-        super().__init__(message)
-        self.refused = refused
-
-
-@dataclass
-class Settings:
-    """How the agent talks to its SuperLink (the defaults suit a loopback test and a Pi)."""
-
-    poll_active: float = 0.2
-    poll_idle: float = 3.0
-    active_window: float = 30.0
-    max_wait: float = 120.0
-    backoff: tuple[float, float] = (0.5, 10.0)  # first and longest wait while unreachable
-    max_message_bytes: int = 512 * 1024 * 1024
-    pull_patience: float = 60.0  # how long an announced object may stay unavailable
 
 
 @dataclass
@@ -113,57 +74,9 @@ class _Run:
 Bind = Callable[[NodeContext, str], None]  # (context, message type): before each handler
 
 
-def backoff_delays(first: float, longest: float, rng: random.Random) -> Iterator[float]:
-    """Exponential back-off with full jitter: uniform(first, min(longest, first * 2**k))."""
-    ceiling = first
-    while True:
-        yield rng.uniform(first, ceiling)
-        ceiling = min(longest, ceiling * 2)
-
-
-def scalar(value: Any) -> Any:
-    """A Flower ``Scalar`` (run config value) as a Python value."""
-    which = value.WhichOneof("scalar")
-    if which is None:
-        raise FleetError("run config holds an empty value")
-    return getattr(value, which)
-
-
-def fab_config(fab: bytes, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The run config: the FAB's ``[tool.flwr.app.config]`` flattened (``a.b`` keys), with
-    the run's overrides of keys it has (Flower's ``get_fused_config_from_fab``)."""
-    if len(fab) > MAX_FAB_BYTES:
-        raise FleetError(f"the run's app bundle exceeds {MAX_FAB_BYTES} bytes")
-    try:
-        with zipfile.ZipFile(io.BytesIO(fab)) as bundle:
-            info = bundle.getinfo("pyproject.toml")
-            if info.file_size > MAX_PYPROJECT_BYTES:
-                raise FleetError("the app bundle's pyproject.toml is too large")
-            with bundle.open(info) as handle:
-                text = handle.read(MAX_PYPROJECT_BYTES + 1).decode("utf-8")
-        table = tomllib.loads(text)
-    except (KeyError, ValueError, zipfile.BadZipFile, tomllib.TOMLDecodeError) as exc:
-        raise FleetError(f"the run's app bundle is unreadable: {exc}") from None
-    app = table.get("tool", {}).get("flwr", {}).get("app", {})
-    config = app.get("config", {}) if isinstance(app, dict) else {}
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        for key, value in node.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(value, dict):
-                walk(name, value)
-            elif isinstance(value, bool | int | float | str):
-                flat[name] = value
-
-    if isinstance(config, dict):
-        walk("", config)
-    flat.update({k: v for k, v in overrides.items() if k in flat})
-    return flat
-
-
-class Agent:
-    """One device's connection to one SuperLink (see the module docstring)."""
+class Agent(Session):
+    """One device's connection to one SuperLink, answering its messages (see the module
+    docstring)."""
 
     def __init__(
         self,
@@ -176,78 +89,14 @@ class Agent:
         register: bool = False,
         rng: random.Random | None = None,
     ) -> None:
-        self.client, self.handlers = client, handlers
+        super().__init__(client, settings, register, rng)
+        self.handlers = handlers
         self.node_config = dict(node_config)
         self.bind = bind
-        self.settings = settings or Settings()
-        self.register = register  # no enrolled key: register this (throw-away) key first
-        self.rng = rng or random.Random()
-        self.node_id: int | None = None
         self.replied: OrderedDict[str, None] = OrderedDict()
         self.runs: dict[int, _Run] = {}
         self.rounds = 0  # messages answered
-        self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
         self._last_message = 0.0
-
-    # -- connection ----------------------------------------------------------------------------
-    @property
-    def node(self) -> node_pb2.Node:
-        assert self.node_id is not None
-        return node_pb2.Node(node_id=self.node_id)
-
-    def _public_key(self) -> bytes:
-        signer = self.client.signer
-        if signer is None:
-            raise AgentStopped("a key is needed to join (none given)", refused=True)
-        return signer.public
-
-    def activate(self) -> int:
-        """Register (throw-away key only) and activate this node; its node id."""
-        key = self._public_key()
-        if self.register:
-            try:
-                self.client.call("register-node", fleet_pb2.RegisterNodeFleetRequest(
-                    public_key=key), fleet_pb2.RegisterNodeFleetResponse)
-            except FleetError as exc:
-                if exc.code != 23:  # already registered (a rejoin with the same key)
-                    raise
-        response = self.client.call(
-            "activate-node",
-            fleet_pb2.ActivateNodeRequest(public_key=key, heartbeat_interval=HEARTBEAT_INTERVAL),
-            fleet_pb2.ActivateNodeResponse,
-        )
-        self.node_id = int(response.node_id)
-        return self.node_id
-
-    def _heartbeats(self) -> None:
-        while not self._stop.wait((HEARTBEAT_INTERVAL - HEARTBEAT_TIMEOUT)
-                                  * self.rng.uniform(0.7, 0.9)):
-            if self.node_id is None:
-                continue
-            try:
-                self.client.call(
-                    "send-node-heartbeat",
-                    heartbeat_pb2.SendNodeHeartbeatRequest(
-                        node=self.node, heartbeat_interval=HEARTBEAT_INTERVAL),
-                    heartbeat_pb2.SendNodeHeartbeatResponse, timeout=HEARTBEAT_TIMEOUT)
-            except FleetError as exc:  # the main loop notices and reconnects
-                log.debug("heartbeat failed: %s", exc)
-
-    def stop(self) -> None:
-        """Ask the loop to end (from a signal handler or another thread)."""
-        self._stop.set()
-
-    def leave(self) -> None:
-        """Deactivate this node (best effort) and close the connection."""
-        self._stop.set()
-        if self.node_id is not None:
-            try:
-                self.client.call("deactivate-node", fleet_pb2.DeactivateNodeRequest(
-                    node_id=self.node_id), fleet_pb2.DeactivateNodeResponse, timeout=5.0)
-            except FleetError:
-                pass
-        self.client.close()
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, on_joined: Callable[[int], None] | None = None) -> None:
@@ -281,52 +130,6 @@ class Agent:
             wait = (self.settings.poll_active if active else
                     min(self.settings.poll_idle, self.settings.poll_active * 1.5 ** idle_polls))
             self._stop.wait(wait)
-
-    def _connect(self, first: bool) -> None:
-        """Activate, retrying with back-off while the SuperLink is away (``max_wait``)."""
-        started = time.monotonic()
-        delays = backoff_delays(*self.settings.backoff, self.rng)
-        while not self._stop.is_set():
-            try:
-                self.activate()
-                if not first:
-                    log.warning("the SuperLink is back: rejoined as node %d", self.node_id)
-                return
-            except Refused as exc:
-                if first:
-                    raise AgentStopped(_refusal(exc), refused=True) from None
-                if self._still_online():  # a SuperLink restarted on its old state
-                    log.warning("the SuperLink is back: continuing as node %d", self.node_id)
-                    return
-                reason = _refusal(exc)  # e.g. revoked; or a restarted SuperLink not ready yet
-            except Unreachable as exc:
-                reason = str(exc)
-            except VersionMismatch as exc:
-                raise AgentStopped(str(exc), refused=True) from None
-            except FleetError as exc:  # the SuperLink failed the call: try again, as if away
-                reason = str(exc)
-            waited = time.monotonic() - started
-            if waited >= self.settings.max_wait and reason.startswith("the SuperLink refused"):
-                raise AgentStopped(reason, refused=True)  # e.g. revoked during the run
-            if waited >= self.settings.max_wait:
-                raise AgentStopped(
-                    f"the SuperLink has been gone {waited:.0f} s ({reason}); left the federation")
-            self._stop.wait(min(next(delays), self.settings.max_wait - waited))
-
-    def _still_online(self) -> bool:
-        """Whether the SuperLink still counts this node online (it refuses to activate a node
-        it has not yet seen time out, as after a restart on its old state): a heartbeat for
-        the node id this key had is acknowledged."""
-        if self.node_id is None:
-            return False
-        try:
-            return bool(self.client.call(
-                "send-node-heartbeat",
-                heartbeat_pb2.SendNodeHeartbeatRequest(
-                    node=self.node, heartbeat_interval=HEARTBEAT_INTERVAL),
-                heartbeat_pb2.SendNodeHeartbeatResponse, timeout=HEARTBEAT_TIMEOUT).success)
-        except FleetError:
-            return False
 
     def poll_once(self) -> bool:
         """Pull at most one message and answer it; True if one came."""
@@ -488,12 +291,4 @@ class Agent:
                 raise FleetError(f"push-object: the SuperLink did not store {oid[:12]}")
 
 
-def _refusal(exc: FleetError) -> str:
-    return (
-        "the SuperLink refused this device's key: not enrolled, revoked, or already in use "
-        f"by another device (the operator's `fedcore clients list` shows which) [{exc}]"
-    )
-
-
-__all__ = ["Agent", "AgentStopped", "NodeContext", "NodeSigner", "Settings", "backoff_delays",
-           "fab_config"]
+__all__ = ["Agent", "AgentStopped", "NodeContext", "NodeSigner", "Settings"]

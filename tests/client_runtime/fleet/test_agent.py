@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client_runtime.fleet import objects
-from client_runtime.fleet.agent import Agent, AgentStopped, Settings, backoff_delays, fab_config
+from client_runtime.fleet.agent import Agent, AgentStopped, Settings
 from client_runtime.fleet.proto import (
     fab_pb2,
     fleet_pb2,
@@ -17,6 +17,8 @@ from client_runtime.fleet.proto import (
     run_pb2,
     transport_pb2,
 )
+from client_runtime.fleet.runconfig import fab_config
+from client_runtime.fleet.session import backoff_delays
 from client_runtime.fleet.transport import (
     FleetError,
     NodeSigner,
