@@ -13,15 +13,16 @@ import sys
 SEQS = (256, 512, 1024, 2048)
 
 
-def measure(what: str, seq: int, batch: int) -> dict:
+def measure(what: str, seq: int, batch: int, checkpoint: str = "none") -> dict:
     """One figure, from a child process."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.modern", what, "--seq", str(seq),
-                          "--batch", str(batch)], capture_output=True, text=True, check=True)
+                          "--batch", str(batch), "--checkpoint", checkpoint],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _row(label: str, r: dict) -> str:
-    return (f"  {label:28s} peak RSS {r['peak_mb']:7.1f} MB, training adds "
+    return (f"  {label:40s} peak RSS {r['peak_mb']:7.1f} MB, training adds "
             f"{r['peak_mb'] - r['base_mb']:7.1f} MB")
 
 
@@ -44,17 +45,42 @@ def memory_report(cases: list[str]) -> None:
             print(f"  {t:6d} {f['peak_mb'] - f['base_mb']:9.1f} {e['peak_mb'] - e['base_mb']:12.1f}"
                   f" {s['peak_mb'] - s['base_mb']:11.1f}")
     if "lora" in cases:
-        print("LoRA rank 8 on attn + mlp vs full fine-tuning (fedcore), batch 8, T 128:")
-        full = measure("full", 128, 8)
-        print(_row("full fine-tuning", full))
-        for what, label in (("lora-float32", "LoRA, float32 base"),
-                            ("lora-int8", "LoRA, int8 base"),
-                            ("lora-int8-ffa", "LoRA, int8 base, A frozen")):
-            r = measure(what, 128, 8)
-            print(_row(label, r))
-            added = (r["peak_mb"] - r["base_mb"]) / (full["peak_mb"] - full["base_mb"])
-            print(f"    peak ratio to full {r['peak_mb'] / full['peak_mb']:.2f} (target <= 0.4), "
-                  f"added {added:.2f}; "
-                  f"update {r['trained_params']} of {r['model_params']} values = "
-                  f"{100 * r['trained_params'] / r['model_params']:.1f} % of the float32 model "
-                  f"(target <= 3 %)")
+        lora_report()
+
+
+#: (label, WHAT, checkpoint) of the LoRA table's rows after full fine-tuning
+LORA_ROWS = (("full fine-tuning, blocks recomputed", "full", "blocks"),
+             ("LoRA, float32 base", "lora-float32", "none"),
+             ("LoRA, int8 base", "lora-int8", "none"),
+             ("LoRA, int8 base, blocks recomputed", "lora-int8", "blocks"),
+             ("LoRA, int8 base, A frozen", "lora-int8-ffa", "none"),
+             ("LoRA, int8 base, A frozen, recomputed", "lora-int8-ffa", "blocks"))
+
+
+def lora_report() -> None:
+    """LoRA against fedcore's own full fine-tuning (default settings: every activation kept).
+
+    The target's figure is the whole process's peak RSS (VmHWM, building included) over full
+    fine-tuning's. Both processes also hold the same interpreter, numpy and fedcore before
+    anything is built (`import_mb`); the ratio of what each adds above that is printed beside
+    it, labelled as such, for reading only.
+    """
+    print("LoRA rank 8 on attn + mlp vs full fine-tuning (fedcore), batch 8, T 128:")
+    full = measure("full", 128, 8)
+    print(_row("full fine-tuning", full))
+    print(f"    (interpreter, numpy and fedcore imported, nothing built: "
+          f"{full['import_mb']:.1f} MB)")
+    for label, what, ckpt in LORA_ROWS:
+        r = measure(what, 128, 8, ckpt)
+        print(_row(label, r))
+        ratio = r["peak_mb"] / full["peak_mb"]
+        above = (r["peak_mb"] - r["import_mb"]) / (full["peak_mb"] - full["import_mb"])
+        line = f"    peak RSS ratio to full {ratio:.2f}"
+        if what != "full":
+            line += f" (target <= 0.4: {'ok' if ratio <= 0.4 else 'ABOVE TARGET'})"
+        line += f"; above the imports {above:.2f} (not the target's measure)"
+        if what != "full":
+            line += (f"; update {r['trained_params']} of {r['model_params']} values = "
+                     f"{100 * r['trained_params'] / r['model_params']:.1f} % of the float32 "
+                     f"model (target <= 3 %)")
+        print(line)

@@ -3,12 +3,15 @@ and peak-memory runs of one training step in a fresh process.
 
 `gpt_case` and `mobilenet_case` return what `benchmarks.engine_layers` times. Memory is
 measured per process (a fresh interpreter per figure): `python -m benchmarks.modern WHAT`
-prints one JSON line with the RSS after building the model and data (`base_mb`) and the peak
-RSS after three training steps (`peak_mb`, the kernel's VmHWM), so `peak_mb - base_mb` is what
-training itself added. WHAT is `gpt-fedcore`, `gpt-torch` (eager attention: the T x T scores
-materialised, as a PyTorch model written out by hand does), `gpt-torch-sdpa`, `lora-int8`,
-`lora-float32`, `lora-int8-ffa` (A frozen: B alone trains and travels) or `full`, with
-`--seq` and `--batch`.
+prints one JSON line with the RSS once the interpreter, numpy and fedcore are imported and
+nothing is built (`import_mb`), the RSS after building the model and data (`base_mb`) and the
+peak RSS of the whole process after three training steps (`peak_mb`, the kernel's VmHWM, which
+covers the building too), so `peak_mb - base_mb` is what training itself added and
+`peak_mb - import_mb` what the model and its training cost together. WHAT is `gpt-fedcore`,
+`gpt-torch` (eager attention: the T x T scores materialised, as a PyTorch model written out by
+hand does), `gpt-torch-sdpa`, `lora-int8`, `lora-float32`, `lora-int8-ffa` (A frozen: B alone
+trains and travels) or `full`, with `--seq`, `--batch` and `--checkpoint blocks` (fedcore:
+each block recomputed in the backward pass, see `fedcore.engine.checkpoint`).
 """
 
 from __future__ import annotations
@@ -164,12 +167,13 @@ def _peak_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(what: str, seq: int, batch: int, steps: int = 3) -> dict:
+def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "none") -> dict:
     """Build `what`, note the RSS, train `steps` steps, note the peak RSS."""
+    out: dict = {"what": what, "seq": seq, "batch": batch, "checkpoint": checkpoint,
+                 "import_mb": _rss_mb()}
     rng = np.random.default_rng(0)
     x = rng.integers(0, GPT["vocab_size"], (batch, seq))
     y = rng.integers(0, GPT["vocab_size"], (batch, seq)).reshape(-1)
-    out: dict = {"what": what, "seq": seq, "batch": batch}
     if what.startswith("gpt-torch"):
         import torch
 
@@ -194,7 +198,7 @@ def measure(what: str, seq: int, batch: int, steps: int = 3) -> dict:
         if what.startswith("lora"):
             lora = dict(rank=8, alpha=16, targets=["attn", "mlp"], base=what.split("-")[1],
                         freeze_a=what.endswith("-ffa"))
-        model = build_model("tiny_gpt", seed=0, lora=lora, **GPT)
+        model = build_model("tiny_gpt", seed=0, lora=lora, checkpoint=checkpoint, **GPT)
         out["trained_params"] = model.layout.size
         out["model_params"] = gpt_params()
         opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -213,9 +217,12 @@ def main() -> None:
                                      "lora-float32", "lora-int8-ffa", "full"])
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--checkpoint", choices=["none", "blocks"], default="none")
     args = ap.parse_args()
     what = "gpt-fedcore" if args.what == "full" else args.what
-    print(json.dumps(measure(what, args.seq, args.batch)))
+    if what.startswith("gpt-torch") and args.checkpoint != "none":
+        ap.error("--checkpoint is fedcore's (the torch models keep every activation)")
+    print(json.dumps(measure(what, args.seq, args.batch, checkpoint=args.checkpoint)))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def train(epochs: int, batch: int, lr: float, seed: int) -> tuple[TinyGPT, dict]
     nval = max(1, len(x) // 20)
     val, tr = order[:nval], order[nval:]
     model = tiny_gpt(seed=seed, **SHAKESPEARE_BASE)
+    model.flatten_parameters()
     opt = AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(tr) / batch)
     step, start = 0, time.perf_counter()

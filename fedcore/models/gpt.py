@@ -84,10 +84,10 @@ def tiny_gpt(vocab_size: int | None = None, embed_dim: int = 128, hidden: int = 
         raise ValueError(f"tiny_gpt: vocab_size must be >= 2, got {vocab_size}")
     if isinstance(hidden, list | tuple):
         hidden = int(hidden[0])
-    model = TinyGPT(int(vocab_size), int(embed_dim), int(n_layers), int(n_heads),
-                    int(n_kv_heads), int(hidden), seed, checkpoint)
-    model.flatten_parameters()
-    return model
+    # not flattened here: `build_model` flattens once the adapters of a LoRA run are on, so
+    # a frozen base is never copied into a flat float32 vector (nor given gradients)
+    return TinyGPT(int(vocab_size), int(embed_dim), int(n_layers), int(n_heads),
+                   int(n_kv_heads), int(hidden), seed, checkpoint)
 
 
 @lru_cache(maxsize=1)

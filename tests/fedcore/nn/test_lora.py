@@ -173,3 +173,17 @@ def _nodes(t):
     from fedcore.engine.tensor import Leaf
 
     return [n for n in _toposort(t._node) if type(n) is not Leaf]
+
+
+def test_an_int8_lora_build_never_holds_a_flat_float_copy_of_the_base():
+    """The builder leaves flattening to build_model, which flattens after the adapters are on:
+    the engine never allocates the float32 base's flat vector or its gradients."""
+    from fedcore.engine import get_engine
+
+    big = dict(GPT, embed_dim=64, hidden=96, vocab_size=40)
+    floats = build_model("tiny_gpt", **big).layout.size * 4
+    pool = get_engine().pool
+    with pool.transient_peak() as peak:
+        model = build_model("tiny_gpt", lora=dict(rank=2, base="int8"), **big)
+    assert peak[0] < 0.6 * floats  # int8 codes, the frozen embedding, the adapters
+    assert model.grad_flat().size == model.layout.size < 0.2 * floats / 4
