@@ -12,12 +12,13 @@ each input, which saved inputs that input's VJP reads) keeps nothing for an inpu
 gradient: `x @ W` with W frozen (LoRA's base, a tied head's frozen table) keeps no x. And an
 input that a cheap `remat` primitive produced (RMSNorm, the SwiGLU gate: each keeps all its own
 inputs for its own backward anyway) is not kept at all but recomputed from those inputs when
-the consumer's backward runs: a matmul after a norm holds no copy of the normalised
-activations between forward and backward.
+the consumer's backward runs (once for all the consumers of one result): a matmul after a
+norm holds no copy of the normalised activations between forward and backward.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +31,8 @@ from .pool import MemoryPool
 from .tensor import Leaf, Tensor, _mode, default_float
 from .var import Var
 
-__all__ = ["VJPS", "VJPS_INTO", "Ctx", "Node", "Primitive", "Remat", "apply", "apply_inplace",
-           "defvjp", "defvjp_into"]
+__all__ = ["VJPS", "VJPS_INTO", "Ctx", "Node", "Primitive", "Recompute", "Remat", "apply",
+           "apply_inplace", "defvjp", "defvjp_into"]
 
 VJP = Callable[["Ctx", np.ndarray], np.ndarray]
 
@@ -115,7 +116,7 @@ class Ctx:
 class Node:
     """One recorded op in the graph: its parents' nodes and the (var, version) pairs it saved."""
 
-    __slots__ = ("prim", "parents", "ctx", "in_vars", "out_var", "saved")
+    __slots__ = ("prim", "parents", "ctx", "in_vars", "out_var", "saved", "recompute")
 
     def __init__(self, prim: Primitive, parents: tuple, ctx: Ctx, in_vars: tuple,
                  out_var: Var | None, saved: tuple[tuple[Var, int], ...]):
@@ -125,6 +126,7 @@ class Node:
         self.in_vars = in_vars
         self.out_var = out_var
         self.saved = saved
+        self.recompute: Recompute | None = None  # shared by consumers that recompute it
 
     def check_saved(self) -> None:
         """Raise MutationError if a saved value was written after it was saved."""
@@ -140,27 +142,62 @@ class Node:
         self.in_vars = ()
         self.out_var = None
         self.saved = ()
+        self.recompute = None
 
     def __repr__(self) -> str:
         return f"Node({self.prim.name})"
 
 
 class Remat:
-    """What a node keeps instead of an input a `remat` op produced: that op, its inputs and
-    parameters, and the shape the consumer saw (a reshape of the result)."""
+    """What a node keeps instead of an input a `remat` op produced: the shared recipe of that
+    op (`Recompute`) and the shape the consumer saw (a reshape of the result)."""
 
-    __slots__ = ("prim", "in_vars", "params", "dtype", "shape")
+    __slots__ = ("recipe", "shape")
 
-    def __init__(self, node: Node, shape: tuple[int, ...]):
-        self.prim, self.in_vars, self.shape = node.prim, node.in_vars, shape
-        self.params, self.dtype = node.ctx.params, node.ctx.dtype
+    def __init__(self, recipe: Recompute, shape: tuple[int, ...]):
+        self.recipe, self.shape = recipe, shape
+        recipe.users += 1
 
     def value(self, pool: MemoryPool) -> np.ndarray:
-        """The producer's result, computed again (a fresh pool buffer)."""
-        ctx = Ctx(pool, self.params)
-        ctx.dtype = self.dtype
-        out = self.prim.forward(ctx, *[v.data for v in self.in_vars], **self.params)
-        return out.reshape(self.shape)
+        """The producer's result (computed again by the first consumer that asks)."""
+        return self.recipe.get(pool).reshape(self.shape)
+
+    def done(self) -> None:
+        """This consumer's backward has used the value (the last one drops it)."""
+        self.recipe.release()
+
+
+class Recompute:
+    """A `remat` op's recipe (the op, its inputs and parameters), shared by every consumer
+    that keeps it: the first consumer's backward computes the result and the consumers that
+    follow reuse it (the q, k and v projections after one RMSNorm recompute it once, not
+    three times); the last one's `done` drops it, so it lives only while it is needed."""
+
+    __slots__ = ("prim", "in_vars", "params", "dtype", "users", "result", "lock")
+
+    def __init__(self, node: Node):
+        self.prim, self.in_vars = node.prim, node.in_vars
+        self.params, self.dtype = node.ctx.params, node.ctx.dtype
+        self.users = 0
+        self.result: np.ndarray | None = None
+        self.lock = threading.Lock()  # consumers may run side by side on a threaded engine
+
+    def get(self, pool: MemoryPool) -> np.ndarray:
+        """The producer's result, computed on first use (a fresh pool buffer)."""
+        with self.lock:
+            if self.result is None:
+                ctx = Ctx(pool, self.params)
+                ctx.dtype = self.dtype
+                self.result = self.prim.forward(ctx, *[v.data for v in self.in_vars],
+                                                **self.params)
+            return self.result
+
+    def release(self) -> None:
+        """One consumer fewer; with none left, the result is dropped (its buffer recycled)."""
+        with self.lock:
+            self.users -= 1
+            if self.users <= 0:
+                self.result = None
 
 
 def _remat_source(t: Tensor) -> Node | None:
@@ -195,7 +232,9 @@ def _record(prim: Primitive, inputs: tuple[Tensor, ...], in_vars: tuple[Var, ...
             kept[i] = in_vars[i]
             saved.append((in_vars[i], expected_version(in_vars[i])))
         else:  # recomputed at backward from the producer's inputs (checked and read then)
-            kept[i] = Remat(src, inputs[i].shape)
+            if src.recompute is None:
+                src.recompute = Recompute(src)
+            kept[i] = Remat(src.recompute, inputs[i].shape)
             saved.extend(src.saved)
     if prim.saves_output:
         saved.append((out_var, expected_version(out_var)))

@@ -113,10 +113,18 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
     saved = node.saved  # captured: release() below runs before an async engine runs fn
 
     def fn() -> None:
-        _check_saved(prim.name, saved)
-        ctx.args = tuple([None if v is None else v.value(pool) if type(v) is Remat else v.data
-                          for v in in_vars])
-        ctx.ans = None if out_var is None else out_var.data
+        try:
+            _check_saved(prim.name, saved)
+            ctx.args = tuple([None if v is None else v.value(pool) if type(v) is Remat
+                              else v.data for v in in_vars])
+            ctx.ans = None if out_var is None else out_var.data
+            _vjps(ctx)
+        finally:
+            for v in in_vars:
+                if type(v) is Remat:
+                    v.done()
+
+    def _vjps(ctx: Any) -> None:
         g = gvar.data
         for i, dst in enumerate(dsts):
             if dst is None:

@@ -67,3 +67,28 @@ def test_recomputed_activations_give_torch_gradients(frozen):
     for i, g in zip(wrt, ours, strict=True):
         np.testing.assert_allclose(g, tt[i].grad.numpy(), rtol=1e-8, atol=1e-10,
                                    err_msg=f"gradient of input {i}")
+
+
+def test_one_recomputation_serves_every_consumer(monkeypatch):
+    from fedcore.engine.norm import rms_norm_p
+
+    calls = []
+    forward = rms_norm_p.forward
+    monkeypatch.setattr(rms_norm_p, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    d = 8
+    x = Tensor(rng.standard_normal((4, d)).astype(np.float32), requires_grad=True)
+    gamma = Tensor(np.ones(d, np.float32) * 1.5, requires_grad=True)
+    ws = [Tensor(rng.standard_normal((d, 5)).astype(np.float32), requires_grad=True)
+          for _ in range(3)]
+    n = rms_norm(x, gamma)
+    outs = [matmul(n, w) for w in ws]  # q, k and v after one norm
+    recipe = outs[0]._node.in_vars[0].recipe
+    assert all(o._node.in_vars[0].recipe is recipe for o in outs) and recipe.users == 3
+    del n
+    calls.clear()
+    (outs[0].sum() + outs[1].sum() + outs[2].sum()).backward()
+    assert len(calls) == 1  # recomputed once, not once per consumer
+    assert recipe.result is None and recipe.users == 0  # dropped after the last consumer
+    xn = x.data / np.sqrt((x.data ** 2).mean(-1, keepdims=True) + 1e-6) * 1.5
+    for w in ws:
+        np.testing.assert_allclose(w.grad, xn.T @ np.ones((4, 5), np.float32), rtol=1e-5)
