@@ -67,15 +67,27 @@ def _imports(name: str, path: Path, lazy: bool) -> set[str]:
                 continue
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                found.add(node.module)
-                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                module = _absolute(name, path, node)
+                found.add(module)
+                found.update(f"{module}.{alias.name}" for alias in node.names)
             elif lazy or isinstance(node, ast.If | ast.Try):
                 for field in ("body", "orelse", "finalbody", "handlers"):
                     visit(getattr(node, field, []) or [], False)
 
     visit(tree.body, True)
-    return {m for m in found if m in MODULES and m != name}
+    # a module's own packages are initialised before it and are no edge (``from . import x``)
+    ancestors = {name.rsplit(".", n)[0] for n in range(1, name.count(".") + 1)}
+    return {m for m in found if m in MODULES and m != name and m not in ancestors}
+
+
+def _absolute(name: str, path: Path, node: ast.ImportFrom) -> str:
+    """The module a ``from ... import`` names, relative ones (``from ..engine``) resolved."""
+    if not node.level:
+        return node.module or ""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    base = package[: len(package) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -115,26 +127,48 @@ def test_no_module_level_import_cycle():
     assert _cycles(graph) == []
 
 
+ROUND_MODULES = [
+    name
+    for name in MODULES
+    if name in ("aggregator.rounds", "aggregator.round_types", "aggregator.select")
+    or name.startswith(
+        (
+            "aggregator.collect",
+            "aggregator.secagg",
+            "aggregator.strategies",
+            "aggregator.updates",
+            "aggregator.decode",
+            "aggregator.fold",
+            "aggregator.guard",
+        )
+    )
+]
+
+
+def _round_graph(paths: dict[str, Path]) -> dict[str, set[str]]:
+    """What the round's modules import, function-level imports included."""
+    return {name: _imports(name, paths[name], lazy=True) for name in ROUND_MODULES}
+
+
 def test_the_round_and_its_collectors_import_one_way_even_lazily():
     """Function-level imports count here too: the old SecAgg round imported the round loop,
     which imported it back inside ``run_round``."""
-    round_modules = [
-        name
-        for name in MODULES
-        if name in ("aggregator.rounds", "aggregator.round_types", "aggregator.select")
-        or name.startswith(
-            (
-                "aggregator.collect",
-                "aggregator.secagg",
-                "aggregator.strategies",
-                "aggregator.updates",
-                "aggregator.decode",
-                "aggregator.fold",
-                "aggregator.guard",
-            )
-        )
-    ]
-    graph = {name: _imports(name, MODULES[name], lazy=True) for name in round_modules}
+    graph = _round_graph(MODULES)
     assert _cycles(graph) == []
-    collectors = [name for name in round_modules if name.startswith("aggregator.collect")]
-    assert all("aggregator.rounds" not in graph[name] for name in collectors)
+    collectors = [name for name in ROUND_MODULES if name.startswith("aggregator.collect")]
+    assert collectors and all("aggregator.rounds" not in graph[name] for name in collectors)
+
+
+def test_the_checker_sees_relative_and_lazy_imports_and_finds_a_cycle(tmp_path):
+    """The checks above would catch a cycle: relative imports resolve (a package's own parents
+    are no edge), a function's import counts when lazy, and a collector that imports the round
+    loop back inside a function closes a cycle."""
+    sgd = _imports("fedcore.optim.sgd", MODULES["fedcore.optim.sgd"], lazy=False)
+    assert {"fedcore.engine", "fedcore.optim.optimizer"} <= sgd and "fedcore.optim" not in sgd
+    looped = tmp_path / "replies.py"
+    source = MODULES["aggregator.collect.replies"].read_text(encoding="utf-8")
+    looped.write_text(source + "\n\ndef _back():\n    from aggregator import rounds\n")
+    assert "aggregator.rounds" not in _imports("aggregator.collect.replies", looped, lazy=False)
+    graph = _round_graph({**MODULES, "aggregator.collect.replies": looped})
+    [cycle] = _cycles(graph)
+    assert {"aggregator.rounds", "aggregator.collect.replies"} <= set(cycle)

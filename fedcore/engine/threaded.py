@@ -22,8 +22,8 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from .base import Engine, _note_op
 from .deps import DependencyTracker, OpRecord, normalize
-from .engine import Engine, _note_op
 from .errors import EngineError
 from .pool import MemoryPool
 from .var import Var

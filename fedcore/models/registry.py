@@ -94,5 +94,3 @@ def build_model(name: str, *, allow_import: bool = True, **kwargs: Any) -> Modul
     model.flatten_parameters()
     return model
 
-
-from . import mlp as _builtin  # noqa: E402,F401  (registers the built-in models)

@@ -7,6 +7,7 @@ dropped activations in backward when that is what it takes to fit the budget (Ch
 2016). See `tracer`, `autodiff`, `program`, `planner` and `executor`.
 """
 
+from . import loss_kernels  # noqa: F401 - registers log_softmax, cross-entropy, mse
 from .executor import BoundPlan, TrainStep, compile_step
 from .kernels import KERNELS, Spec, Vjp, register_kernel
 from .planner import Plan, PlanBudgetError

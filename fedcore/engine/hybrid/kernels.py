@@ -282,5 +282,3 @@ for _name, _spec in {
     "sum": ReduceSpec(np.sum, False), "mean": ReduceSpec(np.mean, True),
 }.items():
     register_kernel(_name, _spec)
-
-from . import loss_kernels  # noqa: E402,F401 - registers log_softmax, cross-entropy, mse
