@@ -15,8 +15,16 @@ from tests.simulations.run_watch import kill_after_round
 
 
 def scenario_dict(strategy: str = "fedavg", rounds: int = 6, local_epochs: int = 1) -> dict:
-    """A small run; ``local_epochs=4`` makes its rounds long enough (0.3-1 s) to kill mid-way."""
-    federation = {"num_clients": 6, "clients_per_round": 3, "rounds": rounds, "strategy": strategy}
+    """A small run; ``local_epochs=4`` makes its rounds long enough (0.3-1 s) to kill mid-way.
+    ``strategy`` "secagg" is FedAvg collected by SecAgg+."""
+    secagg = strategy == "secagg"
+    federation = {
+        "num_clients": 6,
+        "clients_per_round": 3,
+        "rounds": rounds,
+        "strategy": "fedavg" if secagg else strategy,
+        "secagg": secagg,
+    }
     if strategy == "fedadam":
         federation["strategy_options"] = {"eta": 0.01}
     return {
@@ -34,6 +42,9 @@ def scenario_dict(strategy: str = "fedavg", rounds: int = 6, local_epochs: int =
     }
 
 
+STRATEGIES = ("fedavg", "fedadam", "secagg")  # plain, a server optimizer's state, SecAgg+
+
+
 def final_params(store: Store, run_id: int) -> np.ndarray:
     return store.load_checkpoint(run_id)[1].params
 
@@ -42,7 +53,7 @@ def final_params(store: Store, run_id: int) -> np.ndarray:
 def references(tmp_path_factory):
     """Uninterrupted runs' final models, per strategy."""
     out = {}
-    for strategy in ("fedavg", "fedadam"):
+    for strategy in STRATEGIES:
         store = Store(str(tmp_path_factory.mktemp(strategy) / "ref.db"))
         result = run_scenario(scenario_from_dict(scenario_dict(strategy)), store=store)
         out[strategy] = result.final
@@ -50,7 +61,7 @@ def references(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_pause_then_resume_ends_with_the_uninterrupted_model(tmp_path, references, strategy):
     store = Store(str(tmp_path / "runs.db"))
 
