@@ -22,6 +22,12 @@ if TYPE_CHECKING:  # the asynchronous loop imports these types; its config is on
 
 ClientDirectory = Callable[[int], Mapping[int, int]]
 
+#: ``RoundOutcome.metrics`` key of a secure round: the bound (``[secagg] clip``) every summed
+#: update was clipped to per coordinate on its device before masking, and the decoded sum was
+#: checked against. Such a round's updates were validated by that bound, not by the norm
+#: guard, which cannot judge updates the server never sees.
+SECAGG_CLIP = "secagg_clip"
+
 
 @dataclass(frozen=True)
 class FederationConfig:

@@ -35,6 +35,7 @@ from aggregator.collect import (
 )
 from aggregator.evaluation import run_evaluation
 from aggregator.round_types import (
+    SECAGG_CLIP,
     BeforeRound,
     ClientDirectory,
     ClientOutcome,
@@ -64,8 +65,9 @@ def run_round(
     strategy: Strategy,
     declared: Mapping[int, int] | None = None,
     collector: Collector | None = None,
-) -> tuple[np.ndarray, list[ClientOutcome]]:
-    """Run one round of training; return the new global vector and each client's outcome.
+) -> tuple[np.ndarray, list[ClientOutcome], dict[str, float]]:
+    """Run one round of training; return the new global vector, each client's outcome and
+    the round's metrics (a secure round: ``SECAGG_CLIP``, what validated its updates).
 
     A bad reply (client error, missing records, wrong shape or dtype, NaN/inf, oversized,
     outlier norm, a second reply from the same client) is rejected with its reason and the
@@ -86,11 +88,13 @@ def run_round(
     )
     aggregation = strategy.start_round(params, round_number)
     outcomes: list[ClientOutcome] = []
+    metrics: dict[str, float] = {}
     pending: list[tuple[int, Contribution]] = []  # (index in outcomes, contribution)
     for item in collector.collect(plan):
-        if isinstance(item, SecureSum):
+        if isinstance(item, SecureSum):  # validated by its clip bound: the guard sees no update
             aggregation.offer_sum(item.mean_update, item.weight)
             outcomes += item.outcomes
+            metrics[SECAGG_CLIP] = item.clip
             continue
         if isinstance(item, Contribution):
             pending.append((len(outcomes), item))
@@ -98,7 +102,8 @@ def run_round(
     reasons = aggregation.offer_all([c.update for _, c in pending])
     for (index, _), reason in zip(pending, reasons, strict=True):
         outcomes[index] = replace(outcomes[index], accepted=reason is None, reason=reason)
-    return finish_round(aggregation, outcomes, f"round {round_number}", "update"), outcomes
+    new = finish_round(aggregation, outcomes, f"round {round_number}", "update")
+    return new, outcomes, metrics
 
 
 def run_federation(
@@ -141,7 +146,7 @@ def run_federation(
         if config.directory is not None:  # the known population: who is available now
             clients = config.directory(number)
         start = time.perf_counter()
-        params, outcomes = run_round(
+        params, outcomes, metrics = run_round(
             grid, clients, params, number, config, strategy, declared, collector
         )
         test_loss, test_accuracy = evaluate_fn(params) if evaluate_fn else (None, None)
@@ -165,6 +170,7 @@ def run_federation(
             epsilon=strategy.privacy_spent(),
             server_state=strategy.state_dict(),
             evaluation=evaluation,
+            metrics=metrics,
         )
         if on_round is not None:
             on_round(outcome)

@@ -43,6 +43,7 @@ def show_round(
     as_json: Json = False,
 ) -> None:
     """One round: its metrics, checkpoint digest, and every selected client's outcome."""
+    from aggregator.round_types import SECAGG_CLIP
     from aggregator.store import StoreError
     from aggregator.store.enrolment import device_names
 
@@ -66,6 +67,12 @@ def show_round(
         f"train loss {row.train_loss:.4f}, {row.num_accepted}/{row.num_selected} accepted, "
         f"{row.seconds:.2f} s, up {row.bytes_up} B, down {row.bytes_down} B"
     )
+    clip = (row.metrics or {}).get(SECAGG_CLIP)
+    if clip is not None:
+        console.print(
+            f"secure aggregation: each update was clipped to +-{clip:g} per coordinate on its "
+            "device and the sum checked against that bound; the norm guard saw no single update"
+        )
     if federated:
         console.print(
             f"federated evaluation ({int(federated['clients'])} clients, "
@@ -91,7 +98,9 @@ def show_round(
     for c in data["clients"]:
         loss = f"{c['train_loss']:.4f}" if c["train_loss"] is not None else "-"
         secs = f"{c['seconds']:.2f}" if c["seconds"] is not None else "-"
-        verdict = "accepted" if c["accepted"] else f"rejected: {untrusted(c['reason'])}"
+        verdict = f"rejected: {untrusted(c['reason'])}"
+        if c["accepted"]:
+            verdict = "accepted" if clip is None else "accepted (in the secure sum)"
         who = str(c["client_id"]) + (f" ({c['device_name']})" if c["device_name"] else "")
         table.add_row(who, str(c["num_examples"]), loss, secs, str(c["bytes_up"]), verdict)
     console.print(table)

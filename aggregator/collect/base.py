@@ -116,11 +116,15 @@ class Contribution:
 class SecureSum:
     """Several clients' updates as one sum (SecAgg+): ``mean_update`` is the example-weighted
     mean of ``local - global`` (host float64), ``weight`` the examples behind it; ``outcomes``
-    are the clients in it (accepted) and those that dropped out (rejected)."""
+    are the clients in it (accepted) and those that dropped out (rejected). ``clip``: what
+    validated them instead of the norm guard (no single update reaches the server): each
+    client clipped every coordinate to +-clip before masking, and the sum was checked
+    against that bound."""
 
     mean_update: np.ndarray = field(repr=False)
     weight: float
     outcomes: list[ClientOutcome]
+    clip: float
 
 
 @dataclass

@@ -10,7 +10,10 @@ over-selection the first ``keep`` masked inputs to arrive are summed and the oth
 dropped (their masks are removed like any dropout's). The decoded sum is the example-weighted
 mean update, which the strategy's rule takes in place of the individual updates (a rule that
 can: ``aggregator.strategies.protocols.SummableRule``) and its server optimizer steps on, as
-in a plain round.
+in a plain round. The norm guard cannot judge updates the server never sees: what bounds
+each one is the clip every client applies per coordinate before masking, which the decoded
+sum is checked against (``SecAggServer.checked_mean``); the round records it
+(``round_types.SECAGG_CLIP``).
 """
 
 from __future__ import annotations
@@ -195,7 +198,7 @@ class SecAggCollector:
                 reason = f"secure aggregation: dropped at stage {drop.stage}: {drop.reason}"
                 outcome = replace(outcome, reason=reason)
             outcomes.append(outcome)
-        yield SecureSum(mean_update, weight, outcomes)
+        yield SecureSum(mean_update, weight, outcomes, server.encoding.clip)
 
 
 def secure_strategies() -> tuple[str, ...]:

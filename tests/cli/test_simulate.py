@@ -1,6 +1,7 @@
 """The `fedcore` command through Typer's test runner: happy path, JSON, and bad input."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,23 @@ def test_simulate_stores_rounds_and_runs_commands_read_them(tmp_path):
 
     table = runner.invoke(app, ["runs", "show", str(summary["run_id"]), "--db", db])
     assert "test acc" in table.stdout
+
+
+def test_rounds_show_says_a_secure_round_was_bounded_by_its_clip_not_the_guard(tmp_path):
+    db = str(tmp_path / "runs.db")
+    for flag in ("--no-secagg", "--secagg"):
+        done = runner.invoke(app, ["simulate", str(small_toml(tmp_path)), "--db", db, "--rounds",
+                                   "1", flag, "--json"])  # fmt: skip
+        assert done.exit_code == 0, done.output
+    plain, secure = (  # the words alone: the console wraps lines and table cells
+        " ".join(re.sub("[│┃]", " ", runner.invoke(app, ["rounds", "show", str(r), "1", "--db",
+                                                        db]).stdout).split())
+        for r in (1, 2)
+    )  # fmt: skip
+    assert "secure aggregation" not in plain and "accepted (in the secure sum)" not in plain
+    assert "each update was clipped to +-8 per coordinate" in secure
+    assert "norm guard saw no single update" in secure
+    assert "accepted (in the secure sum)" in secure
 
 
 def test_simulate_prints_a_round_table(tmp_path):

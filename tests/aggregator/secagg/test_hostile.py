@@ -87,6 +87,26 @@ def test_a_sum_pushed_beyond_the_clip_bound_aborts_the_round():  # finding 5
         _run(2, "train.secagg_masked", lambda a: _masked(a, push))
 
 
+def test_one_client_moves_the_mean_anywhere_inside_the_clip_box_unseen():
+    """What the sum check does not do: bound each client. A client that skips the clip and
+    adds 4.0 x the round's weight to one coordinate of its own words moves that coordinate of
+    the mean by 4.0 - six times the 3/36 x clip = 0.67 an honest client of its weight could -
+    and the round completes: SecAgg+ bounds the decoded mean (|mean| <= clip), not a contribution
+    (ARCHITECTURE.md, "Validation under SecAgg+")."""
+    enc = FixedPoint.for_round(8, SETTINGS.clip, SETTINGS.max_weight)
+    units = sum(enc.weight_units(k + 1) for k in range(8))  # the round's weight W
+
+    def push(vector):
+        vector[0] += np.uint32(round(4.0 * units))  # the masked word, wrapping mod 2^32
+
+    final, outcomes = _run(2, "train.secagg_masked", lambda a: _masked(a, push))
+    assert outcomes[0].num_accepted == 8  # nothing refused
+    value, bound = expected_mean(range(8))
+    assert final[0] == pytest.approx(value + 4.0, abs=bound + 1e-6)
+    assert final[0] - value > 5 * enc.weight_units(3) / units * SETTINGS.clip
+    np.testing.assert_allclose(final[1:], value, atol=bound)
+
+
 @pytest.mark.parametrize("delta, match", [(2**31, "decoded weight"), (10**6, "decoded weight")])
 def test_a_tampered_weight_word_aborts_the_round_cleanly(delta, match):  # finding 5
     def push(vector):

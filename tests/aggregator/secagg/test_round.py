@@ -6,6 +6,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 
 from aggregator.backend import select_backend
 from aggregator.collect.secagg import SecAggAborted
+from aggregator.round_types import SECAGG_CLIP
 from aggregator.rounds import FederationConfig, RoundFailed, run_federation
 from aggregator.secagg import SecAggConfig
 from aggregator.strategies import StrategyContext, build_strategy
@@ -107,6 +108,9 @@ def test_secure_fedavg_matches_plain_fedavg(device):
     np.testing.assert_allclose(secure, plain, atol=1e-6)
     assert outcomes[-1].num_accepted == 8
     assert outcomes[-1].train_loss == pytest.approx(plain_outcomes[-1].train_loss, abs=1e-6)
+    # validated by the clip every client applied, not by the guard: the round says so
+    assert all(o.metrics == {SECAGG_CLIP: SecAggConfig.clip} for o in outcomes)
+    assert all(SECAGG_CLIP not in o.metrics for o in plain_outcomes)
     assert all(c.bytes_up < 1.1 * 4 * SIZE + 3000 for c in outcomes[-1].clients)
 
 
