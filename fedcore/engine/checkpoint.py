@@ -73,9 +73,11 @@ class Checkpoint:
         with enable_grad():
             out = fn(*inputs)
         del inputs
-        if not isinstance(out, Tensor) or out._node is None:
+        root = out._node if isinstance(out, Tensor) else None
+        del out  # the recomputed result itself is not needed: its gradient is `gvar`
+        if root is None:
             return [None] * len(sinks)
-        reached = propagate(out._node, gvar, {s for s in sinks if s is not None})
+        reached = propagate(root, gvar, {s for s in sinks if s is not None})
         return [None if s is None else reached.get(s) for s in sinks]
 
 

@@ -17,6 +17,7 @@ from .autograd import Ctx, Primitive, apply, defvjp
 from .checks import check_float
 from .ops import Operand, tensor
 from .parallel import matmul as gemm
+from .pool import MemoryPool
 from .tensor import Tensor
 from .var import Var
 
@@ -59,13 +60,13 @@ def _check(x: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> None:
                          f"{scales.shape} do not fit together")
 
 
-def _qmatmul_fwd(ctx: Ctx, x: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    _check(x, codes, scales)
+def product(x: np.ndarray, codes: np.ndarray, scales: np.ndarray, out: np.ndarray,
+            pool: MemoryPool) -> np.ndarray:
+    """`x @ (codes * scales)` into `out`, dequantizing column blocks into pooled scratch."""
     (m, k), n = x.shape, codes.shape[1]
-    out = ctx.alloc((m, n), x.dtype)
     cols = max(1, min(n, QBLOCK_ELEMS // k))
-    w = ctx.pool.alloc((k, cols), x.dtype)
-    part = ctx.pool.alloc((m, cols), x.dtype) if cols < n else None
+    w = pool.alloc((k, cols), x.dtype)
+    part = pool.alloc((m, cols), x.dtype) if cols < n else None
     for j0 in range(0, n, cols):
         j1 = min(n, j0 + cols)
         wb = w[:, :j1 - j0]
@@ -77,22 +78,34 @@ def _qmatmul_fwd(ctx: Ctx, x: np.ndarray, codes: np.ndarray, scales: np.ndarray)
     return out
 
 
-def _qmatmul_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    codes, scales = ctx.args[1], ctx.args[2]
+def product_t(g: np.ndarray, codes: np.ndarray, scales: np.ndarray, out: np.ndarray,
+              pool: MemoryPool) -> np.ndarray:
+    """`g @ (codes * scales).T` into `out` (an input gradient), over row blocks of codes."""
     (k, n), m = codes.shape, g.shape[0]
-    dx = np.empty((m, k), g.dtype)
     rows = max(1, min(k, QBLOCK_ELEMS // n))
-    w = ctx.pool.alloc((rows, n), g.dtype)
-    part = ctx.pool.alloc((m, rows), g.dtype) if rows < k else None
+    w = pool.alloc((rows, n), g.dtype)
+    part = pool.alloc((m, rows), g.dtype) if rows < k else None
     for i0 in range(0, k, rows):
         i1 = min(k, i0 + rows)
         wb = w[:i1 - i0]
         np.multiply(codes[i0:i1], scales, out=wb)
         if part is None:
-            gemm(g, wb.T, out=dx)
+            gemm(g, wb.T, out=out)
         else:
-            dx[:, i0:i1] = gemm(g, wb.T, out=part[:, :i1 - i0])
-    return dx
+            out[:, i0:i1] = gemm(g, wb.T, out=part[:, :i1 - i0])
+    return out
+
+
+def _qmatmul_fwd(ctx: Ctx, x: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    _check(x, codes, scales)
+    return product(x, codes, scales, ctx.alloc((x.shape[0], codes.shape[1]), x.dtype),
+                   ctx.pool)
+
+
+def _qmatmul_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    codes, scales = ctx.args[1], ctx.args[2]
+    return product_t(g, codes, scales, np.empty((g.shape[0], codes.shape[0]), g.dtype),
+                     ctx.pool)
 
 
 qmatmul_p = Primitive("qmatmul", _qmatmul_fwd, saves=(1, 2))

@@ -163,10 +163,12 @@ def test_freeze_a_trains_and_sends_b_only_and_averaging_is_exact():
     first = [m for _, m in models[1].named_modules() if isinstance(m, LoRADense)][0]
     x = Tensor(rng.standard_normal((3, GPT["embed_dim"])).astype(np.float32),
                requires_grad=True)
-    out = first(x)  # x A keeps A for x's gradient, and no x: A needs no gradient
-    a_products = [n for n in _nodes(out) if n.prim.name == "matmul"
-                  and n.in_vars[1] is not None and n.in_vars[1].data is first.lora_a.data]
-    assert len(a_products) == 1 and a_products[0].in_vars[0] is None
+    out = first(x)  # the layer's op keeps A for x's gradient, and no x: A needs no gradient
+    ops = [n for n in _nodes(out) if n.prim.name == "lora_qmatmul"]
+    assert len(ops) == 1 and ops[0].in_vars[0] is None and ops[0].in_vars[3] is not None
+    trained = [m for _, m in full.named_modules() if isinstance(m, LoRADense)][0]
+    ops = [n for n in _nodes(trained(x)) if n.prim.name == "lora_qmatmul"]
+    assert len(ops) == 1 and ops[0].in_vars[0] is not None  # A's gradient reads x
 
 def _nodes(t):
     from fedcore.engine.backprop import _toposort
@@ -187,3 +189,29 @@ def test_an_int8_lora_build_never_holds_a_flat_float_copy_of_the_base():
         model = build_model("tiny_gpt", lora=dict(rank=2, base="int8"), **big)
     assert peak[0] < 0.6 * floats  # int8 codes, the frozen embedding, the adapters
     assert model.grad_flat().size == model.layout.size < 0.2 * floats / 4
+
+
+@pytest.mark.parametrize("base", ["float32", "int8"])
+@pytest.mark.parametrize("elems", [1 << 16, 7])  # one block, ragged row blocks
+def test_the_fused_lora_product_and_its_gradients(monkeypatch, base, elems):
+    from fedcore.engine import lora as lora_ops
+
+    monkeypatch.setattr(lora_ops, "LOWRANK_ELEMS", elems)
+    monkeypatch.setattr(quant_mod, "QBLOCK_ELEMS", 20)
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    codes, scales = quantize_int8(w)
+    wf = w if base == "float32" else dequantize_int8(codes, scales)
+    x, a, b = (Tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True)
+               for s in ((7, 6), (6, 2), (2, 5)))
+    if base == "float32":
+        out = lora_ops.lora_matmul(x, Tensor(w), a, b, 1.5)
+    else:
+        out = lora_ops.lora_matmul(x, int8_tensor(codes), a, b, 1.5, scales)
+    g = rng.standard_normal((7, 5)).astype(np.float32)
+    (out * g).sum().backward()
+    xd, ad, bd = x.data, a.data, b.data
+    tol = dict(rtol=1e-5, atol=1e-5 * float(np.abs(g).max() * np.abs(xd).max() * 10))
+    np.testing.assert_allclose(out.data, xd @ wf + 1.5 * (xd @ ad) @ bd, **tol)
+    np.testing.assert_allclose(x.grad, g @ wf.T + 1.5 * (g @ bd.T) @ ad.T, **tol)
+    np.testing.assert_allclose(a.grad, 1.5 * xd.T @ (g @ bd.T), **tol)
+    np.testing.assert_allclose(b.grad, 1.5 * (xd @ ad).T @ g, **tol)
