@@ -8,15 +8,19 @@ tests, which proves the code uses nothing CuPy lacks. CuPy is imported only when
 asked for or probed, never on a device.
 
 The one hot loop, ``acc += w * x`` over each arriving update, has a native kernel per backend:
-a BLAS ``saxpy`` on the CPU (one read of ``x``, no temporary), a fused elementwise kernel on
+a BLAS ``saxpy`` on the CPU (one read of ``x``, no temporary; called through ctypes, which
+releases the GIL for the server's fold threads), a fused elementwise kernel on
 the GPU, and the plain Array API expression elsewhere. The CPU kernel runs on one thread
 unless ``$FEDCORE_AGG_THREADS`` says more: OpenBLAS threads spin, so on a busy machine a
 second thread costs far more than it brings (measured: 0.5 GB/s instead of 12), while on an
-idle one two threads read about 1.7x faster than one.
+idle one two threads read about 1.7x faster than one. The same setting gives the validating
+fold its threads (``aggregator.fold``: Python threads over one-thread BLAS, which wait
+without spinning).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +29,8 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+
+from fedcore.cblas import address, bind
 
 DEVICE_ENV = "FEDCORE_DEVICE"
 DEVICES = ("auto", "cpu", "gpu")
@@ -119,20 +125,42 @@ def blas_threads(threads: int, size: int = BLAS_MIN_SIZE) -> Iterator[None]:
             lib.set_num_threads(n)
 
 
+@cache
+def cblas_saxpy() -> Any:
+    """``saxpy(n, a, x_address, 1, y_address, 1)``, BLAS's ``y += a x`` bound by address
+    (``fedcore.cblas``) from the BLAS SciPy loaded when it is scipy-openblas (the library of
+    SciPy's own ``saxpy``, so the same bits), else None. Unlike SciPy's wrapper it releases
+    the GIL while it runs; its threads follow ``blas_threads``."""
+    pools = _blas_pools()
+    if pools is None:  # pragma: no cover - both come with the server's dependencies
+        return None
+    void = ctypes.c_void_p
+    return bind(pools, "saxpy", int, ctypes.c_float, void, int, void, int)
+
+
 def host_axpy(size: int, block: int) -> Callable[[np.ndarray, float, np.ndarray], None]:
     """``axpy(acc, weight, x)`` for float32, C-contiguous blocks (at most ``block`` elements)
     of vectors of ``size`` elements: the kernel ``numpy_axpy`` applies to the whole vector
     (BLAS saxpy from ``BLAS_MIN_SIZE`` on, else a product then a sum), so folding block by
     block gives its bits exactly (both are elementwise). Call it inside ``blas_threads``."""
     if size >= BLAS_MIN_SIZE and _blas_pools() is not None:
-        from scipy.linalg.blas import saxpy
+        bound = cblas_saxpy()
+        if bound is not None:
 
-        def blas(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
+            def by_address(acc: np.ndarray, weight: float, x: np.ndarray) -> None:
+                if x.size != acc.size:  # the routine would read past x's end
+                    raise ValueError(f"axpy of {x.size} onto {acc.size} values")
+                bound(x.size, weight, address(x), 1, address(acc), 1)
+
+            return by_address
+        from scipy.linalg.blas import saxpy  # pragma: no cover - another BLAS than SciPy's wheel
+
+        def blas(acc: np.ndarray, weight: float, x: np.ndarray) -> None:  # pragma: no cover
             out = saxpy(x, acc, a=weight)
-            if out is not acc and not np.shares_memory(out, acc):  # pragma: no cover
+            if out is not acc and not np.shares_memory(out, acc):
                 np.copyto(acc, out)
 
-        return blas
+        return blas  # pragma: no cover
     tmp = np.empty(block, np.float32)
     return lambda acc, weight, x: _ufunc_axpy(acc, weight, x, tmp[: x.size])
 

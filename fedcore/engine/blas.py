@@ -12,8 +12,7 @@ without it, or when BLAS already runs one thread.
 `axpby(a, x, b, y)` is y = a x + b y in ONE pass (cblas_?axpby). numpy has no fused
 multiply-add, so a momentum update in ufuncs reads and writes its buffers four times; through
 axpby it is two passes (an MLP's SGD step: 0.83 -> 0.46 ms with cold caches, the same bits).
-Only an unambiguous binding is used: scipy-openblas's `scipy_cblas_?axpby64_` (64-bit ints,
-what numpy's wheels ship) or `scipy_cblas_?axpby` (32-bit); elsewhere (Accelerate, a system
+It is bound by `fedcore.cblas` (scipy-openblas symbols only); elsewhere (Accelerate, a system
 BLAS of unknown integer width) `axpby` returns False and callers use ufuncs.
 """
 
@@ -26,6 +25,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
+from fedcore.cblas import address, bind
 
 __all__ = ["axpby", "serial_blas", "set_blas_threads"]
 
@@ -90,20 +91,8 @@ def _bind_axpby(char: str) -> Any:
     """cblas_saxpby ('f') or cblas_daxpby ('d') from numpy's BLAS with its argtypes, or None."""
     real = ctypes.c_float if char == "f" else ctypes.c_double
     letter = "s" if char == "f" else "d"
-    for ctl in _controllers():
-        try:
-            lib = ctypes.CDLL(ctl.filepath)
-        except OSError:
-            continue
-        for name, integer in ((f"scipy_cblas_{letter}axpby64_", ctypes.c_int64),
-                              (f"scipy_cblas_{letter}axpby", ctypes.c_int)):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = None
-                fn.argtypes = [integer, real, ctypes.c_void_p, integer, real, ctypes.c_void_p,
-                               integer]
-                return fn
-    return None
+    void = ctypes.c_void_p
+    return bind(_controllers(), f"{letter}axpby", int, real, void, int, real, void, int)
 
 
 def axpby(a: float, x: np.ndarray, b: float, y: np.ndarray) -> bool:
@@ -119,5 +108,5 @@ def axpby(a: float, x: np.ndarray, b: float, y: np.ndarray) -> bool:
         fn = _state[key] = _bind_axpby(char)
     if fn is None:
         return False
-    fn(y.size, a, x.__array_interface__["data"][0], 1, b, y.__array_interface__["data"][0], 1)
+    fn(y.size, a, address(x), 1, b, address(y), 1)
     return True

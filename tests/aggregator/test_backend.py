@@ -57,19 +57,31 @@ def _close(got: np.ndarray, acc0: np.ndarray, w: float, x: np.ndarray) -> None:
     assert_close_to_operands(got, want, np.abs(acc0) + abs(w) * np.abs(x), 4, np.float32)
 
 
+def _bound_saxpy():
+    """The saxpy bound by address; skips where SciPy's BLAS is not scipy-openblas (then
+    SciPy's own wrapper folds), fails there under ``FEDCORE_REQUIRE_BLAS=1`` (CI)."""
+    bound = backend_module.cblas_saxpy()
+    if bound is None:  # pragma: no cover - not SciPy's wheel
+        reason = "SciPy's BLAS has no scipy-openblas saxpy here"
+        if os.environ.get("FEDCORE_REQUIRE_BLAS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return bound
+
+
 @pytest.fixture
 def saxpy_calls(monkeypatch):
-    """A fresh CPU axpy whose SciPy ``saxpy`` records the BLAS threads it ran with."""
-    from scipy.linalg import blas as scipy_blas
+    """A fresh CPU axpy whose BLAS ``saxpy`` (bound by address) records the BLAS threads it
+    ran with."""
     from threadpoolctl import threadpool_info
 
-    real, calls = scipy_blas.saxpy, []
+    real, calls = _bound_saxpy(), []
 
-    def spy(x, y, a=1.0):
+    def spy(*args):
         calls.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
-        return real(x, y, a=a)
+        return real(*args)
 
-    monkeypatch.setattr(scipy_blas, "saxpy", spy)
+    monkeypatch.setattr(backend_module, "cblas_saxpy", lambda: spy)
     return backend_module._numpy_axpy(), calls
 
 
@@ -109,3 +121,19 @@ def test_fedcore_agg_threads_reaches_the_kernel(monkeypatch, saxpy_calls):
     assert calls and set(calls[-1]) == {2} and np.all(acc == 2.0)
     monkeypatch.delenv(backend_module.THREADS_ENV)
     assert select_backend("cpu").threads == 1
+
+
+def test_saxpy_by_address_gives_scipys_saxpy_bits():
+    from scipy.linalg.blas import saxpy
+
+    _bound_saxpy()
+    rng = np.random.default_rng(5)
+    n = backend_module.BLAS_MIN_SIZE * 2 + 5
+    x, acc0 = rng.standard_normal((2, n), dtype=np.float32)
+    for weight in (0.37, -1.5, 3e-7):
+        ours, theirs = acc0.copy(), acc0.copy()
+        backend_module.host_axpy(n, n)(ours, weight, x)
+        saxpy(x, theirs, a=weight)
+        assert np.array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="axpy of 5 onto"):  # never reads past the end
+        backend_module.host_axpy(n, n)(acc0, 1.0, x[:5])
