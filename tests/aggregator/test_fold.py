@@ -1,0 +1,112 @@
+"""The blocked fold on one thread and on several: against a float64 reference, the same bits
+whatever the thread count, and a refused update undone exactly with threads too."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from aggregator.backend import select_backend
+from aggregator.fold import BLOCK, MIN_BLOCKS_PER_THREAD, fold_measured
+from aggregator.strategies import StrategyContext, build_strategy
+from aggregator.updates import ClientUpdate
+from tests.tolerances import assert_close_to_operands
+
+# enough blocks for three threads, and a ragged last block
+SIZE = 3 * MIN_BLOCKS_PER_THREAD * BLOCK + 1234
+HISTORY = (0.01 * math.sqrt(SIZE),) * 5  # earlier rounds' norms: 0.01 steps
+
+
+def _updates(kinds: list[str], scales: list[float] | None = None, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    center = rng.standard_normal(SIZE, dtype=np.float32)
+    updates = []
+    for k, kind in enumerate(kinds):
+        scale = np.float32(scales[k] if scales else 0.01)
+        step = scale * rng.standard_normal(SIZE, dtype=np.float32)
+        update = ClientUpdate(10 + k, 1.0, 0.0, 4 * SIZE)
+        if kind == "values":
+            update.values = center + step
+        else:  # a compressed reply decodes to a dense delta
+            update.delta = step
+        updates.append(update)
+    return center, updates
+
+
+def _fold(center, updates, weights, threads):
+    acc = np.zeros(SIZE, np.float32)
+    for u in updates:
+        u.norm = math.nan
+    coefs = fold_measured(acc, updates, weights, center, select_backend("cpu", threads=threads))
+    return acc, coefs, [u.norm for u in updates]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_fold_and_the_norms_match_a_float64_reference(threads):
+    center, updates = _updates(["values", "delta", "values", "values", "delta"])
+    weights = [3.0, 0.5, 7.0, 1.0, 2.5]
+    acc, coefs, norms = _fold(center, updates, weights, threads)
+    terms = [
+        np.float64(w) * (u.values if u.values is not None else u.delta).astype(np.float64)
+        for u, w in zip(updates, weights, strict=True)
+    ]
+    magnitude = np.sum([np.abs(t) for t in terms], axis=0)
+    assert_close_to_operands(acc, np.sum(terms, axis=0), magnitude, 4 * len(terms), np.float32)
+    assert coefs == [0.0, 0.5, 0.0, 0.0, 2.5]  # a delta's weight goes to the global model
+    expected = [
+        float(np.linalg.norm(u.values.astype(np.float64) - center))
+        if u.values is not None
+        else float(np.linalg.norm(u.delta.astype(np.float64)))
+        for u in updates
+    ]
+    np.testing.assert_allclose(norms, expected, rtol=1e-5)
+
+
+def test_the_same_bits_whatever_the_thread_count():
+    center, updates = _updates(["values", "values", "delta", "values"])
+    weights = [11.0, 12.0, 13.0, 14.0]
+    acc, coefs, norms = _fold(center, updates, weights, 1)
+    for threads in (2, 3, 8):
+        acc_t, coefs_t, norms_t = _fold(center, updates, weights, threads)
+        assert np.array_equal(acc, acc_t) and coefs == coefs_t and norms == norms_t
+
+
+def test_a_non_finite_update_is_found_by_every_thread():
+    center, updates = _updates(["values", "values", "delta"])
+    updates[1].values[-5] = np.inf  # in the last thread's part
+    updates[2].delta[7] = np.nan  # in the first thread's part
+    _, _, norms = _fold(center, updates, [1.0, 1.0, 1.0], 2)
+    assert math.isfinite(norms[0]) and math.isnan(norms[1]) and math.isnan(norms[2])
+
+
+def _round(center, updates, threads):
+    backend = select_backend("cpu", threads=threads)
+    context = StrategyContext(backend=backend)
+    strategy = build_strategy("fedavg", {"max_norm_factor": 10.0}, context)
+    strategy.guard.norms.extend(HISTORY)
+    aggregation = strategy.start_round(center, 2)
+    assert aggregation.one_pass
+    reasons = aggregation.offer_all(updates)
+    return aggregation.finish(), reasons
+
+
+def test_a_refused_update_is_undone_exactly_with_two_threads():
+    center, updates = _updates(["values"] * 4, [0.01, 1.0, 0.01, 0.01])
+    model, reasons = _round(center, updates, threads=2)
+    assert reasons[0] is None and reasons[1].startswith("update norm") and reasons[2:] == [None] * 2
+    clean, clean_reasons = _round(center, [updates[i] for i in (0, 2, 3)], threads=1)
+    assert clean_reasons == [None] * 3
+    assert np.array_equal(model, clean)  # as if never offered, whatever the threads
+
+
+def test_a_round_on_two_threads_gives_the_plain_fold_bit_for_bit():
+    center, updates = _updates(["values", "delta", "values"])
+    model, reasons = _round(center, updates, threads=2)
+    assert reasons == [None] * 3
+    strategy = build_strategy("fedavg", None, StrategyContext(backend=select_backend("cpu")))
+    aggregation = strategy.start_round(center, 2)
+    for u in updates:
+        aggregation.rule.add(u, u.num_examples)  # the plain fold, no norms
+    assert np.array_equal(model, aggregation.finish())
