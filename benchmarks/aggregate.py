@@ -8,12 +8,15 @@
 - fedcore's streaming ``WeightedMean`` reading each message's bytes in place (decode + fused
   multiply-add into one float32 accumulator), with and without update validation (NaN/inf
   and the robust norm threshold; the norm is taken in the same pass as the fold,
-  ``RoundAggregation.offer_all``),
+  ``RoundAggregation.offer_all``), each on one thread and on two (``select_backend(threads=2)``,
+  as ``$FEDCORE_AGG_THREADS=2`` sets: BLAS threads for the plain mean, two fold threads with
+  validation, ``aggregator.fold``),
 and compared with the machine's read bandwidth measured in the same run: a plain float32 sum
-over the same message bytes. Each figure is the best of ``--repeat`` interleaved runs (the last
-column: the same ratio by this process's CPU time, steadier on a busy machine); the peak
-extra memory of the server is traced with ``tracemalloc`` (numpy reports its buffers to it)
-in separate runs.
+over the same message bytes, on one thread. Rows run interleaved ``--repeat`` times: the best
+of each row, and the median over the repeats of each run's ratio to the read pass of the same
+repeat (steadier on a busy machine); the last line sums up those medians. The peak extra
+memory of the server is traced with ``tracemalloc`` (numpy reports its buffers to it) in
+separate runs.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore.task_identity import TaskIdentity
 
-from aggregator.backend import select_backend
+from aggregator.backend import Backend, select_backend
 from aggregator.decode import decode_reply
 from aggregator.strategies import StrategyContext, WeightedMean, build_strategy
 from fedcore import protocol
 from fedcore.wire import read_vector, vector_record
+
+READ = "read bandwidth (float32 sum)"
 
 
 def make_replies(updates: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[Message]]:
@@ -50,21 +55,11 @@ def make_replies(updates: int, size: int, seed: int = 0) -> tuple[np.ndarray, li
     return center, replies
 
 
-def best_seconds(fn: Callable[[], object], repeat: int) -> float:
-    """The fastest of ``repeat`` runs of ``fn``."""
-    return best_times(fn, repeat)[0]
-
-
-def best_times(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """The fastest of ``repeat`` runs of ``fn``: wall seconds, and this process's CPU
-    seconds (steadier on a busy machine: time waiting for a core is not counted)."""
-    wall = cpu = float("inf")
-    for _ in range(repeat):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall = min(wall, time.perf_counter() - start)
-        cpu = min(cpu, time.process_time() - start_cpu)
-    return wall, cpu
+def wall_seconds(fn: Callable[[], object]) -> float:
+    """Seconds one run of ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def peak_extra_bytes(fn: Callable[[], object]) -> int:
@@ -114,13 +109,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             mean.add(update, update.num_examples)
         return threaded.to_numpy(mean.result(threaded.asarray(center)))
 
-    def validated() -> np.ndarray:  # as a round does: decode each reply, fold and judge
-        strategy = build_strategy("fedavg", None, StrategyContext(backend=backend))
-        strategy.guard.norms.extend([0.01 * np.sqrt(args.size)] * 3)  # not the first round
-        aggregation = strategy.start_round(center, 2)
-        reasons = aggregation.offer_all([decode_reply(m, args.size) for m in replies])
-        assert not any(reasons), reasons
-        return aggregation.finish()
+    def validated_on(on: Backend) -> Callable[[], np.ndarray]:
+        def validated() -> np.ndarray:  # as a round does: decode each reply, fold and judge
+            strategy = build_strategy("fedavg", None, StrategyContext(backend=on))
+            strategy.guard.norms.extend([0.01 * np.sqrt(args.size)] * 3)  # not the first round
+            aggregation = strategy.start_round(center, 2)
+            reasons = aggregation.offer_all([decode_reply(m, args.size) for m in replies])
+            assert not any(reasons), reasons
+            return aggregation.finish()
+
+        return validated
+
+    validated, validated_2 = validated_on(backend), validated_on(threaded)
 
     def validated_two_pass() -> np.ndarray:  # the norm read first, then the fold (``offer``)
         strategy = build_strategy("fedavg", None, StrategyContext(backend=backend))
@@ -135,21 +135,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     np.testing.assert_allclose(validated(), expected, rtol=1e-5, atol=1e-5)
 
     rows = {
-        "read bandwidth (float32 sum)": read_sum,
+        READ: read_sum,
         "flower aggregate_arrayrecords": flower,
         "fedcore streaming mean": streaming,
         "fedcore mean + validation": validated,
         "  (validation in two passes)": validated_two_pass,
         "fedcore streaming, 2 threads": streaming_2,
+        "fedcore mean + validation, 2 thr": validated_2,
     }
-    best = dict.fromkeys(rows, float("inf"))
-    best_cpu = dict.fromkeys(rows, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(args.repeat):  # interleaved, so a busy moment hurts every row alike
         for name, fn in rows.items():
-            wall, cpu = best_times(fn, 1)
-            best[name], best_cpu[name] = min(best[name], wall), min(best_cpu[name], cpu)
-    figures = {name: nbytes / seconds / 1e9 for name, seconds in best.items()}
-    cpu_figures = {name: nbytes / seconds / 1e9 for name, seconds in best_cpu.items()}
+            times[name].append(wall_seconds(fn))
+    figures = {name: nbytes / min(seconds) / 1e9 for name, seconds in times.items()}
+    # each run against the read pass of the same round of runs, then the median: steadier than
+    # the best on a busy machine
+    ratios = {
+        name: float(np.median([r / t for r, t in zip(times[READ], ts, strict=True)]))
+        for name, ts in times.items()
+    }
     if backend.name == "cupy":  # pragma: no cover - needs a GPU
         import cupy
 
@@ -158,26 +162,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 cupy.asarray(v)
             cupy.cuda.Device().synchronize()
 
-        figures["host-to-device copy"] = nbytes / best_seconds(h2d, args.repeat) / 1e9
+        figures["host-to-device copy"] = nbytes / min(wall_seconds(h2d) for _ in rows) / 1e9
     memory = {
         "flower aggregate_arrayrecords": peak_extra_bytes(flower),
         "fedcore streaming mean": peak_extra_bytes(streaming),
         "fedcore mean + validation": peak_extra_bytes(validated),
     }
-    read, fl = figures["read bandwidth (float32 sum)"], figures["flower aggregate_arrayrecords"]
+    read, fl = figures[READ], figures["flower aggregate_arrayrecords"]
     print(
         f"{args.updates} updates x {args.size:,} float32 ({nbytes / 1e9:.2f} GB), "
-        f"backend {backend.name}, best of {args.repeat} interleaved runs"
+        f"backend {backend.name}, {args.repeat} interleaved runs"
     )
-    read_cpu = cpu_figures["read bandwidth (float32 sum)"]
     print(
-        f"{'':32} {'GB/s':>7} {'x flower':>9} {'x read bw':>10} {'peak extra MB':>14} "
-        f"{'x read bw, CPU time':>20}"
+        f"{'':32} {'GB/s':>7} {'x flower':>9} {'x read bw':>10} {'x read bw':>10} "
+        f"{'peak extra MB':>14}"
     )
+    print(f"{'':32} {'(best)':>7} {'(best)':>9} {'(best)':>10} {'(median)':>10}")
     for name, gbps in figures.items():
-        mb = f"{memory[name] / 1e6:14.1f}" if name in memory else f"{'':14}"
-        by_cpu = f"{cpu_figures[name] / read_cpu:20.2f}" if name in cpu_figures else ""
-        print(f"{name:32} {gbps:7.2f} {gbps / fl:9.2f} {gbps / read:10.2f} {mb} {by_cpu}")
+        mb = f"{memory[name] / 1e6:14.1f}" if name in memory else ""
+        median = f"{ratios[name]:10.2f}" if name in ratios else f"{'':10}"
+        print(f"{name:32} {gbps:7.2f} {gbps / fl:9.2f} {gbps / read:10.2f} {median} {mb}")
+    print(
+        "x read bandwidth (median), 1 thread / 2 threads: "
+        f"mean {ratios['fedcore streaming mean']:.2f} / "
+        f"{ratios['fedcore streaming, 2 threads']:.2f}, "
+        f"mean + validation {ratios['fedcore mean + validation']:.2f} / "
+        f"{ratios['fedcore mean + validation, 2 thr']:.2f}"
+    )
     if "host-to-device copy" in figures:  # pragma: no cover - needs a GPU
         h2d_bw = figures["host-to-device copy"]
         print(
