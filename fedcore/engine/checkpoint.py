@@ -14,6 +14,11 @@ state that the step changes between forward and backward); an input written in p
 the forward and the backward raises `MutationError`, as for any saved value. Under a tracer
 (`fedcore.engine.hybrid`, whose planner chooses its own recomputation) or with recording off,
 `checkpoint` is just `fn(*inputs)`.
+
+`checkpoint_rows(fn, x, width)` does the same for a row-wise `fn` (each output row depends on
+the same input row only: a norm, a feed-forward), one block of rows at a time, in the forward
+and in the backward: only one block's activations ever exist (a transformer's feed-forward
+holds ROW_ELEMS-sized blocks of its hidden layer instead of the whole batch's).
 """
 
 from __future__ import annotations
@@ -24,11 +29,15 @@ from typing import Any
 from .autograd import Primitive, _tracing
 from .backprop import _check_saved, propagate
 from .deps import expected_version
+from .engine import get_engine
 from .ops import Operand, tensor
 from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad
 from .var import Var
 
-__all__ = ["Checkpoint", "checkpoint"]
+__all__ = ["ROW_ELEMS", "Checkpoint", "RowCheckpoint", "checkpoint", "checkpoint_rows"]
+
+#: elements of the widest activation one block of `checkpoint_rows` holds (512 KiB float32)
+ROW_ELEMS = 1 << 17
 
 
 def _never(*_: Any) -> None:  # a checkpoint's forward is its `fn`, not a kernel
@@ -40,6 +49,16 @@ class _Sink:
 
     __slots__ = ()
     parents: tuple = ()
+
+
+def _recomputed(eng: Any, out: Any) -> Any:
+    """The graph node of a recomputed result, once every op that computed it has run: some
+    VJPs read what their forward left on the ctx, and a gradient can reach a VJP through ops
+    that never read the forward's result (an addition), so backward must not start before."""
+    if not isinstance(out, Tensor) or out._node is None:
+        return None
+    eng.wait_for_var(out._var)
+    return out._node
 
 
 class Checkpoint:
@@ -73,7 +92,7 @@ class Checkpoint:
         with enable_grad():
             out = fn(*inputs)
         del inputs
-        root = out._node if isinstance(out, Tensor) else None
+        root = _recomputed(eng, out)
         del out  # the recomputed result itself is not needed: its gradient is `gvar`
         if root is None:
             return [None] * len(sinks)
@@ -95,3 +114,74 @@ def checkpoint(fn: Callable[..., Tensor], *inputs: Operand) -> Tensor:
         out = Tensor._wrap(out._var)  # the node goes on a fresh handle, never on an input's
     out._node = Checkpoint(fn, ts)
     return out
+
+
+class RowCheckpoint(Checkpoint):
+    """The node of a `checkpoint_rows` result: backward recomputes and differentiates `fn`
+    one block of `rows` rows at a time and assembles the input's gradient."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, fn: Callable[..., Tensor], inp: Tensor, rows: int):
+        super().__init__(fn, (inp,))
+        self.rows = rows
+
+    def backprop(self, eng: Any, gvar: Var) -> list[Var | None]:
+        """Per block: recompute with recording on, propagate that block's gradient rows."""
+        fn, saved = self.fn, self.saved
+        if fn is None:
+            raise RuntimeError("backward through 'checkpoint' twice: the graph was already freed")
+        var = self.in_vars[0]
+        self.fn, self.in_vars, self.saved = None, (), ()
+        eng.wait_for_var(var)
+        eng.wait_for_var(gvar)
+        _check_saved("checkpoint", saved)
+        shape = var.data.shape
+        x = var.data.reshape(-1, shape[-1])
+        g = gvar.data.reshape(-1, gvar.data.shape[-1])
+        need = self.parents[0] is not None
+        dx = eng.pool.alloc(x.shape, x.dtype) if need else None
+        for i0 in range(0, len(x), self.rows):
+            i1 = min(len(x), i0 + self.rows)
+            sink = _Sink() if need else None
+            with enable_grad():
+                root = _recomputed(eng, fn(Tensor._wrap(Var(x[i0:i1], "rows"), sink)))
+            got = {} if root is None else propagate(root, Var(g[i0:i1], "grad"),
+                                                     {sink} if need else frozenset())
+            if dx is not None:
+                part = got.get(sink)
+                if part is None:
+                    dx[i0:i1] = 0
+                else:
+                    eng.wait_for_var(part)
+                    dx[i0:i1] = part.data
+        return [None if dx is None else Var(dx.reshape(shape), "grad")]
+
+
+def checkpoint_rows(fn: Callable[[Tensor], Tensor], x: Operand, width: int) -> Tensor:
+    """`fn(x)` for a row-wise `fn`, over blocks of rows of x (its leading axes flattened):
+    ROW_ELEMS // width rows each, `width` being the widest activation's features per row
+    (see the module docstring). `fn` gets and returns 2-D blocks."""
+    if _tracing.hook is not None:
+        return fn(x)
+    t = tensor(x)
+    arr = t.data
+    flat = arr.reshape(-1, arr.shape[-1])
+    rows = max(1, ROW_ELEMS // max(1, int(width)))
+    out = None
+    with no_grad():
+        for i0 in range(0, len(flat), rows):
+            i1 = min(len(flat), i0 + rows)
+            y = fn(Tensor._wrap(Var(flat[i0:i1], "rows"))).data
+            if y.ndim != 2 or len(y) != i1 - i0:
+                raise ValueError(f"checkpoint_rows: fn must map ({i1 - i0}, ...) rows to as "
+                                 f"many rows, got {y.shape}")
+            if out is None:
+                out = get_engine().pool.alloc((len(flat), y.shape[1]), y.dtype)
+            out[i0:i1] = y
+    if out is None:
+        return fn(t)  # no rows at all
+    res = Tensor._wrap(Var(out.reshape(*arr.shape[:-1], out.shape[1]), "checkpoint_rows"))
+    if is_grad_enabled():
+        res._node = RowCheckpoint(fn, t, rows)
+    return res

@@ -31,8 +31,9 @@ class TinyGPT(Module):
     Positions come from rotary embeddings inside attention (no position table, so any
     sequence length works); the output head is the embedding table itself (weight tying).
     `checkpoint="blocks"`: a training step keeps only each block's input and recomputes the
-    block in the backward pass (`fedcore.engine.checkpoint`): one block's activations live
-    at a time, for a second forward pass of the blocks.
+    block in the backward pass (`fedcore.engine.checkpoint`), its feed-forward a block of rows
+    at a time: one block's attention activations and a few rows of its feed-forward live at a
+    time, for a second forward pass of the blocks (the feed-forward: a third).
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
@@ -47,6 +48,8 @@ class TinyGPT(Module):
         self.embed = Embedding(vocab_size, d_model, init_range=0.02, rng=rng)
         self.blocks = _Blocks(*(DecoderBlock(d_model, n_heads, n_kv_heads, hidden, rng=rng)
                                 for _ in range(n_layers)))
+        for block in self.blocks:  # inside a recomputed block, the feed-forward by rows
+            block.rowwise_mlp = checkpoint == "blocks"
         self.norm = RMSNorm(d_model)
         self.head = TiedHead(self.embed)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import Tensor, add, matmul_nt, reshape, swiglu
+from ..engine.checkpoint import checkpoint_rows
 from ..engine.ops import Operand, tensor
 from .attention import MultiHeadAttention
 from .layers import Dense
@@ -58,7 +59,12 @@ class TiedHead(Module):
 
 
 class DecoderBlock(Module):
-    """x + attn(norm1(x)), then + mlp(norm2(x)): pre-norm, RMSNorm, GQA + RoPE, SwiGLU."""
+    """x + attn(norm1(x)), then + mlp(norm2(x)): pre-norm, RMSNorm, GQA + RoPE, SwiGLU.
+
+    `rowwise_mlp = True` computes norm2 and the feed-forward (both row-wise) a block of rows
+    at a time and recomputes them in the backward pass (`checkpoint_rows`): the hidden layer
+    never exists for the whole batch at once.
+    """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, hidden: int, *,
                  rng: np.random.Generator | None = None, seed: int | None = None):
@@ -68,8 +74,14 @@ class DecoderBlock(Module):
         self.attn = MultiHeadAttention(d_model, n_heads, n_kv_heads, rng=rng)
         self.norm2 = RMSNorm(d_model)
         self.mlp = SwiGLU(d_model, hidden, rng=rng)
+        self.rowwise_mlp = False
 
     def forward(self, x: Operand) -> Tensor:
         """One block over (B, T, d_model)."""
         h = add(x, self.attn(self.norm1(x)))
-        return add(h, self.mlp(self.norm2(h)))
+        if self.rowwise_mlp:
+            return add(h, checkpoint_rows(self._feed_forward, h, self.mlp.gate.out_features))
+        return add(h, self._feed_forward(h))
+
+    def _feed_forward(self, h: Tensor) -> Tensor:
+        return self.mlp(self.norm2(h))

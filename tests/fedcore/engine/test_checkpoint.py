@@ -1,5 +1,7 @@
 """Activation recomputation: gradients equal the recorded step's, nothing but the inputs kept."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -13,11 +15,14 @@ from fedcore.engine import (
     matmul,
     mul,
     no_grad,
+    reshape,
     softmax_cross_entropy,
     tanh,
     use_engine,
 )
 from fedcore.models import build_model
+
+checkpoint_mod = sys.modules["fedcore.engine.checkpoint"]  # the package exports the function
 
 GPT = dict(vocab_size=50, embed_dim=32, hidden=48, n_layers=3, n_heads=4, n_kv_heads=2)
 LORA = dict(rank=4, alpha=8, targets=["attn", "mlp"], base="int8")
@@ -48,9 +53,18 @@ def _grads(checkpointing: str, lora: dict | None, steps: int = 2) -> tuple[list,
     return losses, model.grad_flat().copy()
 
 
+@pytest.fixture
+def row_blocks(monkeypatch):
+    """Feed-forward row blocks of 5 rows (24 rows in all: several blocks, the last ragged)."""
+    monkeypatch.setattr(checkpoint_mod, "ROW_ELEMS", 5 * GPT["hidden"])
+
+
 @pytest.mark.parametrize("lora", [None, LORA, {**LORA, "freeze_a": True}],
                          ids=["full", "lora-int8", "lora-int8-ffa"])
-def test_checkpointed_blocks_give_the_recorded_gradients(lora):
+@pytest.mark.parametrize("rows", [False, True], ids=["rows-whole", "rows-5"])
+def test_checkpointed_blocks_give_the_recorded_gradients(lora, rows, request):
+    if rows:
+        request.getfixturevalue("row_blocks")
     ref_losses, ref = _grads("none", lora)
     losses, got = _grads("blocks", lora)
     assert np.allclose(losses, ref_losses, rtol=1e-6)
@@ -58,7 +72,7 @@ def test_checkpointed_blocks_give_the_recorded_gradients(lora):
     _close(got, ref)
 
 
-def test_checkpointed_blocks_on_the_threaded_engine():
+def test_checkpointed_blocks_on_the_threaded_engine(row_blocks):
     _, ref = _grads("none", LORA)
     with use_engine(create_engine("threaded")):
         _, got = _grads("blocks", LORA)
@@ -133,3 +147,26 @@ def test_checkpointed_blocks_keep_less_at_the_peak():
 def test_an_unknown_checkpoint_mode_is_one_clear_error():
     with pytest.raises(ValueError, match="checkpoint must be one of none, blocks"):
         build_model("tiny_gpt", checkpoint="layers", **GPT)
+
+
+def test_row_blocks_give_the_whole_batch_result_and_gradients(monkeypatch):
+    monkeypatch.setattr(checkpoint_mod, "ROW_ELEMS", 12)  # 3 rows of width 4 per block
+    rng = np.random.default_rng(0)
+    w = Tensor(rng.standard_normal((3, 4)).astype(np.float32), requires_grad=True)
+    x0 = rng.standard_normal((2, 4, 3)).astype(np.float32)  # 8 rows: blocks 3, 3, 2
+
+    def fn(t: Tensor) -> Tensor:
+        return tanh(matmul(t, w))
+
+    results = []
+    for rows in (False, True):
+        w._grad = None
+        x = Tensor(x0, requires_grad=True)
+        h = mul(x, 1.5)
+        out = checkpoint_mod.checkpoint_rows(fn, h, 4) if rows else reshape(
+            fn(reshape(h, -1, 3)), 2, 4, 4)
+        assert out.shape == (2, 4, 4)
+        (out * out).sum().backward()
+        results.append((out.data.copy(), x.grad.copy(), w.grad.copy()))
+    for a, b in zip(*results, strict=True):
+        _close(a, b)
