@@ -68,7 +68,7 @@ def _layer(module: Module, shape: tuple[int, ...]) -> tuple[float, tuple[int, ..
         matmul = 2.0 * steps * gates * hidden * (module.input_size + hidden)
         return matmul + 10.0 * steps * hidden, (*shape[:-1], hidden)
     if kind in ("BatchNorm", "LayerNorm", "RMSNorm"):
-        return 5.0 * size, shape
+        return (6.0 if getattr(module, "relu", False) else 5.0) * size, shape  # a fused ReLU
     return float(size), shape  # activations, dropout: one op per element
 
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["channel_dot", "channel_op", "channel_sum", "fold"]
+__all__ = ["channel_dot", "channel_op", "channel_sum", "fold", "tiled"]
 
 #: elements a folded row should hold at most (long enough that loop overhead vanishes)
 RUN = 512
@@ -37,6 +37,13 @@ def fold(x: np.ndarray) -> tuple[np.ndarray, int]:
     return x.reshape(r // k, k * c), k
 
 
+def tiled(vec: np.ndarray, k: int) -> np.ndarray:
+    """vec (C,) repeated k times: (k*C,) (np.tile does the same ~5x slower, in Python)."""
+    out = np.empty(k * vec.shape[0], vec.dtype)
+    out.reshape(k, vec.shape[0])[...] = vec
+    return out
+
+
 def channel_op(ufunc: np.ufunc, x: np.ndarray, vec: np.ndarray | float,
                out: np.ndarray) -> np.ndarray:
     """`ufunc(x, vec, out=out)` with vec (C,) broadcast over x (..., C); returns out.
@@ -47,7 +54,7 @@ def channel_op(ufunc: np.ufunc, x: np.ndarray, vec: np.ndarray | float,
     if np.ndim(vec) == 0 or not (x.flags.c_contiguous and out.flags.c_contiguous):
         return ufunc(x, vec, out=out)
     x2, k = fold(x)
-    ufunc(x2, np.tile(vec, k) if k > 1 else vec, out=out.reshape(x2.shape))
+    ufunc(x2, tiled(np.asarray(vec), k) if k > 1 else vec, out=out.reshape(x2.shape))
     return out
 
 

@@ -239,7 +239,8 @@ def _avg_pool(g: Graph, m: AvgPool2d, x: Value, path: str) -> Value:
 # -- normalisation --------------------------------------------------------------------------------
 @register_converter(BatchNorm)
 def _batch_norm(g: Graph, m: BatchNorm, x: Value, path: str) -> Value:
-    """(x - mean) * (gamma / sqrt(var + eps)) + beta with the running statistics."""
+    """(x - mean) * (gamma / sqrt(var + eps)) + beta with the running statistics (then a
+    Relu for a BatchNorm with relu=True)."""
     _check_float(x, "BatchNorm", 2)
     _check_features(x, -1, m.num_features, "BatchNorm")
     running = np.asarray(m.running.numpy(), np.float64)
@@ -248,6 +249,8 @@ def _batch_norm(g: Graph, m: BatchNorm, x: Value, path: str) -> Value:
     out = g.node("Sub", [x.name, g.const(f"{path}.running_mean", running[0].reshape(shape))])
     out = g.node("Mul", [out, g.const(f"{path}.scale", scale.reshape(shape))])
     out = g.node("Add", [out, g.const(f"{path}.bias", param(m, "bias").reshape(shape))])
+    if m.relu:
+        out = g.node("Relu", [out])
     return Value(out, x.shape, x.nchw)
 
 

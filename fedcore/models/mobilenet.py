@@ -13,7 +13,6 @@ from ..nn import (
     DepthwiseConv2d,
     GlobalAvgPool2d,
     PointwiseConv2d,
-    ReLU,
     Reshape,
     Sequential,
 )
@@ -29,19 +28,20 @@ def mobilenet(num_classes: int = 10, input_shape: Sequence[int] | None = None,
               input_dim: int | None = None) -> Sequential:
     """conv3x3 stem (stride 2) -> [depthwise 3x3 -> pointwise 1x1] per width in `channels`
     (stride 2 after the first) -> global average pool -> dense. BatchNorm + ReLU after every
-    convolution (MobileNet v1, Howard et al. 2017, at MNIST scale). Input NHWC or flat."""
+    convolution, one fused layer (MobileNet v1, Howard et al. 2017, at MNIST scale). Input
+    NHWC or flat."""
     h, w, c = _input_shape(input_shape, input_dim)
     if not channels:
         raise ValueError("mobilenet: channels must name at least one block width")
     rng = np.random.default_rng(seed)
     width = int(channels[0])
     layers: list = [Reshape(h, w, c), Conv2d(c, width, 3, stride=2, padding=1, rng=rng),
-                    BatchNorm(width), ReLU(inplace=True)]
+                    BatchNorm(width, relu=True)]
     for i, out in enumerate(int(x) for x in channels):
         stride = 1 if i == 0 else 2
         layers += [DepthwiseConv2d(width, 3, stride=stride, padding=1, rng=rng),
-                   BatchNorm(width), ReLU(inplace=True),
-                   PointwiseConv2d(width, out, rng=rng), BatchNorm(out), ReLU(inplace=True)]
+                   BatchNorm(width, relu=True),
+                   PointwiseConv2d(width, out, rng=rng), BatchNorm(out, relu=True)]
         width = out
     layers += [GlobalAvgPool2d(), Dense(width, num_classes, init="glorot", rng=rng)]
     model = Sequential(*layers)

@@ -18,10 +18,12 @@ class BatchNorm(Module):
     Training normalises with the batch's statistics and updates `running` in place, a (2, C)
     [mean, var] `Buffer` (momentum 0.1, unbiased variance, as in PyTorch); eval mode uses
     `running`. The statistics are not parameters: they travel with `get_state()`, not
-    `get_flat()` (see `fedcore.nn.buffers`).
+    `get_flat()` (see `fedcore.nn.buffers`). `relu=True` applies max(., 0) to the result,
+    fused with the normalisation in training (one op forward and one backward).
     """
 
-    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, *,
+                 relu: bool = False):
         super().__init__()
         if num_features <= 0:
             raise ValueError(f"BatchNorm num_features must be positive, got {num_features}")
@@ -30,6 +32,7 @@ class BatchNorm(Module):
         self.num_features = num_features
         self.momentum = float(momentum)
         self.eps = float(eps)
+        self.relu = bool(relu)
         self.weight = Parameter(np.ones(num_features, np.float32), name="weight")
         self.bias = Parameter(np.zeros(num_features, np.float32), name="bias")
         self.running = Buffer(np.stack([np.zeros(num_features), np.ones(num_features)]),
@@ -48,10 +51,11 @@ class BatchNorm(Module):
     def forward(self, x: Operand) -> Tensor:
         """Normalise `x`; in training mode also update the running statistics."""
         return batch_norm(x, self.weight, self.bias, self.running, training=self.training,
-                          momentum=self.momentum, eps=self.eps)
+                          momentum=self.momentum, eps=self.eps, relu=self.relu)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, momentum={self.momentum}, eps={self.eps}"
+        relu = ", relu=True" if self.relu else ""
+        return f"{self.num_features}, momentum={self.momentum}, eps={self.eps}{relu}"
 
 
 class LayerNorm(Module):

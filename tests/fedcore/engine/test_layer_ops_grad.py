@@ -79,9 +79,11 @@ def test_embedding_with_repeated_ids():
     check_grads64(lambda w: embedding(ids, w), [randn(6, 3)])  # row 5 unused, row 1 thrice
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(6, 4), (3, 2, 2, 4)])
-def test_batch_norm_training(shape):
-    check_grads64(lambda x, g, b: batch_norm(x, g, b), [randn(*shape), randn(4), randn(4)])
+def test_batch_norm_training(shape, relu):
+    check_grads64(lambda x, g, b: batch_norm(x, g, b, relu=relu),
+                  [randn(*shape), randn(4), randn(4)])
 
 
 def test_batch_norm_eval_uses_given_statistics():

@@ -1,4 +1,5 @@
-"""Attention, RoPE, RMSNorm, SwiGLU, tied heads, depthwise conv and global pooling against
+"""Attention, RoPE, RMSNorm, SwiGLU, tied heads, depthwise conv, global pooling and the fused
+training BatchNorm (+ ReLU) against
 PyTorch's forward and gradients (float64, so tolerances are tight)."""
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from fedcore.engine import (
     Tensor,
     attention,
+    batch_norm,
     depthwise_conv2d,
     float64_mode,
     global_avg_pool2d,
@@ -147,3 +149,27 @@ def test_depthwise_conv_matches_torch(stride, padding, kernel):
 def test_global_avg_pool_matches_torch():
     x = rng.standard_normal((3, 4, 5, 6))
     run_both(global_avg_pool2d, lambda a: a.mean(dim=(1, 2)), [x], (0,))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 6), (7, 4)])
+def test_training_batch_norm_matches_torch(relu, shape):
+    # the fused op's input gradient runs through the batch moments; the running statistics
+    # are updated as torch's (unbiased variance, momentum 0.1)
+    x = rng.standard_normal(shape) * 3 + 1
+    gamma, beta = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+    with float64_mode():
+        running = Tensor(np.stack([np.zeros(shape[-1]), np.ones(shape[-1])]))
+    t_mean, t_var = torch.zeros(shape[-1], dtype=torch.float64), torch.ones(shape[-1],
+                                                                              dtype=torch.float64)
+
+    def th(x_, g_, b_):
+        moved = x_.movedim(-1, 1)
+        out = torch.nn.functional.batch_norm(moved, t_mean, t_var, g_, b_, training=True)
+        out = out.movedim(1, -1)
+        return torch.relu(out) if relu else out
+
+    run_both(lambda x_, g_, b_: batch_norm(x_, g_, b_, running, relu=relu), th,
+             [x, gamma, beta], (0, 1, 2))
+    np.testing.assert_allclose(running.data, np.stack([t_mean.numpy(), t_var.numpy()]),
+                               rtol=1e-9)
