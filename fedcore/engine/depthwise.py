@@ -1,17 +1,19 @@
 """MobileNet-style ops, channels-last: depthwise convolution and global average pooling.
 
 A depthwise convolution filters each channel on its own (groups = channels): weight
-(KH, KW, C). Its forward, weight gradient and input gradient are each one `einsum` per
-column phase over a zero-copy window view of the (padded) input or gradient. The view is laid
-out (N, Ho, KH, KW, Wo*C): with stride 1 along the width, the Wo output columns of one tap are
-one contiguous run of Wo*C values, so every inner loop is hundreds of elements long, where a
-multiply-add per tap over (N, Ho, Wo, C) views runs C-long loops (16 here: ~4.5x slower). A
-width stride s splits the padded input's columns by their position mod s first ("phases",
-one copy of the input in all), so each phase is again a stride-1 correlation with the taps
-that land on it. The input gradient is the transposed convolution: per (row, column) phase
-of the input, a stride-1 correlation of the padded output gradient with the flipped taps of
-that phase. A pointwise (1x1) convolution is a dense layer on the (N*H*W, C) rows and needs no
-op of its own (`fedcore.nn.PointwiseConv2d`).
+(KH, KW, C). Forward, weight gradient and input gradient are all stride-1 correlations over
+"canvases": zero-bordered copies of the input (or of the output gradient) laid out
+(N, rows, width, C) in one flat buffer. An output row computed at the canvas's width (its last
+columns are garbage, dropped afterwards) makes the output of a whole image ONE contiguous run,
+and so is the canvas stretch each tap reads for it: a correlation is one `einsum` over
+(N, KH, KW, rows*width*C) views with a few hundred inner loops thousands of elements long,
+where windows of single output rows give thousands of loops of Wo*C (1.5-4x slower, the most
+on the strided layers, whose rows are short). A stride s splits the canvas by row and column
+position mod s ("phases", together one copy of the input), each again a stride-1 correlation
+with the taps that land on it. The input gradient is the transposed convolution: per (row,
+column) phase of the input, a stride-1 correlation of the zero-bordered output gradient with
+the flipped taps of that phase. A pointwise (1x1) convolution is a dense layer on the
+(N*H*W, C) rows and needs no op of its own (`fedcore.nn.PointwiseConv2d`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .autograd import Ctx, Primitive, apply, defvjp
-from .channels import channel_op, channel_sum
+from .channels import channel_sum, tiled
 from .checks import check_ndim, check_same_dtype
-from .conv import Pair, _geometry, _pad, _pair
+from .conv import Pair, _geometry, _pair
 from .ops import Operand, tensor
 from .parallel import parallel_for
 from .tensor import Tensor
@@ -30,53 +32,67 @@ from .tensor import Tensor
 __all__ = ["depthwise_conv2d", "global_avg_pool2d"]
 
 
-def _window(src: np.ndarray, kernel: tuple[int, int], row_stride: int,
-            out_hw: tuple[int, int]) -> np.ndarray:
-    """Read-only (N, Ho, KH, KW, Wo*C) view: [n, u, i, j] is src[n, u*row_stride + i, j:j+Wo]
-    flattened (src's last two axes must be contiguous)."""
-    n, c = src.shape[0], src.shape[3]
-    sn, sh, sw, sc = src.strides
-    if sw != c * sc:
-        src = np.ascontiguousarray(src)
-        sn, sh, sw, sc = src.strides
-    (kh, kw), (ho, wo) = kernel, out_hw
-    return as_strided(src, (n, ho, kh, kw, wo * c), (sn, row_stride * sh, sh, sw, sc),
-                      writeable=False)
+def _span(phase: int, stride: int, pad: int, size: int) -> tuple[int, int]:
+    """[lo, hi): the phase-grid positions r whose padded position phase + stride*r is a real
+    input row (or column), 0 <= phase + stride*r - pad < size."""
+    return max(0, -(-(pad - phase) // stride)), -(-(size + pad - phase) // stride)
 
 
-def _tiled(w: np.ndarray, wo: int) -> np.ndarray:
-    """(KH, KW, C) taps repeated along Wo: (KH, KW, Wo*C), matching a `_window` run."""
-    kh, kw, c = w.shape
-    return np.ascontiguousarray(np.broadcast_to(w[:, :, None, :], (kh, kw, wo, c))).reshape(
-        kh, kw, wo * c)
+def _canvas(ctx: Ctx, shape: tuple[int, int, int, int], slack: int, dtype: np.dtype,
+            keep: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A zeroed flat buffer of (N, rows, width, C) plus `slack` trailing elements (what the
+    last image's runs read past its end), and its 4-D view. `keep`: an engine buffer that
+    backward reads (else a scratch one)."""
+    size = int(np.prod(shape))
+    flat = (ctx.alloc if keep else ctx.pool.alloc)((size + slack,), dtype)
+    flat.fill(0)
+    return flat, flat[:size].reshape(shape)
 
 
-def _correlate(src: np.ndarray, w: np.ndarray, row_stride: int, out: np.ndarray) -> None:
-    """out[n, u, v] = sum_ij src[n, u*row_stride + i, v + j] * w[i, j] per channel (width
-    stride 1); out (N, Ho, Wo, C) is written whole, split over images across threads."""
-    n, ho, wo, c = out.shape
-    if w.shape[0] == 0 or w.shape[1] == 0:
-        out.fill(0)
-        return
-    wt = _tiled(w, wo)
-    contiguous = out.flags.c_contiguous
+class _Runs:
+    """A stride-1 correlation over a flat canvas (`img` elements an image, `pitch` a row):
+    `runs(lo, hi, out)` sets out[n - lo, t] = sum_ij src[n*img + start + i*pitch + j*C + t]
+    * taps[i, j, t % C] for images lo..hi, each image's output ONE run of out's row length."""
 
-    def images(lo: int, hi: int) -> None:
-        win = _window(src[lo:hi], w.shape[:2], row_stride, (ho, wo))
-        if contiguous:
-            np.einsum("nhijm,ijm->nhm", win, wt, out=out[lo:hi].reshape(hi - lo, ho, wo * c))
-        else:
-            out[lo:hi] = np.einsum("nhijm,ijm->nhm", win, wt).reshape(hi - lo, ho, wo, c)
+    def __init__(self, src: np.ndarray, n: int, img: int, pitch: int, taps: np.ndarray,
+                 start: int, length: int):
+        kr, kq, c = taps.shape
+        end = (n - 1) * img + start + (kr - 1) * pitch + (kq - 1) * c + length
+        if start < 0 or end > src.size or length % c:  # a geometry bug, never the input's
+            raise RuntimeError(f"depthwise_conv2d: run of {length} at {start} outside a "
+                               f"canvas of {src.size}")
+        tiled = np.empty((kr, kq, length // c, c), taps.dtype)
+        tiled[...] = taps[:, :, None, :]
+        self.tiled = tiled.reshape(kr, kq, length)
+        self.src, self.img, self.start = src, img, start
+        s = src.itemsize
+        self.strides = (img * s, pitch * s, c * s, s)
 
-    parallel_for(n, images, out.size * w.shape[0] * w.shape[1])
+    def window(self, lo: int, hi: int) -> np.ndarray:
+        """The read-only (hi - lo, KR, KQ, L) view the runs of images lo..hi read."""
+        return as_strided(self.src[lo * self.img + self.start:],
+                          (hi - lo, *self.tiled.shape), self.strides, writeable=False)
+
+    def __call__(self, lo: int, hi: int, out: np.ndarray) -> None:
+        np.einsum("nijl,ijl->nl", self.window(lo, hi), self.tiled, out=out)
 
 
-def _phases(xp: np.ndarray, sw: int, kw: int) -> list[np.ndarray]:
-    """xp's columns by position mod sw, each contiguous (xp itself for sw == 1); phase b holds
-    columns b, b + sw, ... (only phases some tap lands on)."""
-    if sw == 1:
-        return [xp]
-    return [np.ascontiguousarray(xp[:, :, b::sw]) for b in range(min(sw, kw))]
+def _chunks(lo: int, hi: int, image_bytes: int) -> list[tuple[int, int]]:
+    """Image ranges covering lo..hi, each of at most CHUNK_BYTES of per-image data."""
+    step = max(1, CHUNK_BYTES // max(image_bytes, 1))
+    return [(i, min(hi, i + step)) for i in range(lo, hi, step)]
+
+
+#: bytes of canvases, runs and output a chunk of images touches at most: a chunk is gathered,
+#: correlated and written out while it is still in the L2 cache
+CHUNK_BYTES = 1 << 22
+
+
+def _grid(w: np.ndarray, stride: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
+    """(rows, width) of the forward's phase canvases: output size plus the most taps a phase
+    has, minus one."""
+    (kh, kw), (sh, sw), (ho, wo) = w.shape[:2], stride, out_hw
+    return ho + -(-kh // sh) - 1, wo + -(-kw // sw) - 1
 
 
 def _dw_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple[int, int],
@@ -88,69 +104,142 @@ def _dw_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple
     if x.shape[3] != c or b.shape != (c,):
         raise ValueError(f"depthwise_conv2d: input {x.shape}, weight {w.shape} and bias "
                          f"{b.shape} must have the same number of channels")
+    n, h, wd, _ = x.shape
     ho, wo = _geometry("depthwise_conv2d", x, (kh, kw), stride, padding)
-    sh, sw = stride
-    phases = _phases(_pad(ctx, x, padding, 0.0), sw, kw)
-    ctx.phases = None if phases[0] is x else phases  # dW's operands (x itself: saved)
-    out = ctx.alloc((x.shape[0], ho, wo, c), x.dtype)
-    tmp = ctx.pool.alloc(out.shape, x.dtype) if len(phases) > 1 else None
-    for p, src in enumerate(phases):
-        dst = out if p == 0 else tmp
-        _correlate(src, w[:, p::sw], sh, dst)
-        if p:
-            out += dst
-    return channel_op(np.add, out, b, out)
+    (sh, sw), (ph, pw) = stride, padding
+    hq, wq = _grid(w, stride, (ho, wo))
+    pitch, length = wq * c, ho * wq * c
+    slack = (-(-kw // sw) - 1) * c
+    phases, gathers = [], []
+    for a in range(min(sh, kh)):
+        r0, r1 = _span(a, sh, ph, h)
+        r1 = min(r1, hq)
+        for bb in range(min(sw, kw)):
+            q0, q1 = _span(bb, sw, pw, wd)
+            q1 = min(q1, wq)
+            flat, grid = _canvas(ctx, (n, hq, wq, c), slack, x.dtype, keep=True)
+            phases.append((a, bb, flat))
+            runs = _Runs(flat, n, hq * pitch, pitch, w[a::sh, bb::sw], 0, length)
+            if r1 > r0 and q1 > q0:  # grid[r, q] = x[a + sh*r - ph, bb + sw*q - pw]
+                y0, x0 = a + sh * r0 - ph, bb + sw * q0 - pw
+                src = x[:, y0:y0 + sh * (r1 - r0 - 1) + 1:sh, x0:x0 + sw * (q1 - q0 - 1) + 1:sw]
+                gathers.append((runs, grid[:, r0:r1, q0:q1], src))
+            else:
+                gathers.append((runs, None, None))
+    ctx.phases = phases  # dW's operands
+    acc = ctx.pool.alloc((n, length), x.dtype)
+    tmp = ctx.pool.alloc(acc.shape, x.dtype) if len(phases) > 1 else None
+    out = ctx.alloc((n, ho, wo, c), x.dtype)
+    bias = tiled(b, wo)
+
+    def images(lo: int, hi: int) -> None:
+        for c0, c1 in _chunks(lo, hi, (len(phases) * hq + 2 * ho) * pitch * x.itemsize):
+            for p, (runs, dst, src) in enumerate(gathers):
+                if dst is not None:
+                    dst[c0:c1] = src[c0:c1]
+                runs(c0, c1, acc[c0:c1] if p == 0 else tmp[c0:c1])
+                if p:
+                    acc[c0:c1] += tmp[c0:c1]
+            # the garbage columns dropped, the bias added
+            np.add(acc[c0:c1].reshape(-1, pitch)[:, :wo * c], bias,
+                   out=out[c0:c1].reshape(-1, wo * c))
+
+    parallel_for(n, images, n * length * (kh * kw + 2 * len(phases)))
+    return out
 
 
 def _dw_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    # input row y (padded Y = y + ph) gets tap i from output row (Y - i) / sh when that is a
-    # whole number: per phase a = Y mod sh, taps a, a + sh, ... in reverse over g padded by
-    # (taps - 1), a stride-1 correlation (likewise for columns)
+    # padded input row Y = a + sh*R (phase a) gets tap a + sh*i' from output row R - i': per
+    # phase, a stride-1 correlation of g, zero-bordered, with the phase's taps flipped
     w = ctx.args[1]
     kh, kw, c = w.shape
     n, h, wd, _ = ctx.shapes[0]
     (sh, sw), (ph, pw) = ctx.params["stride"], ctx.params["padding"]
     ho, wo = g.shape[1], g.shape[2]
-    rh, rw = -(-kh // sh) - 1, -(-kw // sw) - 1  # the most taps a phase has, minus one
-    gp = _pad(ctx, np.ascontiguousarray(g), (rh, rw), 0.0)
+    rows = [(a, len(range(a, kh, sh)), *_span(a, sh, ph, h)) for a in range(min(sh, kh))]
+    cols = [(b, len(range(b, kw, sw)), *_span(b, sw, pw, wd)) for b in range(min(sw, kw))]
+    rows = [r for r in rows if r[3] > r[2]]
+    cols = [q for q in cols if q[3] > q[2]]
     dx = ctx.alloc((n, h, wd, c), g.dtype)
-    strided = sh > 1 or sw > 1
-    if strided:
-        dx.fill(0)  # rows and columns no window reaches get no gradient
-    for a in range(min(sh, kh)):
-        kr = len(range(a, kh, sh))
-        u_lo, u_hi = -(-(ph - a) // sh), min(ho + kr - 1, -(-(h + ph - a) // sh))
-        for b in range(min(sw, kw)):
-            kq = len(range(b, kw, sw))
-            v_lo, v_hi = -(-(pw - b) // sw), min(wo + kq - 1, -(-(wd + pw - b) // sw))
-            if u_hi <= u_lo or v_hi <= v_lo:
-                continue
-            y0, x0 = a + sh * u_lo - ph, b + sw * v_lo - pw
-            dst = dx[:, y0:y0 + sh * (u_hi - u_lo - 1) + 1:sh,
-                     x0:x0 + sw * (v_hi - v_lo - 1) + 1:sw]
-            src = gp[:, rh - kr + 1 + u_lo:, rw - kq + 1 + v_lo:]
-            _correlate(src, w[a::sh, b::sw][::-1, ::-1], 1, dst)
+    if sh > kh or sw > kw or len(rows) < min(sh, kh) or len(cols) < min(sw, kw):
+        dx.fill(0)  # rows or columns no window reaches get no gradient
+    if not rows or not cols:
+        return dx
+    # g sits at (top, left) of the canvas: every phase's first run starts inside it
+    top = max(0, *(k - 1 - lo for _, k, lo, _ in rows))
+    left = max(0, *(k - 1 - lo for _, k, lo, _ in cols))
+    hg = top + max(ho, *(hi for *_, hi in rows))
+    wg = left + max(wo, *(hi for *_, hi in cols))
+    pitch, img = wg * c, hg * wg * c
+    plans, end = [], 0
+    for a, kr, r0, r1 in rows:
+        for b, kq, q0, q1 in cols:
+            start = ((top - kr + 1 + r0) * wg + left - kq + 1 + q0) * c
+            length = (r1 - r0) * pitch
+            end = max(end, (n - 1) * img + start + (kr - 1) * pitch + (kq - 1) * c + length)
+            y0, x0 = a + sh * r0 - ph, b + sw * q0 - pw
+            dst = dx[:, y0:y0 + sh * (r1 - r0 - 1) + 1:sh, x0:x0 + sw * (q1 - q0 - 1) + 1:sw]
+            plans.append((a, b, start, length, dst, r1 - r0, q1 - q0))
+    gflat, gpad = _canvas(ctx, (n, hg, wg, c), max(0, end - n * img), g.dtype, keep=False)
+    runs = [(_Runs(gflat, n, img, pitch, w[a::sh, b::sw][::-1, ::-1], start, length),
+             ctx.pool.alloc((n, length), g.dtype), dst, nr, nq)
+            for a, b, start, length, dst, nr, nq in plans]
+
+    def images(lo: int, hi: int) -> None:
+        for c0, c1 in _chunks(lo, hi, 3 * img * g.itemsize):
+            gpad[c0:c1, top:top + ho, left:left + wo] = g[c0:c1]
+            for run, acc, dst, nr, nq in runs:
+                run(c0, c1, acc[c0:c1])
+                dst[c0:c1] = acc[c0:c1].reshape(-1, nr, wg, c)[:, :, :nq]
+
+    parallel_for(n, images, n * img * (kh * kw + 3))
     return dx
 
 
 def _dw_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    # dW[i, j] = sum over every output position of the tap's input times g: per phase, the
+    # forward's runs against g laid out at the canvas width (zeros in the garbage columns)
     w = ctx.args[1]
     kh, kw, c = w.shape
     sh, sw = ctx.params["stride"]
     n, ho, wo, _ = g.shape
-    g3 = np.ascontiguousarray(g).reshape(n, ho, wo * c)
+    hq, wq = _grid(w, (sh, sw), (ho, wo))
+    pitch, img, length = wq * c, hq * wq * c, ho * wq * c
+    s = g.itemsize
+    phases = [(a, b, len(range(a, kh, sh)), len(range(b, kw, sw)), flat)
+              for a, b, flat in ctx.phases]
+    slabs: dict[int, list[np.ndarray]] = {}  # per slab of images: each phase's partial sums
+
+    def images(lo: int, hi: int) -> None:
+        chunks = _chunks(lo, hi, (len(phases) * hq + ho) * pitch * s)
+        gq = np.zeros((chunks[0][1] - chunks[0][0], ho, wq, c), g.dtype)
+        parts = [np.empty((kr, kq, length), g.dtype) for _, _, kr, kq, _ in phases]
+        tmp = np.empty(max(p.size for p in parts), g.dtype) if len(chunks) > 1 else None
+        for i, (c0, c1) in enumerate(chunks):
+            gc = gq[:c1 - c0]
+            gc[:, :, :wo] = g[c0:c1]  # columns wo.. stay zero
+            for (_, _, kr, kq, flat), part in zip(phases, parts, strict=True):
+                win = as_strided(flat[c0 * img:], (c1 - c0, kr, kq, length),
+                                 (img * s, pitch * s, c * s, s), writeable=False)
+                dst = part if i == 0 else tmp[:part.size].reshape(part.shape)
+                np.einsum("nijl,nl->ijl", win, gc.reshape(c1 - c0, length), out=dst)
+                if i:
+                    part += dst
+        slabs[lo] = parts
+
+    parallel_for(n, images, n * length * (kh * kw + 1))
     dw = np.empty(w.shape, g.dtype)
-    for p, src in enumerate(ctx.phases or [ctx.args[0]]):
-        taps = (kh, len(range(p, kw, sw)))
-        part = np.einsum("nhijm,nhm->ijm", _window(src, taps, sh, (ho, wo)), g3)
-        np.sum(part.reshape(*taps, wo, c), axis=2, out=dw[:, p::sw])
+    partials = list(slabs.values())
+    for p, (a, b, kr, kq, _) in enumerate(phases):
+        part = partials[0][p]
+        for other in partials[1:]:
+            part += other[p]
+        np.add.reduce(part.reshape(kr, kq, ho * wq, c), axis=2, out=dw[a::sh, b::sw])
     return dw
 
 
 def _dw_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     return channel_sum(g)
-
-
 depthwise_conv2d_p = Primitive("depthwise_conv2d", _dw_fwd, saves=(0, 1))
 defvjp(depthwise_conv2d_p, _dw_vjp_x, _dw_vjp_w, _dw_vjp_b)
 

@@ -269,3 +269,34 @@ def test_attention_split_over_threads_matches_serial():
         results.append([out.numpy().copy()] + [t.grad.copy() for t in ts])
     for serial, split in zip(*results, strict=True):
         np.testing.assert_array_equal(serial, split)
+
+
+@pytest.mark.parametrize("stride", [1, 2, (2, 1)])
+def test_depthwise_conv_split_over_threads_matches_serial(stride):
+    """Images split over two intra-op threads: the output and the input gradient bit for
+    bit (each image whole on one thread); the weight gradient sums one partial per thread."""
+    from fedcore.engine import depthwise_conv2d, float64_mode, mul
+    from fedcore.engine import sum as esum
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 9, 8, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 6)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+
+    def step(arrays: list[np.ndarray], r: np.ndarray | None) -> list[np.ndarray]:
+        ts = [Tensor(a, requires_grad=True) for a in arrays]
+        out = depthwise_conv2d(*ts, stride=stride, padding=1)
+        r = rng.standard_normal(out.shape).astype(np.float32) if r is None else r
+        esum(mul(out, r.astype(out.dtype))).backward()
+        return [out.numpy().copy(), *(t.grad.copy() for t in ts), r]
+
+    o1, dx1, dw1, db1, r = step([x, w, b], None)
+    with two_threads():
+        o2, dx2, dw2, db2, _ = step([x, w, b], r)
+    with float64_mode():  # dW's terms |x| |r| summed: the scale of its rounding
+        magnitude = step([np.abs(x).astype(np.float64), w.astype(np.float64),
+                          b.astype(np.float64)], np.abs(r).astype(np.float64))[2]
+    np.testing.assert_array_equal(o1, o2)
+    np.testing.assert_array_equal(dx1, dx2)
+    assert_close_to_operands(dw2, dw1, magnitude, 8, np.float32)
+    np.testing.assert_array_equal(db1, db2)
