@@ -33,7 +33,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 
 from aggregator.collect.base import finish_round, train_records
-from aggregator.couriers import Courier, LiveCourier, SimulatedCourier
+from aggregator.couriers import Courier, LiveCourier, SimulatedCourier, TimedGrid
 from aggregator.decode import client_report, decode_reply
 from aggregator.evaluation import run_evaluation
 from aggregator.round_types import (
@@ -195,10 +195,10 @@ class AsyncRun:
                 continue
             records = train_records(self.config, self.strategy.client_options, version + 1,
                                     vector_record(self.bases[version]))
-            if hasattr(self.courier, "sent"):
+            if isinstance(self.courier, SimulatedCourier):  # replies keep their first order
                 self.courier.sent = order
             self._send(client, nodes[client], version, records, when)
-        if hasattr(self.courier, "sent"):
+        if isinstance(self.courier, SimulatedCourier):
             self.courier.sent = total
 
     # -- collect ----------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def run_async_federation(
     assert config.asynchrony is not None
     courier: Courier = (
         SimulatedCourier(grid)
-        if hasattr(grid, "send_timed")
+        if isinstance(grid, TimedGrid)
         else LiveCourier(grid, timeout=config.timeout)
     )
     run = AsyncRun(grid, config, initial, strategy, courier, first_step=first_round)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from flwr.app import Message
 
@@ -30,6 +30,7 @@ class Courier(Protocol):
         """The next reply and its arrival time; None when nothing is in flight."""
 
 
+@runtime_checkable
 class TimedGrid(Protocol):
     """A grid that knows each reply's simulated duration (``SimulatedGrid``)."""
 
@@ -48,7 +49,7 @@ class SimulatedCourier:
 
     def send(self, message: Message, now: float) -> None:
         """Deliver now; queue the reply for its simulated arrival."""
-        if hasattr(self.grid, "send_timed"):
+        if isinstance(self.grid, TimedGrid):
             timed = self.grid.send_timed([message])
         else:
             timed = [(0.0, r) for r in self.grid.send_and_receive([message])]
