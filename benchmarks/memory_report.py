@@ -48,6 +48,15 @@ def memory_report(cases: list[str]) -> None:
         lora_report()
 
 
+def _held(r: dict) -> str:
+    """What the peak RSS is made of: the imports, the engine's pool at its peak, the rest."""
+    rest = r["peak_mb"] - r["import_mb"] - r["engine_peak_mb"]
+    return (f"    peak = imports {r['import_mb']:.1f} + engine pool at its peak "
+            f"{r['engine_peak_mb']:.1f} (model {r['model_mb']:.1f}; optimizer state, "
+            f"activations, gradients) + the rest {rest:.1f} MB (numpy temporaries the pool does "
+            f"not account, allocator slack)")
+
+
 #: (label, WHAT, checkpoint) of the LoRA table's rows after full fine-tuning
 LORA_ROWS = (("full fine-tuning, blocks recomputed", "full", "blocks"),
              ("LoRA, float32 base", "lora-float32", "none"),
@@ -68,11 +77,11 @@ def lora_report() -> None:
     print("LoRA rank 8 on attn + mlp vs full fine-tuning (fedcore), batch 8, T 128:")
     full = measure("full", 128, 8)
     print(_row("full fine-tuning", full))
-    print(f"    (interpreter, numpy and fedcore imported, nothing built: "
-          f"{full['import_mb']:.1f} MB)")
+    print(_held(full))
     for label, what, ckpt in LORA_ROWS:
         r = measure(what, 128, 8, ckpt)
         print(_row(label, r))
+        print(_held(r))
         ratio = r["peak_mb"] / full["peak_mb"]
         above = (r["peak_mb"] - r["import_mb"]) / (full["peak_mb"] - full["import_mb"])
         line = f"    peak RSS ratio to full {ratio:.2f}"

@@ -7,7 +7,10 @@ prints one JSON line with the RSS once the interpreter, numpy and fedcore are im
 nothing is built (`import_mb`), the RSS after building the model and data (`base_mb`) and the
 peak RSS of the whole process after three training steps (`peak_mb`, the kernel's VmHWM, which
 covers the building too), so `peak_mb - base_mb` is what training itself added and
-`peak_mb - import_mb` what the model and its training cost together. WHAT is `gpt-fedcore`,
+`peak_mb - import_mb` what the model and its training cost together. fedcore runs also give
+the engine's own accounting: the bytes its pool holds once the model is built (`model_mb`) and
+at the peak of the training steps (`engine_peak_mb`: model, optimizer state, activations and
+gradients). WHAT is `gpt-fedcore`,
 `gpt-torch` (eager attention: the T x T scores materialised, as a PyTorch model written out by
 hand does), `gpt-torch-sdpa`, `lora-int8`, `lora-float32`, `lora-int8-ffa` (A frozen: B alone
 trains and travels) or `full`, with `--seq`, `--batch` and `--checkpoint blocks` (fedcore:
@@ -189,7 +192,7 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
             torch.nn.functional.cross_entropy(model(tx), ty).backward()
             opt.step()
     else:
-        from fedcore.engine import softmax_cross_entropy
+        from fedcore.engine import get_engine, softmax_cross_entropy
         from fedcore.engine.parallel import set_num_threads
         from fedcore.optim import SGD
 
@@ -203,10 +206,14 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
         out["model_params"] = gpt_params()
         opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
         out["base_mb"] = _rss_mb()
+        pool = get_engine().pool
+        out["model_mb"] = pool.live_bytes / 2**20
+        pool.reset_peak()
         for _ in range(steps):
             opt.zero_grad()
             softmax_cross_entropy(model(x), y).backward()
             opt.step()
+        out["engine_peak_mb"] = pool.peak_bytes / 2**20
     out["peak_mb"] = _peak_mb()
     return out
 

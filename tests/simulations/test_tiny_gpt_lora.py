@@ -49,6 +49,31 @@ def test_lora_on_a_512_mb_board_trains_adapters_only_within_budget() -> None:
     assert merged.num_parameters() == base.num_parameters()
 
 
+def test_recomputed_blocks_train_the_same_adapters_in_less_memory() -> None:
+    """The example recomputes its blocks (checkpoint = "blocks"); keeping every activation
+    instead gives the same adapters (the same arithmetic) at a higher engine peak."""
+    runs = {}
+    for mode in ("none", "blocks"):
+        raw = example(clients_per_round=2, rounds=1)
+        raw["model"]["checkpoint"] = mode
+        prepared = sliced(prepare_scenario(scenario_from_dict(raw)), per_client=48, test=96)
+        runs[mode] = run_scenario(prepared)
+    peak = {m: max(c.metrics["peak_bytes"] for r in res.rounds for c in r.clients)
+            for m, res in runs.items()}
+    assert peak["blocks"] < 0.9 * peak["none"]
+    final = runs["none"].final
+    np.testing.assert_allclose(runs["blocks"].final, final, rtol=0,
+                               atol=1e-5 * float(np.abs(final).max()))
+    raw = example()
+    raw["model"]["checkpoint"] = "layers"
+    try:
+        prepare_scenario(scenario_from_dict(raw, "s.toml"))
+    except ScenarioError as exc:
+        assert "checkpoint must be one of none, blocks" in str(exc)
+    else:
+        raise AssertionError("checkpoint = 'layers' was accepted")
+
+
 def test_lora_settings_are_checked_with_the_scenario() -> None:  # one line, naming the key
     raw = example()
     raw["model"]["lora"] = {"rank": 0}
