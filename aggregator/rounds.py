@@ -54,6 +54,7 @@ from aggregator.select import (
     wait_for_nodes,
 )
 from aggregator.strategies import Strategy
+from fedcore import trace
 
 
 def run_round(
@@ -146,9 +147,11 @@ def run_federation(
         if config.directory is not None:  # the known population: who is available now
             clients = config.directory(number)
         start = time.perf_counter()
+        trace.event("round.start", round=number)
         params, outcomes, metrics = run_round(
             grid, clients, params, number, config, strategy, declared, collector
         )
+        trace.event("round.aggregated", round=number)
         test_loss, test_accuracy = evaluate_fn(params) if evaluate_fn else (None, None)
         evaluation = None
         if config.evaluation is not None and config.evaluation.due(number, config.num_rounds):
@@ -156,6 +159,7 @@ def run_federation(
                 grid, dict(clients), params, number, config.evaluation, config.seed,
                 config.timeout, max_examples=config.max_examples, declared=declared,
             )
+        trace.event("round.evaluated", round=number)
         accepted = [o for o in outcomes if o.accepted]
         weight = sum(o.num_examples for o in accepted)
         train_loss = sum(o.train_loss * o.num_examples for o in accepted) / weight
@@ -174,6 +178,7 @@ def run_federation(
         )
         if on_round is not None:
             on_round(outcome)
+        trace.event("round.committed", round=number)
     return params
 
 

@@ -1,7 +1,8 @@
 """What a device pays to take part in a deployment: memory, time per round, install size;
 Flower's stock SuperNode and fedcore's lean agent side by side, in one run.
 
-``python -m benchmarks.deploy [--rounds 3] [--skip-secagg] [--skip-install] [--json FILE]``
+``python -m benchmarks.deploy [--rounds 3] [--kinds stock,lean] [--skip-secagg] [--skip-install]
+[--json FILE]``
 
 Real processes on loopback: ``fedcore server`` with the digits example and devices of each
 kind: ``fedcore client --stock-supernode`` (a stock ``flower-supernode`` running fedcore's
@@ -16,6 +17,8 @@ For each it reports
 - *peak RSS*: the largest tree total of any device during the run;
 - *added time per round*: a round's wall time minus its slowest device's training time (from
   the store), median over the rounds, and per message exchange (1 plain, 4 with SecAgg+);
+  and where a round's time goes: the server and the devices run with ``FEDCORE_TRACE``
+  (``fedcore.trace``) and ``benchmarks.deploy_trace`` prints the median critical path;
 - *install size*: the stock kind needs Flower (``fedcore[server]``): the files of that
   dependency closure in this environment; the lean agent's: a fresh device venv built
   offline (``benchmarks.device_env``: ``pip install fedcore``), besides pip and setuptools.
@@ -45,6 +48,7 @@ from pathlib import Path
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "digits.toml"
 ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 MIB = 2**20
+TRACE_ENV = "FEDCORE_TRACE"  # fedcore.trace.ENV
 
 
 def tree_rss(root: int) -> int:
@@ -92,9 +96,11 @@ KINDS = ("stock", "lean")  # flower-supernode under fedcore client; fedcore-devi
 
 def fedcore(*args: str, log: Path, command: tuple[str, ...] = ()) -> subprocess.Popen:
     """``fedcore ARGS`` of this checkout (or ``command ARGS``: a device venv's agent, run
-    outside this checkout so that it imports its own installed copy)."""
+    outside this checkout so that it imports its own installed copy); each traces into
+    ``trace.jsonl`` beside its log."""
     argv = [*command, *args] if command else [sys.executable, "-m", "cli.main", *args]
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"} if command else ENV
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"} if command else dict(ENV)
+    env[TRACE_ENV] = str(log.parent / "trace.jsonl")
     return subprocess.Popen(
         argv,
         env=env,
@@ -168,9 +174,14 @@ def run_mode(
                 process.terminate()
                 process.wait(30)
     first = [rss for t, i, rss in sampler.samples if i == 0 and idle_from <= t <= idle_to]
+    from benchmarks.deploy_trace import breakdown
+    from fedcore.trace import read
+
     run = Store(str(db)).get_run(1)
-    added = [r.seconds - max(c.seconds or 0.0 for c in r.clients) for r in run.rounds]
+    training = [max(c.seconds or 0.0 for c in r.clients) for r in run.rounds]
+    added = [r.seconds - t for r, t in zip(run.rounds, training, strict=True)]
     exchanges = 4 if secagg else 1
+    trace = work / "trace.jsonl"
     return {
         "kind": kind,
         "mode": "SecAgg+" if secagg else "plain",
@@ -180,6 +191,8 @@ def run_mode(
         "round_seconds": statistics.median(r.seconds for r in run.rounds),
         "added_seconds_per_round": statistics.median(added),
         "added_seconds_per_exchange": statistics.median(added) / exchanges,
+        "training_seconds": statistics.median(training),
+        "breakdown": breakdown(read(trace)) if trace.exists() else {},
     }
 
 
@@ -213,12 +226,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds the first device idles")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="which devices, comma-separated (default: stock,lean)")
     parser.add_argument("--skip-secagg", action="store_true")
     parser.add_argument("--skip-install", action="store_true",
                         help="no fresh device venv (about a minute): the lean agent then runs "
                         "from this environment, which has the server's packages too")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", type=Path, help="keep each deployment's logs and trace in a "
+                        "new folder here (MODE-KIND)")
     args = parser.parse_args(argv)
+    kinds = [k for k in KINDS if k in args.kinds.split(",")]
+    if not kinds or set(args.kinds.split(",")) - set(KINDS):
+        parser.error(f"--kinds: a comma-separated choice of {', '.join(KINDS)}")
     sizes: dict[str, float | None] = {"stock": install_bytes(("fedcore", "flwr")) / 1e6,
                                       "lean closure": install_bytes(("fedcore",)) / 1e6,
                                       "lean": None}  # fmt: skip
@@ -237,9 +257,14 @@ def main(argv: list[str] | None = None) -> None:
                 agent, agent_from = (str(env.bin("fedcore-device")),), "a fresh device venv"
         rows = []
         for secagg in (False, True)[: 1 if args.skip_secagg else 2]:
-            for kind in KINDS:
-                with tempfile.TemporaryDirectory(prefix="fedcore-bench-deploy-") as folder:
-                    rows.append(run_mode(kind, secagg, args.rounds, args.idle, Path(folder),
+            for kind in kinds:
+                if args.keep is not None:  # logs and traces stay for a look
+                    folder = args.keep / f"{'secagg' if secagg else 'plain'}-{kind}"
+                    folder.mkdir(parents=True, exist_ok=False)
+                    rows.append(run_mode(kind, secagg, args.rounds, args.idle, folder, agent))
+                    continue
+                with tempfile.TemporaryDirectory(prefix="fedcore-bench-deploy-") as temp:
+                    rows.append(run_mode(kind, secagg, args.rounds, args.idle, Path(temp),
                                          agent))  # fmt: skip
     print("device side: stock = flower-supernode + fedcore ClientApp under fedcore client; "
           f"lean = fedcore-device from {agent_from}")  # fmt: skip
@@ -261,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
                                      ("round", "round_seconds"))
                   if lean[field] and stock[field]]  # fmt: skip
         print(f"{mode}: lean/stock " + ", ".join(ratios))
+    from benchmarks.deploy_trace import format_breakdown
+
+    for r in rows:
+        if r["breakdown"]:
+            print(format_breakdown(f"{r['mode']} {r['kind']}", r["breakdown"],
+                                   r["training_seconds"]))  # fmt: skip
     fresh = "-" if sizes["lean"] is None else f"{sizes['lean']:.0f} MB"
     print(f"install: stock {sizes['stock']:.0f} MB (fedcore's base + flwr closure); lean {fresh} "
           f"(fresh device venv besides pip and setuptools; closure here "

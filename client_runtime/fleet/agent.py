@@ -42,6 +42,7 @@ from client_runtime.fleet.transport import (
     Unreachable,
     VersionMismatch,
 )
+from fedcore import trace
 from fedcore.records import RecordDict
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class Agent(Session):
         self.runs: dict[int, _Run] = {}
         self.rounds = 0  # messages answered
         self._last_message = 0.0
+        self._last_poll = 0.0  # wall clock when the previous pull-messages answered
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, on_joined: Callable[[int], None] | None = None) -> None:
@@ -133,11 +135,16 @@ class Agent(Session):
 
     def poll_once(self) -> bool:
         """Pull at most one message and answer it; True if one came."""
+        asked = time.time()
         response = self.client.call(
             "pull-messages", fleet_pb2.PullMessagesRequest(node=self.node),
             fleet_pb2.PullMessagesResponse)
+        previous, self._last_poll = self._last_poll, time.time()
         if not response.messages_list:
             return False
+        trace.event("agent.pulled", at=self._last_poll, asked=asked, previous=previous,
+                    message=response.messages_list[0].metadata.message_id,
+                    type=response.messages_list[0].metadata.message_type)
         if len(response.message_object_trees) != len(response.messages_list):
             raise FleetError("pull-messages: messages and object trees differ in number")
         self._last_message = time.monotonic()
@@ -173,12 +180,16 @@ class Agent(Session):
                         meta.run_id, exc)
             self._remember(meta.message_id)
             return
+        trace.event("agent.received", message=meta.message_id,
+                    bytes=sum(len(c) for c in contents.values()))
         content, error = None, None
         try:
             _, content_in = objects.inflate(tree, contents, self.settings.max_message_bytes)
             if content_in is None:
                 raise ValueError("the message carries an error, not content")
+            trace.event("agent.decoded", message=meta.message_id)
             content, error = self._handle(meta, run, content_in), None
+            trace.event("agent.handled", message=meta.message_id)
         except Exception as exc:  # any failure is the server's to record, never a crash here
             error = (CLIENT_APP_RAISED_EXCEPTION, f"{type(exc)}:<'{exc}'>")
             if MARK in str(exc):
@@ -249,6 +260,7 @@ class Agent(Session):
             reply.dst_task_id = meta.src_task_id
         deflated = objects.deflate(reply, content, error)
         reply.message_id = deflated.object_id
+        trace.event("agent.encoded", message=meta.message_id)
         head = message_pb2.Message(metadata=reply)
         if error is not None:
             head.error.code, head.error.reason = error
@@ -259,6 +271,7 @@ class Agent(Session):
         while True:  # the same reply (same id) until it is in, or the round is gone
             try:
                 self._push(meta.run_id, head, deflated, runtime)
+                trace.event("agent.pushed", message=meta.message_id, reply=reply.message_id)
                 return
             except RunGone as exc:
                 log.info("reply to %s not delivered: %s", meta.message_type, exc)
