@@ -155,6 +155,7 @@ def _federate(
         on_round,
         first_round=first_round,
         before_round=before_round,
+        resume_state=None if resume is None else resume.server_state,
     )
 
 

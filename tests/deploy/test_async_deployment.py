@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from unittest import mock
 
+import numpy as np
 from flwr.app import Context, Message, RecordDict
 
 from aggregator.store import Store
@@ -78,3 +79,41 @@ def test_a_slow_device_does_not_stop_the_model_and_counts_when_it_returns(tmp_pa
     evaluations = {n: store.get_round(run.id, n).evaluation for n in range(1, 6)}
     assert [n for n, e in evaluations.items() if e] == [2, 4, 5]
     assert all(e["clients"] and not e["rejected"] for e in evaluations.values() if e)
+
+
+def test_a_paused_async_deployment_resumes_its_in_flight_clients_bit_for_bit(tmp_path):
+    """The deployed ServerApp hands the checkpoint's server state to the round loop as the
+    simulation does: the clients in flight at the pause are sent again from the model version
+    they trained from, so the resumed run ends where the uninterrupted one does."""
+    from simulations.lifecycle import StoredRun
+    from simulations.prepare import prepare_scenario
+    from tests.deploy.test_apps import deploy_in_process, digits_nodes
+
+    scenario = example(
+        num_clients=4, clients_per_round=4, rounds=5, mode="async", concurrency=4, buffer=2,
+        max_staleness=3,
+    )
+
+    def final(store: Store, run_id: int):
+        return store.load_checkpoint(run_id)[1].params
+
+    whole = f"sqlite:///{tmp_path / 'whole.db'}"
+    deploy_in_process(DeploySettings(scenario=scenario, db=whole, connect_timeout=5),
+                      digits_nodes(4))  # fmt: skip
+    db = f"sqlite:///{tmp_path / 'paused.db'}"
+    store = Store(db)
+    prepared = prepare_scenario(serverapp.load_deployable(scenario))
+    run_id = StoredRun.create(store, prepared, serverapp.RUNTIME).run_id
+    settings = DeploySettings(scenario=scenario, db=db, run_id=run_id, connect_timeout=5)
+
+    def pause_after_step_2(outcome):
+        if outcome.number == 2:
+            store.queue_control(run_id, "pause")
+
+    with mock.patch.object(serverapp, "log_round", pause_after_step_2):
+        deploy_in_process(settings, digits_nodes(4))
+    assert [r.number for r in store.get_run(run_id).rounds] == [1, 2]
+    store.claim_run(run_id, serverapp.RUNTIME)  # what `fedcore server --resume` does
+    deploy_in_process(settings, digits_nodes(4))
+    assert store.get_run(run_id).status == "completed"
+    np.testing.assert_array_equal(final(store, run_id), final(Store(whole), 1))
