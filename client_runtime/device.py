@@ -2,13 +2,17 @@
 
 A node whose ``node_config`` names a device class (``protocol.DEVICE``, a catalog name) trains
 with the engine's memory pool capped at that device's budget (or ``protocol.MEMORY_BUDGET``
-bytes). If the eager step does not fit, the client compiles the step with the memory planner
-(``hybridize(budget)``: activations recomputed until it fits; cached per process, see
-`client_runtime.compiled`) and starts the round over on that path; the process remembers that
-this model and batch size need it. Only if no plan fits either does the client halve its batch
-size and start over (``protocol.ADAPT_BATCH``), or fail with ``DoesNotFit``, which the server
-records as the rejection reason. The round's metrics say which path trained (``hybrid``: 1 for
-the planned step, 0 for eager). Without a device the budget is left alone.
+bytes). If the eager step does not fit, a model that can recompute its blocks (a tiny GPT
+built with ``checkpoint = "none"``) starts the round over eagerly with its blocks recomputed
+(`fedcore.engine.checkpoint`: the same gradients, any loss and optimizer); if that does not fit
+either, the client compiles the step with the memory planner (``hybridize(budget)``:
+activations recomputed until it fits; cached per process, see `client_runtime.compiled`) and
+starts over on that path; the process remembers which path this model and batch size need.
+Only if no plan fits either does the client halve its batch size and start over
+(``protocol.ADAPT_BATCH``), or fail with ``DoesNotFit``, which the server records as the
+rejection reason. The round's metrics say which path trained (``recompute``: 1 for eager with
+blocks recomputed; ``hybrid``: 1 for the planned step; both 0 for plain eager). Without a
+device the budget is left alone.
 """
 
 from __future__ import annotations
@@ -26,12 +30,29 @@ from client_runtime.cost import training_flops
 from client_runtime.trainer import train_local
 from fedcore import protocol
 from fedcore.engine import MemoryBudgetError, get_engine
+from fedcore.models.gpt import TinyGPT
 from fedcore.nn import Module, get_state, set_state
 from fedcore.objectives import Objective
 from fedcore.settings import TrainSettings
 
-#: model -> {(batch size, budget)} whose eager step ran out of budget in this process
-_EAGER_TOO_BIG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+EAGER, RECOMPUTE, HYBRID = "eager", "recompute", "hybrid"
+
+#: model -> {(batch size, budget): the first path worth trying}: the cheaper ones ran out of
+#: budget in this process
+_FIRST_PATH: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: tiny GPT -> the checkpoint mode it was built with (the device may switch it to "blocks")
+_BUILT_MODE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _paths(model: Module, settings: TrainSettings) -> list[str]:
+    """The ways this model may train, cheapest in compute first."""
+    paths = [EAGER]
+    if isinstance(model, TinyGPT) and _BUILT_MODE.setdefault(model, model.checkpoint) == "none":
+        paths.append(RECOMPUTE)
+    if (settings.loss, settings.optimizer, settings.max_grad_norm) == (
+            "cross_entropy", "sgd", 0.0):  # what a compiled step does
+        paths.append(HYBRID)
+    return paths
 
 
 class DoesNotFit(RuntimeError):
@@ -74,27 +95,29 @@ def train_on_device(
     pool = get_engine().pool
     previous = pool.budget_bytes
     start = get_state(model) if budget is not None else None
-    hybrid = False
+    path = EAGER
     try:
         while True:
             pool.reset_peak()
             pool.budget_bytes = budget
             key = (settings.batch_size, budget)
-            too_big = _EAGER_TOO_BIG.setdefault(model, set())
-            hybrid = budget is not None and key in too_big
+            first = _FIRST_PATH.setdefault(model, {})
+            paths = _paths(model, settings)
+            path = first.get(key, EAGER) if budget is not None else EAGER
+            if RECOMPUTE in paths:
+                model.set_checkpoint("blocks" if path == RECOMPUTE else "none")
             try:
-                step = compiled_step(model, settings, budget) if hybrid else None
+                step = compiled_step(model, settings, budget) if path == HYBRID else None
                 result = train_local(model, x, y, settings, seed, step, loss_fn)
                 break
             except MemoryBudgetError as exc:
                 set_state(model, start)
-                if hybrid:  # its arena must not stay allocated while a smaller batch is tried
+                if path == HYBRID:  # its arena must not stay while a smaller batch is tried
                     drop_compiled_step(model)
                 gc.collect()  # the failed step's graph holds pool buffers in reference cycles
-                plain = (settings.loss, settings.optimizer, settings.max_grad_norm) == (
-                    "cross_entropy", "sgd", 0.0)  # what a compiled step does
-                if not hybrid and budget is not None and plain:  # the planner may fit it
-                    too_big.add(key)
+                later = paths[paths.index(path) + 1:] if path in paths else []
+                if budget is not None and later:  # recomputation or the planner may fit it
+                    first[key] = later[0]
                     continue
                 if not adapt or settings.batch_size == 1:
                     device = node_config.get(protocol.DEVICE, "this device")
@@ -109,6 +132,7 @@ def train_on_device(
         "flops": training_flops(model, x.shape[1:], len(y), settings.local_epochs),
         "peak_bytes": float(pool.peak_bytes),
         "batch_size": float(settings.batch_size),
-        "hybrid": float(hybrid),
+        "recompute": float(path == RECOMPUTE),
+        "hybrid": float(path == HYBRID),
     }
     return DeviceTrainResult(result.num_examples, result.train_loss, result.seconds, costs)

@@ -39,19 +39,24 @@ class TinyGPT(Module):
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
                  n_kv_heads: int, hidden: int, seed: int = 0, checkpoint: str = "none"):
         super().__init__()
-        if checkpoint not in CHECKPOINTS:
-            raise ValueError(f"tiny_gpt: checkpoint must be one of {', '.join(CHECKPOINTS)}, "
-                             f"got {checkpoint!r}")
-        self.checkpoint = checkpoint
         rng = np.random.default_rng(seed)
         self.vocab_size, self.d_model = vocab_size, d_model
         self.embed = Embedding(vocab_size, d_model, init_range=0.02, rng=rng)
         self.blocks = _Blocks(*(DecoderBlock(d_model, n_heads, n_kv_heads, hidden, rng=rng)
                                 for _ in range(n_layers)))
-        for block in self.blocks:  # inside a recomputed block, the feed-forward by rows
-            block.rowwise_mlp = checkpoint == "blocks"
+        self.set_checkpoint(checkpoint)
         self.norm = RMSNorm(d_model)
         self.head = TiedHead(self.embed)
+
+    def set_checkpoint(self, mode: str) -> None:
+        """Recompute each block in the backward pass ("blocks") or keep its activations
+        ("none"); ValueError naming the modes otherwise."""
+        if mode not in CHECKPOINTS:
+            raise ValueError(f"tiny_gpt: checkpoint must be one of {', '.join(CHECKPOINTS)}, "
+                             f"got {mode!r}")
+        self.checkpoint = mode
+        for block in self.blocks:  # inside a recomputed block, the feed-forward by rows
+            block.rowwise_mlp = mode == "blocks"
 
     def forward(self, tokens: Operand) -> Tensor:
         """Logits for every position of every sequence."""

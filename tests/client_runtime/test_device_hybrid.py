@@ -76,3 +76,38 @@ def test_when_no_plan_fits_the_batch_halves_or_the_client_refuses(engine):
                              {protocol.MEMORY_BUDGET: budget, protocol.ADAPT_BATCH: True})
     assert result.costs["batch_size"] < CONFIG.batch_size
     assert result.costs["peak_bytes"] <= budget
+
+
+GPT = dict(vocab_size=50, embed_dim=32, hidden=96, n_layers=4, n_heads=4, n_kv_heads=2)
+TOKENS = rng.integers(0, 50, (32, 24))
+NEXT = rng.integers(0, 50, (32, 24))
+
+
+def test_a_gpt_over_budget_recomputes_its_blocks_eagerly_first(engine):
+    settings = CONFIG.with_values({"batch_size": 16})
+    model = build_model("tiny_gpt", seed=0, **GPT)
+    start = model.get_flat()
+    pool = engine.pool
+    live = pool.live_bytes
+    peaks = {}
+    for mode in ("none", "blocks"):
+        model.set_checkpoint(mode)
+        model.set_flat(start)
+        pool.reset_peak()
+        train_local(model, TOKENS, NEXT, settings)
+        peaks[mode] = pool.peak_bytes
+    trained = model.get_flat()
+    model.set_checkpoint("none")
+    budget = int((peaks["none"] + peaks["blocks"]) / 2)
+    assert peaks["blocks"] < budget < peaks["none"] and live < budget
+    for _ in range(2):  # the second round starts on the path the first found
+        model.set_flat(start)
+        result = train_on_device(model, TOKENS, NEXT, settings, 0,
+                                 {protocol.MEMORY_BUDGET: budget})
+        assert result.costs["recompute"] == 1.0 and result.costs["hybrid"] == 0.0
+        assert result.costs["peak_bytes"] <= budget
+        assert not compiled._steps
+        np.testing.assert_allclose(model.get_flat(), trained, rtol=0,
+                                   atol=1e-5 * float(np.abs(trained).max()))
+    roomy = train_on_device(model, TOKENS, NEXT, settings, 0, {protocol.MEMORY_BUDGET: 1 << 30})
+    assert roomy.costs["recompute"] == 0.0 and model.checkpoint == "none"
