@@ -23,6 +23,7 @@ from typing import Any
 from aggregator.rounds import RoundOutcome
 from fedcore.resolve import Registry
 from simulations.harness import SimulationResult
+from simulations.reports import round_figures
 
 __all__ = ["SimulationRun", "simulate"]
 
@@ -56,17 +57,8 @@ class SimulationRun:
         """One plain dict per round: losses, the server's test figures, federated evaluation."""
         out = []
         for r in self.result.rounds:
-            evaluation = r.evaluation
-            out.append({
-                "round": r.number,
-                "selected": r.num_selected,
-                "accepted": r.num_accepted,
-                "train_loss": r.train_loss,
-                "test_loss": r.test_loss,
-                "test_accuracy": r.test_accuracy,
-                "federated": None if evaluation is None else evaluation.summary,
-                "seconds": r.seconds,
-            })
+            federated = None if r.evaluation is None else r.evaluation.summary
+            out.append({**round_figures(r), "federated": federated})
         return out
 
 

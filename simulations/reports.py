@@ -44,21 +44,26 @@ def outcome_kind(client: Any) -> str:
     return "rejected"
 
 
+def round_figures(r: Any) -> dict[str, Any]:
+    """A round's own figures: clients selected and accepted, losses, the server's test."""
+    return {
+        "round": r.number,
+        "selected": r.num_selected,
+        "accepted": r.num_accepted,
+        "train_loss": r.train_loss,
+        "test_loss": r.test_loss,
+        "test_accuracy": r.test_accuracy,
+        "seconds": r.seconds,
+    }
+
+
 def round_rows(rounds: list[Any]) -> list[dict[str, float | None]]:
     """One flat row per round (``ROUND_FIELDS``; ``fed_*`` None in rounds not evaluated)."""
     rows = []
     for r in rounds:
         evaluation = getattr(r, "evaluation", None)
         summary = evaluation.summary if evaluation is not None else {}
-        row = {
-            "round": r.number,
-            "selected": r.num_selected,
-            "accepted": r.num_accepted,
-            "train_loss": r.train_loss,
-            "test_loss": r.test_loss,
-            "test_accuracy": r.test_accuracy,
-            "seconds": r.seconds,
-        }
+        row = round_figures(r)
         row.update({f"fed_{k}": summary.get(k) for k in FED_KEYS})
         row.update({k: r.metrics.get(k, 0.0) for k in ROUND_FIELDS if k not in row})
         rows.append(row)
