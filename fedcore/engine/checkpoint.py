@@ -36,8 +36,10 @@ from .var import Var
 
 __all__ = ["ROW_ELEMS", "Checkpoint", "RowCheckpoint", "checkpoint", "checkpoint_rows"]
 
-#: elements of the widest activation one block of `checkpoint_rows` holds (512 KiB float32)
-ROW_ELEMS = 1 << 17
+#: elements of the widest activation one block of `checkpoint_rows` holds (1 MiB of float32;
+#: smaller blocks cost more Python-level calls: the LoRA benchmark step at 1 << 16 took
+#: 1.3x its time at 1 << 18, and its peak was the loss's either way)
+ROW_ELEMS = 1 << 18
 
 
 def _never(*_: Any) -> None:  # a checkpoint's forward is its `fn`, not a kernel
