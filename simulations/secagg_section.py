@@ -23,7 +23,9 @@ Either switches SecAgg+ on for every round (per run, ``fedcore simulate --secagg
 n is ``federation.clients_per_round``; the derivation of k and t is in
 ``fedcore.secagg.params``. Only strategies whose rule takes a sum in place of the updates work
 (``Strategy.takes_sums``: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad among the
-built-ins), with ``compression = "none"``.
+built-ins), with ``compression = "none"``. The norm guard does not run (the server sees no
+single update; ``clip`` bounds each one instead): a ``max_norm_factor`` set on purpose is
+refused.
 """
 
 from __future__ import annotations
@@ -127,6 +129,11 @@ def secagg_misfit(scenario: Scenario) -> tuple[str, str] | None:
         )
     if fed.compression != "none":
         return "federation.compression", "secure aggregation sends dense masked vectors: none"
+    if fed.strategy_options.get("max_norm_factor", 0):  # set on purpose; the default is moot
+        return "federation.strategy_options.max_norm_factor", (
+            "the norm guard judges single updates, which secure aggregation never shows the "
+            "server; secagg.clip bounds them instead (set it to 0, or secagg = false)"
+        )
     n = fed.clients_per_round or fed.num_clients
     if n < 2:
         return "federation.clients_per_round", "secure aggregation needs at least 2 clients"

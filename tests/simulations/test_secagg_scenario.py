@@ -26,6 +26,8 @@ def scenario(federation=None, secagg=None):
 def test_switches_and_defaults():
     assert not secagg_enabled(scenario())
     assert secagg_enabled(scenario({"secagg": True}))
+    off = {"max_norm_factor": 0.0}  # the guard off on purpose: nothing to refuse
+    assert secagg_enabled(scenario({"secagg": True, "strategy_options": off}))
     on = scenario(secagg={"k": 3})  # the table alone switches it on, and the dump says so
     assert on.federation.secagg and scenario_from_dict(on.model_dump(mode="json")) == on
     quick = load_scenario(QUICKSTART)
@@ -42,6 +44,11 @@ def test_switches_and_defaults():
     [
         ({"secagg": True, "strategy": "krum"}, None, "federation.strategy: 'krum' needs"),
         ({"secagg": True, "compression": "int8"}, None, "federation.compression"),
+        (
+            {"secagg": True, "strategy_options": {"max_norm_factor": 5.0}},
+            None,
+            "federation.strategy_options.max_norm_factor: the norm guard judges single updates",
+        ),
         ({"secagg": False}, {"k": 3}, "federation.secagg: false, but a [secagg] table"),
         ({}, {"k": 2, "t": 3}, "secagg.t: 3 is more than secagg.k (2)"),
         ({}, {"dropout": 0.5, "corruption": 0.4}, "secagg: n = 4 clients cannot tolerate"),
