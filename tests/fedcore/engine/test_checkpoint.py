@@ -170,3 +170,32 @@ def test_row_blocks_give_the_whole_batch_result_and_gradients(monkeypatch):
         results.append((out.data.copy(), x.grad.copy(), w.grad.copy()))
     for a, b in zip(*results, strict=True):
         _close(a, b)
+
+
+def test_a_planned_step_traces_through_checkpoints(row_blocks):
+    """Under hybridize's tracer a checkpoint is its function: the planner recomputes by its
+    own plan, and the losses are the eager recomputed step's."""
+    from fedcore.optim import SGD
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, GPT["vocab_size"], (2, 12))
+    y = rng.integers(0, GPT["vocab_size"], (2, 12)).reshape(-1)
+    losses = []
+    for planned in (False, True):
+        model = build_model("tiny_gpt", seed=1, lora=LORA, checkpoint="blocks", **GPT)
+        model.set_flat(np.random.default_rng(2).standard_normal(model.layout.size)
+                       .astype(np.float32) * 0.1)
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+        step = model.hybridize(optimizer=opt) if planned else None
+        run = []
+        for _ in range(3):
+            if step is not None:
+                run.append(float(step(x, y)))
+                continue
+            opt.zero_grad()
+            loss = softmax_cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            run.append(loss.item())
+        losses.append(run)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
