@@ -19,7 +19,6 @@ the flipped taps of that phase. A pointwise (1x1) convolution is a dense layer o
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from .autograd import Ctx, Primitive, apply, defvjp
 from .channels import channel_sum, tiled
@@ -36,6 +35,13 @@ def _span(phase: int, stride: int, pad: int, size: int) -> tuple[int, int]:
     """[lo, hi): the phase-grid positions r whose padded position phase + stride*r is a real
     input row (or column), 0 <= phase + stride*r - pad < size."""
     return max(0, -(-(pad - phase) // stride)), -(-(size + pad - phase) // stride)
+
+
+def _view(flat: np.ndarray, start: int, shape: tuple[int, ...],
+          strides: tuple[int, ...]) -> np.ndarray:
+    """A strided view of the contiguous 1-D `flat` from element `start` (numpy checks that
+    it stays inside; as_strided would not, and costs 20x more per call: ~6 against 0.3 us)."""
+    return np.ndarray(shape, flat.dtype, flat, start * flat.itemsize, strides)
 
 
 def _canvas(ctx: Ctx, shape: tuple[int, int, int, int], slack: int, dtype: np.dtype,
@@ -69,9 +75,9 @@ class _Runs:
         self.strides = (img * s, pitch * s, c * s, s)
 
     def window(self, lo: int, hi: int) -> np.ndarray:
-        """The read-only (hi - lo, KR, KQ, L) view the runs of images lo..hi read."""
-        return as_strided(self.src[lo * self.img + self.start:],
-                          (hi - lo, *self.tiled.shape), self.strides, writeable=False)
+        """The (hi - lo, KR, KQ, L) view the runs of images lo..hi read."""
+        return _view(self.src, lo * self.img + self.start, (hi - lo, *self.tiled.shape),
+                     self.strides)
 
     def __call__(self, lo: int, hi: int, out: np.ndarray) -> None:
         np.einsum("nijl,ijl->nl", self.window(lo, hi), self.tiled, out=out)
@@ -219,8 +225,8 @@ def _dw_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
             gc = gq[:c1 - c0]
             gc[:, :, :wo] = g[c0:c1]  # columns wo.. stay zero
             for (_, _, kr, kq, flat), part in zip(phases, parts, strict=True):
-                win = as_strided(flat[c0 * img:], (c1 - c0, kr, kq, length),
-                                 (img * s, pitch * s, c * s, s), writeable=False)
+                win = _view(flat, c0 * img, (c1 - c0, kr, kq, length),
+                            (img * s, pitch * s, c * s, s))
                 dst = part if i == 0 else tmp[:part.size].reshape(part.shape)
                 np.einsum("nijl,nl->ijl", win, gc.reshape(c1 - c0, length), out=dst)
                 if i:
