@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp, defvjp_into
-from .parallel import elementwise
+from .channels import channel_op, channel_sum
+from .parallel import GRAIN, elementwise
 from .parallel import matmul as gemm
 from .tensor import Tensor, as_array, is_grad_enabled
 
@@ -76,12 +77,20 @@ defvjp_into(matmul_p, _grad_a, _grad_b)
 def _linear_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     _check_2d("linear", x, w)
     out = gemm(x, w, out=ctx.alloc((x.shape[0], w.shape[1])))
+    if out.size < 2 * GRAIN:  # one slab: on folded rows (a 1x1 convolution's few channels)
+        return channel_op(np.add, out, b, out)
     return elementwise(np.add, out, out, b)  # the bias row goes to every slab whole
 
 
+def _linear_vjp_bias_into(ctx: Ctx, g: np.ndarray, out: np.ndarray) -> None:
+    out[...] = channel_sum(g)
+
+
 linear_p = Primitive("linear", _linear_fwd, saves=(0, 1), reads=((1,), (0,), ()))
-defvjp(linear_p, _grad_a, _grad_b, lambda ctx, g: g.sum(axis=0))
-defvjp_into(linear_p, None, _grad_b, lambda ctx, g, out: np.sum(g, axis=0, out=out))
+# the bias gradient sums g's columns over folded rows: with 16 columns ~10x faster than
+# g.sum(axis=0) (fedcore.engine.channels)
+defvjp(linear_p, _grad_a, _grad_b, lambda ctx, g: channel_sum(g))
+defvjp_into(linear_p, None, _grad_b, _linear_vjp_bias_into)
 
 
 def _matmul_nt_fwd(ctx: Ctx, a: np.ndarray, w: np.ndarray) -> np.ndarray:
