@@ -44,54 +44,47 @@ def _view(flat: np.ndarray, start: int, shape: tuple[int, ...],
     return np.ndarray(shape, flat.dtype, flat, start * flat.itemsize, strides)
 
 
-def _canvas(ctx: Ctx, shape: tuple[int, int, int, int], slack: int, dtype: np.dtype,
-            keep: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A zeroed flat buffer of (N, rows, width, C) plus `slack` trailing elements (what the
-    last image's runs read past its end), and its 4-D view. `keep`: an engine buffer that
-    backward reads (else a scratch one)."""
-    size = int(np.prod(shape))
-    flat = (ctx.alloc if keep else ctx.pool.alloc)((size + slack,), dtype)
+def _canvas(ctx: Ctx, size: int, dtype: np.dtype, keep: bool) -> np.ndarray:
+    """A zeroed flat buffer of `size` elements. `keep`: an engine buffer that backward reads
+    (else a scratch one)."""
+    flat = (ctx.alloc if keep else ctx.pool.alloc)((size,), dtype)
     flat.fill(0)
-    return flat, flat[:size].reshape(shape)
+    return flat
+
+
+def _tiled_taps(w: np.ndarray, length: int) -> np.ndarray:
+    """(KH, KW, length): each tap's (C,) weights repeated along a run (length % C == 0);
+    built once an op, every phase takes a strided view of its taps."""
+    kh, kw, c = w.shape
+    t = np.empty((kh, kw, length // c, c), w.dtype)
+    t[...] = w[:, :, None, :]
+    return t.reshape(kh, kw, length)
 
 
 class _Runs:
     """A stride-1 correlation over a flat canvas (`img` elements an image, `pitch` a row):
     `runs(lo, hi, out)` sets out[n - lo, t] = sum_ij src[n*img + start + i*pitch + j*C + t]
-    * taps[i, j, t % C] for images lo..hi, each image's output ONE run of out's row length."""
+    * taps[i, j, t] for images lo..hi (taps: (KR, KQ, L) tiled weights), each image's output
+    ONE run of L elements."""
 
     def __init__(self, src: np.ndarray, n: int, img: int, pitch: int, taps: np.ndarray,
-                 start: int, length: int):
-        kr, kq, c = taps.shape
+                 start: int, c: int):
+        kr, kq, length = taps.shape
         end = (n - 1) * img + start + (kr - 1) * pitch + (kq - 1) * c + length
-        if start < 0 or end > src.size or length % c:  # a geometry bug, never the input's
+        if start < 0 or end > src.size:  # a geometry bug, never the caller's input
             raise RuntimeError(f"depthwise_conv2d: run of {length} at {start} outside a "
                                f"canvas of {src.size}")
-        tiled = np.empty((kr, kq, length // c, c), taps.dtype)
-        tiled[...] = taps[:, :, None, :]
-        self.tiled = tiled.reshape(kr, kq, length)
-        self.src, self.img, self.start = src, img, start
+        self.src, self.img, self.start, self.taps = src, img, start, taps
         s = src.itemsize
         self.strides = (img * s, pitch * s, c * s, s)
 
     def window(self, lo: int, hi: int) -> np.ndarray:
         """The (hi - lo, KR, KQ, L) view the runs of images lo..hi read."""
-        return _view(self.src, lo * self.img + self.start, (hi - lo, *self.tiled.shape),
+        return _view(self.src, lo * self.img + self.start, (hi - lo, *self.taps.shape),
                      self.strides)
 
     def __call__(self, lo: int, hi: int, out: np.ndarray) -> None:
-        np.einsum("nijl,ijl->nl", self.window(lo, hi), self.tiled, out=out)
-
-
-def _chunks(lo: int, hi: int, image_bytes: int) -> list[tuple[int, int]]:
-    """Image ranges covering lo..hi, each of at most CHUNK_BYTES of per-image data."""
-    step = max(1, CHUNK_BYTES // max(image_bytes, 1))
-    return [(i, min(hi, i + step)) for i in range(lo, hi, step)]
-
-
-#: bytes of canvases, runs and output a chunk of images touches at most: a chunk is gathered,
-#: correlated and written out while it is still in the L2 cache
-CHUNK_BYTES = 1 << 22
+        np.einsum("nijl,ijl->nl", self.window(lo, hi), self.taps, out=out)
 
 
 def _grid(w: np.ndarray, stride: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
@@ -114,41 +107,39 @@ def _dw_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple
     ho, wo = _geometry("depthwise_conv2d", x, (kh, kw), stride, padding)
     (sh, sw), (ph, pw) = stride, padding
     hq, wq = _grid(w, stride, (ho, wo))
-    pitch, length = wq * c, ho * wq * c
-    slack = (-(-kw // sw) - 1) * c
-    phases, gathers = [], []
-    for a in range(min(sh, kh)):
+    pitch, img, length = wq * c, hq * wq * c, ho * wq * c
+    phases = [(a, bb) for a in range(min(sh, kh)) for bb in range(min(sw, kw))]
+    # every phase's canvas in one buffer, phase p's images from element p*n*img; the slack
+    # is what the last image's runs read past its end (garbage columns only)
+    flat = _canvas(ctx, len(phases) * n * img + (-(-kw // sw) - 1) * c, x.dtype, keep=True)
+    taps = _tiled_taps(w, length)
+    work = []
+    for p, (a, bb) in enumerate(phases):
+        grid = flat[p * n * img:(p + 1) * n * img].reshape(n, hq, wq, c)
         r0, r1 = _span(a, sh, ph, h)
-        r1 = min(r1, hq)
-        for bb in range(min(sw, kw)):
-            q0, q1 = _span(bb, sw, pw, wd)
-            q1 = min(q1, wq)
-            flat, grid = _canvas(ctx, (n, hq, wq, c), slack, x.dtype, keep=True)
-            phases.append((a, bb, flat))
-            runs = _Runs(flat, n, hq * pitch, pitch, w[a::sh, bb::sw], 0, length)
-            if r1 > r0 and q1 > q0:  # grid[r, q] = x[a + sh*r - ph, bb + sw*q - pw]
-                y0, x0 = a + sh * r0 - ph, bb + sw * q0 - pw
-                src = x[:, y0:y0 + sh * (r1 - r0 - 1) + 1:sh, x0:x0 + sw * (q1 - q0 - 1) + 1:sw]
-                gathers.append((runs, grid[:, r0:r1, q0:q1], src))
-            else:
-                gathers.append((runs, None, None))
-    ctx.phases = phases  # dW's operands
+        q0, q1 = _span(bb, sw, pw, wd)
+        r1, q1 = min(r1, hq), min(q1, wq)
+        gather = None
+        if r1 > r0 and q1 > q0:  # grid[r, q] = x[a + sh*r - ph, bb + sw*q - pw]
+            y0, x0 = a + sh * r0 - ph, bb + sw * q0 - pw
+            gather = (grid[:, r0:r1, q0:q1],
+                      x[:, y0:y0 + sh * (r1 - r0 - 1) + 1:sh, x0:x0 + sw * (q1 - q0 - 1) + 1:sw])
+        work.append((_Runs(flat, n, img, pitch, taps[a::sh, bb::sw], p * n * img, c), gather))
+    ctx.canvas = (flat, phases)  # dW's operands
     acc = ctx.pool.alloc((n, length), x.dtype)
     tmp = ctx.pool.alloc(acc.shape, x.dtype) if len(phases) > 1 else None
     out = ctx.alloc((n, ho, wo, c), x.dtype)
     bias = tiled(b, wo)
 
     def images(lo: int, hi: int) -> None:
-        for c0, c1 in _chunks(lo, hi, (len(phases) * hq + 2 * ho) * pitch * x.itemsize):
-            for p, (runs, dst, src) in enumerate(gathers):
-                if dst is not None:
-                    dst[c0:c1] = src[c0:c1]
-                runs(c0, c1, acc[c0:c1] if p == 0 else tmp[c0:c1])
-                if p:
-                    acc[c0:c1] += tmp[c0:c1]
-            # the garbage columns dropped, the bias added
-            np.add(acc[c0:c1].reshape(-1, pitch)[:, :wo * c], bias,
-                   out=out[c0:c1].reshape(-1, wo * c))
+        for p, (runs, gather) in enumerate(work):
+            if gather is not None:
+                gather[0][lo:hi] = gather[1][lo:hi]
+            runs(lo, hi, acc[lo:hi] if p == 0 else tmp[lo:hi])
+            if p:
+                acc[lo:hi] += tmp[lo:hi]
+        # the garbage columns dropped, the bias added
+        np.add(acc[lo:hi].reshape(-1, pitch)[:, :wo * c], bias, out=out[lo:hi].reshape(-1, wo * c))
 
     parallel_for(n, images, n * length * (kh * kw + 2 * len(phases)))
     return out
@@ -186,17 +177,23 @@ def _dw_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
             y0, x0 = a + sh * r0 - ph, b + sw * q0 - pw
             dst = dx[:, y0:y0 + sh * (r1 - r0 - 1) + 1:sh, x0:x0 + sw * (q1 - q0 - 1) + 1:sw]
             plans.append((a, b, start, length, dst, r1 - r0, q1 - q0))
-    gflat, gpad = _canvas(ctx, (n, hg, wg, c), max(0, end - n * img), g.dtype, keep=False)
-    runs = [(_Runs(gflat, n, img, pitch, w[a::sh, b::sw][::-1, ::-1], start, length),
-             ctx.pool.alloc((n, length), g.dtype), dst, nr, nq)
-            for a, b, start, length, dst, nr, nq in plans]
+    gflat = _canvas(ctx, max(end, n * img), g.dtype, keep=False)
+    gpad = gflat[:n * img].reshape(n, hg, wg, c)
+    taps = _tiled_taps(w[::-1, ::-1], max(p[3] for p in plans))  # flipped: the transpose
+    runs = []
+    for a, b, start, length, dst, nr, nq in plans:
+        # phase (a, b)'s taps a, a + sh, ... flipped are rows kh-1-a, kh-1-a-sh, ... of taps
+        flipped = taps[(kh - 1 - a) % sh::sh, (kw - 1 - b) % sw::sw, :length]
+        flipped = flipped[len(flipped) - len(range(a, kh, sh)):,
+                          flipped.shape[1] - len(range(b, kw, sw)):]
+        runs.append((_Runs(gflat, n, img, pitch, flipped, start, c),
+                     ctx.pool.alloc((n, length), g.dtype), dst, nr, nq))
 
     def images(lo: int, hi: int) -> None:
-        for c0, c1 in _chunks(lo, hi, 3 * img * g.itemsize):
-            gpad[c0:c1, top:top + ho, left:left + wo] = g[c0:c1]
-            for run, acc, dst, nr, nq in runs:
-                run(c0, c1, acc[c0:c1])
-                dst[c0:c1] = acc[c0:c1].reshape(-1, nr, wg, c)[:, :, :nq]
+        gpad[lo:hi, top:top + ho, left:left + wo] = g[lo:hi]
+        for run, acc, dst, nr, nq in runs:
+            run(lo, hi, acc[lo:hi])
+            dst[lo:hi] = acc[lo:hi].reshape(-1, nr, wg, c)[:, :, :nq]
 
     parallel_for(n, images, n * img * (kh * kw + 3))
     return dx
@@ -212,31 +209,25 @@ def _dw_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     hq, wq = _grid(w, (sh, sw), (ho, wo))
     pitch, img, length = wq * c, hq * wq * c, ho * wq * c
     s = g.itemsize
-    phases = [(a, b, len(range(a, kh, sh)), len(range(b, kw, sw)), flat)
-              for a, b, flat in ctx.phases]
+    flat, phases = ctx.canvas
+    taps = [(len(range(a, kh, sh)), len(range(b, kw, sw))) for a, b in phases]
     slabs: dict[int, list[np.ndarray]] = {}  # per slab of images: each phase's partial sums
 
     def images(lo: int, hi: int) -> None:
-        chunks = _chunks(lo, hi, (len(phases) * hq + ho) * pitch * s)
-        gq = np.zeros((chunks[0][1] - chunks[0][0], ho, wq, c), g.dtype)
-        parts = [np.empty((kr, kq, length), g.dtype) for _, _, kr, kq, _ in phases]
-        tmp = np.empty(max(p.size for p in parts), g.dtype) if len(chunks) > 1 else None
-        for i, (c0, c1) in enumerate(chunks):
-            gc = gq[:c1 - c0]
-            gc[:, :, :wo] = g[c0:c1]  # columns wo.. stay zero
-            for (_, _, kr, kq, flat), part in zip(phases, parts, strict=True):
-                win = _view(flat, c0 * img, (c1 - c0, kr, kq, length),
-                            (img * s, pitch * s, c * s, s))
-                dst = part if i == 0 else tmp[:part.size].reshape(part.shape)
-                np.einsum("nijl,nl->ijl", win, gc.reshape(c1 - c0, length), out=dst)
-                if i:
-                    part += dst
+        gq = np.zeros((hi - lo, ho, wq, c), g.dtype)
+        gq[:, :, :wo] = g[lo:hi]  # columns wo.. stay zero
+        g2 = gq.reshape(hi - lo, length)
+        parts = []
+        for p, (kr, kq) in enumerate(taps):
+            win = _view(flat, (p * n + lo) * img, (hi - lo, kr, kq, length),
+                        (img * s, pitch * s, c * s, s))
+            parts.append(np.einsum("nijl,nl->ijl", win, g2))
         slabs[lo] = parts
 
     parallel_for(n, images, n * length * (kh * kw + 1))
     dw = np.empty(w.shape, g.dtype)
     partials = list(slabs.values())
-    for p, (a, b, kr, kq, _) in enumerate(phases):
+    for p, ((a, b), (kr, kq)) in enumerate(zip(phases, taps, strict=True)):
         part = partials[0][p]
         for other in partials[1:]:
             part += other[p]
@@ -246,6 +237,8 @@ def _dw_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
 
 def _dw_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     return channel_sum(g)
+
+
 depthwise_conv2d_p = Primitive("depthwise_conv2d", _dw_fwd, saves=(0, 1))
 defvjp(depthwise_conv2d_p, _dw_vjp_x, _dw_vjp_w, _dw_vjp_b)
 
