@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .autograd import Ctx, Primitive, apply, defvjp
+from .autograd import Ctx, Primitive, apply, defvjp, defvjp_into
 from .channels import channel_sum, tiled
 from .checks import check_ndim, check_same_dtype
 from .conv import Pair, _geometry, _pair
@@ -199,7 +199,7 @@ def _dw_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     return dx
 
 
-def _dw_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+def _dw_vjp_w(ctx: Ctx, g: np.ndarray, dw: np.ndarray | None = None) -> np.ndarray:
     # dW[i, j] = sum over every output position of the tap's input times g: per phase, the
     # forward's runs against g laid out at the canvas width (zeros in the garbage columns)
     w = ctx.args[1]
@@ -225,7 +225,7 @@ def _dw_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
         slabs[lo] = parts
 
     parallel_for(n, images, n * length * (kh * kw + 1))
-    dw = np.empty(w.shape, g.dtype)
+    dw = np.empty(w.shape, g.dtype) if dw is None else dw
     partials = list(slabs.values())
     for p, ((a, b), (kr, kq)) in enumerate(zip(phases, taps, strict=True)):
         part = partials[0][p]
@@ -235,12 +235,16 @@ def _dw_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     return dw
 
 
-def _dw_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    return channel_sum(g)
+def _dw_vjp_b(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        return channel_sum(g)
+    out[...] = channel_sum(g)
+    return out
 
 
 depthwise_conv2d_p = Primitive("depthwise_conv2d", _dw_fwd, saves=(0, 1))
 defvjp(depthwise_conv2d_p, _dw_vjp_x, _dw_vjp_w, _dw_vjp_b)
+defvjp_into(depthwise_conv2d_p, None, _dw_vjp_w, _dw_vjp_b)  # straight into zeroed grads
 
 
 def depthwise_conv2d(x: Operand, weight: Operand, bias: Operand, stride: Pair = 1,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp
+from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp, defvjp_into
 from .channels import channel_dot, channel_op, channel_sum, fold, tiled
 from .checks import check_same_dtype
 from .ops import Operand, relu_, tensor
@@ -182,12 +182,16 @@ def _bnt_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     return gm.reshape(xc.shape)
 
 
-def _bnt_vjp_gamma(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    return _bnt_memo(ctx, g)[2] * ctx.rstd
+def _bnt_vjp_gamma(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.multiply(_bnt_memo(ctx, g)[2], ctx.rstd, out=out)
 
 
-def _bnt_vjp_beta(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    return _bnt_memo(ctx, g)[1].copy()
+def _bnt_vjp_beta(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    sg = _bnt_memo(ctx, g)[1]
+    if out is None:
+        return sg.copy()
+    np.copyto(out, sg)
+    return out
 
 
 # two primitives: only the ReLU's backward reads the output (kept from in-place writes)
@@ -195,6 +199,7 @@ batch_norm_train_p = Primitive("batch_norm_train", _bnt_fwd, saves=(2,))
 batch_norm_relu_p = Primitive("batch_norm_relu", _bnt_fwd, saves=(2,), saves_output=True)
 for _p in (batch_norm_train_p, batch_norm_relu_p):
     defvjp(_p, _bnt_vjp_x, None, _bnt_vjp_gamma, _bnt_vjp_beta)
+    defvjp_into(_p, None, None, _bnt_vjp_gamma, _bnt_vjp_beta)  # straight into zeroed grads
 
 
 def _running_update_fwd(ctx: Ctx, running: np.ndarray, stats: np.ndarray, momentum: float,
