@@ -36,10 +36,12 @@ from .var import Var
 
 __all__ = ["ROW_ELEMS", "Checkpoint", "RowCheckpoint", "checkpoint", "checkpoint_rows"]
 
-#: elements of the widest activation one block of `checkpoint_rows` holds (1 MiB of float32;
-#: smaller blocks cost more Python-level calls: the LoRA benchmark step at 1 << 16 took
-#: 1.3x its time at 1 << 18, and its peak was the loss's either way)
-ROW_ELEMS = 1 << 18
+#: elements of the widest activation one block of `checkpoint_rows` holds (512 KiB of
+#: float32). Smaller blocks cost more Python-level calls (the LoRA benchmark step took 1.2x
+#: its time at a quarter of this); larger ones hold more. The engine's peak there was the
+#: loss's at every size from 1 << 15 to 1 << 19; the process's peak RSS moved between 79 and
+#: 90 MB with glibc's heap layout, lowest at this size.
+ROW_ELEMS = 1 << 17
 
 
 def _never(*_: Any) -> None:  # a checkpoint's forward is its `fn`, not a kernel
