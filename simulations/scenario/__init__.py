@@ -27,6 +27,7 @@ A scenario names the data and how it is split among clients, the model, the fede
     # channels = [16, 32]           # cnn: channels of each conv block
     # embed_dim = 64                # lstm: word-embedding width
     # lora = { rank = 8, alpha = 16, targets = ["attn", "mlp"], base = "int8" }  # adapters only
+    # checkpoint = "blocks"         # tiny_gpt: recompute each block in the backward pass
     [federation]
     num_clients = 20
     clients_per_round = 10          # default: all clients
