@@ -34,6 +34,7 @@ class JoinOptions:
     root_certificates: Path | None = None
     key: Path | None = None
     max_wait: float = 120.0
+    state_dir: Path | None = None  # where the node id outlives the process (with a key)
 
 
 def node_values(dataset: str | None, partition_id: int | None, num_partitions: int | None,
@@ -156,8 +157,14 @@ def join(options: JoinOptions, say: Any = None) -> int:
 
         return make_handlers(loader)
 
+    node_file = None
+    if options.state_dir is not None and not register:  # a throw-away key has no node to keep
+        from client_runtime.fleet.nodefile import NodeFile
+
+        node_file = NodeFile(options.state_dir, options.superlink, signer.public)
     agent = Agent(client, handlers, options.node_config, bind=bind,
-                  settings=Settings(max_wait=options.max_wait), register=register)
+                  settings=Settings(max_wait=options.max_wait), register=register,
+                  node_file=node_file)
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -225,6 +232,9 @@ def parser() -> argparse.ArgumentParser:
                    "a run's `onnx:NAME` model is read from here only (default: none).")
     p.add_argument("--max-wait", type=float, default=120.0,
                    help="Stop after the SuperLink is gone this long (s; default 120).")
+    p.add_argument("--state-dir", type=Path, help="A folder where the agent keeps its node "
+                   "id (with --key): started again after a crash, it goes on as its node at "
+                   "once instead of waiting up to 60 s for the old one to lapse.")
     p.add_argument("--verbose", action="store_true", help="Log every message exchanged.")
     return p
 
@@ -261,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.superlink:
             raise UsageError("--superlink: give HOST:PORT of the SuperLink (or --check "
                              "SCENARIO to check data)")
+        if args.state_dir is not None and args.state_dir.exists() and not args.state_dir.is_dir():
+            raise UsageError(f"--state-dir: not a folder: {args.state_dir}")
         options = JoinOptions(args.superlink, values, args.root_certificates, args.key,
-                              args.max_wait)
+                              args.max_wait, args.state_dir)
         check_connection(options)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

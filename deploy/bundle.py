@@ -83,7 +83,8 @@ def agent_command(agent: str, identity: bool = False) -> str:
     return (
         f"{agent} --superlink ${{FEDCORE_SUPERLINK}} --root-certificates ${{FEDCORE_CA}} "
         "--key ${FEDCORE_KEY} --data ${FEDCORE_DATA} --device ${FEDCORE_DEVICE} --max-wait 600 "
-        "--models ${FEDCORE_MODELS}" + (" --identity ${FEDCORE_IDENTITY}" if identity else "")
+        f"--models ${{FEDCORE_MODELS}} --state-dir {STATE_DIR}"
+        + (" --identity ${FEDCORE_IDENTITY}" if identity else "")
     )
 
 
@@ -200,7 +201,7 @@ fi
 command -v termux-wake-lock >/dev/null && termux-wake-lock || true
 exec "$agent" --superlink "$FEDCORE_SUPERLINK" --root-certificates "$FEDCORE_CA" \\
     --key "$FEDCORE_KEY" --data "$FEDCORE_DATA" --device "$FEDCORE_DEVICE" \\
-    --max-wait "${{FEDCORE_MAX_WAIT:-600}}" --models "$here/models" $identity
+    --max-wait "${{FEDCORE_MAX_WAIT:-600}}" --models "$here/models" --state-dir "$here" $identity
 """
 
 

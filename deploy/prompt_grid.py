@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class PromptGrid(Grid):
     """``grid`` with a prompter ``send_and_receive`` (see the module docstring)."""
 
-    def __init__(self, grid: Grid, first: float = 0.05, longest: float = 0.25) -> None:
+    def __init__(self, grid: Grid, first: float = 0.05, longest: float = 0.1) -> None:
         self.grid, self.first, self.longest = grid, first, longest
 
     def set_run(self, run: Run) -> None:  # noqa: D102 (Grid's)

@@ -8,7 +8,9 @@ handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
 - **joins** and **survives** the SuperLink going away as a ``Session`` (``fleet.session``:
   enrolment key, heartbeats, back-off with jitter, rejoining for up to ``max_wait`` s);
 - **polls** every ``poll_active`` s while a run is active (a message came in the last
-  ``active_window`` s) and backs off to ``poll_idle`` s when idle;
+  ``active_window`` s), more often right after a reply (from ``poll_burst`` s, growing: the
+  next message of the round, a SecAgg+ stage or the next round, often follows at once), and
+  backs off to ``poll_idle`` s when idle;
 - **loads** the handlers (the engine, models, numpy's kernels) with the first message, not
   while it waits for a run, when given a factory for them;
 - **answers** a message: pulls its objects (checked against their ids, within
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from client_runtime.datacheck import MARK
 from client_runtime.fleet import objects
+from client_runtime.fleet.parallel import unordered
 from client_runtime.fleet.proto import fab_pb2, fleet_pb2, message_pb2, recorddict_pb2, run_pb2
 from client_runtime.fleet.runconfig import fab_config, scalar
 from client_runtime.fleet.session import AgentStopped, Session, Settings, backoff_delays
@@ -46,6 +49,7 @@ from fedcore import trace
 from fedcore.records import RecordDict
 
 if TYPE_CHECKING:
+    from client_runtime.fleet.nodefile import NodeFile
     from client_runtime.handlers import Handler
 
 Handlers = Mapping[str, "Handler"]
@@ -89,8 +93,9 @@ class Agent(Session):
         settings: Settings | None = None,
         register: bool = False,
         rng: random.Random | None = None,
+        node_file: NodeFile | None = None,
     ) -> None:
-        super().__init__(client, settings, register, rng)
+        super().__init__(client, settings, register, rng, node_file)
         self.handlers = handlers
         self.node_config = dict(node_config)
         self.bind = bind
@@ -129,7 +134,8 @@ class Agent(Session):
                 continue
             idle_polls += 1
             active = time.monotonic() - self._last_message < self.settings.active_window
-            wait = (self.settings.poll_active if active else
+            wait = (min(self.settings.poll_active, self.settings.poll_burst * 1.5 ** idle_polls)
+                    if active else
                     min(self.settings.poll_idle, self.settings.poll_active * 1.5 ** idle_polls))
             self._stop.wait(wait)
 
@@ -167,7 +173,8 @@ class Agent(Session):
         try:
             run = self._run(meta.run_id)
             contents = objects.pull_tree(tree, lambda oid: self._pull(meta.run_id, oid),
-                                         self.settings.max_message_bytes)
+                                         self.settings.max_message_bytes,
+                                         self.settings.transfer_threads)
             self.client.call(
                 "confirm-message-received",
                 message_pb2.ConfirmMessageReceivedRequest(
@@ -234,6 +241,7 @@ class Agent(Session):
 
     def _pull(self, run_id: int, object_id: str) -> bytes:
         deadline = time.monotonic() + self.settings.pull_patience
+        wait = 0.05  # the server may still be pushing the message's objects: ask again soon
         while True:
             response = self.client.call(
                 "pull-object", message_pb2.PullObjectRequest(
@@ -245,7 +253,8 @@ class Agent(Session):
                 return response.object_content
             if time.monotonic() > deadline:
                 raise objects.ObjectError(f"object {object_id[:12]} never became available")
-            time.sleep(0.1)
+            time.sleep(wait)
+            wait = min(wait * 1.5, 0.25)
 
     def _reply(self, meta: message_pb2.Metadata, content: RecordDict | None,
                error: tuple[int, str] | None, runtime: float) -> None:
@@ -291,16 +300,18 @@ class Agent(Session):
                                           clientapp_runtime_list=[runtime]),
             fleet_pb2.PushMessagesResponse)
         wanted = set(response.objects_to_push)
-        for oid in dict.fromkeys(objects.tree_ids(deflated.tree)):
-            if oid not in wanted:
-                continue
-            pushed = self.client.call(
+
+        def push(oid: str) -> bool:
+            return self.client.call(
                 "push-object",
                 message_pb2.PushObjectRequest(
                     node=self.node, run_id=run_id, object_id=oid,
                     object_content=deflated.contents[oid], session_id=response.session_id),
-                message_pb2.PushObjectResponse)
-            if not pushed.stored:
+                message_pb2.PushObjectResponse).stored
+
+        ids = [oid for oid in dict.fromkeys(objects.tree_ids(deflated.tree)) if oid in wanted]
+        for oid, stored in unordered(push, ids, self.settings.transfer_threads):
+            if not stored:
                 raise FleetError(f"push-object: the SuperLink did not store {oid[:12]}")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from client_runtime.fleet.parallel import unordered
 from client_runtime.fleet.proto import error_pb2, message_pb2, recorddict_pb2
 from fedcore.records import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
@@ -298,21 +299,21 @@ def inflate(tree: message_pb2.ObjectTree, contents: Mapping[str, bytes], max_byt
     return message, RecordDict({name: reader.record(t, budget) for name, t in records.items()})
 
 
-def pull_tree(tree: message_pb2.ObjectTree, pull: Callable[[str], bytes], max_bytes: int
-              ) -> dict[str, bytes]:
-    """Pull every object of ``tree`` once with ``pull(object_id)``, within ``max_bytes``."""
+def pull_tree(tree: message_pb2.ObjectTree, pull: Callable[[str], bytes], max_bytes: int,
+              workers: int = 1) -> dict[str, bytes]:
+    """Pull every object of ``tree`` once with ``pull(object_id)`` (on up to ``workers``
+    threads), within ``max_bytes``."""
     ids = list(dict.fromkeys(tree_ids(tree)))
     if len(ids) > MAX_OBJECTS:
         raise ObjectError(f"message has {len(ids)} objects")
     contents: dict[str, bytes] = {}
     total = 0
-    for oid in ids:
-        content = pull(oid)
+    for oid, content in unordered(pull, ids, workers):
         total += len(content)
         if total > max_bytes + 1024 * len(ids):
             raise ObjectError("message content exceeds the budget")
         contents[oid] = content
-    return contents
+    return {oid: contents[oid] for oid in ids}
 
 
 __all__ = ["CHUNK_BYTES", "Deflated", "ObjectError", "deflate", "inflate", "object_id",

@@ -8,7 +8,10 @@ the messages on top of it).
 - **survives** the SuperLink going away: exponential back-off with jitter (``backoff``),
   re-activation with the same key once it is back, for up to ``max_wait`` s (a SuperLink
   restarted on its old state, which still counts the node online and refuses to activate it
-  again, acknowledges its heartbeat: the session goes on as that node).
+  again, acknowledges its heartbeat: the session goes on as that node);
+- **restarts** as its node: with a ``NodeFile`` (``client_runtime.fleet.nodefile``) an agent
+  killed and started again, refused because its old node still counts as online, goes on as
+  that node instead of waiting up to 60 s for it to lapse.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from client_runtime.fleet.proto import fleet_pb2, heartbeat_pb2, node_pb2
 from client_runtime.fleet.transport import (
@@ -28,6 +32,9 @@ from client_runtime.fleet.transport import (
     Unreachable,
     VersionMismatch,
 )
+
+if TYPE_CHECKING:
+    from client_runtime.fleet.nodefile import NodeFile
 
 log = logging.getLogger("fedcore.device")
 
@@ -48,12 +55,14 @@ class Settings:
     """How the agent talks to its SuperLink (the defaults suit a loopback test and a Pi)."""
 
     poll_active: float = 0.2
+    poll_burst: float = 0.05  # the first wait after a reply; it grows to poll_active
     poll_idle: float = 3.0
     active_window: float = 30.0
     max_wait: float = 120.0
     backoff: tuple[float, float] = (0.5, 10.0)  # first and longest wait while unreachable
     max_message_bytes: int = 512 * 1024 * 1024
     pull_patience: float = 60.0  # how long an announced object may stay unavailable
+    transfer_threads: int = 3  # a message's objects pulled / pushed this many at once
 
 
 def backoff_delays(first: float, longest: float, rng: random.Random) -> Iterator[float]:
@@ -73,11 +82,13 @@ class Session:
         settings: Settings | None = None,
         register: bool = False,
         rng: random.Random | None = None,
+        node_file: NodeFile | None = None,
     ) -> None:
         self.client = client
         self.settings = settings or Settings()
         self.register = register  # no enrolled key: register this (throw-away) key first
         self.rng = rng or random.Random()
+        self.node_file = node_file  # where this key's node id outlives the process
         self.node_id: int | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -109,6 +120,8 @@ class Session:
             fleet_pb2.ActivateNodeResponse,
         )
         self.node_id = int(response.node_id)
+        if self.node_file is not None:
+            self.node_file.remember(self.node_id)
         return self.node_id
 
     def _heartbeats(self) -> None:
@@ -139,11 +152,14 @@ class Session:
             except FleetError:
                 pass
         self.client.close()
+        if self.node_file is not None:
+            self.node_file.release()
 
     def _connect(self, first: bool) -> None:
         """Activate, retrying with back-off while the SuperLink is away (``max_wait``)."""
         started = time.monotonic()
         delays = backoff_delays(*self.settings.backoff, self.rng)
+        remembered = self.node_file.claim() if first and self.node_file is not None else None
         while not self._stop.is_set():
             try:
                 self.activate()
@@ -151,6 +167,13 @@ class Session:
                     log.warning("the SuperLink is back: rejoined as node %d", self.node_id)
                 return
             except Refused as exc:
+                if first and remembered is not None:  # this device's agent restarted?
+                    self.node_id = remembered
+                    if self._still_online():
+                        log.warning("continuing as node %d: the SuperLink still counts it "
+                                    "online (this agent restarted)", remembered)
+                        return
+                    self.node_id = None
                 if first:
                     raise AgentStopped(_refusal(exc), refused=True) from None
                 if self._still_online():  # a SuperLink restarted on its old state

@@ -5,10 +5,11 @@ its device class's memory.
 1. Three enrolled agents; one trains under ``prlimit --as`` at its device class's memory
    (rpi-zero-2w: 307 MiB of address space), another is held mid-round 1 (it has its train
    message) and SIGKILLed there. Round 1 completes at its deadline with the other two and
-   records the dropout; the agent is started again, as a service manager would, until it is
-   let in (Flower keeps its node online for up to two heartbeat intervals, 60 s, after the
-   kill, and refuses a second activation meanwhile as it refuses a twin), and trains in the
-   run's later rounds under its enrolled name.
+   records the dropout; the agent is started again at once, as a service manager would.
+   Flower keeps the killed node online for up to two heartbeat intervals (60 s) and refuses
+   a second activation meanwhile, as it refuses a twin; the agent remembers its node id in
+   its ``--state-dir`` and goes on as that node, so it trains in round 2 under its enrolled
+   name (a twin started beside it is still refused).
 2. The SuperLink is SIGKILLed while an agent holds round 2's training: ``fedcore server``
    leaves the run resumable; ``fedcore server --resume`` starts a new SuperLink, the same
    agents reconnect by themselves, and the run ends with rounds 1..3 once each and the
@@ -90,49 +91,51 @@ def address_space_limit(pid: int) -> int | None:
     raise AssertionError("no address space line in /proc/PID/limits")
 
 
-def test_an_agent_killed_mid_round_drops_out_and_rejoins(fleet, tmp_path):
-    devices = Enrolled(tmp_path, rounds=6)
+def test_an_agent_killed_mid_round_drops_out_and_rejoins_the_next_round(fleet, tmp_path):
+    devices = Enrolled(tmp_path, rounds=3)
     db = devices.db
     server = devices.server(fleet, "server", "--connect-timeout", "120", "--round-timeout", "20",
                             devices=3)  # fmt: skip
     budget = get_profile(SMALL).memory_budget_bytes
     killed = tmp_path / "never"  # dev-2 holds every train message: it is killed holding one
-    # dev-0 holds from round 3 on until dev-2 is back: the run cannot end before it is
-    back = tmp_path / "dev-2-is-back"
-    devices.agent(fleet, "dev-0", 0, env={HOLD_TRAINING: str(back), HOLD_FROM: "3"})
+    state = ("--state-dir", str(tmp_path / "dev-2-state"))  # where dev-2 keeps its node id
+    devices.agent(fleet, "dev-0", 0)
     small = devices.agent(fleet, "dev-1", 1, "--device", SMALL,
                           under=("prlimit", f"--as={budget}", "--"))  # fmt: skip
-    held = devices.agent(fleet, "dev-2", 2, env={HOLD_TRAINING: str(killed)})
+    held = devices.agent(fleet, "dev-2", 2, *state, env={HOLD_TRAINING: str(killed)})
     wait_for_file(Path(f"{killed}.held"), server, fleet)  # dev-2 has round 1's train message
     assert address_space_limit(small.pid) == budget
     held.kill()
     held.wait(timeout=30)
     assert committed(db)[1] == 0  # killed mid-round 1
 
-    # started again as a service manager would (Restart=always) until it is let in: its node
-    # stays online at the SuperLink until two missed heartbeats (up to 60 s after the kill)
-    tries = [devices.agent(fleet, "dev-2b0", 2)]
-    deadline = time.monotonic() + 300
-    while "device joined" not in fleet.output(f"dev-2b{len(tries) - 1}"):
+    # started again at once, as a service manager would (Restart=always): the SuperLink still
+    # counts its node online, and it goes on as that node (round 2's message waits for it)
+    again = devices.agent(fleet, "dev-2b", 2, *state)
+    deadline = time.monotonic() + 120
+    while "device joined" not in fleet.output("dev-2b"):
+        assert again.poll() is None, fleet.output("dev-2b")
         assert time.monotonic() < deadline and server.poll() is None, fleet.output("server")
-        if tries[-1].poll() is not None:
-            assert "already in use" in fleet.output(f"dev-2b{len(tries) - 1}")
-            tries.append(devices.agent(fleet, f"dev-2b{len(tries)}", 2))
-        time.sleep(0.5)
-    back.touch()
+        time.sleep(0.2)
+    assert "continuing as node" in fleet.output("dev-2b")
+    twin = devices.agent(fleet, "dev-2twin", 2, *state)  # the same key beside it: refused
+    assert twin.wait(timeout=90) == 1, fleet.output("dev-2twin")
+    assert "already in use" in fleet.output("dev-2twin")
     assert server.wait(timeout=300) == 0, fleet.output("server")
     summary = json.loads(fleet.output("server").split("\n")[0])
-    assert summary["status"] == "completed" and summary["rounds"] == 6
+    assert summary["status"] == "completed" and summary["rounds"] == 3
 
     rounds = Store(str(db)).get_run(1).rounds
-    assert [r.number for r in rounds] == [1, 2, 3, 4, 5, 6]
+    assert [r.number for r in rounds] == [1, 2, 3]
     for r in rounds:
         ids = [c.client_id for c in r.clients]
         assert len(ids) == len(set(ids)) and set(ids) <= {0, 1, 2}  # each counted once
         assert [c.accepted for c in r.clients if c.client_id == 1] == [True]  # within 307 MiB
     [dropped] = [c for c in rounds[0].clients if c.client_id == 2]
     assert not dropped.accepted and dropped.reason == "no reply before the timeout"
-    assert [c.accepted for c in rounds[-1].clients] == [True] * 3  # dev-2 is back in
+    for later in rounds[1:]:  # dev-2 is back in from the next round on
+        assert sorted((c.client_id, c.accepted) for c in later.clients) == [
+            (0, True), (1, True), (2, True)]
     assert small.poll() is None or small.returncode == 0, fleet.output("dev-1")
 
 

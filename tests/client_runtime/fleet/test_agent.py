@@ -236,3 +236,43 @@ def test_a_revoked_node_is_not_taken_for_an_online_one():
     with pytest.raises(AgentStopped, match="refused this device's key") as stopped:
         agent._connect(first=False)
     assert stopped.value.refused
+
+
+def test_an_agent_started_again_goes_on_as_its_node_while_the_old_one_counts_online(tmp_path):
+    """Killed and started again, the agent is refused (its old node is still online); with its
+    node id remembered, a heartbeat signed for that node is acknowledged: it goes on as it."""
+    from client_runtime.fleet.nodefile import NodeFile
+
+    link = Link()
+    first = Agent(link, {}, {}, settings=FAST, node_file=NodeFile(tmp_path, "l:1", b"k"))
+    first._connect(first=True)
+    assert first.node_id == NODE
+    first.node_file.release()  # what the kernel does for a killed process
+    link.calls.clear()
+    link.failures = [Refused("activate-node: 412", 2004, 412)]
+    again = Agent(link, {}, {}, settings=FAST, node_file=NodeFile(tmp_path, "l:1", b"k"))
+    again._connect(first=True)
+    assert again.node_id == NODE and link.calls == ["activate-node", "send-node-heartbeat"]
+    link.send("query", RecordDict())
+    assert again.poll_once() and len(link.pushed) == 1
+
+
+def test_without_its_node_id_or_acknowledged_heartbeat_a_restart_is_refused(tmp_path):
+    from client_runtime.fleet.nodefile import NodeFile
+
+    refused = Refused("activate-node: 412", 2004, 412)
+    link = Link()
+    link.failures = [refused]  # nothing remembered: refused at once, as a twin is
+    fresh = Agent(link, {}, {}, settings=FAST, node_file=NodeFile(tmp_path, "l:1", b"k"))
+    with pytest.raises(AgentStopped, match="refused this device's key"):
+        fresh.run()
+    fresh.node_file.release()
+    remembered = NodeFile(tmp_path, "l:1", b"k")
+    remembered.claim()
+    remembered.remember(NODE)
+    remembered.release()
+    link.failures = [refused, Refused("401 Invalid SuperNode authentication", 0, 401)]
+    stale = Agent(link, {}, {}, settings=FAST, node_file=NodeFile(tmp_path, "l:1", b"k"))
+    with pytest.raises(AgentStopped, match="refused this device's key"):
+        stale.run()  # the id is not this key's node (or the SuperLink forgot it)
+    assert stale.node_id is None

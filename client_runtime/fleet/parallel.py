@@ -1,0 +1,74 @@
+"""A few Fleet calls at once: a message's objects are pulled and pushed one call each.
+
+A train message and its reply are six to nine objects (Message, RecordDict, ArrayRecord,
+Array, ArrayChunk, ConfigRecord...), each its own ``pull-object``/``push-object`` round trip;
+one after another they were a large part of a device's time per message exchange (measured
+with ``benchmarks.deploy``). ``unordered`` runs them on a few threads sharing the agent's
+kept-alive HTTP client (``httpx.Client`` may be shared between threads). Where a thread cannot
+be started (a device short of address space under ``prlimit --as``), the calls run one after
+another as before.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def unordered(call: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[tuple[T, R]]:
+    """``(item, call(item))`` for each item, as each finishes, on up to ``workers`` threads.
+
+    The first exception raised by a call is raised here; the other threads finish the call
+    they are in and take no more items (also when the consumer stops early)."""
+    pending = deque(items)
+    count = len(pending)
+    if workers <= 1 or count <= 1:
+        for item in pending:
+            yield item, call(item)
+        return
+    results: queue.SimpleQueue[tuple[T, R | None, BaseException | None]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                item = pending.popleft()
+            except IndexError:
+                return
+            try:
+                results.put((item, call(item), None))
+            except BaseException as exc:  # handed to the consumer, raised there
+                results.put((item, None, exc))
+                return
+
+    threads = []
+    for _ in range(min(workers, count)):
+        thread = threading.Thread(target=work, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no room for another thread: the ones started do it all
+            break
+        threads.append(thread)
+    if not threads:
+        for item in pending:
+            yield item, call(item)
+        return
+    try:
+        for _ in range(count):
+            item, value, error = results.get()
+            if error is not None:
+                raise error
+            yield item, value  # type: ignore[misc]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+__all__ = ["unordered"]

@@ -1,0 +1,49 @@
+"""``unordered``: every call once, on a few threads; the first failure is raised."""
+
+import threading
+
+import pytest
+
+from client_runtime.fleet.parallel import unordered
+
+
+@pytest.mark.parametrize("workers", [1, 3, 50])
+def test_every_item_is_called_once(workers):
+    seen, lock = [], threading.Lock()
+
+    def call(item):
+        with lock:
+            seen.append(item)
+        return item * item
+
+    assert dict(unordered(call, range(20), workers)) == {i: i * i for i in range(20)}
+    assert sorted(seen) == list(range(20))
+
+
+def test_the_first_failure_is_raised_and_no_thread_is_left():
+    before = threading.active_count()
+
+    def call(item):
+        if item == 3:
+            raise ValueError("object 3 is not on the SuperLink")
+        return item
+
+    with pytest.raises(ValueError, match="object 3"):
+        list(unordered(call, range(10), 3))
+    assert threading.active_count() == before
+
+
+def test_a_consumer_that_stops_early_leaves_no_thread():
+    before = threading.active_count()
+    results = unordered(lambda item: item, range(10), 3)
+    next(results)
+    results.close()
+    assert threading.active_count() == before
+
+
+def test_without_threads_the_calls_run_in_turn(monkeypatch):
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    assert [item for item, _ in unordered(lambda item: item, range(5), 3)] == [0, 1, 2, 3, 4]
