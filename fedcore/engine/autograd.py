@@ -57,14 +57,17 @@ class Primitive:
     consumer keeps the recipe instead of the result (see the module docstring).
     `view`: the result is a view of input 0 (no allocation, shares its version).
     `inplace`: forward writes into input 0 and returns nothing.
+    `vjp_work(ctx, g)`: set when the VJPs share nothing (no memo on ctx, no common scratch),
+    so they may run side by side; returns what each costs in multiply-adds.
     """
 
     __slots__ = ("name", "forward", "saves", "saves_output", "view", "inplace", "reads",
-                 "remat")
+                 "remat", "vjp_work")
 
     def __init__(self, name: str, forward: Callable[..., Any], saves: tuple[int, ...] = (),
                  saves_output: bool = False, view: bool = False, inplace: bool = False,
-                 reads: tuple[tuple[int, ...], ...] | None = None, remat: bool = False):
+                 reads: tuple[tuple[int, ...], ...] | None = None, remat: bool = False,
+                 vjp_work: Callable[[Ctx, np.ndarray], int] | None = None):
         if inplace and 0 in saves:
             raise ValueError(f"{name}: an in-place op cannot save the input it overwrites")
         if remat and (inplace or view):
@@ -77,6 +80,7 @@ class Primitive:
         self.inplace = inplace
         self.reads = reads
         self.remat = remat
+        self.vjp_work = vjp_work
 
     def __repr__(self) -> str:
         return f"Primitive({self.name!r})"

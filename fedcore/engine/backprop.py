@@ -9,6 +9,7 @@ node's op runs, and every node drops its saved references as soon as it has run.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from .autograd import VJPS, VJPS_INTO, Node, Remat
 from .engine import get_engine
 from .errors import MutationError
+from .parallel import tasks
 from .tensor import Leaf, Tensor
 from .var import Var
 
@@ -91,6 +93,8 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
 
     A parent that is a leaf with a gradient buffer gets its VJP added straight into that
     buffer inside the same op (MXNet's kAddTo), saving an op and a temporary per parameter.
+    A primitive whose VJPs are independent (`vjp_work`: a matmul's input and weight
+    gradients) may have them computed side by side (`parallel.tasks`).
     """
     ctx = node.ctx
     prim = node.prim
@@ -124,14 +128,15 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
                 if type(v) is Remat:
                     v.done()
 
+    work_of = prim.vjp_work
+    # side by side only when each gradient has its own destination (not matmul(x, x))
+    apart = work_of is not None and len({id(d) for d in dsts if d is not None}) > 1 and \
+        len({id(d) for d in dsts if d is not None}) == sum(d is not None for d in dsts)
+
     def _vjps(ctx: Any) -> None:
         g = gvar.data
-        for i, dst in enumerate(dsts):
-            if dst is None:
-                continue
-            if into[i] and i < len(stores) and stores[i] is not None and dst.claim_zero():
-                stores[i](ctx, g, dst.data)  # the gradient buffer was zero: store, no add
-                continue
+
+        def grad(i: int, dst: Var) -> None:
             gi = vjps[i](ctx, g)
             if type(gi) is not np.ndarray:  # ufuncs turn 0-d results into numpy scalars
                 gi = np.asarray(gi)
@@ -142,6 +147,21 @@ def _run_vjp(eng: Any, node: Node, gvar: Var) -> list[Var | None]:
                 np.add(dst.data, pool.track(gi), out=dst.data)
             else:
                 dst.data = pool.track(gi)
+
+        jobs = []
+        for i, dst in enumerate(dsts):
+            if dst is None:
+                continue
+            if into[i] and i < len(stores) and stores[i] is not None and dst.claim_zero():
+                # the gradient buffer was zero: store, no add
+                jobs.append(functools.partial(stores[i], ctx, g, dst.data))
+            else:
+                jobs.append(functools.partial(grad, i, dst))
+        if apart and len(jobs) > 1:
+            tasks(jobs, work_of(ctx, g))
+        else:
+            for job in jobs:
+                job()
 
     reads = [v for v, _ in node.saved]
     reads.append(gvar)

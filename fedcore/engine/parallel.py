@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "elementwise", "get_num_threads",
-           "matmul", "parallel_for", "set_num_threads"]
+           "matmul", "parallel_for", "set_num_threads", "tasks"]
 
 ENV_VAR = "FEDCORE_NUM_THREADS"
 
@@ -178,6 +178,30 @@ def _split(n: int, fn: Callable[[int, int], None], threads: int) -> None:
             raise error
     finally:
         _busy.release()
+
+
+def tasks(jobs: list[Callable[[], None]], work: int) -> None:
+    """Run independent jobs side by side, one per thread, when that beats splitting each.
+
+    With at least as many jobs as threads, each `work` multiply-adds (or GEMM_GRAIN-weighted
+    passes) or more, the jobs are dealt out over the threads in order (the caller runs the
+    first share) and each runs whole: one hand-off for all of them, and every kernel at full
+    size (a matmul's input and weight gradients, two GEMMs of equal size, are one split
+    instead of two half-width ones; products too small to split at all run in parallel too).
+    Otherwise they run one after the other on the caller, each splitting itself as usual.
+    Jobs must write disjoint memory; kernels they call run serially (the workers are busy).
+    """
+    threads = get_num_threads()
+    if threads < 2 or len(jobs) < threads or work < GEMM_GRAIN:
+        for job in jobs:
+            job()
+        return
+
+    def share(lo: int, hi: int) -> None:
+        for job in jobs[lo:hi]:
+            job()
+
+    _split(len(jobs), share, threads)
 
 
 class Aside:

@@ -300,3 +300,56 @@ def test_depthwise_conv_split_over_threads_matches_serial(stride):
     np.testing.assert_array_equal(dx1, dx2)
     assert_close_to_operands(dw2, dw1, magnitude, 8, np.float32)
     np.testing.assert_array_equal(db1, db2)
+
+
+def test_tasks_run_side_by_side_only_when_there_is_one_per_thread(threads):
+    ran: list[tuple[int, int]] = []
+
+    def job(i: int):
+        return lambda: ran.append((i, threading.get_ident()))
+
+    parallel.tasks([job(0), job(1)], work=10)
+    assert sorted(i for i, _ in ran) == [0, 1] and len({t for _, t in ran}) == 2
+    ran.clear()
+    parallel.set_num_threads(3)  # fewer jobs than threads: each job splits itself instead
+    parallel.tasks([job(0), job(1)], work=10)
+    assert [i for i, _ in ran] == [0, 1] and {t for _, t in ran} == {threading.get_ident()}
+    parallel.set_num_threads(2)
+
+    def boom() -> None:
+        raise ValueError("job failed")
+
+    with pytest.raises(ValueError, match="job failed"):
+        parallel.tasks([job(0), boom], work=10)
+
+
+@pytest.mark.parametrize("op", ["matmul", "matmul_nt", "linear", "same_input"])
+def test_product_gradients_side_by_side_match_one_thread(threads, op):
+    """A product's input and weight gradients computed at once on two threads (each a whole
+    one-thread GEMM) are bit for bit those of one thread, into fresh and accumulated buffers;
+    matmul(x, x), whose two gradients meet in one buffer, stays serial and right."""
+    from fedcore.engine import linear, matmul, matmul_nt
+
+    rng = np.random.default_rng(5)
+    x0 = rng.standard_normal((24, 16)).astype(np.float32)
+    w0 = rng.standard_normal((16, 16)).astype(np.float32)
+    b0 = rng.standard_normal(16).astype(np.float32)
+    r = rng.standard_normal((24, 16)).astype(np.float32)
+
+    def grads() -> list[np.ndarray]:
+        x, w, b = (Tensor(a, requires_grad=True) for a in (x0, w0, b0))
+        for _ in range(2):  # the second backward adds into the gradients of the first
+            h = relu(x * 1.0)  # a non-leaf input: its gradient is a fresh buffer
+            y = (matmul(h, w) if op == "matmul" else matmul_nt(h, w) if op == "matmul_nt"
+                 else linear(h, w, b) if op == "linear" else matmul(w, w))
+            (y * r[:y.shape[0]]).sum().backward()
+        return [t.grad.copy() for t in (x, w, b) if t.grad is not None]
+
+    two = grads()
+    parallel.set_num_threads(1)
+    one = grads()
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
+    if op == "same_input":
+        np.testing.assert_allclose(one[0], 2 * (r[:16] @ w0.T + w0.T @ r[:16]), rtol=1e-5,
+                                   atol=1e-5)
