@@ -17,6 +17,8 @@ mask, two channel sums and one combine backward here).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, apply_inplace, defvjp, defvjp_into
@@ -362,9 +364,19 @@ def _rms_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
 
 
 def _rms_vjp_gamma(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    xr = np.multiply(ctx.args[0], ctx.rstd)
-    xr *= g
-    return channel_sum(xr)
+    """sum over rows of g x r: each thread sums its rows, the partial sums are added in
+    row order (the same bits for a given thread count)."""
+    x, c = ctx.args[0], ctx.args[0].shape[-1]
+    x2, g2, r2 = x.reshape(-1, c), g.reshape(-1, c), ctx.rstd.reshape(-1, 1)
+    parts: dict[int, np.ndarray] = {}
+
+    def rows(lo: int, hi: int) -> None:
+        xr = np.multiply(x2[lo:hi], r2[lo:hi])
+        xr *= g2[lo:hi]
+        parts[lo] = channel_sum(xr)
+
+    parallel_for(x2.shape[0], rows, 3 * x.size)
+    return functools.reduce(np.add, (parts[k] for k in sorted(parts)))
 
 
 rms_norm_p = Primitive("rms_norm", _rms_fwd, saves=(0, 1), remat=True)
