@@ -41,6 +41,7 @@ class TimingEngine(NaiveEngine):
         self.times: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.split: dict[str, float] = defaultdict(float)  # CPU time in split regions
+        self.critical: dict[str, float] = defaultdict(float)  # their critical paths
         self.current = ""
 
     def push(self, fn: Callable[[], None], reads: Sequence[Var], writes: Sequence[Var],
@@ -59,25 +60,43 @@ class TimingEngine(NaiveEngine):
 
 
 def _timed_split(eng: TimingEngine, split: Callable) -> Callable:
-    """parallel._split, adding the CPU time of regions that really split to eng.split."""
+    """parallel._split, adding the CPU time of regions that really split to eng.split, and
+    each region's critical path (its longest slab, by that thread's own CPU time, plus the
+    region's CPU time outside any slab: hand-offs) to eng.critical."""
+
+    open_region: list[bool] = []
 
     def wrapper(n: int, fn: Callable[[int, int], None], threads: int) -> None:
-        if threads < 2:
+        if threads < 2 or open_region:  # a call inside a region runs serially, counted there
             split(n, fn, threads)
             return
+        slabs: list[float] = []
+
+        def slab(lo: int, hi: int) -> None:
+            t0 = time.thread_time()
+            try:
+                fn(lo, hi)
+            finally:
+                slabs.append(time.thread_time() - t0)
+
         t0 = time.process_time()
+        open_region.append(True)
         try:
-            split(n, fn, threads)
+            split(n, slab, threads)
         finally:
-            eng.split[eng.current] += time.process_time() - t0
+            open_region.pop()
+            region = time.process_time() - t0
+            eng.split[eng.current] += region
+            eng.critical[eng.current] += region - sum(slabs) + max(slabs, default=0.0)
 
     return wrapper
 
 
 def fedcore_profile(step: Callable[[], float], steps: int
-                    ) -> tuple[dict[str, float], float, dict[str, float]]:
+                    ) -> tuple[dict[str, float], float, dict[str, float], dict[str, float]]:
     """(CPU ms per step by op name, including 'between ops'; total CPU ms per step; CPU ms
-    per step inside split regions, by op name)."""
+    per step inside split regions, by op name; critical path in CPU ms per step, by op
+    name: the time outside split regions plus each region's critical path)."""
     eng = TimingEngine()
     split = parallel._split
     parallel._split = _timed_split(eng, split)
@@ -88,6 +107,7 @@ def fedcore_profile(step: Callable[[], float], steps: int
             eng.times.clear()
             eng.calls.clear()
             eng.split.clear()
+            eng.critical.clear()
             t0 = time.process_time()
             for _ in range(steps):
                 step()
@@ -96,7 +116,10 @@ def fedcore_profile(step: Callable[[], float], steps: int
         parallel._split = split
     per = {k: v * 1e3 / steps for k, v in eng.times.items()}
     per["between ops"] = total - sum(per.values())
-    return per, total, {k: v * 1e3 / steps for k, v in eng.split.items()}
+    split = {k: v * 1e3 / steps for k, v in eng.split.items()}
+    critical = {k: ms - split.get(k, 0.0) + eng.critical.get(k, 0.0) * 1e3 / steps
+                for k, ms in per.items()}
+    return per, total, split, critical
 
 
 def torch_profile(torch: Any, step: Callable[[], float], steps: int) -> tuple[dict[str, float],
@@ -117,14 +140,17 @@ def torch_profile(torch: Any, step: Callable[[], float], steps: int) -> tuple[di
 
 
 def table(title: str, per: dict[str, float], total: float, top: int,
-          split: dict[str, float] | None = None) -> None:
+          split: dict[str, float] | None = None,
+          critical: dict[str, float] | None = None) -> None:
     """Print the `top` largest entries of `per` with their share of `total` (and, given
-    `split`, the share of each op's time that ran split over the threads)."""
+    `split` and `critical`, the share of each op's time that ran split over the threads and
+    the op's critical path)."""
     print(f"{title}: {total:.2f} CPU ms per step")
     for name, ms in sorted(per.items(), key=lambda kv: -kv[1])[:top]:
         extra = ""
-        if split is not None:
-            extra = f"  split {100 * split.get(name, 0.0) / ms if ms else 0.0:5.1f} %"
+        if split is not None and critical is not None:
+            extra = (f"  split {100 * split.get(name, 0.0) / ms if ms else 0.0:5.1f} %"
+                     f"  critical path {critical[name]:7.3f} ms")
         print(f"  {name:40s} {ms:7.3f} ms  {100 * ms / total:5.1f} %{extra}")
 
 
@@ -145,12 +171,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"threads {threads} (fedcore and torch)")
     for case in args.case:
         ours, theirs = steps(torch, case)
-        per, total, split = fedcore_profile(ours, args.steps)
-        table(f"{case} fedcore", per, total, args.top, split if threads > 1 else None)
+        one = 0.0
+        if threads > 1:  # the one-thread CPU time the critical path is measured against
+            set_threads(1)
+            one = fedcore_profile(ours, args.steps)[1]
+            set_threads(threads)
+        per, total, split, crit = fedcore_profile(ours, args.steps)
+        table(f"{case} fedcore", per, total, args.top, *((split, crit) if threads > 1 else ()))
         if threads > 1:
             p = sum(split.values()) / total
             print(f"  split over {threads} threads: {100 * p:.1f} % of the CPU time; Amdahl "
                   f"bound on the speed-up over one thread {1 / ((1 - p) + p / threads):.2f}x")
+            critical = sum(crit.values())
+            print(f"  critical path {critical:.2f} CPU ms (the CPU time outside split regions, "
+                  f"plus each region's longest slab and its hand-off time); one thread "
+                  f"{one:.2f} CPU ms: speed-up bound {one / critical:.2f}x")
         per_t, total_t = torch_profile(torch, theirs, args.steps)
         table(f"{case} torch (self CPU time per op; total without the profiler)", per_t,
               total_t, args.top)
