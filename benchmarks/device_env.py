@@ -20,9 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("fedcore", "client_runtime", "aggregator", "device_profiles", "cli", "simulations",
             "deploy")  # fmt: skip
-# what a device install must not have (the list: the server's stack)
+# what a device install must not have (the list: the server's stack; pydantic: the
+# scenario schema's)
 SERVER_MODULES = ("sqlalchemy", "alembic", "typer", "rich", "click", "ray", "matplotlib",
-                  "uvicorn", "fastapi", "flwr")  # fmt: skip
+                  "uvicorn", "fastapi", "flwr", "pydantic")  # fmt: skip
 OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
            "NO_PROXY": "", "PIP_CONFIG_FILE": os.devnull,
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # fmt: skip
@@ -94,7 +95,7 @@ def wheel_sources(env: dict[str, str] | None = None) -> list[str]:
     if not indexes and not links:
         raise NoWheels(
             "no local wheels: set FEDCORE_WHEELHOUSE to a folder of wheels (`pip download -d "
-            "DIR numpy cryptography httpx protobuf pydantic safetensors threadpoolctl`)"
+            "DIR numpy cryptography httpx protobuf safetensors threadpoolctl`)"
         )
     args = ["--no-index"] if not indexes else ["--index-url", indexes[0]]
     args += [arg for url in indexes[1:] for arg in ("--extra-index-url", url)]

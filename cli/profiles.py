@@ -27,7 +27,7 @@ def list_profiles(as_json: Json = False) -> None:
     except ProfileError as exc:
         fail(str(exc))
     if as_json:
-        print(json.dumps([p.model_dump() for p in profiles]))
+        print(json.dumps([p.as_dict() for p in profiles]))
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("name", no_wrap=True)
@@ -77,7 +77,7 @@ def detect_profile(as_json: Json = False) -> None:
 
 
 def _print_profile(profile, as_json: bool) -> None:  # noqa: ANN001 - a DeviceProfile
-    data = profile.model_dump()
+    data = profile.as_dict()
     if as_json:
         print(json.dumps(data))
         return

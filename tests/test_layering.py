@@ -53,10 +53,11 @@ def test_an_unstored_simulation_imports_no_store_and_no_ray():
     assert not loaded & {"sqlalchemy", "alembic", "ray", "matplotlib", "cupy"}
 
 
-def test_the_settings_and_the_trainer_need_no_pydantic():
-    """A device install has no pydantic: the settings type checks itself (fedcore.settings)."""
+def test_the_settings_the_trainer_and_device_classes_need_no_pydantic():
+    """A device install has no pydantic: the settings type and the device classes check
+    themselves (fedcore.settings, device_profiles.profile)."""
     loaded = imported_after(
         ["fedcore", "fedcore.settings", "fedcore.protocol", "client_runtime.trainer",
-         "client_runtime.device"]
+         "client_runtime.device", "device_profiles", "device_profiles.catalog"]
     )
     assert "pydantic" not in loaded and "pydantic_core" not in loaded
