@@ -40,6 +40,7 @@ class JoinOptions:
 def node_values(dataset: str | None, partition_id: int | None, num_partitions: int | None,
                 data: Path | None, device: str | None) -> dict[str, Any]:
     """The node config of these options (the keys ``deploy.node`` reads), checked."""
+    from deploy.apart import check_apart
     from deploy.node import DATA, DATASET, NUM_PARTITIONS, NodeConfigError, NodeData
     from fedcore import protocol
 
@@ -50,8 +51,8 @@ def node_values(dataset: str | None, partition_id: int | None, num_partitions: i
                        (protocol.DEVICE, device)):
         if value is not None:
             values[key] = value
-    try:
-        NodeData.parse(values).check()
+    try:  # the data file is read in a child: the device waits for a run without it
+        check_apart(NodeData.parse(values).check, (NodeConfigError,))
     except NodeConfigError as exc:
         raise UsageError(as_options(str(exc))) from None
     return values
@@ -64,10 +65,11 @@ def local_values(identity: Path | None, key: Path | None, root_certificates: Pat
     against a malicious server) and ``--models`` (the folder a run's ``onnx:NAME`` models are
     read from); ``UsageError`` names what is wrong."""
     from fedcore import protocol
-    from fedcore.secagg.identity import Authority, Identity, InvalidIdentity
 
     values: dict[str, str] = {}
     if identity is not None:
+        from fedcore.secagg.identity import Authority, Identity, InvalidIdentity
+
         if key is None or root_certificates is None:
             raise UsageError("--identity: needs --key (the enrolled key) and "
                              "--root-certificates (the CA)")

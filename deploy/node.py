@@ -16,13 +16,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from fedcore import protocol
-from fedcore.datafiles import DataFileError, read_xy
-from fedcore.resolve import no_imports
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DATASET = "dataset"  # a vendored data set's name
 DATA = "data"  # path of an .npz file with arrays x and y
@@ -137,6 +136,8 @@ def _int(config: Mapping[str, Any], key: str) -> int | None:
 def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``x`` (float32, one row per example) and ``y`` (int64 labels, or float32 regression
     targets) from an ``.npz`` file, read by `fedcore.datafiles.read_xy` (never unpickled)."""
+    from fedcore.datafiles import DataFileError, read_xy
+
     if not path.is_file():
         raise NodeConfigError(f"node config: {DATA}: no such file: {path}")
     try:
@@ -193,6 +194,7 @@ def dataset_shard(node: NodeData, scenario: Mapping[str, Any] | None) -> tuple[n
     the scenario, so no node trains on the server's test examples; ``num-partitions`` defaults
     to ``federation.num_clients``.
     """
+    from fedcore.resolve import no_imports  # here: importlib.metadata, for a dataset node only
     from simulations.prepare import client_partitions, load_data
     from simulations.scenario import ScenarioError, scenario_from_dict
 

@@ -12,8 +12,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
 from device_profiles.profile import DeviceProfile, Sources
 
 
@@ -36,6 +34,8 @@ def _battery_wh(root: Path = Path("/sys/class/power_supply")) -> float:
 
 def measure_gflops(size: int = 512, seconds: float = 0.3) -> float:
     """float32 GFLOP/s of a ``size``-square matmul, repeated for about ``seconds``."""
+    import numpy as np  # here: reading a device class (the agent's --device) needs no numpy
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)

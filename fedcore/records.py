@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 NPY_STYPE = "numpy.ndarray"  # Flower's serialisation type for np.save bytes
 
@@ -34,6 +35,8 @@ class Array:
         data: bytes | None = None,
     ) -> None:
         if ndarray is not None:
+            import numpy as np  # here, not above: a device waiting for a run holds no numpy
+
             buffer = io.BytesIO()
             np.save(buffer, ndarray, allow_pickle=False)
             dtype, shape, data = str(ndarray.dtype), ndarray.shape, buffer.getvalue()
@@ -47,6 +50,8 @@ class Array:
         """A copy as an ndarray (never unpickled)."""
         if self.stype != NPY_STYPE:
             raise TypeError(f"unsupported serialisation type {self.stype!r}")
+        import numpy as np
+
         return np.load(io.BytesIO(self.data), allow_pickle=False)
 
     def __eq__(self, other: object) -> bool:

@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from client_runtime.datacheck import MARK
 from client_runtime.fleet import objects
 from client_runtime.fleet.parallel import unordered
 from client_runtime.fleet.proto import fab_pb2, fleet_pb2, message_pb2, recorddict_pb2, run_pb2
@@ -198,6 +197,8 @@ class Agent(Session):
             content, error = self._handle(meta, run, content_in), None
             trace.event("agent.handled", message=meta.message_id)
         except Exception as exc:  # any failure is the server's to record, never a crash here
+            from client_runtime.datacheck import MARK
+
             error = (CLIENT_APP_RAISED_EXCEPTION, f"{type(exc)}:<'{exc}'>")
             if MARK in str(exc):
                 log.error("this device's data does not fit the run: %s",
