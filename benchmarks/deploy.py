@@ -16,7 +16,8 @@ For each it reports
   device, started ``--idle`` s later);
 - *peak RSS*: the largest tree total of any device during the run;
 - *added time per round*: a round's wall time minus its slowest device's training time (from
-  the store), median over the rounds, and per message exchange (1 plain, 4 with SecAgg+);
+  the store), median over the rounds, and per message exchange (as many as the trace shows
+  a round has: 1 plain, 3 with SecAgg+ here; without a trace the issue's 1 and 4);
   and where a round's time goes: the server and the devices run with ``FEDCORE_TRACE``
   (``fedcore.trace``) and ``benchmarks.deploy_trace`` prints the median critical path;
 - *install size*: the stock kind needs Flower (``fedcore[server]``): the files of that
@@ -180,8 +181,9 @@ def run_mode(
     run = Store(str(db)).get_run(1)
     training = [max(c.seconds or 0.0 for c in r.clients) for r in run.rounds]
     added = [r.seconds - t for r, t in zip(run.rounds, training, strict=True)]
-    exchanges = 4 if secagg else 1
     trace = work / "trace.jsonl"
+    phases = breakdown(read(trace)) if trace.exists() else {}
+    exchanges = phases.get("exchanges") or (4 if secagg else 1)  # traced, else the issue's
     return {
         "kind": kind,
         "mode": "SecAgg+" if secagg else "plain",
@@ -192,7 +194,8 @@ def run_mode(
         "added_seconds_per_round": statistics.median(added),
         "added_seconds_per_exchange": statistics.median(added) / exchanges,
         "training_seconds": statistics.median(training),
-        "breakdown": breakdown(read(trace)) if trace.exists() else {},
+        "exchanges": exchanges,
+        "breakdown": phases,
     }
 
 
@@ -269,12 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     print("device side: stock = flower-supernode + fedcore ClientApp under fedcore client; "
           f"lean = fedcore-device from {agent_from}")  # fmt: skip
     print(f"{'mode':8} {'kind':6} {'devices':>7} {'idle MiB':>9} {'peak MiB':>9} "
-          f"{'round s':>8} {'added s/round':>14} {'added s/exchange':>17}")  # fmt: skip
+          f"{'round s':>8} {'added s/round':>14} {'exchanges':>9} "
+          f"{'added s/exchange':>17}")  # fmt: skip
     for r in rows:
         idle = f"{r['idle_rss_mib']:.0f}" if r["idle_rss_mib"] is not None else "-"
         print(f"{r['mode']:8} {r['kind']:6} {r['devices']:>7} {idle:>9} "
               f"{r['peak_rss_mib']:>9.0f} {r['round_seconds']:>8.2f} "
-              f"{r['added_seconds_per_round']:>14.2f} "
+              f"{r['added_seconds_per_round']:>14.2f} {r['exchanges']:>9g} "
               f"{r['added_seconds_per_exchange']:>17.2f}")  # fmt: skip
     for mode in ("plain", "SecAgg+"):
         pair = {r["kind"]: r for r in rows if r["mode"] == mode}

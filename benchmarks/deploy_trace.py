@@ -47,8 +47,9 @@ def _first(events: Iterable[dict[str, Any]], name: str, **match: Any) -> dict[st
 
 
 def round_breakdown(events: Sequence[dict[str, Any]], number: int) -> dict[str, float] | None:
-    """Seconds per phase of round ``number`` (``PHASES`` and ``AFTER`` keys; None if the trace
-    lacks the round)."""
+    """Seconds per phase of round ``number`` (``PHASES`` and ``AFTER`` keys), the round's
+    seconds (``round``) and its message exchanges (``exchanges``); None if the trace lacks
+    the round."""
     start = _first(events, "round.start", round=number)
     end = _first(events, "round.evaluated", round=number)
     aggregated = _first(events, "round.aggregated", round=number)
@@ -64,7 +65,8 @@ def round_breakdown(events: Sequence[dict[str, Any]], number: int) -> dict[str, 
         cursor = max(cursor, t)
 
     before_push = "prepare"
-    for push in (e for e in inside if e["event"] == "server.push"):
+    pushes = [e for e in inside if e["event"] == "server.push"]
+    for push in pushes:
         pushed = _first((e for e in inside if e["t"] >= push["t"]), "server.pushed")
         if pushed is None:
             break
@@ -100,6 +102,7 @@ def round_breakdown(events: Sequence[dict[str, Any]], number: int) -> dict[str, 
         if following is not None:
             phases["next start"] = following["t"] - committed["t"]
     phases["round"] = end["t"] - start["t"]
+    phases["exchanges"] = len(pushes)
     return phases
 
 
@@ -114,7 +117,9 @@ def breakdown(events: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def format_breakdown(title: str, phases: dict[str, float], training: float | None) -> str:
     """The breakdown as lines: each phase's median seconds, the round, and what is added."""
-    lines = [f"{title}: median seconds per round (critical path; SecAgg+ sums its exchanges)"]
+    exchanges = phases.get("exchanges", 0)
+    lines = [f"{title}: median seconds per round, critical path ({exchanges:g} message "
+             "exchange(s) a round, summed)"]
     for key, what in PHASES + AFTER:
         if phases.get(key):
             lines.append(f"  {key:18} {phases[key]:7.3f}  {what}")

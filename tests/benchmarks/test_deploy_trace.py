@@ -37,6 +37,7 @@ def test_the_critical_path_adds_up_to_the_round():
     events = sorted(plain_round(0.0, 1) + plain_round(2.0, 2), key=lambda x: x["t"])
     phases = round_breakdown(events, 1)
     assert phases["round"] == pytest.approx(1.5)
+    assert phases["exchanges"] == 1
     assert sum(phases[k] for k, _ in PHASES) == pytest.approx(phases["round"])
     expected = {"prepare": 0.01, "push": 0.09, "poll wait": 0.0, "pull call": 0.0,
                 "objects in": 0.20, "decode": 0.01, "handler": 0.50, "encode": 0.01,
