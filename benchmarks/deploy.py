@@ -17,9 +17,9 @@ For each it reports
 - *peak RSS*: the largest tree total of any device during the run;
 - *added time per round*: a round's wall time minus its slowest device's training time (from
   the store), median over the rounds, and per message exchange (as many as the trace shows
-  a round has: 1 plain, 3 with SecAgg+ here; without a trace the issue's 1 and 4);
+  a round has, median: 1 plain, 3 with SecAgg+ here; without a trace the issue's 1 and 4);
   and where a round's time goes: the server and the devices run with ``FEDCORE_TRACE``
-  (``fedcore.trace``) and ``benchmarks.deploy_trace`` prints the median critical path;
+  (``fedcore.trace``) and ``benchmarks.deploy_trace`` prints the rounds' critical path;
 - *install size*: the stock kind needs Flower (``fedcore[server]``): the files of that
   dependency closure in this environment; the lean agent's: a fresh device venv built
   offline (``benchmarks.device_env``: ``pip install fedcore``), besides pip and setuptools.

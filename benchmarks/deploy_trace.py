@@ -107,18 +107,21 @@ def round_breakdown(events: Sequence[dict[str, Any]], number: int) -> dict[str, 
 
 
 def breakdown(events: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The median over the trace's rounds of each phase's seconds (``round_breakdown``)."""
+    """The mean over the trace's rounds of each phase's seconds (``round_breakdown``): means,
+    so that the phases add up to the mean round; ``exchanges``: the median count (SecAgg+'s
+    first round has one more, its key setup)."""
     numbers = sorted({e["round"] for e in events if e["event"] == "round.start"})
     rounds = [b for n in numbers if (b := round_breakdown(events, n)) is not None]
     if not rounds:
         return {}
-    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    means = {key: statistics.fmean(r[key] for r in rounds) for key in rounds[0]}
+    return {**means, "exchanges": statistics.median(r["exchanges"] for r in rounds)}
 
 
 def format_breakdown(title: str, phases: dict[str, float], training: float | None) -> str:
-    """The breakdown as lines: each phase's median seconds, the round, and what is added."""
+    """The breakdown as lines: each phase's seconds, the round, and the training."""
     exchanges = phases.get("exchanges", 0)
-    lines = [f"{title}: median seconds per round, critical path ({exchanges:g} message "
+    lines = [f"{title}: mean seconds per round, critical path ({exchanges:g} message "
              "exchange(s) a round, summed)"]
     for key, what in PHASES + AFTER:
         if phases.get(key):
