@@ -8,13 +8,13 @@ passes through one block while that block of the accumulator, of the global mode
 scratch block stay in the core's caches. Per block and update: one subtraction into the
 scratch (``out=``, no temporary), a BLAS dot of the scratch for the norm, and the same axpy
 kernel the plain fold uses (``aggregator.backend.host_axpy``: BLAS's saxpy, here called by
-address, ``cblas_saxpy``), all on one BLAS thread. Each
-element of the accumulator sums the same products in the same order as the plain fold, so
-the result is the plain fold's bit for bit (a refused update is undone by folding again).
+address, ``cblas_saxpy``), all on one BLAS thread. Each element of the accumulator sums the
+same products in the same order as the plain fold, so the result is the plain fold's bit for
+bit (a refused update is undone by folding again).
 
-On one core this costs about as much again as the plain fold (the subtraction and the dot run
-at the L2 cache's speed; measured here, by CPU time: 0.37-0.41x read bandwidth with the norms,
-0.6x without), so the fold can share the blocks out among ``backend.threads`` threads
+On one core this costs about 1.6x the plain fold (the subtraction and the dot run at cache
+speed; measured here, by time on a core: 0.37-0.39x read bandwidth with the norms, 0.6x
+without), so the fold can share the blocks out among ``backend.threads`` threads
 (``$FEDCORE_AGG_THREADS``): each thread takes the next block not yet taken and alone writes
 that part of the accumulator, with its own scratch; every kernel releases the GIL (the saxpy
 is called through ctypes: SciPy's wrapper holds the GIL, and two threads took turns). Each
