@@ -23,9 +23,7 @@ For each it reports
 - *install size*: the stock kind needs Flower (``fedcore[server]``): the files of that
   dependency closure in this environment; the lean agent's: a fresh device venv built
   offline (``benchmarks.device_env``: ``pip install fedcore``), besides pip and setuptools.
-  The lean devices run ``fedcore-device`` from that venv, as a device would (from this
-  environment ``httpx`` also imports the Click and Rich it finds: importing the agent peaks
-  at 58 MiB here against 52 MiB there, measured on 2026-12-07).
+  The lean devices run ``fedcore-device`` from that venv, as a device would.
 
 Targets for a device: idle <= 48 MiB, peak <= 96 MiB, added <= 0.3 s per exchange, install
 <= 120 MB. Figures from a shared machine are not a device's: rerun alone to quote them.

@@ -95,7 +95,7 @@ def wheel_sources(env: dict[str, str] | None = None) -> list[str]:
     if not indexes and not links:
         raise NoWheels(
             "no local wheels: set FEDCORE_WHEELHOUSE to a folder of wheels (`pip download -d "
-            "DIR numpy cryptography httpx protobuf safetensors threadpoolctl`)"
+            "DIR numpy cryptography protobuf safetensors threadpoolctl`)"
         )
     args = ["--no-index"] if not indexes else ["--index-url", indexes[0]]
     args += [arg for url in indexes[1:] for arg in ("--extra-index-url", url)]

@@ -250,7 +250,6 @@ def setup_logging(verbose: bool, log_file: Path | None = None) -> None:
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(format="%(asctime)s %(message)s", handlers=handlers,
                         level=logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,9 @@ A train message and its reply are six to nine objects (Message, RecordDict, Arra
 Array, ArrayChunk, ConfigRecord...), each its own ``pull-object``/``push-object`` round trip;
 one after another they were a large part of a device's time per message exchange (measured
 with ``benchmarks.deploy``). ``unordered`` runs them on a few threads sharing the agent's
-kept-alive HTTP client (``httpx.Client`` may be shared between threads). Where a thread cannot
-be started (a device short of address space under ``prlimit --as``), the calls run one after
-another as before.
+``transport.FleetClient`` (a connection per call in flight, kept alive). Where a thread
+cannot be started (a device short of address space under ``prlimit --as``), the calls run
+one after another as before.
 """
 
 from __future__ import annotations

@@ -1,26 +1,31 @@
-"""Flower 1.42's Fleet API over HTTP(S), as its SuperNode speaks it, with ``httpx``.
+"""Flower 1.42's Fleet API over HTTP(S), as its SuperNode speaks it, with the standard
+library's ``http.client`` (``httpx`` cost an idle device 5 MiB more).
 
 Each call is one ``POST /v1/fleet/<name>`` with a serialized protobuf request and response
-(``flwr/supernode/fleet_http_client.py``). Every request carries Flower's runtime-version
-headers (this agent speaks the pinned protocol, ``proto.FLOWER_VERSION``; a SuperLink of
-another minor release answers 412 and ``VersionMismatch`` says so) and, with a key, the node
-authentication headers of ``node_auth_http_interceptor.py``: the current UTC time in ISO
-format signed with ECDSA/SHA-256 by the SuperNode key, and the public key (PEM,
-SubjectPublicKeyInfo), both base64. Errors are sorted into what a caller can act on:
-``Unreachable`` (retry later), ``Refused`` (the SuperLink does not accept this node),
-``RunGone`` (the run is not running), ``VersionMismatch`` and ``FleetError`` (anything else).
+(``flwr/supernode/fleet_http_client.py``), on kept-alive connections (as many as calls run
+at once, from the agent's loop, its heartbeats and parallel object calls; one the SuperLink
+closed is opened again). Every request carries Flower's runtime-version headers (this agent
+speaks the pinned protocol, ``proto.FLOWER_VERSION``; a SuperLink of another minor release
+answers 412 and ``VersionMismatch`` says so) and, with a key, the node authentication headers
+of ``node_auth_http_interceptor.py``: the current UTC time in ISO format signed with
+ECDSA/SHA-256 by the SuperNode key, and the public key (PEM, SubjectPublicKeyInfo), both
+base64. Errors are sorted into what a caller can act on: ``Unreachable`` (retry later),
+``Refused`` (the SuperLink does not accept this node), ``RunGone`` (the run is not running),
+``VersionMismatch`` and ``FleetError`` (anything else).
 """
 
 from __future__ import annotations
 
 import datetime
+import http.client
 import json
+import select
 import ssl
+import threading
 from base64 import b64encode
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.message import DecodeError, Message
@@ -36,6 +41,7 @@ VERSION_HEADERS = {  # flwr.supercore.runtime_version_compatibility
 }
 VERSION_WARNING = "flwr-version-incompatibility-message"
 MAX_ERROR_BODY = 64 * 1024
+MAX_IDLE = 4  # kept-alive connections kept (the agent's loop, heartbeats, parallel object calls)
 # Flower's ApiErrorCode values this agent tells apart
 RUNTIME_VERSION_INCOMPATIBLE = 1001
 REFUSED_CODES = {2001, 2004, 23, 22}  # registration disabled, activation failed, key in use/bad
@@ -112,7 +118,8 @@ def tls_context(root_certificates: Path) -> ssl.SSLContext:
 
 
 class FleetClient:
-    """One kept-alive HTTP(S) connection to a SuperLink's Fleet API."""
+    """Kept-alive HTTP(S) connections to a SuperLink's Fleet API (callable from several
+    threads: a call takes an idle connection or opens one, and gives it back)."""
 
     def __init__(
         self,
@@ -122,14 +129,39 @@ class FleetClient:
         signer: NodeSigner | None,
         timeout: float = 30.0,
     ) -> None:
-        scheme = "https" if root_certificates is not None else "http"
-        verify: ssl.SSLContext | bool = (
-            tls_context(root_certificates) if root_certificates is not None else False
-        )
-        self.base = f"{scheme}://{address}"
+        self.address = address
+        self.context = tls_context(root_certificates) if root_certificates is not None else None
         self.signer = signer
+        self.timeout = timeout
         self.warning: str | None = None  # the SuperLink's version warning, if it sent one
-        self._http = httpx.Client(verify=verify, timeout=timeout, follow_redirects=False)
+        self._lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []
+        self._closed = False
+
+    def _take(self, timeout: float) -> http.client.HTTPConnection:
+        """An idle connection (closed first if the SuperLink closed it: an idle kept-alive
+        socket that reads is at its end; it opens again on the request) or a new one."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            if self.context is not None:
+                conn = http.client.HTTPSConnection(self.address, timeout=timeout,
+                                                   context=self.context)
+            else:
+                conn = http.client.HTTPConnection(self.address, timeout=timeout)
+        elif conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+            conn.close()
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _give(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def call(self, name: str, request: Message, response_type: type[R],
              timeout: float | None = None) -> R:
@@ -138,46 +170,57 @@ class FleetClient:
         if self.signer is not None:
             headers.update(self.signer.headers())
         body = request.SerializeToString(deterministic=True)
-        wait = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
         try:
-            response = self._http.post(f"{self.base}/v1/fleet/{name}", content=body,
-                                       headers=headers, timeout=wait)
-        except ssl.SSLError as exc:
-            raise Refused(f"TLS: {exc}") from None
-        except httpx.ConnectError as exc:
-            if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc).upper():
-                raise Refused(f"TLS: {exc}") from None
+            conn = self._take(self.timeout if timeout is None else timeout)
+        except ValueError as exc:  # a malformed address (http.client's port parsing)
             raise Unreachable(f"cannot connect: {exc}") from None
-        except httpx.TransportError as exc:
-            raise Unreachable(f"{type(exc).__name__}: {exc}") from None
-        if warning := response.headers.get(VERSION_WARNING):
+        try:
+            conn.request("POST", f"/v1/fleet/{name}", body=body, headers=headers)
+            response = conn.getresponse()
+            content = response.read()
+        except ssl.SSLError as exc:
+            conn.close()
+            raise Refused(f"TLS: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            if isinstance(exc.__context__, ssl.SSLError):
+                raise Refused(f"TLS: {exc}") from None
+            raise Unreachable(f"cannot connect: {type(exc).__name__}: {exc}") from None
+        if response.will_close:
+            conn.close()
+        else:
+            self._give(conn)
+        if warning := response.getheader(VERSION_WARNING):
             self.warning = warning
-        if response.status_code >= 400:
-            raise _error(name, response)
+        if response.status >= 400:
+            raise _error(name, response.status, content)
         result = response_type()
         try:
-            result.ParseFromString(response.content)
+            result.ParseFromString(content)
         except DecodeError:
             raise FleetError(f"{name}: the SuperLink sent a malformed response") from None
         return result
 
     def close(self) -> None:
-        """Close the connection."""
-        self._http.close()
+        """Close the connections (one in use closes when its call ends)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
-def _error(name: str, response: httpx.Response) -> FleetError:
-    status = response.status_code
+def _error(name: str, status: int, content: bytes) -> FleetError:
     code, detail = 0, ""
     try:
-        payload = json.loads(response.content[:MAX_ERROR_BODY])
+        payload = json.loads(content[:MAX_ERROR_BODY])
         if isinstance(payload, dict):
             code = int(payload.get("code") or 0)
             detail = str(payload.get("detail") or "")
             if payload.get("extra"):
                 detail += f" ({payload['extra']})"
     except (ValueError, TypeError):
-        detail = response.content[:200].decode("utf-8", "replace")
+        detail = content[:200].decode("utf-8", "replace")
     message = f"{name}: {status} {detail}".strip()
     if code == RUNTIME_VERSION_INCOMPATIBLE:
         return VersionMismatch(

@@ -1,6 +1,7 @@
 """The Fleet transport against a loopback HTTP server: headers, signatures, errors sorted."""
 
 import json
+import socket
 import threading
 from base64 import b64decode
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,3 +99,79 @@ def test_nobody_listening_is_unreachable_and_a_garbled_answer_an_error(server):
     with pytest.raises(transport.FleetError, match="malformed"):
         client(server).call("pull-messages", fleet_pb2.PullMessagesRequest(),
                             fleet_pb2.PullMessagesResponse)
+
+
+class KeptAlive(Scripted):
+    """HTTP/1.1: the connection stays open unless ``hang_up`` (closed after the answer, as a
+    server's keep-alive timeout closes an idle connection, without saying so)."""
+
+    protocol_version = "HTTP/1.1"
+    hang_up = False
+    before = None  # called before answering
+    ports: list[int] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.ports.append(self.client_address[1])
+        if KeptAlive.before is not None:
+            KeptAlive.before()
+        super().do_POST()
+        self.close_connection = self.hang_up
+
+
+@pytest.fixture
+def kept_alive():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeptAlive)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    Scripted.answers, Scripted.seen, KeptAlive.ports, KeptAlive.hang_up = [], [], [], False
+    KeptAlive.before = None
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def pull(fleet):
+    return fleet.call("pull-messages", fleet_pb2.PullMessagesRequest(),
+                      fleet_pb2.PullMessagesResponse)
+
+
+def test_calls_at_once_open_connections_and_later_calls_reuse_them(kept_alive):
+    fleet = client(kept_alive)
+    both = threading.Barrier(2, timeout=30)  # the server answers once both calls are in
+    Scripted.answers = [(200, b"")] * 4
+    KeptAlive.before = both.wait
+    callers = [threading.Thread(target=pull, args=(fleet,)) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    KeptAlive.before = None
+    pull(fleet)
+    pull(fleet)
+    assert len(set(KeptAlive.ports[:2])) == 2 and set(KeptAlive.ports[2:]) <= set(KeptAlive.ports)
+    fleet.close()
+
+
+def test_a_connection_the_superlink_closed_is_opened_again(kept_alive):
+    import select
+
+    fleet = client(kept_alive)
+    KeptAlive.hang_up = True
+    Scripted.answers = [(200, b""), (200, b"")]
+    pull(fleet)
+    [kept] = fleet._idle  # kept: the server did not say it would close
+    sock = kept.sock
+    assert sock is not None
+    assert select.select([sock], [], [], 30)[0]  # the server has closed it by now
+    pull(fleet)  # not Unreachable: opened again
+    assert len(set(KeptAlive.ports)) == 2
+
+
+def test_no_answer_within_the_timeout_is_unreachable():
+    with socket.socket() as listener:  # accepts (the backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        fleet = transport.FleetClient(f"127.0.0.1:{listener.getsockname()[1]}",
+                                      root_certificates=None, signer=None, timeout=0.2)
+        with pytest.raises(transport.Unreachable, match="timed out"):
+            pull(fleet)
