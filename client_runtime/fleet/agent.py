@@ -169,6 +169,7 @@ class Agent(Session):
                         meta.message_id[:12])
             return
         started = time.monotonic()
+        self._load_handlers()
         try:
             run = self._run(meta.run_id)
             contents = objects.pull_tree(tree, lambda oid: self._pull(meta.run_id, oid),
@@ -208,6 +209,17 @@ class Agent(Session):
         self._remember(meta.message_id)
         self._reply(meta, content, error, time.monotonic() - started)
         self.rounds += 1
+
+    def _load_handlers(self) -> None:
+        """Load the handlers (the engine, numpy) with the first message, before its objects
+        come on threads: numpy maps its libraries while the address space is free (a device
+        under ``prlimit --as`` at its class's budget had no room left once the threads' stacks
+        and malloc arenas were there). A failure shows when the message is handled."""
+        if callable(self.handlers):
+            try:
+                self.handlers = self.handlers()
+            except Exception as exc:  # noqa: BLE001 - _handle loads again and replies with it
+                log.debug("loading the handlers failed: %s", exc)
 
     def _handle(self, meta: message_pb2.Metadata, run: _Run, content: RecordDict) -> RecordDict:
         from client_runtime.handlers import handler_for
