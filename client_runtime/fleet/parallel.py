@@ -4,13 +4,16 @@ A train message and its reply are six to nine objects (Message, RecordDict, Arra
 Array, ArrayChunk, ConfigRecord...), each its own ``pull-object``/``push-object`` round trip;
 one after another they were a large part of a device's time per message exchange (measured
 with ``benchmarks.deploy``). ``unordered`` runs them on a few threads sharing the agent's
-``transport.FleetClient`` (a connection per call in flight, kept alive). Where a thread
-cannot be started (a device short of address space under ``prlimit --as``), the calls run
-one after another as before.
+``transport.FleetClient`` (a connection per call in flight, kept alive). Under an
+address-space limit (``RLIMIT_AS``: ``prlimit --as``, a device class's budget) the calls run
+one after another as before: each new thread's malloc arena reserves 64 MiB of address space,
+which left numpy's OpenBLAS no room to map when it loads with the first message (measured at
+rpi-zero-2w's 307 MiB); likewise where a thread cannot be started.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections import deque
@@ -28,7 +31,7 @@ def unordered(call: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
     they are in and take no more items (also when the consumer stops early)."""
     pending = deque(items)
     count = len(pending)
-    if workers <= 1 or count <= 1:
+    if workers <= 1 or count <= 1 or address_space_limited():
         for item in pending:
             yield item, call(item)
         return
@@ -71,4 +74,15 @@ def unordered(call: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
             thread.join()
 
 
-__all__ = ["unordered"]
+@functools.cache
+def address_space_limited() -> bool:
+    """Whether this process runs under an address-space limit (``RLIMIT_AS``)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return soft != resource.RLIM_INFINITY
+
+
+__all__ = ["address_space_limited", "unordered"]

@@ -47,3 +47,12 @@ def test_without_threads_the_calls_run_in_turn(monkeypatch):
 
     monkeypatch.setattr(threading.Thread, "start", refuse)
     assert [item for item, _ in unordered(lambda item: item, range(5), 3)] == [0, 1, 2, 3, 4]
+
+
+def test_under_an_address_space_limit_the_calls_run_in_turn(monkeypatch):
+    from client_runtime.fleet import parallel
+
+    monkeypatch.setattr(parallel, "address_space_limited", lambda: True)
+    threads = set()
+    list(unordered(lambda item: threads.add(threading.get_ident()), range(5), 3))
+    assert threads == {threading.get_ident()}
