@@ -168,7 +168,7 @@ def _attn_grads(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     gh = pool.alloc((b, hk, gq, t, d), dt)
     kh = pool.alloc((b * hk, s_len, d), dt)
     vh = pool.alloc((b * hk, s_len, d), dt)
-    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    dq, dk, dv = (pool.alloc(a.shape, a.dtype) for a in (q, k, v))  # recycled buffers
     dq5 = dq.reshape(b, t, hk, gq, d).transpose(0, 2, 3, 1, 4)  # (B, Hkv, G, T, D) view
     dkh = pool.alloc((b * hk, s_len, d), dt)
     dvh = pool.alloc((b * hk, s_len, d), dt)
@@ -274,7 +274,7 @@ def _rope_fwd(ctx: Ctx, x: np.ndarray, base: float, offset: int) -> np.ndarray:
 def _rope_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     cos2, sin2 = rope_tables(g.shape[1], g.shape[-1], ctx.params["base"],
                              ctx.params["offset"], g.dtype.str)
-    return _rotate(g, cos2, sin2, np.empty_like(g), inverse=True)
+    return _rotate(g, cos2, sin2, ctx.alloc(g.shape, g.dtype), inverse=True)
 
 
 rope_p = Primitive("rope", _rope_fwd)

@@ -347,7 +347,7 @@ def _rms_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     # y = x r gamma, r = (mean(x^2) + eps)^-1/2: dx = r gg - x r^3 mean(gg x), gg = g gamma
     x, rstd, gamma = ctx.args[0], ctx.rstd, ctx.args[1]
     c = x.shape[-1]
-    out = np.empty(x.shape, np.result_type(g, gamma))
+    out = ctx.alloc(x.shape, np.result_type(g, gamma))
     x2, g2, r2, o2 = x.reshape(-1, c), g.reshape(-1, c), rstd.reshape(-1, 1), out.reshape(-1, c)
 
     def rows(lo: int, hi: int) -> None:

@@ -62,6 +62,8 @@ def _matmul_fwd(ctx: Ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _grad_a(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        out = ctx.alloc((g.shape[0], ctx.args[1].shape[0]), np.result_type(g, ctx.args[1]))
     return gemm(g, ctx.args[1].T, out)  # dA = G B^T
 
 
@@ -106,6 +108,8 @@ def _matmul_nt_fwd(ctx: Ctx, a: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _nt_grad_a(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        out = ctx.alloc((g.shape[0], ctx.args[1].shape[1]), np.result_type(g, ctx.args[1]))
     return gemm(g, ctx.args[1], out)  # dA = G W
 
 
