@@ -2,16 +2,19 @@
 library's ``http.client`` (``httpx`` cost an idle device 5 MiB more).
 
 Each call is one ``POST /v1/fleet/<name>`` with a serialized protobuf request and response
-(``flwr/supernode/fleet_http_client.py``), on kept-alive connections (as many as calls run
-at once, from the agent's loop, its heartbeats and parallel object calls; one the SuperLink
-closed is opened again). Every request carries Flower's runtime-version headers (this agent
-speaks the pinned protocol, ``proto.FLOWER_VERSION``; a SuperLink of another minor release
-answers 412 and ``VersionMismatch`` says so) and, with a key, the node authentication headers
-of ``node_auth_http_interceptor.py``: the current UTC time in ISO format signed with
-ECDSA/SHA-256 by the SuperNode key, and the public key (PEM, SubjectPublicKeyInfo), both
-base64. Errors are sorted into what a caller can act on: ``Unreachable`` (retry later),
-``Refused`` (the SuperLink does not accept this node), ``RunGone`` (the run is not running),
-``VersionMismatch`` and ``FleetError`` (anything else).
+(``flwr/supernode/fleet_http_client.py``), on kept-alive connections (as many as calls run at
+once, from the agent's loop, its heartbeats and parallel object calls). The SuperLink's uvicorn
+closes a connection idle for 5 s, and a request sent as it does so fails with no answer: a
+connection idle for ``MAX_IDLE_S`` is not reused, and a request that a reused connection loses
+before any answer (the server closed it) is sent once more on a new one. Every request carries
+Flower's runtime-version headers (this agent speaks the pinned protocol,
+``proto.FLOWER_VERSION``; a SuperLink of another minor release answers 412 and
+``VersionMismatch`` says so) and, with a key, the node authentication headers of
+``node_auth_http_interceptor.py``: the current UTC time in ISO format signed with ECDSA/SHA-256
+by the SuperNode key, and the public key (PEM, SubjectPublicKeyInfo), both base64. Errors are
+sorted into what a caller can act on: ``Unreachable`` (retry later), ``Refused`` (the SuperLink
+does not accept this node), ``RunGone`` (the run is not running), ``VersionMismatch`` and
+``FleetError`` (anything else).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import select
 import ssl
 import threading
+import time
 from base64 import b64encode
 from pathlib import Path
 from typing import TypeVar
@@ -42,6 +46,9 @@ VERSION_HEADERS = {  # flwr.supercore.runtime_version_compatibility
 VERSION_WARNING = "flwr-version-incompatibility-message"
 MAX_ERROR_BODY = 64 * 1024
 MAX_IDLE = 4  # kept-alive connections kept (the agent's loop, heartbeats, parallel object calls)
+MAX_IDLE_S = 2.0  # reuse a kept-alive connection only this long (uvicorn closes at 5 s)
+# What a reused connection raises when the server had closed it before reading the request.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 # Flower's ApiErrorCode values this agent tells apart
 RUNTIME_VERSION_INCOMPATIBLE = 1001
 REFUSED_CODES = {2001, 2004, 23, 22}  # registration disabled, activation failed, key in use/bad
@@ -135,31 +142,37 @@ class FleetClient:
         self.timeout = timeout
         self.warning: str | None = None  # the SuperLink's version warning, if it sent one
         self._lock = threading.Lock()
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (conn, idle since)
         self._closed = False
 
-    def _take(self, timeout: float) -> http.client.HTTPConnection:
-        """An idle connection (closed first if the SuperLink closed it: an idle kept-alive
-        socket that reads is at its end; it opens again on the request) or a new one."""
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
+    def _take(self, timeout: float, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection and True, or a new one and False. One idle too long, or that
+        the SuperLink closed (an idle kept-alive socket that reads is at its end), is closed
+        and opens again on the request (not counted as reused)."""
+        conn, since = None, 0.0
+        if not fresh:
+            with self._lock:
+                conn, since = self._idle.pop() if self._idle else (None, 0.0)
+        reused = conn is not None
         if conn is None:
             if self.context is not None:
                 conn = http.client.HTTPSConnection(self.address, timeout=timeout,
                                                    context=self.context)
             else:
                 conn = http.client.HTTPConnection(self.address, timeout=timeout)
-        elif conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+        elif conn.sock is None or time.monotonic() - since > MAX_IDLE_S \
+                or select.select([conn.sock], [], [], 0)[0]:
             conn.close()
+            reused = False
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
-        return conn
+        return conn, reused
 
     def _give(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < MAX_IDLE:
-                self._idle.append(conn)
+                self._idle.append((conn, time.monotonic()))
                 return
         conn.close()
 
@@ -170,14 +183,20 @@ class FleetClient:
         if self.signer is not None:
             headers.update(self.signer.headers())
         body = request.SerializeToString(deterministic=True)
+        wait = self.timeout if timeout is None else timeout
         try:
-            conn = self._take(self.timeout if timeout is None else timeout)
+            conn, reused = self._take(wait)
         except ValueError as exc:  # a malformed address (http.client's port parsing)
             raise Unreachable(f"cannot connect: {exc}") from None
         try:
-            conn.request("POST", f"/v1/fleet/{name}", body=body, headers=headers)
-            response = conn.getresponse()
-            content = response.read()
+            try:
+                response, content = _post(conn, name, body, headers)
+            except _STALE:
+                if not reused:
+                    raise
+                conn.close()  # closed by the server before it read the request: once more
+                conn, _ = self._take(wait, fresh=True)
+                response, content = _post(conn, name, body, headers)
         except ssl.SSLError as exc:
             conn.close()
             raise Refused(f"TLS: {exc}") from None
@@ -206,8 +225,15 @@ class FleetClient:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
+
+
+def _post(conn: http.client.HTTPConnection, name: str, body: bytes,
+          headers: dict[str, str]) -> tuple[http.client.HTTPResponse, bytes]:
+    conn.request("POST", f"/v1/fleet/{name}", body=body, headers=headers)
+    response = conn.getresponse()
+    return response, response.read()
 
 
 def _error(name: str, status: int, content: bytes) -> FleetError:

@@ -107,11 +107,16 @@ class KeptAlive(Scripted):
 
     protocol_version = "HTTP/1.1"
     hang_up = False
+    drop = 0  # the next ``drop`` requests: closed unanswered, as uvicorn's keep-alive timeout does
     before = None  # called before answering
     ports: list[int] = []
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         self.ports.append(self.client_address[1])
+        if KeptAlive.drop:
+            KeptAlive.drop -= 1
+            self.close_connection = True
+            return
         if KeptAlive.before is not None:
             KeptAlive.before()
         super().do_POST()
@@ -124,6 +129,7 @@ def kept_alive():
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     Scripted.answers, Scripted.seen, KeptAlive.ports, KeptAlive.hang_up = [], [], [], False
+    KeptAlive.drop = 0
     KeptAlive.before = None
     yield f"127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
@@ -159,12 +165,41 @@ def test_a_connection_the_superlink_closed_is_opened_again(kept_alive):
     KeptAlive.hang_up = True
     Scripted.answers = [(200, b""), (200, b"")]
     pull(fleet)
-    [kept] = fleet._idle  # kept: the server did not say it would close
+    [(kept, _)] = fleet._idle  # kept: the server did not say it would close
     sock = kept.sock
     assert sock is not None
     assert select.select([sock], [], [], 30)[0]  # the server has closed it by now
     pull(fleet)  # not Unreachable: opened again
     assert len(set(KeptAlive.ports)) == 2
+
+
+def test_a_request_the_server_dropped_on_a_kept_connection_is_sent_once_more(kept_alive):
+    """CI saw it: uvicorn closed an idle connection as the agent's SecAgg+ reply went out."""
+    fleet = client(kept_alive)
+    Scripted.answers = [(200, b""), (200, b"")]
+    pull(fleet)
+    KeptAlive.drop = 1
+    pull(fleet)  # not Unreachable: the same request again, on a new connection
+    first, dropped, again = KeptAlive.ports
+    assert dropped == first and again != first
+    KeptAlive.drop = 1
+    with pytest.raises(transport.Unreachable):  # a new connection that loses it: no retry
+        client(kept_alive).call("pull-messages", fleet_pb2.PullMessagesRequest(),
+                                fleet_pb2.PullMessagesResponse)
+    assert len(KeptAlive.ports) == 4
+    fleet.close()
+
+
+def test_a_connection_idle_too_long_is_not_reused(kept_alive, monkeypatch):
+    fleet = client(kept_alive)
+    Scripted.answers = [(200, b"")] * 3
+    pull(fleet)
+    pull(fleet)
+    monkeypatch.setattr(transport, "MAX_IDLE_S", -1.0)  # every idle connection is too old
+    pull(fleet)
+    first, reused, renewed = KeptAlive.ports
+    assert reused == first and renewed != first
+    fleet.close()
 
 
 def test_no_answer_within_the_timeout_is_unreachable():
