@@ -9,7 +9,9 @@ from its last committed round (later signals are ignored, so that record and the
 child processes are not cut short). A second signal that lands inside a finaliser (a weakref
 callback or ``__del__``, where Python prints and drops exceptions) is delivered again a
 millisecond later (by a one-shot SIGALRM timer, so outside the finaliser), so it is neither lost
-nor shown as a traceback. Either way ``fedcore runs resume`` (or ``fedcore server
+nor shown as a traceback. Inside ``deferred()`` (recording a round or how the run ended) a
+second signal waits for the block to finish, so the store never keeps a half-written ending.
+Either way ``fedcore runs resume`` (or ``fedcore server
 --resume``) ends with the model of an uninterrupted run, bit for bit; only ``fedcore runs
 abort`` makes a run final.
 """
@@ -20,6 +22,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -47,6 +51,8 @@ class Interrupts:
         self._previous: dict[int, Any] = {}
         self._previous_hook: Any = None
         self._stop: KeyboardInterrupt | None = None  # the second signal's exception, once raised
+        self._deferring = False  # inside deferred(): a second signal waits for the block's end
+        self._deferred = False  # it came, and waits
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
@@ -66,6 +72,21 @@ class Interrupts:
         self._previous.clear()
         if self._previous_hook is not None:
             sys.unraisablehook, self._previous_hook = self._previous_hook, None
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block a second signal must not cut in half (a store write): it stops the command
+        once the block is done."""
+        outer, self._deferring = self._deferring, True
+        try:
+            yield
+        finally:
+            self._deferring = outer
+        if self._deferred and not outer:
+            self._deferred = False
+            name = signal.Signals(self.signum or signal.SIGINT).name
+            self._stop = KeyboardInterrupt(f"{name} (second interrupt)")
+            raise self._stop
 
     def _unraisable(self, unraisable: Any) -> None:
         """Python dropped an exception; if it is our stop, deliver the signal again."""
@@ -95,6 +116,9 @@ class Interrupts:
         self.count += 1
         if self.count == 2:
             self.signum = signum  # the one that stopped the command
+            if self._deferring:
+                self._deferred = True
+                return
             self._stop = KeyboardInterrupt(f"{signal.Signals(signum).name} (second interrupt)")
             raise self._stop
         if self.count > 2:

@@ -13,6 +13,7 @@ never lost.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -93,7 +94,8 @@ class StoreHooks:
 
     def record(self, outcome: RoundOutcome) -> None:
         """Commit the round (checkpoint first), then tell the caller."""
-        self.store.record_round(self.run_id, outcome)
+        with deferred(self.interrupts):
+            self.store.record_round(self.run_id, outcome)
         if self.on_round is not None:
             self.on_round(outcome)
 
@@ -183,10 +185,13 @@ class StoredRun:
         try:
             prepared, resume = _rebuild(store, run_id)
         except KeyboardInterrupt as exc:
-            store.finish_run(run_id, "paused", error=_interrupted(exc))
+            with deferred(interrupts):
+                store.finish_run(run_id, "paused", error=_interrupted(exc))
             raise
         except BaseException as exc:
-            store.finish_run(run_id, "paused", error=f"cannot resume: {type(exc).__name__}: {exc}")
+            with deferred(interrupts):
+                store.finish_run(run_id, "paused",
+                                 error=f"cannot resume: {type(exc).__name__}: {exc}")
             raise
         if resume is not None and resume.round >= prepared.config.num_rounds:
             store.finish_run(run_id, "completed")  # it crashed after its last commit
@@ -210,17 +215,27 @@ class StoredRun:
         try:
             result = federate(hooks)
         except StopRun as stop:
-            self.store.finish_run(self.run_id, stop.status)
+            with deferred(interrupts):  # a second signal now must not cut the record short
+                self.store.finish_run(self.run_id, stop.status)
             raise
         except (KeyboardInterrupt, SystemExit) as exc:
             error = _interrupted(exc) if stopped_by is None else f"interrupted: {stopped_by}"
-            self.store.finish_run(self.run_id, "paused", error=error)
+            with deferred(interrupts):
+                self.store.finish_run(self.run_id, "paused", error=error)
             raise
         except BaseException as exc:
-            self.store.finish_run(self.run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            with deferred(interrupts):
+                self.store.finish_run(self.run_id, "failed",
+                                      error=f"{type(exc).__name__}: {exc}")
             raise
-        self.store.finish_run(self.run_id, "completed")
+        with deferred(interrupts):
+            self.store.finish_run(self.run_id, "completed")
         return result
+
+
+def deferred(interrupts: Interrupts | None) -> AbstractContextManager[None]:
+    """``interrupts.deferred()``, or nothing to defer."""
+    return nullcontext() if interrupts is None else interrupts.deferred()
 
 
 def _interrupted(exc: BaseException) -> str | None:

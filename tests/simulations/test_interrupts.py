@@ -164,3 +164,17 @@ def test_a_second_signal_inside_a_finaliser_still_stops_at_once(monkeypatch):
     assert dropped == []  # nothing printed as "Exception ignored in ..."
     assert sys.unraisablehook == dropped.append  # the hook and SIGALRM are given back
     assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+
+
+def test_a_second_signal_waits_for_a_deferred_block_then_stops():
+    """Recording how a run ended must not be cut in half (CI once found a run 'running' after
+    a second SIGINT landed inside the store write that recorded its pause)."""
+    done = []
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"), Interrupts() as interrupts:
+        signal.raise_signal(signal.SIGHUP)  # the first asks for a pause
+        with interrupts.deferred():
+            signal.raise_signal(signal.SIGINT)  # the second arrives mid-write...
+            done.append("recorded")  # ...which still completes
+        done.append("not reached")
+    assert done == ["recorded"]
+    assert interrupts.signal == "SIGHUP" and interrupts.exit_code == 130
