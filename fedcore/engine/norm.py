@@ -75,16 +75,22 @@ batch_moments_p = Primitive("batch_moments", _moments_fwd, saves=(0,), saves_out
 defvjp(batch_moments_p, _moments_vjp)
 
 
-def _bn_apply_fwd(ctx: Ctx, x: np.ndarray, stats: np.ndarray, gamma: np.ndarray,
-                  beta: np.ndarray, eps: float) -> np.ndarray:
+def _bn_rstd(x: np.ndarray, stats: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+             eps: float) -> np.ndarray:
+    """1 / sqrt(var + eps) (C,), after checking x (..., C) against gamma, beta and the (2, C)
+    [mean, var] statistics: what both batch-norm forwards start with."""
     c = _feature_check("batch_norm", x, gamma=gamma, beta=beta)
     if stats.shape != (2, c):
         raise ValueError(f"batch_norm: statistics {stats.shape} must be (2, {c}) [mean, var] "
                          f"for input {x.shape}")
     rstd = stats[1] + eps
     np.sqrt(rstd, out=rstd)
-    np.divide(1.0, rstd, out=rstd)
-    ctx.rstd = rstd
+    return np.divide(1.0, rstd, out=rstd)
+
+
+def _bn_apply_fwd(ctx: Ctx, x: np.ndarray, stats: np.ndarray, gamma: np.ndarray,
+                  beta: np.ndarray, eps: float) -> np.ndarray:
+    ctx.rstd = rstd = _bn_rstd(x, stats, gamma, beta, eps)
     ctx.sums = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     scale = rstd * gamma
     x = np.ascontiguousarray(x)
@@ -133,13 +139,7 @@ defvjp(batch_norm_apply_p, _bn_vjp_x, _bn_vjp_stats, _bn_vjp_gamma, _bn_vjp_beta
 
 def _bnt_fwd(ctx: Ctx, x: np.ndarray, stats: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
              eps: float, relu: bool) -> np.ndarray:
-    c = _feature_check("batch_norm", x, gamma=gamma, beta=beta)
-    if stats.shape != (2, c):
-        raise ValueError(f"batch_norm: statistics {stats.shape} must be (2, {c}) [mean, var] "
-                         f"for input {x.shape}")
-    rstd = stats[1] + eps
-    np.sqrt(rstd, out=rstd)
-    np.divide(1.0, rstd, out=rstd)
+    rstd = _bn_rstd(x, stats, gamma, beta, eps)
     x2, k = fold(np.ascontiguousarray(x))  # long rows: every pass below is one flat loop
     xc = ctx.alloc(x.shape, x.dtype)
     np.subtract(x2, tiled(stats[0], k), out=xc.reshape(x2.shape))
