@@ -1,6 +1,6 @@
 """Training-step time of fedcore's reference CNN and LSTM against PyTorch, side by side.
 
-    python -m benchmarks.engine_layers [--reps 40] [--threads N [N ...]]
+    python -m benchmarks.engine_layers [--reps 40] [--threads N [N ...]] [--compiled]
         [--case cnn lstm gpt mobilenet lora onnx-resnet]
 
 Both frameworks get the same model, the same initial weights (copied from fedcore into torch,
@@ -11,7 +11,10 @@ core by default, or --threads), printed with the load average. Needs the `bench`
 (torch==2.13.0). `gpt` and `lora` also print peak-memory tables, each figure from a fresh
 process (benchmarks.memory_report). Several thread counts (`--threads 1 2`) run every case at
 each count in turn, both frameworks alike, and print each framework's speed-up over its own
-time at the first count ("self-speedup"), measured in the same run.
+time at the first count ("self-speedup"), measured in the same run. `--compiled` times, after
+each eager run, fedcore's compiled step (`model.hybridize`) against torch the same way: the step
+traced and planned once and then replayed as a list of kernels, without the eager step's
+per-op Python (graph recording, buffer pool, dependency checks).
 """
 
 from __future__ import annotations
@@ -110,10 +113,15 @@ def lstm_case(torch: Any) -> tuple:
 CASES = {"cnn": cnn_case, "lstm": lstm_case, "gpt": gpt_case, "mobilenet": mobilenet_case}
 
 
-def steps(torch: Any, case: str) -> tuple[Callable[[], float], Callable[[], float]]:
-    """(fedcore step, torch step), each returning its loss."""
+def steps(torch: Any, case: str, compiled: bool = False
+          ) -> tuple[Callable[[], float], Callable[[], float]]:
+    """(fedcore step, torch step), each returning its loss. `compiled`: fedcore's step is
+    the hybridized one (`model.hybridize`: traced and planned once, then replayed; the same
+    losses as the eager step's)."""
     ours, theirs, (x, y), (tx, ty), lr = CASES[case](torch)
     opt = SGD(ours.parameters(), lr=lr, momentum=0.9)
+    if compiled:
+        planned = ours.hybridize(optimizer=opt, loss_fn=softmax_cross_entropy)
     topt = torch.optim.SGD(theirs.parameters(), lr=lr, momentum=0.9)
     ce = torch.nn.functional.cross_entropy
 
@@ -124,6 +132,9 @@ def steps(torch: Any, case: str) -> tuple[Callable[[], float], Callable[[], floa
         opt.step()
         return loss.item()
 
+    def compiled_step() -> float:
+        return planned(x, y)
+
     def torch_step() -> float:
         topt.zero_grad()
         loss = ce(theirs(tx), ty)
@@ -131,7 +142,7 @@ def steps(torch: Any, case: str) -> tuple[Callable[[], float], Callable[[], floa
         topt.step()
         return loss.item()
 
-    return fedcore_step, torch_step
+    return compiled_step if compiled else fedcore_step, torch_step
 
 
 def timed(fn: Callable[[], float]) -> tuple[float, float]:
@@ -143,7 +154,8 @@ def timed(fn: Callable[[], float]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_case(torch: Any, case: str, reps: int, gap: float, warmup: int = 5) -> dict:
+def run_case(torch: Any, case: str, reps: int, gap: float, warmup: int = 5,
+             compiled: bool = False) -> dict:
     """Interleaved timings of one case; medians in milliseconds.
 
     Each timed step follows a pause of `gap` seconds and one untimed step of the same
@@ -152,7 +164,7 @@ def run_case(torch: Any, case: str, reps: int, gap: float, warmup: int = 5) -> d
     a core from the other's next step. The untimed step wakes the framework's own threads, so
     the timed one is a steady-state training step.
     """
-    ours, theirs = steps(torch, case)
+    ours, theirs = steps(torch, case, compiled)
     first = (ours(), theirs())
     for _ in range(warmup):
         ours()
@@ -167,7 +179,8 @@ def run_case(torch: Any, case: str, reps: int, gap: float, warmup: int = 5) -> d
     wall_o, wall_t = np.array(t_ours)[:, 0], np.array(t_theirs)[:, 0]
     cpu_o, cpu_t = np.median(np.array(t_ours)[:, 1]), np.median(np.array(t_theirs)[:, 1])
     med_o, med_t = float(np.median(wall_o)) * 1e3, float(np.median(wall_t)) * 1e3
-    return {"case": case, "fedcore_ms": med_o, "torch_ms": med_t, "ratio": med_o / med_t,
+    return {"case": case, "compiled": compiled, "fedcore_ms": med_o, "torch_ms": med_t,
+            "ratio": med_o / med_t,
             "fedcore_iqr": np.percentile(wall_o, [25, 75]) * 1e3,
             "torch_iqr": np.percentile(wall_t, [25, 75]) * 1e3, "first_losses": first,
             "cpu_ms": (cpu_o * 1e3, cpu_t * 1e3), "cpu_ratio": cpu_o / cpu_t}
@@ -186,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="fedcore and torch threads (default: every core); several counts "
                     "run each case at each and print the self-speedup over the first")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time fedcore's compiled step (model.hybridize: the step traced "
+                    "and planned once, then replayed without per-op dispatch) against torch")
     ap.add_argument("--gap", type=float, default=0.2,
                     help="seconds of pause before each timed step (lets spinning threads sleep)")
     args = ap.parse_args(argv)
@@ -212,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(threads)
             r = run_case(torch, case, args.reps, args.gap)
             print_case(r, threads, first)
+            if args.compiled:
+                print_case(run_case(torch, case, args.reps, args.gap, compiled=True), threads,
+                           None)
             first = first or r
     memory_report([c for c in args.case if c in ("gpt", "lora")])
     load1 = os.getloadavg()
@@ -224,14 +243,15 @@ def print_case(r: dict, threads: int, first: dict | None) -> None:
     case = r["case"]
     fo, fi = r["fedcore_iqr"], r["torch_iqr"]
     ok = "ok" if r["ratio"] <= TARGETS[case] else "ABOVE TARGET"
-    print(f"{case:5s} threads {threads}: fedcore {r['fedcore_ms']:7.2f} ms "
+    name = "compiled" if r["compiled"] else "fedcore"
+    print(f"{case:5s} threads {threads}: {name} {r['fedcore_ms']:7.2f} ms "
           f"[IQR {fo[0]:.1f}-{fo[1]:.1f}]  torch {r['torch_ms']:7.2f} ms "
           f"[IQR {fi[0]:.1f}-{fi[1]:.1f}]  ratio {r['ratio']:.2f} "
           f"(target <= {TARGETS[case]}: {ok})  "
           f"first losses {r['first_losses'][0]:.5f} / {r['first_losses'][1]:.5f}")
     if threads == 1:
         co, ct = r["cpu_ms"]
-        print(f"      CPU time: fedcore {co:7.2f} ms  torch {ct:7.2f} ms  "
+        print(f"      CPU time: {name} {co:7.2f} ms  torch {ct:7.2f} ms  "
               f"ratio {r['cpu_ratio']:.2f}")
     if first is not None:
         so = first["fedcore_ms"] / r["fedcore_ms"]
