@@ -147,7 +147,7 @@ def _dw_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple
     return out
 
 
-def _dw_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+def _dw_vjp_x(ctx: Ctx, g: np.ndarray, dx: np.ndarray | None = None) -> np.ndarray:
     # padded input row Y = a + sh*R (phase a) gets tap a + sh*i' from output row R - i': per
     # phase, a stride-1 correlation of g, zero-bordered, with the phase's taps flipped
     w = ctx.args[1]
@@ -159,7 +159,7 @@ def _dw_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     cols = [(b, len(range(b, kw, sw)), *_span(b, sw, pw, wd)) for b in range(min(sw, kw))]
     rows = [r for r in rows if r[3] > r[2]]
     cols = [q for q in cols if q[3] > q[2]]
-    dx = ctx.alloc((n, h, wd, c), g.dtype)
+    dx = ctx.alloc((n, h, wd, c), g.dtype) if dx is None else dx
     if sh > kh or sw > kw or len(rows) < min(sh, kh) or len(cols) < min(sw, kw):
         dx.fill(0)  # rows or columns no window reaches get no gradient
     if not rows or not cols:
@@ -246,7 +246,7 @@ def _dw_vjp_b(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
 depthwise_conv2d_p = Primitive("depthwise_conv2d", _dw_fwd, saves=(0, 1))
 defvjp(depthwise_conv2d_p, _dw_vjp_x, _dw_vjp_w, _dw_vjp_b)
-defvjp_into(depthwise_conv2d_p, None, _dw_vjp_w, _dw_vjp_b)  # straight into zeroed grads
+defvjp_into(depthwise_conv2d_p, _dw_vjp_x, _dw_vjp_w, _dw_vjp_b)  # straight into zeroed grads
 
 
 def depthwise_conv2d(x: Operand, weight: Operand, bias: Operand, stride: Pair = 1,

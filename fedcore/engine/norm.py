@@ -153,13 +153,15 @@ def _bnt_fwd(ctx: Ctx, x: np.ndarray, stats: np.ndarray, gamma: np.ndarray, beta
     return out
 
 
-def _bnt_memo(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(g through the ReLU's mask, folded (R/k, k*C); its channel sums; its channel dot with
-    x - mean), computed once for the three VJPs."""
+def _bnt_memo(ctx: Ctx, g: np.ndarray, buf: np.ndarray | None = None
+              ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(g through the ReLU's mask, folded (R/k, k*C), in `buf` if given; its channel sums;
+    its channel dot with x - mean), computed once for the three VJPs."""
     memo = ctx.memo
     if memo is None:
         g2, _ = fold(np.ascontiguousarray(g))
-        gm = np.empty(g2.shape, np.result_type(g, ctx.xc))
+        gm = np.empty(g2.shape, np.result_type(g, ctx.xc)) if buf is None else \
+            buf.reshape(g2.shape)
         if ctx.params["relu"]:
             np.multiply(g2, ctx.ans.reshape(g2.shape) > 0, out=gm)
         else:
@@ -168,10 +170,14 @@ def _bnt_memo(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, n
     return memo
 
 
-def _bnt_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+def _bnt_vjp_x(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     # y = xhat gamma + beta, xhat = (x - mean) rstd, through the batch's mean and var:
     # dx = gamma rstd (g - mean(g) - xhat mean(g xhat)), g masked by the ReLU
-    gm, sg, sgx = _bnt_memo(ctx, g)
+    if out is not None and (ctx.memo is not None or not out.flags.c_contiguous
+                            or out.dtype != np.result_type(g, ctx.xc)):
+        np.copyto(out, _bnt_vjp_x(ctx, g))  # the memo is made, or out cannot hold it
+        return out
+    gm, sg, sgx = _bnt_memo(ctx, g, out)
     rstd, xc = ctx.rstd, ctx.xc
     k, m = gm.shape[1] // xc.shape[-1], xc.size // xc.shape[-1]
     scale = rstd * ctx.args[2]
@@ -201,7 +207,7 @@ batch_norm_train_p = Primitive("batch_norm_train", _bnt_fwd, saves=(2,))
 batch_norm_relu_p = Primitive("batch_norm_relu", _bnt_fwd, saves=(2,), saves_output=True)
 for _p in (batch_norm_train_p, batch_norm_relu_p):
     defvjp(_p, _bnt_vjp_x, None, _bnt_vjp_gamma, _bnt_vjp_beta)
-    defvjp_into(_p, None, None, _bnt_vjp_gamma, _bnt_vjp_beta)  # straight into zeroed grads
+    defvjp_into(_p, _bnt_vjp_x, None, _bnt_vjp_gamma, _bnt_vjp_beta)  # straight into `out`
 
 
 def _running_update_fwd(ctx: Ctx, running: np.ndarray, stats: np.ndarray, momentum: float,

@@ -3,8 +3,9 @@
 A fallback forward gets a `ReplayCtx` whose `alloc` hands back, in order, the planned buffers
 for the allocations the forward made while it was traced, so its output and any buffers it
 keeps for backward (a dropout mask, a cached im2col) live in the arena. Its VJPs run as in eager
-mode, on the same ctx, and their results are copied into the planned gradient buffer; those
-results are fresh numpy arrays, the one per-step allocation a fallback op still makes. A
+mode, on the same ctx: a VJP with a store form (`defvjp_into`) writes straight into the planned
+gradient buffer; any other's result, a fresh numpy array (the one per-step allocation a
+fallback op still makes), is copied into it. A
 fallback op is only recomputed when listed in `RECOMPUTABLE` (a pure function of its inputs);
 any other (dropout draws random numbers) is run once per step and its outputs are kept.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd import VJPS, Ctx
+from ..autograd import VJPS, VJPS_INTO, Ctx
 from ..engine import get_engine
 from .graph import FwdOp
 from .kernels import Vjp
@@ -114,6 +115,8 @@ def fallback_vjp(op: FwdOp, i: int) -> Vjp | None:
     f = vjps[i] if i < len(vjps) else None
     if f is None:
         return None
+    stores = VJPS_INTO.get(op.name, ())
+    store = stores[i] if i < len(stores) else None
     saves = op.prim.saves
     has_ans = op.prim.saves_output
     needs = ("g", *(f"in{k}" for k in saves), *(("out",) if has_ans else ()),
@@ -128,6 +131,14 @@ def fallback_vjp(op: FwdOp, i: int) -> Vjp | None:
             args[k] = a
         targs = tuple(args)
         ans = ins[1 + len(saves)] if has_ans else None
+
+        if store is not None:
+            def run_store() -> None:
+                ctx.args = targs
+                ctx.ans = ans
+                store(ctx, g, o)
+
+            return run_store
 
         def run() -> None:
             ctx.args = targs

@@ -201,7 +201,7 @@ class Scaled(Module):
         return apply(scale_p, self.fc(x), k=0.5)
 
 
-@pytest.mark.parametrize("name", ["fallback", "cnn", "lstm"])
+@pytest.mark.parametrize("name", ["fallback", "cnn", "lstm", "mobilenet"])
 def test_ops_without_planned_kernels_run_through_the_fallback(name):
     rng = np.random.default_rng(0)
     loss_fn = softmax_cross_entropy
@@ -211,6 +211,11 @@ def test_ops_without_planned_kernels_run_through_the_fallback(name):
         def make():
             return build_model("cnn", input_dim=64, channels=(4, 8), hidden=16)
         data = [(rng.standard_normal((8, 64)).astype(np.float32), rng.integers(0, 10, 8))
+                for _ in range(3)]
+    elif name == "mobilenet":  # depthwise and BatchNorm + ReLU: VJPs stored into the plan
+        def make():
+            return build_model("mobilenet", input_shape=(12, 12, 1), channels=(4, 8, 8))
+        data = [(rng.standard_normal((6, 144)).astype(np.float32), rng.integers(0, 10, 6))
                 for _ in range(3)]
     else:
         def make():
@@ -223,6 +228,27 @@ def test_ops_without_planned_kernels_run_through_the_fallback(name):
     losses, flat, _ = hybrid(make, data, loss_fn=loss_fn, lr=0.05, momentum=0.9)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     np.testing.assert_allclose(flat, ref_flat, rtol=1e-5, atol=1e-6)
+
+
+def test_mobilenet_recomputed_under_a_budget_matches_its_unbudgeted_plan():
+    """Depthwise and BatchNorm + ReLU forwards run again in backward, and their VJPs store
+    into the planned buffers: the same bits as the plan that keeps everything."""
+    rng = np.random.default_rng(1)
+    data = [(rng.standard_normal((8, 14, 14, 1)).astype(np.float32), rng.integers(0, 10, 8))
+            for _ in range(2)]
+
+    def make():
+        return build_model("mobilenet", input_shape=(14, 14, 1), channels=(4, 8, 8))
+
+    with use_engine(NaiveEngine()):
+        ref_losses, ref_flat, ref = hybrid(make, data, lr=0.05, momentum=0.9)
+    budget = ref.plan.persistent_bytes + int(0.6 * ref.plan.layout.arena_bytes)
+    with use_engine(NaiveEngine()):
+        losses, flat, step = hybrid(make, data, budget=budget, lr=0.05, momentum=0.9)
+    assert step.plan.peak_bytes <= budget
+    assert {i.name for i in step.plan.program.instrs if i.phase == "re"} >= {
+        "depthwise_conv2d", "batch_norm_relu"}
+    assert losses == ref_losses and np.array_equal(flat, ref_flat)
 
 
 def test_hybridized_step_under_the_threaded_engine():
