@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import Ctx, Primitive, apply, defvjp
+from .head import DeferredLogits, check_labels
 from .ops import Operand, tensor
 from .parallel import elementwise, parallel_for
 from .tensor import Tensor
@@ -43,15 +44,7 @@ def log_softmax(x: Operand, axis: int = -1) -> Tensor:
 def _check_labels(logits: np.ndarray, labels: np.ndarray) -> None:
     if logits.ndim != 2:
         raise ValueError(f"softmax_cross_entropy expects (N, C) logits, got {logits.shape}")
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got {labels.dtype}")
-    if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels shape {labels.shape} does not match logits {logits.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
-        raise ValueError(
-            f"labels must lie in [0, {logits.shape[1]}), got range "
-            f"[{labels.min()}, {labels.max()}]"
-        )
+    check_labels(logits.shape[0], logits.shape[1], labels)
 
 
 def _xent_fwd(ctx: Ctx, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -92,7 +85,11 @@ defvjp(softmax_cross_entropy_p, _xent_vjp, None)
 
 
 def softmax_cross_entropy(logits: Operand, labels: Tensor | np.ndarray) -> Tensor:
-    """Mean over the batch of -log softmax(logits)[i, labels[i]] (fused and stable)."""
+    """Mean over the batch of -log softmax(logits)[i, labels[i]] (fused and stable). Logits
+    a head deferred (`fedcore.engine.head`) are never computed: the head and the loss run as
+    one op, in row blocks."""
+    if type(logits) is DeferredLogits:
+        return logits.cross_entropy(labels)
     return apply(softmax_cross_entropy_p, tensor(logits), tensor(labels))
 
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..engine import Tensor, add, matmul_nt, reshape, swiglu
 from ..engine.checkpoint import checkpoint_rows
+from ..engine.head import deferred_logits
 from ..engine.ops import Operand, tensor
 from .attention import MultiHeadAttention
 from .layers import Dense
@@ -36,7 +37,9 @@ class TiedHead(Module):
     """Output logits against an `Embedding`'s own table: x @ E^T, (..., dim) -> (..., vocab).
 
     The table is the same Parameter (one entry in the flat vector); its gradient gathers both
-    the lookup's rows and the head's product.
+    the lookup's rows and the head's product. While a step records gradients, the logits of
+    2-D input are deferred (`fedcore.engine.head`): a softmax cross-entropy of them runs as
+    one op with the product, in row blocks, and never holds the (rows, vocab) logits.
     """
 
     def __init__(self, embedding: Embedding):
@@ -53,7 +56,8 @@ class TiedHead(Module):
         t = tensor(x)
         vocab, dim = self.weight.shape
         if t.ndim == 2:
-            return matmul_nt(t, self.weight)
+            w = self.weight
+            return deferred_logits(t, w, lambda: matmul_nt(t, w))
         lead = t.shape[:-1]
         return reshape(matmul_nt(reshape(t, -1, dim), self.weight), *lead, vocab)
 
