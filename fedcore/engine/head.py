@@ -48,7 +48,7 @@ def check_labels(n: int, classes: int, labels: np.ndarray) -> None:
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got {labels.dtype}")
     if labels.shape != (n,):
-        raise ValueError(f"labels shape {labels.shape} does not match ({n}, {classes}) logits")
+        raise ValueError(f"labels shape {labels.shape} does not match logits ({n}, {classes})")
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"labels must lie in [0, {classes}), got range "
                          f"[{labels.min()}, {labels.max()}]")
