@@ -34,6 +34,12 @@ Pair = int | tuple[int, int]
 #: of ones that makes it add the bias costs nothing, and saves a pass over the output
 FOLD_BIAS_BELOW = 64
 
+#: a weight gradient of at most DW_CHUNK_MAX_OUT elements whose column matrix has at least
+#: 2 * DW_CHUNK_ROWS rows is summed from up to DW_CHUNKS row blocks (see _dw_chunks)
+DW_CHUNK_ROWS = 8192
+DW_CHUNKS = 8
+DW_CHUNK_MAX_OUT = 1 << 14
+
 
 def _pair(op: str, name: str, v: Pair) -> tuple[int, int]:
     pair = (v, v) if isinstance(v, int | np.integer) else tuple(v)
@@ -211,8 +217,40 @@ def _conv2d_dwb(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     when the bias was folded into the GEMM."""
     dwb = getattr(ctx, "dwb", None)
     if dwb is None:
-        dwb = ctx.dwb = gemm(ctx.cols.T, np.ascontiguousarray(g).reshape(-1, g.shape[3]))
+        cols, g2 = ctx.cols, np.ascontiguousarray(g).reshape(-1, g.shape[3])
+        chunks = _dw_chunks(cols.shape, g2.shape[1])
+        dwb = ctx.dwb = gemm(cols.T, g2) if chunks < 2 else _chunked_tn(cols, g2, chunks)
     return dwb
+
+
+def _dw_chunks(cols_shape: tuple[int, ...], cout: int) -> int:
+    """How many row blocks the weight gradient's shared dimension is cut into: 1 (one GEMM,
+    split over its rows by `gemm` when large) unless the result is small beside a long
+    column matrix (a first layer of few input channels), whose GEMM is too thin to split
+    over rows. A function of the shapes alone, never of the thread count, so the partial
+    sums and their order, hence the bits, are the same on any number of threads."""
+    rows, k = cols_shape
+    if k * cout > DW_CHUNK_MAX_OUT:
+        return 1
+    return min(DW_CHUNKS, rows // DW_CHUNK_ROWS)
+
+
+def _chunked_tn(cols: np.ndarray, g2: np.ndarray, chunks: int) -> np.ndarray:
+    """cols.T @ g2 as `chunks` partial products over row blocks (side by side on the intra-op
+    threads, one BLAS call each), added in block order."""
+    rows, k = cols.shape
+    bounds = [rows * i // chunks for i in range(chunks + 1)]
+    parts = np.empty((chunks, k, g2.shape[1]), np.result_type(cols, g2))
+
+    def blocks(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            np.matmul(cols[bounds[i]:bounds[i + 1]].T, g2[bounds[i]:bounds[i + 1]], out=parts[i])
+
+    parallel_for(chunks, blocks, cols.size + g2.size)
+    out = parts[0]
+    for i in range(1, chunks):
+        out += parts[i]
+    return out
 
 
 def _conv2d_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
@@ -227,7 +265,15 @@ def _conv2d_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     return np.ones(g2.shape[0], g.dtype) @ g2  # a GEMV: ~3x faster than add.reduce(axis=0)
 
 
-conv2d_p = Primitive("conv2d", _conv2d_fwd, saves=(1,))
+def _conv2d_vjp_work(ctx: Ctx, g: np.ndarray) -> int:
+    """Multiply-adds of each of the input and weight gradients (both g.size * KH*KW*C_in);
+    0 when the bias is folded into the weight gradient's GEMM: the two share its result
+    (ctx.dwb), so they must not run side by side."""
+    k = ctx.cols.shape[1]
+    return 0 if k > np.prod(ctx.shapes[1][:3]) else g.size * k
+
+
+conv2d_p = Primitive("conv2d", _conv2d_fwd, saves=(1,), vjp_work=_conv2d_vjp_work)
 defvjp(conv2d_p, _conv2d_vjp_x, _conv2d_vjp_w, _conv2d_vjp_b)
 
 

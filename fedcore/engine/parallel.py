@@ -87,7 +87,9 @@ class _Worker:
 
     def __init__(self) -> None:
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._done = threading.Semaphore(0)
+        # finished-task tokens: a C-level queue, cheaper to signal and to wait on than a
+        # threading.Semaphore (whose acquire and release run Python code on both threads)
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
         self._error: BaseException | None = None
         threading.Thread(target=self._loop, name="fedcore-intra-op", daemon=True).start()
@@ -101,7 +103,7 @@ class _Worker:
             except BaseException as exc:  # re-raised on the calling thread by wait()
                 self._error = exc
             fn = None  # a finished task must not keep its arrays alive until the next one
-            self._done.release()
+            self._done.put(None)
 
     def start(self, fn: Callable[[int, int], None], lo: int, hi: int) -> None:
         self._pending += 1
@@ -109,7 +111,7 @@ class _Worker:
 
     def wait(self) -> BaseException | None:
         for _ in range(self._pending):
-            self._done.acquire()
+            self._done.get()
         self._pending = 0
         err, self._error = self._error, None
         return err
