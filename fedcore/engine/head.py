@@ -103,6 +103,8 @@ def _fwd(ctx: Ctx, h: np.ndarray, w: np.ndarray, labels: np.ndarray, *rest: np.n
     db = ctx.alloc((vocab,), dt) if need_b else None
     if db is not None:
         db.fill(0)
+    if dw is not None and n == 0:  # no rows: no block writes it
+        dw.fill(0)
     total = 0.0
     inv_n = 1.0 / max(n, 1)
     for i0 in range(0, n, rows):
@@ -219,6 +221,14 @@ class DeferredLogits(Tensor):
     @_node.setter
     def _node(self, node: Any) -> None:
         Tensor._node.__set__(self._logits(), node)
+
+    @property
+    def requires_grad(self) -> bool:  # deferred only when something needs a gradient
+        return True
+
+    @property
+    def is_leaf(self) -> bool:
+        return False
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -144,7 +144,8 @@ def test_evaluation_gets_plain_logits():
         out = model(Tensor(x))
     assert type(out) is Tensor and out.shape == (10, 40)
     deferred = model(Tensor(x))
-    assert deferred.shape == (10, 40) and deferred.ndim == 2
+    assert deferred.shape == (10, 40) and deferred.ndim == 2 and deferred.requires_grad
+    assert deferred._plain is None  # nothing above computed the logits
     np.testing.assert_allclose(deferred.data, out.data, rtol=1e-6, atol=1e-6)
 
 
@@ -160,3 +161,11 @@ def test_the_logits_are_never_held_whole(monkeypatch):
     # the gradients (h's and w's) and one block of logits, never (n, v)
     assert peak[0] < n * d * 4 + 2 * v * d * 4 + (1 << 16) * 4 + (1 << 16)
     assert peak[0] < n * v * 4 // 2
+
+
+def test_no_rows_give_zero_loss_and_gradients():
+    th = Tensor(np.zeros((0, 4), np.float32), requires_grad=True)
+    tw = Tensor(np.ones((6, 4), np.float32), requires_grad=True)
+    loss = head_cross_entropy(th, tw, np.zeros(0, np.int64))
+    loss.backward()
+    assert loss.item() == 0.0 and not tw.grad.any() and th.grad.shape == (0, 4)
