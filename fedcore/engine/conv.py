@@ -236,20 +236,28 @@ def _dw_chunks(cols_shape: tuple[int, ...], cout: int) -> int:
 
 
 def _chunked_tn(cols: np.ndarray, g2: np.ndarray, chunks: int) -> np.ndarray:
-    """cols.T @ g2 as `chunks` partial products over row blocks (side by side on the intra-op
-    threads, one BLAS call each), added in block order."""
+    """cols.T @ g2 as `chunks` partial products over equal row blocks (side by side on the
+    intra-op threads), plus the few rows left over, added in block order.
+
+    Each thread's blocks are ONE stacked matmul call: a slab of several calls would take the
+    GIL between them, and a thread that wakes to find it taken sleeps again, so on a machine
+    with slow wake-ups the other thread's slab would only start once this one's ended.
+    """
     rows, k = cols.shape
-    bounds = [rows * i // chunks for i in range(chunks + 1)]
+    c = rows // chunks
+    cols3 = cols[:c * chunks].reshape(chunks, c, k).transpose(0, 2, 1)
+    g3 = g2[:c * chunks].reshape(chunks, c, g2.shape[1])
     parts = np.empty((chunks, k, g2.shape[1]), np.result_type(cols, g2))
 
     def blocks(lo: int, hi: int) -> None:
-        for i in range(lo, hi):
-            np.matmul(cols[bounds[i]:bounds[i + 1]].T, g2[bounds[i]:bounds[i + 1]], out=parts[i])
+        np.matmul(cols3[lo:hi], g3[lo:hi], out=parts[lo:hi])
 
     parallel_for(chunks, blocks, cols.size + g2.size)
     out = parts[0]
     for i in range(1, chunks):
         out += parts[i]
+    if c * chunks < rows:
+        out += cols[c * chunks:].T @ g2[c * chunks:]
     return out
 
 
