@@ -247,14 +247,39 @@ def _make(name: str) -> Backend:
 THREADS_ENV = "FEDCORE_AGG_THREADS"
 
 
+class SettingError(ValueError):
+    """An environment setting holds a value it cannot take (the message names it)."""
+
+
+def agg_threads() -> int:
+    """``$FEDCORE_AGG_THREADS``: the server's fold threads, a whole number from 1 to the
+    machine's CPU count (unset or empty: 1); ``SettingError`` says what is wrong in one line."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return 1
+    cpus = os.cpu_count() or 1
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if not 1 <= threads <= cpus:
+        raise SettingError(
+            f"${THREADS_ENV}={raw!r}: give a whole number of threads from 1 to {cpus} "
+            "(this machine's CPUs), or leave it unset for 1"
+        )
+    return threads
+
+
 def select_backend(device: str | None = None, threads: int | None = None) -> Backend:
-    """The backend for ``device`` (auto | cpu | gpu; default ``$FEDCORE_DEVICE`` or auto).
+    """The backend for ``device`` (auto | cpu | gpu; default ``$FEDCORE_DEVICE`` or auto)
+    with ``threads`` fold threads (default ``agg_threads()``).
 
     ``gpu`` raises ``BackendUnavailable`` when CuPy or a GPU is missing; ``auto`` falls back
-    to numpy. ``strict`` gives ``array-api-strict`` (for tests).
+    to numpy. ``strict`` gives ``array-api-strict`` (for tests). A malformed
+    ``$FEDCORE_AGG_THREADS`` raises ``SettingError``.
     """
     backend = _select(device)
-    threads = threads or int(os.environ.get(THREADS_ENV, "1") or 1)
+    threads = threads or agg_threads()
     if threads != backend.threads:
         backend = Backend(backend.name, backend.xp, backend._axpy, threads)
     return backend

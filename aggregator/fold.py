@@ -4,23 +4,29 @@
 ``acc += w_k * x_k`` (``x_k`` the client's local model, or its delta to the global one), and
 takes each update's norm ``||local - global||`` on the way, reading each update from memory
 once. The vector is cut into column blocks of ``BLOCK`` elements; every update of the round
-passes through one block while that block of the accumulator, of the global model and one
-scratch block stay in the core's caches. Per block and update: one subtraction into the
-scratch (``out=``, no temporary), a BLAS dot of the scratch for the norm, and the same axpy
-kernel the plain fold uses (``aggregator.backend.host_axpy``: BLAS's saxpy, here called by
-address, ``cblas_saxpy``), all on one BLAS thread. Each element of the accumulator sums the
-same products in the same order as the plain fold, so the result is the plain fold's bit for
-bit (a refused update is undone by folding again).
+passes through one block (block-outer, update-inner) while that block of the accumulator and
+of the global model stay in the core's caches, so only the updates stream from memory.
 
-On one core this costs about 1.6x the plain fold (the subtraction and the dot run at cache
-speed; measured here, by time on a core: 0.37-0.39x read bandwidth with the norms, 0.6x
-without), so the fold can share the blocks out among ``backend.threads`` threads
-(``$FEDCORE_AGG_THREADS``): each thread takes the next block not yet taken and alone writes
-that part of the accumulator, with its own scratch; every kernel releases the GIL (the saxpy
-is called through ctypes: SciPy's wrapper holds the GIL, and two threads took turns). Each
-block's dots are kept and summed in block order at the end, so accumulator and norms are the
-same bits whatever the thread count and timing. Unlike BLAS threads, these wait without
-spinning.
+Per block, one compiled loop (``aggregator.fold_kernel``, numba, the server's dependency)
+reads each update's block once: the fused multiply-add of BLAS's saxpy into the accumulator
+and a float64 sum of squares of ``x_k - global`` for the norm. Where numba is missing (or
+the vector is below ``BLAS_MIN_SIZE``, whose plain fold is a product then a sum) the same
+blocks go through numpy: one subtraction into a scratch (``out=``, no temporary), a BLAS
+dot of the scratch (float32), and the plain fold's own axpy kernel
+(``aggregator.backend.host_axpy``: BLAS's saxpy, called by address, ``cblas_saxpy``), on one
+BLAS thread; each element of the accumulator then sums the same products in the same order
+as the plain fold, bit for bit. The compiled kernel's fused multiply-add is saxpy's
+operation too (OpenBLAS fuses on FMA hardware; measured equal bit for bit here), its norms
+are float64 sums (the numpy path's are float32 dots: the two agree to rounding). A refused
+update is undone by folding the round again without it through the same path, so the result
+is exactly as if it had never been offered.
+
+The blocks can be shared out among ``backend.threads`` threads (``$FEDCORE_AGG_THREADS``):
+each thread takes the next block not yet taken and alone writes that part of the
+accumulator; the compiled kernel and numpy's and BLAS's kernels release the GIL (the saxpy is
+called through ctypes: SciPy's wrapper holds the GIL). Each block's sums of squares are kept
+and added in block order at the end, so accumulator and norms are the same bits whatever the
+thread count and timing. Unlike BLAS threads, these wait without spinning.
 
 ``delta_norm`` is the norm alone, for the rules that need it before they fold (robust rules,
 differential privacy's clipping).
@@ -28,10 +34,12 @@ differential privacy's clipping).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 
 import numpy as np
 
@@ -39,14 +47,15 @@ from aggregator.backend import BLAS_MIN_SIZE, Backend, blas_threads, cblas_saxpy
 from aggregator.updates import ClientUpdate, Rejected
 from fedcore.cblas import address
 
-# 128k float32 = 512 kB a block: its accumulator, global and scratch blocks (1.5 MB) sit in L2
-# and L3 while the updates stream through. Measured on a busy machine by time on a core (wall
-# less run-queue waits; 1 MB L2 a core, 32 MB L3; 100 x 1M float32 with norms; x read
-# bandwidth on one / two threads): 32k 0.34 / 0.57, 64k (fits L2) 0.37 / 0.60, 128k 0.39 /
-# 0.64-0.69, 192k 0.39 / 0.58-0.60. Larger blocks make fewer calls (Python time under the GIL,
-# which the threads share).
+log = logging.getLogger(__name__)
+
+# 128k float32 = 512 kB a block: its accumulator and global blocks (1 MB) sit in L2 while the
+# updates stream through. Larger blocks make fewer calls (the numpy path's Python time under
+# the GIL, which the threads share); smaller ones leave the threads more blocks to share.
 BLOCK = 1 << 17
 MIN_BLOCKS_PER_THREAD = 2  # below this a thread costs more than it brings
+
+NextBlock = Callable[[], "int | None"]
 
 
 def _dense(update: ClientUpdate) -> np.ndarray | None:
@@ -55,6 +64,28 @@ def _dense(update: ClientUpdate) -> np.ndarray | None:
     if dense is None or dense.dtype != np.float32 or not dense.flags.c_contiguous:
         return None
     return dense
+
+
+@cache
+def compiled_kernel() -> Callable[..., None] | None:
+    """``aggregator.fold_kernel.fold_block``, compiled (or loaded from numba's cache) and run
+    once on a small block; None where numba is not installed or the kernel fails to build
+    (then the numpy path folds, and the reason is logged once)."""
+    try:
+        from aggregator.fold_kernel import fold_block
+    except ImportError:
+        return None
+    try:
+        acc, center = np.zeros(8, np.float32), np.ones(8, np.float32)
+        squares = np.zeros(1)
+        fold_block(acc, address(center), np.array([address(center)], np.int64),
+                   np.ones(1, np.float32), np.ones(1, np.uint8), 0, 8, squares)  # fmt: skip
+        if not (np.array_equal(acc, center) and squares[0] == 0.0):
+            raise ArithmeticError(f"probe folded {acc.tolist()}, squares {squares.tolist()}")
+    except Exception as exc:  # noqa: BLE001 - any build failure: fold with numpy instead
+        log.warning("the compiled fold kernel is unusable (%s); folding with numpy", exc)
+        return None
+    return fold_block
 
 
 def fold_measured(
@@ -74,12 +105,19 @@ def fold_measured(
         acc.dtype == np.float32
         and acc.flags.c_contiguous
         and global_host.dtype == acc.dtype
+        and global_host.flags.c_contiguous
         and global_host.shape == acc.shape
         and all(d is not None and d.shape == acc.shape for d in dense)
     )
     with np.errstate(over="ignore", invalid="ignore"):
         if blocked:
-            totals = _fold_blocks(acc, updates, dense, weights, global_host, backend.threads)  # type: ignore
+            kernel = compiled_kernel() if acc.size >= BLAS_MIN_SIZE else None
+            arrays = (acc, updates, dense, weights, global_host, backend.threads)
+            if kernel is not None:
+                squares = _fold_compiled(*arrays, kernel)  # type: ignore[arg-type]
+            else:
+                squares = _fold_numpy(*arrays)  # type: ignore[arg-type]
+            totals = _in_block_order(squares)
         else:  # sparse (top-k) or unusual arrays: the norm, then the plain fold
             totals = [_norm2(u, global_host) for u in updates]
             for update, weight in zip(updates, weights, strict=True):
@@ -89,42 +127,90 @@ def fold_measured(
     return [0.0 if u.values is not None else w for u, w in zip(updates, weights, strict=True)]
 
 
-def _fold_blocks(
-    acc: np.ndarray,
-    updates: Sequence[ClientUpdate],
-    dense: list[np.ndarray],
-    weights: Sequence[float],
-    global_host: np.ndarray,
-    threads: int,
-) -> list[float]:
-    """The blocked fold; returns each update's squared norm. With ``threads`` > 1 each thread
-    takes the next block not yet taken (so a thread the OS holds back is made up for by the
-    others; numpy's subtraction and dot, and BLAS's saxpy called by address, release the GIL);
-    every block's dots land in their own row and are summed in block order after, so the
-    result does not depend on the thread count or on timing."""
-    size, item = acc.size, acc.itemsize
-    blocks = -(-size // BLOCK)
+def _in_threads(blocks: int, threads: int, run: Callable[[NextBlock], None]) -> None:
+    """``run(next_block)`` on up to ``threads`` threads (fewer when there are too few blocks
+    to share), each taking the next block not yet taken until none is left: a thread the OS
+    holds back is made up for by the others."""
     threads = max(1, min(threads, blocks // MIN_BLOCKS_PER_THREAD))
-    work = [
-        (x, address(x), float(w), u.values is not None)
-        for x, w, u in zip(dense, weights, updates, strict=True)
-    ]
-    dots = [[0.0] * len(work) for _ in range(blocks)]  # dots[block][update]
-    saxpy = cblas_saxpy() if size >= BLAS_MIN_SIZE else None  # by address: no GIL, no views
-    acc_address = address(acc)
-
     claimed, lock = iter(range(blocks)), threading.Lock()
 
     def next_block() -> int | None:
         with lock:
             return next(claimed, None)
 
-    def fold_run() -> None:
+    if threads == 1:
+        run(next_block)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="fedcore-fold") as pool:
+        for running in [pool.submit(run, next_block) for _ in range(threads)]:
+            running.result()
+
+
+def _in_block_order(squares: np.ndarray) -> list[float]:
+    """Each update's squared norm: its blocks' sums added in block order, whatever thread
+    took which block (the same bits for any thread count)."""
+    totals = [0.0] * squares.shape[1]
+    for row in squares.tolist():
+        for k, s in enumerate(row):
+            totals[k] += s
+    return totals
+
+
+def _fold_compiled(
+    acc: np.ndarray,
+    updates: Sequence[ClientUpdate],
+    dense: list[np.ndarray],
+    weights: Sequence[float],
+    global_host: np.ndarray,
+    threads: int,
+    kernel: Callable[..., None],
+) -> np.ndarray:
+    """The blocked fold, one compiled call a block (every update through it); returns each
+    block's float64 sums of squares, ``squares[block, update]``."""
+    size = acc.size
+    blocks = -(-size // BLOCK)
+    addresses = np.array([address(x) for x in dense], np.int64)  # ``dense`` keeps them alive
+    factors = np.array(weights, np.float32)  # saxpy's float32 weight
+    local = np.array([u.values is not None for u in updates], np.uint8)
+    squares = np.zeros((blocks, len(dense)))
+    center = address(global_host)
+
+    def fold_run(next_block: NextBlock) -> None:
+        while (b := next_block()) is not None:
+            hi = min(size, (b + 1) * BLOCK)
+            kernel(acc, center, addresses, factors, local, b * BLOCK, hi, squares[b])
+
+    _in_threads(blocks, threads, fold_run)
+    return squares
+
+
+def _fold_numpy(
+    acc: np.ndarray,
+    updates: Sequence[ClientUpdate],
+    dense: list[np.ndarray],
+    weights: Sequence[float],
+    global_host: np.ndarray,
+    threads: int,
+) -> np.ndarray:
+    """The blocked fold with numpy's subtraction and dot and BLAS's saxpy called by address
+    (all release the GIL), three calls a block and update; returns each block's sums of
+    squares (float32 dots), ``squares[block, update]``."""
+    size, item = acc.size, acc.itemsize
+    blocks = -(-size // BLOCK)
+    work = [
+        (x, address(x), float(w), u.values is not None)
+        for x, w, u in zip(dense, weights, updates, strict=True)
+    ]
+    squares = np.zeros((blocks, len(work)))
+    saxpy = cblas_saxpy() if size >= BLAS_MIN_SIZE else None  # by address: no GIL, no views
+    acc_address = address(acc)
+
+    def fold_run(next_block: NextBlock) -> None:
         axpy = host_axpy(size, BLOCK)  # its own scratch per thread
         scratch = np.empty(min(size, BLOCK), np.float32)
         subtract, dot = np.subtract, np.dot
         while (b := next_block()) is not None:
-            lo, hi, row = b * BLOCK, min(size, (b + 1) * BLOCK), dots[b]
+            lo, hi, row = b * BLOCK, min(size, (b + 1) * BLOCK), squares[b]
             acc_b, global_b, t = acc[lo:hi], global_host[lo:hi], scratch[: hi - lo]
             n, offset = hi - lo, lo * item
             for k, (x, x_address, weight, is_local) in enumerate(work):
@@ -141,17 +227,8 @@ def _fold_blocks(
                     row[k] = float(dot(x_b, x_b))
 
     with blas_threads(1, size):
-        if threads == 1:
-            fold_run()
-        else:
-            with ThreadPoolExecutor(threads, thread_name_prefix="fedcore-fold") as pool:
-                for run in [pool.submit(fold_run) for _ in range(threads)]:
-                    run.result()
-    totals = [0.0] * len(work)
-    for row in dots:  # block order, whatever the threads: the same sums bit for bit
-        for k, d in enumerate(row):
-            totals[k] += d
-    return totals
+        _in_threads(blocks, threads, fold_run)
+    return squares
 
 
 def _norm2(update: ClientUpdate, global_vector: np.ndarray) -> float:

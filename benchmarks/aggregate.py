@@ -8,9 +8,10 @@
 - fedcore's streaming ``WeightedMean`` reading each message's bytes in place (decode + fused
   multiply-add into one float32 accumulator), with and without update validation (NaN/inf
   and the robust norm threshold; the norm is taken in the same pass as the fold,
-  ``RoundAggregation.offer_all``), each on one thread and on two (``select_backend(threads=2)``,
-  as ``$FEDCORE_AGG_THREADS=2`` sets: BLAS threads for the plain mean, two fold threads with
-  validation, ``aggregator.fold``),
+  ``RoundAggregation.offer_all``: one compiled loop a block, ``aggregator.fold_kernel``, and
+  for comparison the numpy path that folds where numba is missing), each on one thread and on
+  two (``select_backend(threads=2)``, as ``$FEDCORE_AGG_THREADS=2`` sets: BLAS threads for the
+  plain mean, two fold threads with validation, ``aggregator.fold``),
 and compared with the machine's read bandwidth measured in the same run: a plain float32 sum
 over the same message bytes, on one thread. Rows run interleaved ``--repeat`` times: the best
 of each row, and the median over the repeats of each run's ratio to the read pass of the same
@@ -25,6 +26,7 @@ import argparse
 import time
 import tracemalloc
 from collections.abc import Callable
+from unittest.mock import patch
 
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
@@ -32,6 +34,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore.task_identity import TaskIdentity
 
+from aggregator import fold
 from aggregator.backend import Backend, select_backend
 from aggregator.decode import decode_reply
 from aggregator.strategies import StrategyContext, WeightedMean, build_strategy
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     validated, validated_2 = validated_on(backend), validated_on(threaded)
 
+    def validated_numpy() -> np.ndarray:  # the same fold where numba is missing
+        with patch.object(fold, "compiled_kernel", lambda: None):
+            return validated()
+
     def validated_two_pass() -> np.ndarray:  # the norm read first, then the fold (``offer``)
         strategy = build_strategy("fedavg", None, StrategyContext(backend=backend))
         strategy.guard.norms.extend([0.01 * np.sqrt(args.size)] * 3)
@@ -132,13 +139,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     expected = aggregate_arrayrecords(records, "num_examples")["vector"].numpy()
     np.testing.assert_allclose(streaming(), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(validated(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(validated(), expected, rtol=1e-5, atol=1e-5)  # compiles once
+    np.testing.assert_allclose(validated_numpy(), expected, rtol=1e-5, atol=1e-5)
 
     rows = {
         READ: read_sum,
         "flower aggregate_arrayrecords": flower,
         "fedcore streaming mean": streaming,
         "fedcore mean + validation": validated,
+        "  (numpy fold, without numba)": validated_numpy,
         "  (validation in two passes)": validated_two_pass,
         "fedcore streaming, 2 threads": streaming_2,
         "fedcore mean + validation, 2 thr": validated_2,

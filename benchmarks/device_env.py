@@ -23,7 +23,7 @@ PACKAGES = ("fedcore", "client_runtime", "aggregator", "device_profiles", "cli",
 # what a device install must not have (the list: the server's stack; pydantic: the
 # scenario schema's)
 SERVER_MODULES = ("sqlalchemy", "alembic", "typer", "rich", "click", "ray", "matplotlib",
-                  "uvicorn", "fastapi", "flwr", "pydantic")  # fmt: skip
+                  "uvicorn", "fastapi", "flwr", "pydantic", "numba", "llvmlite")  # fmt: skip
 OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
            "NO_PROXY": "", "PIP_CONFIG_FILE": os.devnull,
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # fmt: skip

@@ -47,6 +47,18 @@ def renamed(new_value: str | None, old_value: str | None, new: str, old: str) ->
     return old_value
 
 
+def server_environment() -> None:
+    """Refuse a malformed server setting from the environment (``$FEDCORE_AGG_THREADS``)
+    before anything starts: one line, exit 2."""
+    from aggregator.backend import SettingError, agg_threads
+    from cli.errors import fail
+
+    try:
+        agg_threads()
+    except SettingError as exc:
+        fail(str(exc))
+
+
 def output_file(out: Path, option: str = "--out") -> None:
     """Refuse an output path that cannot be written as a file (one line, exit 2)."""
     from cli.errors import fail

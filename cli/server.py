@@ -29,7 +29,7 @@ import typer
 from cli.deployment import Deployment, StartError
 from cli.errors import FAILED, err_console, fail, interrupted, stop_if_interrupted, stopped
 from cli.live import RoundProgress, print_summary, run_summary
-from cli.options import Db, Json, Sets
+from cli.options import Db, Json, Sets, server_environment
 
 if TYPE_CHECKING:
     from aggregator.store import Store
@@ -127,6 +127,7 @@ def server(
     from simulations.prepare import prepare_scenario
     from simulations.scenario import ScenarioError, load_scenario
 
+    server_environment()
     try:
         host, port = split_address(address)
     except ValueError as exc:

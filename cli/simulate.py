@@ -10,7 +10,7 @@ import typer
 
 from cli.errors import fail, run_stops, stop_if_interrupted
 from cli.live import RoundProgress, print_summary, run_summary
-from cli.options import Db, Json, OldBackend, Runtime, Sets, renamed
+from cli.options import Db, Json, OldBackend, Runtime, Sets, renamed, server_environment
 
 
 def simulate(
@@ -66,6 +66,7 @@ def simulate(
         fail("--runtime flower needs Flower's simulation runtime: pip install 'fedcore[sim]'")
     from aggregator.backend import BackendUnavailable, select_backend
 
+    server_environment()
     try:
         select_backend(array_backend)
     except (ValueError, BackendUnavailable) as exc:

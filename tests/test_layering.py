@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-HEAVY = ("sqlalchemy", "cupy", "matplotlib", "ray", "cli", "aggregator", "simulations")
+HEAVY = ("sqlalchemy", "cupy", "matplotlib", "ray", "cli", "aggregator", "simulations", "numba",
+         "llvmlite")  # fmt: skip
 
 
 def imported_after(modules: list[str]) -> set[str]:
@@ -45,6 +46,13 @@ def test_fedcore_core_does_not_need_flower():
 
 def test_aggregator_never_imports_the_client_runtime():
     assert "client_runtime" not in imported_after(["aggregator.rounds", "aggregator.store"])
+
+
+def test_the_server_loads_numba_only_to_fold_a_large_model():
+    """The fold's compiled kernel (``aggregator.fold_kernel``) costs numba's import (and, the
+    first time on a machine, its compilation): paid by the first large fold, not by importing
+    the round."""
+    assert not imported_after(["aggregator.rounds", "aggregator.fold"]) & {"numba", "llvmlite"}
 
 
 def test_an_unstored_simulation_imports_no_store_and_no_ray():

@@ -59,8 +59,9 @@ class RoundAggregation:
 
         With `one_pass`, each update is read once: its norm is taken while it is folded, and
         in the rare round where one is refused the round is folded again without it (from
-        the updates, which are still in memory), so the result is exactly as if it had never
-        been offered. Otherwise norms are taken first, then the good updates folded."""
+        the updates, which are still in memory, by the same fold), so the result is exactly
+        as if it had never been offered. Otherwise norms are taken first, then the good
+        updates folded."""
         if not self.one_pass:
             return self._measure_then_fold(updates)
         norms = self.rule.add_measured(updates, self.global_host)
@@ -68,9 +69,9 @@ class RoundAggregation:
         if any(r is not None for r in reasons):  # rare: fold again without the refused
             self.rule = self.strategy.make_rule(self.global_host.size, self.strategy.backend)
             self.rule.bind_global(self.global_host)
-            for update, reason in zip(updates, reasons, strict=True):
-                if reason is None:
-                    self.rule.add(update, update.num_examples)
+            kept = [u for u, reason in zip(updates, reasons, strict=True) if reason is None]
+            if kept:  # the same norms again (each update's alone): the guard's are kept
+                self.rule.add_measured(kept, self.global_host)
         return reasons
 
     def _measure_then_fold(self, updates: list[ClientUpdate]) -> list[str | None]:

@@ -111,6 +111,7 @@ def test_large_vectors_go_through_blas_saxpy_on_the_threads_asked(saxpy_calls, t
 
 def test_fedcore_agg_threads_reaches_the_kernel(monkeypatch, saxpy_calls):
     axpy, calls = saxpy_calls
+    monkeypatch.setattr(backend_module.os, "cpu_count", lambda: 4)  # the same on any machine
     monkeypatch.setenv(backend_module.THREADS_ENV, "2")
     b = select_backend("cpu")
     assert b.threads == 2
@@ -137,3 +138,22 @@ def test_saxpy_by_address_gives_scipys_saxpy_bits():
         assert np.array_equal(ours, theirs)
     with pytest.raises(ValueError, match="axpy of 5 onto"):  # never reads past the end
         backend_module.host_axpy(n, n)(acc0, 1.0, x[:5])
+
+
+@pytest.mark.parametrize("value", ["", " ", "1", " 3 ", "4"])
+def test_fedcore_agg_threads_takes_1_to_the_cpu_count(monkeypatch, value):
+    monkeypatch.setattr(backend_module.os, "cpu_count", lambda: 4)
+    monkeypatch.setenv(backend_module.THREADS_ENV, value)
+    assert backend_module.agg_threads() == (int(value) if value.strip() else 1)
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-2", "2.0", "5", "1e3", "0x2"])
+def test_a_malformed_fedcore_agg_threads_is_named_in_one_line(monkeypatch, value):
+    monkeypatch.setattr(backend_module.os, "cpu_count", lambda: 4)
+    monkeypatch.setenv(backend_module.THREADS_ENV, value)
+    with pytest.raises(backend_module.SettingError) as error:
+        select_backend("cpu")
+    assert str(error.value) == (
+        f"$FEDCORE_AGG_THREADS={value!r}: give a whole number of threads from 1 to 4 "
+        "(this machine's CPUs), or leave it unset for 1"
+    )

@@ -1,13 +1,17 @@
-"""The blocked fold on one thread and on several: against a float64 reference, the same bits
-whatever the thread count, and a refused update undone exactly with threads too."""
+"""The blocked fold on one thread and on several, with the compiled kernel (numba) and with
+numpy (where numba is missing): against a float64 reference, the same bits whatever the thread
+count, each kernel against the other, and a refused update undone exactly with threads too."""
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
 
+from aggregator import fold as fold_module
 from aggregator.backend import select_backend
 from aggregator.fold import BLOCK, MIN_BLOCKS_PER_THREAD, fold_measured
 from aggregator.strategies import StrategyContext, build_strategy
@@ -17,6 +21,28 @@ from tests.tolerances import assert_close_to_operands
 # enough blocks for three threads, and a ragged last block
 SIZE = 3 * MIN_BLOCKS_PER_THREAD * BLOCK + 1234
 HISTORY = (0.01 * math.sqrt(SIZE),) * 5  # earlier rounds' norms: 0.01 steps
+
+
+def _compiled_or_skip():
+    """The compiled kernel; skips where numba is not installed, fails there under
+    ``FEDCORE_REQUIRE_NUMBA=1`` (CI installs it with the server extra)."""
+    kernel = fold_module.compiled_kernel()
+    if kernel is None:  # pragma: no cover - numba comes with the server's dependencies
+        reason = "numba is not installed: the fold runs on numpy only"
+        if os.environ.get("FEDCORE_REQUIRE_NUMBA") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return kernel
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel(request, monkeypatch):
+    """Which path folds: numba's compiled kernel, or numpy's (as where numba is missing)."""
+    if request.param == "compiled":
+        _compiled_or_skip()
+    else:
+        monkeypatch.setattr(fold_module, "compiled_kernel", lambda: None)
+    return request.param
 
 
 def _updates(kinds: list[str], scales: list[float] | None = None, seed: int = 0):
@@ -44,7 +70,7 @@ def _fold(center, updates, weights, threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_the_fold_and_the_norms_match_a_float64_reference(threads):
+def test_the_fold_and_the_norms_match_a_float64_reference(kernel, threads):
     center, updates = _updates(["values", "delta", "values", "values", "delta"])
     weights = [3.0, 0.5, 7.0, 1.0, 2.5]
     acc, coefs, norms = _fold(center, updates, weights, threads)
@@ -64,7 +90,7 @@ def test_the_fold_and_the_norms_match_a_float64_reference(threads):
     np.testing.assert_allclose(norms, expected, rtol=1e-5)
 
 
-def test_the_same_bits_whatever_the_thread_count():
+def test_the_same_bits_whatever_the_thread_count(kernel):
     center, updates = _updates(["values", "values", "delta", "values"])
     weights = [11.0, 12.0, 13.0, 14.0]
     acc, coefs, norms = _fold(center, updates, weights, 1)
@@ -73,12 +99,58 @@ def test_the_same_bits_whatever_the_thread_count():
         assert np.array_equal(acc, acc_t) and coefs == coefs_t and norms == norms_t
 
 
-def test_a_non_finite_update_is_found_by_every_thread():
-    center, updates = _updates(["values", "values", "delta"])
+def test_a_non_finite_update_is_found_by_every_thread(kernel):
+    center, updates = _updates(["values", "values", "delta", "values"])
     updates[1].values[-5] = np.inf  # in the last thread's part
     updates[2].delta[7] = np.nan  # in the first thread's part
-    _, _, norms = _fold(center, updates, [1.0, 1.0, 1.0], 2)
-    assert math.isfinite(norms[0]) and math.isnan(norms[1]) and math.isnan(norms[2])
+    updates[3].values[BLOCK + 1] = -np.inf
+    _, _, norms = _fold(center, updates, [1.0, 1.0, 1.0, 1.0], 2)
+    assert math.isfinite(norms[0]) and all(math.isnan(n) for n in norms[1:])
+
+
+def test_the_compiled_kernel_and_numpy_agree(monkeypatch):
+    """Both paths fold the same sums (saxpy's fused multiply-add, or its numpy/BLAS form)
+    and take the same norms (float64 sums, or float32 dots), to rounding of the operands."""
+    _compiled_or_skip()
+    center, updates = _updates(["values", "delta", "values", "values"], [0.01, 0.5, 3.0, 1e-4])
+    weights = [3.0, 0.25, 7.0, 1e3]
+    acc, coefs, norms = _fold(center, updates, weights, 2)
+    monkeypatch.setattr(fold_module, "compiled_kernel", lambda: None)
+    acc_np, coefs_np, norms_np = _fold(center, updates, weights, 2)
+    magnitude = np.sum(
+        [np.abs(np.float64(w) * (u.values if u.values is not None else u.delta))
+         for u, w in zip(updates, weights, strict=True)], axis=0)  # fmt: skip
+    assert_close_to_operands(acc, acc_np, magnitude, 2 * len(updates), np.float32)
+    assert coefs == coefs_np
+    # a float32 dot of a block of BLOCK squares: rounding of about sqrt(BLOCK) ulps at most
+    np.testing.assert_allclose(norms, norms_np, rtol=64 * np.finfo(np.float32).eps)
+
+
+def test_without_numba_the_fold_runs_on_numpy(monkeypatch):
+    """numba not installed (its module cannot be imported): no compiled kernel, and the
+    blocked fold still folds and measures."""
+    monkeypatch.setattr(fold_module, "compiled_kernel", fold_module.compiled_kernel.__wrapped__)
+    monkeypatch.setitem(sys.modules, "numba", None)  # ``import numba`` raises ImportError
+    monkeypatch.delitem(sys.modules, "aggregator.fold_kernel", raising=False)
+    assert fold_module.compiled_kernel() is None
+    center, updates = _updates(["values", "delta"])
+    acc, _, norms = _fold(center, updates, [1.0, 2.0], 2)
+    want = updates[0].values + np.float32(2.0) * updates[1].delta
+    magnitude = np.abs(updates[0].values) + np.abs(2.0 * updates[1].delta)
+    assert_close_to_operands(acc, want, magnitude, 2, np.float32)
+    assert norms == pytest.approx([0.01 * math.sqrt(SIZE)] * 2, rel=0.05)
+
+
+def test_a_kernel_that_fails_to_build_leaves_numpy_folding(monkeypatch, caplog):
+    import aggregator.fold_kernel as compiled
+
+    def broken(*args):
+        raise RuntimeError("no LLVM target for this CPU")
+
+    monkeypatch.setattr(fold_module, "compiled_kernel", fold_module.compiled_kernel.__wrapped__)
+    monkeypatch.setattr(compiled, "fold_block", broken)
+    assert fold_module.compiled_kernel() is None
+    assert "the compiled fold kernel is unusable (no LLVM target" in caplog.text
 
 
 def _round(center, updates, threads):
@@ -92,7 +164,7 @@ def _round(center, updates, threads):
     return aggregation.finish(), reasons
 
 
-def test_a_refused_update_is_undone_exactly_with_two_threads():
+def test_a_refused_update_is_undone_exactly_with_two_threads(kernel):
     center, updates = _updates(["values"] * 4, [0.01, 1.0, 0.01, 0.01])
     model, reasons = _round(center, updates, threads=2)
     assert reasons[0] is None and reasons[1].startswith("update norm") and reasons[2:] == [None] * 2
@@ -101,7 +173,10 @@ def test_a_refused_update_is_undone_exactly_with_two_threads():
     assert np.array_equal(model, clean)  # as if never offered, whatever the threads
 
 
-def test_a_round_on_two_threads_gives_the_plain_fold_bit_for_bit():
+def test_a_round_on_two_threads_gives_the_plain_fold(kernel):
+    """numpy's blocks run the plain fold's own kernel: its bits; the compiled kernel fuses
+    the multiply-add as BLAS's saxpy does on FMA hardware: its bits where the BLAS fuses too
+    (measured so on the machines at hand), within rounding anywhere."""
     center, updates = _updates(["values", "delta", "values"])
     model, reasons = _round(center, updates, threads=2)
     assert reasons == [None] * 3
@@ -109,4 +184,9 @@ def test_a_round_on_two_threads_gives_the_plain_fold_bit_for_bit():
     aggregation = strategy.start_round(center, 2)
     for u in updates:
         aggregation.rule.add(u, u.num_examples)  # the plain fold, no norms
-    assert np.array_equal(model, aggregation.finish())
+    plain = aggregation.finish()
+    if kernel == "numpy":
+        assert np.array_equal(model, plain)
+    else:  # |model| is a mean of values near the center: the operands' scale
+        magnitude = np.abs(center) + np.abs(updates[1].delta)
+        assert_close_to_operands(model, plain, magnitude, 4 * len(updates), np.float32)

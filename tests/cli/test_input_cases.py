@@ -223,3 +223,14 @@ def test_a_run_that_fails_exits_1(tmp_path):
     assert "no update was accepted" in result.output and "Traceback" not in result.output
     runs = json.loads(invoke("runs", "list", "--db", db, "--json").stdout)
     assert runs[0]["status"] == "failed" and "no update was accepted" in runs[0]["error"]
+
+
+# -- a malformed $FEDCORE_AGG_THREADS ----------------------------------------------------------
+@pytest.mark.parametrize("command", ["simulate", "server"])
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5", "100000"])
+def test_a_malformed_fold_thread_count_is_one_line(tmp_path, monkeypatch, command, value):
+    monkeypatch.setenv("FEDCORE_AGG_THREADS", value)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(command, small_scenario(tmp_path))
+    assert_one_line_exit_2(result, f"$FEDCORE_AGG_THREADS={value!r}: give a whole number")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]  # nothing created
