@@ -7,19 +7,18 @@ once. The vector is cut into column blocks of ``BLOCK`` elements; every update o
 passes through one block (block-outer, update-inner) while that block of the accumulator and
 of the global model stay in the core's caches, so only the updates stream from memory.
 
-Per block, one compiled loop (``aggregator.fold_kernel``, numba, the server's dependency)
-reads each update's block once: the fused multiply-add of BLAS's saxpy into the accumulator
-and a float64 sum of squares of ``x_k - global`` for the norm. Where numba is missing (or
-the vector is below ``BLAS_MIN_SIZE``, whose plain fold is a product then a sum) the same
-blocks go through numpy: one subtraction into a scratch (``out=``, no temporary), a BLAS
-dot of the scratch (float32), and the plain fold's own axpy kernel
-(``aggregator.backend.host_axpy``: BLAS's saxpy, called by address, ``cblas_saxpy``), on one
-BLAS thread; each element of the accumulator then sums the same products in the same order
-as the plain fold, bit for bit. The compiled kernel's fused multiply-add is saxpy's
-operation too (OpenBLAS fuses on FMA hardware; measured equal bit for bit here), its norms
-are float64 sums (the numpy path's are float32 dots: the two agree to rounding). A refused
-update is undone by folding the round again without it through the same path, so the result
-is exactly as if it had never been offered.
+Per block, one compiled call (``aggregator.fold_kernel``, numba, a server dependency) reads
+each update's block once, four updates side by side: saxpy's fused multiply-add into the
+accumulator, in update order, and a float64 sum of squares of ``x_k - global`` for the norm.
+Where numba is missing or its kernel does not build (or the vector is below
+``BLAS_MIN_SIZE``, whose plain fold is a product then a sum) the same blocks go through numpy,
+three calls a block and update: a subtraction into a scratch (``out=``, no temporary), a BLAS
+dot of it (float32) and the plain fold's own axpy kernel (``aggregator.backend.host_axpy``:
+BLAS's saxpy called by address, ``cblas_saxpy``) on one BLAS thread, which gives the plain
+fold's bits. The compiled kernel's fused multiply-add is the operation OpenBLAS's saxpy runs on
+FMA hardware (measured equal bit for bit here); its norms are float64 sums where numpy's are
+float32 dots (equal to rounding). A refused update is undone by folding the round again without
+it through the same path, so the model is exactly as if it had never been offered.
 
 The blocks can be shared out among ``backend.threads`` threads (``$FEDCORE_AGG_THREADS``):
 each thread takes the next block not yet taken and alone writes that part of the

@@ -70,8 +70,10 @@ class RoundAggregation:
             self.rule = self.strategy.make_rule(self.global_host.size, self.strategy.backend)
             self.rule.bind_global(self.global_host)
             kept = [u for u, reason in zip(updates, reasons, strict=True) if reason is None]
-            if kept:  # the same norms again (each update's alone): the guard's are kept
-                self.rule.add_measured(kept, self.global_host)
+            judged = [u.norm for u in kept]  # kept: folded in other groups of four, the
+            self.rule.add_measured(kept, self.global_host)  # compiled sums may round apart
+            for update, norm in zip(kept, judged, strict=True):
+                update.norm = norm
         return reasons
 
     def _measure_then_fold(self, updates: list[ClientUpdate]) -> list[str | None]:

@@ -112,8 +112,10 @@ def test_the_compiled_kernel_and_numpy_agree(monkeypatch):
     """Both paths fold the same sums (saxpy's fused multiply-add, or its numpy/BLAS form)
     and take the same norms (float64 sums, or float32 dots), to rounding of the operands."""
     _compiled_or_skip()
-    center, updates = _updates(["values", "delta", "values", "values"], [0.01, 0.5, 3.0, 1e-4])
-    weights = [3.0, 0.25, 7.0, 1e3]
+    # a group of four side by side (mixed kinds and scales), then three one at a time
+    kinds = ["values", "delta", "values", "values", "delta", "values", "delta"]
+    center, updates = _updates(kinds, [0.01, 0.5, 3.0, 1e-4, 2.0, 0.01, 1e-3])
+    weights = [3.0, 0.25, 7.0, 1e3, 1.5, 2.0, 9.0]
     acc, coefs, norms = _fold(center, updates, weights, 2)
     monkeypatch.setattr(fold_module, "compiled_kernel", lambda: None)
     acc_np, coefs_np, norms_np = _fold(center, updates, weights, 2)
