@@ -67,11 +67,11 @@ def block_rows(b: int, h: int, t: int, s: int, block: int | None,
     return min(rows, CAUSAL_ROWS) if causal else rows
 
 
-def _heads(a: np.ndarray, hk: int, out: np.ndarray) -> np.ndarray:
-    """(B, T, Hkv*G, D) -> contiguous (B, Hkv, G, T, D) in `out`."""
-    b, t, h, d = a.shape
-    np.copyto(out, a.reshape(b, t, hk, h // hk, d).transpose(0, 2, 3, 1, 4))
-    return out
+def _rows(a: np.ndarray, hk: int, i0: int, i1: int) -> np.ndarray:
+    """Rows [i0, i1) of (B, T, Hkv*G, D) as a (B, Hkv, G, rows, D) view (no copy: a block
+    copies its rows once, into its own scratch)."""
+    b, _, h, d = a.shape
+    return a[:, i0:i1].reshape(b, i1 - i0, hk, h // hk, d).transpose(0, 2, 3, 1, 4)
 
 
 def _kv(a: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -89,23 +89,25 @@ def _causal_bias(n: int, dtype: str) -> np.ndarray:
     return bias
 
 
-def _scores(ctx: Ctx, qh: np.ndarray, kh: np.ndarray, i0: int, i1: int, causal: bool,
-            scale: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Block [i0, i1)'s scaled scores (B*Hkv, G*n, kend), masked; and its query rows, scaled.
+def _scores(ctx: Ctx, q: np.ndarray, kh: np.ndarray, hk: int, i0: int, i1: int,
+            causal: bool, scale: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Block [i0, i1)'s scaled scores (B*Hkv, G*n, kend), masked; and its query rows, scaled,
+    for queries q (B, T, H, D).
 
     The scale goes into the (n, D) query rows, not the (n, kend) scores; under a causal mask
     only the block's diagonal (n, n) square has masked keys, and gets an additive -inf
     triangle.
     """
-    bh, g, n, d = qh.shape[0] * qh.shape[1], qh.shape[2], i1 - i0, qh.shape[4]
+    nb, g, n, d = q.shape[0], q.shape[2] // hk, i1 - i0, q.shape[3]
+    bh = nb * hk
     kend = i1 if causal else kh.shape[1]
-    qb = ctx.pool.alloc((bh, g * n, d), qh.dtype)
-    np.multiply(qh[:, :, :, i0:i1], scale, out=qb.reshape(qh.shape[0], qh.shape[1], g, n, d))
-    s = ctx.pool.alloc((bh, g * n, kend), qh.dtype)
+    qb = ctx.pool.alloc((bh, g * n, d), q.dtype)
+    np.multiply(_rows(q, hk, i0, i1), scale, out=qb.reshape(nb, hk, g, n, d))
+    s = ctx.pool.alloc((bh, g * n, kend), q.dtype)
     np.matmul(qb, kh[:, :kend].transpose(0, 2, 1), out=s)
     if causal:  # key j > query i0 + r is masked; only the block's diagonal square has any
         diag = s.reshape(bh, g, n, kend)[:, :, :, i0:kend]
-        diag += _causal_bias(n, qh.dtype.str)
+        diag += _causal_bias(n, q.dtype.str)
     return s, qb, kend
 
 
@@ -120,7 +122,6 @@ def _attn_fwd(ctx: Ctx, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: boo
     g = h // hk
     scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
     dt = q.dtype
-    qh = ctx.pool.alloc((b, hk, g, t, d), dt)
     kh = ctx.pool.alloc((b * hk, s_len, d), dt)
     vh = ctx.pool.alloc((b * hk, s_len, d), dt)
     out = ctx.alloc((b, t, h, d), dt)
@@ -130,12 +131,11 @@ def _attn_fwd(ctx: Ctx, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: boo
 
     def images(b0: int, b1: int) -> None:  # every block of sequences [b0, b1)
         nb, k0, k1 = b1 - b0, b0 * hk, b1 * hk
-        qs, ks, vs = _heads(q[b0:b1], hk, qh[b0:b1]), _kv(k[b0:b1], kh[k0:k1]), \
-            _kv(v[b0:b1], vh[k0:k1])
+        qs, ks, vs = q[b0:b1], _kv(k[b0:b1], kh[k0:k1]), _kv(v[b0:b1], vh[k0:k1])
         for i0 in range(0, t, rows):
             i1 = min(t, i0 + rows)
             n = i1 - i0
-            sc, qb, kend = _scores(ctx, qs, ks, i0, i1, causal, scale)
+            sc, qb, kend = _scores(ctx, qs, ks, hk, i0, i1, causal, scale)
             m = sc.max(axis=2, keepdims=True)
             sc -= m
             np.exp(sc, out=sc)
@@ -164,8 +164,6 @@ def _attn_grads(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     gq = h // hk
     dt, scale, lse, rows = q.dtype, ctx.scale, ctx.lse, ctx.rows
     pool = ctx.pool
-    qh = pool.alloc((b, hk, gq, t, d), dt)
-    gh = pool.alloc((b, hk, gq, t, d), dt)
     kh = pool.alloc((b * hk, s_len, d), dt)
     vh = pool.alloc((b * hk, s_len, d), dt)
     dq, dk, dv = (pool.alloc(a.shape, a.dtype) for a in (q, k, v))  # recycled buffers
@@ -175,23 +173,23 @@ def _attn_grads(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
     def images(b0: int, b1: int) -> None:  # every block of sequences [b0, b1)
         nb, k0, k1 = b1 - b0, b0 * hk, b1 * hk
-        qs, gs = _heads(q[b0:b1], hk, qh[b0:b1]), _heads(g[b0:b1], hk, gh[b0:b1])
+        qs, gs = q[b0:b1], g[b0:b1]
         ks, vs = _kv(k[b0:b1], kh[k0:k1]), _kv(v[b0:b1], vh[k0:k1])
         dks, dvs = dkh[k0:k1], dvh[k0:k1]
         dks.fill(0)
         dvs.fill(0)
-        delta = np.multiply(g[b0:b1], o[b0:b1]).sum(axis=-1)  # (nb, T, H): rowsum(dO * O)
+        delta = np.einsum("bthd,bthd->bth", gs, o[b0:b1])  # rowsum(dO * O), no temporary
         delta = delta.reshape(nb, t, hk, gq).transpose(0, 2, 3, 1)  # (nb, Hkv, G, T)
         bh = nb * hk
         gb = pool.alloc((bh, gq * rows, d), dt)
         for i0 in range(0, t, rows):
             i1 = min(t, i0 + rows)
             n = i1 - i0
-            p, qb, kend = _scores(ctx, qs, ks, i0, i1, causal, scale)  # qb: scaled queries
+            p, qb, kend = _scores(ctx, qs, ks, hk, i0, i1, causal, scale)  # qb: scaled
             p -= lse[b0:b1, :, :, i0:i1].reshape(bh, gq * n, 1)
             np.exp(p, out=p)
             gbn = gb[:, :gq * n]
-            np.copyto(gbn.reshape(nb, hk, gq, n, d), gs[:, :, :, i0:i1])
+            np.copyto(gbn.reshape(nb, hk, gq, n, d), _rows(gs, hk, i0, i1))
             dvs[:, :kend] += np.matmul(p.transpose(0, 2, 1), gbn)
             dp = np.matmul(gbn, vs[:, :kend].transpose(0, 2, 1))
             dp -= delta[:, :, :, i0:i1].reshape(bh, gq * n, 1)
