@@ -16,12 +16,18 @@ regions fedcore split over its threads (`fedcore.engine.parallel`), and the Amda
 follows for the whole step: with a share p split perfectly over n threads, the step can go at
 most 1 / ((1 - p) + p / n) times faster than on one. That bound is measured from CPU time, so
 a busy machine does not disturb it; the wall-clock speed-up itself needs a quiet machine
-(`python -m benchmarks.engine_layers --threads 1 2`).
+(`python -m benchmarks.engine_layers --threads 1 2`). It also counts the split regions per
+step (each hands work to sleeping workers) and, in wall time, how late the workers start
+their slabs and how long the caller then waits for them: what the CPU-time bound misses
+(wake-ups; a slab of many numpy calls whose thread, woken after the GIL was taken again,
+sleeps until the other thread's slab ends).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -42,6 +48,9 @@ class TimingEngine(NaiveEngine):
         self.calls: dict[str, int] = defaultdict(int)
         self.split: dict[str, float] = defaultdict(float)  # CPU time in split regions
         self.critical: dict[str, float] = defaultdict(float)  # their critical paths
+        self.regions: dict[str, int] = defaultdict(int)  # split regions (hand-offs)
+        self.delays: list[float] = []  # wall from each hand-off to a worker's slab start
+        self.waits: list[float] = []  # wall the caller waits after its own slab
         self.current = ""
 
     def push(self, fn: Callable[[], None], reads: Sequence[Var], writes: Sequence[Var],
@@ -62,7 +71,10 @@ class TimingEngine(NaiveEngine):
 def _timed_split(eng: TimingEngine, split: Callable) -> Callable:
     """parallel._split, adding the CPU time of regions that really split to eng.split, and
     each region's critical path (its longest slab, by that thread's own CPU time, plus the
-    region's CPU time outside any slab: hand-offs) to eng.critical."""
+    region's CPU time outside any slab: hand-offs) to eng.critical; it also counts the
+    regions (each one hands work to sleeping workers) and records, in wall time, how long
+    after the hand-off each worker's slab started and how long the caller then waited for
+    the workers after finishing its own slab."""
 
     open_region: list[bool] = []
 
@@ -71,32 +83,48 @@ def _timed_split(eng: TimingEngine, split: Callable) -> Callable:
             split(n, fn, threads)
             return
         slabs: list[float] = []
+        caller = threading.get_ident()
+        starts: list[float] = []
+        caller_end: list[float] = []
 
         def slab(lo: int, hi: int) -> None:
+            mine = threading.get_ident() == caller
+            if not mine:
+                starts.append(time.perf_counter())
             t0 = time.thread_time()
             try:
                 fn(lo, hi)
             finally:
                 slabs.append(time.thread_time() - t0)
+                if mine:
+                    caller_end.append(time.perf_counter())
 
         t0 = time.process_time()
+        w0 = time.perf_counter()
         open_region.append(True)
         try:
             split(n, slab, threads)
         finally:
             open_region.pop()
+            w1 = time.perf_counter()
             region = time.process_time() - t0
             eng.split[eng.current] += region
             eng.critical[eng.current] += region - sum(slabs) + max(slabs, default=0.0)
+            eng.regions[eng.current] += 1
+            eng.delays.extend(s - w0 for s in starts)
+            eng.waits.extend(w1 - e for e in caller_end)
 
     return wrapper
 
 
 def fedcore_profile(step: Callable[[], float], steps: int
-                    ) -> tuple[dict[str, float], float, dict[str, float], dict[str, float]]:
+                    ) -> tuple[dict[str, float], float, dict[str, float], dict[str, float],
+                               dict[str, float]]:
     """(CPU ms per step by op name, including 'between ops'; total CPU ms per step; CPU ms
     per step inside split regions, by op name; critical path in CPU ms per step, by op
-    name: the time outside split regions plus each region's critical path)."""
+    name: the time outside split regions plus each region's critical path; hand-offs:
+    split regions per step, the median wall us from a hand-off to a worker's slab start,
+    and the caller's wall ms per step spent waiting for workers after its own slab)."""
     eng = TimingEngine()
     split = parallel._split
     parallel._split = _timed_split(eng, split)
@@ -108,6 +136,9 @@ def fedcore_profile(step: Callable[[], float], steps: int
             eng.calls.clear()
             eng.split.clear()
             eng.critical.clear()
+            eng.regions.clear()
+            eng.delays.clear()
+            eng.waits.clear()
             t0 = time.process_time()
             for _ in range(steps):
                 step()
@@ -119,7 +150,10 @@ def fedcore_profile(step: Callable[[], float], steps: int
     split = {k: v * 1e3 / steps for k, v in eng.split.items()}
     critical = {k: ms - split.get(k, 0.0) + eng.critical.get(k, 0.0) * 1e3 / steps
                 for k, ms in per.items()}
-    return per, total, split, critical
+    handoffs = {"regions": sum(eng.regions.values()) / steps,
+                "start_delay_us": statistics.median(eng.delays) * 1e6 if eng.delays else 0.0,
+                "caller_wait_ms": sum(eng.waits) * 1e3 / steps}
+    return per, total, split, critical, handoffs
 
 
 def torch_profile(torch: Any, step: Callable[[], float], steps: int) -> tuple[dict[str, float],
@@ -176,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             set_threads(1)
             one = fedcore_profile(ours, args.steps)[1]
             set_threads(threads)
-        per, total, split, crit = fedcore_profile(ours, args.steps)
+        per, total, split, crit, handoffs = fedcore_profile(ours, args.steps)
         table(f"{case} fedcore", per, total, args.top, *((split, crit) if threads > 1 else ()))
         if threads > 1:
             p = sum(split.values()) / total
@@ -186,6 +220,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  critical path {critical:.2f} CPU ms (the CPU time outside split regions, "
                   f"plus each region's longest slab and its hand-off time); one thread "
                   f"{one:.2f} CPU ms: speed-up bound {one / critical:.2f}x")
+            print(f"  hand-offs: {handoffs['regions']:.0f} split regions per step; a worker's "
+                  f"slab starts {handoffs['start_delay_us']:.0f} us after the hand-off "
+                  f"(median); the caller waits {handoffs['caller_wait_ms']:.2f} ms per step "
+                  f"for the workers after its own slab (wall time: load inflates both)")
         per_t, total_t = torch_profile(torch, theirs, args.steps)
         table(f"{case} torch (self CPU time per op; total without the profiler)", per_t,
               total_t, args.top)
