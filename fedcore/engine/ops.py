@@ -72,8 +72,8 @@ def _grad_b(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarra
 
 
 def _product_work(ctx: Ctx, g: np.ndarray) -> int:
-    """Multiply-adds of each gradient of a product with result g and input 0 (m, k)."""
-    return g.size * ctx.shapes[0][1]
+    """Multiply-adds of each gradient of a product with result g and input 0 (..., k)."""
+    return g.size * ctx.shapes[0][-1]
 
 
 matmul_p = Primitive("matmul", _matmul_fwd, saves=(0, 1), reads=((1,), (0,)),
@@ -82,12 +82,34 @@ defvjp(matmul_p, _grad_a, _grad_b)
 defvjp_into(matmul_p, _grad_a, _grad_b)
 
 
+def _rows(a: np.ndarray) -> np.ndarray:
+    """(..., k) as the (rows, k) matrix (a view when a is contiguous)."""
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+
+
 def _linear_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    _check_2d("linear", x, w)
-    out = gemm(x, w, out=ctx.alloc((x.shape[0], w.shape[1])))
+    if x.ndim < 2:
+        raise ValueError(f"linear expects an input of at least 2-D (..., in), got {x.shape}")
+    _check_2d("linear", w)
+    out = ctx.alloc((*x.shape[:-1], w.shape[1]))
+    gemm(_rows(x), w, out=_rows(out))
     if out.size < 2 * GRAIN:  # one slab: on folded rows (a 1x1 convolution's few channels)
         return channel_op(np.add, out, b, out)
     return elementwise(np.add, out, out, b)  # the bias row goes to every slab whole
+
+
+def _linear_grad_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
+    if g.ndim == 2:
+        return _grad_a(ctx, g)
+    # the pool's array itself, not a reshaped view of it: the pool counts a buffer live
+    # while the array it handed out is alive, and a view keeps only the bytes alive
+    dx = ctx.alloc(ctx.shapes[0], np.result_type(g, ctx.args[1]))
+    _grad_a(ctx, _rows(g), _rows(dx))
+    return dx
+
+
+def _linear_grad_w(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return gemm(_rows(ctx.args[0]).T, _rows(g), out)  # dW = X^T G over all the rows
 
 
 def _linear_vjp_bias_into(ctx: Ctx, g: np.ndarray, out: np.ndarray) -> None:
@@ -98,8 +120,8 @@ linear_p = Primitive("linear", _linear_fwd, saves=(0, 1), reads=((1,), (0,), ())
                      vjp_work=_product_work)
 # the bias gradient sums g's columns over folded rows: with 16 columns ~10x faster than
 # g.sum(axis=0) (fedcore.engine.channels)
-defvjp(linear_p, _grad_a, _grad_b, lambda ctx, g: channel_sum(g))
-defvjp_into(linear_p, None, _grad_b, _linear_vjp_bias_into)
+defvjp(linear_p, _linear_grad_x, _linear_grad_w, lambda ctx, g: channel_sum(g))
+defvjp_into(linear_p, None, _linear_grad_w, _linear_vjp_bias_into)
 
 
 def _matmul_nt_fwd(ctx: Ctx, a: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -135,7 +157,8 @@ def matmul_nt(a: Operand, w: Operand) -> Tensor:
 
 
 def linear(x: Operand, w: Operand, b: Operand) -> Tensor:
-    """Fused `x @ w + b` (one op, one output buffer) for dense layers; w is (in, out)."""
+    """Fused `x @ w + b` (one op, one output buffer) for dense layers; w is (in, out), x is
+    (..., in) (the leading axes are rows: a 1x1 convolution of NHWC x needs no reshapes)."""
     return apply(linear_p, tensor(x), tensor(w), tensor(b))
 
 

@@ -156,22 +156,35 @@ class MatmulSpec(Spec):
         return 2.0 * n * k * p
 
 
+def _rows(a: np.ndarray) -> np.ndarray:
+    """(..., k) as (rows, k): linear's input may have any leading axes."""
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+
+
 class LinearSpec(MatmulSpec):
     def fwd(self, m, ins, outs, scr):
         x, w, b = ins
         o = outs[0]
+        x2, o2 = _rows(x), _rows(o)
         mm, add = gemm, np.add
 
         def run() -> None:
-            mm(x, w, out=o)
+            mm(x2, w, out=o2)
             add(o, b, out=o)
 
         return run
 
     def vjp(self, m, i):
-        if i < 2:
-            return super().vjp(m, i)
+        if i == 0:
+            return Vjp(("g", "in1"), lambda ins, o, s: partial(gemm, _rows(ins[0]), ins[1].T,
+                                                                out=_rows(o)))
+        if i == 1:
+            return Vjp(("in0", "g"), lambda ins, o, s: partial(gemm, _rows(ins[0]).T,
+                                                                _rows(ins[1]), out=o))
         return Vjp(("g",), lambda ins, o, s: partial(_column_sums, ins[0], o))
+
+    def cost(self, m):
+        return 2.0 * math.prod(m.out_shape) * m.in_shapes[1][0]
 
 
 def _column_sums(g: np.ndarray, out: np.ndarray) -> None:

@@ -242,13 +242,20 @@ def test_mobilenet_recomputed_under_a_budget_matches_its_unbudgeted_plan():
 
     with use_engine(NaiveEngine()):
         ref_losses, ref_flat, ref = hybrid(make, data, lr=0.05, momentum=0.9)
-    budget = ref.plan.persistent_bytes + int(0.6 * ref.plan.layout.arena_bytes)
-    with use_engine(NaiveEngine()):
-        losses, flat, step = hybrid(make, data, budget=budget, lr=0.05, momentum=0.9)
-    assert step.plan.peak_bytes <= budget
-    assert {i.name for i in step.plan.program.instrs if i.phase == "re"} >= {
-        "depthwise_conv2d", "batch_norm_relu"}
-    assert losses == ref_losses and np.array_equal(flat, ref_flat)
+    recomputed = set()
+    for share in (0.8, 0.7, 0.6, 0.5):  # tighter budgets until those forwards run again
+        budget = ref.plan.persistent_bytes + int(share * ref.plan.layout.arena_bytes)
+        with use_engine(NaiveEngine()):
+            try:
+                losses, flat, step = hybrid(make, data, budget=budget, lr=0.05, momentum=0.9)
+            except PlanBudgetError:
+                break
+        assert step.plan.peak_bytes <= budget
+        assert losses == ref_losses and np.array_equal(flat, ref_flat)
+        recomputed = {i.name for i in step.plan.program.instrs if i.phase == "re"}
+        if recomputed >= {"depthwise_conv2d", "batch_norm_relu"}:
+            break
+    assert recomputed >= {"depthwise_conv2d", "batch_norm_relu"}
 
 
 def test_hybridized_step_under_the_threaded_engine():

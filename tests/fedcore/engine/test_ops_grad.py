@@ -48,6 +48,14 @@ def test_linear():
     check_grads(linear, [randn(3, 4), randn(4, 5), randn(5)])
 
 
+def test_linear_takes_leading_axes_as_rows():
+    check_grads(linear, [randn(2, 3, 2, 4), randn(4, 5), randn(5)])
+    x, w, b = randn(2, 3, 4), randn(4, 5), randn(5)
+    np.testing.assert_allclose(linear(x, w, b).data, x @ w + b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 2-D"):
+        linear(randn(4), w, b)
+
+
 @pytest.mark.parametrize(
     "shape_a, shape_b",
     [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 4), (3, 1)), ((3, 1), (1, 4)), ((2, 3), ())],
