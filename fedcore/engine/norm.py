@@ -160,8 +160,11 @@ def _bnt_memo(ctx: Ctx, g: np.ndarray, buf: np.ndarray | None = None
     memo = ctx.memo
     if memo is None:
         g2, _ = fold(np.ascontiguousarray(g))
-        gm = np.empty(g2.shape, np.result_type(g, ctx.xc)) if buf is None else \
-            buf.reshape(g2.shape)
+        # a pool buffer of g's shape (recycled: no fresh pages every step; vjp_x returns
+        # it whole, so the pool counts it while it lives), folded like g
+        full = ctx.alloc(g.shape, np.result_type(g, ctx.xc)) if buf is None else buf
+        gm = full.reshape(g2.shape)
+        ctx.dx = full
         if ctx.params["relu"]:
             np.multiply(g2, ctx.ans.reshape(g2.shape) > 0, out=gm)
         else:
@@ -187,7 +190,7 @@ def _bnt_vjp_x(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.nda
     gm += t
     np.add(gm, tiled(scale * sg * (-1.0 / m), k), out=gm)
     ctx.memo = (None, sg, sgx)  # gm is dx now
-    return gm.reshape(xc.shape)
+    return ctx.dx
 
 
 def _bnt_vjp_gamma(ctx: Ctx, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
