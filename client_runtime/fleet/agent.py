@@ -14,7 +14,8 @@ handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
 - **loads** the handlers (the engine, models, numpy's kernels) with the first message, not
   while it waits for a run, when given a factory for them;
 - **answers** a message: pulls its objects (checked against their ids, within
-  ``max_message_bytes``), confirms receipt, runs the handler of its type, pushes the reply
+  ``max_message_bytes``), confirms receipt, unpacks its small records (``fleet.packing``),
+  runs the handler of its type, pushes the reply (packed if the message was)
   (a handler's exception becomes Flower's error reply, code 2, so the server records the
   reason); a message id it has answered is never answered again.
 """
@@ -30,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from client_runtime.fleet import objects
+from client_runtime.fleet import objects, packing
 from client_runtime.fleet.parallel import unordered
 from client_runtime.fleet.proto import fab_pb2, fleet_pb2, message_pb2, recorddict_pb2, run_pb2
 from client_runtime.fleet.runconfig import fab_config, scalar
@@ -194,9 +195,12 @@ class Agent(Session):
             _, content_in = objects.inflate(tree, contents, self.settings.max_message_bytes)
             if content_in is None:
                 raise ValueError("the message carries an error, not content")
+            content_in, packed = packing.unpack(content_in, self.settings.max_message_bytes)
             trace.event("agent.decoded", message=meta.message_id)
             content, error = self._handle(meta, run, content_in), None
             trace.event("agent.handled", message=meta.message_id)
+            if packed:  # answered as asked: its small records in one object
+                content = packing.pack(content)
         except Exception as exc:  # any failure is the server's to record, never a crash here
             from client_runtime.datacheck import MARK
 

@@ -166,6 +166,14 @@ def deflate(metadata: message_pb2.Metadata, content: RecordDict | None,
     return Deflated(tree.object_id, tree, writer.contents)
 
 
+def deflate_recorddict(content: RecordDict) -> list[bytes]:
+    """The objects of a RecordDict holding ``content``, children first: the RecordDict's own
+    object is the last (``fleet.packing`` carries a message's small records so)."""
+    writer = _Writer()
+    tree = writer.recorddict(content)
+    return [writer.contents[oid] for oid in dict.fromkeys(tree_ids(tree))]
+
+
 # --- inflate -------------------------------------------------------------------------------------
 
 
@@ -299,6 +307,33 @@ def inflate(tree: message_pb2.ObjectTree, contents: Mapping[str, bytes], max_byt
     return message, RecordDict({name: reader.record(t, budget) for name, t in records.items()})
 
 
+def inflate_recorddict(objects: list[bytes], max_bytes: int) -> RecordDict:
+    """The RecordDict whose objects ``deflate_recorddict`` wrote (its own last), every object
+    checked as ``inflate`` checks a pulled message's, none left over. ``ObjectError`` if not."""
+    if not objects or len(objects) > MAX_OBJECTS:
+        raise ObjectError(f"a packed RecordDict of {len(objects)} objects")
+    contents = {object_id(content): content for content in objects}
+    root = object_id(objects[-1])
+    nodes = [0]  # a tree that names shared objects again and again stays within MAX_OBJECTS
+
+    def tree(oid: str, depth: int) -> message_pb2.ObjectTree:
+        nodes[0] += 1
+        if depth > 3 or nodes[0] > MAX_OBJECTS:  # RecordDict > ArrayRecord > Array > ArrayChunk
+            raise ObjectError("packed object tree is larger than a RecordDict can be")
+        if oid not in contents:
+            raise ObjectError(f"packed object {oid[:12]} is missing")
+        children = dict.fromkeys(_split(oid, contents[oid])[1])
+        return message_pb2.ObjectTree(object_id=oid,
+                                      children=[tree(c, depth + 1) for c in children])
+
+    whole = tree(root, 0)
+    if set(tree_ids(whole)) != set(contents):
+        raise ObjectError("packed objects that the RecordDict does not hold")
+    reader, budget = _Reader(contents), [max_bytes]
+    records = reader.refs(whole, "RecordDict")
+    return RecordDict({name: reader.record(t, budget) for name, t in records.items()})
+
+
 def pull_tree(tree: message_pb2.ObjectTree, pull: Callable[[str], bytes], max_bytes: int,
               workers: int = 1) -> dict[str, bytes]:
     """Pull every object of ``tree`` once with ``pull(object_id)`` (on up to ``workers``
@@ -316,5 +351,5 @@ def pull_tree(tree: message_pb2.ObjectTree, pull: Callable[[str], bytes], max_by
     return {oid: contents[oid] for oid in ids}
 
 
-__all__ = ["CHUNK_BYTES", "Deflated", "ObjectError", "deflate", "inflate", "object_id",
-           "pull_tree", "tree_ids"]
+__all__ = ["CHUNK_BYTES", "Deflated", "ObjectError", "deflate", "deflate_recorddict", "inflate",
+           "inflate_recorddict", "object_id", "pull_tree", "tree_ids"]

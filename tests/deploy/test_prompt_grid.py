@@ -109,3 +109,32 @@ def test_a_reply_whose_objects_are_still_coming_is_pulled_with_short_waits():
     [failed] = pull_promptly(grid, ["m0"], 0.001, 0.002, patience=0.05)
     assert failed.has_error() and failed.metadata.reply_to_message_id == "m0"
     assert grid._client.confirmed == []
+
+
+def test_pushed_messages_carry_their_small_records_packed_and_replies_come_unpacked():
+    import numpy as np
+    from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client_runtime.fleet.packing import PACKED, pack
+    from deploy.prompt_grid import packed
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 3, 0
+    content = RecordDict({"global": ArrayRecord([np.arange(4, dtype=np.float32)]),
+                          "config": ConfigRecord({"round": 1})})
+    message = Message(content, dst_node_id=7, message_type="train", ttl=30.0, group_id="2")
+    out = packed(message)
+    assert list(out.content) == [PACKED] and list(message.content) == ["global", "config"]
+    meta = out.metadata
+    assert (meta.dst_node_id, meta.message_type, meta.ttl, meta.group_id) == (7, "train", 30.0, "2")
+    grid, reply = http_grid(late=0)  # a reply that comes packed is unpacked
+    reply.content = pack(reply.content)
+    reply.metadata.__dict__["_message_id"] = reply.object_id
+    grid._client = Runtime(reply, 0)
+    [got] = PromptGrid(grid, first=0.001, longest=0.002).pull_messages(["m0"])
+    assert set(got.content) == {"update", "config"} and got.content["config"]["round"] == 1
+    reply.content = RecordDict({PACKED: ConfigRecord({"objects": [b"junk"]})})
+    reply.metadata.__dict__["_message_id"] = reply.object_id
+    grid._client = Runtime(reply, 0)
+    [bad] = PromptGrid(grid, first=0.001, longest=0.002).pull_messages(["m0"])
+    assert bad.has_error() and "not valid" in bad.error.reason

@@ -276,3 +276,26 @@ def test_without_its_node_id_or_acknowledged_heartbeat_a_restart_is_refused(tmp_
     with pytest.raises(AgentStopped, match="refused this device's key"):
         stale.run()  # the id is not this key's node (or the SuperLink forgot it)
     assert stale.node_id is None
+
+
+def test_a_packed_message_reaches_the_handler_unpacked_and_is_answered_packed():
+    from client_runtime.fleet.packing import PACKED, pack
+
+    seen = {}
+
+    def echo(content, context):
+        seen.update(content)
+        return RecordDict({"a": ConfigRecord({"x": 1}), "b": ConfigRecord({"y": 2})})
+
+    link = Link()
+    agent = Agent(link, {"query": echo}, {}, settings=FAST, rng=random.Random(0))
+    agent.activate()
+    content = RecordDict({"c": ConfigRecord({"k": 1}), "d": ConfigRecord({"j": "v"})})
+    link.send("query", pack(content))
+    assert agent.poll_once()
+    assert set(seen) == {"c", "d", "salt"} and seen["d"] == {"j": "v"}
+    head, reply = link.reply()
+    assert list(reply) == [PACKED] and len(link.objects) == 3  # Message, RecordDict, pack
+    link.send("query", RecordDict({PACKED: ConfigRecord({"objects": [b"junk"]})}))
+    agent.poll_once()  # a pack that is not one: the server reads why
+    assert link.pushed[-1][0].error.code == 2 and "no head" in link.pushed[-1][0].error.reason
