@@ -35,7 +35,7 @@ from client_runtime.fleet import objects, packing
 from client_runtime.fleet.parallel import unordered
 from client_runtime.fleet.proto import fab_pb2, fleet_pb2, message_pb2, recorddict_pb2, run_pb2
 from client_runtime.fleet.runconfig import fab_config, scalar
-from client_runtime.fleet.session import AgentStopped, Session, Settings, backoff_delays
+from client_runtime.fleet.session import AgentStopped, Session, Settings
 from client_runtime.fleet.transport import (
     FleetClient,
     FleetError,
@@ -76,6 +76,19 @@ class _Run:
     state: RecordDict = field(default_factory=RecordDict)
 
 
+@dataclass
+class _Unsent:
+    """A reply the SuperLink has not yet taken in full (``Agent._deliver``)."""
+
+    message_type: str
+    message_id: str  # of the message it answers
+    head: message_pb2.Message
+    deflated: objects.Deflated
+    runtime: float
+    expires: float  # time.monotonic() after which it is not pushed again
+    tried: bool = False
+
+
 Bind = Callable[[NodeContext, str], None]  # (context, message type): before each handler
 
 
@@ -104,6 +117,7 @@ class Agent(Session):
         self.rounds = 0  # messages answered
         self._last_message = 0.0
         self._last_poll = 0.0  # wall clock when the previous pull-messages answered
+        self._unsent: _Unsent | None = None  # a reply not yet in (the link went away)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, on_joined: Callable[[int], None] | None = None) -> None:
@@ -118,6 +132,7 @@ class Agent(Session):
         idle_polls = 0
         while not self._stop.is_set():
             try:
+                self._deliver()  # a reply held while the link was away goes first
                 answered = self.poll_once()
             except (Unreachable, Refused) as exc:
                 log.warning("lost the SuperLink (%s); reconnecting", exc)
@@ -211,8 +226,8 @@ class Agent(Session):
             else:
                 log.warning("%s: %s: %s", meta.message_type, type(exc).__name__, exc)
         self._remember(meta.message_id)
-        self._reply(meta, content, error, time.monotonic() - started)
         self.rounds += 1
+        self._reply(meta, content, error, time.monotonic() - started)
 
     def _load_handlers(self) -> None:
         """Load the handlers (the engine, numpy) with the first message, before its objects
@@ -292,21 +307,36 @@ class Agent(Session):
             head.error.code, head.error.reason = error
         else:
             head.content.CopyFrom(recorddict_pb2.RecordDict())
-        delays = backoff_delays(*self.settings.backoff, self.rng)
-        started = time.monotonic()
-        while True:  # the same reply (same id) until it is in, or the round is gone
-            try:
-                self._push(meta.run_id, head, deflated, runtime)
-                trace.event("agent.pushed", message=meta.message_id, reply=reply.message_id)
-                return
-            except RunGone as exc:
-                log.info("reply to %s not delivered: %s", meta.message_type, exc)
-                return
-            except Unreachable as exc:
-                if time.monotonic() - started > min(self.settings.max_wait, max(reply.ttl, 0)):
-                    log.warning("reply to %s not delivered: %s", meta.message_type, exc)
-                    return
-                self._stop.wait(next(delays))
+        expires = time.monotonic() + min(max(reply.ttl, 0.0), self.settings.max_wait)
+        self._unsent = _Unsent(meta.message_type, meta.message_id, head, deflated, runtime,
+                               expires)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Push the reply held in ``_unsent``. If the link fails it stays held, and the loop
+        pushes it again once it has reconnected (the same reply, the same message id: the
+        SuperLink takes a reply it already has as a retry, so it never counts twice), until
+        it is in, its run is gone, or its message's time to live (at most ``max_wait``) has
+        run out."""
+        unsent = self._unsent
+        if unsent is None:
+            return
+        if unsent.tried and time.monotonic() > unsent.expires:
+            self._unsent = None
+            log.warning("reply to %s not delivered: the SuperLink was away until its "
+                        "message expired", unsent.message_type)
+            return
+        unsent.tried = True
+        try:
+            self._push(unsent.head.metadata.run_id, unsent.head, unsent.deflated,
+                       unsent.runtime)
+        except RunGone as exc:
+            self._unsent = None
+            log.info("reply to %s not delivered: %s", unsent.message_type, exc)
+            return
+        self._unsent = None
+        trace.event("agent.pushed", message=unsent.message_id,
+                    reply=unsent.head.metadata.message_id)
 
     def _push(self, run_id: int, head: message_pb2.Message, deflated: objects.Deflated,
               runtime: float) -> None:

@@ -2,6 +2,7 @@
 
 import io
 import random
+import time
 import zipfile
 
 import pytest
@@ -52,7 +53,7 @@ class Link:
 
     def send(self, message_type: str, content: RecordDict, message_id_salt: str = "") -> str:
         meta = message_pb2.Metadata(run_id=7, src_node_id=1, dst_node_id=NODE, group_id="1",
-                                    created_at=1000.0, ttl=1e9, message_type=message_type)
+                                    created_at=time.time(), ttl=3600.0, message_type=message_type)
         content = RecordDict({**content, "salt": ConfigRecord({"s": message_id_salt})})
         deflated = objects.deflate(meta, content)
         meta.message_id = deflated.object_id
@@ -299,3 +300,46 @@ def test_a_packed_message_reaches_the_handler_unpacked_and_is_answered_packed():
     link.send("query", RecordDict({PACKED: ConfigRecord({"objects": [b"junk"]})}))
     agent.poll_once()  # a pack that is not one: the server reads why
     assert link.pushed[-1][0].error.code == 2 and "no head" in link.pushed[-1][0].error.reason
+
+
+class Flaky(Link):
+    """A Link that loses the connection on calls of the names in ``lose`` (each once; all
+    from then on with ``forever``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose: set[str] = set()
+        self.forever = False
+
+    def call(self, name, request, response_type, timeout=None):
+        if name in self.lose:
+            self.calls.append(name)
+            if not self.forever:
+                self.lose.discard(name)
+            raise Unreachable("connection reset")
+        return super().call(name, request, response_type, timeout)
+
+
+def test_a_reply_cut_off_mid_push_is_held_and_pushed_again_after_reconnecting():
+    link = Flaky()
+    agent = make_agent(link, max_wait=30.0)
+    link.send("query", RecordDict())
+    link.lose = {"push-object"}  # the reply's message is in, its objects are not
+    with pytest.raises(Unreachable):  # the loop reconnects on this
+        agent.poll_once()
+    assert agent._unsent is not None and link.calls[-1] == "push-object"
+    agent._deliver()  # after reconnecting: the same reply again
+    assert agent._unsent is None
+    first, again = link.pushed[-2][0], link.pushed[-1][0]
+    assert first.metadata.message_id == again.metadata.message_id  # one reply, never two
+    _, content = link.reply()
+    assert content["info"]["node"] == NODE
+    link.send("query", RecordDict(), "2")
+    link.lose, link.forever = {"push-messages"}, True  # away until its message expires
+    with pytest.raises(Unreachable):
+        agent.poll_once()
+    with pytest.raises(Unreachable):
+        agent._deliver()
+    agent._unsent.expires = 0.0
+    agent._deliver()
+    assert agent._unsent is None  # dropped with a warning, not pushed forever
