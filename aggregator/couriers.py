@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from flwr.app import Message
@@ -28,6 +29,16 @@ class Courier(Protocol):
 
     def receive(self) -> tuple[float, Message] | None:
         """The next reply and its arrival time; None when nothing is in flight."""
+
+
+@runtime_checkable
+class DeadlineGrid(Protocol):
+    """A grid that waits for a reply's pieces no later than a deadline (``PromptGrid``)."""
+
+    def pull_messages_until(self, message_ids: list[str], end: float | None
+                            ) -> Iterable[Message]:  # fmt: skip
+        """The replies to ``message_ids`` that are in, waiting for their objects until
+        ``time.monotonic()`` reaches ``end`` (None: as long as Flower allows)."""
 
 
 @runtime_checkable
@@ -87,7 +98,7 @@ class LiveCourier:
         while not self.ready:
             if not self.pending:
                 return None
-            for reply in self.grid.pull_messages(list(self.pending)):
+            for reply in self._pull():
                 sent = self.pending.pop(reply.metadata.reply_to_message_id, None)
                 if sent is not None:
                     self.ready.append((time.monotonic() - self.start, reply))
@@ -101,3 +112,13 @@ class LiveCourier:
             if not self.ready:
                 time.sleep(self.poll)
         return self.ready.popleft()
+
+    def _pull(self) -> Iterable[Message]:
+        """The replies in; a reply whose objects do not come is given up (Flower's error
+        reply) by the deadline of the earliest message in flight, not Flower's two hours."""
+        ids = list(self.pending)
+        if not isinstance(self.grid, DeadlineGrid):
+            return self.grid.pull_messages(ids)
+        end = None if self.timeout is None else (
+            min(sent_at for sent_at, _ in self.pending.values()) + self.timeout)
+        return self.grid.pull_messages_until(ids, end)

@@ -63,6 +63,13 @@ class PromptGrid(Grid):
         """The replies to ``message_ids`` that are in (see the module docstring)."""
         return self._pull(message_ids, None)
 
+    def pull_messages_until(self, message_ids: Iterable[str], end: float | None
+                            ) -> Iterable[Message]:  # fmt: skip
+        """``pull_messages``, waiting for a reply's objects no later than ``end``
+        (``time.monotonic()``; the asynchronous courier's deadline): a reply whose objects
+        are not in by then comes back as Flower's error reply."""
+        return self._pull(message_ids, end)
+
     def _pull(self, message_ids: Iterable[str], end: float | None) -> Iterable[Message]:
         if isinstance(self.grid, HttpGrid):
             left = None if end is None else max(end - time.monotonic(), self.first)

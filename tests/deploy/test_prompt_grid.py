@@ -1,5 +1,6 @@
 """``PromptGrid``: Flower's send_and_receive, pulling with short growing waits."""
 
+import time
 from types import SimpleNamespace
 
 from deploy.prompt_grid import PromptGrid
@@ -138,3 +139,16 @@ def test_pushed_messages_carry_their_small_records_packed_and_replies_come_unpac
     grid._client = Runtime(reply, 0)
     [bad] = PromptGrid(grid, first=0.001, longest=0.002).pull_messages(["m0"])
     assert bad.has_error() and "not valid" in bad.error.reason
+
+
+def test_the_async_courier_gives_up_a_reply_whose_objects_never_come_by_its_deadline():
+    from aggregator.couriers import DeadlineGrid, LiveCourier
+
+    grid, _ = http_grid(late=10**6)  # the reply's first object never becomes available
+    prompt_grid = PromptGrid(grid, first=0.001, longest=0.002)
+    assert isinstance(prompt_grid, DeadlineGrid)
+    courier = LiveCourier(prompt_grid, poll=0.001, timeout=0.2)
+    courier.pending["m0"] = (time.monotonic(), None)
+    _, reply = courier.receive()  # by the deadline, not after Flower's two hours of asking
+    assert reply.has_error() and "unavailable" in reply.error.reason
+    assert grid._client.confirmed == [] and not courier.pending
