@@ -49,8 +49,9 @@ from fedcore.cblas import address
 log = logging.getLogger(__name__)
 
 # 128k float32 = 512 kB a block: its accumulator and global blocks (1 MB) sit in L2 while the
-# updates stream through. Larger blocks make fewer calls (the numpy path's Python time under
-# the GIL, which the threads share); smaller ones leave the threads more blocks to share.
+# updates stream through. The compiled kernel ran about as fast from 64k to 256k (busy machine,
+# CPU time of one thread); the numpy path makes fewer calls with larger blocks (Python time
+# under the GIL, which the threads share); smaller ones leave the threads more blocks to share.
 BLOCK = 1 << 17
 MIN_BLOCKS_PER_THREAD = 2  # below this a thread costs more than it brings
 
@@ -68,19 +69,22 @@ def _dense(update: ClientUpdate) -> np.ndarray | None:
 @cache
 def compiled_kernel() -> Callable[..., None] | None:
     """``aggregator.fold_kernel.fold_block``, compiled (or loaded from numba's cache) and run
-    once on a small block; None where numba is not installed or the kernel fails to build
-    (then the numpy path folds, and the reason is logged once)."""
+    once on a small block; None where numba is not installed or the kernel fails to build or
+    to cache (no writable cache folder), and then the numpy path folds (the reason logged
+    once)."""
     try:
         from aggregator.fold_kernel import fold_block
-    except ImportError:
-        return None
-    try:
+
         acc, center = np.zeros(8, np.float32), np.ones(8, np.float32)
         squares = np.zeros(1)
         fold_block(acc, address(center), np.array([address(center)], np.int64),
                    np.ones(1, np.float32), np.ones(1, np.uint8), 0, 8, squares)  # fmt: skip
         if not (np.array_equal(acc, center) and squares[0] == 0.0):
             raise ArithmeticError(f"probe folded {acc.tolist()}, squares {squares.tolist()}")
+    except ImportError as exc:  # numba is not installed (quietly) or cannot load: numpy folds
+        if exc.name not in ("numba", "llvmlite"):  # e.g. "Numba needs NumPy 2.5 or less"
+            log.warning("the compiled fold kernel is unusable (%s); folding with numpy", exc)
+        return None
     except Exception as exc:  # noqa: BLE001 - any build failure: fold with numpy instead
         log.warning("the compiled fold kernel is unusable (%s); folding with numpy", exc)
         return None
@@ -102,6 +106,7 @@ def fold_measured(
     dense = [_dense(u) for u in updates]
     blocked = (  # the blocked fold reads by address: every vector of the accumulator's shape
         acc.dtype == np.float32
+        and acc.ndim == 1
         and acc.flags.c_contiguous
         and global_host.dtype == acc.dtype
         and global_host.flags.c_contiguous

@@ -128,13 +128,14 @@ def test_the_compiled_kernel_and_numpy_agree(monkeypatch):
     np.testing.assert_allclose(norms, norms_np, rtol=64 * np.finfo(np.float32).eps)
 
 
-def test_without_numba_the_fold_runs_on_numpy(monkeypatch):
+def test_without_numba_the_fold_runs_on_numpy(monkeypatch, caplog):
     """numba not installed (its module cannot be imported): no compiled kernel, and the
     blocked fold still folds and measures."""
     monkeypatch.setattr(fold_module, "compiled_kernel", fold_module.compiled_kernel.__wrapped__)
     monkeypatch.setitem(sys.modules, "numba", None)  # ``import numba`` raises ImportError
     monkeypatch.delitem(sys.modules, "aggregator.fold_kernel", raising=False)
     assert fold_module.compiled_kernel() is None
+    assert "compiled fold kernel" not in caplog.text  # not installed: nothing to warn about
     center, updates = _updates(["values", "delta"])
     acc, _, norms = _fold(center, updates, [1.0, 2.0], 2)
     want = updates[0].values + np.float32(2.0) * updates[1].delta
@@ -143,7 +144,22 @@ def test_without_numba_the_fold_runs_on_numpy(monkeypatch):
     assert norms == pytest.approx([0.01 * math.sqrt(SIZE)] * 2, rel=0.05)
 
 
+def test_a_numba_that_cannot_load_is_named_and_numpy_folds(monkeypatch, caplog):
+    _compiled_or_skip()
+    import numba
+
+    def refuse(*args, **kwargs):
+        raise ImportError("Numba needs NumPy 2.5 or less")
+
+    monkeypatch.setattr(fold_module, "compiled_kernel", fold_module.compiled_kernel.__wrapped__)
+    monkeypatch.delitem(sys.modules, "aggregator.fold_kernel", raising=False)
+    monkeypatch.setattr(numba, "njit", refuse)  # the kernel's decorator fails as numba would
+    assert fold_module.compiled_kernel() is None
+    assert "unusable (Numba needs NumPy 2.5 or less); folding with numpy" in caplog.text
+
+
 def test_a_kernel_that_fails_to_build_leaves_numpy_folding(monkeypatch, caplog):
+    _compiled_or_skip()
     import aggregator.fold_kernel as compiled
 
     def broken(*args):
