@@ -7,9 +7,11 @@ over ``x_k``: a fused multiply-add for the fold (BLAS ``saxpy``'s own operation 
 fuses, as OpenBLAS's kernels do on FMA hardware, so the accumulator gets the plain fold's bits
 there) and a float64 sum of squares. The caller runs it block-outer, update-inner: the block
 of the accumulator and of the center stay in the core's caches while the updates stream from
-memory once. The sums may be split into vector lanes (``reassoc``): an update's sum is the
-same bits for the same block and place in its group of four, whatever thread runs it; nothing
-else is relaxed (NaN and inf propagate: the caller refuses such an update).
+memory once. Only the sum of squares may be split into vector lanes (``reassoc`` on its add
+alone, ``_plus_square``): an update's sum is the same bits for the same block and place in its
+group of four, whatever thread runs it. The fold's adds keep their order (``contract`` only
+fuses a multiply into its add), and nothing else is relaxed (NaN and inf propagate: the caller
+refuses such an update).
 
 The updates and the center are passed by address (the caller has checked that each is a
 C-contiguous float32 vector of the accumulator's length and keeps them alive), so one
@@ -43,6 +45,12 @@ ITEM = 4  # bytes of a float32
 
 
 @njit(nogil=True, cache=True, fastmath={"contract", "reassoc"})
+def _plus_square(total: float, d: float) -> float:  # pragma: no cover - compiled
+    """``total + d * d``, a sum the vectorizer may split into lanes (``reassoc``)."""
+    return total + d * d
+
+
+@njit(nogil=True, cache=True, fastmath={"contract"})
 def fold_block(
     acc: np.ndarray,
     center_address: int,
@@ -82,10 +90,10 @@ def fold_block(
             d1 = np.float64(v1) - (ci if l1 else 0.0)
             d2 = np.float64(v2) - (ci if l2 else 0.0)
             d3 = np.float64(v3) - (ci if l3 else 0.0)
-            s0 += d0 * d0
-            s1 += d1 * d1
-            s2 += d2 * d2
-            s3 += d3 * d3
+            s0 = _plus_square(s0, d0)
+            s1 = _plus_square(s1, d1)
+            s2 = _plus_square(s2, d2)
+            s3 = _plus_square(s3, d3)
             a[i] = (((a[i] + w0 * v0) + w1 * v1) + w2 * v2) + w3 * v3
         squares[k], squares[k + 1], squares[k + 2], squares[k + 3] = s0, s1, s2, s3
         k += 4
@@ -96,7 +104,7 @@ def fold_block(
         for i in range(n):
             v = x[i]
             d = np.float64(v) - (np.float64(c[i]) if centered else 0.0)
-            s += d * d
+            s = _plus_square(s, d)
             a[i] += w * v
         squares[k] = s
         k += 1
