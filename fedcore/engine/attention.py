@@ -256,7 +256,7 @@ def _rotate(x: np.ndarray, cos2: np.ndarray, sin2: np.ndarray, out: np.ndarray,
         np.multiply(xs, cos2, out=os_)
         combine(os_, sw, out=os_)
 
-    parallel_for(x.shape[0], seqs, 4 * x.size)
+    parallel_for(x.shape[0], seqs, 4 * x.size, calls=6)
     return out
 
 

@@ -347,7 +347,7 @@ def _rms_fwd(ctx: Ctx, x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarr
         np.multiply(xs, rs, out=os_)
         os_ *= gamma
 
-    parallel_for(x2.shape[0], rows, 6 * x.size)
+    parallel_for(x2.shape[0], rows, 6 * x.size, calls=7)
     ctx.rstd = rstd
     return out
 
@@ -368,7 +368,7 @@ def _rms_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
         gg -= xs * m
         gg *= rs
 
-    parallel_for(x2.shape[0], rows, 8 * x.size)
+    parallel_for(x2.shape[0], rows, 8 * x.size, calls=8)
     return out
 
 
@@ -384,7 +384,7 @@ def _rms_vjp_gamma(ctx: Ctx, g: np.ndarray) -> np.ndarray:
         xr *= g2[lo:hi]
         parts[lo] = channel_sum(xr)
 
-    parallel_for(x2.shape[0], rows, 3 * x.size)
+    parallel_for(x2.shape[0], rows, 3 * x.size, calls=4)
     return functools.reduce(np.add, (parts[k] for k in sorted(parts)))
 
 

@@ -14,8 +14,9 @@ With one fedcore thread, BLAS runs on one thread from the engine's first product
 
 Handing a slab to a worker costs thread wake-ups (each lock or GIL hand-off wakes a sleeping
 thread: 0.1-0.3 ms a split on the 2-core VM this was tuned on), so each slab must be worth
-GRAIN element passes, or GEMM_GRAIN multiply-adds for a product; smaller work stays serial. The
-thread count is `set_num_threads(n)`, else FEDCORE_NUM_THREADS, else OMP_NUM_THREADS, else the
+GRAIN element passes per numpy call in it (`parallel_for`'s `calls`: short calls convoy on
+the GIL), or GEMM_GRAIN multiply-adds for a product; smaller work stays serial. The thread
+count is `set_num_threads(n)`, else FEDCORE_NUM_THREADS, else OMP_NUM_THREADS, else the
 number of cores this process may use; 1 turns all of this off. A call made while the workers
 are busy (another op on a threaded engine, a nested call) runs serially instead of waiting.
 """
@@ -120,18 +121,24 @@ class _Worker:
 _workers: list[_Worker] = []
 
 
-def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
+def parallel_for(n: int, fn: Callable[[int, int], None], work: int, calls: int = 1) -> None:
     """Call `fn(lo, hi)` over slabs covering rows [0, n), in parallel when worthwhile.
 
     `work` estimates the kernel's cost in simple elementwise passes over one element each
-    (an exp counts as several); below 2 * GRAIN (or with one thread, or when the workers are
-    already busy) this is just `fn(0, n)`. Slabs are contiguous, in order, and disjoint;
-    `fn` must write only its own rows.
+    (an exp counts as several); `calls` is how many numpy calls the whole kernel makes when
+    run serially (a slab loop of seven calls: 7; pieces of a fixed size: 7 per piece). The
+    kernel is split into at most work // (calls * GRAIN) slabs, so that each slab's calls
+    (the kernel's cut as many ways) are worth GRAIN on average; under two slabs (or with one
+    thread, or the workers already busy) it runs as `fn(0, n)`. Each call retakes the GIL, and
+    on a machine whose idle cores halt a thread that finds it taken sleeps and is woken
+    late, so a split of short calls runs in convoy and gains nothing (measured at the tiny
+    GPT's shape: RMSNorm, RoPE and SwiGLU were no faster on two threads than on one). Slabs
+    are contiguous, in order, and disjoint; `fn` must write only its own rows.
     """
-    if work < 2 * GRAIN:  # the common case for small models: no thread bookkeeping at all
+    if work < 2 * calls * GRAIN:  # the common case for small models: no thread bookkeeping
         fn(0, n)
         return
-    _split(n, fn, min(get_num_threads(), n, work // GRAIN))
+    _split(n, fn, min(get_num_threads(), n, work // (calls * GRAIN)))
 
 
 def elementwise(fn: Callable[..., object], out: np.ndarray, *args: object,

@@ -96,6 +96,49 @@ def test_small_work_or_one_thread_runs_serially(threads):
     assert calls == [(0, 10), (0, 10)]
 
 
+def test_a_kernel_of_short_calls_is_split_only_when_each_call_is_worth_a_grain(threads):
+    """The same work splits as one call a slab, stays whole as eight short calls a slab
+    (the GIL convoy), and splits again once each of its calls is worth GRAIN per slab."""
+    parallel.GRAIN = 1000
+    seen: list[tuple[int, int]] = []
+
+    def fn(lo: int, hi: int) -> None:
+        seen.append((lo, hi))
+
+    parallel.parallel_for(10, fn, work=8 * 2000)
+    assert sorted(seen) == [(0, 5), (5, 10)]
+    seen.clear()
+    parallel.parallel_for(10, fn, work=8 * 2000 - 1, calls=8)
+    assert seen == [(0, 10)]
+    seen.clear()
+    parallel.parallel_for(10, fn, work=8 * 2000, calls=8)
+    assert sorted(seen) == [(0, 5), (5, 10)]
+
+
+def test_rms_norm_rope_and_swiglu_at_the_tiny_gpt_shape_run_whole(monkeypatch):
+    """At the tiny GPT's shape (1024 rows of 256) and the real grains, RMSNorm's forward
+    and gradients, RoPE and SwiGLU make no split region on two threads: their calls are short."""
+    from fedcore.engine import rms_norm, rope
+    from fedcore.engine.ops_nn import swiglu
+
+    splits: list[int] = []
+    real = parallel._split
+    monkeypatch.setattr(parallel, "_split", lambda n, fn, t: (splits.append(t), real(n, fn, t)))
+    saved = parallel.get_num_threads()
+    parallel.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(0)
+        x = Tensor(rng.standard_normal((8, 128, 256)).astype(np.float32), requires_grad=True)
+        g = Tensor(np.ones(256, np.float32), requires_grad=True)
+        q = Tensor(rng.standard_normal((8, 128, 8, 32)).astype(np.float32), requires_grad=True)
+        a = Tensor(rng.standard_normal((8, 128, 688)).astype(np.float32), requires_grad=True)
+        for y in (rms_norm(x, g), rope(q), swiglu(a, a * 1.0)):
+            (y * 1.0).sum().backward()
+    finally:
+        parallel.set_num_threads(saved)
+    assert splits == []
+
+
 def test_a_worker_error_reaches_the_caller_and_the_pool_stays_usable(threads):
     def fn(lo: int, hi: int) -> None:
         if lo > 0:
