@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +13,9 @@ from ..engine import Tensor, checkpoint, reshape
 from ..engine.ops import Operand, tensor
 from ..nn import DecoderBlock, Embedding, Module, RMSNorm, TiedHead
 from .registry import register_model
+
+if TYPE_CHECKING:
+    from ..nn.lora import LoRABuild
 
 __all__ = ["BASE_FILE", "CHECKPOINTS", "SHAKESPEARE_BASE", "TinyGPT", "tiny_gpt",
            "tiny_gpt_shakespeare"]
@@ -30,20 +35,27 @@ class TinyGPT(Module):
 
     Positions come from rotary embeddings inside attention (no position table, so any
     sequence length works); the output head is the embedding table itself (weight tying).
-    `checkpoint="blocks"`: a training step keeps only each block's input and recomputes the
-    block in the backward pass (`fedcore.engine.checkpoint`), its feed-forward a block of rows
-    at a time: one block's attention activations and a few rows of its feed-forward live at a
-    time, for a second forward pass of the blocks (the feed-forward: a third).
+    `adapt(path, block)` is called on each decoder block as soon as it is built (LoRA
+    adapters, stored weights: see `tiny_gpt`). `checkpoint="blocks"`: a training step keeps
+    only each block's input and recomputes the block in the backward pass
+    (`fedcore.engine.checkpoint`), its feed-forward a block of rows at a time: one block's
+    attention activations and a few rows of its feed-forward live at a time, for a second
+    forward pass of the blocks (the feed-forward: a third).
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
-                 n_kv_heads: int, hidden: int, seed: int = 0, checkpoint: str = "none"):
+                 n_kv_heads: int, hidden: int, seed: int = 0, checkpoint: str = "none",
+                 adapt: Callable[[str, Module], None] | None = None):
         super().__init__()
         rng = np.random.default_rng(seed)
         self.vocab_size, self.d_model = vocab_size, d_model
         self.embed = Embedding(vocab_size, d_model, init_range=0.02, rng=rng)
-        self.blocks = _Blocks(*(DecoderBlock(d_model, n_heads, n_kv_heads, hidden, rng=rng)
-                                for _ in range(n_layers)))
+        blocks = []
+        for i in range(n_layers):  # `adapt` sees each block as it is built (LoRA, weights)
+            blocks.append(DecoderBlock(d_model, n_heads, n_kv_heads, hidden, rng=rng))
+            if adapt is not None:
+                adapt(f"blocks.{i}", blocks[-1])
+        self.blocks = _Blocks(*blocks)
         self.set_checkpoint(checkpoint)
         self.norm = RMSNorm(d_model)
         self.head = TiedHead(self.embed)
@@ -81,12 +93,14 @@ class _Blocks(Module):
 @register_model("tiny_gpt")
 def tiny_gpt(vocab_size: int | None = None, embed_dim: int = 128, hidden: int = 344,
              n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2, seed: int = 0,
-             input_dim: int | None = None, checkpoint: str = "none") -> TinyGPT:
+             input_dim: int | None = None, checkpoint: str = "none",
+             lora: LoRABuild | None = None) -> TinyGPT:
     """A decoder-only language model: `embed_dim` wide, `n_layers` blocks of GQA attention
     (`n_heads` query heads, `n_kv_heads` key/value heads, RoPE) and a SwiGLU of `hidden`
     units, RMSNorm, head tied to the embedding. `input_dim` (a sequence length) is unused.
     `checkpoint = "blocks"` recomputes each block in the backward pass instead of keeping
-    its activations (less memory, one more forward pass of compute)."""
+    its activations (less memory, one more forward pass of compute). `lora` (from `build_model`)
+    adapts each block as it is built: an int8 base never holds all its float32 weights."""
     del input_dim
     if vocab_size is None or vocab_size < 2:
         raise ValueError(f"tiny_gpt: vocab_size must be >= 2, got {vocab_size}")
@@ -95,7 +109,7 @@ def tiny_gpt(vocab_size: int | None = None, embed_dim: int = 128, hidden: int = 
     # not flattened here: `build_model` flattens once the adapters of a LoRA run are on, so
     # a frozen base is never copied into a flat float32 vector (nor given gradients)
     return TinyGPT(int(vocab_size), int(embed_dim), int(n_layers), int(n_heads),
-                   int(n_kv_heads), int(hidden), seed, checkpoint)
+                   int(n_kv_heads), int(hidden), seed, checkpoint, lora)
 
 
 @lru_cache(maxsize=1)
@@ -110,22 +124,36 @@ def _base_weights() -> dict[str, np.ndarray]:
 
 @register_model("tiny_gpt_shakespeare")
 def tiny_gpt_shakespeare(vocab_size: int | None = None, seed: int = 0,
-                         input_dim: int | None = None, checkpoint: str = "none") -> TinyGPT:
+                         input_dim: int | None = None, checkpoint: str = "none",
+                         lora: LoRABuild | None = None) -> TinyGPT:
     """The tiny GPT pretrained on the Shakespeare roles no federated client uses (the
     package's `BASE_FILE`): the base a LoRA scenario fine-tunes. `vocab_size` must be the
     dataset's 2,000 words; `seed` and `input_dim` are accepted and unused (the weights are
-    fixed); `checkpoint` as for `tiny_gpt`."""
+    fixed); `checkpoint` and `lora` as for `tiny_gpt` (each block gets its stored weights
+    before its adapters)."""
     del seed, input_dim
     want = SHAKESPEARE_BASE["vocab_size"]
     if vocab_size is not None and vocab_size != want:
         raise ValueError(f"tiny_gpt_shakespeare was trained on a {want}-word vocabulary; "
                          f"set data.shakespeare.vocab_size = {want}, got {vocab_size}")
     weights = _base_weights()
-    model = tiny_gpt(**SHAKESPEARE_BASE, checkpoint=checkpoint)
-    for name, p in model.named_parameters():
-        w = weights.get(name)
-        if w is None or w.shape != p.shape:
-            raise ValueError(f"tiny_gpt_shakespeare: {BASE_FILE.name} has no weight {name!r} "
-                             f"of shape {p.shape}")
-        p.data[...] = w
+
+    def load(path: str, part: Module) -> None:
+        for name, p in part.named_parameters(path):
+            w = weights.get(name)
+            if w is None or w.shape != p.shape:
+                raise ValueError(f"tiny_gpt_shakespeare: {BASE_FILE.name} has no weight "
+                                 f"{name!r} of shape {p.shape}")
+            p.data[...] = w
+
+    def adapt(path: str, block: Module) -> None:
+        load(path, block)
+        if lora is not None:
+            lora(path, block)
+
+    cfg = SHAKESPEARE_BASE
+    model = TinyGPT(cfg["vocab_size"], cfg["embed_dim"], cfg["n_layers"], cfg["n_heads"],
+                    cfg["n_kv_heads"], cfg["hidden"], checkpoint=checkpoint, adapt=adapt)
+    for name, part in (("embed", model.embed), ("norm", model.norm)):
+        load(name, part)
     return model

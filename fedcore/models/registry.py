@@ -67,7 +67,9 @@ def build_model(name: str, *, allow_import: bool = True, **kwargs: Any) -> Modul
     """Build model ``name`` with ``kwargs``; its parameters become one flat vector.
 
     ``lora`` (a dict: rank, alpha, targets, base; see `fedcore.nn.lora`) is not the builder's:
-    it puts adapters on the built model, whose flat vector is then the adapters only.
+    it puts adapters on the built model, whose flat vector is then the adapters only. A builder
+    with a ``lora`` parameter is handed a `fedcore.nn.lora.LoRABuild` to call on each part as
+    it builds it (so a quantized base's float32 weights never all exist at once).
 
     ``ResolveError`` (a ``ValueError``) for an unknown name, a keyword the builder does not
     take, or a result that is not a `fedcore.nn.Module`; the builder's own ``ValueError`` or
@@ -79,8 +81,14 @@ def build_model(name: str, *, allow_import: bool = True, **kwargs: Any) -> Modul
         from ..nn.lora import lora_config
 
         lora = lora_config(lora)
-    check_arguments(name, model_parameters(name, allow_import=allow_import), kwargs)
-    model = builder(**kwargs)
+    params = model_parameters(name, allow_import=allow_import)
+    check_arguments(name, params, kwargs)
+    if lora is not None and "lora" in params:  # the builder adapts each part as it is built
+        from ..nn.lora import LoRABuild
+
+        model = builder(**kwargs, lora=LoRABuild(lora, int(kwargs.get("seed", 0))))
+    else:
+        model = builder(**kwargs)
     if not isinstance(model, Module):
         raise ResolveError(
             f"model {name!r} returned a {type(model).__name__}, not a fedcore.nn.Module"

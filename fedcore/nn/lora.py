@@ -31,8 +31,8 @@ from ..engine.quant import dequantize_int8, int8_tensor, quantize_int8
 from .layers import Dense
 from .module import Module, Parameter
 
-__all__ = ["BASES", "Frozen", "LoRADense", "apply_lora", "has_lora", "lora_config",
-           "merge_lora"]
+__all__ = ["BASES", "Frozen", "LoRABuild", "LoRADense", "adapt_layers", "apply_lora", "has_lora",
+           "lora_config", "merge_lora"]
 
 BASES = ("float32", "int8")
 MAX_RANK = 256
@@ -172,22 +172,45 @@ def lora_config(raw: Mapping[str, Any]) -> dict[str, Any]:
             "freeze_a": freeze_a}
 
 
+def adapt_layers(module: Module, path: str, rank: int, alpha: float,
+                 targets: Sequence[str], base: str, rng: np.random.Generator,
+                 freeze_a: bool = False) -> None:
+    """Swap each `Dense` under `module` whose dotted name in its model (`path` is `module`'s)
+    a target names for a `LoRADense`, drawing A from `rng` in module order.
+
+    A builder calls this on each part as soon as it is built (`LoRABuild`), so the float32
+    weights of one part, not of the whole model, exist before they are quantized."""
+    for sub, mod in list(module.named_modules(path)):
+        for name, child in list(mod._modules.items()):
+            full = f"{sub}.{name}" if sub else name
+            if type(child) is Dense and _matches(full, targets) is not None:
+                _swap(mod, name, LoRADense(child, rank, alpha, base, rng, freeze_a))
+
+
+class LoRABuild:
+    """What a builder that takes `lora=` is handed: call it on each part (block, layer) as it is
+    built, with the part's dotted name; the adapters and their A values are the ones
+    `apply_lora` would have put on the finished model (same seed, same module order)."""
+
+    def __init__(self, config: Mapping[str, Any], seed: int):
+        self.config = dict(config)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, path: str, part: Module) -> None:
+        adapt_layers(part, path, rng=self.rng, **self.config)
+        _return_freed_memory()
+
+
 def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0,
                targets: Iterable[str] = ("attn", "mlp"), base: str = "float32",
                seed: int = 0, freeze_a: bool = False) -> Module:
     """Put LoRA adapters on the `Dense` layers `targets` name and freeze everything else
-    (in place; returns `model`); `freeze_a`: train B only. ValueError if a target names no
-    Dense layer."""
+    (in place; returns `model`); `freeze_a`: train B only. Layers already adapted (by a
+    builder, `LoRABuild`) are kept. ValueError if a target names no Dense layer."""
     targets = list(targets)
-    rng = np.random.default_rng(seed)
-    hit: set[str] = set()
-    for path, mod in list(model.named_modules()):
-        for name, child in list(mod._modules.items()):
-            full = f"{path}.{name}" if path else name
-            t = _matches(full, targets)
-            if t is not None and type(child) is Dense:
-                _swap(mod, name, LoRADense(child, rank, alpha, base, rng, freeze_a))
-                hit.add(t)
+    adapt_layers(model, "", rank, alpha, targets, base, np.random.default_rng(seed), freeze_a)
+    hit = {_matches(path, targets) for path, mod in model.named_modules()
+           if isinstance(mod, LoRADense)}
     missing = [t for t in targets if t not in hit]
     if missing:
         raise ValueError(f"lora.targets: {missing[0]!r} names no Dense layer of the model")

@@ -1,5 +1,7 @@
 """LoRA: the int8 block-dequantizing product, adapters against PyTorch, freezing, merging."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from fedcore.engine import Tensor, no_grad, softmax_cross_entropy
 from fedcore.engine import quant as quant_mod
 from fedcore.engine.quant import dequantize_int8, int8_tensor, qmatmul, quantize_int8
 from fedcore.models import build_model
+from fedcore.models.gpt import tiny_gpt
 from fedcore.nn import Dense
 from fedcore.nn.lora import LoRADense, apply_lora, lora_config, merge_lora
 from fedcore.optim import SGD
@@ -215,3 +218,36 @@ def test_the_fused_lora_product_and_its_gradients(monkeypatch, base, elems):
     np.testing.assert_allclose(x.grad, g @ wf.T + 1.5 * (g @ bd.T) @ ad.T, **tol)
     np.testing.assert_allclose(a.grad, 1.5 * xd.T @ (g @ bd.T), **tol)
     np.testing.assert_allclose(b.grad, 1.5 * (xd @ ad).T @ g, **tol)
+
+
+def _traced(build):  # noqa: ANN001, ANN202
+    """(what `build()` returns, the bytes numpy and Python held at the peak while it ran
+    beyond what they hold once it is done, i.e. what building needed only for a while)."""
+    tracemalloc.start()
+    try:
+        out = build()
+        now, peak = tracemalloc.get_traced_memory()
+        return out, peak - now
+    finally:
+        tracemalloc.stop()
+
+
+def test_an_int8_lora_model_is_built_block_by_block():
+    """build_model hands the builder the adapters: each block is quantized as it is built, so
+    building holds one block's float32 weights for a while, not all blocks' (as it did when
+    the finished float32 model was adapted: `whole`), and the model is the same as that one."""
+    cfg = dict(vocab_size=64, embed_dim=64, hidden=172, n_layers=16, n_heads=4, n_kv_heads=2)
+    lora = dict(rank=4, alpha=8, targets=["attn", "mlp"], base="int8")
+    build_model("tiny_gpt", lora=lora, **cfg)  # imports done before anything is traced
+    dense = sum(p.data.nbytes for n, p in build_model("tiny_gpt", **cfg).named_parameters()
+                if n.startswith("blocks.") and p.data.ndim == 2)
+    model, extra = _traced(lambda: build_model("tiny_gpt", lora=lora, **cfg))
+    whole, whole_extra = _traced(lambda: apply_lora(tiny_gpt(**cfg), **lora))
+    assert whole_extra > dense / 2  # the measure sees the float32 model when it is whole
+    assert extra < 3 * dense / cfg["n_layers"]  # a block's float32 and one float64 temporary
+    np.testing.assert_array_equal(model.get_flat(), whole.flatten_parameters() and
+                                  whole.get_flat())
+    for (name, a), (_, b) in zip(model.named_modules(), whole.named_modules(), strict=True):
+        if isinstance(a, LoRADense):
+            np.testing.assert_array_equal(a.codes.data, b.codes.data, err_msg=name)
+            np.testing.assert_array_equal(a.scales.data, b.scales.data, err_msg=name)
