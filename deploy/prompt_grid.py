@@ -166,7 +166,7 @@ def pull_promptly(grid: HttpGrid, message_ids: Iterable[str], first: float, long
         try:
             if message.has_content():
                 message.content, _ = unpack(message.content)
-        except (ValueError, TypeError) as exc:  # a device's pack that is not one
+        except Exception as exc:  # noqa: BLE001 - a device's pack that is not one, never a crash
             replies.append(error_reply(proto, ErrorCode.MESSAGE_UNAVAILABLE,
                                        f"Reply message content is not valid: {exc}"))
             continue
