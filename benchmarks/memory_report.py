@@ -54,7 +54,7 @@ def _held(r: dict) -> str:
     return (f"    peak = imports {r['import_mb']:.1f} + engine pool at its peak "
             f"{r['engine_peak_mb']:.1f} (model {r['model_mb']:.1f}; optimizer state, "
             f"activations, gradients) + the rest {rest:.1f} MB (numpy temporaries the pool does "
-            f"not account, allocator slack)")
+            f"not account, allocator slack); building alone peaked at {r['build_peak_mb']:.1f} MB")
 
 
 #: (label, WHAT, checkpoint) of the LoRA table's rows after full fine-tuning

@@ -6,15 +6,15 @@ measured per process (a fresh interpreter per figure): `python -m benchmarks.mod
 prints one JSON line with the RSS once the interpreter, numpy and fedcore are imported and
 nothing is built (`import_mb`), the RSS after building the model and data (`base_mb`) and the
 peak RSS of the whole process after three training steps (`peak_mb`, the kernel's VmHWM, which
-covers the building too), so `peak_mb - base_mb` is what training itself added and
-`peak_mb - import_mb` what the model and its training cost together. fedcore runs also give
-the engine's own accounting: the bytes its pool holds once the model is built (`model_mb`) and
-at the peak of the training steps (`engine_peak_mb`: model, optimizer state, activations and
-gradients). WHAT is `gpt-fedcore`,
-`gpt-torch` (eager attention: the T x T scores materialised, as a PyTorch model written out by
-hand does), `gpt-torch-sdpa`, `lora-int8`, `lora-float32`, `lora-int8-ffa` (A frozen: B alone
-trains and travels) or `full`, with `--seq`, `--batch` and `--checkpoint blocks` (fedcore:
-each block recomputed in the backward pass, see `fedcore.engine.checkpoint`).
+covers the building too), so `peak_mb - base_mb` is what training itself added and `peak_mb -
+import_mb` what the model and its training cost together. fedcore runs also give the engine's
+own accounting: the bytes its pool holds once the model is built (`model_mb`) and at the peak
+of the training steps (`engine_peak_mb`: model, optimizer state, activations and gradients),
+and the peak RSS once the model is built, before any step (`build_peak_mb`). WHAT is
+`gpt-fedcore`, `gpt-torch` (eager attention: the T x T scores materialised, as a PyTorch model
+written out by hand does), `gpt-torch-sdpa`, `lora-int8`, `lora-float32`, `lora-int8-ffa` (A
+frozen: B alone trains and travels) or `full`, with `--seq`, `--batch` and `--checkpoint
+blocks` (fedcore: each block recomputed in the backward pass, see `fedcore.engine.checkpoint`).
 """
 
 from __future__ import annotations
@@ -206,6 +206,7 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
         out["model_params"] = gpt_params()
         opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
         out["base_mb"] = _rss_mb()
+        out["build_peak_mb"] = _peak_mb()
         pool = get_engine().pool
         out["model_mb"] = pool.live_bytes / 2**20
         pool.reset_peak()
