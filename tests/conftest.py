@@ -13,6 +13,8 @@ import uuid
 
 import pytest
 
+from tests.requirements import missing
+
 POSTGRES_ENV = "FEDCORE_TEST_POSTGRES"
 REQUIRE_ENV = "FEDCORE_REQUIRE_POSTGRES"
 
@@ -21,9 +23,7 @@ def _postgres_url() -> str:
     admin = os.environ.get(POSTGRES_ENV)
     reason = f"no PostgreSQL server: set {POSTGRES_ENV} to an admin URL to run these tests"
     if not admin:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing(reason, REQUIRE_ENV)
     return admin
 
 

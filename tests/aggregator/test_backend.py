@@ -10,6 +10,7 @@ import pytest
 from aggregator import backend as backend_module
 from aggregator.backend import BackendUnavailable, select_backend
 from tests.aggregator.conftest import BACKENDS
+from tests.requirements import missing
 from tests.tolerances import assert_close_to_operands
 
 
@@ -62,10 +63,7 @@ def _bound_saxpy():
     SciPy's own wrapper folds), fails there under ``FEDCORE_REQUIRE_BLAS=1`` (CI)."""
     bound = backend_module.cblas_saxpy()
     if bound is None:  # pragma: no cover - not SciPy's wheel
-        reason = "SciPy's BLAS has no scipy-openblas saxpy here"
-        if os.environ.get("FEDCORE_REQUIRE_BLAS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing("SciPy's BLAS has no scipy-openblas saxpy here", "FEDCORE_REQUIRE_BLAS")
     return bound
 
 

@@ -5,7 +5,6 @@ count, each kernel against the other, and a refused update undone exactly with t
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 import numpy as np
@@ -16,6 +15,7 @@ from aggregator.backend import select_backend
 from aggregator.fold import BLOCK, MIN_BLOCKS_PER_THREAD, fold_measured
 from aggregator.strategies import StrategyContext, build_strategy
 from aggregator.updates import ClientUpdate
+from tests.requirements import missing
 from tests.tolerances import assert_close_to_operands
 
 # enough blocks for three threads, and a ragged last block
@@ -28,10 +28,7 @@ def _compiled_or_skip():
     ``FEDCORE_REQUIRE_NUMBA=1`` (CI installs it with the server extra)."""
     kernel = fold_module.compiled_kernel()
     if kernel is None:  # pragma: no cover - numba comes with the server's dependencies
-        reason = "numba is not installed: the fold runs on numpy only"
-        if os.environ.get("FEDCORE_REQUIRE_NUMBA") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing("numba is not installed: the fold runs on numpy only", "FEDCORE_REQUIRE_NUMBA")
     return kernel
 
 

@@ -7,7 +7,6 @@ server code: a device gives its own ``--data``)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import numpy as np
@@ -23,6 +22,7 @@ from benchmarks.device_env import (
 )
 from deploy.node import NodeData
 from tests.deploy.fleet import example, loopback_address, needs_flower
+from tests.requirements import missing
 
 pytestmark = pytest.mark.slow  # builds a wheel and a venv (about a minute)
 
@@ -36,9 +36,7 @@ def device_env(tmp_path_factory):
     try:
         wheel_sources()
     except NoWheels as exc:
-        if os.environ.get("FEDCORE_REQUIRE_DEVICE_ENV"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        missing(str(exc), "FEDCORE_REQUIRE_DEVICE_ENV")
     work = tmp_path_factory.mktemp("device")
     return build_device_env(work / "venv", work)
 

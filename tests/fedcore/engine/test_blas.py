@@ -6,13 +6,12 @@ axpby binding fails instead of skipping, so the fast path cannot silently stop b
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from fedcore.engine import blas
 from fedcore.optim.sgd import sgd_update
+from tests.requirements import missing
 from tests.tolerances import assert_close_to_operands
 
 
@@ -23,10 +22,7 @@ def test_axpby_matches_ufuncs(dtype):
     want = (2.5 * x + 0.5 * y).astype(dtype)
     ax, by = 2.5 * x, 0.5 * y
     if not blas.axpby(2.5, x, 0.5, y):
-        reason = "numpy's BLAS has no scipy-openblas axpby here"
-        if os.environ.get("FEDCORE_REQUIRE_BLAS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing("numpy's BLAS has no scipy-openblas axpby here", "FEDCORE_REQUIRE_BLAS")
     # A kernel may fuse the multiply-add or round each product: a few ulps of |a x| + |b y|.
     assert_close_to_operands(y, want, np.abs(ax) + np.abs(by), 4, dtype)
 
