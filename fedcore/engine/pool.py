@@ -125,17 +125,27 @@ class MemoryPool:
         if type(shape) is int:
             shape = (shape,)
         nbytes = math.prod(shape) * itemsize
-        self._reserve(nbytes, what)
-        buf = None
-        try:
-            if nbytes >= RECYCLE_MIN_BYTES and self.recycle and self._budget is None:
+        if nbytes >= RECYCLE_MIN_BYTES and self.recycle and self._budget is None:
+            with self._lock:  # one lock for the count and the free list
+                if self._budget is not None:  # set by another thread since the test above
+                    self._check_budget(nbytes, what)
+                self._count(nbytes)
                 buf = self._take(nbytes)
+            try:
+                if buf is None:
+                    buf = np.empty(nbytes, np.uint8)
                 arr = buf.view(dtype).reshape(shape)
-            else:
+            except BaseException:
+                self._unreserve(nbytes)
+                raise
+        else:
+            self._reserve(nbytes, what)
+            buf = None
+            try:
                 arr = np.empty(shape, dtype)
-        except BaseException:
-            self._unreserve(nbytes)
-            raise
+            except BaseException:
+                self._unreserve(nbytes)
+                raise
         ref = _Ref(arr, self._on_dead)
         ref.key = key = id(arr)
         ref.nbytes = nbytes
@@ -143,17 +153,17 @@ class MemoryPool:
         self._refs[key] = ref  # a single dict store: atomic, no lock needed
         return arr
 
-    def _take(self, nbytes: int) -> np.ndarray:
-        """A byte array of `nbytes` from the free list, or a new one."""
-        with self._lock:
-            if self._pending:
-                self._settle()
-            bufs = self._free.get(nbytes)
-            if bufs:
-                self._cached -= nbytes
-                return bufs.pop()
-            self._trim()  # the new bytes are live now: keep live + cached <= peak
-        return np.empty(nbytes, np.uint8)
+    def _take(self, nbytes: int) -> np.ndarray | None:
+        """A byte array of `nbytes` from the free list, or None (the caller allocates one).
+        Called with the lock held."""
+        if self._pending:
+            self._settle()
+        bufs = self._free.get(nbytes)
+        if bufs:
+            self._cached -= nbytes
+            return bufs.pop()
+        self._trim()  # the new bytes are live now: keep live + cached <= peak
+        return None
 
     def _settle(self) -> None:
         """Move pending byte arrays that no view references any more to the free list."""
@@ -228,14 +238,20 @@ class MemoryPool:
 
     def _reserve(self, nbytes: int, what: str) -> None:
         with self._lock:
-            live = self._live
-            if self._budget is not None and live + nbytes > self._budget:
-                raise MemoryBudgetError(nbytes, live, self._budget, what)
-            live += nbytes
-            self._live = live
-            if live > self._peak:
-                self._peak = live
-            self.num_allocs += 1
+            self._check_budget(nbytes, what)
+            self._count(nbytes)
+
+    def _check_budget(self, nbytes: int, what: str) -> None:
+        if self._budget is not None and self._live + nbytes > self._budget:
+            raise MemoryBudgetError(nbytes, self._live, self._budget, what)
+
+    def _count(self, nbytes: int) -> None:
+        """Count `nbytes` more as live (the lock held, the budget already checked)."""
+        live = self._live + nbytes
+        self._live = live
+        if live > self._peak:
+            self._peak = live
+        self.num_allocs += 1
 
     def _unreserve(self, nbytes: int) -> None:
         with self._lock:
