@@ -12,6 +12,7 @@ tree back, checking every object against its id, its type, its children and the 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -337,13 +338,22 @@ def inflate_recorddict(objects: list[bytes], max_bytes: int) -> RecordDict:
 def pull_tree(tree: message_pb2.ObjectTree, pull: Callable[[str], bytes], max_bytes: int,
               workers: int = 1) -> dict[str, bytes]:
     """Pull every object of ``tree`` once with ``pull(object_id)`` (on up to ``workers``
-    threads), within ``max_bytes``."""
+    threads), within ``max_bytes``.
+
+    The root (the Message) comes first, alone, then the rest on the threads: a device sees a
+    message as soon as the server's ``PushMessages`` is in, while the server still pushes its
+    objects, children first and the root last (Flower's post-order). Pulling them all at once
+    then asked again and again for objects not in yet, each ask a SuperLink call competing with
+    the server's pushes (measured: 12 pull-object calls for 6 objects, server push 0.28-0.32 s
+    against 0.16 s; 2 devices, busy machine, 2026-12-07); once the root is in, the rest is."""
     ids = list(dict.fromkeys(tree_ids(tree)))
     if len(ids) > MAX_OBJECTS:
         raise ObjectError(f"message has {len(ids)} objects")
     contents: dict[str, bytes] = {}
     total = 0
-    for oid, content in unordered(pull, ids, workers):
+    root = ids[-1]
+    first = [(root, pull(root))]
+    for oid, content in itertools.chain(first, unordered(pull, ids[:-1], workers)):
         total += len(content)
         if total > max_bytes + 1024 * len(ids):
             raise ObjectError("message content exceeds the budget")
