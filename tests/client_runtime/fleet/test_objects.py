@@ -109,3 +109,20 @@ def test_an_object_of_the_wrong_type_is_refused():
     swapped = message_pb2.ObjectTree(object_id=tree.children[0].object_id)
     with pytest.raises(objects.ObjectError):
         objects.inflate(swapped, pulled, max_bytes=1 << 26)
+
+
+def test_pull_tree_pulls_the_root_first_then_every_object_once():
+    """The root (which a server pushes last) is asked alone before the rest: a device that
+    sees a message early then waits on one object instead of asking for all again and again."""
+    flower = flower_message(contents(lean.flower_kit()))
+    stored = {oid: obj.deflate() for oid, obj in get_all_nested_objects(flower).items()}
+    asked = []
+
+    def pull(oid):
+        asked.append(oid)
+        return stored[oid]
+
+    got = objects.pull_tree(get_object_tree(flower), pull, 1 << 24, workers=3)
+    assert asked[0] == flower.object_id
+    assert sorted(asked) == sorted(stored)
+    assert got == stored
