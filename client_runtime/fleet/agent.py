@@ -326,6 +326,13 @@ class Agent(Session):
             log.warning("reply to %s not delivered: the SuperLink was away until its "
                         "message expired", unsent.message_type)
             return
+        if unsent.head.metadata.src_node_id != self.node_id:
+            # rejoined as a new node (a restarted SuperLink): the message it answers was for
+            # the old one, and the SuperLink refuses the reply (500) however often it comes
+            self._unsent = None
+            log.info("reply to %s not delivered: this device rejoined as a new node",
+                     unsent.message_type)
+            return
         unsent.tried = True
         try:
             self._push(unsent.head.metadata.run_id, unsent.head, unsent.deflated,
