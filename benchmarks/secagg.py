@@ -54,17 +54,21 @@ def fedcore_client_app() -> Any:
 
     app = ClientApp()
 
+    def examples(context) -> int:  # what a client declares and then trains on
+        return 10 + partition_id(context) % 7
+
     def toy(msg, context) -> TrainOutput:
         start = time.perf_counter()
         config = msg.content.config_records[protocol.CONFIG]
         rng = np.random.default_rng(int(config["seed"]))
         base = read_vector(msg.content.array_records[protocol.GLOBAL])
         local = base + NOISE * rng.standard_normal(base.size, dtype=np.float32)
-        return TrainOutput(local, 10 + partition_id(context) % 7, 1.0, time.perf_counter() - start)
+        return TrainOutput(local, examples(context), 1.0, time.perf_counter() - start)
 
     @app.query()
     def query(msg, context):
-        info = ConfigRecord({"partition_id": partition_id(context), "num_examples": 1})
+        info = ConfigRecord({"partition_id": partition_id(context),
+                             "num_examples": examples(context)})
         return Message(RecordDict({protocol.CLIENT_INFO: info}), reply_to=msg)
 
     @app.train()
