@@ -2,12 +2,14 @@
 Flower's stock SuperNode and fedcore's lean agent side by side, in one run.
 
 ``python -m benchmarks.deploy [--rounds 3] [--kinds stock,lean] [--skip-secagg] [--skip-install]
-[--json FILE]``
+[--devices N] [--json FILE]``
 
 Real processes on loopback: ``fedcore server`` with the digits example and devices of each
 kind: ``fedcore client --stock-supernode`` (a stock ``flower-supernode`` running fedcore's
 ClientApp, supervised by ``fedcore client``) and ``fedcore-device`` (the lean agent, one
-process), plain with 2 devices and with SecAgg+ with 3 (SecAgg+ needs a threshold t > k/2).
+process), plain with 2 devices and with SecAgg+ with 3 (SecAgg+ needs a threshold t > k/2;
+``--devices N`` runs both modes with N, e.g. to tell what a third device costs a plain round
+from what SecAgg+ costs).
 For each it reports
 
 - *idle RSS*: the first device's whole process tree (summed from ``/proc``: the stock kind's
@@ -124,16 +126,18 @@ def device(kind: str, address: str, i: int, log: Path, agent: tuple[str, ...]) -
 
 
 def run_mode(
-    kind: str, secagg: bool, rounds: int, idle: float, work: Path, agent: tuple[str, ...]
+    kind: str, secagg: bool, rounds: int, idle: float, work: Path, agent: tuple[str, ...],
+    devices: int | None = None,
 ) -> dict:
-    """One deployment with devices of ``kind``; its memory and time figures."""
+    """One deployment with ``devices`` devices of ``kind`` (default: 2 plain, 3 SecAgg+);
+    its memory and time figures."""
     import numpy as np
 
     from aggregator.store import Store
     from deploy.node import NodeData
     from deploy.processes import free_port
 
-    devices = 3 if secagg else 2
+    devices = devices or (3 if secagg else 2)
     text = EXAMPLE.read_text().replace("rounds = 2", f"rounds = {rounds}")
     text = text.replace("num_clients = 2", f"num_clients = {devices}")
     text = text.replace("clients_per_round = 2", f"clients_per_round = {devices}")
@@ -230,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help="which devices, comma-separated (default: stock,lean)")
     parser.add_argument("--skip-secagg", action="store_true")
+    parser.add_argument("--devices", type=int, help="devices in every mode (default: 2 plain, "
+                        "3 SecAgg+)")
     parser.add_argument("--skip-install", action="store_true",
                         help="no fresh device venv (about a minute): the lean agent then runs "
                         "from this environment, which has the server's packages too")
@@ -240,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     kinds = [k for k in KINDS if k in args.kinds.split(",")]
     if not kinds or set(args.kinds.split(",")) - set(KINDS):
         parser.error(f"--kinds: a comma-separated choice of {', '.join(KINDS)}")
+    if args.devices is not None and not 2 <= args.devices <= 20:
+        parser.error("--devices: 2 to 20")
     sizes: dict[str, float | None] = {"stock": install_bytes(("fedcore", "flwr")) / 1e6,
                                       "lean closure": install_bytes(("fedcore",)) / 1e6,
                                       "lean": None}  # fmt: skip
@@ -262,11 +270,12 @@ def main(argv: list[str] | None = None) -> None:
                 if args.keep is not None:  # logs and traces stay for a look
                     folder = args.keep / f"{'secagg' if secagg else 'plain'}-{kind}"
                     folder.mkdir(parents=True, exist_ok=False)
-                    rows.append(run_mode(kind, secagg, args.rounds, args.idle, folder, agent))
+                    rows.append(run_mode(kind, secagg, args.rounds, args.idle, folder, agent,
+                                         args.devices))  # fmt: skip
                     continue
                 with tempfile.TemporaryDirectory(prefix="fedcore-bench-deploy-") as temp:
                     rows.append(run_mode(kind, secagg, args.rounds, args.idle, Path(temp),
-                                         agent))  # fmt: skip
+                                         agent, args.devices))  # fmt: skip
     print("device side: stock = flower-supernode + fedcore ClientApp under fedcore client; "
           f"lean = fedcore-device from {agent_from}")  # fmt: skip
     print(f"{'mode':8} {'kind':6} {'devices':>7} {'idle MiB':>9} {'peak MiB':>9} "
