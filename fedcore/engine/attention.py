@@ -7,8 +7,9 @@ values are never repeated in memory. The scores are computed one block of query 
 time against the keys that block can see (under a causal mask, only keys up to the block's
 last row), so no T x S score matrix exists: the forward keeps the output and each row's
 logsumexp, the backward recomputes one block's probabilities from them (FlashAttention's
-recipe, Dao et al. 2022, with whole key rows per block, which numpy runs fastest). Scratch is
-O(block * S) and the block shrinks as S grows, so memory is linear in the sequence length.
+recipe, Dao et al. 2022, with whole key rows per block, which numpy runs fastest), for a
+group of a few sequences at a time (GROUP_ELEMS). Scratch is O(block * S), not O(batch), and
+the block shrinks as S grows, so memory is linear in the sequence length.
 
 `rope(x)` rotates the two halves of each head's features by position-dependent angles (the
 GPT-NeoX / LLaMA "rotate half" convention); its VJP is the inverse rotation.
@@ -26,10 +27,16 @@ from .ops import Operand, tensor
 from .parallel import parallel_for
 from .tensor import Tensor
 
-__all__ = ["CAUSAL_ROWS", "SCORE_ELEMS", "attention", "rope"]
+__all__ = ["CAUSAL_ROWS", "GROUP_ELEMS", "SCORE_ELEMS", "attention", "rope"]
 
 #: score elements one block may hold (B * H * rows * keys): 4 MiB of float32 per buffer
 SCORE_ELEMS = 1 << 20
+
+#: score elements (sequences * H * rows * keys) one block holds at most when a whole
+#: sequence's block fits (256 KiB of float32 per buffer): the sequences of a batch are
+#: taken a few at a time, so the scores, their gradient and the key/value copies of one
+#: group exist at once, not the whole batch's (at the tiny GPT's batch 8, T 128: 2 at a time)
+GROUP_ELEMS = 1 << 16
 
 #: query rows per block at most under a causal mask: block i reads keys [0, (i+1) * rows)
 #: only, so smaller blocks skip more of the masked triangle (at T 128, 32 rows compute 62 %
@@ -65,6 +72,12 @@ def block_rows(b: int, h: int, t: int, s: int, block: int | None,
         return max(1, min(int(block), t))
     rows = max(1, min(t, max(16, SCORE_ELEMS // max(1, b * h * s))))
     return min(rows, CAUSAL_ROWS) if causal else rows
+
+
+def seq_group(h: int, rows: int, s: int) -> int:
+    """Sequences a block's scores cover at once: as many as keep them within GROUP_ELEMS
+    (at least one), so scratch does not grow with the batch."""
+    return max(1, GROUP_ELEMS // max(1, h * rows * s))
 
 
 def _rows(a: np.ndarray, hk: int, i0: int, i1: int) -> np.ndarray:
@@ -122,30 +135,33 @@ def _attn_fwd(ctx: Ctx, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: boo
     g = h // hk
     scale = 1.0 / np.sqrt(d) if scale is None else float(scale)
     dt = q.dtype
-    kh = ctx.pool.alloc((b * hk, s_len, d), dt)
-    vh = ctx.pool.alloc((b * hk, s_len, d), dt)
     out = ctx.alloc((b, t, h, d), dt)
     out5 = out.reshape(b, t, hk, g, d).transpose(0, 2, 3, 1, 4)  # (B, Hkv, G, T, D) view
     lse = ctx.alloc((b, hk, g, t), dt)  # kept for the backward
     rows = block_rows(b, h, t, s_len, block, causal)
+    group = seq_group(h, rows, s_len)
 
-    def images(b0: int, b1: int) -> None:  # every block of sequences [b0, b1)
-        nb, k0, k1 = b1 - b0, b0 * hk, b1 * hk
-        qs, ks, vs = q[b0:b1], _kv(k[b0:b1], kh[k0:k1]), _kv(v[b0:b1], vh[k0:k1])
-        for i0 in range(0, t, rows):
-            i1 = min(t, i0 + rows)
-            n = i1 - i0
-            sc, qb, kend = _scores(ctx, qs, ks, hk, i0, i1, causal, scale)
-            m = sc.max(axis=2, keepdims=True)
-            sc -= m
-            np.exp(sc, out=sc)
-            tot = sc.sum(axis=2, keepdims=True)
-            ob = np.matmul(sc, vs[:, :kend], out=qb)  # qb is free now: a block out's shape
-            ob /= tot
-            out5[b0:b1, :, :, i0:i1] = ob.reshape(nb, hk, g, n, d)
-            np.log(tot, out=tot)
-            tot += m
-            lse[b0:b1, :, :, i0:i1] = tot.reshape(nb, hk, g, n)
+    def images(b0: int, b1: int) -> None:  # every block of sequences [b0, b1), by groups
+        kh = ctx.pool.alloc((min(group, b1 - b0) * hk, s_len, d), dt)
+        vh = ctx.pool.alloc(kh.shape, dt)
+        for c0 in range(b0, b1, group):
+            c1 = min(b1, c0 + group)
+            nb = c1 - c0
+            qs, ks, vs = q[c0:c1], _kv(k[c0:c1], kh[:nb * hk]), _kv(v[c0:c1], vh[:nb * hk])
+            for i0 in range(0, t, rows):
+                i1 = min(t, i0 + rows)
+                n = i1 - i0
+                sc, qb, kend = _scores(ctx, qs, ks, hk, i0, i1, causal, scale)
+                m = sc.max(axis=2, keepdims=True)
+                sc -= m
+                np.exp(sc, out=sc)
+                tot = sc.sum(axis=2, keepdims=True)
+                ob = np.matmul(sc, vs[:, :kend], out=qb)  # qb is free now: a block out's shape
+                ob /= tot
+                out5[c0:c1, :, :, i0:i1] = ob.reshape(nb, hk, g, n, d)
+                np.log(tot, out=tot)
+                tot += m
+                lse[c0:c1, :, :, i0:i1] = tot.reshape(nb, hk, g, n)
 
     parallel_for(b, images, _work(b, h, t, s_len, d, causal))
     ctx.lse, ctx.scale, ctx.rows, ctx.grads = lse, scale, rows, None
@@ -164,43 +180,44 @@ def _attn_grads(ctx: Ctx, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     gq = h // hk
     dt, scale, lse, rows = q.dtype, ctx.scale, ctx.lse, ctx.rows
     pool = ctx.pool
-    kh = pool.alloc((b * hk, s_len, d), dt)
-    vh = pool.alloc((b * hk, s_len, d), dt)
     dq, dk, dv = (pool.alloc(a.shape, a.dtype) for a in (q, k, v))  # recycled buffers
     dq5 = dq.reshape(b, t, hk, gq, d).transpose(0, 2, 3, 1, 4)  # (B, Hkv, G, T, D) view
-    dkh = pool.alloc((b * hk, s_len, d), dt)
-    dvh = pool.alloc((b * hk, s_len, d), dt)
+    group = seq_group(h, rows, s_len)
 
-    def images(b0: int, b1: int) -> None:  # every block of sequences [b0, b1)
-        nb, k0, k1 = b1 - b0, b0 * hk, b1 * hk
-        qs, gs = q[b0:b1], g[b0:b1]
-        ks, vs = _kv(k[b0:b1], kh[k0:k1]), _kv(v[b0:b1], vh[k0:k1])
-        dks, dvs = dkh[k0:k1], dvh[k0:k1]
-        dks.fill(0)
-        dvs.fill(0)
-        delta = np.einsum("bthd,bthd->bth", gs, o[b0:b1])  # rowsum(dO * O), no temporary
-        delta = delta.reshape(nb, t, hk, gq).transpose(0, 2, 3, 1)  # (nb, Hkv, G, T)
-        bh = nb * hk
-        gb = pool.alloc((bh, gq * rows, d), dt)
-        for i0 in range(0, t, rows):
-            i1 = min(t, i0 + rows)
-            n = i1 - i0
-            p, qb, kend = _scores(ctx, qs, ks, hk, i0, i1, causal, scale)  # qb: scaled
-            p -= lse[b0:b1, :, :, i0:i1].reshape(bh, gq * n, 1)
-            np.exp(p, out=p)
-            gbn = gb[:, :gq * n]
-            np.copyto(gbn.reshape(nb, hk, gq, n, d), _rows(gs, hk, i0, i1))
-            dvs[:, :kend] += np.matmul(p.transpose(0, 2, 1), gbn)
-            dp = np.matmul(gbn, vs[:, :kend].transpose(0, 2, 1))
-            dp -= delta[:, :, :, i0:i1].reshape(bh, gq * n, 1)
-            dp *= p  # dS / scale: the scale goes into the (n, D) and (kend, D) products
-            del p
-            dqb = np.matmul(dp, ks[:, :kend], out=gbn)  # gbn is free now
-            np.multiply(dqb.reshape(nb, hk, gq, n, d), scale, out=dq5[b0:b1, :, :, i0:i1])
-            dks[:, :kend] += np.matmul(dp.transpose(0, 2, 1), qb)  # qb carries the scale
-            del dp, qb
-        np.copyto(dk[b0:b1].transpose(0, 2, 1, 3), dks.reshape(nb, hk, s_len, d))
-        np.copyto(dv[b0:b1].transpose(0, 2, 1, 3), dvs.reshape(nb, hk, s_len, d))
+    def images(b0: int, b1: int) -> None:  # every block of sequences [b0, b1), by groups
+        kv_shape = (min(group, b1 - b0) * hk, s_len, d)
+        kh, vh, dkh, dvh = (pool.alloc(kv_shape, dt) for _ in range(4))
+        gb = pool.alloc((kv_shape[0], gq * rows, d), dt)
+        for c0 in range(b0, b1, group):
+            c1 = min(b1, c0 + group)
+            nb = c1 - c0
+            bh = nb * hk
+            qs, gs = q[c0:c1], g[c0:c1]
+            ks, vs = _kv(k[c0:c1], kh[:bh]), _kv(v[c0:c1], vh[:bh])
+            dks, dvs = dkh[:bh], dvh[:bh]
+            dks.fill(0)
+            dvs.fill(0)
+            delta = np.einsum("bthd,bthd->bth", gs, o[c0:c1])  # rowsum(dO * O), no temporary
+            delta = delta.reshape(nb, t, hk, gq).transpose(0, 2, 3, 1)  # (nb, Hkv, G, T)
+            for i0 in range(0, t, rows):
+                i1 = min(t, i0 + rows)
+                n = i1 - i0
+                p, qb, kend = _scores(ctx, qs, ks, hk, i0, i1, causal, scale)  # qb: scaled
+                p -= lse[c0:c1, :, :, i0:i1].reshape(bh, gq * n, 1)
+                np.exp(p, out=p)
+                gbn = gb[:bh, :gq * n]
+                np.copyto(gbn.reshape(nb, hk, gq, n, d), _rows(gs, hk, i0, i1))
+                dvs[:, :kend] += np.matmul(p.transpose(0, 2, 1), gbn)
+                dp = np.matmul(gbn, vs[:, :kend].transpose(0, 2, 1))
+                dp -= delta[:, :, :, i0:i1].reshape(bh, gq * n, 1)
+                dp *= p  # dS / scale: the scale goes into the (n, D) and (kend, D) products
+                del p
+                dqb = np.matmul(dp, ks[:, :kend], out=gbn)  # gbn is free now
+                np.multiply(dqb.reshape(nb, hk, gq, n, d), scale, out=dq5[c0:c1, :, :, i0:i1])
+                dks[:, :kend] += np.matmul(dp.transpose(0, 2, 1), qb)  # qb carries the scale
+                del dp, qb
+            np.copyto(dk[c0:c1].transpose(0, 2, 1, 3), dks.reshape(nb, hk, s_len, d))
+            np.copyto(dv[c0:c1].transpose(0, 2, 1, 3), dvs.reshape(nb, hk, s_len, d))
 
     parallel_for(b, images, 2 * _work(b, h, t, s_len, d, causal))
     ctx.grads = (dq, dk, dv)

@@ -2,6 +2,8 @@
 training BatchNorm (+ ReLU) against
 PyTorch's forward and gradients (float64, so tolerances are tight)."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,16 @@ def test_attention_matches_torch(b, t, h, hk, d, causal, block):
     v = rng.standard_normal((b, t, hk, d))
     run_both(lambda q_, k_, v_: attention(q_, k_, v_, causal=causal, block=block),
              lambda q_, k_, v_: torch_attention(q_, k_, v_, causal), [q, k, v], (0, 1, 2))
+
+
+def test_attention_in_groups_of_sequences_matches_torch(monkeypatch):
+    # one group holds 2 of the 5 sequences (2, 2, then a ragged 1), forward and backward
+    monkeypatch.setattr(sys.modules["fedcore.engine.attention"], "GROUP_ELEMS", 2 * 4 * 3 * 9)
+    q = rng.standard_normal((5, 9, 4, 8))
+    k = rng.standard_normal((5, 9, 2, 8))
+    v = rng.standard_normal((5, 9, 2, 8))
+    run_both(lambda q_, k_, v_: attention(q_, k_, v_, causal=True, block=3),
+             lambda q_, k_, v_: torch_attention(q_, k_, v_, True), [q, k, v], (0, 1, 2))
 
 
 def test_attention_blocks_shrink_as_sequences_grow():
