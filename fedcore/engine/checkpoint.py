@@ -19,6 +19,9 @@ the forward and the backward raises `MutationError`, as for any saved value. Und
 the same input row only: a norm, a feed-forward), one block of rows at a time, in the forward
 and in the backward: only one block's activations ever exist (a transformer's feed-forward
 holds ROW_ELEMS-sized blocks of its hidden layer instead of the whole batch's).
+`checkpoint_batch(fn, x)` does the same over the items of the leading axis for an `fn` that
+never mixes two items (a transformer block over a batch of sequences): its backward
+recomputes a few sequences at a time, so one group's attention activations exist at once.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from .ops import Operand, tensor
 from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad
 from .var import Var
 
-__all__ = ["ROW_ELEMS", "Checkpoint", "RowCheckpoint", "checkpoint", "checkpoint_rows"]
+__all__ = ["BATCH_ELEMS", "ROW_ELEMS", "Checkpoint", "RowCheckpoint", "checkpoint",
+           "checkpoint_batch", "checkpoint_rows"]
 
 #: elements of the widest activation one block of `checkpoint_rows` holds (512 KiB of
 #: float32). Smaller blocks cost more Python-level calls (the LoRA benchmark step took 1.2x
@@ -42,6 +46,11 @@ __all__ = ["ROW_ELEMS", "Checkpoint", "RowCheckpoint", "checkpoint", "checkpoint
 #: loss's at every size from 1 << 15 to 1 << 19; the process's peak RSS moved between 79 and
 #: 90 MB with glibc's heap layout, lowest at this size.
 ROW_ELEMS = 1 << 17
+
+#: input elements one group of `checkpoint_batch` recomputes (256 KiB of float32: two
+#: sequences of the tiny GPT's batch at T 128, d 256). Activations of a transformer block
+#: are a few times its input per sequence, so one group holds ~1/4 of the batch's.
+BATCH_ELEMS = 1 << 16
 
 
 def _never(*_: Any) -> None:  # a checkpoint's forward is its `fn`, not a kernel
@@ -122,13 +131,16 @@ def checkpoint(fn: Callable[..., Tensor], *inputs: Operand) -> Tensor:
 
 class RowCheckpoint(Checkpoint):
     """The node of a `checkpoint_rows` result: backward recomputes and differentiates `fn`
-    one block of `rows` rows at a time and assembles the input's gradient."""
+    one block of `rows` rows at a time and assembles the input's gradient. `flat`: the rows
+    are those of the input with its leading axes flattened (`checkpoint_rows`); else the
+    items of its leading axis, each whole (`checkpoint_batch`)."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "flat")
 
-    def __init__(self, fn: Callable[..., Tensor], inp: Tensor, rows: int):
+    def __init__(self, fn: Callable[..., Tensor], inp: Tensor, rows: int, flat: bool = True):
         super().__init__(fn, (inp,))
         self.rows = rows
+        self.flat = flat
 
     def backprop(self, eng: Any, gvar: Var) -> list[Var | None]:
         """Per block: recompute with recording on, propagate that block's gradient rows."""
@@ -141,15 +153,21 @@ class RowCheckpoint(Checkpoint):
         eng.wait_for_var(gvar)
         _check_saved("checkpoint", saved)
         shape = var.data.shape
-        x = var.data.reshape(-1, shape[-1])
-        g = gvar.data.reshape(-1, gvar.data.shape[-1])
+        x, g = var.data, gvar.data
+        if self.flat:
+            x, g = x.reshape(-1, shape[-1]), g.reshape(-1, g.shape[-1])
         need = self.parents[0] is not None
         dx = eng.pool.alloc(x.shape, x.dtype) if need else None
         for i0 in range(0, len(x), self.rows):
             i1 = min(len(x), i0 + self.rows)
             sink = _Sink() if need else None
             with enable_grad():
-                root = _recomputed(eng, fn(Tensor._wrap(Var(x[i0:i1], "rows"), sink)))
+                out = fn(Tensor._wrap(Var(x[i0:i1], "rows"), sink))
+                if not self.flat and (not isinstance(out, Tensor) or out.shape[:1] != (i1 - i0,)):
+                    raise ValueError("checkpoint_batch: fn must map each item of the leading "
+                                     "axis to one item of its result")
+                root = _recomputed(eng, out)
+                del out
             got = {} if root is None else propagate(root, Var(g[i0:i1], "grad"),
                                                      {sink} if need else frozenset())
             if dx is not None:
@@ -189,3 +207,31 @@ def checkpoint_rows(fn: Callable[[Tensor], Tensor], x: Operand, width: int) -> T
     if is_grad_enabled():
         res._node = RowCheckpoint(fn, t, rows)
     return res
+
+
+def checkpoint_batch(fn: Callable[[Tensor], Tensor], x: Operand,
+                     item_elems: int | None = None) -> Tensor:
+    """`fn(x)` for an `fn` that treats each item of x's leading axis (a sequence of a batch)
+    on its own, keeping only x as `checkpoint` does; the backward recomputes and
+    differentiates `fn` a group of items at a time (BATCH_ELEMS elements per group, at
+    least one item; an item counts `item_elems`, default its size in x: token ids would
+    count their embedded width), so one group's activations exist at once, not the whole
+    batch's. The parameters' gradients are the sums of the groups' (the same values, summed
+    in a different order)."""
+    if _tracing.hook is not None or not is_grad_enabled():
+        return fn(x)
+    t = tensor(x)
+    with no_grad():
+        out = fn(t)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"checkpoint_batch: fn must return a Tensor, got {type(out).__name__}")
+    if t.ndim == 0 or out.shape[:1] != t.shape[:1]:
+        raise ValueError(f"checkpoint_batch: fn must keep the leading axis, got {t.shape} -> "
+                         f"{out.shape}")
+    if out._node is not None or out is t:
+        out = Tensor._wrap(out._var)  # the node goes on a fresh handle, never on the input's
+    if item_elems is None:
+        item_elems = t.size // max(1, t.shape[0])
+    items = max(1, BATCH_ELEMS // max(1, int(item_elems)))
+    out._node = RowCheckpoint(fn, t, items, flat=False)
+    return out

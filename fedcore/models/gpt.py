@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engine import Tensor, checkpoint, reshape
+from ..engine import Tensor, reshape
+from ..engine.checkpoint import checkpoint_batch
 from ..engine.ops import Operand, tensor
 from ..nn import DecoderBlock, Embedding, Module, RMSNorm, TiedHead
 from .registry import register_model
@@ -37,10 +38,11 @@ class TinyGPT(Module):
     sequence length works); the output head is the embedding table itself (weight tying).
     `adapt(path, block)` is called on each decoder block as soon as it is built (LoRA
     adapters, stored weights: see `tiny_gpt`). `checkpoint="blocks"`: a training step keeps
-    only each block's input and recomputes the block in the backward pass
-    (`fedcore.engine.checkpoint`), its feed-forward a block of rows at a time: one block's
-    attention activations and a few rows of its feed-forward live at a time, for a second
-    forward pass of the blocks (the feed-forward: a third).
+    only each block's input (the first block's: the token ids, the lookup is recomputed) and
+    recomputes the block in the backward pass a few sequences at a time
+    (`fedcore.engine.checkpoint.checkpoint_batch`), its feed-forward a block of rows at a
+    time: one group's attention activations and a few rows of its feed-forward live at a
+    time, for a second forward pass of the blocks (the feed-forward: a third).
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
@@ -72,9 +74,19 @@ class TinyGPT(Module):
 
     def forward(self, tokens: Operand) -> Tensor:
         """Logits for every position of every sequence."""
-        h = self.embed(tensor(tokens))
-        for block in self.blocks:
-            h = checkpoint(block, h) if self.checkpoint == "blocks" else block(h)
+        ids = tensor(tokens)
+        blocks = list(self.blocks)
+        if self.checkpoint == "blocks" and ids.ndim == 2 and blocks:
+            # the first block recomputes from the token ids: the lookup is cheap, and its
+            # (B, T, d) output is then not kept for the backward pass
+            h = checkpoint_batch(lambda t: blocks[0](self.embed(t)), ids,
+                                 ids.shape[1] * self.d_model)
+            for block in blocks[1:]:
+                h = checkpoint_batch(block, h)
+        else:
+            h = self.embed(ids)
+            for block in blocks:
+                h = block(h)
         return self.head(reshape(self.norm(h), -1, self.d_model))
 
 

@@ -59,12 +59,21 @@ def row_blocks(monkeypatch):
     monkeypatch.setattr(checkpoint_mod, "ROW_ELEMS", 5 * GPT["hidden"])
 
 
+@pytest.fixture
+def sequence_groups(monkeypatch):
+    """Blocks recomputed one sequence at a time (a sequence is 12 x 32 elements)."""
+    monkeypatch.setattr(checkpoint_mod, "BATCH_ELEMS", 12 * GPT["embed_dim"])
+
+
 @pytest.mark.parametrize("lora", [None, LORA, {**LORA, "freeze_a": True}],
                          ids=["full", "lora-int8", "lora-int8-ffa"])
 @pytest.mark.parametrize("rows", [False, True], ids=["rows-whole", "rows-5"])
-def test_checkpointed_blocks_give_the_recorded_gradients(lora, rows, request):
+@pytest.mark.parametrize("groups", [False, True], ids=["batch-whole", "one-sequence"])
+def test_checkpointed_blocks_give_the_recorded_gradients(lora, rows, groups, request):
     if rows:
         request.getfixturevalue("row_blocks")
+    if groups:
+        request.getfixturevalue("sequence_groups")
     ref_losses, ref = _grads("none", lora)
     losses, got = _grads("blocks", lora)
     assert np.allclose(losses, ref_losses, rtol=1e-6)
@@ -170,6 +179,35 @@ def test_row_blocks_give_the_whole_batch_result_and_gradients(monkeypatch):
         results.append((out.data.copy(), x.grad.copy(), w.grad.copy()))
     for a, b in zip(*results, strict=True):
         _close(a, b)
+
+
+def test_batch_groups_give_the_whole_batch_result_and_gradients(monkeypatch):
+    monkeypatch.setattr(checkpoint_mod, "BATCH_ELEMS", 24)  # 2 items of 4 x 3 per group
+    rng = np.random.default_rng(0)
+    w = Tensor(rng.standard_normal((12, 12)).astype(np.float32), requires_grad=True)
+    x0 = rng.standard_normal((5, 4, 3)).astype(np.float32)  # groups of 2, 2, then 1
+
+    def fn(t: Tensor) -> Tensor:  # mixes the rows of an item, never two items
+        n = t.shape[0]
+        return reshape(tanh(matmul(reshape(t, n, 12), w)), n, 4, 3)
+
+    results = []
+    for grouped in (False, True):
+        w._grad = None
+        x = Tensor(x0, requires_grad=True)
+        h = mul(x, 1.5)
+        out = checkpoint_mod.checkpoint_batch(fn, h) if grouped else fn(h)
+        assert out.shape == (5, 4, 3)
+        (out * out).sum().backward()
+        results.append((out.data.copy(), x.grad.copy(), w.grad.copy()))
+    for a, b in zip(*results, strict=True):
+        _close(a, b)
+
+
+def test_a_batch_checkpoint_must_keep_the_leading_axis():
+    x = Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match="leading axis"):
+        checkpoint_mod.checkpoint_batch(lambda t: reshape(t, 3, 2), x)
 
 
 def test_a_planned_step_traces_through_checkpoints(row_blocks):
