@@ -61,6 +61,7 @@ from .conv import avg_pool2d, conv2d, conv_output_size, max_pool2d  # noqa: E402
 from .depthwise import depthwise_conv2d, global_avg_pool2d  # noqa: E402
 from .norm import (  # noqa: E402
     batch_moments,
+    batch_moments_centred,
     batch_norm,
     batch_norm_apply,
     batch_norm_train,
@@ -72,9 +73,9 @@ from .ops_nn import dropout, embedding, gelu, sigmoid, silu, softmax, swiglu, ta
 from .rnn import gru, lstm  # noqa: E402
 
 __all__ += [
-    "attention", "avg_pool2d", "batch_moments", "batch_norm", "batch_norm_apply",
-    "batch_norm_train", "checkpoint", "conv2d", "conv_output_size", "default_float",
-    "depthwise_conv2d", "dropout", "embedding",
+    "attention", "avg_pool2d", "batch_moments", "batch_moments_centred", "batch_norm",
+    "batch_norm_apply", "batch_norm_train", "checkpoint", "conv2d", "conv_output_size",
+    "default_float", "depthwise_conv2d", "dropout", "embedding",
     "float64_mode", "gelu", "global_avg_pool2d", "gru", "layer_norm", "lstm", "max_pool2d",
     "rms_norm", "rope", "running_moments_update_", "sigmoid", "silu", "softmax", "swiglu",
     "tanh",

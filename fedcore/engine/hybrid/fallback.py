@@ -28,7 +28,8 @@ __all__ = ["RECOMPUTABLE", "ReplayCtx", "fallback_cost", "fallback_fwd", "fallba
 #: primitives without a planned kernel whose forward is a pure function of its inputs and
 #: params, so the planner may run it again in backward (never dropout: it draws randoms)
 RECOMPUTABLE = {"conv2d", "max_pool2d", "avg_pool2d", "tanh", "sigmoid", "gelu", "softmax",
-                "batch_moments", "batch_norm", "batch_norm_train", "batch_norm_relu",
+                "batch_moments", "batch_moments_centred", "batch_norm", "batch_norm_train",
+                "batch_norm_relu",
                 "layer_norm", "embedding", "attention", "rope",
                 "rms_norm", "silu", "swiglu", "matmul_nt", "depthwise_conv2d",
                 "global_avg_pool2d"}

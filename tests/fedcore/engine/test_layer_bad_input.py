@@ -8,6 +8,7 @@ import pytest
 from fedcore.engine import (
     Tensor,
     batch_norm,
+    batch_norm_train,
     conv2d,
     dropout,
     embedding,
@@ -16,6 +17,7 @@ from fedcore.engine import (
     layer_norm,
     lstm,
     max_pool2d,
+    running_moments_update_,
 )
 
 
@@ -79,6 +81,11 @@ def test_norm_errors():
         layer_norm(z(2, 4), z(4), z(5))
     with raises(ValueError, "batch_norm: evaluation mode needs running statistics"):
         batch_norm(z(8, 4), z(4), z(4), training=False)
+    with raises(ValueError, "batch_norm: statistics (3, 4) must be (2, 4) [mean, var] or "
+                "(2 + 8, 4) [mean, var, x - mean] for input (8, 4)"):
+        batch_norm_train(z(8, 4), z(3, 4), z(4), z(4))
+    with raises(ValueError, "running_moments_update_: running (2, 4) vs batch (1, 4)"):
+        running_moments_update_(Tensor(z(2, 4)), z(1, 4), 0.1, 8)
 
 
 def test_rnn_errors():

@@ -10,11 +10,15 @@ import pytest
 from fedcore.engine import (
     Tensor,
     attention,
+    batch_moments,
+    batch_moments_centred,
     batch_norm,
+    batch_norm_train,
     depthwise_conv2d,
     float64_mode,
     global_avg_pool2d,
     matmul_nt,
+    no_grad,
     rms_norm,
     rope,
     silu,
@@ -185,3 +189,34 @@ def test_training_batch_norm_matches_torch(relu, shape):
              [x, gamma, beta], (0, 1, 2))
     np.testing.assert_allclose(running.data, np.stack([t_mean.numpy(), t_var.numpy()]),
                                rtol=1e-9)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("centred", [False, True])
+def test_batch_norm_train_on_plain_or_centred_moments_matches_torch(centred, relu):
+    # (2, C) moments: the op subtracts the mean itself (and its backward reuses that buffer);
+    # batch_moments_centred's (2 + M, C) rows hand it x - mean: the same values, gradients
+    x = rng.standard_normal((3, 4, 5, 6)) * 2 - 3
+    gamma, beta = rng.standard_normal(6), rng.standard_normal(6)
+
+    def fe(x_, g_, b_):
+        with no_grad():
+            stats = (batch_moments_centred if centred else batch_moments)(x_)
+        return batch_norm_train(x_, stats, g_, b_, relu=relu)
+
+    def th(x_, g_, b_):
+        out = torch.nn.functional.batch_norm(x_.movedim(-1, 1), None, None, g_, b_,
+                                             training=True).movedim(1, -1)
+        return torch.relu(out) if relu else out
+
+    run_both(fe, th, [x, gamma, beta], (0, 1, 2))
+
+
+def test_centred_moments_are_mean_var_then_x_minus_mean():
+    x = rng.standard_normal((4, 3, 5)) + 2
+    with float64_mode():
+        out = batch_moments_centred(Tensor(x)).data
+    flat = x.reshape(-1, 5)
+    np.testing.assert_allclose(out[0], flat.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(out[1], flat.var(0), rtol=1e-12)
+    np.testing.assert_allclose(out[2:], flat - flat.mean(0), rtol=1e-12, atol=1e-12)
