@@ -182,14 +182,17 @@ class RowCheckpoint(Checkpoint):
 
 def checkpoint_rows(fn: Callable[[Tensor], Tensor], x: Operand, width: int) -> Tensor:
     """`fn(x)` for a row-wise `fn`, over blocks of rows of x (its leading axes flattened):
-    ROW_ELEMS // width rows each, `width` being the widest activation's features per row
-    (see the module docstring). `fn` gets and returns 2-D blocks."""
+    at most ROW_ELEMS // width rows each, `width` being the widest activation's features per
+    row (see the module docstring), the rows shared evenly among the fewest blocks (256 rows
+    under a limit of 190 go as 128 + 128, not 190 + 66: the same calls, a smaller largest
+    block). `fn` gets and returns 2-D blocks."""
     if _tracing.hook is not None:
         return fn(x)
     t = tensor(x)
     arr = t.data
     flat = arr.reshape(-1, arr.shape[-1])
-    rows = max(1, ROW_ELEMS // max(1, int(width)))
+    blocks = max(1, -(-len(flat) // max(1, ROW_ELEMS // max(1, int(width)))))  # ceil
+    rows = max(1, -(-len(flat) // blocks))
     out = None
     with no_grad():
         for i0 in range(0, len(flat), rows):

@@ -181,6 +181,21 @@ def test_row_blocks_give_the_whole_batch_result_and_gradients(monkeypatch):
         _close(a, b)
 
 
+def test_row_blocks_share_the_rows_evenly(monkeypatch):
+    monkeypatch.setattr(checkpoint_mod, "ROW_ELEMS", 20)  # at most 5 rows of width 4
+    seen = []
+
+    def fn(t: Tensor) -> Tensor:
+        seen.append(t.shape[0])
+        return mul(t, 2.0)
+
+    x = Tensor(np.ones((2, 4, 4), np.float32), requires_grad=True)
+    out = checkpoint_mod.checkpoint_rows(fn, x, 4)
+    out.sum().backward()
+    assert seen == [4, 4, 4, 4]  # forward, then backward: two blocks of 4, not 5 + 3
+    np.testing.assert_array_equal(x.grad, np.full((2, 4, 4), 2.0))
+
+
 def test_batch_groups_give_the_whole_batch_result_and_gradients(monkeypatch):
     monkeypatch.setattr(checkpoint_mod, "BATCH_ELEMS", 24)  # 2 items of 4 x 3 per group
     rng = np.random.default_rng(0)
