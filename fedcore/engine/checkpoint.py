@@ -133,14 +133,17 @@ class RowCheckpoint(Checkpoint):
     """The node of a `checkpoint_rows` result: backward recomputes and differentiates `fn`
     one block of `rows` rows at a time and assembles the input's gradient. `flat`: the rows
     are those of the input with its leading axes flattened (`checkpoint_rows`); else the
-    items of its leading axis, each whole (`checkpoint_batch`)."""
+    items of its leading axis, each whole (`checkpoint_batch`). `donate`: the input's buffer
+    becomes its gradient, each block of rows overwritten once its recomputation is done."""
 
-    __slots__ = ("rows", "flat")
+    __slots__ = ("rows", "flat", "donate")
 
-    def __init__(self, fn: Callable[..., Tensor], inp: Tensor, rows: int, flat: bool = True):
+    def __init__(self, fn: Callable[..., Tensor], inp: Tensor, rows: int, flat: bool = True,
+                 donate: bool = False):
         super().__init__(fn, (inp,))
         self.rows = rows
         self.flat = flat
+        self.donate = donate
 
     def backprop(self, eng: Any, gvar: Var) -> list[Var | None]:
         """Per block: recompute with recording on, propagate that block's gradient rows."""
@@ -157,7 +160,8 @@ class RowCheckpoint(Checkpoint):
         if self.flat:
             x, g = x.reshape(-1, shape[-1]), g.reshape(-1, g.shape[-1])
         need = self.parents[0] is not None
-        dx = eng.pool.alloc(x.shape, x.dtype) if need else None
+        donate = need and self.donate and x.dtype.kind == "f"
+        dx = x if donate else eng.pool.alloc(x.shape, x.dtype) if need else None
         for i0 in range(0, len(x), self.rows):
             i1 = min(len(x), i0 + self.rows)
             sink = _Sink() if need else None
@@ -172,11 +176,15 @@ class RowCheckpoint(Checkpoint):
                                                      {sink} if need else frozenset())
             if dx is not None:
                 part = got.get(sink)
+                if donate and eng.asynchronous:  # nothing may still read these input rows
+                    eng.wait_all()
                 if part is None:
                     dx[i0:i1] = 0
                 else:
                     eng.wait_for_var(part)
                     dx[i0:i1] = part.data
+        if donate:  # whatever else kept the input would now see a MutationError
+            var.bump("checkpoint_batch (input donated to its gradient)")
         return [None if dx is None else Var(dx.reshape(shape), "grad")]
 
 
@@ -213,14 +221,16 @@ def checkpoint_rows(fn: Callable[[Tensor], Tensor], x: Operand, width: int) -> T
 
 
 def checkpoint_batch(fn: Callable[[Tensor], Tensor], x: Operand,
-                     item_elems: int | None = None) -> Tensor:
+                     item_elems: int | None = None, donate: bool = False) -> Tensor:
     """`fn(x)` for an `fn` that treats each item of x's leading axis (a sequence of a batch)
     on its own, keeping only x as `checkpoint` does; the backward recomputes and
     differentiates `fn` a group of items at a time (BATCH_ELEMS elements per group, at
     least one item; an item counts `item_elems`, default its size in x: token ids would
     count their embedded width), so one group's activations exist at once, not the whole
     batch's. The parameters' gradients are the sums of the groups' (the same values, summed
-    in a different order)."""
+    in a different order). `donate=True`: x is the caller's to give (an intermediate nothing
+    else reads after this call): the backward writes x's gradient over x, a group at a time,
+    instead of holding both."""
     if _tracing.hook is not None or not is_grad_enabled():
         return fn(x)
     t = tensor(x)
@@ -236,5 +246,5 @@ def checkpoint_batch(fn: Callable[[Tensor], Tensor], x: Operand,
     if item_elems is None:
         item_elems = t.size // max(1, t.shape[0])
     items = max(1, BATCH_ELEMS // max(1, int(item_elems)))
-    out._node = RowCheckpoint(fn, t, items, flat=False)
+    out._node = RowCheckpoint(fn, t, items, flat=False, donate=donate)
     return out

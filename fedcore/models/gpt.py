@@ -81,8 +81,8 @@ class TinyGPT(Module):
             # (B, T, d) output is then not kept for the backward pass
             h = checkpoint_batch(lambda t: blocks[0](self.embed(t)), ids,
                                  ids.shape[1] * self.d_model)
-            for block in blocks[1:]:
-                h = checkpoint_batch(block, h)
+            for block in blocks[1:]:  # h is the block before's: its buffer takes its gradient
+                h = checkpoint_batch(block, h, donate=True)
         else:
             h = self.embed(ids)
             for block in blocks:
