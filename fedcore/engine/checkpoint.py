@@ -220,31 +220,51 @@ def checkpoint_rows(fn: Callable[[Tensor], Tensor], x: Operand, width: int) -> T
     return res
 
 
+def _check_items(out: Any, n: int) -> None:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"checkpoint_batch: fn must return a Tensor, got {type(out).__name__}")
+    if out.shape[:1] != (n,):
+        raise ValueError(f"checkpoint_batch: fn must keep the leading axis: {n} items in, "
+                         f"got {out.shape}")
+
+
 def checkpoint_batch(fn: Callable[[Tensor], Tensor], x: Operand,
                      item_elems: int | None = None, donate: bool = False) -> Tensor:
     """`fn(x)` for an `fn` that treats each item of x's leading axis (a sequence of a batch)
     on its own, keeping only x as `checkpoint` does; the backward recomputes and
     differentiates `fn` a group of items at a time (BATCH_ELEMS elements per group, at
     least one item; an item counts `item_elems`, default its size in x: token ids would
-    count their embedded width), so one group's activations exist at once, not the whole
-    batch's. The parameters' gradients are the sums of the groups' (the same values, summed
-    in a different order). `donate=True`: x is the caller's to give (an intermediate nothing
-    else reads after this call): the backward writes x's gradient over x, a group at a time,
-    instead of holding both."""
+    count their embedded width), and the forward runs by the same groups, so one group's
+    activations exist at once, not the whole batch's. The parameters' gradients are the
+    sums of the groups' (the same values, summed in a different order). `donate=True`: x is
+    the caller's to give (an intermediate nothing else reads after this call): the backward
+    writes x's gradient over x, a group at a time, instead of holding both."""
     if _tracing.hook is not None or not is_grad_enabled():
         return fn(x)
     t = tensor(x)
-    with no_grad():
-        out = fn(t)
-    if not isinstance(out, Tensor):
-        raise TypeError(f"checkpoint_batch: fn must return a Tensor, got {type(out).__name__}")
-    if t.ndim == 0 or out.shape[:1] != t.shape[:1]:
-        raise ValueError(f"checkpoint_batch: fn must keep the leading axis, got {t.shape} -> "
-                         f"{out.shape}")
-    if out._node is not None or out is t:
-        out = Tensor._wrap(out._var)  # the node goes on a fresh handle, never on the input's
+    if t.ndim == 0:
+        raise ValueError("checkpoint_batch: x needs a leading axis, got a scalar")
+    n = t.shape[0]
     if item_elems is None:
-        item_elems = t.size // max(1, t.shape[0])
+        item_elems = t.size // max(1, n)
     items = max(1, BATCH_ELEMS // max(1, int(item_elems)))
+    if items >= n:
+        with no_grad():
+            out = fn(t)
+        _check_items(out, n)
+        if out._node is not None or out is t:
+            out = Tensor._wrap(out._var)  # the node goes on a fresh handle, not the input's
+    else:  # the forward by groups too: its activations are one group's at a time
+        arr, res = t.data, None
+        with no_grad():
+            for i0 in range(0, n, items):
+                i1 = min(n, i0 + items)
+                y = fn(Tensor._wrap(Var(arr[i0:i1], "items")))
+                _check_items(y, i1 - i0)
+                if res is None:
+                    res = get_engine().pool.alloc((n, *y.shape[1:]), y.dtype)
+                res[i0:i1] = y.data
+                del y
+        out = Tensor._wrap(Var(res, "checkpoint_batch"))
     out._node = RowCheckpoint(fn, t, items, flat=False, donate=donate)
     return out
