@@ -25,10 +25,12 @@ class Deployment:
     """The SuperLink and the submitted run: started in order, stopped in reverse."""
 
     def __init__(
-        self, work: Path, host: str, port: int, tls: Tls | None, public_control: bool = False
+        self, work: Path, host: str, port: int, tls: Tls | None, public_control: bool = False,
+        keep_state: bool = False,
     ) -> None:
         self.work, self.host, self.port, self.tls = work, host, port, tls
         self.public_control = public_control
+        self.keep_state = keep_state  # the SuperLink's state in a file in ``work``, not memory
         self.home = work / "flwr-home"
         self.superlink: FlowerProcess | None = None
         self.gateway: FlowerProcess | None = None  # the Fleet-only front, off loopback
@@ -58,7 +60,8 @@ class Deployment:
         )
 
         env = p.flower_env(self.home)
-        state = self.work / "superlink-state.db"
+        # in memory unless kept (``--logs``): a file costs the SuperLink 2-3x the CPU per call
+        state = self.work / "superlink-state.db" if self.keep_state else None
         # Off loopback only the Fleet API is public: the SuperLink (Fleet, Control and runtime
         # APIs on one port) listens on loopback behind the Fleet-only gateway.
         fronted = not p.is_loopback(self.host) and not self.public_control

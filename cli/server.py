@@ -1,7 +1,8 @@
 """``fedcore server SCENARIO``: a real Flower SuperLink running the scenario on real devices.
 
 It checks the scenario and the store, records a new run (runtime ``deployment``), starts
-``flower-superlink`` (no runtime ``uv sync``; state, logs and the app in a work folder),
+``flower-superlink`` (no runtime ``uv sync``; logs and the app in a work folder, its state in
+memory, or in that folder with ``--logs``),
 writes the Flower App (``deploy.appdir``) and submits it with ``flwr run --stream``. The
 ServerApp commits each round to the store; this command shows them as they land and stops
 the SuperLink when the run ends or fails. An interrupt (Ctrl-C, SIGTERM, SIGHUP) queues a pause
@@ -103,7 +104,8 @@ def server(
         typer.Option(
             "--logs",
             help="Keep the SuperLink's and `flwr run`'s logs, its state and the app in this "
-            "folder (default: a temporary folder, kept only if the run fails).",
+            "folder (default: a temporary folder, kept only if the run fails; the SuperLink's "
+            "state then stays in its memory, which is faster).",
         ),
     ] = None,
     as_json: Json = False,
@@ -186,7 +188,8 @@ def server(
             work.mkdir(parents=True, exist_ok=True)
             fed = prepared.scenario.federation
             start = time.perf_counter()
-            with Deployment(work, host, port, tls, public_control_api) as deployment:
+            with Deployment(work, host, port, tls, public_control_api,
+                            keep_state=logs is not None) as deployment:
                 deployment.start(settings, store, run_id)
                 _hint(address, prepared.scenario.data.dataset, fed.num_clients, tls)  # stderr
                 title = f"{prepared.scenario.name} (deployment on {address})"

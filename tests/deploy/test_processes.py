@@ -68,6 +68,9 @@ def test_tls_arguments_and_connection(tmp_path):
     ):
         assert args[args.index(option) + 1] == str(path)
     assert "--insecure" in p.superlink_args("127.0.0.1", 9092, tmp_path / "state.db", None)
+    kept = p.superlink_args("127.0.0.1", 9092, tmp_path / "state.db", None)
+    assert kept[kept.index("--database") + 1] == str(tmp_path / "state.db")
+    assert "--database" not in p.superlink_args("127.0.0.1", 9092, None, None)  # in memory
 
     node = p.supernode_args("127.0.0.1:9092", {"dataset": "digits"}, 9094, tls.ca_certfile)
     assert "--insecure" not in node
