@@ -27,6 +27,7 @@ from typing import Any  # torch is imported lazily, so its types are Any here
 
 import numpy as np
 
+from benchmarks.engine import fed_eager_step
 from benchmarks.memory_report import memory_report
 from benchmarks.modern import gpt_case, mobilenet_case
 from fedcore.engine import softmax_cross_entropy
@@ -125,12 +126,10 @@ def steps(torch: Any, case: str, compiled: bool = False
     topt = torch.optim.SGD(theirs.parameters(), lr=lr, momentum=0.9)
     ce = torch.nn.functional.cross_entropy
 
+    eager = fed_eager_step(ours, opt)
+
     def fedcore_step() -> float:
-        opt.zero_grad()
-        loss = softmax_cross_entropy(ours(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return eager(x, y)
 
     def compiled_step() -> float:
         return planned(x, y)

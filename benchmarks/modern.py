@@ -13,8 +13,10 @@ of the training steps (`engine_peak_mb`: model, optimizer state, activations and
 and the peak RSS once the model is built, before any step (`build_peak_mb`). WHAT is
 `gpt-fedcore`, `gpt-torch` (eager attention: the T x T scores materialised, as a PyTorch model
 written out by hand does), `gpt-torch-sdpa`, `lora-int8`, `lora-float32`, `lora-int8-ffa` (A
-frozen: B alone trains and travels) or `full`, with `--seq`, `--batch` and `--checkpoint
-blocks` (fedcore: each block recomputed in the backward pass, see `fedcore.engine.checkpoint`).
+frozen: B alone trains and travels) or `full`, with `--seq`, `--batch`, `--threads` (default 1;
+fedcore trains with the device's own step, `fedcore.nn.shards.train_step`, which cuts a batch
+into shards on several threads) and `--checkpoint blocks` (fedcore: each block recomputed in
+the backward pass, see `fedcore.engine.checkpoint`).
 """
 
 from __future__ import annotations
@@ -170,17 +172,19 @@ def _peak_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "none") -> dict:
-    """Build `what`, note the RSS, train `steps` steps, note the peak RSS."""
+def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "none",
+            threads: int = 1) -> dict:
+    """Build `what`, note the RSS, train `steps` steps on `threads` threads, note the peak
+    RSS."""
     out: dict = {"what": what, "seq": seq, "batch": batch, "checkpoint": checkpoint,
-                 "import_mb": _rss_mb()}
+                 "threads": threads, "import_mb": _rss_mb()}
     rng = np.random.default_rng(0)
     x = rng.integers(0, GPT["vocab_size"], (batch, seq))
     y = rng.integers(0, GPT["vocab_size"], (batch, seq)).reshape(-1)
     if what.startswith("gpt-torch"):
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         ours = build_model("tiny_gpt", seed=0, **GPT)
         model = gpt_torch(torch, ours, sdpa=what.endswith("sdpa"))
         del ours
@@ -192,11 +196,12 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
             torch.nn.functional.cross_entropy(model(tx), ty).backward()
             opt.step()
     else:
-        from fedcore.engine import get_engine, softmax_cross_entropy
+        from benchmarks.engine import fed_eager_step
+        from fedcore.engine import get_engine
         from fedcore.engine.parallel import set_num_threads
         from fedcore.optim import SGD
 
-        set_num_threads(1)
+        set_num_threads(threads)
         lora = None
         if what.startswith("lora"):
             lora = dict(rank=8, alpha=16, targets=["attn", "mlp"], base=what.split("-")[1],
@@ -210,10 +215,9 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
         pool = get_engine().pool
         out["model_mb"] = pool.live_bytes / 2**20
         pool.reset_peak()
+        step = fed_eager_step(model, opt)
         for _ in range(steps):
-            opt.zero_grad()
-            softmax_cross_entropy(model(x), y).backward()
-            opt.step()
+            step(x, y)
         out["engine_peak_mb"] = pool.peak_bytes / 2**20
     out["peak_mb"] = _peak_mb()
     return out
@@ -226,11 +230,13 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--checkpoint", choices=["none", "blocks"], default="none")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     what = "gpt-fedcore" if args.what == "full" else args.what
     if what.startswith("gpt-torch") and args.checkpoint != "none":
         ap.error("--checkpoint is fedcore's (the torch models keep every activation)")
-    print(json.dumps(measure(what, args.seq, args.batch, checkpoint=args.checkpoint)))
+    print(json.dumps(measure(what, args.seq, args.batch, checkpoint=args.checkpoint,
+                             threads=args.threads)))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedcore.engine import Tensor
 from fedcore.nn import Module
-from fedcore.objectives import Objective, clip_grad_norm, make_optimizer, objective
+from fedcore.nn.shards import train_step
+from fedcore.objectives import Objective, make_optimizer, objective
 from fedcore.settings import TrainSettings
 
 
@@ -42,7 +42,9 @@ def train_local(
     ``settings.max_grad_norm`` when set.
 
     Batches are reshuffled every epoch from ``seed`` so a client's work is reproducible.
-    The optimizer state (momentum) is local to the round, as in FedAvg. ``step`` (a compiled
+    The optimizer state (momentum) is local to the round, as in FedAvg. The eager step is
+    `fedcore.nn.shards.train_step` (what the benchmarks time): with several threads it may cut
+    a batch into shards that train side by side. ``step`` (a compiled
     `TrainStep`, see `client_runtime.compiled`) replaces the eager step when given: it owns
     the optimizer and takes ``(x, flat targets)``.
     """
@@ -66,14 +68,9 @@ def train_local(
             idx = order[lo : lo + settings.batch_size]
             if step is not None:
                 loss_sum += step(x[idx], y[idx].reshape(-1))
-            else:
-                optimizer.zero_grad()
-                loss = loss_fn.loss(model(Tensor(x[idx])), y[idx])
-                loss.backward()
-                if settings.max_grad_norm:
-                    clip_grad_norm(model, settings.max_grad_norm)
-                optimizer.step()
-                loss_sum += float(loss.data)
+            else:  # the engine's one eager step: on several cores, the batch in shards
+                loss_sum += train_step(model, loss_fn.loss, x[idx], y[idx], optimizer,
+                                       settings.max_grad_norm)
             if anchor is not None:  # FedProx's proximal term, applied as a decoupled step
                 flat = model.get_flat()
                 flat -= np.float32(settings.learning_rate * settings.proximal_mu) * (flat - anchor)

@@ -5,6 +5,9 @@ Built-ins: ``cross_entropy`` (labels; reports accuracy) and ``mse`` (float targe
 the mean absolute error). A user's loss is ``package.module:fn`` or a name in the
 ``fedcore.losses`` entry-point group (`LOSSES`); its metric is its ``metric`` attribute
 (``"accuracy"`` or ``"mae"``), else accuracy for integer labels and MAE for float targets.
+A loss that is a mean over the batch's rows, each row weighing the same, may say so with a
+``mean_over_rows = True`` attribute (the built-ins do): a step may then cut the batch into
+shards that run on several cores (`fedcore.nn.shards`).
 
 Optimizers: ``sgd`` (momentum, L2 weight decay) and ``adam`` (AdamW: decoupled weight
 decay). `clip_grad_norm` scales the gradients so their global L2 norm is at most a bound.
@@ -47,6 +50,7 @@ def _mse(output: Tensor, target: np.ndarray) -> Tensor:
 
 _cross_entropy.metric = "accuracy"  # type: ignore[attr-defined]
 _mse.metric = "mae"  # type: ignore[attr-defined]
+_cross_entropy.mean_over_rows = _mse.mean_over_rows = True  # type: ignore[attr-defined]
 LOSSES.register("cross_entropy", _cross_entropy)
 LOSSES.register("mse", _mse)
 

@@ -3,12 +3,15 @@
 `Engine` and the synchronous `NaiveEngine` are `fedcore.engine.base`'s, `ThreadedEngine`
 (independent ops on a small worker pool) `fedcore.engine.threaded`'s. The process-wide engine is
 chosen with `set_engine` / `use_engine`, or the environment variable FEDCORE_ENGINE ("naive",
-the default, or "threaded").
+the default, or "threaded"). A thread may run its ops on an engine of its own instead
+(`thread_engine`): one shard of a data-parallel step (`fedcore.nn.shards`) records and runs its
+ops beside the other shards without sharing an engine's bookkeeping with them.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +29,7 @@ __all__ = [
     "engine_from_env",
     "get_engine",
     "set_engine",
+    "thread_engine",
     "use_engine",
 ]
 
@@ -60,8 +64,19 @@ def engine_from_env() -> Engine:
 _engine: Engine | None = None
 
 
+class _ThreadEngine(threading.local):
+    engine: Engine | None = None
+
+
+_local = _ThreadEngine()
+
+
 def get_engine() -> Engine:
-    """The process-wide engine, created from FEDCORE_ENGINE on first use."""
+    """This thread's engine (see `thread_engine`), else the process-wide engine, created from
+    FEDCORE_ENGINE on first use."""
+    eng = _local.engine
+    if eng is not None:
+        return eng
     global _engine
     eng = _engine
     if eng is None:
@@ -92,3 +107,15 @@ def use_engine(engine: Engine) -> Iterator[Engine]:
         yield engine
     finally:
         set_engine(prev)
+
+
+@contextmanager
+def thread_engine(engine: Engine) -> Iterator[Engine]:
+    """Run this thread's ops on `engine` inside the block (other threads keep theirs); the
+    block's end waits for what it pushed."""
+    prev, _local.engine = _local.engine, engine
+    try:
+        yield engine
+        engine.wait_all()
+    finally:
+        _local.engine = prev

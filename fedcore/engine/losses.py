@@ -93,6 +93,9 @@ def softmax_cross_entropy(logits: Operand, labels: Tensor | np.ndarray) -> Tenso
     return apply(softmax_cross_entropy_p, tensor(logits), tensor(labels))
 
 
+softmax_cross_entropy.mean_over_rows = True  # type: ignore[attr-defined] # fedcore.nn.shards
+
+
 def _mse_fwd(ctx: Ctx, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     if pred.shape != target.shape:
         raise ValueError(f"mse: pred shape {pred.shape} != target shape {target.shape}")
@@ -114,6 +117,9 @@ defvjp(mse_p, _mse_vjp, lambda ctx, g: np.negative(_mse_vjp(ctx, g)))
 def mse(pred: Operand, target: Operand) -> Tensor:
     """Mean squared error over all elements."""
     return apply(mse_p, tensor(pred), tensor(target))
+
+
+mse.mean_over_rows = True  # type: ignore[attr-defined] # every row has as many elements
 
 
 Tensor.log_softmax = log_softmax

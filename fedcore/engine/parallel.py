@@ -31,8 +31,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "elementwise", "get_num_threads",
-           "matmul", "parallel_for", "set_num_threads", "tasks"]
+__all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "claim_blas", "elementwise",
+           "get_num_threads", "matmul", "parallel_for", "set_num_threads", "side_by_side",
+           "tasks"]
 
 ENV_VAR = "FEDCORE_NUM_THREADS"
 
@@ -213,6 +214,23 @@ def tasks(jobs: list[Callable[[], None]], work: int) -> None:
     _split(len(jobs), share, threads)
 
 
+def side_by_side(jobs: list[Callable[[], None]]) -> None:
+    """Run the jobs at once, each on a thread of its own (the caller runs the first), and
+    return when all have finished, re-raising the first error.
+
+    For work that is parallel as a whole (the shards of a data-parallel step,
+    `fedcore.nn.shards`): one hand-off for all of it instead of one per kernel. Every kernel
+    a job calls runs on that job's thread alone (the workers are busy, so splits run
+    serially; BLAS runs one thread). With the workers already busy (a nested call) or one
+    job, the jobs run one after the other on the caller.
+    """
+    def share(lo: int, hi: int) -> None:
+        for job in jobs[lo:hi]:
+            job()
+
+    _split(len(jobs), share, len(jobs))
+
+
 class Aside:
     """Tasks that run on a worker while the caller goes on (see `aside`)."""
 
@@ -266,6 +284,12 @@ def aside() -> Iterator[Aside]:
 #: multiply-adds a slab of a split product must have at least (about 0.3 ms of one core
 #: here): a product with fewer than twice this is one BLAS call on the calling thread
 GEMM_GRAIN = 12_000_000
+
+
+def claim_blas() -> bool:
+    """Run BLAS on one thread from now on (see `_claim_blas`); False when its threads cannot
+    be set here."""
+    return _claim_blas()
 
 
 def _claim_blas() -> bool:

@@ -45,6 +45,8 @@ class TinyGPT(Module):
     time, for a second forward pass of the blocks (the feed-forward: a third).
     """
 
+    per_sample = True
+
     def __init__(self, vocab_size: int, d_model: int, n_layers: int, n_heads: int,
                  n_kv_heads: int, hidden: int, seed: int = 0, checkpoint: str = "none",
                  adapt: Callable[[str, Module], None] | None = None):
@@ -92,6 +94,8 @@ class TinyGPT(Module):
 
 class _Blocks(Module):
     """The decoder blocks, named "0", "1", ... (so a block is `blocks.<i>`)."""
+
+    per_sample = True
 
     def __init__(self, *blocks: Module):
         super().__init__()

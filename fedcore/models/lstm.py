@@ -19,6 +19,8 @@ class LanguageModel(Module):
     `softmax_cross_entropy(model(x), y.reshape(-1))` trains it.
     """
 
+    per_sample = True
+
     def __init__(self, vocab_size: int, embed_dim: int, hidden: int, seed: int = 0):
         super().__init__()
         rng = np.random.default_rng(seed)

@@ -14,6 +14,8 @@ __all__ = ["GELU", "Dropout", "Sigmoid", "Softmax", "Tanh"]
 class GELU(Module):
     """Gaussian error linear unit, tanh approximation."""
 
+    per_sample = True
+
     def forward(self, x: Operand) -> Tensor:
         """Apply GELU elementwise."""
         return gelu(x)
@@ -22,6 +24,8 @@ class GELU(Module):
 class Tanh(Module):
     """Hyperbolic tangent."""
 
+    per_sample = True
+
     def forward(self, x: Operand) -> Tensor:
         """Apply tanh elementwise."""
         return tanh(x)
@@ -29,6 +33,8 @@ class Tanh(Module):
 
 class Sigmoid(Module):
     """Logistic function."""
+
+    per_sample = True
 
     def forward(self, x: Operand) -> Tensor:
         """Apply the sigmoid elementwise."""
@@ -60,6 +66,12 @@ class Dropout(Module):
             raise ValueError(f"Dropout p must be in [0, 1), got {p}")
         self.p = float(p)
         self.rng = np.random.default_rng(seed)
+
+    @property
+    def per_sample(self) -> bool:  # type: ignore[override]
+        """Unless it draws masks (training with p > 0): shards would draw them in another
+        order than the whole batch, from one generator shared by threads."""
+        return not self.training or self.p == 0.0
 
     def forward(self, x: Operand) -> Tensor:
         """Drop elements at random in training mode; pass `x` through in eval mode."""

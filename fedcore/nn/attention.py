@@ -21,6 +21,8 @@ class MultiHeadAttention(Module):
     `fedcore.engine.attention` (memory linear in T).
     """
 
+    per_sample = True
+
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *,
                  causal: bool = True, rope: bool = True, rope_base: float = 10000.0,
                  rng: np.random.Generator | None = None, seed: int | None = None):

@@ -21,6 +21,8 @@ class Conv2d(Module):
     Pass `rng` to share a generator across layers, or `seed` for a fresh one.
     """
 
+    per_sample = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair,
                  stride: Pair = 1, padding: Pair = 0, *, bias: bool = True,
                  rng: np.random.Generator | None = None, seed: int | None = None):
@@ -49,6 +51,8 @@ class Conv2d(Module):
 
 
 class _Pool2d(Module):
+    per_sample = True
+
     def __init__(self, kernel_size: Pair = 2, stride: Pair | None = None, padding: Pair = 0):
         super().__init__()
         self.kernel_size = kernel_size
@@ -77,6 +81,8 @@ class AvgPool2d(_Pool2d):
 
 class DepthwiseConv2d(Module):
     """Per-channel KxK convolution of (N, H, W, C): weight (KH, KW, C), He-initialised."""
+
+    per_sample = True
 
     def __init__(self, channels: int, kernel_size: Pair = 3, stride: Pair = 1,
                  padding: Pair = 1, *, rng: np.random.Generator | None = None,
@@ -123,6 +129,8 @@ class PointwiseConv2d(Dense):
 
 class GlobalAvgPool2d(Module):
     """Mean over the spatial axes: (N, H, W, C) -> (N, C)."""
+
+    per_sample = True
 
     def forward_flops(self, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
         """One add per element."""

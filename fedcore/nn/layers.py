@@ -23,6 +23,8 @@ class Dense(Module):
     layers, or `seed` for a fresh one.
     """
 
+    per_sample = True
+
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  init: str = "he", rng: np.random.Generator | None = None,
                  seed: int | None = None):
@@ -61,6 +63,8 @@ class Dense(Module):
 class ReLU(Module):
     """max(x, 0). `inplace=True` overwrites its input (saves a buffer; autograd checks it)."""
 
+    per_sample = True
+
     def __init__(self, inplace: bool = False):
         super().__init__()
         self.inplace = inplace
@@ -78,6 +82,8 @@ class ReLU(Module):
 class Flatten(Module):
     """(N, ...) -> (N, prod(...)) as a view."""
 
+    per_sample = True
+
     def forward(self, x: Operand) -> Tensor:
         """Flatten all but the batch axis."""
         return flatten(x)
@@ -85,6 +91,8 @@ class Flatten(Module):
 
 class Reshape(Module):
     """Reshape to (batch, *shape) as a view, e.g. flat pixels (N, 784) -> (N, 28, 28, 1)."""
+
+    per_sample = True
 
     def __init__(self, *shape: int):
         super().__init__()
@@ -100,6 +108,8 @@ class Reshape(Module):
 
 class Sequential(Module):
     """Chains modules; children are named "0", "1", ..."""
+
+    per_sample = True
 
     def __init__(self, *modules: Module):
         super().__init__()

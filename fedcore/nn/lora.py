@@ -60,6 +60,8 @@ def _frozen(arr: np.ndarray, name: str) -> Frozen:
 class LoRADense(Module):
     """A `Dense` with a frozen (float32 or int8) base and trained adapters `lora_a`, `lora_b`."""
 
+    per_sample = True
+
     def __init__(self, dense: Dense, rank: int, alpha: float, base: str = "float32",
                  rng: np.random.Generator | None = None, freeze_a: bool = False):
         super().__init__()

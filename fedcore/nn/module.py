@@ -31,6 +31,12 @@ class Module:
     """Base class: registers Parameters and sub-Modules assigned as attributes."""
 
     training: bool
+    #: True when `forward` treats each sample (row of axis 0) apart from the others and draws
+    #: no random numbers, given children that do the same: a training step may then split the
+    #: batch into shards that run side by side (`fedcore.nn.shards`). False, the default, keeps
+    #: the step whole; a layer that mixes samples only sometimes (BatchNorm while training)
+    #: makes it a property.
+    per_sample: bool = False
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
@@ -164,6 +170,11 @@ class Module:
         from ..engine.losses import softmax_cross_entropy
 
         return compile_step(self, loss_fn or softmax_cross_entropy, optimizer, budget_bytes)
+
+    def join_shards(self, shards: list[Module]) -> None:
+        """After a sharded step (`fedcore.nn.shards`), fold into this module, which ran the
+        first shard, what its replicas in `shards` (the other shards, in order) kept from
+        their forward: an RNN's final state. Nothing by default."""
 
     def extra_repr(self) -> str:
         """Extra text inside this module's repr."""

@@ -39,6 +39,11 @@ class BatchNorm(Module):
                               name="running")
 
     @property
+    def per_sample(self) -> bool:  # type: ignore[override]
+        """Only in eval mode: training normalises with statistics of the whole batch."""
+        return not self.training
+
+    @property
     def running_mean(self) -> np.ndarray:
         """The running mean (a view of the buffer)."""
         return self.running.data[0]
@@ -61,6 +66,8 @@ class BatchNorm(Module):
 class LayerNorm(Module):
     """Normalise each sample over its last axis, then scale and shift (learned, per feature)."""
 
+    per_sample = True
+
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
         if num_features <= 0:
@@ -81,6 +88,8 @@ class LayerNorm(Module):
 class RMSNorm(Module):
     """Scale each sample by the inverse root mean square of its last axis, then by a learned
     per-feature gain (no centring, no bias: what LLaMA-style transformers use)."""
+
+    per_sample = True
 
     def __init__(self, num_features: int, eps: float = 1e-6):
         super().__init__()

@@ -22,6 +22,8 @@ class Embedding(Module):
     gradient only touches the rows that were looked up.
     """
 
+    per_sample = True
+
     def __init__(self, num_embeddings: int, dim: int, *, init_range: float = 0.1,
                  rng: np.random.Generator | None = None, seed: int | None = None):
         super().__init__()
@@ -40,6 +42,7 @@ class Embedding(Module):
 
 
 class _Recurrent(Module):
+    per_sample = True
     ngates = 0
 
     def __init__(self, input_size: int, hidden_size: int,
@@ -55,6 +58,12 @@ class _Recurrent(Module):
         self.w_ih = Parameter(_uniform(self._rng, k, (input_size, g)), name="w_ih")
         self.w_hh = Parameter(_uniform(self._rng, k, (hidden_size, g)), name="w_hh")
         self.last_state: list[np.ndarray] = []
+
+    def join_shards(self, shards: list[Module]) -> None:
+        """`last_state`: the batch's final states, this module's shard first."""
+        if self.last_state and all(s.last_state for s in shards):
+            parts = [self.last_state, *(s.last_state for s in shards)]
+            self.last_state[:] = [np.concatenate(rows) for rows in zip(*parts, strict=True)]
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"

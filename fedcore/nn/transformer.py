@@ -20,6 +20,8 @@ __all__ = ["DecoderBlock", "SwiGLU", "TiedHead"]
 class SwiGLU(Module):
     """down(silu(gate(x)) * up(x)) over the last axis (Shazeer 2020); no biases."""
 
+    per_sample = True
+
     def __init__(self, d_model: int, hidden: int, *, rng: np.random.Generator | None = None,
                  seed: int | None = None):
         super().__init__()
@@ -41,6 +43,8 @@ class TiedHead(Module):
     2-D input are deferred (`fedcore.engine.head`): a softmax cross-entropy of them runs as
     one op with the product, in row blocks, and never holds the (rows, vocab) logits.
     """
+
+    per_sample = True
 
     def __init__(self, embedding: Embedding):
         super().__init__()
@@ -69,6 +73,8 @@ class DecoderBlock(Module):
     at a time and recomputes them in the backward pass (`checkpoint_rows`): the hidden layer
     never exists for the whole batch at once.
     """
+
+    per_sample = True
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, hidden: int, *,
                  rng: np.random.Generator | None = None, seed: int | None = None):

@@ -8,6 +8,7 @@ from client_runtime.device import DoesNotFit, train_on_device
 from client_runtime.trainer import train_local
 from fedcore import protocol
 from fedcore.engine import NaiveEngine, use_engine
+from fedcore.engine.parallel import get_num_threads, set_num_threads
 from fedcore.models import build_model
 from fedcore.settings import TrainSettings
 
@@ -30,13 +31,20 @@ def engine():
 
 
 def eager_peak(engine) -> tuple:
-    """(live bytes before, peak bytes of an eager round, its result, a fresh model)."""
+    """(live bytes before, peak bytes of an eager round, its result, a fresh model). The
+    round runs on one thread: the whole-batch step, which is what a device under a budget
+    runs (it never cuts a batch into shards, see `fedcore.nn.shards`)."""
     model = make()
     start = model.get_flat()
     pool = engine.pool
     live = pool.live_bytes
     pool.reset_peak()
-    train_local(model, X, Y, CONFIG)
+    threads = get_num_threads()
+    set_num_threads(1)
+    try:
+        train_local(model, X, Y, CONFIG)
+    finally:
+        set_num_threads(threads)
     peak = pool.peak_bytes
     trained = model.get_flat()
     model.set_flat(start)

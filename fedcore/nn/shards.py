@@ -1,0 +1,246 @@
+"""One training step, over the batch whole or cut into shards that run side by side.
+
+`train_step(model, loss, x, y, optimizer)` is the eager step every caller uses (the client
+trainer, the benchmarks): zero the gradients, forward, loss, backward, clip, update. With
+several threads (`fedcore.engine.parallel`), the batch is cut into one shard per thread and
+each shard's forward and backward runs on a thread of its own: data parallelism inside one
+step. numpy and BLAS release the GIL inside their kernels, so the shards' kernels overlap, and
+the step pays ONE hand-off instead of one per split kernel (intra-op splitting loses the
+second core to thread wake-ups and to GIL convoys between short numpy calls). Inside a shard
+every kernel runs on its thread alone (fedcore's splits serial, BLAS on one thread).
+
+The first shard runs the model itself on the caller's thread. Every other shard runs a replica
+(`_Replica`): the same module objects' settings and the same parameter arrays, but tensors of
+its own (so engine vars, versions and graph leaves of its own), a flat gradient buffer of its
+own, and an engine of its own (`thread_engine`, sharing the process engine's memory pool): no
+engine bookkeeping is shared between threads and no gradient is written by two at once. Each
+shard's backward is seeded with its share of the rows (rows / N), so the model's gradient plus
+the replicas' (one add each) is the whole batch's gradient up to float rounding, for a loss
+that is a mean over rows (`mean_over_rows`). The optimizer then steps once. Two half-batch
+shards hold about one batch of activations; each replica adds one copy of the gradients.
+
+The step stays whole, and bit for bit what it was, with one thread; with fewer than two rows
+per shard or a step too small to pay the hand-off (`MIN_SHARD_WORK`); when a module is not
+`per_sample` (BatchNorm while training, dropout: they would mix or draw differently), the loss
+is not known to be a mean over rows, the engine is asynchronous, the pool has a memory budget
+(memory comes first there), or a module keeps tensors or modules where a replica cannot swap
+them (inside a list or a dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import MethodType
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..engine import NaiveEngine, Tensor, Var, get_engine
+from ..engine.engine import thread_engine
+from ..engine.parallel import claim_blas, get_num_threads, side_by_side
+from ..engine.tensor import Leaf
+from .module import Module
+
+__all__ = ["MIN_SHARD_WORK", "shard_count", "train_step"]
+
+#: a shard's multiply-adds must be at least this (counted as every weight used once per row,
+#: or once per position of a token sequence: a floor) for the batch to be cut
+MIN_SHARD_WORK = 8_000_000
+
+Loss = Callable[[Tensor, np.ndarray], Tensor]
+
+
+class Stepper(Protocol):
+    """What the step needs of an optimizer."""
+
+    def zero_grad(self) -> None: ...
+
+    def step(self) -> None: ...
+
+
+def train_step(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, optimizer: Stepper,
+               max_grad_norm: float | None = None) -> float:
+    """One step of `optimizer` on `loss(model(x), y)`; returns the loss. `max_grad_norm`
+    clips the gradient first. Sharded over the threads when `shard_count` says so."""
+    shards = shard_count(model, loss, x, y)
+    optimizer.zero_grad()
+    if shards < 2:
+        value = loss(model(Tensor(x)), y)
+        value.backward()
+        out = float(value.data)
+    else:
+        out = _sharded(model, loss, x, y, shards)
+    if max_grad_norm:
+        from ..objectives import clip_grad_norm
+
+        clip_grad_norm(model, max_grad_norm)
+    optimizer.step()
+    return out
+
+
+def shard_count(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray) -> int:
+    """How many shards a step on batch (`x`, `y`) is cut into (1: the step stays whole).
+    `y` has as many rows as `x`, or a whole multiple (a language model's targets, flat)."""
+    n = len(x)
+    shards = min(get_num_threads(), n // 2)
+    if shards < 2 or not getattr(loss, "mean_over_rows", False) or len(y) % n:
+        return 1
+    eng = get_engine()
+    if eng.asynchronous or eng.pool.budget_bytes is not None:
+        return 1
+    weights = 0
+    for _, m in model.named_modules():
+        if not m.per_sample:
+            return 1
+        weights += sum(v.size for v in vars(m).values() if isinstance(v, Tensor))
+    positions = x[0].size if x.dtype.kind in "iu" else 1  # token ids: a weight per position
+    if n // shards * positions * weights < MIN_SHARD_WORK:
+        return 1
+    return shards if claim_blas() else 1  # BLAS on one thread, or the shards oversubscribe
+
+
+def _sharded(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, shards: int) -> float:
+    """Forward and backward of each shard side by side; the replicas' gradients added into
+    the model's; the loss's mean over the whole batch."""
+    n, per = len(x), len(y) // len(x)  # target rows per input row
+    bounds = [n * i // shards for i in range(shards + 1)]
+    replicas = []
+    for _ in range(shards - 1):
+        rep = _Replica(model)
+        if rep.model is None:  # a module keeps what a replica cannot swap: stay whole
+            return _whole(model, loss, x, y)
+        replicas.append(rep)
+    values = [0.0] * shards
+
+    def shard(i: int) -> Callable[[], None]:
+        lo, hi = bounds[i], bounds[i + 1]
+        seed = np.float32((hi - lo) / n)
+        xs, ys = x[lo:hi], y[lo * per:hi * per]
+
+        def run() -> None:
+            if i == 0:
+                values[0] = _forward_backward(model, loss, xs, ys, seed)
+                return
+            rep = replicas[i - 1]
+            with thread_engine(NaiveEngine(get_engine().pool)):
+                rep.zero_grad()
+                values[i] = _forward_backward(rep.model, loss, xs, ys, seed)
+
+        return run
+
+    side_by_side([shard(i) for i in range(shards)])
+    eng, grads = get_engine(), model.layout.grads
+    for rep in replicas:
+        theirs = rep.grads
+
+        def add(theirs: Var = theirs) -> None:
+            np.add(grads.data, theirs.data, out=grads.data)
+
+        eng.push(add, (theirs,), (grads,), "shard_grads")
+    for orig, copies in zip(model.named_modules(), zip(*(r.modules for r in replicas),
+                                                       strict=True), strict=True):
+        orig[1].join_shards(list(copies))
+    return float(sum(values))
+
+
+def _whole(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray) -> float:
+    value = loss(model(Tensor(x)), y)
+    value.backward()
+    return float(value.data)
+
+
+def _forward_backward(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray,
+                      share: np.float32) -> float:
+    """Forward and backward of one shard, its gradient scaled by its share of the rows;
+    returns its loss times that share."""
+    value = loss(model(Tensor(x)), y)
+    value.backward(share)
+    return float(value.data) * float(share)
+
+
+class _Replica:
+    """A copy of a model for one shard: its own module objects and tensors over the same
+    arrays, every trained parameter's gradient a view of one flat buffer of its own.
+    `model` is None when a module keeps a tensor or a module inside a container, or a method
+    of one (a replica would share it with the model)."""
+
+    def __init__(self, model: Module):
+        layout = model.layout
+        self.grads = Var(get_engine().pool.alloc((layout.size,), what="shard gradients"),
+                         "shard_grads")
+        self._grad_of = {id(p): self.grads.view(self.grads.data[o:o + p.size].reshape(p.shape),
+                                                f"{name}.grad")
+                         for (name, p), o in zip(model.named_parameters(), layout.offsets,
+                                                 strict=True)}
+        self._memo: dict[int, Any] = {}
+        self.model: Module | None = self._module(model)
+        self.modules = [m for _, m in self.model.named_modules()] if self.model else []
+
+    def zero_grad(self) -> None:
+        """Zero the gradient buffer (an op of this thread's engine)."""
+        grads = self.grads
+
+        def zero() -> None:
+            grads.data.fill(0)
+            grads.mark_zeroed()
+
+        get_engine().push(zero, (), (grads,), "zero_grad")
+
+    def _module(self, m: Module) -> Module | None:
+        new = object.__new__(type(m))
+        self._memo[id(m)] = new
+        state = {}
+        for k, v in vars(m).items():
+            if k in ("_params", "_modules"):
+                continue
+            c = self._value(v)
+            if c is _REFUSE:
+                return None
+            state[k] = c
+        state["_params"] = {k: self._memo[id(p)] for k, p in m._params.items()}
+        state["_modules"] = {k: self._memo[id(c)] for k, c in m._modules.items()}
+        new.__dict__.update(state)
+        return new
+
+    def _value(self, v: Any) -> Any:
+        done = self._memo.get(id(v))
+        if done is not None:
+            return done
+        if isinstance(v, Module):
+            new = self._module(v)
+            return _REFUSE if new is None else new
+        if isinstance(v, Tensor):
+            return self._tensor(v)
+        if isinstance(v, MethodType) and isinstance(v.__self__, Module | Tensor):
+            return _REFUSE
+        if isinstance(v, list | tuple | dict | set | frozenset):
+            if _holds_engine_state(v):
+                return _REFUSE
+            return type(v)(v) if isinstance(v, list | dict) else v  # a list of its own
+        return v
+
+    def _tensor(self, t: Tensor) -> Any:
+        if t._node is not None and type(t._node) is not Leaf:
+            return _REFUSE  # a graph's tensor kept on a module
+        twin = object.__new__(type(t))
+        twin._var = Var(t._var.data, t._var.name)
+        twin._node = Leaf(twin) if t._node is not None else None
+        twin._grad = self._grad_of.get(id(t))
+        self._memo[id(t)] = twin
+        return twin
+
+
+_REFUSE = object()
+
+
+def _holds_engine_state(v: Any) -> bool:
+    """True when a container holds (at any depth) a module, a tensor or a method of one."""
+    items = v.values() if isinstance(v, dict) else v
+    for item in items:
+        if isinstance(item, Module | Tensor):
+            return True
+        if isinstance(item, MethodType) and isinstance(item.__self__, Module | Tensor):
+            return True
+        if isinstance(item, list | tuple | dict | set | frozenset) and _holds_engine_state(item):
+            return True
+    return False
