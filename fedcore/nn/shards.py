@@ -43,9 +43,12 @@ from .module import Module
 
 __all__ = ["MIN_SHARD_WORK", "shard_count", "train_step"]
 
-#: a shard's multiply-adds must be at least this (counted as every weight used once per row,
-#: or once per position of a token sequence: a floor) for the batch to be cut
-MIN_SHARD_WORK = 8_000_000
+#: a shard's multiply-adds must be at least this for the batch to be cut, counted as every
+#: weight used once per position of a row (its axes but the last, features or channels; every
+#: axis of token ids). The MLP of benchmarks.engine (784-512-256-10, batch 128: 34M a shard)
+#: stays whole: at half its batch a shard costs 65 % of the step, and the serial rest
+#: (zeroing, adding, the update) leaves a two-thread bound of 1.09x against one thread.
+MIN_SHARD_WORK = 256_000_000
 
 Loss = Callable[[Tensor, np.ndarray], Tensor]
 
@@ -64,12 +67,7 @@ def train_step(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, optimize
     clips the gradient first. Sharded over the threads when `shard_count` says so."""
     shards = shard_count(model, loss, x, y)
     optimizer.zero_grad()
-    if shards < 2:
-        value = loss(model(Tensor(x)), y)
-        value.backward()
-        out = float(value.data)
-    else:
-        out = _sharded(model, loss, x, y, shards)
+    out = _whole(model, loss, x, y) if shards < 2 else _sharded(model, loss, x, y, shards)
     if max_grad_norm:
         from ..objectives import clip_grad_norm
 
@@ -93,7 +91,7 @@ def shard_count(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray) -> int:
         if not m.per_sample:
             return 1
         weights += sum(v.size for v in vars(m).values() if isinstance(v, Tensor))
-    positions = x[0].size if x.dtype.kind in "iu" else 1  # token ids: a weight per position
+    positions = x[0].size if x.dtype.kind in "iu" else x[0].size // x.shape[-1]
     if n // shards * positions * weights < MIN_SHARD_WORK:
         return 1
     return shards if claim_blas() else 1  # BLAS on one thread, or the shards oversubscribe
@@ -211,13 +209,9 @@ class _Replica:
             return _REFUSE if new is None else new
         if isinstance(v, Tensor):
             return self._tensor(v)
-        if isinstance(v, MethodType) and isinstance(v.__self__, Module | Tensor):
+        if _holds_engine_state([v]):  # a method of one, or a container holding one
             return _REFUSE
-        if isinstance(v, list | tuple | dict | set | frozenset):
-            if _holds_engine_state(v):
-                return _REFUSE
-            return type(v)(v) if isinstance(v, list | dict) else v  # a list of its own
-        return v
+        return type(v)(v) if isinstance(v, list | dict) else v  # a list of its own
 
     def _tensor(self, t: Tensor) -> Any:
         if t._node is not None and type(t._node) is not Leaf:
@@ -233,10 +227,9 @@ class _Replica:
 _REFUSE = object()
 
 
-def _holds_engine_state(v: Any) -> bool:
+def _holds_engine_state(v: list | tuple | dict | set | frozenset) -> bool:
     """True when a container holds (at any depth) a module, a tensor or a method of one."""
-    items = v.values() if isinstance(v, dict) else v
-    for item in items:
+    for item in v.values() if isinstance(v, dict) else v:
         if isinstance(item, Module | Tensor):
             return True
         if isinstance(item, MethodType) and isinstance(item.__self__, Module | Tensor):

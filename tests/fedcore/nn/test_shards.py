@@ -196,3 +196,16 @@ def test_an_error_in_a_shard_reaches_the_caller_and_the_next_step_runs(threads, 
         _step(model, x, bad)
     loss, grad, _ = _step(model, x, y)
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
+
+
+def test_the_benchmark_mlp_stays_whole_and_the_reference_cnn_is_cut():
+    """MIN_SHARD_WORK's examples: 34M multiply-adds a shard stays whole, the CNN is cut."""
+    from benchmarks.engine import fed_mlp
+
+    with two_threads():
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((128, 784), dtype=np.float32), rng.integers(0, 10, 128)
+        assert shard_count(fed_mlp((512, 256), 784), softmax_cross_entropy, x, y) == 1
+        x = rng.random((64, 28, 28, 1), dtype=np.float32)
+        cnn = build_model("cnn", num_classes=10, seed=0)
+        assert shard_count(cnn, softmax_cross_entropy, x, y[:64]) == 2
