@@ -19,7 +19,10 @@ the replicas' (one add each) is the whole batch's gradient up to float rounding,
 that is a mean over rows (`mean_over_rows`). The optimizer then steps once. Two half-batch
 shards hold about one batch of activations; each replica adds one copy of the gradients.
 
-The step stays whole, and bit for bit what it was, with one thread; with fewer than two rows
+Cutting replaces the whole step's hand-offs (one per split kernel) with the shards taking the
+GIL from each other, which costs wake-ups too: it pays only where the whole step hands off
+often (`MIN_REGIONS`, counted on the first step of each batch shape, which runs whole). The
+step stays whole, and bit for bit what it was, with one thread; with fewer than two rows
 per shard or a step too small to pay the hand-off (`MIN_SHARD_WORK`); when a module is not
 `per_sample` (BatchNorm while training, dropout: they would mix or draw differently), the loss
 is not known to be a mean over rows, the engine is asynchronous, the pool has a memory budget
@@ -32,16 +35,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import MethodType
 from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
 from ..engine import NaiveEngine, Tensor, Var, get_engine
 from ..engine.engine import thread_engine
-from ..engine.parallel import claim_blas, get_num_threads, side_by_side
+from ..engine.parallel import claim_blas, get_num_threads, regions, side_by_side
 from ..engine.tensor import Leaf
 from .module import Module
 
-__all__ = ["MIN_SHARD_WORK", "shard_count", "train_step"]
+__all__ = ["MIN_REGIONS", "MIN_SHARD_WORK", "shard_count", "train_step"]
+
+#: a whole step must hand work to the other threads (split a kernel: `parallel.regions`) at
+#: least this often for a batch to be cut instead. A shard's own kernels do not wait for the
+#: workers, but two shards take the GIL from each other between their numpy calls, which costs
+#: thread wake-ups as a hand-off does (sleeps per step, all threads, measured: CNN 36 whole
+#: against 43 sharded, tiny GPT 567 against 628). Cutting pays where the whole step hands off
+#: often (the tiny GPT: 88 regions a step, 1.58x against 1.38x self-speed-up, 1.72x against
+#: 1.65x in another run), not where it splits a few large kernels (the CNN at batch 64: 10
+#: regions, 1.42x against 1.54x, 1.62x against 1.73x). Counted on the first step of each batch
+#: shape, which runs whole: the choice depends on the model and the shapes only, so a client's
+#: work stays reproducible. (Busy 2-core VM, each run under `chrt -f 10`.)
+MIN_REGIONS = 32
+
+#: model -> {(x shape, y shape, x dtype, threads): regions of its whole step}
+_regions: WeakKeyDictionary[Module, dict[tuple, int]] = WeakKeyDictionary()
 
 #: a shard's multiply-adds must be at least this for the batch to be cut, counted as every
 #: weight used once per position of a row (its axes but the last, features or channels; every
@@ -64,10 +83,28 @@ class Stepper(Protocol):
 def train_step(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, optimizer: Stepper,
                max_grad_norm: float | None = None) -> float:
     """One step of `optimizer` on `loss(model(x), y)`; returns the loss. `max_grad_norm`
-    clips the gradient first. Sharded over the threads when `shard_count` says so."""
-    shards = shard_count(model, loss, x, y)
+    clips the gradient first. Sharded over the threads when `shard_count` says so and the
+    whole step hands work to the other threads at least MIN_REGIONS times (see below)."""
     optimizer.zero_grad()
+    key = (x.shape, y.shape, x.dtype.str, get_num_threads())
+    seen = _regions.get(model, {})
+    if seen.get(key, MIN_REGIONS) < MIN_REGIONS:  # learnt: the whole step is the faster
+        shards = 1
+    else:
+        shards = shard_count(model, loss, x, y)
+        if shards > 1 and MIN_REGIONS > 0 and key not in seen:
+            before = regions()  # the first step of this shape: whole, counting hand-offs
+            out = _whole(model, loss, x, y)
+            count = _regions.setdefault(model, {})[key] = regions() - before
+            if count >= MIN_REGIONS:  # shards allocate other sizes: drop the whole step's
+                get_engine().pool.release_cached()
+            return _finish(model, optimizer, max_grad_norm, out)
     out = _whole(model, loss, x, y) if shards < 2 else _sharded(model, loss, x, y, shards)
+    return _finish(model, optimizer, max_grad_norm, out)
+
+
+def _finish(model: Module, optimizer: Stepper, max_grad_norm: float | None, out: float) -> float:
+    """Clip and step; the loss."""
     if max_grad_norm:
         from ..objectives import clip_grad_norm
 
