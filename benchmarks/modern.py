@@ -198,8 +198,8 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
     else:
         from fedcore.engine import get_engine, softmax_cross_entropy
         from fedcore.engine.parallel import set_num_threads
-        from fedcore.nn.shards import train_step  # the device's step (benchmarks.engine's
-        from fedcore.optim import SGD  # fed_eager_step; that module's imports cost 0.7 MB)
+        from fedcore.nn.shards import replica_pools, train_step  # the device's step (not
+        from fedcore.optim import SGD  # benchmarks.engine's: its imports cost 0.7 MB)
 
         set_num_threads(threads)
         lora = None
@@ -217,7 +217,8 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
         pool.reset_peak()
         for _ in range(steps):
             train_step(model, softmax_cross_entropy, x, y, opt)
-        out["engine_peak_mb"] = pool.peak_bytes / 2**20
+        replicas = sum(p.peak_bytes for p in replica_pools(model))  # the shards' own pools
+        out["engine_peak_mb"] = (pool.peak_bytes + replicas) / 2**20
     out["peak_mb"] = _peak_mb()
     return out
 

@@ -32,15 +32,15 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "claim_blas", "elementwise",
-           "get_num_threads", "matmul", "parallel_for", "regions", "set_num_threads",
-           "side_by_side", "tasks"]
+           "get_num_threads", "matmul", "parallel_for", "set_num_threads", "side_by_side",
+           "tasks"]
 
 ENV_VAR = "FEDCORE_NUM_THREADS"
 
 #: element passes a slab must have at least: a smaller kernel runs on the calling thread
 GRAIN = 1 << 18
 
-_state: dict = {"threads": None, "regions": 0}
+_state: dict = {"threads": None}
 _busy = threading.Lock()  # held while a parallel region runs
 
 
@@ -169,7 +169,6 @@ def _split(n: int, fn: Callable[[int, int], None], threads: int) -> None:
     if threads < 2 or not _busy.acquire(blocking=False):
         fn(0, n)
         return
-    _state["regions"] += 1
     _claim_blas()
     try:
         while len(_workers) < threads - 1:
@@ -213,11 +212,6 @@ def tasks(jobs: list[Callable[[], None]], work: int) -> None:
             job()
 
     _split(len(jobs), share, threads)
-
-
-def regions() -> int:
-    """How many parallel regions (hand-offs to the workers) have run in this process."""
-    return _state["regions"]
 
 
 def side_by_side(jobs: list[Callable[[], None]]) -> None:
@@ -269,7 +263,6 @@ def aside() -> Iterator[Aside]:
     if get_num_threads() < 2 or not _busy.acquire(blocking=False):
         yield Aside(None)
         return
-    _state["regions"] += 1
     _claim_blas()
     try:
         if not _workers:

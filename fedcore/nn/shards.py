@@ -4,25 +4,26 @@
 trainer, the benchmarks): zero the gradients, forward, loss, backward, clip, update. With
 several threads (`fedcore.engine.parallel`), the batch is cut into one shard per thread and
 each shard's forward and backward runs on a thread of its own: data parallelism inside one
-step. numpy and BLAS release the GIL inside their kernels, so the shards' kernels overlap, and
-the step pays ONE hand-off instead of one per split kernel (intra-op splitting loses the
-second core to thread wake-ups and to GIL convoys between short numpy calls). Inside a shard
-every kernel runs on its thread alone (fedcore's splits serial, BLAS on one thread).
+step. numpy and BLAS release the GIL inside their kernels, so the shards' kernels overlap, one
+hand-off starts them all (instead of one per split kernel), and the Python between kernels,
+serial in a whole step, runs beside the other shard's kernels. Inside a shard every kernel
+runs on its thread alone (fedcore's splits serial, BLAS on one thread).
 
 The first shard runs the model itself on the caller's thread. Every other shard runs a replica
 (`_Replica`): the same module objects' settings and the same parameter arrays, but tensors of
 its own (so engine vars, versions and graph leaves of its own), a flat gradient buffer of its
-own, and an engine of its own (`thread_engine`, sharing the process engine's memory pool): no
-engine bookkeeping is shared between threads and no gradient is written by two at once. Each
+own, and an engine and a memory pool of its own (`thread_engine`; `_pools`): no engine
+bookkeeping is shared between threads and no gradient is written by two at once. Each
 shard's backward is seeded with its share of the rows (rows / N), so the model's gradient plus
 the replicas' (one add each) is the whole batch's gradient up to float rounding, for a loss
 that is a mean over rows (`mean_over_rows`). The optimizer then steps once. Two half-batch
 shards hold about one batch of activations; each replica adds one copy of the gradients.
 
-Cutting replaces the whole step's hand-offs (one per split kernel) with the shards taking the
-GIL from each other, which costs wake-ups too: it pays only where the whole step hands off
-often (`MIN_REGIONS`, counted on the first step of each batch shape, which runs whole). The
-step stays whole, and bit for bit what it was, with one thread; with fewer than two rows
+The two shards still take the GIL from each other between their numpy calls, which wakes
+threads as hand-offs do (sleeps per step, all threads, busy VM under chrt: CNN 36 whole against
+43 in shards, tiny GPT 567 against 628): the gain is the overlapped Python, not fewer wake-ups.
+
+The step stays whole, and bit for bit what it was, with one thread; with fewer than two rows
 per shard or a step too small to pay the hand-off (`MIN_SHARD_WORK`); when a module is not
 `per_sample` (BatchNorm while training, dropout: they would mix or draw differently), the loss
 is not known to be a mean over rows, the engine is asynchronous, the pool has a memory budget
@@ -39,28 +40,20 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from ..engine import NaiveEngine, Tensor, Var, get_engine
+from ..engine import MemoryPool, NaiveEngine, Tensor, Var, get_engine
 from ..engine.engine import thread_engine
-from ..engine.parallel import claim_blas, get_num_threads, regions, side_by_side
+from ..engine.parallel import claim_blas, get_num_threads, side_by_side
 from ..engine.tensor import Leaf
 from .module import Module
 
-__all__ = ["MIN_REGIONS", "MIN_SHARD_WORK", "shard_count", "train_step"]
+__all__ = ["MIN_SHARD_WORK", "replica_pools", "shard_count", "train_step"]
 
-#: a whole step must hand work to the other threads (split a kernel: `parallel.regions`) at
-#: least this often for a batch to be cut instead. A shard's own kernels do not wait for the
-#: workers, but two shards take the GIL from each other between their numpy calls, which costs
-#: thread wake-ups as a hand-off does (sleeps per step, all threads, measured: CNN 36 whole
-#: against 43 sharded, tiny GPT 567 against 628). Cutting pays where the whole step hands off
-#: often (the tiny GPT: 88 regions a step, 1.58x against 1.38x self-speed-up, 1.72x against
-#: 1.65x in another run), not where it splits a few large kernels (the CNN at batch 64: 10
-#: regions, 1.42x against 1.54x, 1.62x against 1.73x). Counted on the first step of each batch
-#: shape, which runs whole: the choice depends on the model and the shapes only, so a client's
-#: work stays reproducible. (Busy 2-core VM, each run under `chrt -f 10`.)
-MIN_REGIONS = 32
-
-#: model -> {(x shape, y shape, x dtype, threads): regions of its whole step}
-_regions: WeakKeyDictionary[Module, dict[tuple, int]] = WeakKeyDictionary()
+#: model -> a memory pool per replica, kept between steps. A replica allocating from the
+#: process pool shared its lock and free lists with the caller's shard: a pool of its own
+#: recycles its (shard-sized) buffers undisturbed, measured alternating under chrt on the busy
+#: VM: CNN 23.2-24.5 -> 20.3-20.8 ms a step, tiny GPT 213-219 -> 200-204 ms. (The process
+#: pool's peak no longer counts the replicas' bytes; a pool with a budget is never cut.)
+_pools: WeakKeyDictionary[Module, list[MemoryPool]] = WeakKeyDictionary()
 
 #: a shard's multiply-adds must be at least this for the batch to be cut, counted as every
 #: weight used once per position of a row (its axes but the last, features or channels; every
@@ -83,24 +76,17 @@ class Stepper(Protocol):
 def train_step(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, optimizer: Stepper,
                max_grad_norm: float | None = None) -> float:
     """One step of `optimizer` on `loss(model(x), y)`; returns the loss. `max_grad_norm`
-    clips the gradient first. Sharded over the threads when `shard_count` says so and the
-    whole step hands work to the other threads at least MIN_REGIONS times (see below)."""
+    clips the gradient first. Sharded over the threads when `shard_count` says so."""
+    shards = shard_count(model, loss, x, y)
     optimizer.zero_grad()
-    key = (x.shape, y.shape, x.dtype.str, get_num_threads())
-    seen = _regions.get(model, {})
-    if seen.get(key, MIN_REGIONS) < MIN_REGIONS:  # learnt: the whole step is the faster
-        shards = 1
-    else:
-        shards = shard_count(model, loss, x, y)
-        if shards > 1 and MIN_REGIONS > 0 and key not in seen:
-            before = regions()  # the first step of this shape: whole, counting hand-offs
-            out = _whole(model, loss, x, y)
-            count = _regions.setdefault(model, {})[key] = regions() - before
-            if count >= MIN_REGIONS:  # shards allocate other sizes: drop the whole step's
-                get_engine().pool.release_cached()
-            return _finish(model, optimizer, max_grad_norm, out)
     out = _whole(model, loss, x, y) if shards < 2 else _sharded(model, loss, x, y, shards)
     return _finish(model, optimizer, max_grad_norm, out)
+
+
+def replica_pools(model: Module) -> list[MemoryPool]:
+    """The memory pools of `model`'s shard replicas (none before a sharded step): what they
+    hold is not in the process engine's pool."""
+    return list(_pools.get(model, []))
 
 
 def _finish(model: Module, optimizer: Stepper, max_grad_norm: float | None, out: float) -> float:
@@ -139,9 +125,11 @@ def _sharded(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, shards: in
     the model's; the loss's mean over the whole batch."""
     n, per = len(x), len(y) // len(x)  # target rows per input row
     bounds = [n * i // shards for i in range(shards + 1)]
+    pools = _pools.setdefault(model, [])
+    pools.extend(MemoryPool() for _ in range(shards - 1 - len(pools)))
     replicas = []
-    for _ in range(shards - 1):
-        rep = _Replica(model)
+    for pool in pools[:shards - 1]:
+        rep = _Replica(model, pool)
         if rep.model is None:  # a module keeps what a replica cannot swap: stay whole
             return _whole(model, loss, x, y)
         replicas.append(rep)
@@ -157,7 +145,7 @@ def _sharded(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, shards: in
                 values[0] = _forward_backward(model, loss, xs, ys, seed)
                 return
             rep = replicas[i - 1]
-            with thread_engine(NaiveEngine(get_engine().pool)):
+            with thread_engine(NaiveEngine(rep.pool)):
                 rep.zero_grad()
                 values[i] = _forward_backward(rep.model, loss, xs, ys, seed)
 
@@ -199,9 +187,10 @@ class _Replica:
     `model` is None when a module keeps a tensor or a module inside a container, or a method
     of one (a replica would share it with the model)."""
 
-    def __init__(self, model: Module):
+    def __init__(self, model: Module, pool: MemoryPool):
         layout = model.layout
-        self.grads = Var(get_engine().pool.alloc((layout.size,), what="shard gradients"),
+        self.pool = pool
+        self.grads = Var(pool.alloc((layout.size,), what="shard gradients"),
                          "shard_grads")
         self._grad_of = {id(p): self.grads.view(self.grads.data[o:o + p.size].reshape(p.shape),
                                                 f"{name}.grad")

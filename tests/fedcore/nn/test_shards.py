@@ -25,7 +25,6 @@ LR = 0.1
 def threads(monkeypatch) -> Iterator[None]:
     """Two threads, and any step worth cutting (the models here are small)."""
     monkeypatch.setattr(shards, "MIN_SHARD_WORK", 0)
-    monkeypatch.setattr(shards, "MIN_REGIONS", 0)
     with two_threads():
         yield
 
@@ -212,16 +211,11 @@ def test_the_benchmark_mlp_stays_whole_and_the_reference_cnn_is_cut():
         assert shard_count(cnn, softmax_cross_entropy, x, y[:64]) == 2
 
 
-@pytest.mark.parametrize(("least", "cut"), [(1, True), (10**9, False)])
-def test_the_first_step_runs_whole_and_counts_the_hand_offs_that_decide(threads, monkeypatch,
-                                                                        least, cut):
-    monkeypatch.setattr(shards, "MIN_REGIONS", least)  # tiny grains: the MLP's kernels split
+def test_a_replica_allocates_from_a_pool_of_its_own_kept_with_the_model(threads):
     x, y = _data("mlp")
     model = _mlp()
-    calls = []
-    monkeypatch.setattr(shards, "_sharded", lambda *a: calls.append(a) or 0.0)
-    opt = SGD(model.parameters(), lr=LR)
-    for _ in range(2):
-        train_step(model, softmax_cross_entropy, x, y, opt)
-    (regions,) = shards._regions[model].values()
-    assert regions > 0 and len(calls) == (1 if cut else 0)  # the second step only
+    assert shards.replica_pools(model) == []
+    _step(model, x, y)
+    (pool,) = shards.replica_pools(model)
+    _step(model, x, y)
+    assert shards.replica_pools(model) == [pool] and pool.peak_bytes >= model.layout.size * 4
