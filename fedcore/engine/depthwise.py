@@ -12,8 +12,10 @@ layer, batch 32: 148 against ~240 us, busy machine). A stride s splits the canva
 position mod s ("phases", together one copy of the input), each again a stride-1 correlation
 with the taps that land on it. The input gradient is the transposed convolution: per (row,
 column) phase of the input, a stride-1 correlation of the zero-bordered output gradient with
-the flipped taps of that phase. Each op is one `parallel_for` over images (whole images to a
-thread: one hand-off an op; the weight gradient sums one partial per thread). A pointwise
+the flipped taps of that phase; the weight gradient then reads that zero-bordered g as its
+own operand where the widths agree (g is laid out once a backward). Each op is one
+`parallel_for` over images (whole images to a thread: one hand-off an op; the weight
+gradient sums one partial per thread). A pointwise
 (1x1) convolution is a dense layer on the (N*H*W, C) rows and needs no op of its own
 (`fedcore.nn.PointwiseConv2d`).
 """
@@ -131,6 +133,7 @@ def _dw_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple
                       x[:, y0:y0 + sh * (r1 - r0 - 1) + 1:sh, x0:x0 + sw * (q1 - q0 - 1) + 1:sw])
         work.append((_Runs(flat, n, img, pitch, taps[a::sh, bb::sw], p * n * img, c), gather))
     ctx.canvas = (flat, phases)  # dW's operands
+    ctx.gcanvas = None  # the input gradient's zero-bordered g, lent to dW (a replay reuses ctx)
     acc = ctx.pool.alloc((n, length), x.dtype)
     tmp = ctx.pool.alloc(acc.shape, x.dtype) if len(phases) > 1 else None
     out = ctx.alloc((n, ho, wo, c), x.dtype)
@@ -201,6 +204,9 @@ def _dw_vjp_x(ctx: Ctx, g: np.ndarray, dx: np.ndarray | None = None) -> np.ndarr
             dst[lo:hi] = acc[lo:hi].reshape(-1, nr, wg, c)[:, :, :nq]
 
     parallel_for(n, images, n * img * (kh * kw + 3))
+    # where g's canvas has the forward's width, each image's g rows with zeros after them
+    # are one run of it: dW reads that instead of laying g out again
+    ctx.gcanvas = (gflat, img, (top * wg + left) * c, wg)
     return dx
 
 
@@ -218,11 +224,19 @@ def _dw_vjp_w(ctx: Ctx, g: np.ndarray, dw: np.ndarray | None = None) -> np.ndarr
     taps = [(len(range(a, kh, sh)), len(range(b, kw, sw))) for a, b in phases]
     slabs: dict[int, list[np.ndarray]] = {}  # per slab of images: each phase's partial sums
 
+    lent, ctx.gcanvas = getattr(ctx, "gcanvas", None), None
+    if lent is not None and (lent[3] != wq or lent[2] + length > lent[1]):
+        lent = None  # another width, or its runs would leave the image: lay g out here
+
     def images(lo: int, hi: int) -> None:
-        gq = ctx.pool.alloc((hi - lo, ho, wq, c), g.dtype)
-        gq[:, :, wo:] = 0  # the garbage columns
-        gq[:, :, :wo] = g[lo:hi]
-        g2 = gq.reshape(hi - lo, length)
+        if lent is None:
+            gq = ctx.pool.alloc((hi - lo, ho, wq, c), g.dtype)
+            gq[:, :, wo:] = 0  # the garbage columns
+            gq[:, :, :wo] = g[lo:hi]
+            g2 = gq.reshape(hi - lo, length)
+        else:  # row r of g at canvas row top + r from column left: run start + r*pitch
+            gflat, gimg, start, _ = lent
+            g2 = _view(gflat, start + lo * gimg, (hi - lo, length), (gimg * s, s))
         parts = []
         for p, (kr, kq) in enumerate(taps):
             win = _view(flat, (p * n + lo) * img, (hi - lo, kr, kq, length),
