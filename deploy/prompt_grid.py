@@ -4,7 +4,8 @@ Flower 1.42's ``Grid.send_and_receive`` over a SuperLink (``superlink/grid/http_
 pushes the messages, then pulls the replies every 3 seconds; every message exchange of a round
 (one in a plain round, three to five with SecAgg+) waits for that sleep, however fast the
 devices answer. ``PromptGrid`` wraps the ServerApp's grid and does the same with short waits
-that grow while replies are slow (``first`` s, times 1.5, up to ``longest`` s).
+timed by ``client_runtime.fleet.cadence``: from about when the replies to a push of the same
+message types came last time, every ``first`` s for a while, then growing up to ``longest`` s.
 
 Its ``pull_messages`` is ``HttpGrid.pull_messages`` with the same short waits for a reply's
 objects: a device pushes a reply's message first and then its objects one by one, so a pull in
@@ -28,6 +29,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.superlink.grid import HttpGrid
 
+from client_runtime.fleet.cadence import Cadence
 from client_runtime.fleet.packing import pack, unpack
 from fedcore import trace
 
@@ -38,8 +40,9 @@ if TYPE_CHECKING:
 class PromptGrid(Grid):
     """``grid`` with a prompter ``send_and_receive`` (see the module docstring)."""
 
-    def __init__(self, grid: Grid, first: float = 0.05, longest: float = 0.1) -> None:
+    def __init__(self, grid: Grid, first: float = 0.03, longest: float = 0.1) -> None:
         self.grid, self.first, self.longest = grid, first, longest
+        self.cadence = Cadence(first, longest)  # when to pull replies (``fleet.cadence``)
 
     def set_run(self, run: Run) -> None:  # noqa: D102 (Grid's)
         self.grid.set_run(run)
@@ -79,13 +82,18 @@ class PromptGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:
         """Push ``messages``; pull replies until all are in or ``timeout`` s passed."""
+        messages = list(messages)
+        kind = tuple(sorted({m.metadata.message_type for m in messages if isinstance(m, Message)}))
         trace.event("server.push")
         waiting = set(self.push_messages(messages))
         trace.event("server.pushed", messages=sorted(waiting))
+        self.cadence.start(kind, time.monotonic())
         end = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
-        wait = self.first
         while waiting:
+            wait = self.cadence.wait(time.monotonic()) or self.first
+            left = None if end is None else end - time.monotonic()
+            time.sleep(wait if left is None else max(0.0, min(wait, left)))
             asked = time.time()
             got = list(self._pull(waiting, end))
             for reply in got:
@@ -94,12 +102,10 @@ class PromptGrid(Grid):
             replies.extend(got)
             waiting.difference_update(m.metadata.reply_to_message_id for m in got)
             if not waiting:
+                self.cadence.arrived(time.monotonic())
                 break
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
+            if end is not None and end - time.monotonic() <= 0:
                 break
-            time.sleep(wait if left is None else min(wait, left))
-            wait = min(self.longest, wait * 1.5)
         trace.event("server.replies", missing=len(waiting))
         return replies
 

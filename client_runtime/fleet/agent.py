@@ -7,10 +7,10 @@ handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
 
 - **joins** and **survives** the SuperLink going away as a ``Session`` (``fleet.session``:
   enrolment key, heartbeats, back-off with jitter, rejoining for up to ``max_wait`` s);
-- **polls** every ``poll_active`` s while a run is active (a message came in the last
-  ``active_window`` s), more often right after a reply (from ``poll_burst`` s, growing: the
-  next message of the round, a SecAgg+ stage or the next round, often follows at once), and
-  backs off to ``poll_idle`` s when idle;
+- **polls** after a reply as ``fleet.cadence`` times it: from about when the next message
+  came last time after a reply to a message of that type, every ``poll_burst`` s for a while,
+  then less often, up to every ``poll_active`` s while a run is active (a message came in the
+  last ``active_window`` s), and backs off to ``poll_idle`` s when idle;
 - **loads** the handlers (the engine, models, numpy's kernels) with the first message, not
   while it waits for a run, when given a factory for them;
 - **answers** a message: pulls its objects (checked against their ids, within
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from client_runtime.fleet import objects, packing
+from client_runtime.fleet.cadence import Cadence
 from client_runtime.fleet.parallel import unordered
 from client_runtime.fleet.proto import fab_pb2, fleet_pb2, message_pb2, recorddict_pb2, run_pb2
 from client_runtime.fleet.runconfig import fab_config, scalar
@@ -118,6 +119,8 @@ class Agent(Session):
         self._last_message = 0.0
         self._last_poll = 0.0  # wall clock when the previous pull-messages answered
         self._unsent: _Unsent | None = None  # a reply not yet in (the link went away)
+        self.cadence = Cadence(self.settings.poll_burst, self.settings.poll_active,
+                               self.settings.poll_hot, self.settings.poll_lead)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, on_joined: Callable[[int], None] | None = None) -> None:
@@ -144,15 +147,18 @@ class Agent(Session):
                 log.warning("%s", exc)
                 self._stop.wait(self.settings.poll_idle)
                 continue
-            if answered:
-                idle_polls = 0
-                continue
-            idle_polls += 1
-            active = time.monotonic() - self._last_message < self.settings.active_window
-            wait = (min(self.settings.poll_active, self.settings.poll_burst * 1.5 ** idle_polls)
-                    if active else
-                    min(self.settings.poll_idle, self.settings.poll_active * 1.5 ** idle_polls))
-            self._stop.wait(wait)
+            idle_polls = 0 if answered else idle_polls + 1
+            self._stop.wait(self._next_poll(idle_polls))
+
+    def _next_poll(self, idle_polls: int) -> float:
+        """Seconds until the next pull-messages: timed by ``cadence`` after a reply while a
+        run is active, else growing with the empty polls (``poll_idle`` when idle)."""
+        now = time.monotonic()
+        s = self.settings
+        if now - self._last_message >= s.active_window:
+            return min(s.poll_idle, s.poll_active * 1.5 ** idle_polls)
+        wait = self.cadence.wait(now)
+        return min(s.poll_active, s.poll_burst * 1.5 ** idle_polls) if wait is None else wait
 
     def poll_once(self) -> bool:
         """Pull at most one message and answer it; True if one came."""
@@ -169,6 +175,7 @@ class Agent(Session):
         if len(response.message_object_trees) != len(response.messages_list):
             raise FleetError("pull-messages: messages and object trees differ in number")
         self._last_message = time.monotonic()
+        self.cadence.arrived(self._last_message)
         self.answer(response.messages_list[0], response.message_object_trees[0])
         return True
 
@@ -273,7 +280,7 @@ class Agent(Session):
 
     def _pull(self, run_id: int, object_id: str) -> bytes:
         deadline = time.monotonic() + self.settings.pull_patience
-        wait = 0.05  # the server may still be pushing the message's objects: ask again soon
+        wait = 0.02  # the server may still be pushing the message's objects: ask again soon
         while True:
             response = self.client.call(
                 "pull-object", message_pb2.PullObjectRequest(
@@ -342,6 +349,7 @@ class Agent(Session):
             log.info("reply to %s not delivered: %s", unsent.message_type, exc)
             return
         self._unsent = None
+        self.cadence.start(unsent.message_type, time.monotonic())  # the next message's wait
         trace.event("agent.pushed", message=unsent.message_id,
                     reply=unsent.head.metadata.message_id)
 

@@ -55,7 +55,9 @@ class Settings:
     """How the agent talks to its SuperLink (the defaults suit a loopback test and a Pi)."""
 
     poll_active: float = 0.2
-    poll_burst: float = 0.05  # the first wait after a reply; it grows to poll_active
+    poll_burst: float = 0.04  # the wait between polls for a message expected soon
+    poll_hot: float = 1.0  # for this long after a reply (or twice the expected time)
+    poll_lead: float = 0.6  # the first poll after a reply: at this part of the expected time
     poll_idle: float = 3.0
     active_window: float = 30.0
     max_wait: float = 120.0

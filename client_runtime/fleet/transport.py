@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.message import DecodeError, Message
 
 from client_runtime.fleet.proto import FLOWER_VERSION
+from fedcore import trace
 
 R = TypeVar("R", bound=Message)
 MEDIA_TYPE = "application/protobuf"
@@ -184,6 +185,7 @@ class FleetClient:
             headers.update(self.signer.headers())
         body = request.SerializeToString(deterministic=True)
         wait = self.timeout if timeout is None else timeout
+        started = time.time()
         try:
             conn, reused = self._take(wait)
         except ValueError as exc:  # a malformed address (http.client's port parsing)
@@ -211,6 +213,8 @@ class FleetClient:
             self._give(conn)
         if warning := response.getheader(VERSION_WARNING):
             self.warning = warning
+        if trace.enabled():
+            trace.event("agent.call", at=started, call=name, end=time.time())
         if response.status >= 400:
             raise _error(name, response.status, content)
         result = response_type()

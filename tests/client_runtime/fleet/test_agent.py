@@ -343,3 +343,17 @@ def test_a_reply_cut_off_mid_push_is_held_and_pushed_again_after_reconnecting():
     agent._unsent.expires = 0.0
     agent._deliver()
     assert agent._unsent is None  # dropped with a warning, not pushed forever
+
+
+def test_after_a_reply_the_next_poll_is_timed_by_the_cadence():
+    link = Link()
+    agent = make_agent(link, poll_burst=0.04, poll_active=0.2, poll_hot=1.0, poll_lead=0.5)
+    assert agent._next_poll(0) == pytest.approx(0.2)  # no run active yet: from poll_active
+    link.send("query", RecordDict())
+    assert agent.poll_once()
+    assert agent._next_poll(0) == pytest.approx(0.04)  # no record yet: every poll_burst
+    link.send("query", RecordDict(), "again")
+    assert agent.poll_once()  # came right after the reply: remembered as soon
+    expected = agent.cadence.expected("query")
+    assert expected is not None and expected < 1.0
+    assert 0.0 < agent._next_poll(0) <= max(0.5 * expected, 0.04)
