@@ -14,14 +14,16 @@ handlers the stock ClientApp runs (``client_runtime.handlers``). What it does:
 - **loads** the handlers (the engine, models, numpy's kernels) with the first message, not
   while it waits for a run, when given a factory for them;
 - **answers** a message: pulls its objects (checked against their ids, within
-  ``max_message_bytes``), confirms receipt, unpacks its small records (``fleet.packing``),
-  runs the handler of its type, pushes the reply (packed if the message was)
+  ``max_message_bytes``), confirms receipt (while it handles the message), unpacks its
+  small records (``fleet.packing``), runs the handler of its type, pushes the reply (packed
+  if the message was)
   (a handler's exception becomes Flower's error reply, code 2, so the server records the
   reason); a message id it has answered is never answered again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from client_runtime.fleet import objects, packing
 from client_runtime.fleet.cadence import Cadence
-from client_runtime.fleet.parallel import unordered
+from client_runtime.fleet.parallel import later, unordered
 from client_runtime.fleet.proto import fab_pb2, fleet_pb2, message_pb2, recorddict_pb2, run_pb2
 from client_runtime.fleet.runconfig import fab_config, scalar
 from client_runtime.fleet.session import AgentStopped, Session, Settings
@@ -198,11 +200,6 @@ class Agent(Session):
             contents = objects.pull_tree(tree, lambda oid: self._pull(meta.run_id, oid),
                                          self.settings.max_message_bytes,
                                          self.settings.transfer_threads)
-            self.client.call(
-                "confirm-message-received",
-                message_pb2.ConfirmMessageReceivedRequest(
-                    node=self.node, run_id=meta.run_id, message_object_id=meta.message_id),
-                message_pb2.ConfirmMessageReceivedResponse)
         except Unreachable:
             raise  # the loop reconnects; the message stays unconfirmed on the SuperLink
         except (FleetError, objects.ObjectError) as exc:  # run gone, hostile or broken message
@@ -212,6 +209,14 @@ class Agent(Session):
             return
         trace.event("agent.received", message=meta.message_id,
                     bytes=sum(len(c) for c in contents.values()))
+        # The receipt (the SuperLink then drops the message's objects) goes while the message
+        # is handled: the SuperLink is idle while the devices train, and the call is off the
+        # round's critical path.
+        confirming = later(functools.partial(
+            self.client.call, "confirm-message-received",
+            message_pb2.ConfirmMessageReceivedRequest(
+                node=self.node, run_id=meta.run_id, message_object_id=meta.message_id),
+            message_pb2.ConfirmMessageReceivedResponse))
         content, error = None, None
         try:
             _, content_in = objects.inflate(tree, contents, self.settings.max_message_bytes)
@@ -234,6 +239,10 @@ class Agent(Session):
                 log.warning("%s: %s: %s", meta.message_type, type(exc).__name__, exc)
         self._remember(meta.message_id)
         self.rounds += 1
+        try:
+            confirming.result()
+        except FleetError as exc:  # answered all the same: its reply is pushed as ever
+            log.info("%s message: receipt not confirmed: %s", meta.message_type, exc)
         self._reply(meta, content, error, time.monotonic() - started)
 
     def _load_handlers(self) -> None:

@@ -18,7 +18,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,6 +74,44 @@ def unordered(call: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
             thread.join()
 
 
+class Later(Generic[R]):
+    """A call under way on its own thread (see ``later``)."""
+
+    def __init__(self, call: Callable[[], R]) -> None:
+        self._value: R | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if not address_space_limited():
+            thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+            try:
+                thread.start()
+                self._thread = thread
+            except RuntimeError:  # no room for another thread: made here and now
+                pass
+        if self._thread is None:
+            self._run(call)
+
+    def _run(self, call: Callable[[], R]) -> None:
+        try:
+            self._value = call()
+        except BaseException as exc:  # handed to the caller of ``result``
+            self._error = exc
+
+    def result(self) -> R:
+        """The call's value once it has ended; its exception, raised here."""
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+def later(call: Callable[[], R]) -> Later[R]:
+    """``call()`` on a thread while the caller goes on; ``.result()`` waits for it. Made at
+    once, on the caller's thread, under an address-space limit (see the module docstring)."""
+    return Later(call)
+
+
 @functools.cache
 def address_space_limited() -> bool:
     """Whether this process runs under an address-space limit (``RLIMIT_AS``)."""
@@ -85,4 +123,4 @@ def address_space_limited() -> bool:
     return soft != resource.RLIM_INFINITY
 
 
-__all__ = ["address_space_limited", "unordered"]
+__all__ = ["Later", "address_space_limited", "later", "unordered"]

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from client_runtime.fleet.parallel import unordered
+from client_runtime.fleet.parallel import later, unordered
 
 
 @pytest.mark.parametrize("workers", [1, 3, 50])
@@ -56,3 +56,40 @@ def test_under_an_address_space_limit_the_calls_run_in_turn(monkeypatch):
     threads = set()
     list(unordered(lambda item: threads.add(threading.get_ident()), range(5), 3))
     assert threads == {threading.get_ident()}
+
+
+def test_a_later_call_runs_beside_the_caller_and_hands_back_its_value_or_error():
+    started, go = threading.Event(), threading.Event()
+
+    def call():
+        started.set()
+        go.wait(30)
+        return threading.get_ident()
+
+    pending = later(call)
+    assert started.wait(30)  # under way while the caller goes on
+    go.set()
+    assert pending.result() != threading.get_ident()
+
+    def fail():
+        raise ValueError("run 7 is not running")
+
+    with pytest.raises(ValueError, match="run 7"):
+        later(fail).result()
+
+
+def test_a_later_call_is_made_at_once_without_threads_or_under_an_address_space_limit(
+        monkeypatch):
+    from client_runtime.fleet import parallel
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", refuse)
+        assert later(threading.get_ident).result() == threading.get_ident()
+    monkeypatch.setattr(parallel, "address_space_limited", lambda: True)
+    calls = []
+    pending = later(lambda: calls.append(threading.get_ident()))
+    assert calls == [threading.get_ident()]  # made before later() returned
+    pending.result()
