@@ -120,7 +120,7 @@ def server(
     ] = None,
 ) -> None:
     """Run a scenario on real devices: start a Flower SuperLink and submit the scenario."""
-    from aggregator.store import Store, StoreError
+    from aggregator.store import Store, StoreError, this_process
     from deploy.processes import port_in_use, split_address
     from deploy.serverapp import RUNTIME, check_deployable
     from deploy.settings import DeploySettings, SettingsError
@@ -177,6 +177,7 @@ def server(
                 db=store.url,
                 checkpoints=str(store.checkpoint_root.expanduser().resolve()),
                 run_id=run_id,
+                run_owner=this_process(),  # created or claimed it above
                 connect_timeout=connect_timeout,
                 round_timeout=round_timeout or None,
             )

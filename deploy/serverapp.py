@@ -88,11 +88,12 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
     if settings.db is None:
         prepared = prepare_scenario(load_deployable(settings.scenario))
         return _federate(grid, prepared, settings, None)
-    from aggregator.store import Store
+    from aggregator.store import NotOwner, Store
 
     store = Store(settings.db, checkpoints=settings.checkpoints)
     if settings.run_id is not None:
-        run = StoredRun.reopen(store, settings.run_id)  # `fedcore server` has claimed it
+        # `fedcore server` has claimed it: the ServerApp writes only while that claim holds
+        run = StoredRun.reopen(store, settings.run_id, owner=settings.run_owner)
         if run.resume is not None:
             log(INFO, "fedcore: resuming run %d after round %d", run.run_id, run.resume.round)
     else:
@@ -106,6 +107,9 @@ def run_deployment(grid: Grid, settings: DeploySettings) -> np.ndarray | None:
         )
     except StopRun as stop:
         log(INFO, "fedcore: %s", stop)
+        return None
+    except NotOwner as stale:  # an orphan of a killed SuperLink, its run resumed elsewhere
+        log(INFO, "fedcore: stopping, nothing more recorded: %s", stale)
         return None
 
 

@@ -33,6 +33,7 @@ DB_ENV = "FEDCORE_DEPLOY_DB"
 CHECKPOINTS_ENV = "FEDCORE_DEPLOY_CHECKPOINTS"
 # the CA certificate that issued the devices' identities (secagg.identities), a server path
 IDENTITY_CA_ENV = "FEDCORE_DEPLOY_IDENTITY_CA"
+RUN_OWNER_ENV = "FEDCORE_DEPLOY_RUN_OWNER"  # host:pid of the `fedcore server` that claimed it
 RUN_ID = "run-id"
 CONNECT_TIMEOUT = "connect-timeout"
 ROUND_TIMEOUT = "round-timeout"
@@ -81,6 +82,7 @@ class DeploySettings:
     array_backend: str = "auto"
     enrolled: bool = False
     identity_ca: str | None = None  # path of the CA certificate device identities come from
+    run_owner: str | None = None  # the claim the ServerApp drives ``run_id`` under (host:pid)
 
     @classmethod
     def of(
@@ -104,6 +106,7 @@ class DeploySettings:
             db=environ.get(DB_ENV) or None,
             checkpoints=environ.get(CHECKPOINTS_ENV) or None,
             identity_ca=environ.get(IDENTITY_CA_ENV) or None,
+            run_owner=environ.get(RUN_OWNER_ENV) or None,
             run_id=run_id or None,
             connect_timeout=_number(run_config, CONNECT_TIMEOUT, 600.0),
             round_timeout=round_timeout or None,
@@ -131,6 +134,7 @@ class DeploySettings:
             DB_ENV: self.db or "",
             CHECKPOINTS_ENV: self.checkpoints or "",
             IDENTITY_CA_ENV: self.identity_ca or "",
+            RUN_OWNER_ENV: self.run_owner or "",
         }
 
 

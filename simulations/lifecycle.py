@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aggregator.rounds import FederationConfig, RoundOutcome, StopRun
@@ -86,22 +87,23 @@ class StoreHooks:
         run_id: int,
         on_round: Callable[[RoundOutcome], None] | None,
         interrupts: Interrupts | None = None,
+        owner: str | None = None,
     ) -> None:
         self.store, self.run_id, self.on_round = store, run_id, on_round
-        self.interrupts = interrupts
+        self.interrupts, self.owner = interrupts, owner
         if interrupts is not None:
             interrupts.run_id = run_id
 
     def record(self, outcome: RoundOutcome) -> None:
         """Commit the round (checkpoint first), then tell the caller."""
         with deferred(self.interrupts):
-            self.store.record_round(self.run_id, outcome)
+            self.store.record_round(self.run_id, outcome, owner=self.owner)
         if self.on_round is not None:
             self.on_round(outcome)
 
     def before_round(self, number: int, config: FederationConfig) -> FederationConfig:
         """Apply the commands queued since the last round: set, then pause or abort."""
-        for control in self.store.take_controls(self.run_id, number - 1):
+        for control in self.store.take_controls(self.run_id, number - 1, owner=self.owner):
             if control.command == "set":
                 settings = control.payload or {}
                 config = apply_settings(config, settings)
@@ -143,10 +145,15 @@ class StoredRun:
     run_id: int
     prepared: PreparedScenario
     resume: Resume | None = None  # where it goes on: after this committed round (None: round 1)
+    #: the ``host:pid`` that created or claimed the run: every write is fenced by it, so a
+    #: driver whose run was taken over or stopped meanwhile cannot write (``NotOwner``)
+    owner: str | None = None
 
     @classmethod
     def create(cls, store: Store, prepared: PreparedScenario, runtime: str) -> StoredRun:
         """Record a new run of ``prepared`` on ``runtime`` (its scenario and model spec)."""
+        from aggregator.store import this_process
+
         spec = prepared.scenario
         run_id = store.create_run(
             spec.name,
@@ -159,7 +166,7 @@ class StoredRun:
                 "input_shape": list(prepared.data.input_shape),
             },
         )
-        return cls(store, run_id, prepared)
+        return cls(store, run_id, prepared, owner=this_process())
 
     @classmethod
     def reopen(
@@ -168,35 +175,38 @@ class StoredRun:
         run_id: int,
         runtime: str | None = None,
         interrupts: Interrupts | None = None,
+        owner: str | None = None,
     ) -> StoredRun:
         """A paused or cut-off run rebuilt from the store: its own scenario, and its last
         checkpoint (model, server state, the virtual clock) to go on from. With ``runtime``
         this process takes the run over first (``Store.claim_run``: a finished run, or one
         still driven by a live process, is refused with ``StoreError``); without, whoever
-        started this process has (``fedcore server``). A run that had run all its rounds is
-        recorded ``completed`` and refused; one that cannot be rebuilt (its data gone, say)
-        is left ``paused`` with the reason, to be resumed once that is mended."""
-        from aggregator.store import StoreError
+        started this process has (``fedcore server``), and ``owner`` names that claim. A run
+        that had run all its rounds is recorded ``completed`` and refused; one that cannot be
+        rebuilt (its data gone, say) is left ``paused`` with the reason, to be resumed once
+        that is mended."""
+        from aggregator.store import StoreError, this_process
 
         if runtime is not None:
             store.claim_run(run_id, runtime)
+            owner = this_process()
         if interrupts is not None:  # from now on an interrupt names the run
             interrupts.run_id = run_id
         try:
             prepared, resume = _rebuild(store, run_id)
         except KeyboardInterrupt as exc:
             with deferred(interrupts):
-                store.finish_run(run_id, "paused", error=_interrupted(exc))
+                store.finish_run(run_id, "paused", error=_interrupted(exc), owner=owner)
             raise
         except BaseException as exc:
             with deferred(interrupts):
-                store.finish_run(run_id, "paused",
+                store.finish_run(run_id, "paused", owner=owner,
                                  error=f"cannot resume: {type(exc).__name__}: {exc}")
             raise
         if resume is not None and resume.round >= prepared.config.num_rounds:
-            store.finish_run(run_id, "completed")  # it crashed after its last commit
+            store.finish_run(run_id, "completed", owner=owner)  # it crashed after its last commit
             raise StoreError(f"run {run_id} had already run all {resume.round} rounds")
-        return cls(store, run_id, prepared, resume)
+        return cls(store, run_id, prepared, resume, owner)
 
     def drive(
         self,
@@ -210,26 +220,31 @@ class StoredRun:
         ``paused`` or ``aborted`` at a round boundary (``StopRun``, re-raised); ``paused`` when
         a signal stopped it at once (``KeyboardInterrupt`` or ``SystemExit``, re-raised; the
         error names ``stopped_by`` if given): it resumes from its last commit; else ``failed``
-        with the error, re-raised."""
-        hooks = StoreHooks(self.store, self.run_id, on_round, interrupts)
+        with the error, re-raised. Once the run is no longer ``owner``'s (``NotOwner``: taken
+        over, or recorded stopped by whoever started this driver), nothing more is written."""
+        from aggregator.store import NotOwner
+
+        hooks = StoreHooks(self.store, self.run_id, on_round, interrupts, self.owner)
+        finish = partial(self.store.finish_run, self.run_id, owner=self.owner)
         try:
             result = federate(hooks)
+        except NotOwner:
+            raise
         except StopRun as stop:
             with deferred(interrupts):  # a second signal now must not cut the record short
-                self.store.finish_run(self.run_id, stop.status)
+                finish(stop.status)
             raise
         except (KeyboardInterrupt, SystemExit) as exc:
             error = _interrupted(exc) if stopped_by is None else f"interrupted: {stopped_by}"
             with deferred(interrupts):
-                self.store.finish_run(self.run_id, "paused", error=error)
+                finish("paused", error=error)
             raise
         except BaseException as exc:
             with deferred(interrupts):
-                self.store.finish_run(self.run_id, "failed",
-                                      error=f"{type(exc).__name__}: {exc}")
+                finish("failed", error=f"{type(exc).__name__}: {exc}")
             raise
         with deferred(interrupts):
-            self.store.finish_run(self.run_id, "completed")
+            finish("completed")
         return result
 
 

@@ -1,5 +1,13 @@
 """Durable storage of runs and rounds (SQLAlchemy; SQLite by default, PostgreSQL by URL)."""
 
-from aggregator.store.store import DB_ENV, DEFAULT_DB, Store, StoreError, resolve_url
+from aggregator.store.store import (
+    DB_ENV,
+    DEFAULT_DB,
+    NotOwner,
+    Store,
+    StoreError,
+    resolve_url,
+    this_process,
+)
 
-__all__ = ["DB_ENV", "DEFAULT_DB", "Store", "StoreError", "resolve_url"]
+__all__ = ["DB_ENV", "DEFAULT_DB", "NotOwner", "Store", "StoreError", "resolve_url", "this_process"]

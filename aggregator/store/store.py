@@ -33,6 +33,12 @@ class StoreError(RuntimeError):
     """The store cannot be opened or used (bad URL, unreachable server, missing run)."""
 
 
+class NotOwner(StoreError):
+    """A process wrote to a run it no longer drives: another took it over (``claim_run``) or
+    it was recorded stopped. Its writes are refused, so a stale driver (an orphaned ServerApp
+    of a killed SuperLink, say) cannot pause, commit or take commands of a resumed run."""
+
+
 def resolve_url(db: str | None) -> str:
     """Turn ``--db`` / ``$FEDCORE_DB`` / the default into a SQLAlchemy URL.
 
@@ -89,6 +95,12 @@ def _first_line(exc: BaseException) -> str:
 def this_process() -> str:
     """``host:pid`` of the process driving a run."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _check_owner(run: Run, owner: str | None) -> None:
+    if owner is not None and run.owner != owner:
+        now = f"driven by {run.owner}" if run.owner else f"{run.status}, driven by no process"
+        raise NotOwner(f"run {run.id} is no longer this driver's ({owner}): it is {now}")
 
 
 def _alive(owner: str | None) -> bool:
@@ -220,13 +232,25 @@ class Store:
                 control.applied_at = utcnow()
             return run
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
-        """Record how a run ended (``completed``, ``failed``, ``aborted``) or ``paused``."""
+    def finish_run(
+        self, run_id: int, status: str, error: str | None = None, owner: str | None = None
+    ) -> bool:
+        """Record how a run ended (``completed``, ``failed``, ``aborted``) or ``paused``.
+        With ``owner`` (the ``host:pid`` that claimed it), only while the run is still that
+        driver's: False, and nothing written, once it is not."""
         with self.session() as s, s.begin():
             run = self._run(s, run_id)
+            if owner is not None and run.owner != owner:
+                return False
             run.status, run.error = status, error
             run.finished_at = utcnow() if status in FINISHED else None
             run.owner = None
+            return True
+
+    def check_owner(self, run_id: int, owner: str | None) -> None:
+        """``NotOwner`` unless ``owner`` (None: anyone) still drives the run."""
+        with self.session() as s:
+            _check_owner(self._run(s, run_id), owner)
 
     def get_run(self, run_id: int) -> Run:
         """Load one run with its rounds and their clients; ``StoreError`` if there is none."""
@@ -242,11 +266,15 @@ class Store:
             return list(s.scalars(query))
 
     # -- rounds and checkpoints ---------------------------------------------------------------
-    def record_round(self, run_id: int, outcome: RoundOutcome) -> None:
-        """Write the round's checkpoint durably, then commit the round and its clients."""
+    def record_round(self, run_id: int, outcome: RoundOutcome, owner: str | None = None) -> None:
+        """Write the round's checkpoint durably, then commit the round and its clients; with
+        ``owner``, only while that driver still has the run (``NotOwner``: nothing is written,
+        not even the checkpoint file a resumed run may write for the same round)."""
+        self.check_owner(run_id, owner)
         path = checkpoint_path(self.checkpoint_root, run_id, outcome.number)
         sha = write_checkpoint_file(path, outcome.params, outcome.server_state)
         with self.session() as s, s.begin():
+            _check_owner(self._run(s, run_id), owner)
             row = Round(
                 run_id=run_id,
                 number=outcome.number,
@@ -345,9 +373,13 @@ class Store:
             )
             return s.scalars(query.limit(1)).first() is not None
 
-    def take_controls(self, run_id: int, round_number: int) -> list[Control]:
-        """The run's pending commands, marked applied at ``round_number`` (one transaction)."""
+    def take_controls(
+        self, run_id: int, round_number: int, owner: str | None = None
+    ) -> list[Control]:
+        """The run's pending commands, marked applied at ``round_number`` (one transaction);
+        with ``owner``, ``NotOwner`` once that driver no longer has the run."""
         with self.session() as s, s.begin():
+            _check_owner(self._run(s, run_id), owner)
             pending = list(
                 s.scalars(
                     select(Control)

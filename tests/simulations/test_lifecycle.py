@@ -196,3 +196,30 @@ def test_a_plain_keyboard_interrupt_leaves_the_run_paused_not_failed(tmp_path):
     run = store.get_run(1)
     assert run.status == "paused" and run.finished_at is None and len(run.rounds) == 1
     assert [r.number for r in resume_run(store, 1).rounds] == [2, 3, 4, 5, 6]
+
+
+def test_a_driver_whose_run_was_taken_over_leaves_it_alone(tmp_path):
+    """An orphaned driver (a killed SuperLink's ServerApp, stopped after `fedcore server
+    --resume` claimed the run) neither pauses the resumed run nor commits into it."""
+    from aggregator.store import NotOwner
+    from simulations.lifecycle import StoredRun
+    from simulations.prepare import prepare_scenario
+
+    store = Store(str(tmp_path / "runs.db"))
+    run = StoredRun.create(store, prepare_scenario(scenario_from_dict(scenario_dict())), "x")
+    orphan = StoredRun(store, run.run_id, run.prepared, owner="gone:1")
+
+    def interrupted(hooks):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        orphan.drive(interrupted, stopped_by="the ServerApp was stopped")
+    assert store.get_run(run.run_id).status == "running"  # still the live driver's
+
+    def commits(hooks):
+        hooks.record(run_scenario(scenario_from_dict(scenario_dict(rounds=1))).rounds[0])
+
+    with pytest.raises(NotOwner):
+        orphan.drive(commits)
+    stored = store.get_run(run.run_id)
+    assert (stored.status, stored.owner, stored.rounds) == ("running", run.owner, [])

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from aggregator.rounds import ClientOutcome, RoundOutcome
-from aggregator.store import Store, StoreError, resolve_url
+from aggregator.store import NotOwner, Store, StoreError, resolve_url, this_process
 from aggregator.store.checkpoints import CheckpointError
 from aggregator.store.schema import (
     HEAD_REVISION,
@@ -114,6 +114,31 @@ def test_a_resume_drops_a_pause_left_queued_but_keeps_settings_and_aborts(db_url
     store.claim_run(run_id, "inprocess")  # same process: not "still running"
     assert store.pending_stop(run_id)
     assert [c.command for c in store.take_controls(run_id, 1)] == ["abort"]
+
+
+def test_a_driver_that_lost_its_run_writes_nothing(db_url, tmp_path):
+    """Fencing: once a run is another driver's (a resume claimed it; here "gone:1" stands for
+    the orphaned ServerApp of a killed SuperLink), the stale driver can neither commit a round
+    (not even its checkpoint file), nor take the new driver's commands, nor pause the run."""
+    store = Store(db_url, checkpoints=str(tmp_path / "ck"))
+    run_id = store.create_run("demo", "deployment", 1, {})
+    me, stale = this_process(), "gone:1"
+    store.record_round(run_id, outcome(1, 1.0), owner=me)
+    store.queue_control(run_id, "set", {"learning_rate": 0.01})
+    with pytest.raises(NotOwner, match=f"run {run_id} is no longer this driver's"):
+        store.record_round(run_id, outcome(2, 2.0), owner=stale)
+    assert not (tmp_path / "ck" / f"run-{run_id}" / "round-0002.npz").exists()
+    assert not list((tmp_path / "ck").rglob("*0002*"))
+    with pytest.raises(NotOwner):
+        store.take_controls(run_id, 1, owner=stale)
+    assert store.pending_stop(run_id) is False and store.take_controls(run_id, 1, owner=me)
+    assert store.finish_run(run_id, "paused", error="interrupted", owner=stale) is False
+    run = store.get_run(run_id)
+    assert (run.status, run.owner, run.error, len(run.rounds)) == ("running", me, None, 1)
+    assert store.finish_run(run_id, "paused", owner=me) is True
+    with pytest.raises(NotOwner, match="driven by no process"):  # stopped: nobody's now
+        store.record_round(run_id, outcome(2, 2.0), owner=me)
+    store.record_round(run_id, outcome(2, 2.0))  # no owner given: unfenced, as before
 
 
 def test_an_older_schema_is_refused_until_upgraded_and_keeps_its_data(db_url, tmp_path):
