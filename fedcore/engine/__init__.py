@@ -65,12 +65,11 @@ from .norm import (  # noqa: E402
     batch_norm,
     batch_norm_apply,
     batch_norm_train,
-    layer_norm,
-    rms_norm,
     running_moments_update_,
 )
 from .ops_nn import dropout, embedding, gelu, sigmoid, silu, softmax, swiglu, tanh  # noqa: E402
 from .rnn import gru, lstm  # noqa: E402
+from .rownorm import layer_norm, rms_norm  # noqa: E402
 
 __all__ += [
     "attention", "avg_pool2d", "batch_moments", "batch_moments_centred", "batch_norm",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_float", "check_ndim", "check_same_dtype"]
+__all__ = ["check_features", "check_float", "check_ndim", "check_same_dtype"]
 
 
 def check_float(op: str, what: str, a: np.ndarray) -> None:
@@ -33,3 +33,16 @@ def check_ndim(op: str, what: str, a: np.ndarray, ndim: int, layout: str) -> Non
     """Raise ValueError unless `a` has `ndim` axes; `layout` names them (e.g. "(N, H, W, C)")."""
     if a.ndim != ndim:
         raise ValueError(f"{op}: {what} must be {ndim}-D {layout}, got shape {a.shape}")
+
+
+def check_features(op: str, x: np.ndarray, **params: np.ndarray) -> int:
+    """The feature count (last axis of x); every param must be (C,)."""
+    if x.ndim < 2:
+        raise ValueError(f"{op}: input must be at least 2-D (..., C), got shape {x.shape}")
+    check_same_dtype(op, input=x, **params)
+    c = x.shape[-1]
+    for name, p in params.items():
+        if p.shape != (c,):
+            raise ValueError(f"{op}: {name} {p.shape} does not match input {x.shape} "
+                             f"({c} features)")
+    return c

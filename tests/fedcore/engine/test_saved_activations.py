@@ -70,7 +70,7 @@ def test_recomputed_activations_give_torch_gradients(frozen):
 
 
 def test_one_recomputation_serves_every_consumer(monkeypatch):
-    from fedcore.engine.norm import rms_norm_p
+    from fedcore.engine.rownorm import rms_norm_p
 
     calls = []
     forward = rms_norm_p.forward
