@@ -13,10 +13,12 @@ import sys
 SEQS = (256, 512, 1024, 2048)
 
 
-def measure(what: str, seq: int, batch: int, checkpoint: str = "none") -> dict:
+def measure(what: str, seq: int, batch: int, checkpoint: str = "none",
+            micro_batch: int | None = None) -> dict:
     """One figure, from a child process."""
+    micro = [] if micro_batch is None else ["--micro-batch", str(micro_batch)]
     out = subprocess.run([sys.executable, "-m", "benchmarks.modern", what, "--seq", str(seq),
-                          "--batch", str(batch), "--checkpoint", checkpoint],
+                          "--batch", str(batch), "--checkpoint", checkpoint, *micro],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -57,13 +59,15 @@ def _held(r: dict) -> str:
             f"not account, allocator slack); building alone peaked at {r['build_peak_mb']:.1f} MB")
 
 
-#: (label, WHAT, checkpoint) of the LoRA table's rows after full fine-tuning
-LORA_ROWS = (("full fine-tuning, blocks recomputed", "full", "blocks"),
-             ("LoRA, float32 base", "lora-float32", "none"),
-             ("LoRA, int8 base", "lora-int8", "none"),
-             ("LoRA, int8 base, blocks recomputed", "lora-int8", "blocks"),
-             ("LoRA, int8 base, A frozen", "lora-int8-ffa", "none"),
-             ("LoRA, int8 base, A frozen, recomputed", "lora-int8-ffa", "blocks"))
+#: (label, WHAT, checkpoint, micro-batch) of the LoRA table's rows after full fine-tuning
+LORA_ROWS = (("full fine-tuning, blocks recomputed", "full", "blocks", None),
+             ("LoRA, float32 base", "lora-float32", "none", None),
+             ("LoRA, int8 base", "lora-int8", "none", None),
+             ("LoRA, int8 base, blocks recomputed", "lora-int8", "blocks", None),
+             ("LoRA, int8 base, recomputed, micro-batches of 2", "lora-int8", "blocks", 2),
+             ("LoRA, int8 base, recomputed, micro-batches of 1", "lora-int8", "blocks", 1),
+             ("LoRA, int8 base, A frozen", "lora-int8-ffa", "none", None),
+             ("LoRA, int8 base, A frozen, recomputed", "lora-int8-ffa", "blocks", None))
 
 
 def lora_report() -> None:
@@ -78,8 +82,8 @@ def lora_report() -> None:
     full = measure("full", 128, 8)
     print(_row("full fine-tuning", full))
     print(_held(full))
-    for label, what, ckpt in LORA_ROWS:
-        r = measure(what, 128, 8, ckpt)
+    for label, what, ckpt, micro in LORA_ROWS:
+        r = measure(what, 128, 8, ckpt, micro)
         print(_row(label, r))
         print(_held(r))
         ratio = r["peak_mb"] / full["peak_mb"]

@@ -173,11 +173,11 @@ def _peak_mb() -> float:
 
 
 def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "none",
-            threads: int = 1) -> dict:
-    """Build `what`, note the RSS, train `steps` steps on `threads` threads, note the peak
-    RSS."""
+            threads: int = 1, micro_batch: int | None = None) -> dict:
+    """Build `what`, note the RSS, train `steps` steps on `threads` threads (fedcore: in
+    micro-batches of `micro_batch` sequences when given), note the peak RSS."""
     out: dict = {"what": what, "seq": seq, "batch": batch, "checkpoint": checkpoint,
-                 "threads": threads, "import_mb": _rss_mb()}
+                 "threads": threads, "micro_batch": micro_batch, "import_mb": _rss_mb()}
     rng = np.random.default_rng(0)
     x = rng.integers(0, GPT["vocab_size"], (batch, seq))
     y = rng.integers(0, GPT["vocab_size"], (batch, seq)).reshape(-1)
@@ -216,7 +216,7 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
         out["model_mb"] = pool.live_bytes / 2**20
         pool.reset_peak()
         for _ in range(steps):
-            train_step(model, softmax_cross_entropy, x, y, opt)
+            train_step(model, softmax_cross_entropy, x, y, opt, micro_batch=micro_batch)
         replicas = sum(p.peak_bytes for p in replica_pools(model))  # the shards' own pools
         out["engine_peak_mb"] = (pool.peak_bytes + replicas) / 2**20
     out["peak_mb"] = _peak_mb()
@@ -231,12 +231,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--checkpoint", choices=["none", "blocks"], default="none")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--micro-batch", type=int, default=None,
+                    help="fedcore: sequences a micro-batch (gradients accumulated)")
     args = ap.parse_args()
     what = "gpt-fedcore" if args.what == "full" else args.what
-    if what.startswith("gpt-torch") and args.checkpoint != "none":
-        ap.error("--checkpoint is fedcore's (the torch models keep every activation)")
+    if what.startswith("gpt-torch") and (args.checkpoint != "none" or args.micro_batch):
+        ap.error("--checkpoint and --micro-batch are fedcore's (the torch models keep every "
+                 "activation)")
+    if args.micro_batch is not None and args.micro_batch < 1:
+        ap.error("--micro-batch must be at least 1")
     print(json.dumps(measure(what, args.seq, args.batch, checkpoint=args.checkpoint,
-                             threads=args.threads)))
+                             threads=args.threads, micro_batch=args.micro_batch)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from fedcore.engine import softmax_cross_entropy
 from fedcore.engine.parallel import set_num_threads
 from fedcore.models import build_model
 from fedcore.nn import BatchNorm, Dense, Flatten, Module, ReLU, Sequential, shards
-from fedcore.nn.shards import shard_count, train_step
+from fedcore.nn.shards import accumulates, shard_count, train_step
 from fedcore.optim import SGD
 from tests.fedcore.engine.test_parallel import two_threads
 from tests.tolerances import assert_close_to_operands
@@ -65,10 +65,11 @@ MODELS: dict[str, Callable[[], Module]] = {
 }
 
 
-def _step(model: Module, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def _step(model: Module, x: np.ndarray, y: np.ndarray,
+          micro_batch: int | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """One SGD step with momentum: (loss, gradient, parameters after)."""
     opt = SGD(model.parameters(), lr=LR, momentum=0.9)
-    loss = train_step(model, softmax_cross_entropy, x, y, opt)
+    loss = train_step(model, softmax_cross_entropy, x, y, opt, micro_batch=micro_batch)
     return loss, model.grad_flat().copy(), model.get_flat()
 
 
@@ -219,3 +220,45 @@ def test_a_replica_allocates_from_a_pool_of_its_own_kept_with_the_model(threads)
     (pool,) = shards.replica_pools(model)
     _step(model, x, y)
     assert shards.replica_pools(model) == [pool] and pool.peak_bytes >= model.layout.size * 4
+
+
+MICRO = {**MODELS, "gpt-lora-int8-blocks": lambda: build_model(
+    "tiny_gpt", seed=1, checkpoint="blocks",
+    lora=dict(rank=4, alpha=8, targets=["attn", "mlp"], base="int8"), **GPT)}
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in MICRO if k != "lstm"))
+def test_a_micro_batched_step_is_the_whole_batch_step(kind):
+    set_num_threads(1)
+    make = MICRO[kind]
+    x, y = _data(kind.split("-")[0])
+    assert accumulates(make(), softmax_cross_entropy, x, y, 2)
+    loss2, grad2, after2 = _step(make(), x, y, micro_batch=2)  # 2 + 2 + 2 + 1 rows
+    loss1, grad1, after1 = _step(make(), x, y)
+    before = make().get_flat()
+    magnitude = _row_magnitude(make, x, y)
+    assert loss2 == pytest.approx(loss1, rel=1e-6)
+    assert_close_to_operands(grad2, grad1, magnitude, 64, np.float32)
+    assert_close_to_operands(after2, after1, np.abs(before) + LR * magnitude, 64, np.float32)
+    assert np.abs(grad1).max() > 0
+
+
+@pytest.mark.parametrize("kind", ["bn", "lstm", "mlp-whole"])
+def test_what_a_micro_batch_could_get_wrong_stays_whole(kind):
+    set_num_threads(1)
+    make = {"bn": _bn_model, "lstm": _lstm, "mlp-whole": _mlp}[kind]
+    x, y = _data(kind.split("-")[0] if kind != "bn" else "mlp")
+    micro = len(x) if kind == "mlp-whole" else 2
+    assert not accumulates(make(), softmax_cross_entropy, x, y, micro)
+    loss, grad, after = _step(make(), x, y, micro_batch=micro)
+    want_loss, want_grad, want = _step(make(), x, y)
+    assert loss == want_loss
+    np.testing.assert_array_equal(grad, want_grad)
+    np.testing.assert_array_equal(after, want)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_a_bad_micro_batch_is_refused(bad):
+    x, y = _data("mlp")
+    with pytest.raises(ValueError, match="micro_batch must be a positive int"):
+        _step(_mlp(), x, y, micro_batch=bad)
