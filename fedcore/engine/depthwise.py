@@ -252,7 +252,10 @@ def _dw_vjp_w(ctx: Ctx, g: np.ndarray, dw: np.ndarray | None = None) -> np.ndarr
         part = partials[0][p]
         for other in partials[1:]:
             part += other[p]
-        np.add.reduce(part.reshape(kr, kq, ho * wq, c), axis=2, out=dw[a::sh, b::sw])
+        # each tap's sum over the run's positions as an einsum (numpy's reduction over that
+        # strided axis walks the C-channel rows one short loop at a time: 52 against 12 us
+        # for the MobileNet's 14x14x16 layer, (3, 3, 224, 16))
+        np.einsum("ijrc->ijc", part.reshape(kr, kq, ho * wq, c), out=dw[a::sh, b::sw])
     return dw
 
 

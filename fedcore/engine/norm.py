@@ -149,7 +149,8 @@ defvjp(batch_norm_apply_p, _bn_vjp_x, _bn_vjp_stats, _bn_vjp_gamma, _bn_vjp_beta
 def _bnt_fwd(ctx: Ctx, x: np.ndarray, stats: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
              eps: float, relu: bool) -> np.ndarray:
     rstd = _bn_rstd(x, stats, gamma, beta, eps, centred=True)
-    x2, k = fold(np.ascontiguousarray(x))  # long rows: every pass below is one flat loop
+    # long rows: every pass below runs as (nearly) one flat loop
+    x2, k = fold(np.ascontiguousarray(x), wide=True)
     if stats.shape[0] == 2:
         xc = ctx.alloc(x.shape, x.dtype)
         np.subtract(x2, tiled(stats[0], k), out=xc.reshape(x2.shape))
@@ -182,7 +183,7 @@ def _bnt_memo(ctx: Ctx, g: np.ndarray, buf: np.ndarray | None = None
     its channel dot with x - mean), computed once for the three VJPs."""
     memo = ctx.memo
     if memo is None:
-        g2, _ = fold(np.ascontiguousarray(g))
+        g2, _ = fold(np.ascontiguousarray(g), wide=True)
         # a pool buffer of g's shape (recycled: no fresh pages every step; vjp_x returns
         # it whole, so the pool counts it while it lives), folded like g
         xc = _bnt_xc(ctx)
