@@ -44,7 +44,8 @@ def train_local(
     Batches are reshuffled every epoch from ``seed`` so a client's work is reproducible.
     The optimizer state (momentum) is local to the round, as in FedAvg. The eager step is
     `fedcore.nn.shards.train_step` (what the benchmarks time): with several threads it may cut
-    a batch into shards that train side by side. ``step`` (a compiled
+    a batch into shards that train side by side, and ``settings.micro_batch`` runs it in
+    micro-batches instead. ``step`` (a compiled
     `TrainStep`, see `client_runtime.compiled`) replaces the eager step when given: it owns
     the optimizer and takes ``(x, flat targets)``.
     """
@@ -70,7 +71,7 @@ def train_local(
                 loss_sum += step(x[idx], y[idx].reshape(-1))
             else:  # the engine's one eager step: on several cores, the batch in shards
                 loss_sum += train_step(model, loss_fn.loss, x[idx], y[idx], optimizer,
-                                       settings.max_grad_norm)
+                                       settings.max_grad_norm, settings.micro_batch or None)
             if anchor is not None:  # FedProx's proximal term, applied as a decoupled step
                 flat = model.get_flat()
                 flat -= np.float32(settings.learning_rate * settings.proximal_mu) * (flat - anchor)

@@ -103,6 +103,9 @@ class TrainSettings:
     optimizer: str = _setting("sgd", kind=str, choices=("sgd", "adam"), **_FOR_THE_RUN)
     # clip each step's gradient to this L2 norm (0: off)
     max_grad_norm: float = _setting(0.0, kind=float, ge=0)
+    # rows a micro-batch: each batch's forward and backward in micro-batches, gradients added
+    # (less memory, the same step up to float rounding; fedcore.nn.shards.train_step); 0: off
+    micro_batch: int = _setting(0, kind=int, ge=0)
     # FedProx: after each step, p -= lr * mu * (p - p_start)
     proximal_mu: float = _setting(
         0.0, kind=float, ge=0, from_strategy=True, set_by="federation.strategy_options"

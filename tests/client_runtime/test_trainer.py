@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -88,3 +89,30 @@ def test_mismatched_targets_are_an_error() -> None:
 
 def test_perplexity_overflow_is_inf() -> None:
     assert perplexity(0.0) == 1.0 and perplexity(1e6) == math.inf
+
+
+def test_micro_batches_train_the_same_model(monkeypatch) -> None:
+    """`micro_batch` reaches the step: the tiny GPT trained in micro-batches of 2 rows ends
+    where the whole-batch training does, up to float rounding."""
+    from fedcore.nn import shards
+
+    seen = []
+    accumulated = shards._accumulated
+    monkeypatch.setattr(shards, "_accumulated",
+                        lambda *a: seen.append(a[-1]) or accumulated(*a))
+    x, y = cyclic_text(16, 6, vocab=12)
+    settings = TrainSettings(local_epochs=1, batch_size=8, learning_rate=0.1)
+    ends = []
+    for micro in (0, 2):
+        model = build_model("tiny_gpt", vocab_size=12, embed_dim=16, hidden=24, n_layers=1,
+                            n_heads=2, n_kv_heads=1, seed=0)
+        done = train_local(model, x, y, dataclasses.replace(settings, micro_batch=micro),
+                           seed=1)
+        ends.append((done.train_loss, model.get_flat()))
+    (whole, w_flat), (micro, m_flat) = ends
+    assert seen == [2, 2]  # two batches of 8, each in micro-batches of 2
+    assert micro == pytest.approx(whole, rel=1e-5)
+    np.testing.assert_allclose(m_flat, w_flat, rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(w_flat, build_model(
+        "tiny_gpt", vocab_size=12, embed_dim=16, hidden=24, n_layers=1, n_heads=2,
+        n_kv_heads=1, seed=0).get_flat())  # training moved the weights
