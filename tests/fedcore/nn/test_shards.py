@@ -92,9 +92,15 @@ def test_a_sharded_step_is_the_whole_batch_step(threads, kind):
     x, y = _data(kind.split("-")[0])
     model = make()
     assert shard_count(model, softmax_cross_entropy, x, y) == 2
-    loss2, grad2, after2 = _step(model, x, y)
+    cut = _step(model, x, y)
     set_num_threads(1)
-    loss1, grad1, after1 = _step(make(), x, y)
+    _assert_same_step(make, x, y, cut, _step(make(), x, y))
+
+
+def _assert_same_step(make, x, y, cut, whole) -> None:
+    """A cut step's (loss, gradient, parameters after) against the whole batch's, within
+    bounds scaled to the per-row gradient terms."""
+    (loss2, grad2, after2), (loss1, grad1, after1) = cut, whole
     before = make().get_flat()
     magnitude = _row_magnitude(make, x, y)
     assert loss2 == pytest.approx(loss1, rel=1e-6)
@@ -233,14 +239,8 @@ def test_a_micro_batched_step_is_the_whole_batch_step(kind):
     make = MICRO[kind]
     x, y = _data(kind.split("-")[0])
     assert accumulates(make(), softmax_cross_entropy, x, y, 2)
-    loss2, grad2, after2 = _step(make(), x, y, micro_batch=2)  # 2 + 2 + 2 + 1 rows
-    loss1, grad1, after1 = _step(make(), x, y)
-    before = make().get_flat()
-    magnitude = _row_magnitude(make, x, y)
-    assert loss2 == pytest.approx(loss1, rel=1e-6)
-    assert_close_to_operands(grad2, grad1, magnitude, 64, np.float32)
-    assert_close_to_operands(after2, after1, np.abs(before) + LR * magnitude, 64, np.float32)
-    assert np.abs(grad1).max() > 0
+    cut = _step(make(), x, y, micro_batch=2)  # 2 + 2 + 2 + 1 rows
+    _assert_same_step(make, x, y, cut, _step(make(), x, y))
 
 
 @pytest.mark.parametrize("kind", ["bn", "lstm", "mlp-whole"])
