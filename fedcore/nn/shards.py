@@ -98,13 +98,18 @@ def accumulates(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray,
     one of them, a loss that is a mean over rows, every module per sample (no batch norm or
     dropout while training) and none keeping forward state a micro-batch would overwrite (an
     RNN's final state, `join_shards`), a synchronous engine. Otherwise the step stays whole."""
-    n = len(x)
-    if micro_batch >= n or not getattr(loss, "mean_over_rows", False) or len(y) % n:
-        return False
-    if get_engine().asynchronous:
+    if micro_batch >= len(x) or not _cuttable(loss, x, y):
         return False
     return all(m.per_sample and type(m).join_shards is Module.join_shards
                for _, m in model.named_modules())
+
+
+def _cuttable(loss: Loss, x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether a step's batch can be cut into parts whose gradients add up to the whole's: a
+    loss that is a mean over rows, targets a whole multiple of the rows, a synchronous engine
+    (what both the shards and the micro-batches need)."""
+    return (bool(getattr(loss, "mean_over_rows", False)) and len(x) > 0
+            and len(y) % len(x) == 0 and not get_engine().asynchronous)
 
 
 def replica_pools(model: Module) -> list[MemoryPool]:
@@ -128,10 +133,7 @@ def shard_count(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray) -> int:
     `y` has as many rows as `x`, or a whole multiple (a language model's targets, flat)."""
     n = len(x)
     shards = min(get_num_threads(), n // 2)
-    if shards < 2 or not getattr(loss, "mean_over_rows", False) or len(y) % n:
-        return 1
-    eng = get_engine()
-    if eng.asynchronous or eng.pool.budget_bytes is not None:
+    if shards < 2 or not _cuttable(loss, x, y) or get_engine().pool.budget_bytes is not None:
         return 1
     weights = 0
     for _, m in model.named_modules():
