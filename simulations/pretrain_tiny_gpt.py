@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcore.engine import Tensor, no_grad, softmax_cross_entropy
+from fedcore.evaluate import evaluate, perplexity
 from fedcore.models.gpt import BASE_FILE, SHAKESPEARE_BASE, TinyGPT, tiny_gpt
+from fedcore.nn.shards import train_step
+from fedcore.objectives import objective
 from fedcore.optim import AdamW
 from simulations.datasets.shakespeare import build_vocab, encode, role_words, roles, windows
 
@@ -40,19 +42,6 @@ def corpus(seq_len: int = SEQ_LEN) -> tuple[np.ndarray, np.ndarray, int]:
     return x, y, len(ids)
 
 
-def perplexity(model: TinyGPT, x: np.ndarray, y: np.ndarray, batch: int = 64) -> float:
-    """exp(mean next-word cross-entropy) over (x, y)."""
-    model.eval()
-    total = 0.0
-    with no_grad():
-        for lo in range(0, len(x), batch):
-            loss = softmax_cross_entropy(model(Tensor(x[lo:lo + batch])),
-                                         y[lo:lo + batch].reshape(-1))
-            total += loss.item() * len(x[lo:lo + batch])
-    model.train()
-    return math.exp(total / len(x))
-
-
 def train(epochs: int, batch: int, lr: float, seed: int) -> tuple[TinyGPT, dict]:
     """The trained base and what to record about it."""
     x, y, nwords = corpus()
@@ -63,6 +52,7 @@ def train(epochs: int, batch: int, lr: float, seed: int) -> tuple[TinyGPT, dict]
     model = tiny_gpt(seed=seed, **SHAKESPEARE_BASE)
     model.flatten_parameters()
     opt = AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    loss = objective("cross_entropy").loss  # next-word cross-entropy, a mean over rows
     steps = epochs * math.ceil(len(tr) / batch)
     step, start = 0, time.perf_counter()
     for epoch in range(epochs):
@@ -70,12 +60,9 @@ def train(epochs: int, batch: int, lr: float, seed: int) -> tuple[TinyGPT, dict]
         for lo in range(0, len(perm), batch):
             idx = perm[lo:lo + batch]
             opt.lr = lr * 0.5 * (1 + math.cos(math.pi * step / steps))  # cosine decay
-            opt.zero_grad()
-            loss = softmax_cross_entropy(model(Tensor(x[idx])), y[idx].reshape(-1))
-            loss.backward()
-            opt.step()
+            train_step(model, loss, x[idx], y[idx], opt)
             step += 1
-        ppl = perplexity(model, x[val], y[val])
+        ppl = perplexity(evaluate(model, x[val], y[val], batch_size=64)[0])
         print(f"epoch {epoch + 1}/{epochs}: held-out perplexity {ppl:.1f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     info = {"corpus_words": nwords, "excluded_roles": EXCLUDED_ROLES, "seq_len": SEQ_LEN,
