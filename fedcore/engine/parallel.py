@@ -32,8 +32,8 @@ from contextlib import contextmanager
 import numpy as np
 
 __all__ = ["ENV_VAR", "GEMM_GRAIN", "GRAIN", "Aside", "aside", "claim_blas", "elementwise",
-           "get_num_threads", "matmul", "parallel_for", "set_num_threads", "side_by_side",
-           "tasks"]
+           "get_num_threads", "matmul", "parallel_for", "serial", "set_num_threads",
+           "side_by_side", "tasks"]
 
 ENV_VAR = "FEDCORE_NUM_THREADS"
 
@@ -120,6 +120,30 @@ class _Worker:
 
 
 _workers: list[_Worker] = []
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: forget its workers (waiting on one
+    would hang) and take a lock no dead thread can be holding."""
+    global _busy
+    _workers.clear()
+    _busy = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextmanager
+def serial() -> Iterator[None]:
+    """Run the block's kernels on the calling thread alone, as a shard in another process
+    does (`fedcore.nn.shard_workers`): the workers count as busy, so nothing is split."""
+    if not _busy.acquire(blocking=False):  # already inside a region: splits are serial
+        yield
+        return
+    try:
+        yield
+    finally:
+        _busy.release()
 
 
 def parallel_for(n: int, fn: Callable[[int, int], None], work: int, calls: int = 1) -> None:

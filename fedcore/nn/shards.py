@@ -3,25 +3,39 @@
 `train_step(model, loss, x, y, optimizer)` is the eager step every caller uses (the client
 trainer, the benchmarks): zero the gradients, forward, loss, backward, clip, update. With
 several threads (`fedcore.engine.parallel`), the batch is cut into one shard per thread and
-each shard's forward and backward runs on a thread of its own: data parallelism inside one
-step. numpy and BLAS release the GIL inside their kernels, so the shards' kernels overlap, one
-hand-off starts them all (instead of one per split kernel), and the Python between kernels,
-serial in a whole step, runs beside the other shard's kernels. Inside a shard every kernel
-runs on its thread alone (fedcore's splits serial, BLAS on one thread).
+each shard's forward and backward runs on a core of its own: data parallelism inside one step.
+One hand-off starts all the shards (instead of one per split kernel), and the Python between
+kernels, serial in a whole step, runs beside the other shards' kernels. Inside a shard every
+kernel runs on one core (fedcore's splits serial, BLAS on one thread).
 
-The first shard runs the model itself on the caller's thread. Every other shard runs a replica
-(`_Replica`): the same module objects' settings and the same parameter arrays, but tensors of
-its own (so engine vars, versions and graph leaves of its own), a flat gradient buffer of its
-own, and an engine and a memory pool of its own (`thread_engine`; `_pools`): no engine
-bookkeeping is shared between threads and no gradient is written by two at once. Each
-shard's backward is seeded with its share of the rows (rows / N), so the model's gradient plus
-the replicas' (one add each) is the whole batch's gradient up to float rounding, for a loss
-that is a mean over rows (`mean_over_rows`). The optimizer then steps once. Two half-batch
-shards hold about one batch of activations; each replica adds one copy of the gradients.
+The first shard runs the model itself on the caller's thread. By default (`BACKEND`) every
+other shard runs in a forked worker process (`fedcore.nn.shard_workers`, Linux): the model as
+it was when forked, sent the current flat parameters and its rows through shared memory each
+step, sending back its flat gradient. Each shard's backward is seeded with its share of the
+rows (rows / N), so the model's gradient plus the others' (one add each) is the whole batch's
+gradient up to float rounding, for a loss that is a mean over rows (`mean_over_rows`). The
+optimizer then steps once. Two half-batch shards hold about one batch of activations; each
+other shard adds a copy of the gradients (and, in a worker, of the parameters).
 
-The two shards still take the GIL from each other between their numpy calls, which wakes
-threads as hand-offs do (sleeps per step, all threads, busy VM under chrt: CNN 36 whole against
-43 in shards, tiny GPT 567 against 628): the gain is the overlapped Python, not fewer wake-ups.
+A process, because thread shards take the GIL from each other between their numpy calls
+(im2col, copies and allocations hold it): even with the cores kept awake they stayed near
+1.5x on the CNN. Busy 2-core VM, `python -m benchmarks.engine_layers --threads 1 2 --case cnn`
+(`gpt`), medians of interleaved runs: the CNN at 2 threads 22.1-25.8 ms in processes against
+28.6-28.8 on threads (1 thread: 31.8-35.7); the tiny GPT 195 against 218 ms (1 thread:
+301-312). A worker's private memory (USS) at the benchmark's shapes: CNN 23.8 MB, tiny GPT
+69.4 MB, where a thread replica's pool peaks at 13.5 and 38.8 MB (the rest: the parameters'
+copy and the interpreter's copy-on-write pages).
+
+Where a worker cannot serve (no `os.fork`; a module folds what its shards kept through
+`join_shards`, as an RNN's final state; a worker of the model was lost), every other shard
+runs a replica on a thread of its own (`_Replica`): the same module objects' settings and the
+same parameter arrays, but tensors of its own (so engine vars, versions and graph leaves of
+its own), a flat gradient buffer of its own, and an engine and a memory pool of its own
+(`thread_engine`; `_pools`): no engine bookkeeping is shared between threads and no gradient
+is written by two at once. numpy and BLAS release the GIL inside their kernels, so the
+shards' kernels overlap; between kernels they wait on the GIL, which wakes threads as
+hand-offs do (sleeps per step, all threads, busy VM under chrt: CNN 36 whole against 43 in
+shards, tiny GPT 567 against 628).
 
 The step stays whole, and bit for bit what it was, with one thread; with fewer than two rows
 per shard or a step too small to pay the hand-off (`MIN_SHARD_WORK`); when a module is not
@@ -42,11 +56,17 @@ import numpy as np
 
 from ..engine import MemoryPool, NaiveEngine, Tensor, Var, get_engine
 from ..engine.engine import thread_engine
-from ..engine.parallel import claim_blas, get_num_threads, side_by_side
+from ..engine.parallel import claim_blas, get_num_threads, serial, side_by_side
 from ..engine.tensor import Leaf
+from . import shard_workers
 from .module import Module
 
-__all__ = ["MIN_SHARD_WORK", "accumulates", "replica_pools", "shard_count", "train_step"]
+__all__ = ["BACKEND", "MIN_SHARD_WORK", "accumulates", "replica_pools", "shard_count",
+           "train_step"]
+
+#: where the shards after the first run: "process" (forked workers, `shard_workers`, where
+#: available and the model allows) or "thread" (replicas on threads, `_Replica`)
+BACKEND = "process"
 
 #: model -> a memory pool per replica, kept between steps. A replica allocating from the
 #: process pool shared its lock and free lists with the caller's shard: a pool of its own
@@ -151,6 +171,16 @@ def _sharded(model: Module, loss: Loss, x: np.ndarray, y: np.ndarray, shards: in
     the model's; the loss's mean over the whole batch."""
     n, per = len(x), len(y) // len(x)  # target rows per input row
     bounds = [n * i // shards for i in range(shards + 1)]
+    if BACKEND == "process" and shard_workers.usable(model) and _swappable(model):
+        first = x[:bounds[1]], y[:bounds[1] * per], np.float32(bounds[1] / n)
+
+        def own() -> float:
+            with serial():  # the other shards have the other cores
+                return _forward_backward(model, loss, *first)
+
+        out = shard_workers.run_shards(model, loss, x, y, bounds, _forward_backward, own)
+        if out is not None:
+            return out
     pools = _pools.setdefault(model, [])
     pools.extend(MemoryPool() for _ in range(shards - 1 - len(pools)))
     replicas = []
@@ -294,6 +324,14 @@ class _Replica:
 
 
 _REFUSE = object()
+
+
+def _swappable(model: Module) -> bool:
+    """Whether no module keeps a tensor, a module or a method of one inside a container
+    (where neither a replica nor a worker's snapshot check can see it)."""
+    return not any(isinstance(v, list | tuple | dict | set | frozenset) and k not in
+                   ("_params", "_modules") and _holds_engine_state(v)
+                   for _, m in model.named_modules() for k, v in vars(m).items())
 
 
 def _holds_engine_state(v: list | tuple | dict | set | frozenset) -> bool:

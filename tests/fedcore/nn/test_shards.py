@@ -21,10 +21,12 @@ GPT = dict(vocab_size=40, embed_dim=32, hidden=48, n_layers=2, n_heads=4, n_kv_h
 LR = 0.1
 
 
-@pytest.fixture
-def threads(monkeypatch) -> Iterator[None]:
-    """Two threads, and any step worth cutting (the models here are small)."""
+@pytest.fixture(params=["thread", "process"])
+def threads(monkeypatch, request) -> Iterator[None]:
+    """Two threads, any step worth cutting (the models here are small), the shards after the
+    first on a thread replica or in a forked worker (`shards.BACKEND`)."""
     monkeypatch.setattr(shards, "MIN_SHARD_WORK", 0)
+    monkeypatch.setattr(shards, "BACKEND", request.param)
     with two_threads():
         yield
 
@@ -218,7 +220,8 @@ def test_the_benchmark_mlp_stays_whole_and_the_reference_cnn_is_cut():
         assert shard_count(cnn, softmax_cross_entropy, x, y[:64]) == 2
 
 
-def test_a_replica_allocates_from_a_pool_of_its_own_kept_with_the_model(threads):
+def test_a_replica_allocates_from_a_pool_of_its_own_kept_with_the_model(threads, monkeypatch):
+    monkeypatch.setattr(shards, "BACKEND", "thread")
     x, y = _data("mlp")
     model = _mlp()
     assert shards.replica_pools(model) == []
