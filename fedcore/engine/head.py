@@ -14,6 +14,11 @@ weight is an embedding table (vocab, dim) (`tied=True`, the logits are h @ w^T) 
 weight (dim, vocab) with an optional bias; a frozen head (LoRA's base, a frozen table) gets no
 weight gradient and costs nothing for one.
 
+A frozen tied table may be held in int8 (`fedcore.engine.quant.quantize_rows`: codes
+(vocab, dim), one scale per row): the op then dequantizes HEAD_QBLOCK_ELEMS-sized chunks of
+rows into one scratch buffer for each block's logits and again for its rows' gradient, so
+neither the float32 table nor a full-size copy of it exists.
+
 `deferred_logits(h, w)` is how a model uses it without changing how it is trained: it returns
 a Tensor that stands for h @ w^T (+ b) but computes nothing yet. `softmax_cross_entropy` of it
 runs the fused op; anything else that touches it (its data, another op, a second loss)
@@ -36,11 +41,14 @@ from .parallel import matmul as gemm
 from .parallel import parallel_for
 from .tensor import Tensor, enable_grad, is_grad_enabled
 
-__all__ = ["HEAD_ELEMS", "DeferredLogits", "check_labels", "deferred_logits",
-           "head_cross_entropy"]
+__all__ = ["HEAD_ELEMS", "HEAD_QBLOCK_ELEMS", "DeferredLogits", "check_labels",
+           "deferred_logits", "head_cross_entropy"]
 
 #: logits one block holds (1 MiB of float32): at vocab 2,000, 131 rows
 HEAD_ELEMS = 1 << 18
+
+#: dequantized table elements one chunk of an int8 head holds (256 KiB of float32)
+HEAD_QBLOCK_ELEMS = 1 << 16
 
 
 def check_labels(n: int, classes: int, labels: np.ndarray) -> None:
@@ -54,10 +62,16 @@ def check_labels(n: int, classes: int, labels: np.ndarray) -> None:
                          f"[{labels.min()}, {labels.max()}]")
 
 
-def _check(h: np.ndarray, w: np.ndarray, bias: np.ndarray | None, tied: bool) -> int:
-    """The vocabulary size, once h (N, dim), w and bias are seen to fit."""
+def _check(h: np.ndarray, w: np.ndarray, bias: np.ndarray | None, tied: bool,
+           scales: np.ndarray | None = None) -> int:
+    """The vocabulary size, once h (N, dim), w and bias (or int8 w and its per-row scales)
+    are seen to fit."""
     check_float("head_cross_entropy", "hidden", h)
-    check_float("head_cross_entropy", "weight", w)
+    if scales is None:
+        check_float("head_cross_entropy", "weight", w)
+    elif w.dtype != np.int8 or w.ndim != 2 or scales.shape != (w.shape[0],):
+        raise ValueError(f"head_cross_entropy: int8 table {w.shape} {w.dtype} needs one "
+                         f"scale per row, got scales {scales.shape}")
     dim = w.shape[1] if tied else w.shape[0]
     if h.ndim != 2 or w.ndim != 2 or h.shape[1] != dim:
         layout = "(vocab, dim)" if tied else "(dim, vocab)"
@@ -85,10 +99,46 @@ def _softmax_rows(p: np.ndarray, labels: np.ndarray, lognorm: np.ndarray,
     parallel_for(len(p), slab, 4 * p.size)  # exp costs several simple passes
 
 
+def _chunks(codes: np.ndarray, scales: np.ndarray, scratch: np.ndarray):  # noqa: ANN202
+    """(v0, v1, rows v0:v1 of the table dequantized into `scratch`) over the int8 table."""
+    rows = scratch.shape[0]
+    for v0 in range(0, codes.shape[0], rows):
+        v1 = min(codes.shape[0], v0 + rows)
+        wb = scratch[:v1 - v0]
+        np.multiply(codes[v0:v1], scales[v0:v1, None], out=wb)
+        yield v0, v1, wb
+
+
+def _qlogits(hb: np.ndarray, codes: np.ndarray, scales: np.ndarray, scratch: np.ndarray,
+             out: np.ndarray) -> np.ndarray:
+    """hb @ table^T into `out` (rows, vocab), a chunk of table rows at a time."""
+    for v0, v1, wb in _chunks(codes, scales, scratch):
+        gemm(hb, wb.T, out=out[:, v0:v1])
+    return out
+
+
+def _qrows_grad(p: np.ndarray, codes: np.ndarray, scales: np.ndarray, scratch: np.ndarray,
+                part: np.ndarray, out: np.ndarray) -> None:
+    """p @ table into `out` (rows, dim): the chunks' products summed."""
+    for v0, v1, wb in _chunks(codes, scales, scratch):
+        if v0 == 0:
+            gemm(p[:, v0:v1], wb, out=out)
+        else:
+            out += gemm(p[:, v0:v1], wb, out=part[:len(p)])
+
+
+def _fwd_q(ctx: Ctx, h: np.ndarray, codes: np.ndarray, labels: np.ndarray,
+           scales: np.ndarray, grads: tuple[bool, bool, bool]) -> np.ndarray:
+    """The op over a frozen int8 tied table (no weight gradient: it is not trained)."""
+    return _fwd(ctx, h, codes, labels, tied=True, grads=(grads[0], False, False),
+                scales=scales)
+
+
 def _fwd(ctx: Ctx, h: np.ndarray, w: np.ndarray, labels: np.ndarray, *rest: np.ndarray,
-         tied: bool, grads: tuple[bool, bool, bool]) -> np.ndarray:
+         tied: bool, grads: tuple[bool, bool, bool],
+         scales: np.ndarray | None = None) -> np.ndarray:
     bias = rest[0] if rest else None
-    vocab = _check(h, w, bias, tied)
+    vocab = _check(h, w, bias, tied, scales)
     n = h.shape[0]
     check_labels(n, vocab, labels)
     need_h, need_w, need_b = grads
@@ -101,6 +151,10 @@ def _fwd(ctx: Ctx, h: np.ndarray, w: np.ndarray, labels: np.ndarray, *rest: np.n
     dw = ctx.alloc(w.shape, dt) if need_w else None
     part = ctx.pool.alloc(w.shape, dt) if need_w and rows < n else None
     db = ctx.alloc((vocab,), dt) if need_b else None
+    if scales is not None:  # a chunk of dequantized table rows, and the rows' partial sums
+        scratch = ctx.pool.alloc((max(1, min(vocab, HEAD_QBLOCK_ELEMS // w.shape[1])),
+                                  w.shape[1]), dt)
+        qpart = ctx.pool.alloc((rows, w.shape[1]), dt) if need_h else None
     if db is not None:
         db.fill(0)
     if dw is not None and n == 0:  # no rows: no block writes it
@@ -110,7 +164,10 @@ def _fwd(ctx: Ctx, h: np.ndarray, w: np.ndarray, labels: np.ndarray, *rest: np.n
     for i0 in range(0, n, rows):
         i1 = min(n, i0 + rows)
         m, hb, lb = i1 - i0, h[i0:i1], labels[i0:i1]
-        p = gemm(hb, wt, out=block[:m])
+        if scales is None:
+            p = gemm(hb, wt, out=block[:m])
+        else:
+            p = _qlogits(hb, w, scales, scratch, block[:m])
         if bias is not None:
             p += bias
         _softmax_rows(p, lb, lognorm[:m], picked[:m])
@@ -119,7 +176,9 @@ def _fwd(ctx: Ctx, h: np.ndarray, w: np.ndarray, labels: np.ndarray, *rest: np.n
             continue
         p[np.arange(m), lb] -= 1.0  # d(mean loss)/d(logits) = (softmax - onehot) / N
         p *= inv_n
-        if dh is not None:
+        if dh is not None and scales is not None:
+            _qrows_grad(p, w, scales, scratch, qpart, dh[i0:i1])
+        elif dh is not None:
             gemm(p, w if tied else w.T, out=dh[i0:i1])
         if dw is not None:
             pw = p.T if tied else hb.T  # tied: dW = P^T h (vocab, dim); else h^T P
@@ -165,6 +224,8 @@ def _vjp_into(i: int) -> Callable[[Ctx, np.ndarray, np.ndarray], None]:
 head_xent_p = Primitive("head_cross_entropy", _fwd)
 defvjp(head_xent_p, _vjp(0), _vjp(1), None, _vjp(2))
 defvjp_into(head_xent_p, None, _vjp_into(1), None, _vjp_into(2))
+head_xent_q_p = Primitive("head_cross_entropy_int8", _fwd_q)
+defvjp(head_xent_q_p, _vjp(0), None, None, None)
 
 
 def _recording(*ts: Tensor) -> tuple[bool, ...]:
@@ -173,13 +234,19 @@ def _recording(*ts: Tensor) -> tuple[bool, ...]:
 
 
 def head_cross_entropy(h: Operand, w: Operand, labels: Tensor | np.ndarray,
-                       bias: Operand | None = None, tied: bool = True) -> Tensor:
+                       bias: Operand | None = None, tied: bool = True,
+                       scales: Operand | None = None) -> Tensor:
     """Mean over rows of -log softmax(logits)[i, labels[i]] for logits `h @ w^T` (`tied`,
     w (vocab, dim)) or `h @ w + bias` (w (dim, vocab)), fused and in row blocks (see the
-    module docstring); differentiable in h, w and bias."""
+    module docstring); differentiable in h, w and bias. `scales`: w is a frozen tied int8
+    table with these per-row scales (differentiable in h only)."""
     ts = [tensor(h), tensor(w), tensor(labels)]
     b = None if bias is None else tensor(bias)
     need = _recording(ts[0], ts[1], b)
+    if scales is not None:
+        if bias is not None or not tied:
+            raise ValueError("head_cross_entropy: an int8 table is a tied head without bias")
+        return apply(head_xent_q_p, *ts, tensor(scales), grads=need)
     if b is not None:
         ts.append(b)
     return apply(head_xent_p, *ts, tied=bool(tied), grads=need)
@@ -196,8 +263,8 @@ class DeferredLogits(Tensor):
     __slots__ = ("_parts", "_plain", "_make")
 
     def __init__(self, h: Tensor, w: Tensor, bias: Tensor | None, tied: bool,
-                 make: Callable[[], Tensor]):
-        self._parts = (h, w, bias, tied)
+                 make: Callable[[], Tensor], scales: Tensor | None = None):
+        self._parts = (h, w, bias, tied, scales)
         self._plain: Tensor | None = None
         self._make = make
         self._grad = None
@@ -232,7 +299,7 @@ class DeferredLogits(Tensor):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        h, w, _, tied = self._parts
+        h, w, _, tied, _ = self._parts
         return (h.shape[0], w.shape[0] if tied else w.shape[1])
 
     @property
@@ -258,8 +325,8 @@ class DeferredLogits(Tensor):
             from .losses import softmax_cross_entropy
 
             return softmax_cross_entropy(self._plain, labels)
-        h, w, bias, tied = self._parts
-        return head_cross_entropy(h, w, labels, bias, tied)
+        h, w, bias, tied, scales = self._parts
+        return head_cross_entropy(h, w, labels, bias, tied, scales)
 
     def __repr__(self) -> str:
         state = "computed" if self._plain is not None else "deferred"
@@ -267,9 +334,11 @@ class DeferredLogits(Tensor):
 
 
 def deferred_logits(h: Tensor, w: Tensor, make: Callable[[], Tensor],
-                    bias: Tensor | None = None, tied: bool = True) -> Tensor:
-    """`make()` (the plain logits of 2-D `h` against `w`) deferred while gradients are being
-    recorded outside a tracer and h or w needs one, else computed now (module docstring)."""
+                    bias: Tensor | None = None, tied: bool = True,
+                    scales: Tensor | None = None) -> Tensor:
+    """`make()` (the plain logits of 2-D `h` against `w`; `scales`: w is a tied int8 table
+    with these per-row scales) deferred while gradients are being recorded outside a tracer
+    and h or w needs one, else computed now (module docstring)."""
     if not any(_recording(h, w, bias)):
         return make()
-    return DeferredLogits(h, w, bias, tied, make)
+    return DeferredLogits(h, w, bias, tied, make, scales)

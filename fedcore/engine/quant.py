@@ -7,6 +7,12 @@ QBLOCK_ELEMS-sized column blocks into one small scratch buffer (cache-resident) 
 each; the backward (the input gradient only: the base is frozen) does the same over row
 blocks, so neither needs partial sums. The op saves no activation: its VJP reads only the
 weights.
+
+A frozen lookup table (an embedding, whose tied output head reads the same rows) is held the
+other way round: `quantize_rows(table)` gives int8 codes of the same (vocab, dim) layout and one
+scale per row, so `qembedding(ids, codes, scales)` dequantizes just the rows it looks up, and
+the head's product reads the codes transposed (a (dim, vocab) weight with per-column scales:
+`product` and `product_t` as they are, see `fedcore.engine.head`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from .pool import MemoryPool
 from .tensor import Tensor
 from .var import Var
 
-__all__ = ["QBLOCK_ELEMS", "dequantize_int8", "int8_tensor", "qmatmul", "quantize_int8"]
+__all__ = ["QBLOCK_ELEMS", "dequantize_int8", "int8_tensor", "qembedding", "qmatmul",
+           "quantize_int8", "quantize_rows"]
 
 #: dequantized float32 elements per block (64 KiB of scratch)
 QBLOCK_ELEMS = 1 << 14
@@ -36,6 +43,16 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
     codes = np.clip(np.rint(w / scales), -127, 127).astype(np.int8)
     return codes, scales
+
+
+def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes (rows, dim), float32 scale per row) of a 2-D table: `quantize_int8` of its
+    transpose, the codes laid out as the table (a row lookup reads one contiguous row)."""
+    table = np.asarray(table, np.float32)
+    if table.ndim != 2:
+        raise ValueError(f"quantize_rows: table must be 2-D (rows, dim), got {table.shape}")
+    codes, scales = quantize_int8(table.T)
+    return np.ascontiguousarray(codes.T), scales
 
 
 def dequantize_int8(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -116,3 +133,28 @@ def qmatmul(x: Operand, codes: Tensor, scales: Operand) -> Tensor:
     """`x @ (codes * scales)` for x (M, K), int8 codes (K, N), scales (N,), dequantized block
     by block (see the module docstring); differentiable in x only."""
     return apply(qmatmul_p, tensor(x), codes, tensor(scales))
+
+
+def _qembedding_fwd(ctx: Ctx, ids: np.ndarray, codes: np.ndarray,
+                    scales: np.ndarray) -> np.ndarray:
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"qembedding: indices {ids.shape} must be integers, got {ids.dtype}")
+    if codes.ndim != 2 or codes.dtype != np.int8 or scales.shape != (codes.shape[0],):
+        raise ValueError(f"qembedding: int8 codes {codes.shape} {codes.dtype} need one scale "
+                         f"per row, got scales {scales.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= codes.shape[0]):
+        raise IndexError(f"qembedding: indices {ids.shape} must lie in [0, {codes.shape[0]}), "
+                         f"got range [{ids.min()}, {ids.max()}]")
+    out = ctx.alloc((*ids.shape, codes.shape[1]), scales.dtype)
+    np.multiply(np.take(codes, ids, axis=0), np.take(scales, ids)[..., None], out=out)
+    return out
+
+
+qembedding_p = Primitive("qembedding", _qembedding_fwd)
+defvjp(qembedding_p, None, None, None)
+
+
+def qembedding(ids: Operand, codes: Tensor, scales: Operand) -> Tensor:
+    """Rows `ids` of the table int8 `codes` (rows, dim) * per-row `scales` stand for, each
+    dequantized as it is looked up (`quantize_rows`); a frozen table: no gradient."""
+    return apply(qembedding_p, tensor(ids), codes, tensor(scales))

@@ -7,6 +7,8 @@ was. Every other parameter of the model is frozen too, so the flat parameter vec
 federated round sends and averages) is the adapters only. With `base="int8"` each frozen W is
 held as int8 codes and per-output-channel scales, dequantized a block at a time inside the
 product; the layer's base and adapter products are one fused op (`fedcore.engine.lora`).
+A frozen `Embedding` table goes to int8 too, one scale per row (its tied `TiedHead` reads the
+same codes): the largest frozen tensor of a small language model, a quarter of its bytes.
 `merge_lora(model)` folds the adapters back into plain `Dense` weights (float32) for export.
 
 `freeze_a=True` trains B only (FFA-LoRA, Sun et al. 2024): A stays at its seeded random
@@ -27,9 +29,11 @@ import numpy as np
 from ..engine import Tensor, add_, get_engine, reshape
 from ..engine.lora import lora_matmul
 from ..engine.ops import Operand, tensor
-from ..engine.quant import dequantize_int8, int8_tensor, quantize_int8
+from ..engine.quant import dequantize_int8, int8_tensor, quantize_int8, quantize_rows
 from .layers import Dense
 from .module import Module, Parameter
+from .recurrent import Embedding
+from .transformer import TiedHead
 
 __all__ = ["BASES", "Frozen", "LoRABuild", "LoRADense", "adapt_layers", "apply_lora", "has_lora",
            "lora_config", "merge_lora"]
@@ -216,18 +220,41 @@ def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0,
     missing = [t for t in targets if t not in hit]
     if missing:
         raise ValueError(f"lora.targets: {missing[0]!r} names no Dense layer of the model")
-    frozen: dict[int, Frozen] = {}
+    tables = _int8_tables(model) if base == "int8" else set()
+    frozen: dict[int, tuple[Tensor, Tensor | None]] = {}
     for _, mod in model.named_modules():
         if isinstance(mod, LoRADense):
             continue
         for name, p in list(mod._params.items()):
             f = frozen.get(id(p))
             if f is None:
-                f = frozen[id(p)] = _frozen(p.data, p.name)
-            setattr(mod, name, f)
+                f = frozen[id(p)] = _int8_table(p) if id(p) in tables else (
+                    _frozen(p.data, p.name), None)
+            setattr(mod, name, f[0])
+            if f[1] is not None:
+                mod.scales = f[1]
     model.flatten_parameters()
     _return_freed_memory()
     return model
+
+
+def _int8_tables(model: Module) -> set[int]:
+    """ids of the `Embedding` tables an int8 base holds in int8: each one whose every holder
+    is an `Embedding` or a `TiedHead` (both read int8 codes with per-row `scales`)."""
+    holders: dict[int, list[Module]] = {}
+    for _, mod in model.named_modules():
+        for name, p in mod._params.items():
+            holders.setdefault(id(p), []).append(mod if name == "weight" else None)
+    return {id(m.weight) for _, m in model.named_modules()
+            if type(m) is Embedding and isinstance(m.weight, Parameter)
+            and all(type(h) in (Embedding, TiedHead) for h in holders[id(m.weight)])}
+
+
+def _int8_table(p: Parameter) -> tuple[Tensor, Tensor]:
+    """A frozen table as (int8 codes, per-row scales), both in the engine's pool."""
+    codes, scales = quantize_rows(p.data)
+    return int8_tensor(_pooled(codes, np.int8, "table codes"), "codes"), _frozen(scales,
+                                                                                "scales")
 
 
 def _return_freed_memory() -> None:
@@ -261,6 +288,14 @@ def merge_lora(model: Module) -> Module:
                 if child.bias is not None:
                     dense.bias = Parameter(child.bias.data.copy(), name="bias")
                 _swap(mod, name, dense)
+        table = getattr(mod, "scales", None) if type(mod) in (Embedding, TiedHead) else None
+        if table is not None:  # an int8 table: its float32 values, shared by its holders
+            codes = mod.weight
+            p = thawed.get(id(codes))
+            if p is None:
+                w = codes.data.astype(np.float32) * table.data[:, None]
+                p = thawed[id(codes)] = Parameter(w, name="weight")
+            mod.weight, mod.scales = p, None
         for name, value in list(vars(mod).items()):
             if type(value) is Frozen:
                 p = thawed.get(id(value))

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..engine import Tensor, embedding, gru, lstm
 from ..engine.ops import Operand
+from ..engine.quant import qembedding
 from .module import Module, Parameter
 
 __all__ = ["GRU", "LSTM", "Embedding"]
@@ -19,7 +20,9 @@ class Embedding(Module):
     """Lookup table (num_embeddings, dim): integer ids (...) -> vectors (..., dim).
 
     Initialised uniform in [-0.1, 0.1] (the classic word-level language-model choice); the
-    gradient only touches the rows that were looked up.
+    gradient only touches the rows that were looked up. A frozen table may be held in int8
+    (`weight` the codes, `scales` one per row: LoRA's int8 base, `fedcore.nn.lora`); each
+    looked-up row is dequantized on its own.
     """
 
     per_sample = True
@@ -32,9 +35,12 @@ class Embedding(Module):
         rng = rng if rng is not None else np.random.default_rng(seed)
         self.num_embeddings, self.dim = num_embeddings, dim
         self.weight = Parameter(_uniform(rng, init_range, (num_embeddings, dim)), name="weight")
+        self.scales: Tensor | None = None  # int8 codes in `weight`: their per-row scales
 
     def forward(self, ids: Operand) -> Tensor:
         """Look up integer ids."""
+        if self.scales is not None:
+            return qembedding(ids, self.weight, self.scales)
         return embedding(ids, self.weight)
 
     def extra_repr(self) -> str:

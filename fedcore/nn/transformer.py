@@ -8,6 +8,7 @@ from ..engine import Tensor, add, matmul_nt, reshape, swiglu
 from ..engine.checkpoint import checkpoint_rows
 from ..engine.head import deferred_logits
 from ..engine.ops import Operand, tensor
+from ..engine.quant import int8_tensor, qmatmul
 from .attention import MultiHeadAttention
 from .layers import Dense
 from .module import Module
@@ -41,7 +42,9 @@ class TiedHead(Module):
     The table is the same Parameter (one entry in the flat vector); its gradient gathers both
     the lookup's rows and the head's product. While a step records gradients, the logits of
     2-D input are deferred (`fedcore.engine.head`): a softmax cross-entropy of them runs as
-    one op with the product, in row blocks, and never holds the (rows, vocab) logits.
+    one op with the product, in row blocks, and never holds the (rows, vocab) logits. A frozen
+    table held in int8 (`scales` set, as on the `Embedding`: `fedcore.nn.lora`) is read as
+    codes, dequantized a chunk of rows at a time.
     """
 
     per_sample = True
@@ -49,6 +52,7 @@ class TiedHead(Module):
     def __init__(self, embedding: Embedding):
         super().__init__()
         self.weight = embedding.weight
+        self.scales: Tensor | None = embedding.scales
 
     def forward_flops(self, shape: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
         """FLOPs of the logits for input (..., dim)."""
@@ -60,10 +64,16 @@ class TiedHead(Module):
         t = tensor(x)
         vocab, dim = self.weight.shape
         if t.ndim == 2:
-            w = self.weight
-            return deferred_logits(t, w, lambda: matmul_nt(t, w))
+            return deferred_logits(t, self.weight, lambda: self._logits(t),
+                                   scales=self.scales)
         lead = t.shape[:-1]
-        return reshape(matmul_nt(reshape(t, -1, dim), self.weight), *lead, vocab)
+        return reshape(self._logits(reshape(t, -1, dim)), *lead, vocab)
+
+    def _logits(self, t: Tensor) -> Tensor:
+        """The plain (rows, vocab) logits of 2-D t."""
+        if self.scales is None:
+            return matmul_nt(t, self.weight)
+        return qmatmul(t, int8_tensor(self.weight.data.T, "codes.T"), self.scales)
 
 
 class DecoderBlock(Module):

@@ -9,6 +9,7 @@ import pytest
 from fedcore.engine import Tensor, float64_mode, get_engine, no_grad, softmax_cross_entropy
 from fedcore.engine import head as head_mod
 from fedcore.engine.head import DeferredLogits, head_cross_entropy
+from fedcore.engine.quant import int8_tensor, quantize_rows
 from fedcore.models import build_model
 from tests.tolerances import assert_close_to_operands
 
@@ -169,3 +170,40 @@ def test_no_rows_give_zero_loss_and_gradients():
     loss = head_cross_entropy(th, tw, np.zeros(0, np.int64))
     loss.backward()
     assert loss.item() == 0.0 and not tw.grad.any() and th.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("block_rows, chunk_rows", [(64, 64), (7, 3), (1, 50)])
+def test_an_int8_table_matches_its_dequantized_float_table(monkeypatch, block_rows, chunk_rows):
+    """A frozen tied table in int8 (`quantize_rows`): the loss and the hidden rows' gradient
+    are those of the float table its codes stand for, over ragged row blocks and chunks."""
+    rng = np.random.default_rng(block_rows)
+    n, d, v = 37, 12, 50
+    monkeypatch.setattr(head_mod, "HEAD_ELEMS", block_rows * v)
+    monkeypatch.setattr(head_mod, "HEAD_QBLOCK_ELEMS", chunk_rows * d)
+    h, w, _, y = _case(rng, n, d, v, True)
+    codes, scales = quantize_rows(w)
+    wq = codes.astype(np.float64) * scales[:, None]  # what the codes stand for
+    th = Tensor(h, requires_grad=True)
+    loss = head_cross_entropy(th, int8_tensor(codes), y, scales=Tensor(scales))
+    (loss * 2.5).backward()
+    t_loss, t_dh, _, _, probs, logits = _torch_side(h.astype(np.float32), wq.astype(np.float32),
+                                                    np.zeros(v, np.float32), y, True, 2.5,
+                                                    torch.float32)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(n), y] = 1
+    ulps = 8 * (d + v)
+    assert_close_to_operands(loss.item(), t_loss, np.abs(logits).max(1).mean() + np.log(v)
+                             + np.abs(logits).mean(), ulps, np.float32)
+    assert_close_to_operands(th.grad, t_dh, (probs + onehot) * (2.5 / n) @ np.abs(wq), ulps,
+                             np.float32)
+
+
+def test_an_int8_table_needs_its_scales_and_a_tied_head():
+    rng = np.random.default_rng(5)
+    h, w, b, y = _case(rng, 5, 4, 6, True)
+    codes, scales = quantize_rows(w)
+    th = Tensor(h, requires_grad=True)
+    with pytest.raises(ValueError, match="one scale per row"):
+        head_cross_entropy(th, int8_tensor(codes), y, scales=Tensor(scales[:3])).item()
+    with pytest.raises(ValueError, match="tied head without bias"):
+        head_cross_entropy(th, int8_tensor(codes), y, bias=Tensor(b), scales=Tensor(scales))

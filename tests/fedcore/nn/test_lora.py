@@ -7,11 +7,18 @@ import pytest
 
 from fedcore.engine import Tensor, no_grad, softmax_cross_entropy
 from fedcore.engine import quant as quant_mod
-from fedcore.engine.quant import dequantize_int8, int8_tensor, qmatmul, quantize_int8
+from fedcore.engine.quant import (
+    dequantize_int8,
+    int8_tensor,
+    qembedding,
+    qmatmul,
+    quantize_int8,
+    quantize_rows,
+)
 from fedcore.models import build_model
 from fedcore.models.gpt import tiny_gpt
 from fedcore.nn import Dense
-from fedcore.nn.lora import LoRADense, apply_lora, lora_config, merge_lora
+from fedcore.nn.lora import Frozen, LoRADense, apply_lora, lora_config, merge_lora
 from fedcore.optim import SGD
 
 torch = pytest.importorskip("torch")
@@ -251,3 +258,65 @@ def test_an_int8_lora_model_is_built_block_by_block():
         if isinstance(a, LoRADense):
             np.testing.assert_array_equal(a.codes.data, b.codes.data, err_msg=name)
             np.testing.assert_array_equal(a.scales.data, b.scales.data, err_msg=name)
+
+
+def test_quantize_rows_and_qembedding_dequantize_the_rows_looked_up():
+    table = rng.standard_normal((9, 5)).astype(np.float32)
+    table[4] = 0  # an all-zero row keeps a usable scale
+    codes, scales = quantize_rows(table)
+    assert codes.shape == (9, 5) and codes.dtype == np.int8 and codes.flags.c_contiguous
+    wq = dequantize_int8(codes.T, scales).T  # the table the codes stand for
+    assert np.all(np.abs(wq - table) <= scales[:, None] / 2 + 1e-7)
+    ids = np.array([[0, 4, 8], [8, 8, 1]])
+    out = qembedding(ids, int8_tensor(codes), scales)
+    np.testing.assert_array_equal(out.data, wq[ids])
+    with pytest.raises(IndexError, match=r"\[0, 9\)"):
+        np.asarray(qembedding(np.array([9]), int8_tensor(codes), scales).data)
+    with pytest.raises(TypeError, match="integers"):
+        np.asarray(qembedding(np.array([0.5]), int8_tensor(codes), scales).data)
+
+
+@pytest.mark.parametrize("checkpoint", ["none", "blocks"])
+def test_an_int8_base_holds_the_tied_table_in_int8_too(checkpoint):
+    """The frozen embedding, shared with the tied head, becomes int8 codes and per-row scales:
+    the model computes what the float model with the dequantized table computes (forward,
+    evaluation and the adapters' gradients), and merging gives that float table back, shared."""
+    model = build_model("tiny_gpt", lora=dict(rank=2, alpha=4, targets=["attn", "mlp"],
+                                             base="int8"), checkpoint=checkpoint, **GPT)
+    embed, head = model.embed, model.head
+    assert embed.weight.data.dtype == np.int8 and head.weight is embed.weight
+    assert head.scales is embed.scales and embed.scales.shape == (40,)
+    model.set_flat(rng.standard_normal(model.layout.size).astype(np.float32) * 0.1)
+    ids, y = rng.integers(0, 40, (3, 6)), rng.integers(0, 40, 18)
+    loss = softmax_cross_entropy(model(ids), y)
+    loss.backward()
+    grads = model.grad_flat().copy()
+    with no_grad():
+        evaluated = model(ids).data.copy()
+    flat = model.get_flat().copy()
+    table = embed.weight.data.astype(np.float32) * embed.scales.data[:, None]
+    merged = merge_lora(model)
+    assert merged.embed.weight.data.dtype == np.float32
+    assert merged.head.weight is merged.embed.weight and merged.embed.scales is None
+    np.testing.assert_array_equal(merged.embed.weight.data, table)
+    float_model = build_model("tiny_gpt", lora=dict(rank=2, alpha=4, targets=["attn", "mlp"],
+                                                   base="int8"), checkpoint=checkpoint, **GPT)
+    float_model.embed.weight = float_model.head.weight = Frozen(table)  # the table, in float
+    float_model.embed.scales = float_model.head.scales = None
+    float_model.set_flat(flat)
+    ref_loss = softmax_cross_entropy(float_model(ids), y)
+    ref_loss.backward()
+    with no_grad():
+        ref = float_model(ids).data
+        np.testing.assert_allclose(merged(ids).data, ref, rtol=1e-4,
+                                   atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(evaluated, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(loss.item(), ref_loss.item(), rtol=1e-5)
+    np.testing.assert_allclose(grads, float_model.grad_flat(), rtol=1e-3,
+                               atol=1e-4 * np.abs(grads).max())
+
+
+def test_a_float32_base_keeps_a_float_table():
+    model = build_model("tiny_gpt", lora=dict(rank=2, targets=["attn"]), **GPT)
+    assert model.embed.weight.data.dtype == np.float32 and model.embed.scales is None
+    assert model.head.weight is model.embed.weight
