@@ -133,6 +133,7 @@ def _dw_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple
                       x[:, y0:y0 + sh * (r1 - r0 - 1) + 1:sh, x0:x0 + sw * (q1 - q0 - 1) + 1:sw])
         work.append((_Runs(flat, n, img, pitch, taps[a::sh, bb::sw], p * n * img, c), gather))
     ctx.canvas = (flat, phases)  # dW's operands
+    ctx.taps = taps  # the input gradient's too, reversed (w is saved: it cannot change)
     ctx.gcanvas = None  # the input gradient's zero-bordered g, lent to dW (a replay reuses ctx)
     acc = ctx.pool.alloc((n, length), x.dtype)
     tmp = ctx.pool.alloc(acc.shape, x.dtype) if len(phases) > 1 else None
@@ -187,21 +188,28 @@ def _dw_vjp_x(ctx: Ctx, g: np.ndarray, dx: np.ndarray | None = None) -> np.ndarr
             plans.append((a, b, start, length, dst, r1 - r0, q1 - q0))
     gflat = _canvas(ctx, max(end, n * img), g.dtype, keep=False)
     gpad = gflat[:n * img].reshape(n, hg, wg, c)
-    taps = _tiled_taps(ctx, w[::-1, ::-1], max(p[3] for p in plans))  # flipped: the transpose
+    # flipped taps: the transpose. The forward's tiled taps serve reversed where its runs are
+    # as long (a prefix of a tiled run is a shorter one: 3x3 taps with padding 1), else the
+    # flipped weights are tiled here
+    longest = max(p[3] for p in plans)
+    taps, ctx.taps = getattr(ctx, "taps", None), None
+    taps = (taps[::-1, ::-1] if taps is not None and taps.shape[2] >= longest
+            else _tiled_taps(ctx, w[::-1, ::-1], longest))
+    acc = ctx.pool.alloc((n, longest), g.dtype)  # every phase's runs in turn (per slab)
     runs = []
     for a, b, start, length, dst, nr, nq in plans:
         # phase (a, b)'s taps a, a + sh, ... flipped are rows kh-1-a, kh-1-a-sh, ... of taps
         flipped = taps[(kh - 1 - a) % sh::sh, (kw - 1 - b) % sw::sw, :length]
         flipped = flipped[len(flipped) - len(range(a, kh, sh)):,
                           flipped.shape[1] - len(range(b, kw, sw)):]
-        runs.append((_Runs(gflat, n, img, pitch, flipped, start, c),
-                     ctx.pool.alloc((n, length), g.dtype), dst, nr, nq))
+        runs.append((_Runs(gflat, n, img, pitch, flipped, start, c), acc[:, :length], dst,
+                     nr, nq))
 
     def images(lo: int, hi: int) -> None:
         gpad[lo:hi, top:top + ho, left:left + wo] = g[lo:hi]
-        for run, acc, dst, nr, nq in runs:
-            run(lo, hi, acc[lo:hi])
-            dst[lo:hi] = acc[lo:hi].reshape(-1, nr, wg, c)[:, :, :nq]
+        for run, out, dst, nr, nq in runs:
+            run(lo, hi, out[lo:hi])
+            dst[lo:hi] = out[lo:hi].reshape(-1, nr, wg, c)[:, :, :nq]
 
     parallel_for(n, images, n * img * (kh * kw + 3))
     # where g's canvas has the forward's width, each image's g rows with zeros after them
@@ -237,12 +245,14 @@ def _dw_vjp_w(ctx: Ctx, g: np.ndarray, dw: np.ndarray | None = None) -> np.ndarr
         else:  # row r of g at canvas row top + r from column left: run start + r*pitch
             gflat, gimg, start, _ = lent
             g2 = _view(gflat, start + lo * gimg, (hi - lo, length), (gimg * s, s))
-        parts = []
+        parts, at = [], 0
+        buf = ctx.pool.alloc((kh * kw * length,), g.dtype)  # each tap in one phase: all sums
         for p, (kr, kq) in enumerate(taps):
             win = _view(flat, (p * n + lo) * img, (hi - lo, kr, kq, length),
                         (img * s, pitch * s, c * s, s))
-            parts.append(np.einsum("nijl,nl->ijl", win, g2,
-                                   out=ctx.pool.alloc((kr, kq, length), g.dtype)))
+            part = buf[at:at + kr * kq * length].reshape(kr, kq, length)
+            at += part.size
+            parts.append(np.einsum("nijl,nl->ijl", win, g2, out=part))
         slabs[lo] = parts
 
     parallel_for(n, images, n * length * (kh * kw + 1))
