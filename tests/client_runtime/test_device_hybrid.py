@@ -1,4 +1,5 @@
-"""A device whose eager step exceeds its budget trains with the planned (hybridized) step."""
+"""A device whose eager step exceeds its budget keeps the same step another way: blocks
+recomputed, the planned (hybridized) step, micro-batches; only then a smaller batch."""
 
 import numpy as np
 import pytest
@@ -7,9 +8,10 @@ from client_runtime import compiled
 from client_runtime.device import DoesNotFit, train_on_device
 from client_runtime.trainer import train_local
 from fedcore import protocol
-from fedcore.engine import NaiveEngine, use_engine
+from fedcore.engine import NaiveEngine, softmax_cross_entropy, use_engine
 from fedcore.engine.parallel import get_num_threads, set_num_threads
 from fedcore.models import build_model
+from fedcore.objectives import Objective
 from fedcore.settings import TrainSettings
 
 rng = np.random.default_rng(0)
@@ -30,7 +32,7 @@ def engine():
     compiled.clear_compiled_steps()
 
 
-def eager_peak(engine) -> tuple:
+def eager_peak(engine, settings: TrainSettings = CONFIG) -> tuple:
     """(live bytes before, peak bytes of an eager round, its result, a fresh model). The
     round runs on one thread: the whole-batch step, which is what a device under a budget
     runs (it never cuts a batch into shards, see `fedcore.nn.shards`)."""
@@ -42,7 +44,7 @@ def eager_peak(engine) -> tuple:
     threads = get_num_threads()
     set_num_threads(1)
     try:
-        train_local(model, X, Y, CONFIG)
+        train_local(model, X, Y, settings)
     finally:
         set_num_threads(threads)
     peak = pool.peak_bytes
@@ -74,14 +76,61 @@ def test_a_step_that_fits_stays_eager(engine):
     assert not compiled._steps
 
 
+def step_bytes(engine, settings: TrainSettings) -> tuple:
+    """(bytes a round's step adds to what is live, its result, a fresh model)."""
+    live, peak, trained, model = eager_peak(engine, settings)
+    return peak - live, trained, model
+
+
+#: clipping, which a compiled step does not do: past eager, only micro-batches keep the step
+CLIPPED = CONFIG.with_values({"max_grad_norm": 5.0})
+
+
+def test_over_budget_without_a_plan_trains_in_micro_batches_of_the_same_batch(engine):
+    whole, trained, model = step_bytes(engine, CLIPPED)
+    halves = step_bytes(engine, CLIPPED.with_values({"micro_batch": 128}))[0]
+    assert halves < whole
+    # micro-batches of half the batch fit, the whole batch does not
+    budget = engine.pool.live_bytes + (halves + whole) // 2
+    start = model.get_flat()
+    for _ in range(2):  # the second round starts on the path the first found
+        model.set_flat(start)
+        result = train_on_device(model, X, Y, CLIPPED, 0, {protocol.MEMORY_BUDGET: budget})
+        assert result.costs["micro_batch"] == CONFIG.batch_size // 2
+        assert result.costs["hybrid"] == 0.0 and not compiled._steps
+        assert result.costs["batch_size"] == CONFIG.batch_size  # not halved
+        assert result.costs["peak_bytes"] <= budget
+        np.testing.assert_allclose(model.get_flat(), trained, rtol=0,
+                                   atol=1e-5 * float(np.abs(trained).max()))
+    roomy = train_on_device(model, X, Y, CLIPPED, 0, {protocol.MEMORY_BUDGET: 1 << 30})
+    assert roomy.costs["micro_batch"] == 0.0
+
+
+def test_micro_batches_shrink_until_one_fits(engine):
+    model = make()
+    steps = [step_bytes(engine, CLIPPED.with_values({"micro_batch": rows}))[0] for rows in (32, 64)]
+    assert steps[0] < steps[1]
+    budget = engine.pool.live_bytes + sum(steps) // 2  # micro-batches of 32 rows fit, 64 not
+    result = train_on_device(model, X, Y, CLIPPED, 0, {protocol.MEMORY_BUDGET: budget})
+    assert result.costs["micro_batch"] == 32
+    assert result.costs["batch_size"] == CONFIG.batch_size
+    assert result.costs["peak_bytes"] <= budget
+
+
+#: a user's loss that does not say it is a mean over rows: its steps cannot be cut
+UNCUT = Objective("per_batch", lambda out, t: softmax_cross_entropy(out, t.reshape(-1)),
+                  "accuracy")
+
+
 @pytest.mark.slow  # one of the suite's longest runs
 def test_when_no_plan_fits_the_batch_halves_or_the_client_refuses(engine):
     live, peak, _, model = eager_peak(engine)
     budget = int(live + 0.72 * (peak - live))  # batch 256 fits no plan; 128 does
     with pytest.raises(DoesNotFit, match="memory"):
-        train_on_device(model, X, Y, CONFIG, 0, {protocol.MEMORY_BUDGET: budget})
+        train_on_device(model, X, Y, CONFIG, 0, {protocol.MEMORY_BUDGET: budget}, UNCUT)
     result = train_on_device(model, X, Y, CONFIG, 0,
-                             {protocol.MEMORY_BUDGET: budget, protocol.ADAPT_BATCH: True})
+                             {protocol.MEMORY_BUDGET: budget, protocol.ADAPT_BATCH: True},
+                             UNCUT)
     assert result.costs["batch_size"] < CONFIG.batch_size
     assert result.costs["peak_bytes"] <= budget
 

@@ -85,7 +85,7 @@ def test_flops_are_counted_from_layer_shapes():
 
 
 @pytest.mark.slow  # one of the suite's longest runs
-def test_a_client_that_does_not_fit_halves_its_batch_or_fails():
+def test_a_client_that_does_not_fit_keeps_its_step_halves_its_batch_or_fails():
     model = build_model("cnn", num_classes=10, input_shape=[8, 8, 1], channels=[4, 8], hidden=16)
     x = np.random.default_rng(0).random((64, 64), dtype=np.float32)
     y = np.arange(64) % 10
@@ -93,16 +93,20 @@ def test_a_client_that_does_not_fit_halves_its_batch_or_fails():
 
     budget = get_engine().pool.live_bytes + 60_000  # other tests may hold engine buffers
     node = {"device": "rpi-zero-2w", "memory-budget": budget}
-    # the eager step does not fit: the planned (recomputing) step may, else the client declines
+    # the eager step does not fit: the planned (recomputing) step or micro-batches of the
+    # same batch may, else the client declines
+    def same_step(costs: dict) -> bool:
+        return costs["hybrid"] == 1.0 or costs["micro_batch"] >= 1
+
     try:
         result = train_on_device(model, x, y, TrainSettings(), 0, node)
     except DoesNotFit as exc:
         assert "memory: does not fit rpi-zero-2w" in str(exc)
     else:
-        assert result.costs["hybrid"] == 1.0 and result.costs["batch_size"] == 32
+        assert same_step(result.costs) and result.costs["batch_size"] == 32
         assert result.costs["peak_bytes"] <= budget
     result = train_on_device(model, x, y, TrainSettings(), 0, {**node, "adapt-batch": True})
-    assert result.costs["batch_size"] < 32 or result.costs["hybrid"] == 1.0
+    assert result.costs["batch_size"] < 32 or same_step(result.costs)
     assert result.costs["peak_bytes"] <= budget
 
 
