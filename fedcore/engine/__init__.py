@@ -57,7 +57,7 @@ __all__ = [
 # -- layer ops (conv, pooling, activations, normalisation, embedding, recurrent, attention) -
 from .attention import attention, rope  # noqa: E402
 from .checkpoint import checkpoint  # noqa: E402
-from .conv import avg_pool2d, conv2d, conv_output_size, max_pool2d  # noqa: E402
+from .conv import conv2d, conv_output_size  # noqa: E402
 from .depthwise import depthwise_conv2d, global_avg_pool2d  # noqa: E402
 from .norm import (  # noqa: E402
     batch_moments,
@@ -68,6 +68,7 @@ from .norm import (  # noqa: E402
     running_moments_update_,
 )
 from .ops_nn import dropout, embedding, gelu, sigmoid, silu, softmax, swiglu, tanh  # noqa: E402
+from .pooling import avg_pool2d, max_pool2d  # noqa: E402
 from .rnn import gru, lstm  # noqa: E402
 from .rownorm import layer_norm, rms_norm  # noqa: E402
 

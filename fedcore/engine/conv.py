@@ -1,34 +1,27 @@
-"""2-D convolution and pooling, channels-last (N, H, W, C).
+"""2-D convolution, channels-last (N, H, W, C); pooling is in pooling.py, window geometry in
+windows.py.
 
 Convolution is strided im2col plus ONE GEMM: a zero-copy `as_strided` window view of the
 (padded) input is copied once into a (N*Ho*Wo, KH*KW*C) matrix and multiplied by the weight
 viewed as (KH*KW*C, C_out); the result is already NHWC, so no transposes anywhere. The column
 matrix is kept for the weight gradient (no second im2col); the input gradient is one small GEMM
 per kernel tap, added into the shifted input window. Weights are (KH, KW, C_in, C_out).
-
-Pooling works on the KH*KW strided "offset" views of the input (each (N, Ho, Wo, C)), so it
-needs no window copy: max pooling keeps a uint8 argmax per output (first maximum wins, as in
-PyTorch) and routes gradients through it; average pooling counts padding (count_include_pad).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .autograd import Ctx, Primitive, apply, defvjp
-from .checks import check_float, check_ndim, check_same_dtype
+from .checks import check_ndim, check_same_dtype
 from .ops import Operand, tensor
 from .parallel import matmul as gemm
 from .parallel import parallel_for
 from .tensor import Tensor
+from .windows import Pair, _geometry, _offsets, _pad, _pair, _windows, conv_output_size
 
-__all__ = ["avg_pool2d", "conv2d", "conv_output_size", "max_pool2d"]
-
-Pair = int | tuple[int, int]
+__all__ = ["conv2d", "conv_output_size"]
 
 #: below this many columns (KH*KW*C_in) the im2col GEMM is memory-bound, so an extra column
 #: of ones that makes it add the bias costs nothing, and saves a pass over the output
@@ -39,56 +32,6 @@ FOLD_BIAS_BELOW = 64
 DW_CHUNK_ROWS = 8192
 DW_CHUNKS = 8
 DW_CHUNK_MAX_OUT = 1 << 14
-
-
-def _pair(op: str, name: str, v: Pair) -> tuple[int, int]:
-    pair = (v, v) if isinstance(v, int | np.integer) else tuple(v)
-    if len(pair) != 2 or any(int(p) != p for p in pair):
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output length of a window sweep: floor((size + 2*padding - kernel) / stride) + 1."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _geometry(op: str, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-              padding: tuple[int, int]) -> tuple[int, int]:
-    """(Ho, Wo) for `x`, or a ValueError naming the op, the input shape and the window."""
-    if min(stride) < 1 or min(kernel) < 1 or min(padding) < 0:
-        raise ValueError(f"{op}: kernel {kernel} and stride {stride} must be >= 1 and padding "
-                         f"{padding} >= 0")
-    ho = conv_output_size(x.shape[1], kernel[0], stride[0], padding[0])
-    wo = conv_output_size(x.shape[2], kernel[1], stride[1], padding[1])
-    if ho < 1 or wo < 1:
-        raise ValueError(f"{op}: input {x.shape} is smaller than the {kernel} window "
-                         f"(padding {padding})")
-    return ho, wo
-
-
-def _pad(ctx: Ctx, x: np.ndarray, padding: tuple[int, int], value: float) -> np.ndarray:
-    """`x` with a border of `value` (writes only the border and the interior once)."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    n, h, w, c = x.shape
-    xp = ctx.alloc((n, h + 2 * ph, w + 2 * pw, c), x.dtype)
-    xp[:, :ph] = value
-    xp[:, ph + h:] = value
-    xp[:, ph:ph + h, :pw] = value
-    xp[:, ph:ph + h, pw + w:] = value
-    xp[:, ph:ph + h, pw:pw + w] = x
-    return xp
-
-
-def _windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-             out_hw: tuple[int, int]) -> np.ndarray:
-    """Read-only (N, Ho, Wo, KH, KW, C) view of every window of `xp` (no copy)."""
-    sn, sh, sw, sc = xp.strides
-    shape = (xp.shape[0], *out_hw, *kernel, xp.shape[3])
-    strides = (sn, sh * stride[0], sw * stride[1], sh, sw, sc)
-    return as_strided(xp, shape, strides, writeable=False)
 
 
 def _im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
@@ -108,25 +51,6 @@ def _im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
         return
     for t, view in enumerate(_offsets(xp, kernel, stride, out_hw)):
         np.copyto(cols6[:, :, :, t // kw, t % kw], view)
-
-
-def _offsets(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-             out_hw: tuple[int, int]) -> list[np.ndarray]:
-    """The KH*KW views xp[:, i::sh, j::sw] cut to (N, Ho, Wo, C), row-major over (i, j)."""
-    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
-    return [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-            for i in range(kh) for j in range(kw)]
-
-
-def _crop(ctx: Ctx, dxp: np.ndarray, shape: tuple[int, ...],
-          padding: tuple[int, int]) -> np.ndarray:
-    """The interior of a padded gradient as a contiguous array of `shape`."""
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return dxp
-    out = ctx.alloc(shape, dxp.dtype)
-    np.copyto(out, dxp[:, ph:ph + shape[1], pw:pw + shape[2]])
-    return out
 
 
 # -- convolution ---------------------------------------------------------------------------
@@ -292,134 +216,3 @@ def conv2d(x: Operand, weight: Operand, bias: Operand | None = None, stride: Pai
     b = tensor(np.zeros(w.shape[3], w.dtype)) if bias is None else tensor(bias)
     return apply(conv2d_p, tensor(x), w, b, stride=_pair("conv2d", "stride", stride),
                  padding=_pair("conv2d", "padding", padding))
-
-
-# -- pooling -------------------------------------------------------------------------------
-def _pool_check(op: str, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-                padding: tuple[int, int]) -> tuple[int, int]:
-    check_ndim(op, "input", x, 4, "(N, H, W, C)")
-    check_float(op, "input", x)
-    if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
-        raise ValueError(f"{op}: padding {padding} must be at most half the kernel {kernel}")
-    return _geometry(op, x, kernel, stride, padding)
-
-
-def _covering(xshape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
-              padding: tuple[int, int], out_hw: tuple[int, int]) -> bool:
-    """True when every input element lies in exactly one window (no overlap, no leftovers)."""
-    return (kernel == stride and padding == (0, 0)
-            and out_hw[0] * stride[0] == xshape[1] and out_hw[1] * stride[1] == xshape[2])
-
-
-def _max_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-                  padding: tuple[int, int]) -> np.ndarray:
-    ho, wo = _pool_check("max_pool2d", x, kernel, stride, padding)
-    if kernel[0] * kernel[1] > 255:
-        raise ValueError(f"max_pool2d: kernel {kernel} has more than 255 elements")
-    xp = _pad(ctx, x, padding, -np.inf)
-    shape = (x.shape[0], ho, wo, x.shape[3])
-    out = ctx.alloc(shape, x.dtype)
-    idx = ctx.alloc(shape, np.uint8)
-
-    views = _offsets(xp, kernel, stride, (ho, wo))
-
-    def rows(lo: int, hi: int) -> None:
-        o, i = out[lo:hi], idx[lo:hi]
-        mask = ctx.alloc(o.shape, np.bool_)
-        mask_u8 = mask.view(np.uint8)
-        np.copyto(o, views[0][lo:hi])
-        i.fill(0)
-        for t in range(1, len(views)):
-            # idx = t where strictly greater (the first maximum wins), as max(idx, mask * t):
-            # t exceeds every earlier index, and masked copies (copyto where=) are ~5x slower
-            v = views[t][lo:hi]
-            np.greater(v, o, out=mask)
-            np.multiply(mask_u8, t, out=mask_u8)
-            np.maximum(i, mask_u8, out=i)
-            np.maximum(o, v, out=o)
-
-    parallel_for(shape[0], rows, 2 * x.size)  # ~4 passes over the output per tap
-    ctx.argmax = idx
-    return out
-
-
-def _pool_scatter(ctx: Ctx, g: np.ndarray, weight: Callable[[int, int, int], Any],
-                  exclusive: bool) -> np.ndarray:
-    """Route g back through the offset views: weight(t, lo, hi) scales g[lo:hi] for tap t."""
-    kernel, stride, padding = ctx.params["kernel"], ctx.params["stride"], ctx.params["padding"]
-    n, h, w, c = ctx.shapes[0]
-    ho, wo = g.shape[1], g.shape[2]
-    dxp = ctx.alloc((n, h + 2 * padding[0], w + 2 * padding[1], c), g.dtype)
-
-    views = _offsets(dxp, kernel, stride, (ho, wo))
-
-    def rows(lo: int, hi: int) -> None:  # batch rows [lo, hi): disjoint slabs of dxp
-        if not exclusive:
-            dxp[lo:hi].fill(0)
-        gs = g[lo:hi]
-        for t, view in enumerate(views):
-            if exclusive:
-                np.multiply(gs, weight(t, lo, hi), out=view[lo:hi])
-            else:
-                view[lo:hi] += gs * weight(t, lo, hi)
-
-    parallel_for(n, rows, 2 * dxp.size)
-    return _crop(ctx, dxp, ctx.shapes[0], padding)
-
-
-def _exclusive(ctx: Ctx, g: np.ndarray) -> bool:
-    return _covering(ctx.shapes[0], ctx.params["kernel"], ctx.params["stride"],
-                     ctx.params["padding"], g.shape[1:3])
-
-
-def _max_pool_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    idx = ctx.argmax
-    return _pool_scatter(ctx, g, lambda t, lo, hi: idx[lo:hi] == t, _exclusive(ctx, g))
-
-
-def _avg_pool_fwd(ctx: Ctx, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-                  padding: tuple[int, int]) -> np.ndarray:
-    ho, wo = _pool_check("avg_pool2d", x, kernel, stride, padding)
-    xp = _pad(ctx, x, padding, 0.0)
-    out = ctx.alloc((x.shape[0], ho, wo, x.shape[3]), x.dtype)
-
-    views = _offsets(xp, kernel, stride, (ho, wo))
-    np.copyto(out, views[0])
-    for v in views[1:]:
-        out += v
-    out *= 1.0 / len(views)
-    return out
-
-
-def _avg_pool_vjp(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    kernel = ctx.params["kernel"]
-    scale = 1.0 / (kernel[0] * kernel[1])
-    return _pool_scatter(ctx, g, lambda t, lo, hi: scale, _exclusive(ctx, g))
-
-
-max_pool2d_p = Primitive("max_pool2d", _max_pool_fwd)
-defvjp(max_pool2d_p, _max_pool_vjp)
-avg_pool2d_p = Primitive("avg_pool2d", _avg_pool_fwd)
-defvjp(avg_pool2d_p, _avg_pool_vjp)
-
-
-def _pool(prim: Primitive, x: Operand, kernel_size: Pair, stride: Pair | None,
-          padding: Pair) -> Tensor:
-    op = prim.name
-    kernel = _pair(op, "kernel_size", kernel_size)
-    strides = kernel if stride is None else _pair(op, "stride", stride)
-    return apply(prim, tensor(x), kernel=kernel, stride=strides,
-                 padding=_pair(op, "padding", padding))
-
-
-def max_pool2d(x: Operand, kernel_size: Pair = 2, stride: Pair | None = None,
-               padding: Pair = 0) -> Tensor:
-    """Max over KH x KW windows of NHWC `x` (stride defaults to the kernel; -inf padding)."""
-    return _pool(max_pool2d_p, x, kernel_size, stride, padding)
-
-
-def avg_pool2d(x: Operand, kernel_size: Pair = 2, stride: Pair | None = None,
-               padding: Pair = 0) -> Tensor:
-    """Mean over KH x KW windows of NHWC `x` (stride defaults to the kernel; zero padding
-    counts towards the mean, like PyTorch's default)."""
-    return _pool(avg_pool2d_p, x, kernel_size, stride, padding)

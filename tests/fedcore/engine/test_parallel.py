@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from fedcore.engine import Tensor, parallel, softmax_cross_entropy
-from fedcore.engine.conv import conv2d, max_pool2d
+from fedcore.engine.conv import conv2d
 from fedcore.engine.ops import relu
+from fedcore.engine.pooling import max_pool2d
 from fedcore.models import build_model
 from fedcore.optim import SGD
 from tests.tolerances import assert_close_to_operands
