@@ -133,7 +133,9 @@ def _dw_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple
                       x[:, y0:y0 + sh * (r1 - r0 - 1) + 1:sh, x0:x0 + sw * (q1 - q0 - 1) + 1:sw])
         work.append((_Runs(flat, n, img, pitch, taps[a::sh, bb::sw], p * n * img, c), gather))
     ctx.canvas = (flat, phases)  # dW's operands
-    ctx.taps = taps  # the input gradient's too, reversed (w is saved: it cannot change)
+    # the input gradient's too, reversed (w is saved: it cannot change); not under a memory
+    # budget, where they would live on until backward (there memory comes first, as in the pool)
+    ctx.taps = taps if ctx.pool.budget_bytes is None else None
     ctx.gcanvas = None  # the input gradient's zero-bordered g, lent to dW (a replay reuses ctx)
     acc = ctx.pool.alloc((n, length), x.dtype)
     tmp = ctx.pool.alloc(acc.shape, x.dtype) if len(phases) > 1 else None

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from fedcore.engine import (
+    MemoryPool,
+    NaiveEngine,
     Tensor,
     attention,
     batch_moments,
@@ -23,6 +25,7 @@ from fedcore.engine import (
     rope,
     silu,
     swiglu,
+    use_engine,
 )
 from fedcore.engine.attention import block_rows
 
@@ -160,6 +163,26 @@ def test_depthwise_conv_matches_torch(stride, padding, kernel):
 
     run_both(lambda x_, w_, b_: depthwise_conv2d(x_, w_, b_, stride, padding), th, [x, w, b],
              (0, 1, 2))
+
+
+@pytest.mark.parametrize("budget", [None, 1 << 30])
+def test_depthwise_keeps_tiled_taps_for_backward_only_without_a_budget(budget):
+    """The forward's tiled taps serve the input gradient (reversed) unless the pool has a
+    memory budget, where they are tiled again in backward: the same gradients either way."""
+    x, w, b = (rng.standard_normal(s) for s in ((2, 9, 11, 5), (3, 3, 5), (5,)))
+
+    def fe(x_, w_, b_):
+        out = depthwise_conv2d(x_, w_, b_, 2, 1)
+        assert (out._node.ctx.taps is None) == (budget is not None)
+        return out
+
+    def th(x_, w_, b_):
+        out = torch.nn.functional.conv2d(x_.permute(0, 3, 1, 2), w_.permute(2, 0, 1)[:, None],
+                                         b_, stride=2, padding=1, groups=5)
+        return out.permute(0, 2, 3, 1)
+
+    with use_engine(NaiveEngine(MemoryPool(budget_bytes=budget))):
+        run_both(fe, th, [x, w, b], (0, 1, 2))
 
 
 def test_global_avg_pool_matches_torch():
