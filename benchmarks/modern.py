@@ -15,8 +15,9 @@ and the peak RSS once the model is built, before any step (`build_peak_mb`). WHA
 written out by hand does), `gpt-torch-sdpa`, `lora-int8`, `lora-float32`, `lora-int8-ffa` (A
 frozen: B alone trains and travels) or `full`, with `--seq`, `--batch`, `--threads` (default 1;
 fedcore trains with the device's own step, `fedcore.nn.shards.train_step`, which cuts a batch
-into shards on several threads) and `--checkpoint blocks` (fedcore: each block recomputed in
-the backward pass, see `fedcore.engine.checkpoint`).
+into shards on several threads, the shards after the first in worker processes whose private
+memory at the end, `workers_mb`, is added to `peak_mb`) and `--checkpoint blocks` (fedcore:
+each block recomputed in the backward pass, see `fedcore.engine.checkpoint`).
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
     else:
         from fedcore.engine import get_engine, softmax_cross_entropy
         from fedcore.engine.parallel import set_num_threads
+        from fedcore.nn.shard_workers import worker_memory
         from fedcore.nn.shards import replica_pools, train_step  # the device's step (not
         from fedcore.optim import SGD  # benchmarks.engine's: its imports cost 0.7 MB)
 
@@ -219,7 +221,8 @@ def measure(what: str, seq: int, batch: int, steps: int = 3, checkpoint: str = "
             train_step(model, softmax_cross_entropy, x, y, opt, micro_batch=micro_batch)
         replicas = sum(p.peak_bytes for p in replica_pools(model))  # the shards' own pools
         out["engine_peak_mb"] = (pool.peak_bytes + replicas) / 2**20
-    out["peak_mb"] = _peak_mb()
+        out["workers_mb"] = worker_memory(model) / 2**20  # shards in worker processes
+    out["peak_mb"] = _peak_mb() + out.get("workers_mb", 0.0)
     return out
 
 

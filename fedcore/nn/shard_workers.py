@@ -56,7 +56,7 @@ from ..engine.engine import thread_engine
 from ..engine.parallel import set_num_threads
 from .module import Module
 
-__all__ = ["MAX_MODELS", "available", "run_shards", "usable", "worker_pids"]
+__all__ = ["MAX_MODELS", "available", "run_shards", "usable", "worker_memory", "worker_pids"]
 
 _GO = struct.Struct("<qd")  # input rows of the shard, its share of the batch's rows
 _REPLY = struct.Struct("<bqd")  # 0 ok / 1 error, bytes of the pickled error after it, loss
@@ -87,6 +87,23 @@ def available() -> bool:
 def worker_pids(model: Module) -> list[int]:
     """The process ids of `model`'s shard workers (none before a sharded step)."""
     return [w.pid for w in _workers.get(model, [])]
+
+
+def worker_memory(model: Module) -> int:
+    """Bytes of private memory (USS: pages no other process shares, from
+    /proc/PID/smaps_rollup) that `model`'s shard workers hold now; what they add to the
+    parent's footprint."""
+    total = 0
+    for pid in worker_pids(model):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    key, *rest = line.split()
+                    if key in ("Private_Clean:", "Private_Dirty:"):
+                        total += int(rest[0]) * 1024
+        except OSError:  # exited meanwhile
+            continue
+    return total
 
 
 Step = Callable[[Module, Any, np.ndarray, np.ndarray, np.float32], float]
@@ -284,23 +301,28 @@ class _Worker:
     def receive(self, patience: float, grads: np.ndarray) -> float:
         """Wait (at most `patience` seconds) for the worker's reply; add its gradient into
         `grads`; its loss share. Raises the child's error, or `_Lost`."""
-        if not self._sent:
+        try:
+            status, value, payload = self._reply_of(patience)
+        except BaseException:  # lost, or interrupted mid-wait: no later step reads this reply
             self.stop(kill=True)
-            raise _Lost("the worker process exited")
-        ready, _, _ = select.select([self._reply], [], [], patience)
-        if not ready:
-            self.stop(kill=True)
-            raise _Lost(f"no reply within {patience:.0f} s")
-        head = _read(self._reply, _REPLY.size)
-        if head is None:
-            self.stop(kill=True)
-            raise _Lost("the worker process exited")
-        status, length, value = _REPLY.unpack(head)
+            raise
         if status:
-            payload = _read(self._reply, length) or b""
             raise _unpickled(payload)
         np.add(grads, self.grads, out=grads)
         return value
+
+    def _reply_of(self, patience: float) -> tuple[int, float, bytes]:
+        if not self._sent:
+            raise _Lost("the worker process exited")
+        ready, _, _ = select.select([self._reply], [], [], patience)
+        if not ready:
+            raise _Lost(f"no reply within {patience:.0f} s")
+        head = _read(self._reply, _REPLY.size)
+        status, length, value = _REPLY.unpack(head) if head else (0, 0, 0.0)
+        payload = _read(self._reply, length) if status else b""
+        if head is None or payload is None:
+            raise _Lost("the worker process exited")
+        return status, value, payload
 
     def stop(self, kill: bool = False) -> None:
         """Close the worker's pipe (it exits on EOF) and reap it."""

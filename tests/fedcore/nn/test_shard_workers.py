@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,6 +182,35 @@ def test_a_worker_that_stops_answering_is_killed_and_its_shard_run_here(processe
 
     set_num_threads(1)
     cut = loss, model.grad_flat().copy(), model.get_flat()
+    _assert_same_step(loaded, x, y, cut, _step(loaded(), x, y))
+
+
+def test_a_step_interrupted_while_waiting_leaves_no_reply_for_the_next(processes,
+                                                                        monkeypatch):
+    make = MODELS["cnn"]
+    x, y = _data("cnn")
+    model = make()
+    _step(model, x, y)
+    (pid,) = shard_workers.worker_pids(model)
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shard_workers, "select", SimpleNamespace(select=interrupted))
+        with pytest.raises(KeyboardInterrupt):
+            _step(model, x, y)
+    assert _gone(pid)  # its pending reply went with it
+    before = model.get_flat()
+    cut = _step(model, x, y)
+    assert shard_workers.worker_pids(model) not in ([], [pid])
+
+    def loaded():
+        fresh = make()
+        fresh.set_flat(before)
+        return fresh
+
+    set_num_threads(1)
     _assert_same_step(loaded, x, y, cut, _step(loaded(), x, y))
 
 
