@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fedcore.engine import softmax_cross_entropy
+from fedcore.engine import Tensor, get_engine, softmax_cross_entropy
 from fedcore.engine.parallel import set_num_threads
 from fedcore.nn import Dense, shard_workers, shards
 from tests.fedcore.engine.test_parallel import two_threads
@@ -44,7 +44,10 @@ def _gone(pid: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("kind", ["cnn", "gpt", "gpt-blocks", "gpt-lora-int8", "mlp"])
+KINDS = ["cnn", "gpt", "gpt-blocks", "gpt-lora-int8", "mlp"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_worker_runs_the_second_shard_of_the_whole_batch_step(processes, kind):
     make = MODELS[kind]
     x, y = _data(kind.split("-")[0])
@@ -54,6 +57,63 @@ def test_a_worker_runs_the_second_shard_of_the_whole_batch_step(processes, kind)
     assert pid != os.getpid() and not _gone(pid)
     set_num_threads(1)
     _assert_same_step(make, x, y, cut, _step(make(), x, y))
+
+
+def _loaded(make, flat: np.ndarray):
+    """A maker of `make`'s model with the flat parameters `flat`."""
+    def build():
+        fresh = make()
+        fresh.set_flat(flat)
+        return fresh
+
+    return build
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_same_worker_steps_with_the_parents_current_weights(processes, kind):
+    make = MODELS[kind]
+    x, y = _data(kind.split("-")[0])
+    model = make()
+    _step(model, x, y)
+    (pid,) = shard_workers.worker_pids(model)
+    rng = np.random.default_rng(5)
+    other = make().get_flat() * rng.uniform(0.5, 1.5, model.layout.size).astype(np.float32)
+    model.set_flat(other)  # a round's new global weights: nothing the worker forked with
+    cut = _step(model, x, y)
+    assert shard_workers.worker_pids(model) == [pid]
+    set_num_threads(1)
+    _assert_same_step(_loaded(make, other), x, y, cut, _step(_loaded(make, other)(), x, y))
+
+
+def _frozen_edit(model) -> None:
+    """Halve the first tensor of `model` that is not a trained parameter (through the engine:
+    its version moves, as any write's does)."""
+    trained = {id(p) for p in model.parameters()}
+    t = next(v for _, m in model.named_modules() for v in vars(m).values()
+             if isinstance(v, Tensor) and id(v) not in trained and v.dtype == np.float32)
+    var = t.var
+    get_engine().push(lambda: np.multiply(var.data, np.float32(0.5), out=var.data), (),
+                      (var,), "edit")
+
+
+def test_a_frozen_tensor_written_in_the_parent_forks_a_new_worker(processes):
+    make = MODELS["gpt-lora-int8"]
+    x, y = _data("gpt")
+    model = make()
+    _step(model, x, y)
+    (pid,) = shard_workers.worker_pids(model)
+    before = model.get_flat()
+    _frozen_edit(model)
+    cut = _step(model, x, y)
+    assert shard_workers.worker_pids(model) not in ([], [pid]) and _gone(pid)
+
+    def edited():
+        fresh = _loaded(make, before)()
+        _frozen_edit(fresh)
+        return fresh
+
+    set_num_threads(1)
+    _assert_same_step(edited, x, y, cut, _step(edited(), x, y))
 
 
 def test_the_worker_follows_new_weights_and_smaller_batches(processes):
