@@ -164,7 +164,7 @@ def _conv2d_vjp_x(ctx: Ctx, g: np.ndarray) -> np.ndarray:
             np.matmul(gs, w[i, j].T, out=tap)
             d[:, wy, wx] += tap4[:, ys, xs]
 
-    parallel_for(n, _blocks(images, rows * (cin + cout) * g.itemsize), dx.size * kh * kw)
+    parallel_for(n, images, dx.size * kh * kw)
     return dx
 
 

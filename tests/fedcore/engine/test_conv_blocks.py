@@ -1,6 +1,7 @@
-"""Convolution run over blocks of images (forward im2col + GEMM, input gradient per tap):
-any block size, a ragged last block and a tap that covers the whole input give PyTorch's
-result and gradients, to within rounding scaled to the operands."""
+"""Convolution whose forward runs over blocks of images (im2col + GEMM per block), and whose
+input gradient starts from a tap that covers the whole input: any block size, a ragged last
+block, with or without such a tap, give PyTorch's result and gradients, to within rounding
+scaled to the operands."""
 
 from __future__ import annotations
 
