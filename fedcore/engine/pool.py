@@ -97,6 +97,14 @@ class MemoryPool:
             self._cached = 0
             return n
 
+    def forget_after_fork(self) -> None:
+        """In a forked child that will not use this pool (a shard worker, `fedcore.nn.
+        shard_workers`): a lock of its own (a thread of the parent may have held this one at
+        the fork) and no recycled buffers, whose pages the parent goes on writing (each such
+        write would leave the child a private copy of the old page)."""
+        self._lock = threading.RLock()
+        self.release_cached()
+
     def reset_peak(self) -> None:
         """Restart peak tracking from the current live bytes (e.g. at the start of a round);
         drops the recycled buffers, which may exceed the new peak."""

@@ -1,34 +1,36 @@
 """The shards of a step after the first, each in a forked process of its own (Linux).
 
 Thread shards (`fedcore.nn.shards`) overlap their kernels but take the GIL from each other
-between numpy calls (im2col, copies, allocations hold it), which capped two shards near 1.5x
-on the CNN even with the cores kept awake. A shard in a process of its own has an
-interpreter of its own, as PyTorch's DataLoader and DDP workers do.
+between numpy calls (im2col, copies, allocations hold it), and each wait is a sleep and a
+wake-up. A shard in a process of its own has an interpreter of its own, as PyTorch's DataLoader and
+DDP workers do: a step costs two messages, not a GIL hand-off per numpy call.
 
-A `_Worker` is forked lazily at a model's first sharded step: the child is the model as it
-was then (copy-on-write), serving one shard per step until its command pipe closes. Before
-the fork, one anonymous shared mapping is laid out as the flat parameters, the flat
-gradients, and room for the shard's input and target rows. Each step the parent copies its
-current flat parameters and the shard's rows in, writes one message (rows, share), runs its
-own shard (its kernels serial: `parallel.serial`), and reads the child's one reply (the
-loss share, or the child's exception, pickled, raised in the parent); the child loads the
-parameters (`set_flat`), runs forward and backward seeded with its share of the rows, and
-writes its flat gradient, which the parent adds into the model's. Everything else the child
-holds is a snapshot, so a worker serves only while the model's structure, its tensors other
-than the flat parameters (id and version: an int8 base, buffers), every module's plain
-settings, the loss and the batch's row geometry are those it was forked with (`_signature`);
-otherwise it is stopped and a new one forked.
+A `_Worker` is forked lazily at a model's first sharded step: the child is the model as it was
+then (copy-on-write), serving one shard per step until its command pipe closes. Before the
+fork, one anonymous shared mapping is laid out as the flat parameters, the flat gradients, and
+room for the shard's input and target rows; in the child the model's flat parameters and
+gradients become that mapping (`worker_model.adopt`), so neither is copied there. Each step the
+parent copies its current flat parameters and the shard's rows in, writes one message (rows,
+share), runs its own shard (its kernels serial: `parallel.serial`), and reads the child's one
+reply (the loss share, or the child's exception, pickled, raised in the parent); the child
+marks its parameters rewritten (a new version), runs forward and backward seeded with its share
+of the rows, and so leaves its gradient in the mapping, which the parent adds into the model's.
+Everything else the child holds is a snapshot, so a worker serves only while the model's
+structure, its tensors other than the flat parameters (id and version: an int8 base, buffers),
+every module's plain settings, the loss and the batch's row geometry are those it was forked
+with (`worker_model.signature`); otherwise it is stopped and a new one forked.
 
-The child runs numpy and fedcore only: one thread (BLAS included), an engine and a memory
-pool of its own, SIGINT ignored (the parent decides), the garbage collector kept off the
-parent's objects (`gc.freeze` around the fork) so pages stay shared. It exits (`os._exit`)
-when its command pipe reaches EOF: the parent closed it (the model was collected, the
-interpreter exits: `weakref.finalize`) or died. Every other fork of the parent closes the
-workers' pipe ends (`os.register_at_fork`), so EOF is never held back by a stranger. A child
-that dies or stops answering (no reply within `_patience`) is killed and reaped, its shard is
-run in the parent, and the model goes back to thread shards (`RuntimeWarning`). Only the
-`MAX_MODELS` most recently stepped models keep workers (a simulation holding many clients'
-models does not hold as many processes).
+The child runs numpy and fedcore only: one thread (BLAS included), an engine and a memory pool
+of its own, SIGINT ignored (the parent decides), the garbage collector kept off the parent's
+objects (`gc.freeze` around the fork) so pages stay shared, the parent's pool's recycled
+buffers dropped (the parent rewrites them every step: each write would leave the child a
+private copy of the old page). It exits (`os._exit`) when its command pipe reaches EOF: the
+parent closed it (the model was collected, the interpreter exits: `weakref.finalize`) or died.
+Every other fork of the parent closes the workers' pipe ends (`os.register_at_fork`), so EOF is
+never held back by a stranger. A child that dies or stops answering (no reply within
+`_patience`) is killed and reaped, its shard is run in the parent, and the model goes back to
+thread shards (`RuntimeWarning`). Only the `MAX_MODELS` most recently stepped models keep
+workers (a simulation holding many clients' models does not hold as many processes).
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from ..engine import MemoryPool, NaiveEngine, Tensor
+from ..engine import MemoryPool, NaiveEngine, get_engine
 from ..engine.engine import thread_engine
 from ..engine.parallel import set_num_threads
 from .module import Module
+from .worker_model import adopt, loaded, signature
 
 __all__ = ["MAX_MODELS", "available", "run_shards", "usable", "worker_memory", "worker_pids"]
 
@@ -123,7 +126,7 @@ def run_shards(model: Module, loss: Any, x: np.ndarray, y: np.ndarray, bounds: l
     their gradients added into the model's. Returns the loss (own's share plus theirs), or
     None, having run nothing, when no worker could be forked (the caller runs threads)."""
     n, per = len(x), len(y) // len(x)
-    sig = _signature(model, loss, x, y)
+    sig = signature(model, loss, x, y)
     rows = max(bounds[i + 1] - bounds[i] for i in range(1, len(bounds) - 1))
     workers = _workers.get(model, [])
     _steps[0] += 1
@@ -191,26 +194,6 @@ class _Lost(Exception):
     """A worker died or stopped answering."""
 
 
-def _signature(model: Module, loss: Any, x: np.ndarray, y: np.ndarray) -> tuple:
-    """What a worker's snapshot of the step must still match: the modules (identity,
-    training mode, plain settings, which arrays they hold), each tensor's array, with its
-    version unless it is a flat parameter (those are sent every step), the loss and the rows'
-    geometry. Cheap enough per step: a tuple of ids and scalars."""
-    root = model._flat()[0]
-    parts: list[Any] = [x.shape[1:], x.dtype.str, y.shape[1:], y.dtype.str, len(y) // len(x)]
-    for _, m in model.named_modules():
-        parts.append(id(m))
-        for k, v in vars(m).items():
-            if isinstance(v, Tensor):
-                var = v._var
-                parts.append((k, id(var.data), None if var.root is root else var.version))
-            elif v is None or isinstance(v, bool | int | float | str):
-                parts.append((k, v))
-            elif not isinstance(v, Module | dict):  # children and registries: walked above
-                parts.append((k, id(v)))
-    return tuple(parts), loss
-
-
 class _Worker:
     """One forked shard process and the shared mapping it reads and writes."""
 
@@ -263,18 +246,22 @@ class _Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's Python handler
         set_num_threads(1)
+        parents = get_engine().pool
+        parents.forget_after_fork()
         with thread_engine(NaiveEngine(MemoryPool())):
+            root = adopt(model, self.params, self.grads)
+            parents.release_cached()  # the old flat buffers, dead here, went to its cache
             while True:
                 msg = _read(go_r, _GO.size)
                 if msg is None:
                     return
                 rows, share = _GO.unpack(msg)
                 try:
-                    model.set_flat(self.params)
+                    get_engine().push(loaded, (), (root,), "shard_params")  # a new version
                     model.zero_grad()
                     value = step(model, loss, self._view(self._x, rows),
                                  self._view(self._y, rows * self._per), np.float32(share))
-                    np.copyto(self.grads, model.grad_flat())
+                    get_engine().wait_all()
                     reply = _REPLY.pack(0, 0, value)
                 except BaseException as exc:
                     exc.add_note("(in the shard worker process "

@@ -10,21 +10,23 @@ kernel runs on one core (fedcore's splits serial, BLAS on one thread).
 
 The first shard runs the model itself on the caller's thread. By default (`BACKEND`) every
 other shard runs in a forked worker process (`fedcore.nn.shard_workers`, Linux): the model as
-it was when forked, sent the current flat parameters and its rows through shared memory each
-step, sending back its flat gradient. Each shard's backward is seeded with its share of the
-rows (rows / N), so the model's gradient plus the others' (one add each) is the whole batch's
-gradient up to float rounding, for a loss that is a mean over rows (`mean_over_rows`). The
-optimizer then steps once. Two half-batch shards hold about one batch of activations; each
-other shard adds a copy of the gradients (and, in a worker, of the parameters).
+it was when forked, its flat parameters and gradient in memory shared with the caller, which
+writes the current parameters and the shard's rows there each step and adds the gradient it
+finds there. Each shard's backward is seeded with its share of the rows (rows / N), so the
+model's gradient plus the others' (one add each) is the whole batch's gradient up to float
+rounding, for a loss that is a mean over rows (`mean_over_rows`). The optimizer then steps
+once. Two half-batch shards hold about one batch of activations; each other shard adds a copy
+of the gradients (in a worker: of the parameters too, shared).
 
 A process, because thread shards take the GIL from each other between their numpy calls
-(im2col, copies and allocations hold it): even with the cores kept awake they stayed near
-1.5x on the CNN. Busy 2-core VM, `python -m benchmarks.engine_layers --threads 1 2 --case cnn`
-(`gpt`), medians of interleaved runs: the CNN at 2 threads 22.1-25.8 ms in processes against
-28.6-28.8 on threads (1 thread: 31.8-35.7); the tiny GPT 195 against 218 ms (1 thread:
-301-312). A worker's private memory (USS) at the benchmark's shapes: CNN 23.8 MB, tiny GPT
-69.4 MB, where a thread replica's pool peaks at 13.5 and 38.8 MB (the rest: the parameters'
-copy and the interpreter's copy-on-write pages).
+(im2col, copies and allocations hold it), and each wait is a sleep and a wake-up (voluntary
+context switches a step, busy VM: CNN 1.1-1.4 in processes against 5-34 on threads). Busy
+2-core VM, `chrt -f 10 python -m benchmarks.shard_backends --case cnn` (`gpt`): 1 thread,
+thread shards, process shards, interleaved step by step: CNN at batch 64 31.4 / 18.6 / 17.3
+ms and 30.7 / 18.0 / 16.9 (1.81x and 1.82x self, 0.97x PyTorch's 17.8 and 17.4 at two
+threads in processes); tiny GPT 304.0 / 173.5 / 161.8 and 286.6 / 171.1 / 157.9 (1.88x and
+1.81x self, 1.00x and 0.98x PyTorch). A worker's private memory (USS) at those shapes: CNN
+20.7 MB, tiny GPT 41.7 MB (a thread replica's pool peaks at 13.5 and 38.8 MB).
 
 Where a worker cannot serve (no `os.fork`; a module folds what its shards kept through
 `join_shards`, as an RNN's final state; a worker of the model was lost), every other shard
