@@ -2,8 +2,8 @@
 
 Thread shards (`fedcore.nn.shards`) overlap their kernels but take the GIL from each other
 between numpy calls (im2col, copies, allocations hold it), and each wait is a sleep and a
-wake-up. A shard in a process of its own has an interpreter of its own, as PyTorch's DataLoader and
-DDP workers do: a step costs two messages, not a GIL hand-off per numpy call.
+wake-up. A shard in a process of its own has an interpreter of its own, as PyTorch's DataLoader
+and DDP workers do: a step costs two messages, not a GIL hand-off per numpy call.
 
 A `_Worker` is forked lazily at a model's first sharded step: the child is the model as it was
 then (copy-on-write), serving one shard per step until its command pipe closes. Before the
@@ -26,11 +26,13 @@ objects (`gc.freeze` around the fork) so pages stay shared, the parent's pool's 
 buffers dropped (the parent rewrites them every step: each write would leave the child a
 private copy of the old page). It exits (`os._exit`) when its command pipe reaches EOF: the
 parent closed it (the model was collected, the interpreter exits: `weakref.finalize`) or died.
-Every other fork of the parent closes the workers' pipe ends (`os.register_at_fork`), so EOF is
-never held back by a stranger. A child that dies or stops answering (no reply within
-`_patience`) is killed and reaped, its shard is run in the parent, and the model goes back to
-thread shards (`RuntimeWarning`). Only the `MAX_MODELS` most recently stepped models keep
-workers (a simulation holding many clients' models does not hold as many processes).
+A worker closes every descriptor it inherited but its own pipe ends (a connection the parent
+closes must not stay open in it, nor a port bound), and every other fork of the parent closes
+the workers' pipe ends (`os.register_at_fork`), so EOF is never held back by a stranger. A
+child that dies or stops answering (no reply within `_patience`) is killed and reaped, its
+shard is run in the parent, and the model goes back to thread shards (`RuntimeWarning`). Only
+the `MAX_MODELS` most recently stepped models keep workers (a simulation holding many clients'
+models does not hold as many processes).
 """
 
 from __future__ import annotations
@@ -223,8 +225,7 @@ class _Worker:
             if pid == 0:
                 code = 1
                 try:
-                    os.close(self._go)
-                    os.close(self._reply)
+                    _close_fds_but(0, 1, 2, go_r, reply_w)
                     self._serve(model, loss, step, go_r, reply_w)
                     code = 0
                 except BaseException:  # outside a step: the parent sees EOF and falls back
@@ -360,6 +361,18 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _close_fds_but(*keep: int) -> None:
+    """In a worker: close every inherited descriptor but `keep` (the parent's sockets, files
+    and pipes: a connection the parent closes must not stay open here, nor a port bound)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # the listing's own descriptor, already gone
+                pass
 
 
 def _read(fd: int, n: int) -> bytes | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -272,6 +273,17 @@ def test_a_step_interrupted_while_waiting_leaves_no_reply_for_the_next(processes
 
     set_num_threads(1)
     _assert_same_step(loaded, x, y, cut, _step(loaded(), x, y))
+
+
+def test_a_worker_keeps_none_of_the_parents_descriptors(processes):
+    x, y = _data("cnn")
+    model = MODELS["cnn"]()
+    with socket.socket() as held:  # as a client's connection would be
+        _step(model, x, y)
+        (pid,) = shard_workers.worker_pids(model)
+        theirs = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert held.fileno() not in theirs
+        assert len(theirs - {0, 1, 2}) == 2  # its two pipe ends
 
 
 def test_no_worker_outlives_its_model(processes):
