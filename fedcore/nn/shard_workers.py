@@ -40,7 +40,6 @@ from __future__ import annotations
 import gc
 import mmap
 import os
-import pickle
 import select
 import signal
 import struct
@@ -60,6 +59,7 @@ from ..engine.engine import thread_engine
 from ..engine.parallel import set_num_threads
 from .module import Module
 from .worker_model import adopt, loaded, signature
+from .worker_pipe import pickled, read_exactly, unpickled, write_all
 
 __all__ = ["MAX_MODELS", "available", "run_shards", "usable", "worker_memory", "worker_pids"]
 
@@ -253,7 +253,7 @@ class _Worker:
             root = adopt(model, self.params, self.grads)
             parents.release_cached()  # the old flat buffers, dead here, went to its cache
             while True:
-                msg = _read(go_r, _GO.size)
+                msg = read_exactly(go_r, _GO.size)
                 if msg is None:
                     return
                 rows, share = _GO.unpack(msg)
@@ -267,9 +267,9 @@ class _Worker:
                 except BaseException as exc:
                     exc.add_note("(in the shard worker process "
                                  + f"{os.getpid()}:\n{''.join(traceback.format_exc())})")
-                    payload = _pickled(exc)
+                    payload = pickled(exc)
                     reply = _REPLY.pack(1, len(payload), 0.0) + payload
-                _write(reply_w, reply)
+                write_all(reply_w, reply)
 
     def fits(self, sig: tuple, rows: int) -> bool:
         """Whether this worker can serve a step of signature `sig` with `rows` rows."""
@@ -281,7 +281,7 @@ class _Worker:
         self._view(self._x, len(x))[...] = x
         self._view(self._y, len(y))[...] = y
         try:
-            _write(self._go, _GO.pack(len(x), float(share)))
+            write_all(self._go, _GO.pack(len(x), float(share)))
             self._sent = True
         except BrokenPipeError:  # it died: `receive` reports it
             self._sent = False
@@ -295,7 +295,7 @@ class _Worker:
             self.stop(kill=True)
             raise
         if status:
-            raise _unpickled(payload)
+            raise unpickled(payload)
         np.add(grads, self.grads, out=grads)
         return value
 
@@ -305,9 +305,9 @@ class _Worker:
         ready, _, _ = select.select([self._reply], [], [], patience)
         if not ready:
             raise _Lost(f"no reply within {patience:.0f} s")
-        head = _read(self._reply, _REPLY.size)
+        head = read_exactly(self._reply, _REPLY.size)
         status, length, value = _REPLY.unpack(head) if head else (0, 0, 0.0)
-        payload = _read(self._reply, length) if status else b""
+        payload = read_exactly(self._reply, length) if status else b""
         if head is None or payload is None:
             raise _Lost("the worker process exited")
         return status, value, payload
@@ -373,39 +373,3 @@ def _close_fds_but(*keep: int) -> None:
                 os.close(fd)
             except OSError:  # the listing's own descriptor, already gone
                 pass
-
-
-def _read(fd: int, n: int) -> bytes | None:
-    """Exactly n bytes from fd, or None at EOF."""
-    chunks, got = [], 0
-    while got < n:
-        try:
-            b = os.read(fd, n - got)
-        except InterruptedError:
-            continue
-        if not b:
-            return None
-        chunks.append(b)
-        got += len(b)
-    return b"".join(chunks)
-
-
-def _write(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _pickled(exc: BaseException) -> bytes:
-    try:
-        return pickle.dumps(exc)
-    except Exception:
-        return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
-
-
-def _unpickled(payload: bytes) -> BaseException:
-    try:
-        exc = pickle.loads(payload)
-    except Exception:
-        return RuntimeError("a shard worker failed (its error could not be read back)")
-    return exc if isinstance(exc, BaseException) else RuntimeError(repr(exc))
