@@ -1,16 +1,18 @@
 """2-D convolution, channels-last (N, H, W, C); pooling is in pooling.py, window geometry in
 windows.py.
 
-Convolution is strided im2col plus ONE GEMM: a zero-copy `as_strided` window view of the
-(padded) input is copied once into a (N*Ho*Wo, KH*KW*C) matrix and multiplied by the weight
-viewed as (KH*KW*C, C_out); the result is already NHWC, so no transposes anywhere. The column
-matrix is kept for the weight gradient (no second im2col); the input gradient is one small GEMM
-per kernel tap, added into the shifted input window. Weights are (KH, KW, C_in, C_out).
+Convolution is strided im2col plus a GEMM: a zero-copy `as_strided` window view of the
+(padded) input is copied into a (rows, KH*KW*C) matrix and multiplied by the weight viewed as
+(KH*KW*C, C_out); the result is already NHWC, so no transposes anywhere. Both run over blocks
+of images whose column matrix is about BLOCK_BYTES, still in cache when the GEMM reads it. The
+weight gradient redoes the im2col block by block (cheaper than keeping a column matrix KH*KW
+times the input's size from forward to backward, and that memory is saved), except for a thin
+layer (few input channels), whose whole column matrix is kept for its row-block GEMMs. The
+input gradient is one GEMM per kernel tap, added into the shifted input window. Weights are
+(KH, KW, C_in, C_out).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -18,7 +20,6 @@ from numpy.lib.stride_tricks import as_strided
 from .autograd import Ctx, Primitive, apply, defvjp
 from .checks import check_ndim, check_same_dtype
 from .ops import Operand, tensor
-from .parallel import matmul as gemm
 from .parallel import parallel_for
 from .tensor import Tensor
 from .windows import Pair, _geometry, _offsets, _pad, _pair, _windows, conv_output_size
@@ -29,8 +30,9 @@ __all__ = ["conv2d", "conv_output_size"]
 #: of ones that makes it add the bias costs nothing, and saves a pass over the output
 FOLD_BIAS_BELOW = 64
 
-#: the forward's im2col and GEMM run over blocks of images whose column matrix is about this
-#: size (the CNN's second conv: 8.9 -> 7.0 ms at batch 64 with 1 MiB blocks, one core)
+#: im2col and its GEMM run over blocks of images whose column matrix is about this size (the
+#: CNN's second conv at batch 64, one core, forward and backward: 19.7 ms; 2 MiB blocks 20.0,
+#: 512 KiB 20.4, 4 MiB 25.9)
 BLOCK_BYTES = 1 << 20
 
 #: a weight gradient of at most DW_CHUNK_MAX_OUT elements whose column matrix has at least
@@ -79,7 +81,11 @@ def _conv2d_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray,
     xp = _pad(ctx, x, padding, 0.0)
     k = kh * kw * c
     fold = k < FOLD_BIAS_BELOW
-    cols = ctx.alloc((n * ho * wo, k + fold), x.dtype)
+    rows = ho * wo
+    # a thin weight gradient keeps the whole column matrix for its row-block GEMMs; any
+    # other convolution im2cols one cache-sized block at a time, here and again in backward
+    thin = _dw_chunks((n * rows, k + fold), cout) > 1
+    cols = ctx.alloc((n * rows, k + fold), x.dtype) if thin else None
     out = ctx.alloc((n, ho, wo, cout), x.dtype)
     out2 = out.reshape(-1, cout)
     if fold:  # a column of ones times a bias row: the GEMM adds the bias (and sums its grad)
@@ -88,33 +94,40 @@ def _conv2d_fwd(ctx: Ctx, x: np.ndarray, w: np.ndarray, b: np.ndarray,
         wb[k] = b
     else:
         wb = w.reshape(k, cout)
-    rows = ho * wo
 
-    def images(lo: int, hi: int) -> None:  # im2col and GEMM of images [lo, hi)
-        c2, o2 = cols[lo * rows:hi * rows], out2[lo * rows:hi * rows]
-        _im2col(xp[lo:hi], (kh, kw), stride, (ho, wo), c2)
-        if fold:
-            c2[:, k] = 1.0
-        np.matmul(c2, wb, out=o2)
-        if not fold:
-            o2 += b
+    step = _block_images(rows, k + fold, x.itemsize)
 
-    parallel_for(n, _blocks(images, rows * cols.strides[0]), cols.size + out.size)
-    ctx.cols = cols  # the weight gradient's operand: no second im2col in backward
+    def blocked(lo: int, hi: int) -> None:  # im2col and GEMM of images [lo, hi), by blocks
+        scratch = None if thin else ctx.alloc((min(step, hi - lo) * rows, k + fold), x.dtype)
+        for a in range(lo, hi, step):
+            z = min(hi, a + step)
+            o2 = out2[a * rows:z * rows]
+            c2 = cols[a * rows:z * rows] if thin else scratch[:len(o2)]
+            _fill_cols(xp[a:z], (kh, kw), stride, (ho, wo), c2, fold)
+            np.matmul(c2, wb, out=o2)
+            if not fold:
+                o2 += b
+
+    parallel_for(n, blocked, n * rows * (k + fold) + out.size)
+    ctx.cols = cols  # a thin weight gradient's operand, else None
+    ctx.xp = None if thin or xp is x else xp  # backward's im2col source, else the input
+    ctx.fold = fold
     ctx.dwb = None  # backward's memo: reset by every forward (a replayed ctx is reused)
     return out
 
 
-def _blocks(fn: Callable[[int, int], None], nbytes: int) -> Callable[[int, int], None]:
-    """`fn` over images [lo, hi) in runs whose per-image scratch of `nbytes` adds up to about
-    BLOCK_BYTES: a block's column matrix is then still in cache when its GEMM reads it."""
-    step = max(1, BLOCK_BYTES // nbytes)
+def _fill_cols(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+               out_hw: tuple[int, int], cols: np.ndarray, fold: bool) -> None:
+    """im2col of `xp` into `cols`, and its last column of ones when the bias is folded."""
+    _im2col(xp, kernel, stride, out_hw, cols)
+    if fold:
+        cols[:, -1] = 1.0
 
-    def blocked(lo: int, hi: int) -> None:
-        for start in range(lo, hi, step):
-            fn(start, min(hi, start + step))
 
-    return blocked
+def _block_images(rows: int, width: int, itemsize: int) -> int:
+    """Images per im2col block: a (rows * images, width) column matrix of about BLOCK_BYTES,
+    still in cache when its GEMM reads it. A function of the shapes alone."""
+    return max(1, BLOCK_BYTES // (rows * width * itemsize))
 
 
 def _span(k: int, pad: int, stride: int, n_in: int, n_out: int) -> tuple[int, int, int]:
@@ -174,18 +187,49 @@ def _conv2d_dwb(ctx: Ctx, g: np.ndarray) -> np.ndarray:
     dwb = getattr(ctx, "dwb", None)
     if dwb is None:
         cols, g2 = ctx.cols, np.ascontiguousarray(g).reshape(-1, g.shape[3])
-        chunks = _dw_chunks(cols.shape, g2.shape[1])
-        dwb = ctx.dwb = gemm(cols.T, g2) if chunks < 2 else _chunked_tn(cols, g2, chunks)
+        if cols is None:
+            dwb = _blockwise_tn(ctx, g2, g.shape[1:3])
+        else:
+            dwb = _chunked_tn(cols, g2, _dw_chunks(cols.shape, g2.shape[1]))
+        ctx.dwb = dwb
     return dwb
 
 
+def _blockwise_tn(ctx: Ctx, g2: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """cols.T @ g2 without the whole column matrix: each block of images is im2col'd again
+    into a cache-sized buffer and multiplied at once (its partial product kept apart), then
+    the partial products are added in block order. Redoing im2col while it is in cache costs
+    less than writing a column matrix KH*KW times the input's size in forward and reading it
+    back here from memory, and the step holds a block instead of the whole matrix. The blocks
+    are a function of the shapes alone, so the bits are the same on any number of threads."""
+    kh, kw, _, cout = ctx.shapes[1]
+    xp = ctx.xp if ctx.xp is not None else ctx.args[0]
+    n, rows, width = xp.shape[0], out_hw[0] * out_hw[1], kh * kw * xp.shape[3] + ctx.fold
+    step = _block_images(rows, width, g2.itemsize)
+    parts = ctx.alloc((-(-n // step), width, cout), g2.dtype)
+
+    def blocks(lo: int, hi: int) -> None:
+        scratch = ctx.alloc((min(step, n) * rows, width), g2.dtype)
+        for i in range(lo, hi):
+            a, z = i * step, min(n, i * step + step)
+            cols = scratch[:(z - a) * rows]
+            _fill_cols(xp[a:z], (kh, kw), ctx.params["stride"], out_hw, cols, ctx.fold)
+            np.matmul(cols.T, g2[a * rows:z * rows], out=parts[i])
+
+    parallel_for(len(parts), blocks, n * rows * width + g2.size)
+    out = parts[0]
+    for part in parts[1:]:
+        out += part
+    return out
+
+
 def _dw_chunks(cols_shape: tuple[int, ...], cout: int) -> int:
-    """How many row blocks the weight gradient's shared dimension is cut into: 1 (one GEMM,
-    split over its rows by `gemm` when large) unless the result is small beside a long
-    column matrix (a first layer of few input channels), whose GEMM is too thin to split
-    over rows and streams its operands from memory. A function of the shapes alone, never
-    of the thread count, so the partial sums and their order, hence the bits, are the same
-    on any number of threads."""
+    """How many row blocks a kept column matrix is cut into for the weight gradient: > 1
+    when the result is small beside a long column matrix (a first layer of few input
+    channels), whose GEMM is too thin to split over rows and streams its operands from
+    memory; such a layer keeps its column matrix (else im2col is redone by blocks). A
+    function of the shapes alone, never of the thread count, so the partial sums and their
+    order, hence the bits, are the same on any number of threads."""
     rows, k = cols_shape
     if k * cout > DW_CHUNK_MAX_OUT:
         return 1
@@ -224,7 +268,7 @@ def _conv2d_vjp_w(ctx: Ctx, g: np.ndarray) -> np.ndarray:
 
 
 def _conv2d_vjp_b(ctx: Ctx, g: np.ndarray) -> np.ndarray:
-    if ctx.cols.shape[1] > np.prod(ctx.shapes[1][:3]):  # folded: the GEMM's last row
+    if ctx.fold:  # folded: the GEMM's last row
         return _conv2d_dwb(ctx, g)[-1].copy()
     g2 = np.ascontiguousarray(g).reshape(-1, g.shape[3])
     return np.ones(g2.shape[0], g.dtype) @ g2  # a GEMV: ~3x faster than add.reduce(axis=0)
@@ -234,11 +278,13 @@ def _conv2d_vjp_work(ctx: Ctx, g: np.ndarray) -> int:
     """Multiply-adds of each of the input and weight gradients (both g.size * KH*KW*C_in);
     0 when the bias is folded into the weight gradient's GEMM: the two share its result
     (ctx.dwb), so they must not run side by side."""
-    k = ctx.cols.shape[1]
-    return 0 if k > np.prod(ctx.shapes[1][:3]) else g.size * k
+    return 0 if ctx.fold else g.size * int(np.prod(ctx.shapes[1][:3]))
 
 
-conv2d_p = Primitive("conv2d", _conv2d_fwd, saves=(1,), vjp_work=_conv2d_vjp_work)
+# the input's VJP reads the weight; the weight's (and a folded bias's) redo im2col from the
+# input, unless the forward kept its padded copy or a thin layer's column matrix
+conv2d_p = Primitive("conv2d", _conv2d_fwd, saves=(0, 1), reads=((1,), (0,), (0,)),
+                     vjp_work=_conv2d_vjp_work)
 defvjp(conv2d_p, _conv2d_vjp_x, _conv2d_vjp_w, _conv2d_vjp_b)
 
 

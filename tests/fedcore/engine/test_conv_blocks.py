@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcore.engine import Tensor, conv
+from fedcore.engine import Tensor, conv, parallel
 from fedcore.engine.conv import conv2d
+from tests.fedcore.engine.test_parallel import two_threads
 from tests.tolerances import assert_close_to_operands
 
 torch = pytest.importorskip("torch")
@@ -55,3 +56,51 @@ def test_blocked_conv_matches_torch(monkeypatch, block_bytes, shape, kernel, str
     for got, exp, m in zip((y.data, x.grad, w.grad, b.grad), want, mag, strict=True):
         assert got.shape == exp.shape
         assert_close_to_operands(got, exp, m, 64, np.float32)
+
+
+@pytest.mark.parametrize("cin", [1, 9])  # bias folded into the GEMM, and added after it
+@pytest.mark.parametrize("trained", ["x", "b", "xb", "w"])
+@pytest.mark.parametrize("padding", [0, 1])  # im2col again from the input, or its padded copy
+def test_only_some_arguments_trained(monkeypatch, cin, trained, padding):
+    """A frozen weight (fine-tuning below it), a bias alone, a weight alone: each gradient
+    that is asked for is right, whichever saved inputs the others' absence leaves out."""
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    rng = np.random.default_rng(cin)
+    x0 = rng.standard_normal((3, 5, 6, cin)).astype(np.float32)
+    w0 = rng.standard_normal((3, 3, cin, 4)).astype(np.float32)
+    b0 = rng.standard_normal(4).astype(np.float32)
+    x, w, b = (Tensor(a, requires_grad=name in trained)
+               for a, name in ((x0, "x"), (w0, "w"), (b0, "b")))
+    y = conv2d(x, w, b, stride=(1, 2), padding=padding)
+    r = rng.standard_normal(y.shape).astype(np.float32)
+    (y * r).sum().backward()
+    want = _torch_conv(x0, w0, b0, r, (1, 2), padding)
+    mag = _torch_conv(np.abs(x0), np.abs(w0), np.abs(b0), np.abs(r), (1, 2), padding)
+    for t, name, exp, m in zip((x, w, b), "xwb", want[1:], mag[1:], strict=True):
+        if name in trained:
+            assert_close_to_operands(t.grad, exp, m, 64, np.float32)
+        else:
+            assert t.grad is None
+
+
+def test_blocked_weight_gradient_has_the_same_bits_on_two_threads(monkeypatch):
+    """The weight gradient's blocks (one image each here) are a function of the shapes, and
+    their partial products are added in block order: one thread and two agree bit for bit."""
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    rng = np.random.default_rng(3)
+    x0 = rng.standard_normal((5, 6, 6, 8)).astype(np.float32)
+    w0 = rng.standard_normal((3, 3, 8, 5)).astype(np.float32)
+    r = rng.standard_normal((5, 6, 6, 5)).astype(np.float32)
+
+    def grads() -> list[np.ndarray]:
+        x, w = Tensor(x0, requires_grad=True), Tensor(w0, requires_grad=True)
+        b = Tensor(np.zeros(5, np.float32), requires_grad=True)
+        (conv2d(x, w, b, padding=1) * r).sum().backward()
+        return [x.grad, w.grad, b.grad]
+
+    with two_threads():  # restores the thread count it found
+        two = grads()
+        parallel.set_num_threads(1)
+        one = grads()
+    for a, c in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, c)
