@@ -221,7 +221,12 @@ class _Worker:
     def _fork(self, model: Module, loss: Any, step: Step, go_r: int, reply_w: int) -> int:
         gc.freeze()  # the child's collector then never writes to the parent's objects' pages
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():
+                # Python 3.12+ warns that forking a threaded process may deadlock the child:
+                # this child takes no other thread's lock (its engine, pool and intra-op state
+                # are its own) and `_patience` bounds a hang all the same
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
             if pid == 0:
                 code = 1
                 try:
