@@ -13,6 +13,7 @@ any other (dropout draws random numbers) is run once per step and its outputs ar
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -53,10 +54,12 @@ class ReplayCtx(Ctx):
         self.shapes = op.meta.in_shapes
         self.bufs: list[np.ndarray] = []
         self.next = 0
+        self.lock = threading.Lock()
 
     def alloc(self, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
-        i = self.next
-        self.next = i + 1
+        with self.lock:  # slabs on the intra-op threads allocate too (conv2d, max_pool2d):
+            i = self.next  # two must never be handed the same planned buffer
+            self.next = i + 1
         if i < len(self.bufs):
             b = self.bufs[i]
             if b.shape == tuple(shape) and (dtype is None or b.dtype == np.dtype(dtype)):
