@@ -15,11 +15,21 @@ time at the first count ("self-speedup"), measured in the same run. `--compiled`
 each eager run, fedcore's compiled step (`model.hybridize`) against torch the same way: the step
 traced and planned once and then replayed as a list of kernels, without the eager step's
 per-op Python (graph recording, buffer pool, dependency checks).
+
+Both frameworks share one process, so one's allocations must not set the other's allocator:
+glibc moves its mmap threshold up to the largest block freed, so what fedcore freed decided
+where torch's buffers came from (torch's CNN step measured 32-35 ms beside one fedcore build,
+37-43 ms beside the next, which freed larger blocks; 34-35 ms with the thresholds fixed). The
+benchmark therefore fixes them before anything runs (`pin_malloc`: mmap threshold 32 MiB, trim
+threshold 64 MiB, what `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` set); `--malloc-default`
+keeps glibc's moving thresholds, to compare.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +48,24 @@ from fedcore.optim import SGD
 TARGETS = {"cnn": 0.9, "lstm": 1.2, "gpt": 1.0, "mobilenet": 0.9}
 #: fedcore's speed-up at two (or more) threads over its own one-thread time (issue 18)
 SELF_SPEEDUP = 1.6
+
+
+#: glibc's mallopt parameters and the values `pin_malloc` fixes
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+PINNED = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20}
+
+
+def pin_malloc() -> bool:
+    """Fix glibc's mmap and trim thresholds for this process (see the module docstring);
+    False where the C library has no `mallopt` (not glibc) or refuses."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    return all(mallopt(param, value) == 1 for param, value in PINNED.items())
 
 
 def set_threads(requested: int | None) -> int:
@@ -201,18 +229,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compiled", action="store_true",
                     help="also time fedcore's compiled step (model.hybridize: the step traced "
                     "and planned once, then replayed without per-op dispatch) against torch")
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="keep glibc's moving mmap/trim thresholds (one framework's frees then "
+                    "change where the other's buffers come from)")
     ap.add_argument("--gap", type=float, default=0.2,
                     help="seconds of pause before each timed step (lets spinning threads sleep)")
     args = ap.parse_args(argv)
     if args.threads is not None and min(args.threads) < 1:
         ap.error("--threads: every count must be at least 1")
     counts = args.threads or [set_threads(None)]
+    pinned = False if args.malloc_default else pin_malloc()
     import torch
 
     load0 = os.getloadavg()
     print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"thread counts {counts} (fedcore and torch alike), "
-          f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+          f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+          + ("malloc thresholds fixed (mmap 32 MiB, trim 64 MiB)" if pinned
+             else "glibc's moving malloc thresholds"))
     for case in args.case:
         if case == "onnx-resnet":
             from benchmarks.onnx_resnet import report
